@@ -1,0 +1,245 @@
+/**
+ * The gpuops.yaml schema. Every field is documented here: the docs flow into the exported JSON Schema, so
+ * operators see them in their editor. Secrets are never values in this file, only file paths or env var names.
+ */
+import { z } from 'zod';
+
+const id = z
+  .string()
+  .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { message: 'must be lowercase letters, digits and dashes (max 63), starting with a letter or digit' });
+const httpUrl = z.string().refine((s) => /^https?:\/\/[^\s/]+/.test(s) && URL.canParse(s), { message: 'must be an http(s) URL' });
+const filePath = z.string().min(1, { message: 'must be a file path' });
+const envName = z.string().regex(/^[A-Z_][A-Z0-9_]*$/, { message: 'must be an environment variable name (A-Z, 0-9, _)' });
+const duration = z
+  .string()
+  .regex(/^\d+(ms|s|m|h|d)$/, { message: 'must be a duration such as 500ms, 30s, 5m, 1h or 7d' })
+  .describe('Duration: a number and a unit (ms, s, m, h, d).');
+
+export const GpuSchema = z
+  .strictObject({
+    index: z.int().min(0).describe('nvidia-smi index of the GPU inside the node.'),
+    model: z.string().optional().describe('Expected product name, e.g. "NVIDIA RTX A4000".'),
+    memoryMiB: z.int().positive().optional().describe('Expected total memory in MiB.'),
+  })
+  .describe('A GPU passed through to the node.');
+
+export const EngineSchema = z
+  .strictObject({
+    name: id.describe('Engine name, unique within the node (e.g. "ollama", "vllm-fast").'),
+    type: z.enum(['ollama', 'vllm', 'llamacpp']).describe('Engine kind: ollama, vllm or llamacpp (llama-server).'),
+    url: httpUrl.describe('Base URL of the engine HTTP API as seen from the node, e.g. http://127.0.0.1:11434.'),
+    container: z.string().min(1).describe('Docker container name that runs the engine.'),
+    gpus: z.array(z.int().min(0)).default([]).describe('GPU indices the engine uses.'),
+    apiKeyFile: filePath.optional().describe('File holding the engine API key (vLLM --api-key), read on the node.'),
+    probeModel: z.string().optional().describe('Model for the health probe\'s tiny test generation; the first loaded model when unset.'),
+  })
+  .describe('An inference engine container on the node.');
+
+export const NodeSchema = z
+  .strictObject({
+    id: id.describe('Node id; the node worker polls task queue gpuops-node-<id>.'),
+    description: z.string().optional(),
+    gpus: z.array(GpuSchema).default([]).describe('GPUs the node should see.'),
+    engines: z.array(EngineSchema).default([]).describe('Engines served on the node.'),
+    vm: z
+      .strictObject({
+        hypervisor: id.describe('Id of the hypervisor (in hypervisors[]) that hosts this VM.'),
+        vmid: z.int().min(100).max(999999999).describe('Proxmox VM id.'),
+      })
+      .optional()
+      .describe('The VM this node runs in; required for the restart-vm recovery rung.'),
+    modelStores: z.array(z.string().min(1)).default([]).describe('Model store paths on the node (Ollama models dir, HF cache).'),
+    tools: z
+      .strictObject({
+        docker: z.string().default('docker').describe('docker binary.'),
+        nvidiaSmi: z.string().default('nvidia-smi').describe('nvidia-smi binary.'),
+        dmesg: z.string().default('dmesg').describe('dmesg binary (Xid events are read from the kernel log).'),
+      })
+      .default({ docker: 'docker', nvidiaSmi: 'nvidia-smi', dmesg: 'dmesg' })
+      .describe('Paths of the host tools the node worker runs.'),
+    sandbox: z.boolean().default(false).describe('Simulate this node (shims, engine and Proxmox API) instead of driving real hardware.'),
+  })
+  .describe('A GPU inference node.');
+
+export const HypervisorSchema = z
+  .discriminatedUnion('type', [
+    z.strictObject({
+      id,
+      type: z.literal('proxmox-api').describe('The control worker calls the Proxmox VE API.'),
+      url: httpUrl.describe('Proxmox API base, e.g. https://pve1.lan:8006.'),
+      pveNode: z.string().min(1).describe('Proxmox node name that owns the VMs (as in /nodes/<name>/qemu).'),
+      tokenId: z
+        .string()
+        .regex(/^[^@\s]+@[^!\s]+![^\s]+$/, { message: 'must be USER@REALM!TOKENID' })
+        .describe('API token id, USER@REALM!TOKENID.'),
+      tokenSecretFile: filePath.describe('File holding the API token secret (UUID). Read inside activities only.'),
+      caFile: filePath.optional().describe('CA bundle for the Proxmox TLS certificate.'),
+      insecureSkipVerify: z.boolean().default(false).describe('Accept a self-signed Proxmox certificate (not recommended).'),
+    }),
+    z.strictObject({
+      id,
+      type: z.literal('qm').describe('A gpuops hypervisor worker on the Proxmox host runs qm.'),
+      qm: z.string().default('qm').describe('qm binary on the host.'),
+    }),
+  ])
+  .describe('A Proxmox host.');
+
+export const TemporalSchema = z
+  .strictObject({
+    address: z.string().optional().describe('host:port of a Temporal frontend; TEMPORAL_ADDRESS overrides. Unset: embedded dev server.'),
+    namespace: z.string().default('default').describe('Temporal namespace; TEMPORAL_NAMESPACE overrides.'),
+    tls: z
+      .strictObject({
+        certFile: filePath.optional().describe('Client certificate (mTLS).'),
+        keyFile: filePath.optional().describe('Client private key (mTLS).'),
+        caFile: filePath.optional().describe('Server CA bundle.'),
+        serverName: z.string().optional().describe('TLS server name override.'),
+      })
+      .optional(),
+    apiKeyEnv: envName.optional().describe('Env var holding a Temporal Cloud API key.'),
+    apiKeyFile: filePath.optional().describe('File holding a Temporal Cloud API key.'),
+    dev: z
+      .strictObject({
+        port: z.int().min(1).max(65535).default(7233).describe('Embedded dev server frontend port.'),
+        uiPort: z.int().min(1).max(65535).default(8233).describe('Embedded dev server Web UI port.'),
+        dbFile: z.string().default('.gpuops/temporal.db').describe('SQLite file of the embedded dev server (history survives restarts).'),
+      })
+      .default({ port: 7233, uiPort: 8233, dbFile: '.gpuops/temporal.db' }),
+  })
+  .default({ namespace: 'default', dev: { port: 7233, uiPort: 8233, dbFile: '.gpuops/temporal.db' } });
+
+export const RouterSchema = z
+  .strictObject({
+    listen: z.string().regex(/^[^:\s]+:\d+$/, { message: 'must be host:port' }).default('127.0.0.1:8080').describe('Address the router listens on.'),
+    adminTokenFile: filePath.optional().describe('File holding the admin API bearer token.'),
+    stateFile: z.string().default('.gpuops/routes.json').describe('Route table persisted across restarts.'),
+  })
+  .default({ listen: '127.0.0.1:8080', stateFile: '.gpuops/routes.json' });
+
+export const PolicySchema = z
+  .strictObject({
+    canarySteps: z.array(z.int().min(1).max(100)).default([10, 25, 50]).describe('Canary weights, percent.'),
+    stepDuration: duration.default('60s').describe('How long each canary step is analysed.'),
+    minSamples: z.int().min(1).default(20).describe('Requests per variant before a step is judged.'),
+    maxErrorRateDelta: z.number().min(0).max(1).default(0.02).describe('Canary error rate minus stable, at most.'),
+    maxTtftP95Ratio: z.number().positive().default(1.2).describe('Canary TTFT p95 / stable, at most.'),
+    minTokensPerSecondRatio: z.number().positive().default(0.8).describe('Canary tokens/s / stable, at least.'),
+    autoPromote: z.boolean().default(true).describe('Promote after the last step, or wait for the promote update.'),
+    memoryCapPct: z.int().min(10).max(100).default(90).describe('Refuse a model that needs more than this % of GPU memory.'),
+    approvalTimeout: duration.default('24h').describe('How long a medium-risk deployment waits for approve.'),
+    rollbackWindow: duration.default('1h').describe('How long the old version stays loaded after promotion.'),
+  })
+  .describe('A deployment policy.');
+
+export const RecoverySchema = z
+  .strictObject({
+    probeInterval: duration.default('5s').describe('Time between health probes.'),
+    failureThreshold: z.int().min(1).default(3).describe('Consecutive failed probes before recovery starts.'),
+    maxRecoveriesPerHour: z.int().min(0).default(3).describe('Recoveries per node per hour; beyond it, escalate only.'),
+    verifyTimeout: duration.default('120s').describe('How long to wait for health after each rung.'),
+  })
+  .default({ probeInterval: '5s', failureThreshold: 3, maxRecoveriesPerHour: 3, verifyTimeout: '120s' });
+
+const retention = z.strictObject({
+  keepLast: z.int().min(0).optional(),
+  keepHourly: z.int().min(0).optional(),
+  keepDaily: z.int().min(0).optional(),
+  keepWeekly: z.int().min(0).optional(),
+  keepMonthly: z.int().min(0).optional(),
+  keepYearly: z.int().min(0).optional(),
+});
+
+export const BackupPlanSchema = z
+  .strictObject({
+    id: id.describe('Plan id; its Temporal Schedule is backup:<id>.'),
+    node: id.describe('Node whose worker runs the backup.'),
+    what: z.enum(['model-store', 'vm-config', 'gpu-config', 'gpuops-config']).describe('What the plan backs up.'),
+    paths: z.array(z.string().min(1)).default([]).describe('Paths for model-store plans.'),
+    repository: z.string().min(1).describe('restic repository: a path, sftp:, s3: or rest: URL.'),
+    passwordFile: filePath.describe('File holding the restic repository password.'),
+    schedule: z
+      .strictObject({
+        cron: z.string().optional().describe('Cron expression.'),
+        every: duration.optional().describe('Interval, instead of cron.'),
+        timezone: z.string().default('UTC'),
+        jitter: duration.optional(),
+      })
+      .refine((s) => (s.cron === undefined) !== (s.every === undefined), { message: 'must set exactly one of cron or every' }),
+    retention: retention.default({}),
+    rpo: duration.describe('Recovery point objective: the newest good backup must be younger than this.'),
+    rto: duration.optional().describe('Recovery time objective for restores.'),
+    verify: z
+      .strictObject({
+        readDataSubset: z.string().default('5%').describe('restic check --read-data-subset value.'),
+        testRestore: z.boolean().default(false),
+      })
+      .default({ readDataSubset: '5%', testRestore: false }),
+  })
+  .describe('A backup plan.');
+
+export const NotifierSchema = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('webhook'), name: id, urlFile: filePath.describe('File holding the webhook URL.') }),
+  z.strictObject({ type: z.literal('slack'), name: id, urlFile: filePath.describe('File holding the Slack incoming-webhook URL.') }),
+  z.strictObject({ type: z.literal('discord'), name: id, urlFile: filePath.describe('File holding the Discord webhook URL.') }),
+]);
+
+export const ConfigSchema = z
+  .strictObject({
+    temporal: TemporalSchema,
+    nodes: z.array(NodeSchema).min(1, { message: 'must list at least one node' }).describe('GPU nodes gpuops operates.'),
+    hypervisors: z.array(HypervisorSchema).default([]).describe('Proxmox hosts.'),
+    router: RouterSchema,
+    policies: z.record(id, PolicySchema).default({}).describe('Deployment policies by name; "default" is used when none is named.'),
+    recovery: RecoverySchema,
+    backups: z.array(BackupPlanSchema).default([]).describe('Backup plans; each becomes a Temporal Schedule.'),
+    notifications: z.array(NotifierSchema).default([]).describe('Where escalations and failures are sent.'),
+    sandbox: z
+      .strictObject({
+        stateDir: z.string().default('.gpuops/sandbox').describe('Where the simulated nodes keep their state.'),
+        proxmoxPort: z.int().min(1).max(65535).default(18006).describe('Port of the simulated Proxmox API.'),
+        bootSeconds: z.number().min(0).default(8).describe('How long a simulated VM reboot keeps the node down.'),
+      })
+      .default({ stateDir: '.gpuops/sandbox', proxmoxPort: 18006, bootSeconds: 8 }),
+  })
+  .superRefine((cfg, ctx) => {
+    const dup = <T>(items: T[], key: (t: T) => string, path: (i: number) => (string | number)[], what: string): void => {
+      const seen = new Set<string>();
+      items.forEach((it, i) => {
+        const k = key(it);
+        if (seen.has(k)) ctx.addIssue({ code: 'custom', path: path(i), message: `duplicate ${what} "${k}"` });
+        seen.add(k);
+      });
+    };
+    dup(cfg.nodes, (n) => n.id, (i) => ['nodes', i, 'id'], 'node id');
+    dup(cfg.hypervisors, (h) => h.id, (i) => ['hypervisors', i, 'id'], 'hypervisor id');
+    dup(cfg.backups, (b) => b.id, (i) => ['backups', i, 'id'], 'backup plan id');
+    const hv = new Set(cfg.hypervisors.map((h) => h.id));
+    const nodes = new Set(cfg.nodes.map((n) => n.id));
+    cfg.nodes.forEach((n, i) => {
+      dup(n.engines, (e) => e.name, (j) => ['nodes', i, 'engines', j, 'name'], 'engine name');
+      if (n.vm && !hv.has(n.vm.hypervisor)) {
+        ctx.addIssue({ code: 'custom', path: ['nodes', i, 'vm', 'hypervisor'], message: `must name a hypervisor in hypervisors[] (got "${n.vm.hypervisor}")` });
+      }
+      const gpuIdx = new Set(n.gpus.map((g) => g.index));
+      n.engines.forEach((e, j) => {
+        e.gpus.forEach((g, k) => {
+          if (n.gpus.length > 0 && !gpuIdx.has(g)) {
+            ctx.addIssue({ code: 'custom', path: ['nodes', i, 'engines', j, 'gpus', k], message: `must be the index of a GPU in nodes[${i}].gpus (got ${g})` });
+          }
+        });
+      });
+    });
+    cfg.backups.forEach((b, i) => {
+      if (!nodes.has(b.node)) ctx.addIssue({ code: 'custom', path: ['backups', i, 'node'], message: `must name a node in nodes[] (got "${b.node}")` });
+      if (b.what === 'model-store' && b.paths.length === 0) {
+        ctx.addIssue({ code: 'custom', path: ['backups', i, 'paths'], message: 'must list at least one path for a model-store plan' });
+      }
+    });
+  });
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type NodeConfig = z.infer<typeof NodeSchema>;
+export type EngineConfig = z.infer<typeof EngineSchema>;
+export type HypervisorConfig = z.infer<typeof HypervisorSchema>;
+export type PolicyConfig = z.infer<typeof PolicySchema>;
+export type BackupPlanConfig = z.infer<typeof BackupPlanSchema>;

@@ -1,0 +1,203 @@
+/**
+ * Fault classification: observations in, problems (each with the first recovery rung it calls for) out.
+ * Pure and deterministic, so workflows call it directly and unit tests pin its behaviour.
+ */
+import type { NodeObservation } from './health';
+import { maxRung, type Rung } from './rungs';
+import { rungForXid, xidName } from './xid';
+
+export type FaultKind =
+  | 'node-unreachable'
+  | 'container-missing'
+  | 'container-exited'
+  | 'container-unhealthy'
+  | 'container-oom-killed'
+  | 'container-restarting'
+  | 'engine-down'
+  | 'engine-hung'
+  | 'cuda-oom'
+  | 'gpu-lost'
+  | 'gpu-xid'
+  | 'gpu-ecc'
+  | 'gpu-remap-pending'
+  | 'gpu-missing'
+  | 'disk-low';
+
+export interface Problem {
+  kind: FaultKind;
+  /** What it concerns: a container name, engine name, `gpu0`, a path, or the node id. */
+  subject: string;
+  /** One line an operator can act on. */
+  detail: string;
+  /** First rung that should clear it. */
+  rung: Rung;
+  severity: 'warning' | 'critical';
+}
+
+export interface HealthReport {
+  node: string;
+  observedAt: string;
+  healthy: boolean;
+  /** The most disruptive rung any problem calls for ('none' when healthy). */
+  recommendedRung: Rung;
+  problems: Problem[];
+  observation: NodeObservation;
+}
+
+export interface ClassifyOptions {
+  /** Number of GPUs the config expects; fewer visible means one fell off the bus. */
+  expectedGpus?: number;
+  /** Free-space floor for model stores, bytes (default 10 GiB). */
+  minFreeDiskBytes?: number;
+}
+
+const CUDA_OOM = /CUDA out of memory|cudaMalloc failed: out of memory|CUBLAS_STATUS_ALLOC_FAILED|OutOfMemoryError/i;
+
+export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): HealthReport {
+  const problems: Problem[] = [];
+  const add = (p: Problem): void => {
+    problems.push(p);
+  };
+
+  if (!obs.reachable) {
+    add({
+      kind: 'node-unreachable',
+      subject: obs.node,
+      detail: 'node worker did not pick up the probe in time',
+      rung: 'restart-vm',
+      severity: 'critical',
+    });
+  }
+
+  for (const c of obs.containers) {
+    if (!c.exists) {
+      add({ kind: 'container-missing', subject: c.name, detail: 'container does not exist', rung: 'escalate', severity: 'critical' });
+      continue;
+    }
+    if (c.oomKilled) {
+      add({
+        kind: 'container-oom-killed',
+        subject: c.name,
+        detail: `container was OOM-killed (exit code ${c.exitCode})`,
+        rung: 'restart-container',
+        severity: 'critical',
+      });
+    } else if (!c.running && c.status !== 'restarting') {
+      add({
+        kind: 'container-exited',
+        subject: c.name,
+        detail: `container is ${c.status} (exit code ${c.exitCode})`,
+        rung: 'restart-container',
+        severity: 'critical',
+      });
+    }
+    if (c.status === 'restarting') {
+      add({
+        kind: 'container-restarting',
+        subject: c.name,
+        detail: `container is restarting (restart count ${c.restartCount})`,
+        rung: 'restart-container',
+        severity: 'critical',
+      });
+    }
+    if (c.running && c.health === 'unhealthy') {
+      add({ kind: 'container-unhealthy', subject: c.name, detail: 'docker healthcheck reports unhealthy', rung: 'restart-container', severity: 'critical' });
+    }
+    const oomLine = c.logSignals.find((l) => CUDA_OOM.test(l));
+    if (oomLine) {
+      add({ kind: 'cuda-oom', subject: c.name, detail: `CUDA out of memory: ${oomLine}`, rung: 'restart-container', severity: 'critical' });
+    }
+  }
+
+  for (const e of obs.engines) {
+    if (!e.reachable || (!e.healthy && !e.loading)) {
+      add({
+        kind: 'engine-down',
+        subject: e.name,
+        detail: `${e.type} at ${e.url} ${e.reachable ? 'is unhealthy' : 'is unreachable'}${e.error ? `: ${e.error}` : ''}`,
+        rung: 'restart-container',
+        severity: 'critical',
+      });
+    } else if (e.generation && !e.generation.ok) {
+      add({
+        kind: 'engine-hung',
+        subject: e.name,
+        detail: `health answers but a test generation failed after ${e.generation.ms} ms: ${e.generation.error ?? 'no answer'}`,
+        rung: 'restart-container',
+        severity: 'critical',
+      });
+    }
+  }
+
+  if (obs.gpuError !== null) {
+    add({ kind: 'gpu-lost', subject: 'gpu', detail: `nvidia-smi failed: ${obs.gpuError}`, rung: 'restart-vm', severity: 'critical' });
+  }
+  for (const g of obs.gpus) {
+    const subject = `gpu${g.index}`;
+    if (g.lost) {
+      add({ kind: 'gpu-lost', subject, detail: `${g.name} (${g.pciBusId}) reports lost / ERR!`, rung: 'restart-vm', severity: 'critical' });
+    }
+    if (g.eccUncorrectedVolatile !== null && g.eccUncorrectedVolatile > 0) {
+      add({
+        kind: 'gpu-ecc',
+        subject,
+        detail: `${g.eccUncorrectedVolatile} uncorrected volatile ECC error(s)`,
+        rung: 'reset-gpu',
+        severity: 'critical',
+      });
+    }
+    if (g.remappedRowsPending === true || g.retiredPagesPending === true) {
+      add({
+        kind: 'gpu-remap-pending',
+        subject,
+        detail: 'row remapping / page retirement pending: a GPU reset applies it',
+        rung: 'reset-gpu',
+        severity: 'warning',
+      });
+    }
+  }
+  if (opts.expectedGpus !== undefined && obs.gpuError === null && obs.gpus.length < opts.expectedGpus) {
+    add({
+      kind: 'gpu-missing',
+      subject: 'gpu',
+      detail: `expected ${opts.expectedGpus} GPU(s), nvidia-smi shows ${obs.gpus.length}`,
+      rung: 'restart-vm',
+      severity: 'critical',
+    });
+  }
+
+  for (const x of obs.xids) {
+    const rung = rungForXid(x.xid, x.message);
+    if (rung === 'none') continue;
+    add({
+      kind: 'gpu-xid',
+      subject: x.pciBusId,
+      detail: `Xid ${x.xid} (${xidName(x.xid)}): ${x.message}`,
+      rung,
+      severity: 'critical',
+    });
+  }
+
+  const minFree = opts.minFreeDiskBytes ?? 10 * 1024 ** 3;
+  for (const d of obs.disks) {
+    if (d.freeBytes < minFree) {
+      add({
+        kind: 'disk-low',
+        subject: d.path,
+        detail: `${(d.freeBytes / 1024 ** 3).toFixed(1)} GiB free, below ${(minFree / 1024 ** 3).toFixed(1)} GiB`,
+        rung: 'escalate',
+        severity: 'warning',
+      });
+    }
+  }
+
+  const recommendedRung = problems.reduce<Rung>((r, p) => maxRung(r, p.rung), 'none');
+  return {
+    node: obs.node,
+    observedAt: obs.observedAt,
+    healthy: problems.every((p) => p.severity !== 'critical'),
+    recommendedRung,
+    problems,
+    observation: obs,
+  };
+}

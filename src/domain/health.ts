@@ -1,0 +1,109 @@
+/**
+ * Typed observations of a GPU node, as the host adapters report them. Pure data: safe to import from workflows.
+ */
+
+/** Engine kinds gpuops knows how to drive. */
+export type EngineType = 'ollama' | 'vllm' | 'llamacpp';
+
+/** State of one engine container, from `docker inspect`. */
+export interface ContainerState {
+  name: string;
+  /** false when docker reports "No such object". */
+  exists: boolean;
+  /** Docker's State.Status, or 'missing' when the container does not exist. */
+  status: 'created' | 'running' | 'paused' | 'restarting' | 'removing' | 'exited' | 'dead' | 'missing';
+  running: boolean;
+  exitCode: number;
+  oomKilled: boolean;
+  restartCount: number;
+  /** State.Health.Status, or 'none' when the image defines no healthcheck. */
+  health: 'healthy' | 'unhealthy' | 'starting' | 'none';
+  image?: string;
+  startedAt?: string;
+  finishedAt?: string;
+  /** Known fault signatures found in the container's recent logs (e.g. "CUDA out of memory"). */
+  logSignals: string[];
+}
+
+/** One GPU, from `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`. Unavailable fields are null. */
+export interface GpuStatus {
+  index: number;
+  uuid: string;
+  name: string;
+  pciBusId: string;
+  driverVersion: string | null;
+  memoryTotalMiB: number | null;
+  memoryUsedMiB: number | null;
+  memoryFreeMiB: number | null;
+  utilizationGpuPct: number | null;
+  temperatureC: number | null;
+  powerDrawW: number | null;
+  powerLimitW: number | null;
+  /** ecc.errors.uncorrected.volatile.total; null when ECC is unsupported ([N/A]). */
+  eccUncorrectedVolatile: number | null;
+  /** retired_pages.pending (pre-Ampere) — "Yes" means a reset/reboot is needed to retire pages. */
+  retiredPagesPending: boolean | null;
+  /** remapped_rows.pending (Ampere+) — true means a GPU reset is needed to apply row remapping. */
+  remappedRowsPending: boolean | null;
+  /** remapped_rows.failure — true means the GPU should be serviced. */
+  remappedRowsFailure: boolean | null;
+  /** Active clocks_event_reasons (e.g. sw_thermal_slowdown, hw_slowdown), decoded from the bitmask. */
+  clocksEventReasons: string[];
+  /** true when nvidia-smi reported the GPU lost / unknown error, or fields read ERR!. */
+  lost: boolean;
+}
+
+/** An Xid event from the kernel log (`NVRM: Xid (PCI:0000:01:00): 79, pid=..., GPU has fallen off the bus.`). */
+export interface XidEvent {
+  xid: number;
+  pciBusId: string;
+  /** Kernel timestamp as printed (seconds since boot, or ISO time with `dmesg --time-format iso`). */
+  time: string;
+  pid: number | null;
+  processName: string | null;
+  message: string;
+}
+
+/** Result of probing one engine's HTTP API. */
+export interface EngineProbe {
+  name: string;
+  type: EngineType;
+  url: string;
+  /** TCP/HTTP reachable at all. */
+  reachable: boolean;
+  /** Health endpoint answered OK. */
+  healthy: boolean;
+  /** Engine answered 503 while loading a model (vLLM / llama.cpp). */
+  loading: boolean;
+  version: string | null;
+  /** Models the engine lists (Ollama tags, /v1/models ids). */
+  models: string[];
+  /** Models currently loaded in VRAM (Ollama /api/ps); empty when unknown. */
+  loaded: string[];
+  latencyMs: number;
+  /** A tiny real generation, when requested: catches an engine that answers /health but hangs. */
+  generation: { ok: boolean; ms: number; error: string | null } | null;
+  error: string | null;
+}
+
+/** Free space of a node's model store. */
+export interface DiskStatus {
+  path: string;
+  totalBytes: number;
+  freeBytes: number;
+}
+
+/** Everything one probe round saw on a node. */
+export interface NodeObservation {
+  node: string;
+  observedAt: string;
+  /** false when the node worker did not pick up the probe in time (schedule-to-start timeout). */
+  reachable: boolean;
+  containers: ContainerState[];
+  gpus: GpuStatus[];
+  /** null when nvidia-smi itself failed (driver gone, GPU lost). */
+  gpuError: string | null;
+  xids: XidEvent[];
+  engines: EngineProbe[];
+  disks: DiskStatus[];
+}

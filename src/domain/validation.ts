@@ -1,0 +1,55 @@
+/**
+ * One way to turn zod failures into messages an operator can act on: `nodes[1].engines[0].url: must be an http(s)
+ * URL`. Used at every boundary (config, CLI, workflow inputs, updates, webhooks). Workflow-safe.
+ */
+import type { z } from 'zod';
+
+export function issuePath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const seg of path) {
+    if (typeof seg === 'number') out += `[${seg}]`;
+    else out += out === '' ? String(seg) : `.${String(seg)}`;
+  }
+  return out === '' ? '(root)' : out;
+}
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'invalid_type':
+      return issue.input === undefined ? 'is required' : `must be ${issue.expected}`;
+    case 'unrecognized_keys':
+      return `unknown field(s): ${issue.keys.join(', ')}`;
+    case 'invalid_value':
+      return `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'invalid_union':
+      return issue.message.startsWith('Invalid') ? 'matches none of the allowed shapes' : issue.message;
+    default:
+      return issue.message;
+  }
+}
+
+/** One line per issue, each naming the field path and the rule it broke. */
+export function formatIssues(error: z.ZodError, prefix = ''): string[] {
+  return error.issues.map((i) => {
+    const p = issuePath([...(prefix ? [prefix] : []), ...i.path]);
+    return `${p}: ${describeIssue(i)}`;
+  });
+}
+
+/** Thrown when input at a boundary is invalid; `message` lists every problem, one per line. */
+export class ValidationError extends Error {
+  constructor(
+    readonly what: string,
+    readonly problems: string[],
+  ) {
+    super(`invalid ${what}:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+    this.name = 'ValidationError';
+  }
+}
+
+/** Parse or throw a ValidationError naming every bad field. */
+export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
+  const r = schema.safeParse(input);
+  if (!r.success) throw new ValidationError(what, formatIssues(r.error));
+  return r.data;
+}

@@ -1,0 +1,49 @@
+/**
+ * NVIDIA Xid catalog (the subset that matters for recovery), after NVIDIA's "Xid Errors" documentation:
+ * each Xid maps to the least disruptive recovery rung that clears it. Pure; safe in workflows.
+ */
+import type { Rung } from './rungs';
+
+export interface XidInfo {
+  name: string;
+  /** First rung to try for this Xid. 'none' means informational: record, do not act. */
+  rung: Rung;
+}
+
+export const XID_CATALOG: Readonly<Record<number, XidInfo>> = {
+  13: { name: 'Graphics Engine Exception', rung: 'restart-container' },
+  31: { name: 'GPU memory page fault', rung: 'restart-container' },
+  32: { name: 'Invalid or corrupted push buffer stream', rung: 'restart-container' },
+  43: { name: 'GPU stopped processing', rung: 'restart-container' },
+  45: { name: 'Preemptive cleanup, due to previous errors', rung: 'none' },
+  48: { name: 'Double Bit ECC Error', rung: 'reset-gpu' },
+  61: { name: 'Internal micro-controller breakpoint/warning', rung: 'reset-gpu' },
+  62: { name: 'Internal micro-controller halt', rung: 'reset-gpu' },
+  63: { name: 'ECC page retirement or row remapping recording event', rung: 'none' },
+  64: { name: 'ECC page retirement or row remapper recording failure', rung: 'reset-gpu' },
+  74: { name: 'NVLink Error', rung: 'reset-gpu' },
+  79: { name: 'GPU has fallen off the bus', rung: 'restart-vm' },
+  92: { name: 'High single-bit ECC error rate', rung: 'none' },
+  94: { name: 'Contained ECC error', rung: 'restart-container' },
+  95: { name: 'Uncontained ECC error', rung: 'reset-gpu' },
+  119: { name: 'GSP RPC Timeout', rung: 'reset-gpu' },
+  120: { name: 'GSP Error', rung: 'reset-gpu' },
+  140: { name: 'Unrecovered ECC Error', rung: 'reset-gpu' },
+};
+
+/**
+ * Rung for one Xid event. Xid 154 ("GPU recovery action changed") carries the driver's own recommendation in its
+ * message; unknown Xids are treated as needing a GPU reset, the safe middle of the ladder.
+ */
+export function rungForXid(xid: number, message = ''): Rung {
+  if (xid === 154) {
+    if (/node reboot required/i.test(message)) return 'restart-vm';
+    if (/reset required|drain and reset/i.test(message)) return 'reset-gpu';
+    return 'none';
+  }
+  return XID_CATALOG[xid]?.rung ?? 'reset-gpu';
+}
+
+export function xidName(xid: number): string {
+  return XID_CATALOG[xid]?.name ?? (xid === 154 ? 'GPU recovery action changed' : 'Unknown Xid');
+}
