@@ -30,4 +30,9 @@ module.exports = {
   // unicorn-magic's export map has only an 'import' condition, which jest's CommonJS resolver skips.
   moduleNameMapper: { '^unicorn-magic$': '<rootDir>/node_modules/unicorn-magic/node.js' },
   testMatch: ['<rootDir>/test/**/*.test.ts'],
+  globalSetup: '<rootDir>/test/global-setup.ts',
+  globalTeardown: '<rootDir>/test/global-teardown.ts',
+  // Workflow tests start workers and a sandbox node; two cores are shared with the Temporal server.
+  maxWorkers: 2,
+  testTimeout: 60_000,
 };

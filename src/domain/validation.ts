@@ -15,8 +15,15 @@ export function issuePath(path: readonly PropertyKey[]): string {
 
 function describeIssue(issue: z.core.$ZodIssue): string {
   switch (issue.code) {
-    case 'invalid_type':
-      return issue.input === undefined ? 'is required' : `must be ${issue.expected}`;
+    case 'invalid_type': {
+      // zod 4 leaves `input` out of issues unless parsing with reportInput, so its absence does not mean the field
+      // is missing; zod's own message says what it received ("… received undefined" only when nothing was given).
+      const missing = issue.input === undefined && /received undefined$/.test(issue.message);
+      return missing ? 'is required' : `must be ${issue.expected}`;
+    }
+    case 'invalid_key':
+      // A record key (e.g. a policy name) broke its rule; zod's own message only says "Invalid key in record".
+      return `invalid name: ${issue.issues.map((i) => describeIssue(i)).join('; ')}`;
     case 'unrecognized_keys':
       return `unknown field(s): ${issue.keys.join(', ')}`;
     case 'invalid_value':

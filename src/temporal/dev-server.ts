@@ -1,0 +1,153 @@
+/**
+ * The embedded Temporal dev server: `temporal server start-dev` with a SQLite file (history survives restarts),
+ * the Web UI, and gpuops's search attributes registered at start. Where no CLI can be had, the SDK's own
+ * download of the same dev server is the fallback.
+ */
+import { mkdirSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { loadExeca } from '../hosts/exec';
+import { Connection } from '@temporalio/client';
+import { SEARCH_ATTRIBUTES, SEARCH_ATTRIBUTE_TYPES } from '../messages';
+
+export interface DevServerOptions {
+  /** Path to the temporal CLI, or null to use the SDK's download. */
+  cli: string | null;
+  ip?: string;
+  port: number;
+  uiPort: number;
+  /** SQLite file; its directory is created. */
+  dbFile: string;
+  /** Server output goes here, not to the operator's terminal. */
+  logFile: string;
+  namespace?: string;
+  headless?: boolean;
+  readyTimeoutMs?: number;
+}
+
+export interface DevServer {
+  address: string;
+  uiUrl: string | null;
+  /** Stops the server and waits for it to exit (SIGTERM, then SIGKILL after 10 s). */
+  stop(): Promise<void>;
+}
+
+/** true when something accepts TCP connections on host:port. */
+export function portInUse(port: number, host = '127.0.0.1'): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ port, host });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** A free TCP port on loopback, chosen by the kernel. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (addr && typeof addr === 'object' ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** Wait until the frontend answers GetSystemInfo. */
+export async function waitForTemporal(address: string, timeoutMs: number, isDead?: () => string | null): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    const dead = isDead?.();
+    if (dead) throw new Error(dead);
+    try {
+      const conn = await Connection.connect({ address, connectTimeout: 1000 });
+      try {
+        await conn.workflowService.getSystemInfo({});
+        return;
+      } finally {
+        await conn.close();
+      }
+    } catch (err) {
+      last = err;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+  throw new Error(`Temporal at ${address} not ready after ${timeoutMs} ms: ${(last as Error)?.message ?? 'no answer'}`);
+}
+
+export async function startDevServer(opts: DevServerOptions): Promise<DevServer> {
+  const ip = opts.ip ?? '127.0.0.1';
+  const address = `${ip}:${opts.port}`;
+  if (await portInUse(opts.port, ip)) {
+    throw new Error(
+      `port ${opts.port} is already in use — is another gpuops or Temporal dev server running? ` +
+        'Stop it, set temporal.dev.port in gpuops.yaml, or point TEMPORAL_ADDRESS at the running server.',
+    );
+  }
+  mkdirSync(path.dirname(opts.dbFile), { recursive: true });
+  mkdirSync(path.dirname(opts.logFile), { recursive: true });
+  const uiUrl = opts.headless ? null : `http://localhost:${opts.uiPort}`;
+
+  const cli = opts.cli;
+  if (cli === null) return startViaSdkDownload({ ...opts, ip }, address, uiUrl);
+
+  const saArgs = Object.entries(SEARCH_ATTRIBUTE_TYPES).flatMap(([k, t]) => ['--search-attribute', `${k}=${t}`]);
+  const args = [
+    'server',
+    'start-dev',
+    '--ip',
+    ip,
+    '--port',
+    String(opts.port),
+    '--db-filename',
+    opts.dbFile,
+    '--namespace',
+    opts.namespace ?? 'default',
+    '--log-level',
+    'warn',
+    ...(opts.headless ? ['--headless'] : ['--ui-port', String(opts.uiPort)]),
+    ...saArgs,
+  ];
+  const { execa } = await loadExeca();
+  const log = { file: opts.logFile, append: true } as const;
+  // Own process group (detached) so a terminal Ctrl-C reaches gpuops first, which then stops the server in order.
+  const child = execa(cli, args, { stdin: 'ignore', stdout: log, stderr: log, reject: false, detached: true });
+  let exited: string | null = null;
+  void child.then((r) => {
+    exited = `temporal server start-dev exited (code ${r.exitCode ?? r.signal}); see ${opts.logFile}`;
+  });
+  await waitForTemporal(address, opts.readyTimeoutMs ?? 60_000, () => exited);
+  return {
+    address,
+    uiUrl,
+    async stop() {
+      if (exited) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await child;
+      clearTimeout(timer);
+    },
+  };
+}
+
+async function startViaSdkDownload(opts: DevServerOptions & { ip: string }, address: string, uiUrl: string | null): Promise<DevServer> {
+  // Loaded lazily: only this fallback needs the testing package's native download support.
+  const { TestWorkflowEnvironment } = await import('@temporalio/testing');
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: { type: 'cached-download' },
+      ip: opts.ip,
+      port: opts.port,
+      ui: !opts.headless,
+      ...(opts.headless ? {} : { uiPort: opts.uiPort }),
+      dbFilename: opts.dbFile,
+      namespace: opts.namespace ?? 'default',
+      searchAttributes: Object.values(SEARCH_ATTRIBUTES),
+    },
+  });
+  return { address, uiUrl, stop: () => env.teardown() };
+}

@@ -1,0 +1,54 @@
+/**
+ * Shared entrypoint plumbing for the three worker processes: config, connection, graceful shutdown on
+ * SIGINT/SIGTERM (the SDK's Runtime drains in-flight activities before run() resolves), and exit codes.
+ */
+import type { NativeConnection, Worker } from '@temporalio/worker';
+import { loadConfig, type LoadedConfig } from '../config/load';
+import { ValidationError } from '../domain/validation';
+import { connectWorker, resolveTargetOrDev } from './connection';
+
+export interface WorkerContext {
+  loaded: LoadedConfig;
+  connection: NativeConnection;
+  namespace: string;
+  args: Map<string, string>;
+}
+
+/** `--name value` / `--name=value` pairs; the worker CLIs are tiny, so no parser library. */
+export function parseFlags(argv: readonly string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] ?? '';
+    if (!a.startsWith('--')) continue;
+    const eq = a.indexOf('=');
+    if (eq > 0) out.set(a.slice(2, eq), a.slice(eq + 1));
+    else out.set(a.slice(2), argv[i + 1] ?? '');
+  }
+  return out;
+}
+
+export function runWorkerMain(name: string, build: (ctx: WorkerContext) => Promise<Worker>): void {
+  const run = async (): Promise<number> => {
+    const loaded = loadConfig(process.env.GPUOPS_CONFIG);
+    const target = resolveTargetOrDev(loaded.config);
+    const connection = await connectWorker(target);
+    try {
+      const worker = await build({ loaded, connection, namespace: target.namespace, args: parseFlags(process.argv.slice(2)) });
+      console.log(`${name} worker polling ${worker.options.taskQueue} on ${target.address} (namespace ${target.namespace})`);
+      await worker.run();
+      console.log(`${name} worker stopped`);
+      return 0;
+    } finally {
+      await connection.close();
+    }
+  };
+  run().then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      console.error(`gpuops ${name} worker: ${(err as Error).message}`);
+      process.exitCode = err instanceof ValidationError ? 2 : 1;
+    },
+  );
+}

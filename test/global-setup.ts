@@ -1,0 +1,32 @@
+/**
+ * One real Temporal dev server per test run (the `temporal` CLI, headless, on a free port), run by a child
+ * process. Test files read its address from TEMPORAL_TEST_ADDRESS.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+declare global {
+  var __gpuopsTemporal: ChildProcess | undefined;
+}
+
+export default async function globalSetup(): Promise<void> {
+  const root = path.resolve(__dirname, '..');
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-test-'));
+  const child = spawn(path.join(root, 'node_modules', '.bin', 'tsx'), [path.join(root, 'scripts', 'test-temporal-server.ts'), dir], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  globalThis.__gpuopsTemporal = child;
+  const address = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout?.on('data', (b: Buffer) => {
+      out += b.toString();
+      const m = /READY (\S+)/.exec(out);
+      if (m?.[1]) resolve(m[1]);
+    });
+    child.once('exit', (code) => reject(new Error(`Temporal dev server for tests exited with code ${code}`)));
+  });
+  process.env.TEMPORAL_TEST_ADDRESS = address;
+  process.env.TEMPORAL_TEST_DIR = dir;
+}

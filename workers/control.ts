@@ -1,0 +1,35 @@
+/**
+ * Control worker (queue gpuops-control): every workflow, plus the activities that need no particular host —
+ * the Proxmox API (a node never restarts its own VM), and later the router and notifications.
+ * Run: `tsx workers/control.ts` (gpuops up runs it in-process).
+ */
+import os from 'node:os';
+import { Worker, type NativeConnection, type WorkflowBundle } from '@temporalio/worker';
+import type { LoadedConfig } from '../src/config/load';
+import { CONTROL_TASK_QUEUE } from '../src/messages';
+import { runWorkerMain } from '../src/temporal/worker-main';
+import { createControlActivities } from '../activities/control';
+
+export interface ControlWorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  loaded: LoadedConfig;
+  /** A prebuilt bundle (tests build it once per file); otherwise workflows/ is bundled at start. */
+  workflowBundle?: WorkflowBundle;
+  taskQueue?: string;
+}
+
+export async function createControlWorker(opts: ControlWorkerOptions): Promise<Worker> {
+  return Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
+    identity: `gpuops-control@${os.hostname()}:${process.pid}`,
+    ...(opts.workflowBundle ? { workflowBundle: opts.workflowBundle } : { workflowsPath: require.resolve('../workflows') }),
+    activities: createControlActivities(opts.loaded),
+  });
+}
+
+if (require.main === module) {
+  runWorkerMain('control', (ctx) => createControlWorker(ctx));
+}

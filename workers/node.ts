@@ -1,0 +1,43 @@
+/**
+ * Node worker (queue gpuops-node-<id>): activities that must run ON the GPU node — docker, nvidia-smi, the kernel
+ * log, engine HTTP, the model store. No workflows. On a real node it runs as a systemd service
+ * (deploy/systemd/gpuops-node-worker@.service); in the sandbox the same code runs with the shims first on PATH.
+ * Run: `tsx workers/node.ts --node <id>` (or GPUOPS_NODE=<id>).
+ */
+import os from 'node:os';
+import { Worker, type NativeConnection } from '@temporalio/worker';
+import type { NodeConfig } from '../src/config/schema';
+import { ValidationError } from '../src/domain/validation';
+import { nodeTaskQueue } from '../src/messages';
+import { runWorkerMain } from '../src/temporal/worker-main';
+import { createNodeActivities } from '../activities/node';
+
+export interface NodeWorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  node: NodeConfig;
+}
+
+export async function createNodeWorker(opts: NodeWorkerOptions): Promise<Worker> {
+  return Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace,
+    taskQueue: nodeTaskQueue(opts.node.id),
+    identity: `gpuops-node-${opts.node.id}@${os.hostname()}:${process.pid}`,
+    activities: createNodeActivities(opts.node),
+    // Probes and container actions are short; a node has few cores to spare next to its engines.
+    maxConcurrentActivityTaskExecutions: 16,
+  });
+}
+
+if (require.main === module) {
+  runWorkerMain('node', async (ctx) => {
+    const id = ctx.args.get('node') || process.env.GPUOPS_NODE;
+    const node = ctx.loaded.config.nodes.find((n) => n.id === id);
+    if (!node) {
+      const known = ctx.loaded.config.nodes.map((n) => n.id).join(', ');
+      throw new ValidationError('arguments', [`--node: must be one of ${known} (got ${id ? `"${id}"` : 'nothing'})`]);
+    }
+    return createNodeWorker({ connection: ctx.connection, namespace: ctx.namespace, node });
+  });
+}

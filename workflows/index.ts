@@ -1,0 +1,2 @@
+/** Every gpuops workflow type, registered on the control worker (queue gpuops-control). */
+export { inspectNode } from './inspect-node';
