@@ -16,6 +16,8 @@ export interface NodeWorkerOptions {
   connection: NativeConnection;
   namespace: string;
   node: NodeConfig;
+  /** gpuops.yaml path: relative paths in the node's config resolve from its directory. */
+  configPath?: string;
 }
 
 export async function createNodeWorker(opts: NodeWorkerOptions): Promise<Worker> {
@@ -24,7 +26,7 @@ export async function createNodeWorker(opts: NodeWorkerOptions): Promise<Worker>
     namespace: opts.namespace,
     taskQueue: nodeTaskQueue(opts.node.id),
     identity: `gpuops-node-${opts.node.id}@${os.hostname()}:${process.pid}`,
-    activities: createNodeActivities(opts.node),
+    activities: createNodeActivities(opts.node, opts.configPath ? { configPath: opts.configPath } : {}),
     // Probes and container actions are short; a node has few cores to spare next to its engines.
     maxConcurrentActivityTaskExecutions: 16,
   });
@@ -38,6 +40,6 @@ if (require.main === module) {
       const known = ctx.loaded.config.nodes.map((n) => n.id).join(', ');
       throw new ValidationError('arguments', [`--node: must be one of ${known} (got ${id ? `"${id}"` : 'nothing'})`]);
     }
-    return createNodeWorker({ connection: ctx.connection, namespace: ctx.namespace, node });
+    return createNodeWorker({ connection: ctx.connection, namespace: ctx.namespace, node, configPath: ctx.loaded.path });
   });
 }

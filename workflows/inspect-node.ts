@@ -9,7 +9,7 @@ import type * as nodeActivities from '../activities/node';
 import { classifyNode, type HealthReport } from '../src/domain/classify';
 import type { NodeObservation } from '../src/domain/health';
 import { parseDuration } from '../src/domain/durations';
-import { parseOrThrow } from '../src/domain/validation';
+import { parseInput } from '../src/domain/validation';
 import { SEARCH_ATTRIBUTES, nodeTaskQueue } from '../src/messages';
 
 type NodeActivities = ReturnType<typeof nodeActivities.createNodeActivities>;
@@ -41,7 +41,7 @@ function notPickedUp(err: unknown): boolean {
  * `temporal workflow start --type inspectNode --task-queue gpuops-control --input '{"node":"sandbox-1"}'`.
  */
 export async function inspectNode(rawInput: InspectNodeInput): Promise<HealthReport> {
-  const input = parseOrThrow(InspectNodeInput, rawInput, 'inspectNode input');
+  const input = parseInput(InspectNodeInput, rawInput, 'inspectNode input');
   upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.node, value: input.node }]);
   setCurrentDetails(`Probing node **${input.node}** on queue \`${nodeTaskQueue(input.node)}\``);
 

@@ -2,6 +2,7 @@
  * One way to turn zod failures into messages an operator can act on: `nodes[1].engines[0].url: must be an http(s)
  * URL`. Used at every boundary (config, CLI, workflow inputs, updates, webhooks). Workflow-safe.
  */
+import { ApplicationFailure } from '@temporalio/common';
 import type { z } from 'zod';
 
 export function issuePath(path: readonly PropertyKey[]): string {
@@ -58,5 +59,23 @@ export class ValidationError extends Error {
 export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
   const r = schema.safeParse(input);
   if (!r.success) throw new ValidationError(what, formatIssues(r.error));
+  return r.data;
+}
+
+/**
+ * Parse a workflow or activity input. A bad input fails the workflow (or activity) at once with a non-retryable
+ * ApplicationFailure of type ValidationError, never a workflow-task retry loop; details carry one line per field.
+ */
+export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
+  const r = schema.safeParse(input);
+  if (!r.success) {
+    const problems = formatIssues(r.error);
+    throw ApplicationFailure.create({
+      type: 'ValidationError',
+      message: `invalid ${what}: ${problems.join('; ')}`,
+      nonRetryable: true,
+      details: [problems],
+    });
+  }
   return r.data;
 }

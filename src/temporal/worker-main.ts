@@ -2,7 +2,7 @@
  * Shared entrypoint plumbing for the three worker processes: config, connection, graceful shutdown on
  * SIGINT/SIGTERM (the SDK's Runtime drains in-flight activities before run() resolves), and exit codes.
  */
-import type { NativeConnection, Worker } from '@temporalio/worker';
+import { DefaultLogger, Runtime, type LogLevel, type NativeConnection, type Worker } from '@temporalio/worker';
 import { loadConfig, type LoadedConfig } from '../config/load';
 import { ValidationError } from '../domain/validation';
 import { connectWorker, resolveTargetOrDev } from './connection';
@@ -27,7 +27,18 @@ export function parseFlags(argv: readonly string[]): Map<string, string> {
   return out;
 }
 
+/**
+ * The SDK logs every worker state change at INFO; operators want warnings and errors unless they ask for more
+ * (GPUOPS_LOG_LEVEL=INFO|DEBUG|TRACE).
+ */
+export function installRuntimeLogger(env: NodeJS.ProcessEnv = process.env): void {
+  const wanted = (env.GPUOPS_LOG_LEVEL ?? 'WARN').toUpperCase();
+  const level: LogLevel = (['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'] as const).find((l) => l === wanted) ?? 'WARN';
+  Runtime.install({ logger: new DefaultLogger(level) });
+}
+
 export function runWorkerMain(name: string, build: (ctx: WorkerContext) => Promise<Worker>): void {
+  installRuntimeLogger();
   const run = async (): Promise<number> => {
     const loaded = loadConfig(process.env.GPUOPS_CONFIG);
     const target = resolveTargetOrDev(loaded.config);

@@ -1,0 +1,72 @@
+/** `gpuops sandbox fault|clear|show`: drive the simulated node that `gpuops up` runs. */
+import { existsSync } from 'node:fs';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
+import { ValidationError, parseOrThrow } from '../domain/validation';
+import { FAULT_DESCRIPTIONS, FAULT_KINDS, clearFaults, injectFault, listFaults, type SandboxFaultKind } from '../sandbox/faults';
+import { SandboxStore } from '../sandbox/state';
+import type { GlobalOptions } from './context';
+import { printJson, table } from './output';
+
+const FaultArgs = z.strictObject({
+  kind: z.enum(FAULT_KINDS as [SandboxFaultKind, ...SandboxFaultKind[]]),
+  engine: z.string().min(1).optional(),
+  gpu: z.coerce.number().int().min(0).optional(),
+});
+
+function sandboxStore(loaded: LoadedConfig, node: string): SandboxStore {
+  const n = loaded.config.nodes.find((x) => x.id === node);
+  if (!n || !n.sandbox) {
+    const sims = loaded.config.nodes.filter((x) => x.sandbox).map((x) => x.id);
+    throw new ValidationError('argument', [`node: must be a sandbox node (${sims.join(', ') || 'none configured'}; got "${node}")`]);
+  }
+  const store = SandboxStore.forNode(resolveFrom(loaded.path, loaded.config.sandbox.stateDir), node);
+  if (!existsSync(store.file)) throw new Error(`sandbox node ${node} has no state yet (${store.file}): start gpuops first (npm start)`);
+  return store;
+}
+
+export function registerSandboxCommands(program: Command, globals: () => GlobalOptions): void {
+  const sandbox = program.command('sandbox').description('drive the simulated GPU node(s)');
+  sandbox
+    .command('fault <node> <kind>')
+    .description(`inject a fault: ${FAULT_KINDS.join(' | ')}`)
+    .option('--engine <name>', 'engine to affect (engine-hang, container-exit, cuda-oom); default the first')
+    .option('--gpu <index>', 'GPU to affect (xid-79, ecc); default the engine\'s first GPU')
+    .addHelpText('after', `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(15)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}`)
+    .action((node: string, kind: string, opts: { engine?: string; gpu?: string }) => {
+      const args = parseOrThrow(FaultArgs, { kind, ...opts }, 'arguments');
+      const loaded = loadConfig(globals().config);
+      const fault = injectFault(sandboxStore(loaded, node), args.kind, {
+        ...(args.engine ? { engine: args.engine } : {}),
+        ...(args.gpu !== undefined ? { gpu: args.gpu } : {}),
+      });
+      if (globals().json) printJson(fault);
+      else console.log(`injected ${args.kind} on ${node}: ${FAULT_DESCRIPTIONS[args.kind]}`);
+    });
+  sandbox
+    .command('clear <node>')
+    .description('clear every injected fault (as if an operator fixed the node by hand)')
+    .action((node: string) => {
+      const loaded = loadConfig(globals().config);
+      const cleared = clearFaults(sandboxStore(loaded, node));
+      if (globals().json) printJson(cleared);
+      else console.log(cleared.length ? `cleared on ${node}: ${cleared.map((f) => f.kind).join(', ')}` : `no faults on ${node}`);
+    });
+  sandbox
+    .command('show <node>')
+    .description('print the simulated node: VM, containers, GPUs, active faults')
+    .action((node: string) => {
+      const loaded = loadConfig(globals().config);
+      const store = sandboxStore(loaded, node);
+      const state = store.read();
+      if (globals().json) {
+        printJson(state);
+        return;
+      }
+      console.log(`node ${state.node}: VM ${state.vm.vmid ?? '-'} ${state.vm.status} (${state.vm.phase})`);
+      console.log(table(['CONTAINER', 'STATUS', 'EXIT', 'RESTARTS'], Object.values(state.containers).map((c) => [c.name, c.status, c.exitCode, c.restartCount])));
+      const faults = listFaults(store);
+      console.log(faults.length ? `faults: ${faults.map((f) => f.kind).join(', ')}` : 'faults: none');
+    });
+}

@@ -1,0 +1,202 @@
+/**
+ * `gpuops up` (= `npm start`): everything gpuops needs on one machine. Without TEMPORAL_ADDRESS it runs the
+ * embedded Temporal dev server (SQLite under .gpuops/, Web UI, search attributes registered); then the sandbox
+ * nodes (each with its real node worker as a child process), hypervisor workers for `qm` hosts that are local,
+ * and the control worker in this process. Ctrl-C (or SIGTERM) stops it all in reverse order.
+ */
+import path from 'node:path';
+import { Connection } from '@temporalio/client';
+import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
+import type { HypervisorConfig } from '../config/schema';
+import { SEARCH_ATTRIBUTE_TYPES, CONTROL_TASK_QUEUE } from '../messages';
+import { ensureTemporalCli } from '../temporal/cli';
+import { connectWorker, resolveTemporalTarget, type TemporalTarget } from '../temporal/connection';
+import { startDevServer } from '../temporal/dev-server';
+import { installRuntimeLogger } from '../temporal/worker-main';
+import { SandboxNode, startSandboxProxmox } from '../sandbox/node';
+import { createControlWorker } from '../../workers/control';
+import { ManagedProcess, tsxCommand } from './processes';
+import type { GlobalOptions } from './context';
+
+export interface UpOptions extends GlobalOptions {
+  /** Run node/hypervisor workers here for non-sandbox hosts too (single-box installs). */
+  localNodeWorkers: boolean;
+  /** Start the simulated nodes (default true). */
+  sandbox: boolean;
+}
+
+const log = (line: string): void => {
+  process.stdout.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
+};
+
+/** On a server gpuops did not start, make sure its search attributes exist (idempotent). */
+async function registerSearchAttributes(target: TemporalTarget & { address: string }): Promise<void> {
+  const conn = await Connection.connect({ address: target.address });
+  try {
+    const existing = await conn.operatorService.listSearchAttributes({ namespace: target.namespace });
+    const missing = Object.entries(SEARCH_ATTRIBUTE_TYPES).filter(([k]) => !(k in (existing.customAttributes ?? {})));
+    if (missing.length === 0) return;
+    // IndexedValueType enum: KEYWORD = 2, INT = 3.
+    await conn.operatorService.addSearchAttributes({
+      namespace: target.namespace,
+      searchAttributes: Object.fromEntries(missing.map(([k, t]) => [k, t === 'Int' ? 3 : 2])),
+    });
+    log(`registered search attributes: ${missing.map(([k]) => k).join(', ')}`);
+  } catch (err) {
+    log(`warning: could not register search attributes (${(err as Error).message}); register them with \`temporal operator search-attribute create\``);
+  } finally {
+    await conn.close();
+  }
+}
+
+export async function upCommand(opts: UpOptions): Promise<void> {
+  installRuntimeLogger();
+  const loaded: LoadedConfig = loadConfig(opts.config);
+  const cfg = loaded.config;
+  const configured = resolveTemporalTarget(cfg);
+  const teardown: { name: string; fn: () => Promise<void> }[] = [];
+  const stopAll = async (): Promise<void> => {
+    for (const t of teardown.reverse()) {
+      try {
+        await t.fn();
+      } catch (err) {
+        log(`stopping ${t.name}: ${(err as Error).message}`);
+      }
+    }
+  };
+
+  try {
+    log(`config: ${loaded.path}`);
+    let target: TemporalTarget & { address: string };
+    let uiUrl: string | null = null;
+    if (configured.address === null) {
+      const cli = await ensureTemporalCli(log);
+      const dev = cfg.temporal.dev;
+      const dbFile = resolveFrom(loaded.path, dev.dbFile);
+      const server = await startDevServer({
+        cli,
+        port: dev.port,
+        uiPort: dev.uiPort,
+        dbFile,
+        logFile: path.join(path.dirname(dbFile), 'temporal.log'),
+        namespace: configured.namespace,
+      });
+      teardown.push({ name: 'Temporal dev server', fn: () => server.stop() });
+      target = { ...configured, address: server.address };
+      uiUrl = server.uiUrl;
+      log(`Temporal dev server on ${server.address} (history in ${dbFile})`);
+    } else {
+      target = { ...configured, address: configured.address };
+      log(`using Temporal at ${target.address}, namespace ${target.namespace}`);
+    }
+
+    const connection = await connectWorker(target);
+    teardown.push({ name: 'Temporal connection', fn: () => connection.close() });
+    if (configured.address !== null) await registerSearchAttributes(target);
+
+    // Child processes reach Temporal the same way this process does.
+    const childEnv: Record<string, string> = {
+      TEMPORAL_ADDRESS: target.address,
+      TEMPORAL_NAMESPACE: target.namespace,
+      GPUOPS_CONFIG: loaded.path,
+    };
+
+    const started: string[] = [];
+    const sandboxNodes = opts.sandbox ? cfg.nodes.filter((n) => n.sandbox) : [];
+    const sims: SandboxNode[] = [];
+    const stateDir = resolveFrom(loaded.path, cfg.sandbox.stateDir);
+    for (const node of sandboxNodes) {
+      const cmd = tsxCommand('workers/node.ts', ['--node', node.id]);
+      const sim = new SandboxNode({
+        node,
+        stateDir,
+        bootSeconds: cfg.sandbox.bootSeconds,
+        workerCommand: { ...cmd, env: childEnv },
+        log: (l) => log(`[sandbox ${node.id}] ${l}`),
+      });
+      await sim.start();
+      teardown.push({ name: `sandbox ${node.id}`, fn: () => sim.stop() });
+      sims.push(sim);
+      started.push(`sandbox node ${node.id}: engines ${node.engines.map((e) => `${e.name} ${e.url}`).join(', ') || 'none'}; node worker on gpuops-node-${node.id}`);
+    }
+
+    // The simulated Proxmox API answers for every sandbox VM managed through a proxmox-api hypervisor.
+    const sandboxHv = new Set(sandboxNodes.map((n) => n.vm?.hypervisor).filter((h): h is string => h !== undefined));
+    for (const hv of cfg.hypervisors) {
+      if (hv.type !== 'proxmox-api' || !sandboxHv.has(hv.id)) continue;
+      const url = new URL(hv.url);
+      const pve = await startSandboxProxmox(sims, {
+        host: url.hostname,
+        port: Number(url.port || cfg.sandbox.proxmoxPort),
+        pveNode: hv.pveNode,
+        tokenId: hv.tokenId,
+        tokenSecretFile: resolveFrom(loaded.path, hv.tokenSecretFile),
+        stateDir,
+        log: (l) => log(`[proxmox ${hv.id}] ${l}`),
+      });
+      teardown.push({ name: `sandbox Proxmox API ${hv.id}`, fn: () => pve.close() });
+      started.push(`sandbox Proxmox API ${hv.id}: ${pve.url}/api2/json (token ${hv.tokenId})`);
+    }
+
+    // Hypervisor workers for qm hosts: the sandbox's own, and real ones when this machine is that host.
+    const qmHosts = cfg.hypervisors.filter((h): h is Extract<HypervisorConfig, { type: 'qm' }> => h.type === 'qm');
+    for (const hv of qmHosts) {
+      const simulated = sandboxHv.has(hv.id);
+      if (!simulated && !opts.localNodeWorkers) continue;
+      const sim = sims.find((s) => s.paths.stateDir === stateDir);
+      const env = { ...childEnv, ...(simulated && sim ? sim.shimEnv() : {}) };
+      const cmd = tsxCommand('workers/hypervisor.ts', ['--hypervisor', hv.id]);
+      const proc = new ManagedProcess({ name: `hypervisor ${hv.id}`, ...cmd, env, log });
+      proc.start();
+      teardown.push({ name: `hypervisor worker ${hv.id}`, fn: () => proc.stop() });
+      started.push(`hypervisor worker ${hv.id} on gpuops-hypervisor-${hv.id}${simulated ? ' (sandbox qm)' : ''}`);
+    }
+
+    if (opts.localNodeWorkers) {
+      for (const node of cfg.nodes.filter((n) => !n.sandbox)) {
+        const cmd = tsxCommand('workers/node.ts', ['--node', node.id]);
+        const proc = new ManagedProcess({ name: `node ${node.id}`, ...cmd, env: childEnv, log });
+        proc.start();
+        teardown.push({ name: `node worker ${node.id}`, fn: () => proc.stop() });
+        started.push(`node worker ${node.id} on gpuops-node-${node.id} (local)`);
+      }
+    }
+    const remote = cfg.nodes.filter((n) => !n.sandbox && !opts.localNodeWorkers);
+
+    const worker = await createControlWorker({ connection, namespace: target.namespace, loaded });
+    started.unshift(`control worker on ${CONTROL_TASK_QUEUE} (all workflows)`);
+
+    const cfgFlag = process.env.GPUOPS_CONFIG || opts.config ? ` -c ${loaded.path}` : '';
+    const first = cfg.nodes[0]?.id ?? 'NODE';
+    log(
+      [
+        '',
+        'gpuops is up.',
+        uiUrl ? `  Temporal UI:      ${uiUrl}` : `  Temporal:         ${target.address} (namespace ${target.namespace})`,
+        `  Temporal server:  ${target.address}`,
+        ...started.map((s) => `  ${s}`),
+        ...(remote.length ? [`  waiting for node workers on their hosts: ${remote.map((n) => `gpuops-node-${n.id}`).join(', ')}`] : []),
+        '',
+        'Try:',
+        `  ./bin/gpuops${cfgFlag} status                       # health of every node (inspectNode workflow)`,
+        ...(sandboxNodes.length
+          ? [
+              `  ./bin/gpuops${cfgFlag} sandbox fault ${first} xid-79  # the simulated GPU falls off the bus`,
+              `  ./bin/gpuops${cfgFlag} status ${first}             # now classified: restart-vm`,
+              `  ./bin/gpuops${cfgFlag} sandbox clear ${first}`,
+            ]
+          : []),
+        `  temporal workflow start --address ${target.address} --task-queue ${CONTROL_TASK_QUEUE} --type inspectNode --input '{"node":"${first}"}'`,
+        '',
+        'Ctrl-C stops everything; history is kept for the next start.',
+        '',
+      ].join('\n'),
+    );
+    // Runs until SIGINT/SIGTERM: the SDK's Runtime shuts the worker down gracefully on those signals.
+    await worker.run();
+    log('control worker stopped; shutting down');
+  } finally {
+    await stopAll();
+    log('stopped');
+  }
+}

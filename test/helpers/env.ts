@@ -1,0 +1,141 @@
+/**
+ * Shared plumbing for workflow tests: a client and worker connection to the run-wide Temporal dev server, a
+ * workflow bundle built once per test file, and sandbox nodes whose real node worker runs as a child process.
+ */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime, bundleWorkflowCode, type WorkflowBundle, type Worker } from '@temporalio/worker';
+import { stringify } from 'yaml';
+import { parseConfig, type LoadedConfig } from '../../src/config/load';
+import { SandboxNode, freePort } from '../../src/sandbox/node';
+import { tsxCommand } from '../../src/cli/processes';
+import { createControlWorker } from '../../workers/control';
+
+// Worker state changes are logged at INFO; tests want only warnings and errors.
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+export function testAddress(): string {
+  const a = process.env.TEMPORAL_TEST_ADDRESS;
+  if (!a) throw new Error('TEMPORAL_TEST_ADDRESS is not set: run tests through jest (test/global-setup.ts)');
+  return a;
+}
+
+export function uniqueId(prefix: string): string {
+  return `${prefix}-${randomUUID().slice(0, 8)}`;
+}
+
+let bundlePromise: Promise<WorkflowBundle> | undefined;
+/** The workflow bundle, built once per test file (webpack takes seconds). */
+export function workflowBundle(): Promise<WorkflowBundle> {
+  bundlePromise ??= bundleWorkflowCode({ workflowsPath: require.resolve('../../workflows'), logger: quietLogger });
+  return bundlePromise;
+}
+
+const quietLogger = {
+  log: () => undefined,
+  trace: () => undefined,
+  debug: () => undefined,
+  info: () => undefined,
+  warn: (m: string) => console.warn(m),
+  error: (m: string) => console.error(m),
+};
+
+export interface TestEnv {
+  client: Client;
+  connection: NativeConnection;
+  /** A control task queue of this test file's own, so parallel test files never take each other's workflows. */
+  controlQueue: string;
+  close(): Promise<void>;
+}
+
+export async function openTestEnv(address = testAddress()): Promise<TestEnv> {
+  const conn = await Connection.connect({ address });
+  const connection = await NativeConnection.connect({ address });
+  return {
+    client: new Client({ connection: conn, namespace: 'default' }),
+    connection,
+    controlQueue: uniqueId('gpuops-control-test'),
+    async close() {
+      await connection.close();
+      await conn.close();
+    },
+  };
+}
+
+export interface TestSandbox {
+  loaded: LoadedConfig;
+  nodeId: string;
+  sim: SandboxNode;
+  dir: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * A sandbox node with one Ollama engine on a free port, its config written to a temp gpuops.yaml, and the real node
+ * worker (workers/node.ts) running as a child process against the test server.
+ */
+export async function startTestSandbox(opts: { address?: string; bootSeconds?: number; withWorker?: boolean } = {}): Promise<TestSandbox> {
+  const address = opts.address ?? testAddress();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-sbx-'));
+  const nodeId = uniqueId('t');
+  const enginePort = await freePort();
+  const raw = {
+    temporal: { address },
+    nodes: [
+      {
+        id: nodeId,
+        sandbox: true,
+        gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
+        engines: [{ name: 'ollama', type: 'ollama', url: `http://127.0.0.1:${enginePort}`, container: 'ollama', gpus: [0], probeModel: 'llama3.2:1b' }],
+        modelStores: [path.join(dir, 'sandbox', nodeId, 'models')],
+      },
+    ],
+    sandbox: { stateDir: path.join(dir, 'sandbox'), bootSeconds: opts.bootSeconds ?? 1 },
+  };
+  const configPath = path.join(dir, 'gpuops.yaml');
+  writeFileSync(configPath, stringify(raw));
+  const config = parseConfig(stringify(raw), configPath);
+  const node = config.nodes[0];
+  if (!node) throw new Error('no node');
+  const cmd = tsxCommand('workers/node.ts', ['--node', nodeId]);
+  const sim = new SandboxNode({
+    node,
+    stateDir: config.sandbox.stateDir,
+    bootSeconds: config.sandbox.bootSeconds,
+    ...(opts.withWorker === false
+      ? {}
+      : { workerCommand: { ...cmd, env: { TEMPORAL_ADDRESS: address, GPUOPS_CONFIG: configPath, GPUOPS_LOG_LEVEL: 'WARN' } } }),
+    workerRestartDelayMs: 200,
+  });
+  await sim.start();
+  return { loaded: { path: configPath, config }, nodeId, sim, dir, stop: () => sim.stop() };
+}
+
+/** Wait until the node worker polls its queue (a fresh worker needs a moment to connect). */
+export async function waitForPoller(client: Client, taskQueue: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const r = await client.workflowService.describeTaskQueue({
+      namespace: 'default',
+      taskQueue: { name: taskQueue },
+      taskQueueType: 2, // TASK_QUEUE_TYPE_ACTIVITY
+    });
+    if ((r.pollers ?? []).length > 0) return;
+    await new Promise((res) => setTimeout(res, 200));
+  }
+  throw new Error(`no worker polled ${taskQueue} within ${timeoutMs} ms`);
+}
+
+export async function controlWorker(env: TestEnv, loaded: LoadedConfig): Promise<Worker> {
+  return createControlWorker({ connection: env.connection, namespace: 'default', loaded, workflowBundle: await workflowBundle(), taskQueue: env.controlQueue });
+}
+
+/** Write a file and return its path (for configs and fixtures in temp dirs). */
+export function writeTemp(dir: string, name: string, text: string): string {
+  const p = path.join(dir, name);
+  writeFileSync(p, text);
+  return p;
+}

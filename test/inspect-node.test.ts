@@ -1,0 +1,149 @@
+/**
+ * inspectNode on a real Temporal dev server, a real control worker, and a sandbox node whose real node worker
+ * (workers/node.ts) runs as a child process with the sandbox shims first on its PATH.
+ */
+import { WorkflowFailedError } from '@temporalio/client';
+import { injectFault } from '../src/sandbox/faults';
+import { nodeTaskQueue } from '../src/messages';
+import type { HealthReport } from '../src/domain/classify';
+import { controlWorker, openTestEnv, startTestSandbox, uniqueId, waitForPoller, type TestEnv, type TestSandbox } from './helpers/env';
+
+let env: TestEnv;
+let sbx: TestSandbox;
+
+beforeAll(async () => {
+  env = await openTestEnv();
+  sbx = await startTestSandbox();
+  await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
+});
+
+afterAll(async () => {
+  await sbx?.stop();
+  await env?.close();
+});
+
+function run(input: Record<string, unknown>): Promise<HealthReport> {
+  return env.client.workflow.execute('inspectNode', {
+    taskQueue: env.controlQueue,
+    workflowId: uniqueId('inspect'),
+    args: [input],
+  });
+}
+
+test('reports a healthy sandbox node: engine answers a real generation, container running, GPU read from nvidia-smi', async () => {
+  const worker = await controlWorker(env, sbx.loaded);
+  const report = await worker.runUntil(run({ node: sbx.nodeId, expectedGpus: 1 }));
+  expect(report.healthy).toBe(true);
+  expect(report.recommendedRung).toBe('none');
+  expect(report.problems).toEqual([]);
+  const o = report.observation;
+  expect(o.reachable).toBe(true);
+  expect(o.engines).toHaveLength(1);
+  expect(o.engines[0]).toMatchObject({ name: 'ollama', type: 'ollama', reachable: true, healthy: true });
+  expect(o.engines[0]?.generation?.ok).toBe(true);
+  expect(o.containers[0]).toMatchObject({ name: 'ollama', status: 'running', running: true, oomKilled: false });
+  expect(o.gpus[0]).toMatchObject({ index: 0, name: 'NVIDIA RTX A4000', memoryTotalMiB: 16376, lost: false });
+  expect(o.gpuError).toBeNull();
+});
+
+test('classifies Xid 79 (GPU fell off the bus) as needing a VM restart', async () => {
+  injectFault(sbx.sim.store, 'xid-79');
+  try {
+    const worker = await controlWorker(env, sbx.loaded);
+    const report = await worker.runUntil(run({ node: sbx.nodeId, expectedGpus: 1 }));
+    expect(report.healthy).toBe(false);
+    expect(report.recommendedRung).toBe('restart-vm');
+    expect(report.observation.xids.map((x) => x.xid)).toContain(79);
+    expect(report.problems.map((p) => p.kind)).toEqual(expect.arrayContaining(['gpu-xid', 'gpu-lost']));
+    expect(report.observation.gpuError).toMatch(/GPU is lost/);
+  } finally {
+    sbx.sim.store.update((s) => {
+      s.faults = [];
+    });
+    await sbx.sim.reset();
+    await sbx.sim.waitFor((s) => s.vm.phase === 'up' && s.worker.running, 30_000, 'VM back up after reset');
+  }
+});
+
+test('classifies a hung engine (health answers, generation does not) as needing a container restart', async () => {
+  injectFault(sbx.sim.store, 'engine-hang');
+  try {
+    const worker = await controlWorker(env, sbx.loaded);
+    const report = await worker.runUntil(run({ node: sbx.nodeId, probeTimeout: '4s' }));
+    expect(report.recommendedRung).toBe('restart-container');
+    expect(report.problems).toEqual([expect.objectContaining({ kind: 'engine-hung', subject: 'ollama', rung: 'restart-container' })]);
+  } finally {
+    sbx.sim.store.update((s) => {
+      for (const c of Object.values(s.containers)) c.faults.hang = false;
+      s.faults = s.faults.filter((f) => f.kind !== 'engine-hang');
+    });
+  }
+});
+
+test('survives the node worker being killed with SIGKILL mid-activity: the probe is retried on the restarted worker', async () => {
+  // A hung engine keeps probeEngines running long enough to kill the worker in the middle of it.
+  injectFault(sbx.sim.store, 'engine-hang');
+  const worker = await controlWorker(env, sbx.loaded);
+  try {
+    await worker.runUntil(async () => {
+      const handle = await env.client.workflow.start('inspectNode', {
+        taskQueue: env.controlQueue,
+        workflowId: uniqueId('inspect-kill'),
+        args: [{ node: sbx.nodeId, probeTimeout: '4s' }],
+      });
+      // Wait until probeEngines has been picked up by the node worker.
+      const deadline = Date.now() + 20_000;
+      for (;;) {
+        const d = await handle.describe();
+        const started = d.raw.pendingActivities?.some((a) => a.activityType?.name === 'probeEngines' && a.state === 2 /* STARTED */);
+        if (started) break;
+        if (Date.now() > deadline) throw new Error('probeEngines never started');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const pidBefore = sbx.sim.status().worker.pid;
+      await sbx.sim.killWorker('SIGKILL');
+      expect(sbx.sim.status().worker.running).toBe(false);
+      await sbx.sim.startWorker();
+      expect(sbx.sim.status().worker.pid).not.toBe(pidBefore);
+
+      const report = await handle.result();
+      expect(report.observation.reachable).toBe(true);
+      expect(report.problems.map((p) => p.kind)).toContain('engine-hung');
+      // The history proves the activity ran again after the kill: its final attempt is at least the second.
+      const history = await handle.fetchHistory();
+      const attempts = (history.events ?? [])
+        .filter((e) => e.activityTaskStartedEventAttributes)
+        .map((e) => e.activityTaskStartedEventAttributes?.attempt ?? 1);
+      expect(Math.max(...attempts)).toBeGreaterThanOrEqual(2);
+    });
+  } finally {
+    sbx.sim.store.update((s) => {
+      for (const c of Object.values(s.containers)) c.faults.hang = false;
+      s.faults = s.faults.filter((f) => f.kind !== 'engine-hang');
+    });
+  }
+}, 90_000);
+
+test('reports the node unreachable when no node worker picks up the probes in time', async () => {
+  await sbx.sim.killWorker('SIGKILL');
+  try {
+    const worker = await controlWorker(env, sbx.loaded);
+    const report = await worker.runUntil(run({ node: sbx.nodeId, pickupTimeout: '2s' }));
+    expect(report.observation.reachable).toBe(false);
+    expect(report.problems).toEqual([expect.objectContaining({ kind: 'node-unreachable', rung: 'restart-vm' })]);
+  } finally {
+    await sbx.sim.startWorker();
+    await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
+  }
+});
+
+test('fails at once with a field-named, non-retryable error on bad input', async () => {
+  const worker = await controlWorker(env, sbx.loaded);
+  const err = await worker.runUntil(run({ node: 'Not A Node', probeTimeout: 'soon' }).catch((e: unknown) => e));
+  expect(err).toBeInstanceOf(WorkflowFailedError);
+  const cause = (err as WorkflowFailedError).cause as Error & { type?: string; nonRetryable?: boolean };
+  expect(cause.type).toBe('ValidationError');
+  expect(cause.nonRetryable).toBe(true);
+  expect(cause.message).toMatch(/node: must be a node id/);
+  expect(cause.message).toMatch(/probeTimeout: must be a duration/);
+});
