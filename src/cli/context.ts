@@ -13,7 +13,8 @@ export async function withClient<T>(opts: GlobalOptions, fn: (client: Client, lo
   const target = resolveTargetOrDev(loaded.config);
   let client: Client;
   try {
-    client = await connectClient(target);
+    // An operator waiting on a dead server wants to know in seconds, not after the SDK's 10 s default.
+    client = await connectClient(target, { connectTimeoutMs: 3000 });
     await client.connection.workflowService.getSystemInfo({});
   } catch (err) {
     throw new Error(`cannot reach Temporal at ${target.address} (${(err as Error).message}). Is \`npm start\` (gpuops up) running?`);

@@ -100,8 +100,11 @@ export function resolveTargetOrDev(config: Config, env: NodeJS.ProcessEnv = proc
   return { ...t, address: t.address ?? `127.0.0.1:${config.temporal.dev.port}` };
 }
 
-export async function connectClient(target: TemporalTarget): Promise<Client> {
-  const connection = await Connection.connect(connectOptions(requireAddress(target)));
+export async function connectClient(target: TemporalTarget, opts: { connectTimeoutMs?: number } = {}): Promise<Client> {
+  const connection = await Connection.connect({
+    ...connectOptions(requireAddress(target)),
+    ...(opts.connectTimeoutMs ? { connectTimeout: opts.connectTimeoutMs } : {}),
+  });
   return new Client({ connection, namespace: target.namespace });
 }
 

@@ -1,0 +1,173 @@
+import { classifyNode } from '../../src/domain/classify';
+import type { ContainerState, EngineProbe, GpuStatus, NodeObservation } from '../../src/domain/health';
+import { rungForXid } from '../../src/domain/xid';
+import { maxRung } from '../../src/domain/rungs';
+
+const container = (over: Partial<ContainerState> = {}): ContainerState => ({
+  name: 'ollama',
+  exists: true,
+  status: 'running',
+  running: true,
+  exitCode: 0,
+  oomKilled: false,
+  restartCount: 0,
+  health: 'none',
+  logSignals: [],
+  ...over,
+});
+const engine = (over: Partial<EngineProbe> = {}): EngineProbe => ({
+  name: 'ollama',
+  type: 'ollama',
+  url: 'http://127.0.0.1:11434',
+  reachable: true,
+  healthy: true,
+  loading: false,
+  version: '0.5.7',
+  models: ['llama3.2:1b'],
+  loaded: ['llama3.2:1b'],
+  latencyMs: 3,
+  generation: { ok: true, ms: 80, error: null },
+  error: null,
+  ...over,
+});
+const gpu = (over: Partial<GpuStatus> = {}): GpuStatus => ({
+  index: 0,
+  uuid: 'GPU-1',
+  name: 'NVIDIA RTX A4000',
+  pciBusId: '00000000:01:00.0',
+  driverVersion: '550.120',
+  memoryTotalMiB: 16376,
+  memoryUsedMiB: 5000,
+  memoryFreeMiB: 11376,
+  utilizationGpuPct: 10,
+  temperatureC: 50,
+  powerDrawW: 40,
+  powerLimitW: 140,
+  eccUncorrectedVolatile: 0,
+  retiredPagesPending: null,
+  remappedRowsPending: false,
+  remappedRowsFailure: false,
+  clocksEventReasons: [],
+  lost: false,
+  ...over,
+});
+const obs = (over: Partial<NodeObservation> = {}): NodeObservation => ({
+  node: 'n1',
+  observedAt: '2026-11-22T00:00:00Z',
+  reachable: true,
+  containers: [container()],
+  gpus: [gpu()],
+  gpuError: null,
+  xids: [],
+  engines: [engine()],
+  disks: [{ path: '/models', totalBytes: 500e9, freeBytes: 200e9 }],
+  ...over,
+});
+
+describe('classifyNode', () => {
+  test('a healthy node has no problems and needs no action', () => {
+    const r = classifyNode(obs(), { expectedGpus: 1 });
+    expect(r).toMatchObject({ healthy: true, recommendedRung: 'none', problems: [] });
+  });
+
+  test('an unreachable node calls for a VM restart', () => {
+    const r = classifyNode(obs({ reachable: false, containers: [], engines: [], gpus: [] }));
+    expect(r.problems).toEqual([expect.objectContaining({ kind: 'node-unreachable', rung: 'restart-vm' })]);
+  });
+
+  test('an exited container and an unreachable engine call for a container restart', () => {
+    const r = classifyNode(obs({ containers: [container({ status: 'exited', running: false, exitCode: 2 })], engines: [engine({ reachable: false, healthy: false, error: 'ECONNREFUSED' })] }));
+    expect(r.recommendedRung).toBe('restart-container');
+    expect(r.problems.map((p) => p.kind)).toEqual(['container-exited', 'engine-down']);
+    expect(r.problems[0]?.detail).toMatch(/exit code 2/);
+  });
+
+  test('an engine that answers health but fails its test generation is "hung"', () => {
+    const r = classifyNode(obs({ engines: [engine({ generation: { ok: false, ms: 5000, error: 'timeout' } })] }));
+    expect(r.problems).toEqual([expect.objectContaining({ kind: 'engine-hung', rung: 'restart-container' })]);
+  });
+
+  test('a loading engine (503 while loading) is not a fault', () => {
+    const r = classifyNode(obs({ engines: [engine({ healthy: false, loading: true, generation: null })] }));
+    expect(r.healthy).toBe(true);
+  });
+
+  test('CUDA out of memory in the container log calls for a container restart', () => {
+    const r = classifyNode(obs({ containers: [container({ logSignals: ['torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'] })] }));
+    expect(r.problems).toEqual([expect.objectContaining({ kind: 'cuda-oom', rung: 'restart-container' })]);
+  });
+
+  test('OOM-killed container is reported as such, not as a plain exit', () => {
+    const r = classifyNode(obs({ containers: [container({ status: 'exited', running: false, oomKilled: true, exitCode: 137 })] }));
+    expect(r.problems.map((p) => p.kind)).toEqual(['container-oom-killed']);
+  });
+
+  test('uncorrected ECC errors call for a GPU reset', () => {
+    const r = classifyNode(obs({ gpus: [gpu({ eccUncorrectedVolatile: 2 })] }));
+    expect(r.recommendedRung).toBe('reset-gpu');
+  });
+
+  test('ECC [N/A] (null) on consumer GPUs is not a fault', () => {
+    expect(classifyNode(obs({ gpus: [gpu({ eccUncorrectedVolatile: null })] })).healthy).toBe(true);
+  });
+
+  test('nvidia-smi failing (GPU lost) calls for a VM restart', () => {
+    const r = classifyNode(obs({ gpus: [], gpuError: 'GPU is lost' }));
+    expect(r.recommendedRung).toBe('restart-vm');
+  });
+
+  test('fewer GPUs than configured means one fell off the bus', () => {
+    const r = classifyNode(obs({ gpus: [gpu()] }), { expectedGpus: 2 });
+    expect(r.problems).toEqual([expect.objectContaining({ kind: 'gpu-missing', rung: 'restart-vm' })]);
+  });
+
+  test('the most disruptive rung wins: Xid 79 beside a hung engine means restart-vm', () => {
+    const r = classifyNode(
+      obs({
+        engines: [engine({ generation: { ok: false, ms: 5000, error: 'timeout' } })],
+        xids: [{ xid: 79, pciBusId: '0000:01:00', time: '2026-11-22T00:00:00Z', pid: null, processName: null, message: 'GPU has fallen off the bus.' }],
+      }),
+    );
+    expect(r.recommendedRung).toBe('restart-vm');
+  });
+
+  test('informational Xids (63: page retirement recorded) are not problems', () => {
+    const r = classifyNode(obs({ xids: [{ xid: 63, pciBusId: '0000:01:00', time: 't', pid: null, processName: null, message: 'row remapping event' }] }));
+    expect(r.problems).toEqual([]);
+  });
+
+  test('a model store below the free-space floor is a warning that escalates', () => {
+    const r = classifyNode(obs({ disks: [{ path: '/models', totalBytes: 500e9, freeBytes: 1e9 }] }), { minFreeDiskBytes: 10e9 });
+    expect(r.healthy).toBe(true);
+    expect(r.problems).toEqual([expect.objectContaining({ kind: 'disk-low', severity: 'warning', rung: 'escalate' })]);
+  });
+});
+
+describe('Xid catalog', () => {
+  test.each([
+    [13, 'restart-container'],
+    [31, 'restart-container'],
+    [48, 'reset-gpu'],
+    [62, 'reset-gpu'],
+    [64, 'reset-gpu'],
+    [95, 'reset-gpu'],
+    [119, 'reset-gpu'],
+    [120, 'reset-gpu'],
+    [79, 'restart-vm'],
+    [63, 'none'],
+    [9999, 'reset-gpu'],
+  ] as const)('Xid %i → %s', (xid, rung) => {
+    expect(rungForXid(xid)).toBe(rung);
+  });
+
+  test('Xid 154 follows the recovery action the driver names', () => {
+    expect(rungForXid(154, 'GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)')).toBe('restart-vm');
+    expect(rungForXid(154, 'GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)')).toBe('reset-gpu');
+    expect(rungForXid(154, 'GPU recovery action changed from 0x1 to 0x0 (None)')).toBe('none');
+  });
+
+  test('maxRung orders the ladder', () => {
+    expect(maxRung('restart-container', 'reset-gpu')).toBe('reset-gpu');
+    expect(maxRung('escalate', 'restart-vm')).toBe('escalate');
+  });
+});
