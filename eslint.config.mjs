@@ -3,11 +3,12 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 import { builtinModules } from 'node:module';
+import globals from 'globals';
 
 const builtins = builtinModules.flatMap((m) => [m, `node:${m}`]);
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', '.gpuops/', 'coverage/', 'jest.config.js', 'src/sandbox/bin/', 'bench/out/'] },
+  { ignores: ['node_modules/', 'dist/', '.gpuops/', 'coverage/', 'jest.config.js', 'bench/out/', 'src/sandbox/bin/{docker,nvidia-smi,qm,dmesg}'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -41,5 +42,12 @@ export default tseslint.config(
   {
     files: ['**/*.js', '**/*.cjs', '**/*.mjs'],
     ...tseslint.configs.disableTypeChecked,
+    languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, globals: { ...globals.node } },
+  },
+  {
+    // The sandbox shims are plain CommonJS executables (fast start, no TypeScript loader).
+    files: ['src/sandbox/bin/**/*.js'],
+    languageOptions: { sourceType: 'commonjs' },
+    rules: { '@typescript-eslint/no-require-imports': 'off', 'no-redeclare': ['error', { builtinGlobals: false }] },
   },
 );

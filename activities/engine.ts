@@ -1,0 +1,127 @@
+/**
+ * Engine activities for one node: health probes of every engine and Ollama model management (pull, unload, delete).
+ * They run on the node's queue because engine URLs are as seen from the node (often 127.0.0.1).
+ */
+import type { EngineConfig, NodeConfig } from '../src/config/schema';
+import type { EngineProbe } from '../src/domain/health';
+import { createEngineClient, probeEngine, type EngineClient } from '../src/hosts/engines/probe';
+import { sameOllamaModel, type OllamaClient, type PullProgress } from '../src/hosts/engines/ollama';
+import { cancellationSignal, heartbeat, lastHeartbeatDetails, nonRetryable } from './activity-context';
+
+/** What createEngineActivities needs. */
+export interface EngineActivityDeps {
+  node: NodeConfig;
+  /** Client factory (tests and the sandbox inject one); default: a real client per engine config. */
+  clientFor?: (engine: EngineConfig) => EngineClient;
+}
+
+/** Input of probeEngines. */
+export interface ProbeEnginesInput {
+  /** Also run a 1–4 token generation per engine, with a hard timeout. */
+  generate: boolean;
+  /** Per-call timeout, ms (default 5000). */
+  timeoutMs?: number;
+}
+
+/** Input of the Ollama model activities. */
+export interface EngineModelInput {
+  /** Engine name on this node (must be an ollama engine). */
+  engine: string;
+  /** Model name, e.g. "qwen2.5:7b-instruct-q4_K_M". */
+  model: string;
+}
+
+/** Heartbeat details of pullModel: the last progress a previous attempt saw. */
+export interface PullHeartbeat {
+  model: string;
+  status: string;
+  completedBytes: number;
+  totalBytes: number;
+}
+
+/** Result of pullModel. */
+export interface PullModelResult {
+  model: string;
+  /** Digest of the pulled model as Ollama lists it, when it does. */
+  digest: string | null;
+  sizeBytes: number | null;
+  /** Progress a previous attempt had reached (Ollama resumed from its partial blobs). */
+  resumedFromBytes: number;
+}
+
+/** Engine activities over the node's engine configs. */
+export function createEngineActivities({ node, clientFor = (e) => createEngineClient(e) }: EngineActivityDeps) {
+  const engineNamed = (name: string): EngineConfig => {
+    const e = node.engines.find((x) => x.name === name);
+    if (!e) {
+      throw nonRetryable(
+        'UnknownEngine',
+        `engine "${name}" is not configured on node ${node.id} (configured: ${node.engines.map((x) => x.name).join(', ') || 'none'})`,
+      );
+    }
+    return e;
+  };
+  const ollamaNamed = (name: string): OllamaClient => {
+    const e = engineNamed(name);
+    const c = clientFor(e);
+    if (c.type !== 'ollama') {
+      throw nonRetryable(
+        'UnsupportedEngine',
+        `engine "${name}" is ${e.type}: model pull/unload/delete is only supported for ollama engines`,
+      );
+    }
+    return c.client;
+  };
+
+  return {
+    /** Probe every engine of this node. Never fails for a sick engine: that is what the probe reports. */
+    async probeEngines(input: ProbeEnginesInput): Promise<EngineProbe[]> {
+      const timeoutMs = input.timeoutMs ?? 5000;
+      return Promise.all(
+        node.engines.map((e) => probeEngine(e, { generate: input.generate, timeoutMs }, clientFor(e))),
+      );
+    },
+
+    /**
+     * Pull a model into an Ollama engine, heartbeating progress. Set a heartbeatTimeout: a stalled download then
+     * fails over to a retry, which resumes — Ollama keeps partially downloaded blobs and continues them.
+     */
+    async pullModel(input: EngineModelInput): Promise<PullModelResult> {
+      const client = ollamaNamed(input.engine);
+      const previous = lastHeartbeatDetails<PullHeartbeat>();
+      const resumedFromBytes = previous?.model === input.model ? previous.completedBytes : 0;
+      let lastBeat = 0;
+      const signal = cancellationSignal();
+      await client.pull(input.model, {
+        ...(signal ? { signal } : {}),
+        onProgress: (p: PullProgress) => {
+          // Heartbeat at most twice a second: progress lines arrive per network chunk.
+          const now = Date.now();
+          if (now - lastBeat < 500 && p.status !== 'success') return;
+          lastBeat = now;
+          heartbeat({
+            model: input.model,
+            status: p.status,
+            completedBytes: p.completedBytes,
+            totalBytes: p.totalBytes,
+          } satisfies PullHeartbeat);
+        },
+      });
+      const listed = (await client.tags()).find((m) => sameOllamaModel(m.name, input.model));
+      return { model: input.model, digest: listed?.digest ?? null, sizeBytes: listed?.size ?? null, resumedFromBytes };
+    },
+
+    /** Unload a model from an Ollama engine's memory (keep_alive 0). Idempotent. */
+    async unloadModel(input: EngineModelInput): Promise<void> {
+      await ollamaNamed(input.engine).unload(input.model);
+    },
+
+    /** Delete a model from an Ollama engine's store. Returns false when it was already gone (idempotent). */
+    async deleteModel(input: EngineModelInput): Promise<boolean> {
+      return ollamaNamed(input.engine).delete(input.model);
+    },
+  };
+}
+
+/** The engine activity object. */
+export type EngineActivities = ReturnType<typeof createEngineActivities>;

@@ -1,0 +1,52 @@
+/**
+ * Every activity the node worker (queue gpuops-node-<id>) serves, built over real host clients whose tool paths come
+ * from the node's config. Workflows import this file's types only: `import type * as node from '../activities/node'`.
+ */
+import path from 'node:path';
+import type { EngineConfig, NodeConfig } from '../src/config/schema';
+import { DockerCli } from '../src/hosts/docker';
+import { createEngineClient, type EngineClient } from '../src/hosts/engines/probe';
+import { KernelLog } from '../src/hosts/kernel-log';
+import { NvidiaSmi } from '../src/hosts/nvidia-smi';
+import { createDockerActivities } from './docker';
+import { createEngineActivities } from './engine';
+import { createGpuActivities } from './gpu';
+import { createModelStoreActivities } from './model-store';
+
+/** Optional overrides: injected clients (tests) and the config file path relative paths are resolved against. */
+export interface NodeActivityOptions {
+  /** gpuops.yaml path: relative apiKeyFile and modelStores paths are resolved from its directory. */
+  configPath?: string;
+  docker?: DockerCli;
+  nvidiaSmi?: NvidiaSmi;
+  kernelLog?: KernelLog;
+  engineClient?: (engine: EngineConfig) => EngineClient;
+}
+
+/**
+ * The node worker's activities: docker (inspectContainers, restart/start/stopContainer, containerLogs), GPU
+ * (queryGpus, gpuSnapshot, gpuComputeApps, resetGpu, readXidEvents), engines (probeEngines, pullModel,
+ * unloadModel, deleteModel) and the model store (checkDisks). Names are unique across factories, so they spread.
+ */
+export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions = {}) {
+  const resolve = (p: string): string =>
+    opts.configPath && !path.isAbsolute(p) ? path.resolve(path.dirname(opts.configPath), p) : p;
+  // Default tool names ('docker', 'nvidia-smi', 'dmesg') are looked up on PATH at each call: the sandbox puts its
+  // shims first on PATH, a real node finds the real tools.
+  const docker = opts.docker ?? new DockerCli({ bin: node.tools.docker });
+  const nvidiaSmi = opts.nvidiaSmi ?? new NvidiaSmi({ bin: node.tools.nvidiaSmi });
+  const kernelLog = opts.kernelLog ?? new KernelLog({ bin: node.tools.dmesg });
+  const clientFor =
+    opts.engineClient ??
+    ((e: EngineConfig): EngineClient =>
+      createEngineClient(e.apiKeyFile ? { ...e, apiKeyFile: resolve(e.apiKeyFile) } : e));
+  return {
+    ...createDockerActivities({ node, docker }),
+    ...createGpuActivities({ node, nvidiaSmi, kernelLog }),
+    ...createEngineActivities({ node, clientFor }),
+    ...createModelStoreActivities({ node, resolvePath: resolve }),
+  };
+}
+
+/** The node worker's activity object (workflows proxy this type). */
+export type NodeActivities = ReturnType<typeof createNodeActivities>;

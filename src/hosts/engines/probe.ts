@@ -1,0 +1,146 @@
+/**
+ * One health probe of one engine: reachability, health, version, models, loaded models and, on request, a tiny real
+ * generation with a hard timeout. The generation is what catches an engine that answers /health but hangs on work.
+ */
+import type { EngineConfig } from '../../config/schema';
+import type { EngineProbe } from '../../domain/health';
+import { describeFetchError, EngineHttpError } from './http';
+import { OllamaClient } from './ollama';
+import { LlamaCppClient, VllmClient } from './openai-compat';
+
+/** A client for any engine kind. */
+export type EngineClient =
+  | { type: 'ollama'; client: OllamaClient }
+  | { type: 'vllm'; client: VllmClient }
+  | { type: 'llamacpp'; client: LlamaCppClient };
+
+/** The client for an engine's config (its apiKeyFile is read by the client on each call). */
+export function createEngineClient(
+  engine: Pick<EngineConfig, 'type' | 'url' | 'apiKeyFile'>,
+  timeoutMs?: number,
+): EngineClient {
+  const opts = { ...(engine.apiKeyFile ? { apiKeyFile: engine.apiKeyFile } : {}), ...(timeoutMs ? { timeoutMs } : {}) };
+  switch (engine.type) {
+    case 'ollama':
+      return { type: 'ollama', client: new OllamaClient(engine.url, opts) };
+    case 'vllm':
+      return { type: 'vllm', client: new VllmClient(engine.url, opts) };
+    case 'llamacpp':
+      return { type: 'llamacpp', client: new LlamaCppClient(engine.url, opts) };
+  }
+}
+
+/** Options of probeEngine. */
+export interface ProbeOptions {
+  /** Run a tiny real generation (1–4 tokens) after the health checks. */
+  generate: boolean;
+  /** Timeout of each health call (default 5 s). */
+  timeoutMs?: number;
+  /** Hard limit on the test generation (default: timeoutMs, at least 1 s). */
+  generateTimeoutMs?: number;
+  /** Prompt for the test generation. */
+  prompt?: string;
+}
+
+/** Tokens the test generation asks for: enough to prove the engine produces output, cheap enough to run every probe. */
+const PROBE_TOKENS = 2;
+
+function message(err: unknown, timeoutMs: number): string {
+  if (err instanceof EngineHttpError) return err.message;
+  return describeFetchError(err, timeoutMs);
+}
+
+/**
+ * Probe one engine. Never throws: every failure is reported in the EngineProbe (reachable/healthy/error, and
+ * generation.ok=false for a hung or failing generation), because a probe round must see every engine.
+ */
+export async function probeEngine(
+  engine: EngineConfig,
+  opts: ProbeOptions,
+  client?: EngineClient,
+): Promise<EngineProbe> {
+  const timeoutMs = opts.timeoutMs ?? 5000;
+  const c = client ?? createEngineClient(engine, timeoutMs);
+  const probe: EngineProbe = {
+    name: engine.name,
+    type: engine.type,
+    url: engine.url,
+    reachable: false,
+    healthy: false,
+    loading: false,
+    version: null,
+    models: [],
+    loaded: [],
+    latencyMs: 0,
+    generation: null,
+    error: null,
+  };
+  const call = { timeoutMs };
+  const started = performance.now();
+  try {
+    if (c.type === 'ollama') {
+      // Ollama has no /health; /api/version answers as soon as the server is up.
+      probe.version = await c.client.version(call);
+      probe.latencyMs = Math.round(performance.now() - started);
+      probe.reachable = true;
+      probe.healthy = true;
+      const [tags, ps] = await Promise.all([c.client.tags(call), c.client.ps(call)]);
+      probe.models = tags.map((m) => m.name);
+      probe.loaded = ps.map((m) => m.name);
+    } else {
+      const h = await c.client.health(call);
+      probe.latencyMs = Math.round(performance.now() - started);
+      probe.reachable = true;
+      probe.healthy = h.ok;
+      probe.loading = h.loading;
+      if (!h.ok) {
+        probe.error = h.loading
+          ? `loading: ${h.detail}`
+          : `health answered HTTP ${h.status}${h.detail ? `: ${h.detail}` : ''}`;
+        return probe;
+      }
+      probe.models = await c.client.models(call);
+      // vLLM and llama-server serve exactly the models they list, all resident on the GPU.
+      probe.loaded = [...probe.models];
+      // Version is informative only: an engine without /version or /props is still healthy.
+      probe.version = (await c.client.version(call).catch(() => '')) || null;
+    }
+  } catch (err) {
+    if (!probe.reachable) probe.latencyMs = Math.round(performance.now() - started);
+    probe.error = message(err, timeoutMs);
+    if (probe.reachable) probe.healthy = false;
+    return probe;
+  }
+
+  if (opts.generate) {
+    // The first loaded model unless the config names one: loading a cold model just to probe would itself be a
+    // multi-second, VRAM-moving event.
+    const model = engine.probeModel ?? probe.loaded[0];
+    if (model !== undefined) probe.generation = await testGeneration(c, model, opts, timeoutMs);
+  }
+  return probe;
+}
+
+async function testGeneration(
+  c: EngineClient,
+  model: string,
+  opts: ProbeOptions,
+  timeoutMs: number,
+): Promise<NonNullable<EngineProbe['generation']>> {
+  const limit = Math.max(opts.generateTimeoutMs ?? timeoutMs, 1000);
+  const prompt = opts.prompt ?? 'Reply with OK.';
+  const started = performance.now();
+  try {
+    if (c.type === 'ollama') {
+      await c.client.generate(
+        { model, prompt, options: { num_predict: PROBE_TOKENS, temperature: 0 } },
+        { timeoutMs: limit },
+      );
+    } else {
+      await c.client.completion({ model, prompt, max_tokens: PROBE_TOKENS, temperature: 0 }, { timeoutMs: limit });
+    }
+    return { ok: true, ms: Math.round(performance.now() - started), error: null };
+  } catch (err) {
+    return { ok: false, ms: Math.round(performance.now() - started), error: message(err, limit) };
+  }
+}

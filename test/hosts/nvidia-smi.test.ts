@@ -1,0 +1,242 @@
+import {
+  decodeClocksEventReasons,
+  NvidiaSmi,
+  parseComputeAppsCsv,
+  parseGpuResetOutput,
+  parseQueryGpuCsv,
+  parseQueryGpuOutput,
+  parseSmiXml,
+  QUERY_GPU_FIELDS,
+} from '../../src/hosts/nvidia-smi';
+import { fakeTool, fixture } from './fakes';
+
+describe('parseQueryGpuCsv', () => {
+  it('reads two busy RTX 3090s, with [N/A] ECC and row-remap fields as null', () => {
+    const gpus = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-2x3090.csv'));
+    expect(gpus).toHaveLength(2);
+    expect(gpus[0]).toEqual({
+      index: 0,
+      uuid: 'GPU-5f3e2a1b-7c4d-8e9f-0a1b-2c3d4e5f6a7b',
+      name: 'NVIDIA GeForce RTX 3090',
+      pciBusId: '00000000:01:00.0',
+      driverVersion: '550.127.05',
+      memoryTotalMiB: 24576,
+      memoryUsedMiB: 21045,
+      memoryFreeMiB: 3144,
+      utilizationGpuPct: 97,
+      temperatureC: 71,
+      powerDrawW: 341.25,
+      powerLimitW: 350,
+      eccUncorrectedVolatile: null,
+      retiredPagesPending: null,
+      remappedRowsPending: null,
+      remappedRowsFailure: null,
+      clocksEventReasons: ['sw_power_cap'],
+      lost: false,
+    });
+    expect(gpus[1]).toMatchObject({ index: 1, pciBusId: '00000000:02:00.0', clocksEventReasons: [], lost: false });
+  });
+
+  it('reads ECC errors, a pending row remap and thermal throttling on an A4000', () => {
+    const [g] = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-a4000-remap-pending.csv'));
+    expect(g).toMatchObject({
+      name: 'NVIDIA RTX A4000',
+      eccUncorrectedVolatile: 2,
+      retiredPagesPending: null,
+      remappedRowsPending: true,
+      remappedRowsFailure: false,
+      clocksEventReasons: ['gpu_idle', 'sw_thermal_slowdown', 'hw_thermal_slowdown'],
+    });
+  });
+
+  it('marks a GPU whose fields read ERR! / [Unknown Error] as lost and nulls those fields', () => {
+    const [ok, bad] = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-err.csv'));
+    expect(ok?.lost).toBe(false);
+    expect(bad).toMatchObject({
+      index: 1,
+      lost: true,
+      memoryUsedMiB: null,
+      temperatureC: null,
+      powerDrawW: null,
+      powerLimitW: 350,
+    });
+    expect(bad?.clocksEventReasons).toEqual([]);
+  });
+});
+
+describe('parseQueryGpuOutput', () => {
+  it('reports "GPU is lost" as a node-level error with no GPUs', () => {
+    const r = parseQueryGpuOutput({ exitCode: 15, stdout: fixture('nvidia-smi/gpu-lost.txt'), stderr: '' });
+    expect(r.gpus).toEqual([]);
+    expect(r.error).toBe(
+      'Unable to determine the device handle for GPU0000:02:00.0: GPU is lost.  Reboot the system to recover this GPU',
+    );
+  });
+
+  it('reports "No devices were found" and an unreachable driver as errors', () => {
+    expect(parseQueryGpuOutput({ exitCode: 6, stdout: fixture('nvidia-smi/no-devices.txt'), stderr: '' }).error).toBe(
+      'No devices were found',
+    );
+    expect(
+      parseQueryGpuOutput({ exitCode: 9, stdout: fixture('nvidia-smi/driver-gone.txt'), stderr: '' }).error,
+    ).toMatch(/^NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver/);
+  });
+
+  it('treats any other non-zero exit as an error even with rows on stdout', () => {
+    const r = parseQueryGpuOutput({
+      exitCode: 255,
+      stdout: fixture('nvidia-smi/query-gpu-2x3090.csv'),
+      stderr: 'Unknown Error\n',
+    });
+    expect(r.gpus).toEqual([]);
+    expect(r.error).toMatch(/^nvidia-smi exited 255/);
+  });
+
+  it('keeps a per-row ERR! as a lost GPU rather than a run failure', () => {
+    const r = parseQueryGpuOutput({ exitCode: 0, stdout: fixture('nvidia-smi/query-gpu-err.csv'), stderr: '' });
+    expect(r.error).toBeNull();
+    expect(r.gpus.map((g) => g.lost)).toEqual([false, true]);
+  });
+});
+
+describe('decodeClocksEventReasons', () => {
+  it('decodes every NVML bit and names unknown bits by value', () => {
+    expect(decodeClocksEventReasons('0x00000000000001FF')).toEqual([
+      'gpu_idle',
+      'applications_clocks_setting',
+      'sw_power_cap',
+      'hw_slowdown',
+      'sync_boost',
+      'sw_thermal_slowdown',
+      'hw_thermal_slowdown',
+      'hw_power_brake_slowdown',
+      'display_clock_setting',
+    ]);
+    expect(decodeClocksEventReasons('0x0000000000000408')).toEqual(['hw_slowdown', '0x400']);
+    expect(decodeClocksEventReasons('[N/A]')).toEqual([]);
+  });
+});
+
+describe('parseComputeAppsCsv', () => {
+  it('reads processes per GPU with [N/A] memory as null', () => {
+    expect(parseComputeAppsCsv(fixture('nvidia-smi/compute-apps.csv'))).toEqual([
+      {
+        gpuUuid: 'GPU-5f3e2a1b-7c4d-8e9f-0a1b-2c3d4e5f6a7b',
+        pid: 48213,
+        processName: '/usr/bin/python3',
+        usedMemoryMiB: 20736,
+      },
+      {
+        gpuUuid: 'GPU-0b6d4c2e-91a3-5f7e-b8c0-d2e4f6a8b0c2',
+        pid: 48990,
+        processName: '/usr/bin/python3',
+        usedMemoryMiB: 11552,
+      },
+      {
+        gpuUuid: 'GPU-0b6d4c2e-91a3-5f7e-b8c0-d2e4f6a8b0c2',
+        pid: 51122,
+        processName: '/app/llama-server',
+        usedMemoryMiB: null,
+      },
+    ]);
+    expect(parseComputeAppsCsv('')).toEqual([]);
+  });
+});
+
+describe('parseSmiXml', () => {
+  it('reads driver and CUDA versions, persistence mode, power limits and clocks (drivers 535+)', () => {
+    const s = parseSmiXml(fixture('nvidia-smi/q-x-a4000.xml'));
+    expect(s.driverVersion).toBe('550.127.05');
+    expect(s.cudaVersion).toBe('12.4');
+    expect(s.gpus).toEqual([
+      {
+        pciBusId: '00000000:01:00.0',
+        productName: 'NVIDIA RTX A4000',
+        uuid: 'GPU-9a8b7c6d-5e4f-3a2b-1c0d-9e8f7a6b5c4d',
+        persistenceMode: 'Enabled',
+        powerLimitW: 140,
+        defaultPowerLimitW: 140,
+        enforcedPowerLimitW: 140,
+        clocks: { graphicsMHz: 210, smMHz: 210, memMHz: 405 },
+        maxClocks: { graphicsMHz: 2100, smMHz: 2100, memMHz: 7001 },
+      },
+    ]);
+    expect(s.xml).toContain('<nvidia_smi_log>');
+  });
+
+  it('reads the older <power_readings> layout', () => {
+    const [g] = parseSmiXml(fixture('nvidia-smi/q-x-legacy-power.xml')).gpus;
+    expect(g).toMatchObject({
+      persistenceMode: 'Disabled',
+      powerLimitW: 350,
+      enforcedPowerLimitW: 300,
+      clocks: { smMHz: 0, memMHz: 405 },
+    });
+  });
+});
+
+describe('parseGpuResetOutput', () => {
+  it('recognises a successful reset', () => {
+    expect(parseGpuResetOutput(0, fixture('nvidia-smi/gpu-reset-ok.txt'))).toEqual({
+      ok: true,
+      reason: null,
+      message: 'GPU 00000000:01:00.0 was successfully reset. | All done.',
+    });
+  });
+
+  it('recognises a reset refused because the GPU is in use', () => {
+    const r = parseGpuResetOutput(255, fixture('nvidia-smi/gpu-reset-in-use.txt'));
+    expect(r.ok).toBe(false);
+    expect(r.reason).toBe('in-use');
+    expect(r.message).toMatch(/^The following GPUs could not be reset:/);
+  });
+
+  it('recognises a lost GPU', () => {
+    expect(parseGpuResetOutput(15, fixture('nvidia-smi/gpu-lost.txt')).reason).toBe('lost');
+  });
+});
+
+describe('NvidiaSmi against a fake nvidia-smi', () => {
+  it('asks for the documented fields in csv,noheader,nounits form', async () => {
+    const smi = fakeTool('nvidia-smi', [{ stdout: fixture('nvidia-smi/query-gpu-2x3090.csv') }]);
+    const r = await new NvidiaSmi({ bin: smi.bin }).queryGpus();
+    expect(r.gpus).toHaveLength(2);
+    expect(smi.calls()).toEqual([[`--query-gpu=${QUERY_GPU_FIELDS.join(',')}`, '--format=csv,noheader,nounits']]);
+  });
+
+  it('falls back to clocks_throttle_reasons.active on drivers that predate the rename', async () => {
+    const legacyArgs = `--query-gpu=${QUERY_GPU_FIELDS.join(',').replace('clocks_event_reasons.active', 'clocks_throttle_reasons.active')}`;
+    const smi = fakeTool('nvidia-smi', [
+      { args: [legacyArgs], stdout: fixture('nvidia-smi/query-gpu-a4000-remap-pending.csv') },
+      { stdout: fixture('nvidia-smi/invalid-field.txt'), exit: 2 },
+    ]);
+    const r = await new NvidiaSmi({ bin: smi.bin }).queryGpus();
+    expect(r.error).toBeNull();
+    expect(r.gpus[0]?.clocksEventReasons).toContain('hw_thermal_slowdown');
+    expect(smi.calls()).toHaveLength(2);
+  });
+
+  it('returns the lost-GPU message instead of throwing', async () => {
+    const smi = fakeTool('nvidia-smi', [{ stdout: fixture('nvidia-smi/gpu-lost.txt'), exit: 15 }]);
+    const r = await new NvidiaSmi({ bin: smi.bin }).queryGpus();
+    expect(r).toEqual({ gpus: [], error: expect.stringContaining('GPU is lost') });
+  });
+
+  it('resets one GPU by index and reports a busy GPU as data', async () => {
+    const smi = fakeTool('nvidia-smi', [
+      { args: ['--gpu-reset', '-i', '0'], stdout: fixture('nvidia-smi/gpu-reset-ok.txt') },
+      { args: ['--gpu-reset', '-i', '1'], stdout: fixture('nvidia-smi/gpu-reset-in-use.txt'), exit: 255 },
+    ]);
+    const client = new NvidiaSmi({ bin: smi.bin });
+    await expect(client.resetGpu(0)).resolves.toMatchObject({ ok: true });
+    await expect(client.resetGpu(1)).resolves.toMatchObject({ ok: false, reason: 'in-use' });
+    await expect(client.resetGpu(-1)).rejects.toThrow(RangeError);
+  });
+
+  it('returns the raw -q -x XML with parsed facts', async () => {
+    const smi = fakeTool('nvidia-smi', [{ args: ['-q', '-x'], stdout: fixture('nvidia-smi/q-x-a4000.xml') }]);
+    const snap = await new NvidiaSmi({ bin: smi.bin }).snapshotXml();
+    expect(snap.gpus[0]?.productName).toBe('NVIDIA RTX A4000');
+    expect(snap.xml).toBe(fixture('nvidia-smi/q-x-a4000.xml').trimEnd());
+  });
+});
