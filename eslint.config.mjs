@@ -8,16 +8,32 @@ import globals from 'globals';
 const builtins = builtinModules.flatMap((m) => [m, `node:${m}`]);
 
 export default tseslint.config(
-  { ignores: ['node_modules/', 'dist/', '.gpuops/', 'coverage/', 'jest.config.js', 'bench/out/', 'src/sandbox/bin/{docker,nvidia-smi,qm,dmesg}'] },
+  {
+    ignores: [
+      'node_modules/',
+      'dist/',
+      '.gpuops/',
+      'coverage/',
+      'jest.config.js',
+      'bench/out/',
+      'src/sandbox/bin/{docker,nvidia-smi,qm,dmesg}',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
     languageOptions: {
-      parserOptions: { projectService: { allowDefaultProject: ['eslint.config.mjs'] }, tsconfigRootDir: import.meta.dirname },
+      parserOptions: {
+        projectService: { allowDefaultProject: ['eslint.config.mjs'] },
+        tsconfigRootDir: import.meta.dirname,
+      },
     },
     rules: {
       '@typescript-eslint/no-floating-promises': 'error',
-      '@typescript-eslint/consistent-type-imports': ['error', { prefer: 'type-imports', fixStyle: 'inline-type-imports' }],
+      '@typescript-eslint/consistent-type-imports': [
+        'error',
+        { prefer: 'type-imports', fixStyle: 'inline-type-imports' },
+      ],
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
     },
   },
@@ -27,7 +43,10 @@ export default tseslint.config(
       'no-restricted-imports': [
         'error',
         {
-          paths: builtins.map((name) => ({ name, message: 'Workflow code is deterministic and sandboxed: no Node builtins.' })),
+          paths: builtins.map((name) => ({
+            name,
+            message: 'Workflow code is deterministic and sandboxed: no Node builtins.',
+          })),
           patterns: [
             {
               group: ['@temporalio/activity', '@temporalio/client', '@temporalio/worker'],

@@ -7,7 +7,9 @@ function esmPackages(dir = path.join(__dirname, 'node_modules')) {
   const names = [];
   for (const entry of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
     if (entry.startsWith('.')) continue;
-    const candidates = entry.startsWith('@') ? fs.readdirSync(path.join(dir, entry)).map((n) => `${entry}/${n}`) : [entry];
+    const candidates = entry.startsWith('@')
+      ? fs.readdirSync(path.join(dir, entry)).map((n) => `${entry}/${n}`)
+      : [entry];
     for (const name of candidates) {
       try {
         const pkg = JSON.parse(fs.readFileSync(path.join(dir, name, 'package.json'), 'utf8'));

@@ -9,7 +9,10 @@ async function main(): Promise<void> {
   try {
     const cli = await ensureTemporalCli();
     if (cli) console.log(`temporal CLI: ${cli} — ${await temporalCliVersion(cli)}`);
-    else console.warn(`Could not install the Temporal CLI.\n${TEMPORAL_CLI_HELP}\ngpuops will try the SDK's dev-server download instead.`);
+    else
+      console.warn(
+        `Could not install the Temporal CLI.\n${TEMPORAL_CLI_HELP}\ngpuops will try the SDK's dev-server download instead.`,
+      );
   } catch (err) {
     console.warn((err as Error).message);
   }

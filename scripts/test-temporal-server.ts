@@ -9,7 +9,10 @@ import { freePort, startDevServer } from '../src/temporal/dev-server';
 
 async function main(): Promise<void> {
   const cli = findTemporalCli();
-  if (!cli) throw new Error(`Tests need a real Temporal dev server.\n${TEMPORAL_CLI_HELP}\n(npm test's pretest step installs it.)`);
+  if (!cli)
+    throw new Error(
+      `Tests need a real Temporal dev server.\n${TEMPORAL_CLI_HELP}\n(npm test's pretest step installs it.)`,
+    );
   const dir = process.argv[2] ?? '.';
   const port = await freePort();
   const server = await startDevServer({

@@ -9,13 +9,26 @@ import { CONTROL_TASK_QUEUE, nodeTaskQueue } from '../src/messages';
 import { findTemporalCli } from '../src/temporal/cli';
 import { createControlWorker } from '../workers/control';
 import type { HealthReport } from '../src/domain/classify';
-import { openTestEnv, startTestSandbox, testAddress, uniqueId, waitForPoller, workflowBundle, writeTemp, type TestEnv, type TestSandbox } from './helpers/env';
+import {
+  openTestEnv,
+  startTestSandbox,
+  testAddress,
+  uniqueId,
+  waitForPoller,
+  workflowBundle,
+  writeTemp,
+  type TestEnv,
+  type TestSandbox,
+} from './helpers/env';
 import type { Worker } from '@temporalio/worker';
 
 const run = promisify(execFile);
 const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
 
-async function gpuops(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+async function gpuops(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
     const r = await run(GPUOPS, args, { env: { ...process.env, ...env }, timeout: 60_000 });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
@@ -34,7 +47,13 @@ beforeAll(async () => {
   env = await openTestEnv();
   sbx = await startTestSandbox();
   // This file alone serves the real control queue, as an operator's `gpuops up` would.
-  worker = await createControlWorker({ connection: env.connection, namespace: 'default', loaded: sbx.loaded, workflowBundle: await workflowBundle(), taskQueue: CONTROL_TASK_QUEUE });
+  worker = await createControlWorker({
+    connection: env.connection,
+    namespace: 'default',
+    loaded: sbx.loaded,
+    workflowBundle: await workflowBundle(),
+    taskQueue: CONTROL_TASK_QUEUE,
+  });
   running = worker.run();
   await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
 });
@@ -47,7 +66,11 @@ afterAll(async () => {
 });
 
 test('`gpuops config validate` exits 2 and names the field and rule of a bad gpuops.yaml', async () => {
-  const bad = writeTemp(sbx.dir, 'bad.yaml', 'nodes:\n  - id: n1\n    engines:\n      - { name: e, type: ollama, url: "ftp://x", container: c }\n');
+  const bad = writeTemp(
+    sbx.dir,
+    'bad.yaml',
+    'nodes:\n  - id: n1\n    engines:\n      - { name: e, type: ollama, url: "ftp://x", container: c }\n',
+  );
   const r = await gpuops(['config', 'validate', bad]);
   expect(r.code).toBe(2);
   expect(r.stderr).toContain('nodes[0].engines[0].url: must be an http(s) URL');
@@ -106,7 +129,9 @@ test('`gpuops sandbox fault … xid-79` then `gpuops status --json` classifies t
 test('`gpuops sandbox fault` refuses an unknown fault kind with exit 2', async () => {
   const r = await gpuops(['sandbox', 'fault', sbx.nodeId, 'meteor-strike'], { GPUOPS_CONFIG: sbx.loaded.path });
   expect(r.code).toBe(2);
-  expect(r.stderr).toContain('kind: must be one of "engine-hang", "container-exit", "cuda-oom", "xid-79", "ecc", "node-down"');
+  expect(r.stderr).toContain(
+    'kind: must be one of "engine-hang", "container-exit", "cuda-oom", "xid-79", "ecc", "node-down"',
+  );
 });
 
 test('`gpuops status` says clearly when Temporal is not reachable', async () => {

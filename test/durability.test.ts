@@ -9,7 +9,15 @@ import { findTemporalCli } from '../src/temporal/cli';
 import { freePort, startDevServer, type DevServer } from '../src/temporal/dev-server';
 import { nodeTaskQueue } from '../src/messages';
 import type { HealthReport } from '../src/domain/classify';
-import { controlWorker, openTestEnv, startTestSandbox, uniqueId, waitForPoller, type TestEnv, type TestSandbox } from './helpers/env';
+import {
+  controlWorker,
+  openTestEnv,
+  startTestSandbox,
+  uniqueId,
+  waitForPoller,
+  type TestEnv,
+  type TestSandbox,
+} from './helpers/env';
 
 let server: DevServer | undefined;
 let sbx: TestSandbox | undefined;
@@ -24,7 +32,14 @@ test('inspectNode survives a Temporal server restart mid-run and completes on th
   if (!cli) throw new Error('temporal CLI missing');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-restart-'));
   const port = await freePort();
-  const serverOpts = { cli, port, uiPort: port + 1, headless: true, dbFile: path.join(dir, 'temporal.db'), logFile: path.join(dir, 'temporal.log') };
+  const serverOpts = {
+    cli,
+    port,
+    uiPort: port + 1,
+    headless: true,
+    dbFile: path.join(dir, 'temporal.db'),
+    logFile: path.join(dir, 'temporal.log'),
+  };
   server = await startDevServer(serverOpts);
 
   sbx = await startTestSandbox({ address: server.address });

@@ -14,9 +14,13 @@ declare global {
 export default async function globalSetup(): Promise<void> {
   const root = path.resolve(__dirname, '..');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-test-'));
-  const child = spawn(path.join(root, 'node_modules', '.bin', 'tsx'), [path.join(root, 'scripts', 'test-temporal-server.ts'), dir], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-  });
+  const child = spawn(
+    path.join(root, 'node_modules', '.bin', 'tsx'),
+    [path.join(root, 'scripts', 'test-temporal-server.ts'), dir],
+    {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    },
+  );
   globalThis.__gpuopsTemporal = child;
   const address = await new Promise<string>((resolve, reject) => {
     let out = '';

@@ -6,7 +6,15 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { injectFault } from '../src/sandbox/faults';
 import { nodeTaskQueue } from '../src/messages';
 import type { HealthReport } from '../src/domain/classify';
-import { controlWorker, openTestEnv, startTestSandbox, uniqueId, waitForPoller, type TestEnv, type TestSandbox } from './helpers/env';
+import {
+  controlWorker,
+  openTestEnv,
+  startTestSandbox,
+  uniqueId,
+  waitForPoller,
+  type TestEnv,
+  type TestSandbox,
+} from './helpers/env';
 
 let env: TestEnv;
 let sbx: TestSandbox;
@@ -71,7 +79,9 @@ test('classifies a hung engine (health answers, generation does not) as needing 
     const worker = await controlWorker(env, sbx.loaded);
     const report = await worker.runUntil(run({ node: sbx.nodeId, probeTimeout: '4s' }));
     expect(report.recommendedRung).toBe('restart-container');
-    expect(report.problems).toEqual([expect.objectContaining({ kind: 'engine-hung', subject: 'ollama', rung: 'restart-container' })]);
+    expect(report.problems).toEqual([
+      expect.objectContaining({ kind: 'engine-hung', subject: 'ollama', rung: 'restart-container' }),
+    ]);
   } finally {
     sbx.sim.store.update((s) => {
       for (const c of Object.values(s.containers)) c.faults.hang = false;
@@ -95,7 +105,9 @@ test('survives the node worker being killed with SIGKILL mid-activity: the probe
       const deadline = Date.now() + 20_000;
       for (;;) {
         const d = await handle.describe();
-        const started = d.raw.pendingActivities?.some((a) => a.activityType?.name === 'probeEngines' && a.state === 2 /* STARTED */);
+        const started = d.raw.pendingActivities?.some(
+          (a) => a.activityType?.name === 'probeEngines' && a.state === 2 /* STARTED */,
+        );
         if (started) break;
         if (Date.now() > deadline) throw new Error('probeEngines never started');
         await new Promise((r) => setTimeout(r, 100));

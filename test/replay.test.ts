@@ -19,5 +19,7 @@ test('there are committed histories to replay', () => {
 test.each(files)('replays %s without nondeterminism', async (file) => {
   const history = historyFromJSON(JSON.parse(readFileSync(path.join(dir, file), 'utf8')));
   const workflowId = path.basename(file, '.json');
-  await expect(Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, history, workflowId)).resolves.toBeUndefined();
+  await expect(
+    Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, history, workflowId),
+  ).resolves.toBeUndefined();
 });

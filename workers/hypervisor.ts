@@ -30,7 +30,9 @@ export async function createHypervisorWorker(opts: HypervisorWorkerOptions): Pro
 if (require.main === module) {
   runWorkerMain('hypervisor', async (ctx) => {
     const id = ctx.args.get('hypervisor') || process.env.GPUOPS_HYPERVISOR;
-    const qmHosts = ctx.loaded.config.hypervisors.filter((h): h is Extract<HypervisorConfig, { type: 'qm' }> => h.type === 'qm');
+    const qmHosts = ctx.loaded.config.hypervisors.filter(
+      (h): h is Extract<HypervisorConfig, { type: 'qm' }> => h.type === 'qm',
+    );
     const hv = qmHosts.find((h) => h.id === id);
     if (!hv) {
       throw new ValidationError('arguments', [

@@ -40,6 +40,11 @@ if (require.main === module) {
       const known = ctx.loaded.config.nodes.map((n) => n.id).join(', ');
       throw new ValidationError('arguments', [`--node: must be one of ${known} (got ${id ? `"${id}"` : 'nothing'})`]);
     }
-    return createNodeWorker({ connection: ctx.connection, namespace: ctx.namespace, node, configPath: ctx.loaded.path });
+    return createNodeWorker({
+      connection: ctx.connection,
+      namespace: ctx.namespace,
+      node,
+      configPath: ctx.loaded.path,
+    });
   });
 }

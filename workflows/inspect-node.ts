@@ -3,7 +3,13 @@
  * typed health report. The smallest workflow that proves the whole path: control worker → node worker → host
  * tools (docker, nvidia-smi, kernel log, engine HTTP) → pure classification.
  */
-import { ActivityFailure, TimeoutFailure, proxyActivities, setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
+import {
+  ActivityFailure,
+  TimeoutFailure,
+  proxyActivities,
+  setCurrentDetails,
+  upsertSearchAttributes,
+} from '@temporalio/workflow';
 import { z } from 'zod';
 import type * as nodeActivities from '../activities/node';
 import { classifyNode, type HealthReport } from '../src/domain/classify';
@@ -24,15 +30,25 @@ export const InspectNodeInput = z.strictObject({
   /** Only Xid events after this time (ISO) count; default: the last 10 minutes. */
   xidSince: z.string().optional(),
   /** How long the node worker has to pick up a probe before the node counts as unreachable. */
-  pickupTimeout: z.string().regex(/^\d+(ms|s|m)$/, { message: 'must be a duration such as 500ms, 30s or 5m' }).default('30s'),
+  pickupTimeout: z
+    .string()
+    .regex(/^\d+(ms|s|m)$/, { message: 'must be a duration such as 500ms, 30s or 5m' })
+    .default('30s'),
   /** How long one probe may run once picked up. */
-  probeTimeout: z.string().regex(/^\d+(ms|s|m)$/, { message: 'must be a duration such as 500ms, 30s or 5m' }).default('20s'),
+  probeTimeout: z
+    .string()
+    .regex(/^\d+(ms|s|m)$/, { message: 'must be a duration such as 500ms, 30s or 5m' })
+    .default('20s'),
 });
 export type InspectNodeInput = z.input<typeof InspectNodeInput>;
 
 /** true when the activity failed because no node worker picked it up in time. */
 function notPickedUp(err: unknown): boolean {
-  return err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType === 'SCHEDULE_TO_START';
+  return (
+    err instanceof ActivityFailure &&
+    err.cause instanceof TimeoutFailure &&
+    err.cause.timeoutType === 'SCHEDULE_TO_START'
+  );
 }
 
 /**
@@ -88,10 +104,15 @@ export async function inspectNode(rawInput: InspectNodeInput): Promise<HealthRep
     engines,
     disks,
   };
-  const report = classifyNode(observation, input.expectedGpus === undefined ? {} : { expectedGpus: input.expectedGpus });
+  const report = classifyNode(
+    observation,
+    input.expectedGpus === undefined ? {} : { expectedGpus: input.expectedGpus },
+  );
   setCurrentDetails(
     `Node **${input.node}**: ${report.healthy ? 'healthy' : 'UNHEALTHY'}; recommended rung: ${report.recommendedRung}` +
-      (report.problems.length ? `\n\n${report.problems.map((p) => `- ${p.kind} (${p.subject}): ${p.detail}`).join('\n')}` : ''),
+      (report.problems.length
+        ? `\n\n${report.problems.map((p) => `- ${p.kind} (${p.subject}): ${p.detail}`).join('\n')}`
+        : ''),
   );
   return report;
 }

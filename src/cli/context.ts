@@ -8,7 +8,10 @@ export interface GlobalOptions {
   json?: boolean;
 }
 
-export async function withClient<T>(opts: GlobalOptions, fn: (client: Client, loaded: LoadedConfig) => Promise<T>): Promise<T> {
+export async function withClient<T>(
+  opts: GlobalOptions,
+  fn: (client: Client, loaded: LoadedConfig) => Promise<T>,
+): Promise<T> {
   const loaded = loadConfig(opts.config);
   const target = resolveTargetOrDev(loaded.config);
   let client: Client;
@@ -17,7 +20,9 @@ export async function withClient<T>(opts: GlobalOptions, fn: (client: Client, lo
     client = await connectClient(target, { connectTimeoutMs: 3000 });
     await client.connection.workflowService.getSystemInfo({});
   } catch (err) {
-    throw new Error(`cannot reach Temporal at ${target.address} (${(err as Error).message}). Is \`npm start\` (gpuops up) running?`);
+    throw new Error(
+      `cannot reach Temporal at ${target.address} (${(err as Error).message}). Is \`npm start\` (gpuops up) running?`,
+    );
   }
   try {
     return await fn(client, loaded);

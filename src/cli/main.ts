@@ -36,7 +36,11 @@ export function buildProgram(): Command {
     .option('--no-generate', 'skip the test generation on each engine')
     .action(async (node: string | undefined, opts: { generate: boolean }) => {
       await withClient(globals(), async (client, loaded) => {
-        await statusCommand(client, loaded.config, { json: globals().json ?? false, generate: opts.generate, ...(node ? { node } : {}) });
+        await statusCommand(client, loaded.config, {
+          json: globals().json ?? false,
+          generate: opts.generate,
+          ...(node ? { node } : {}),
+        });
       });
     });
 
@@ -47,7 +51,10 @@ export function buildProgram(): Command {
     .action((file: string | undefined) => {
       const loaded = loadConfig(file ?? globals().config);
       if (globals().json) printJson({ path: loaded.path, valid: true, nodes: loaded.config.nodes.map((n) => n.id) });
-      else console.log(`${loaded.path}: valid (${loaded.config.nodes.length} node(s), ${loaded.config.hypervisors.length} hypervisor(s), ${loaded.config.backups.length} backup plan(s))`);
+      else
+        console.log(
+          `${loaded.path}: valid (${loaded.config.nodes.length} node(s), ${loaded.config.hypervisors.length} hypervisor(s), ${loaded.config.backups.length} backup plan(s))`,
+        );
     });
   config
     .command('schema')

@@ -39,7 +39,9 @@ export class ManagedProcess {
     child.stderr?.on('data', prefix);
     child.once('exit', (code, signal) => {
       if (this.stopping) return;
-      this.opts.log(`[${this.opts.name}] exited (${signal ?? code}); restarting in ${this.opts.restartDelayMs ?? 2000} ms`);
+      this.opts.log(
+        `[${this.opts.name}] exited (${signal ?? code}); restarting in ${this.opts.restartDelayMs ?? 2000} ms`,
+      );
       this.restartTimer = setTimeout(() => this.start(), this.opts.restartDelayMs ?? 2000);
     });
   }

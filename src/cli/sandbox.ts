@@ -4,7 +4,14 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
 import { ValidationError, parseOrThrow } from '../domain/validation';
-import { FAULT_DESCRIPTIONS, FAULT_KINDS, clearFaults, injectFault, listFaults, type SandboxFaultKind } from '../sandbox/faults';
+import {
+  FAULT_DESCRIPTIONS,
+  FAULT_KINDS,
+  clearFaults,
+  injectFault,
+  listFaults,
+  type SandboxFaultKind,
+} from '../sandbox/faults';
 import { SandboxStore } from '../sandbox/state';
 import type { GlobalOptions } from './context';
 import { printJson, table } from './output';
@@ -19,10 +26,13 @@ function sandboxStore(loaded: LoadedConfig, node: string): SandboxStore {
   const n = loaded.config.nodes.find((x) => x.id === node);
   if (!n || !n.sandbox) {
     const sims = loaded.config.nodes.filter((x) => x.sandbox).map((x) => x.id);
-    throw new ValidationError('argument', [`node: must be a sandbox node (${sims.join(', ') || 'none configured'}; got "${node}")`]);
+    throw new ValidationError('argument', [
+      `node: must be a sandbox node (${sims.join(', ') || 'none configured'}; got "${node}")`,
+    ]);
   }
   const store = SandboxStore.forNode(resolveFrom(loaded.path, loaded.config.sandbox.stateDir), node);
-  if (!existsSync(store.file)) throw new Error(`sandbox node ${node} has no state yet (${store.file}): start gpuops first (npm start)`);
+  if (!existsSync(store.file))
+    throw new Error(`sandbox node ${node} has no state yet (${store.file}): start gpuops first (npm start)`);
   return store;
 }
 
@@ -32,8 +42,11 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
     .command('fault <node> <kind>')
     .description(`inject a fault: ${FAULT_KINDS.join(' | ')}`)
     .option('--engine <name>', 'engine to affect (engine-hang, container-exit, cuda-oom); default the first')
-    .option('--gpu <index>', 'GPU to affect (xid-79, ecc); default the engine\'s first GPU')
-    .addHelpText('after', `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(15)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}`)
+    .option('--gpu <index>', "GPU to affect (xid-79, ecc); default the engine's first GPU")
+    .addHelpText(
+      'after',
+      `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(15)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}`,
+    )
     .action((node: string, kind: string, opts: { engine?: string; gpu?: string }) => {
       const args = parseOrThrow(FaultArgs, { kind, ...opts }, 'arguments');
       const loaded = loadConfig(globals().config);
@@ -51,7 +64,10 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
       const loaded = loadConfig(globals().config);
       const cleared = clearFaults(sandboxStore(loaded, node));
       if (globals().json) printJson(cleared);
-      else console.log(cleared.length ? `cleared on ${node}: ${cleared.map((f) => f.kind).join(', ')}` : `no faults on ${node}`);
+      else
+        console.log(
+          cleared.length ? `cleared on ${node}: ${cleared.map((f) => f.kind).join(', ')}` : `no faults on ${node}`,
+        );
     });
   sandbox
     .command('show <node>')
@@ -65,7 +81,12 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
         return;
       }
       console.log(`node ${state.node}: VM ${state.vm.vmid ?? '-'} ${state.vm.status} (${state.vm.phase})`);
-      console.log(table(['CONTAINER', 'STATUS', 'EXIT', 'RESTARTS'], Object.values(state.containers).map((c) => [c.name, c.status, c.exitCode, c.restartCount])));
+      console.log(
+        table(
+          ['CONTAINER', 'STATUS', 'EXIT', 'RESTARTS'],
+          Object.values(state.containers).map((c) => [c.name, c.status, c.exitCode, c.restartCount]),
+        ),
+      );
       const faults = listFaults(store);
       console.log(faults.length ? `faults: ${faults.map((f) => f.kind).join(', ')}` : 'faults: none');
     });

@@ -8,7 +8,9 @@ import { printJson, table } from './output';
 
 export function requireNode(config: Config, node: string): void {
   if (!config.nodes.some((n) => n.id === node)) {
-    throw new ValidationError('argument', [`node: must be one of ${config.nodes.map((n) => n.id).join(', ')} (got "${node}")`]);
+    throw new ValidationError('argument', [
+      `node: must be one of ${config.nodes.map((n) => n.id).join(', ')} (got "${node}")`,
+    ]);
   }
 }
 
@@ -19,7 +21,7 @@ export async function inspect(client: Client, config: Config, node: string, gene
     workflowId: workflowIds.inspect(node, new Date().toISOString().replace(/[:.]/g, '-')),
     args: [{ node, generate, expectedGpus: n?.gpus.length }],
     staticSummary: `Inspect node ${node}`,
-    staticDetails: 'Started by `gpuops status`: one round of health probes on the node\'s pinned queue.',
+    staticDetails: "Started by `gpuops status`: one round of health probes on the node's pinned queue.",
     workflowExecutionTimeout: '2m',
   });
 }
@@ -27,57 +29,97 @@ export async function inspect(client: Client, config: Config, node: string, gene
 export function renderReport(r: HealthReport): string {
   const o = r.observation;
   const out: string[] = [];
-  out.push(`Node ${r.node} — ${r.healthy ? 'healthy' : 'UNHEALTHY'}${r.recommendedRung !== 'none' ? `, recommended action: ${r.recommendedRung}` : ''}  (${r.observedAt})`);
+  out.push(
+    `Node ${r.node} — ${r.healthy ? 'healthy' : 'UNHEALTHY'}${r.recommendedRung !== 'none' ? `, recommended action: ${r.recommendedRung}` : ''}  (${r.observedAt})`,
+  );
   if (!o.reachable) out.push('  node worker did not answer in time: node unreachable');
   if (o.engines.length) {
-    out.push('', table(['ENGINE', 'TYPE', 'URL', 'HEALTH', 'VERSION', 'LOADED', 'GEN'], o.engines.map((e) => [
-      e.name,
-      e.type,
-      e.url,
-      !e.reachable ? 'unreachable' : e.loading ? 'loading' : e.healthy ? 'ok' : 'unhealthy',
-      e.version,
-      e.loaded.join(',') || '-',
-      e.generation ? (e.generation.ok ? `ok ${e.generation.ms}ms` : `FAIL ${e.generation.error ?? ''}`) : '-',
-    ])));
+    out.push(
+      '',
+      table(
+        ['ENGINE', 'TYPE', 'URL', 'HEALTH', 'VERSION', 'LOADED', 'GEN'],
+        o.engines.map((e) => [
+          e.name,
+          e.type,
+          e.url,
+          !e.reachable ? 'unreachable' : e.loading ? 'loading' : e.healthy ? 'ok' : 'unhealthy',
+          e.version,
+          e.loaded.join(',') || '-',
+          e.generation ? (e.generation.ok ? `ok ${e.generation.ms}ms` : `FAIL ${e.generation.error ?? ''}`) : '-',
+        ]),
+      ),
+    );
   }
   if (o.containers.length) {
-    out.push('', table(['CONTAINER', 'STATUS', 'HEALTH', 'EXIT', 'OOM', 'RESTARTS'], o.containers.map((c) => [c.name, c.status, c.health, c.exitCode, c.oomKilled, c.restartCount])));
+    out.push(
+      '',
+      table(
+        ['CONTAINER', 'STATUS', 'HEALTH', 'EXIT', 'OOM', 'RESTARTS'],
+        o.containers.map((c) => [c.name, c.status, c.health, c.exitCode, c.oomKilled, c.restartCount]),
+      ),
+    );
   }
   if (o.gpuError) out.push('', `GPU: nvidia-smi failed: ${o.gpuError}`);
   if (o.gpus.length) {
-    out.push('', table(['GPU', 'NAME', 'MEM USED/TOTAL MiB', 'UTIL%', 'TEMP C', 'POWER W', 'ECC UNCORR', 'STATE'], o.gpus.map((g) => [
-      g.index,
-      g.name,
-      `${g.memoryUsedMiB ?? '?'}/${g.memoryTotalMiB ?? '?'}`,
-      g.utilizationGpuPct,
-      g.temperatureC,
-      g.powerDrawW === null ? null : `${g.powerDrawW}/${g.powerLimitW ?? '?'}`,
-      g.eccUncorrectedVolatile,
-      g.lost ? 'LOST' : g.clocksEventReasons.filter((x) => x !== 'gpu_idle').join(',') || 'ok',
-    ])));
+    out.push(
+      '',
+      table(
+        ['GPU', 'NAME', 'MEM USED/TOTAL MiB', 'UTIL%', 'TEMP C', 'POWER W', 'ECC UNCORR', 'STATE'],
+        o.gpus.map((g) => [
+          g.index,
+          g.name,
+          `${g.memoryUsedMiB ?? '?'}/${g.memoryTotalMiB ?? '?'}`,
+          g.utilizationGpuPct,
+          g.temperatureC,
+          g.powerDrawW === null ? null : `${g.powerDrawW}/${g.powerLimitW ?? '?'}`,
+          g.eccUncorrectedVolatile,
+          g.lost ? 'LOST' : g.clocksEventReasons.filter((x) => x !== 'gpu_idle').join(',') || 'ok',
+        ]),
+      ),
+    );
   }
-  if (o.xids.length) out.push('', table(['XID', 'PCI', 'TIME', 'MESSAGE'], o.xids.map((x) => [x.xid, x.pciBusId, x.time, x.message])));
+  if (o.xids.length)
+    out.push(
+      '',
+      table(
+        ['XID', 'PCI', 'TIME', 'MESSAGE'],
+        o.xids.map((x) => [x.xid, x.pciBusId, x.time, x.message]),
+      ),
+    );
   if (r.problems.length) {
-    out.push('', table(['PROBLEM', 'SUBJECT', 'RUNG', 'DETAIL'], r.problems.map((p) => [p.kind, p.subject, p.rung, p.detail])));
+    out.push(
+      '',
+      table(
+        ['PROBLEM', 'SUBJECT', 'RUNG', 'DETAIL'],
+        r.problems.map((p) => [p.kind, p.subject, p.rung, p.detail]),
+      ),
+    );
   }
   return out.join('\n');
 }
 
-export async function statusCommand(client: Client, config: Config, opts: { node?: string; json?: boolean; generate?: boolean }): Promise<HealthReport[]> {
+export async function statusCommand(
+  client: Client,
+  config: Config,
+  opts: { node?: string; json?: boolean; generate?: boolean },
+): Promise<HealthReport[]> {
   if (opts.node) requireNode(config, opts.node);
   const nodes = opts.node ? [opts.node] : config.nodes.map((n) => n.id);
   const reports = await Promise.all(nodes.map((n) => inspect(client, config, n, opts.generate ?? true)));
   if (opts.json) printJson(reports);
   else {
     process.stdout.write(
-      `${table(['NODE', 'HEALTH', 'ACTION', 'ENGINES', 'GPUS', 'PROBLEMS'], reports.map((r) => [
-        r.node,
-        r.healthy ? 'healthy' : 'UNHEALTHY',
-        r.recommendedRung,
-        `${r.observation.engines.filter((e) => e.healthy).length}/${r.observation.engines.length} ok`,
-        r.observation.gpuError ? 'error' : `${r.observation.gpus.filter((g) => !g.lost).length} ok`,
-        r.problems.length,
-      ]))}\n\n${reports.map(renderReport).join('\n\n')}\n`,
+      `${table(
+        ['NODE', 'HEALTH', 'ACTION', 'ENGINES', 'GPUS', 'PROBLEMS'],
+        reports.map((r) => [
+          r.node,
+          r.healthy ? 'healthy' : 'UNHEALTHY',
+          r.recommendedRung,
+          `${r.observation.engines.filter((e) => e.healthy).length}/${r.observation.engines.length} ok`,
+          r.observation.gpuError ? 'error' : `${r.observation.gpus.filter((g) => !g.lost).length} ok`,
+          r.problems.length,
+        ]),
+      )}\n\n${reports.map(renderReport).join('\n\n')}\n`,
     );
   }
   return reports;

@@ -43,7 +43,9 @@ async function registerSearchAttributes(target: TemporalTarget & { address: stri
     });
     log(`registered search attributes: ${missing.map(([k]) => k).join(', ')}`);
   } catch (err) {
-    log(`warning: could not register search attributes (${(err as Error).message}); register them with \`temporal operator search-attribute create\``);
+    log(
+      `warning: could not register search attributes (${(err as Error).message}); register them with \`temporal operator search-attribute create\``,
+    );
   } finally {
     await conn.close();
   }
@@ -117,7 +119,9 @@ export async function upCommand(opts: UpOptions): Promise<void> {
       await sim.start();
       teardown.push({ name: `sandbox ${node.id}`, fn: () => sim.stop() });
       sims.push(sim);
-      started.push(`sandbox node ${node.id}: engines ${node.engines.map((e) => `${e.name} ${e.url}`).join(', ') || 'none'}; node worker on gpuops-node-${node.id}`);
+      started.push(
+        `sandbox node ${node.id}: engines ${node.engines.map((e) => `${e.name} ${e.url}`).join(', ') || 'none'}; node worker on gpuops-node-${node.id}`,
+      );
     }
 
     // The simulated Proxmox API answers for every sandbox VM managed through a proxmox-api hypervisor.
@@ -172,10 +176,14 @@ export async function upCommand(opts: UpOptions): Promise<void> {
       [
         '',
         'gpuops is up.',
-        uiUrl ? `  Temporal UI:      ${uiUrl}` : `  Temporal:         ${target.address} (namespace ${target.namespace})`,
+        uiUrl
+          ? `  Temporal UI:      ${uiUrl}`
+          : `  Temporal:         ${target.address} (namespace ${target.namespace})`,
         `  Temporal server:  ${target.address}`,
         ...started.map((s) => `  ${s}`),
-        ...(remote.length ? [`  waiting for node workers on their hosts: ${remote.map((n) => `gpuops-node-${n.id}`).join(', ')}`] : []),
+        ...(remote.length
+          ? [`  waiting for node workers on their hosts: ${remote.map((n) => `gpuops-node-${n.id}`).join(', ')}`]
+          : []),
         '',
         'Try:',
         `  ./bin/gpuops${cfgFlag} status                       # health of every node (inspectNode workflow)`,

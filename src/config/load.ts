@@ -27,7 +27,10 @@ export interface LoadedConfig {
 export function parseConfig(text: string, source: string): Config {
   const doc = parseDocument(text, { prettyErrors: true });
   if (doc.errors.length > 0) {
-    throw new ValidationError(`config ${source}`, doc.errors.map((e) => `YAML: ${e.message.split('\n')[0] ?? e.message}`));
+    throw new ValidationError(
+      `config ${source}`,
+      doc.errors.map((e) => `YAML: ${e.message.split('\n')[0] ?? e.message}`),
+    );
   }
   const r = ConfigSchema.safeParse(doc.toJS() ?? {});
   if (!r.success) throw new ValidationError(`config ${source}`, formatIssues(r.error));

@@ -6,10 +6,16 @@ import { z } from 'zod';
 
 const id = z
   .string()
-  .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { message: 'must be lowercase letters, digits and dashes (max 63), starting with a letter or digit' });
-const httpUrl = z.string().refine((s) => /^https?:\/\/[^\s/]+/.test(s) && URL.canParse(s), { message: 'must be an http(s) URL' });
+  .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, {
+    message: 'must be lowercase letters, digits and dashes (max 63), starting with a letter or digit',
+  });
+const httpUrl = z
+  .string()
+  .refine((s) => /^https?:\/\/[^\s/]+/.test(s) && URL.canParse(s), { message: 'must be an http(s) URL' });
 const filePath = z.string().min(1, { message: 'must be a file path' });
-const envName = z.string().regex(/^[A-Z_][A-Z0-9_]*$/, { message: 'must be an environment variable name (A-Z, 0-9, _)' });
+const envName = z
+  .string()
+  .regex(/^[A-Z_][A-Z0-9_]*$/, { message: 'must be an environment variable name (A-Z, 0-9, _)' });
 const duration = z
   .string()
   .regex(/^\d+(ms|s|m|h|d)$/, { message: 'must be a duration such as 500ms, 30s, 5m, 1h or 7d' })
@@ -31,7 +37,10 @@ export const EngineSchema = z
     container: z.string().min(1).describe('Docker container name that runs the engine.'),
     gpus: z.array(z.int().min(0)).default([]).describe('GPU indices the engine uses.'),
     apiKeyFile: filePath.optional().describe('File holding the engine API key (vLLM --api-key), read on the node.'),
-    probeModel: z.string().optional().describe('Model for the health probe\'s tiny test generation; the first loaded model when unset.'),
+    probeModel: z
+      .string()
+      .optional()
+      .describe("Model for the health probe's tiny test generation; the first loaded model when unset."),
   })
   .describe('An inference engine container on the node.');
 
@@ -48,7 +57,10 @@ export const NodeSchema = z
       })
       .optional()
       .describe('The VM this node runs in; required for the restart-vm recovery rung.'),
-    modelStores: z.array(z.string().min(1)).default([]).describe('Model store paths on the node (Ollama models dir, HF cache).'),
+    modelStores: z
+      .array(z.string().min(1))
+      .default([])
+      .describe('Model store paths on the node (Ollama models dir, HF cache).'),
     tools: z
       .strictObject({
         docker: z.string().default('docker').describe('docker binary.'),
@@ -57,7 +69,10 @@ export const NodeSchema = z
       })
       .default({ docker: 'docker', nvidiaSmi: 'nvidia-smi', dmesg: 'dmesg' })
       .describe('Paths of the host tools the node worker runs.'),
-    sandbox: z.boolean().default(false).describe('Simulate this node (shims, engine and Proxmox API) instead of driving real hardware.'),
+    sandbox: z
+      .boolean()
+      .default(false)
+      .describe('Simulate this node (shims, engine and Proxmox API) instead of driving real hardware.'),
   })
   .describe('A GPU inference node.');
 
@@ -74,7 +89,10 @@ export const HypervisorSchema = z
         .describe('API token id, USER@REALM!TOKENID.'),
       tokenSecretFile: filePath.describe('File holding the API token secret (UUID). Read inside activities only.'),
       caFile: filePath.optional().describe('CA bundle for the Proxmox TLS certificate.'),
-      insecureSkipVerify: z.boolean().default(false).describe('Accept a self-signed Proxmox certificate (not recommended).'),
+      insecureSkipVerify: z
+        .boolean()
+        .default(false)
+        .describe('Accept a self-signed Proxmox certificate (not recommended).'),
     }),
     z.strictObject({
       id,
@@ -86,7 +104,10 @@ export const HypervisorSchema = z
 
 export const TemporalSchema = z
   .strictObject({
-    address: z.string().optional().describe('host:port of a Temporal frontend; TEMPORAL_ADDRESS overrides. Unset: embedded dev server.'),
+    address: z
+      .string()
+      .optional()
+      .describe('host:port of a Temporal frontend; TEMPORAL_ADDRESS overrides. Unset: embedded dev server.'),
     namespace: z.string().default('default').describe('Temporal namespace; TEMPORAL_NAMESPACE overrides.'),
     tls: z
       .strictObject({
@@ -102,7 +123,10 @@ export const TemporalSchema = z
       .strictObject({
         port: z.int().min(1).max(65535).default(7233).describe('Embedded dev server frontend port.'),
         uiPort: z.int().min(1).max(65535).default(8233).describe('Embedded dev server Web UI port.'),
-        dbFile: z.string().default('.gpuops/temporal.db').describe('SQLite file of the embedded dev server (history survives restarts).'),
+        dbFile: z
+          .string()
+          .default('.gpuops/temporal.db')
+          .describe('SQLite file of the embedded dev server (history survives restarts).'),
       })
       .default({ port: 7233, uiPort: 8233, dbFile: '.gpuops/temporal.db' }),
   })
@@ -110,7 +134,11 @@ export const TemporalSchema = z
 
 export const RouterSchema = z
   .strictObject({
-    listen: z.string().regex(/^[^:\s]+:\d+$/, { message: 'must be host:port' }).default('127.0.0.1:8080').describe('Address the router listens on.'),
+    listen: z
+      .string()
+      .regex(/^[^:\s]+:\d+$/, { message: 'must be host:port' })
+      .default('127.0.0.1:8080')
+      .describe('Address the router listens on.'),
     adminTokenFile: filePath.optional().describe('File holding the admin API bearer token.'),
     stateFile: z.string().default('.gpuops/routes.json').describe('Route table persisted across restarts.'),
   })
@@ -125,7 +153,12 @@ export const PolicySchema = z
     maxTtftP95Ratio: z.number().positive().default(1.2).describe('Canary TTFT p95 / stable, at most.'),
     minTokensPerSecondRatio: z.number().positive().default(0.8).describe('Canary tokens/s / stable, at least.'),
     autoPromote: z.boolean().default(true).describe('Promote after the last step, or wait for the promote update.'),
-    memoryCapPct: z.int().min(10).max(100).default(90).describe('Refuse a model that needs more than this % of GPU memory.'),
+    memoryCapPct: z
+      .int()
+      .min(10)
+      .max(100)
+      .default(90)
+      .describe('Refuse a model that needs more than this % of GPU memory.'),
     approvalTimeout: duration.default('24h').describe('How long a medium-risk deployment waits for approve.'),
     rollbackWindow: duration.default('1h').describe('How long the old version stays loaded after promotion.'),
   })
@@ -164,7 +197,9 @@ export const BackupPlanSchema = z
         timezone: z.string().default('UTC'),
         jitter: duration.optional(),
       })
-      .refine((s) => (s.cron === undefined) !== (s.every === undefined), { message: 'must set exactly one of cron or every' }),
+      .refine((s) => (s.cron === undefined) !== (s.every === undefined), {
+        message: 'must set exactly one of cron or every',
+      }),
     retention: retention.default({}),
     rpo: duration.describe('Recovery point objective: the newest good backup must be younger than this.'),
     rto: duration.optional().describe('Recovery time objective for restores.'),
@@ -179,17 +214,31 @@ export const BackupPlanSchema = z
 
 export const NotifierSchema = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('webhook'), name: id, urlFile: filePath.describe('File holding the webhook URL.') }),
-  z.strictObject({ type: z.literal('slack'), name: id, urlFile: filePath.describe('File holding the Slack incoming-webhook URL.') }),
-  z.strictObject({ type: z.literal('discord'), name: id, urlFile: filePath.describe('File holding the Discord webhook URL.') }),
+  z.strictObject({
+    type: z.literal('slack'),
+    name: id,
+    urlFile: filePath.describe('File holding the Slack incoming-webhook URL.'),
+  }),
+  z.strictObject({
+    type: z.literal('discord'),
+    name: id,
+    urlFile: filePath.describe('File holding the Discord webhook URL.'),
+  }),
 ]);
 
 export const ConfigSchema = z
   .strictObject({
     temporal: TemporalSchema,
-    nodes: z.array(NodeSchema).min(1, { message: 'must list at least one node' }).describe('GPU nodes gpuops operates.'),
+    nodes: z
+      .array(NodeSchema)
+      .min(1, { message: 'must list at least one node' })
+      .describe('GPU nodes gpuops operates.'),
     hypervisors: z.array(HypervisorSchema).default([]).describe('Proxmox hosts.'),
     router: RouterSchema,
-    policies: z.record(id, PolicySchema).default({}).describe('Deployment policies by name; "default" is used when none is named.'),
+    policies: z
+      .record(id, PolicySchema)
+      .default({})
+      .describe('Deployment policies by name; "default" is used when none is named.'),
     recovery: RecoverySchema,
     backups: z.array(BackupPlanSchema).default([]).describe('Backup plans; each becomes a Temporal Schedule.'),
     notifications: z.array(NotifierSchema).default([]).describe('Where escalations and failures are sent.'),
@@ -202,7 +251,12 @@ export const ConfigSchema = z
       .default({ stateDir: '.gpuops/sandbox', proxmoxPort: 18006, bootSeconds: 8 }),
   })
   .superRefine((cfg, ctx) => {
-    const dup = <T>(items: T[], key: (t: T) => string, path: (i: number) => (string | number)[], what: string): void => {
+    const dup = <T>(
+      items: T[],
+      key: (t: T) => string,
+      path: (i: number) => (string | number)[],
+      what: string,
+    ): void => {
       const seen = new Set<string>();
       items.forEach((it, i) => {
         const k = key(it);
@@ -210,29 +264,66 @@ export const ConfigSchema = z
         seen.add(k);
       });
     };
-    dup(cfg.nodes, (n) => n.id, (i) => ['nodes', i, 'id'], 'node id');
-    dup(cfg.hypervisors, (h) => h.id, (i) => ['hypervisors', i, 'id'], 'hypervisor id');
-    dup(cfg.backups, (b) => b.id, (i) => ['backups', i, 'id'], 'backup plan id');
+    dup(
+      cfg.nodes,
+      (n) => n.id,
+      (i) => ['nodes', i, 'id'],
+      'node id',
+    );
+    dup(
+      cfg.hypervisors,
+      (h) => h.id,
+      (i) => ['hypervisors', i, 'id'],
+      'hypervisor id',
+    );
+    dup(
+      cfg.backups,
+      (b) => b.id,
+      (i) => ['backups', i, 'id'],
+      'backup plan id',
+    );
     const hv = new Set(cfg.hypervisors.map((h) => h.id));
     const nodes = new Set(cfg.nodes.map((n) => n.id));
     cfg.nodes.forEach((n, i) => {
-      dup(n.engines, (e) => e.name, (j) => ['nodes', i, 'engines', j, 'name'], 'engine name');
+      dup(
+        n.engines,
+        (e) => e.name,
+        (j) => ['nodes', i, 'engines', j, 'name'],
+        'engine name',
+      );
       if (n.vm && !hv.has(n.vm.hypervisor)) {
-        ctx.addIssue({ code: 'custom', path: ['nodes', i, 'vm', 'hypervisor'], message: `must name a hypervisor in hypervisors[] (got "${n.vm.hypervisor}")` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['nodes', i, 'vm', 'hypervisor'],
+          message: `must name a hypervisor in hypervisors[] (got "${n.vm.hypervisor}")`,
+        });
       }
       const gpuIdx = new Set(n.gpus.map((g) => g.index));
       n.engines.forEach((e, j) => {
         e.gpus.forEach((g, k) => {
           if (n.gpus.length > 0 && !gpuIdx.has(g)) {
-            ctx.addIssue({ code: 'custom', path: ['nodes', i, 'engines', j, 'gpus', k], message: `must be the index of a GPU in nodes[${i}].gpus (got ${g})` });
+            ctx.addIssue({
+              code: 'custom',
+              path: ['nodes', i, 'engines', j, 'gpus', k],
+              message: `must be the index of a GPU in nodes[${i}].gpus (got ${g})`,
+            });
           }
         });
       });
     });
     cfg.backups.forEach((b, i) => {
-      if (!nodes.has(b.node)) ctx.addIssue({ code: 'custom', path: ['backups', i, 'node'], message: `must name a node in nodes[] (got "${b.node}")` });
+      if (!nodes.has(b.node))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['backups', i, 'node'],
+          message: `must name a node in nodes[] (got "${b.node}")`,
+        });
       if (b.what === 'model-store' && b.paths.length === 0) {
-        ctx.addIssue({ code: 'custom', path: ['backups', i, 'paths'], message: 'must list at least one path for a model-store plan' });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['backups', i, 'paths'],
+          message: 'must list at least one path for a model-store plan',
+        });
       }
     });
   });

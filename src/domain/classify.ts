@@ -71,7 +71,13 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
 
   for (const c of obs.containers) {
     if (!c.exists) {
-      add({ kind: 'container-missing', subject: c.name, detail: 'container does not exist', rung: 'escalate', severity: 'critical' });
+      add({
+        kind: 'container-missing',
+        subject: c.name,
+        detail: 'container does not exist',
+        rung: 'escalate',
+        severity: 'critical',
+      });
       continue;
     }
     if (c.oomKilled) {
@@ -101,11 +107,23 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
       });
     }
     if (c.running && c.health === 'unhealthy') {
-      add({ kind: 'container-unhealthy', subject: c.name, detail: 'docker healthcheck reports unhealthy', rung: 'restart-container', severity: 'critical' });
+      add({
+        kind: 'container-unhealthy',
+        subject: c.name,
+        detail: 'docker healthcheck reports unhealthy',
+        rung: 'restart-container',
+        severity: 'critical',
+      });
     }
     const oomLine = c.logSignals.find((l) => CUDA_OOM.test(l));
     if (oomLine) {
-      add({ kind: 'cuda-oom', subject: c.name, detail: `CUDA out of memory: ${oomLine}`, rung: 'restart-container', severity: 'critical' });
+      add({
+        kind: 'cuda-oom',
+        subject: c.name,
+        detail: `CUDA out of memory: ${oomLine}`,
+        rung: 'restart-container',
+        severity: 'critical',
+      });
     }
   }
 
@@ -130,12 +148,24 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
   }
 
   if (obs.gpuError !== null) {
-    add({ kind: 'gpu-lost', subject: 'gpu', detail: `nvidia-smi failed: ${obs.gpuError}`, rung: 'restart-vm', severity: 'critical' });
+    add({
+      kind: 'gpu-lost',
+      subject: 'gpu',
+      detail: `nvidia-smi failed: ${obs.gpuError}`,
+      rung: 'restart-vm',
+      severity: 'critical',
+    });
   }
   for (const g of obs.gpus) {
     const subject = `gpu${g.index}`;
     if (g.lost) {
-      add({ kind: 'gpu-lost', subject, detail: `${g.name} (${g.pciBusId}) reports lost / ERR!`, rung: 'restart-vm', severity: 'critical' });
+      add({
+        kind: 'gpu-lost',
+        subject,
+        detail: `${g.name} (${g.pciBusId}) reports lost / ERR!`,
+        rung: 'restart-vm',
+        severity: 'critical',
+      });
     }
     if (g.eccUncorrectedVolatile !== null && g.eccUncorrectedVolatile > 0) {
       add({

