@@ -6,6 +6,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { injectFault } from '../src/sandbox/faults';
 import { nodeTaskQueue } from '../src/messages';
 import type { HealthReport } from '../src/domain/classify';
+import type { inspectNode } from '../workflows/inspect-node';
 import {
   controlWorker,
   openTestEnv,
@@ -96,7 +97,7 @@ test('survives the node worker being killed with SIGKILL mid-activity: the probe
   const worker = await controlWorker(env, sbx.loaded);
   try {
     await worker.runUntil(async () => {
-      const handle = await env.client.workflow.start('inspectNode', {
+      const handle = await env.client.workflow.start<typeof inspectNode>('inspectNode', {
         taskQueue: env.controlQueue,
         workflowId: uniqueId('inspect-kill'),
         args: [{ node: sbx.nodeId, probeTimeout: '4s' }],

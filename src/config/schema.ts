@@ -4,11 +4,9 @@
  */
 import { z } from 'zod';
 
-const id = z
-  .string()
-  .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, {
-    message: 'must be lowercase letters, digits and dashes (max 63), starting with a letter or digit',
-  });
+const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, {
+  message: 'must be lowercase letters, digits and dashes (max 63), starting with a letter or digit',
+});
 const httpUrl = z
   .string()
   .refine((s) => /^https?:\/\/[^\s/]+/.test(s) && URL.canParse(s), { message: 'must be an http(s) URL' });
