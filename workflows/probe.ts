@@ -1,0 +1,80 @@
+/**
+ * One round of health probes on a node's pinned queue, classified into a health report. Shared by inspectNode,
+ * watchNode and recoverNode (workflow code: deterministic, activities only through proxies).
+ */
+import { ActivityFailure, TimeoutFailure, proxyActivities } from '@temporalio/workflow';
+import type * as nodeActivities from '../activities/node';
+import { classifyNode, type HealthReport } from '../src/domain/classify';
+import { parseDuration } from '../src/domain/durations';
+import type { NodeObservation } from '../src/domain/health';
+import { nodeTaskQueue } from '../src/messages';
+
+type NodeActivities = ReturnType<typeof nodeActivities.createNodeActivities>;
+
+export interface ProbeOptions {
+  /** Run a tiny real generation on each engine (catches a hung engine that still answers /health). */
+  generate: boolean;
+  /** GPUs the node should show; fewer means one fell off the bus. */
+  expectedGpus?: number | undefined;
+  /** Only Xid events after this time (ISO) count. */
+  xidSince: string;
+  /** How long the node worker has to pick up a probe before the node counts as unreachable. */
+  pickupTimeout: string;
+  /** How long one probe may run once picked up. */
+  probeTimeout: string;
+}
+
+/** true when the activity failed because no node worker picked it up in time. */
+export function notPickedUp(err: unknown): boolean {
+  return (
+    err instanceof ActivityFailure &&
+    err.cause instanceof TimeoutFailure &&
+    err.cause.timeoutType === 'SCHEDULE_TO_START'
+  );
+}
+
+export async function probeNode(node: string, opts: ProbeOptions): Promise<HealthReport> {
+  const probeMs = parseDuration(opts.probeTimeout);
+  const acts = proxyActivities<NodeActivities>({
+    taskQueue: nodeTaskQueue(node),
+    // Not picked up in time = the node (or its worker) is down: a different fault from a sick engine.
+    scheduleToStartTimeout: opts.pickupTimeout,
+    // Engine probes bound their own HTTP calls; this only catches a worker that died mid-probe.
+    startToCloseTimeout: probeMs + 5_000,
+    // A probe is read-only, so a retry after a killed worker is always safe; three tries keep a report timely.
+    retry: { maximumAttempts: 3, initialInterval: '500ms', backoffCoefficient: 2 },
+  });
+
+  let reachable = true;
+  const guard = async <T>(p: Promise<T>, empty: T): Promise<T> => {
+    try {
+      return await p;
+    } catch (err) {
+      if (notPickedUp(err)) {
+        reachable = false;
+        return empty;
+      }
+      throw err;
+    }
+  };
+  const [containers, gpu, xids, engines, disks] = await Promise.all([
+    guard(acts.inspectContainers(), []),
+    guard(acts.queryGpus(), { gpus: [], error: null }),
+    guard(acts.readXidEvents({ since: opts.xidSince }), []),
+    guard(acts.probeEngines({ generate: opts.generate, timeoutMs: Math.max(1000, probeMs - 2000) }), []),
+    guard(acts.checkDisks(), []),
+  ]);
+
+  const observation: NodeObservation = {
+    node,
+    observedAt: new Date(Date.now()).toISOString(),
+    reachable,
+    containers,
+    gpus: gpu.gpus,
+    gpuError: gpu.error,
+    xids,
+    engines,
+    disks,
+  };
+  return classifyNode(observation, opts.expectedGpus === undefined ? {} : { expectedGpus: opts.expectedGpus });
+}
