@@ -1,0 +1,687 @@
+'use strict';
+/**
+ * The sandbox node's shared runtime: the state file's lock and atomic write, the simulated VM's power state machine,
+ * and small helpers every writer needs. Plain CommonJS on purpose: the shims (docker, nvidia-smi, qm, dmesg) run as
+ * separate processes every few seconds and must start in milliseconds, without a TypeScript loader. The TypeScript
+ * side (src/sandbox/state.ts) imports this same file, typed by core.d.ts, so there is exactly one implementation of
+ * the rules that several processes apply to the same file.
+ */
+const fs = require('node:fs');
+const path = require('node:path');
+const crypto = require('node:crypto');
+
+/** A lock older than this whose owner cannot be proven alive is considered abandoned (a writer was SIGKILLed). */
+const LOCK_STALE_MS = 10_000;
+/** How long a writer waits for the lock before giving up: far above any real hold time (a few ms). */
+const LOCK_WAIT_MS = 20_000;
+const LOG_LINES_MAX = 400;
+const KERNEL_LINES_MAX = 400;
+const TASKS_MAX = 50;
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+/** Synchronous sleep without burning CPU: writers are short critical sections, an async lock would buy nothing. */
+function sleepSync(ms) {
+  Atomics.wait(sleepCell, 0, 0, ms);
+}
+
+function pidAlive(pid) {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: the process exists but belongs to someone else.
+    return err.code === 'EPERM';
+  }
+}
+
+function readOwner(lockDir) {
+  try {
+    return fs.readFileSync(path.join(lockDir, 'owner'), 'utf8');
+  } catch {
+    return null;
+  }
+}
+
+/** Stale when the owner process is gone, or the lock is older than LOCK_STALE_MS (owner stuck or pid reused). */
+function staleOwner(lockDir) {
+  const owner = readOwner(lockDir);
+  let mtime;
+  try {
+    mtime = fs.statSync(lockDir).mtimeMs;
+  } catch {
+    return null; // vanished: not stale, just retry
+  }
+  const m = owner === null ? null : /^(\d+) (\d+)$/.exec(owner);
+  if (m) {
+    const pid = Number(m[1]);
+    const at = Number(m[2]);
+    if (!pidAlive(pid)) return owner;
+    if (Date.now() - at > LOCK_STALE_MS) return owner;
+    return null;
+  }
+  // Created but the owner not (fully) written yet: only stale if it stayed that way for a long time.
+  return Date.now() - mtime > LOCK_STALE_MS ? '' : null;
+}
+
+/**
+ * mkdir is atomic on every local filesystem, so a directory is the lock. Stale locks are broken by renaming them
+ * away (also atomic); if the renamed lock turns out not to be the stale one we looked at, it is put back.
+ */
+function acquireLock(file) {
+  const lockDir = `${file}.lock`;
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      fs.mkdirSync(lockDir);
+      fs.writeFileSync(path.join(lockDir, 'owner'), `${process.pid} ${Date.now()}`);
+      return lockDir;
+    } catch (err) {
+      if (err.code === 'ENOENT') {
+        fs.mkdirSync(path.dirname(file), { recursive: true });
+        continue;
+      }
+      if (err.code !== 'EEXIST') throw err;
+      const stale = staleOwner(lockDir);
+      if (stale !== null) {
+        const aside = `${lockDir}.stale-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+        try {
+          fs.renameSync(lockDir, aside);
+          const moved = readOwner(aside);
+          if (stale !== '' && moved !== stale) {
+            // We took a fresh lock someone acquired after our check: give it back.
+            try {
+              fs.renameSync(aside, lockDir);
+            } catch {
+              // The path was taken again meanwhile; the owner of `aside` will fail its unlock, harmless.
+            }
+          } else {
+            fs.rmSync(aside, { recursive: true, force: true });
+          }
+        } catch {
+          // Someone else broke it first.
+        }
+        continue;
+      }
+      if (Date.now() > deadline) throw new Error(`sandbox: timed out waiting for lock ${lockDir}`);
+      sleepSync(Math.min(1 + attempt, 15));
+    }
+  }
+}
+
+function releaseLock(lockDir) {
+  fs.rmSync(lockDir, { recursive: true, force: true });
+}
+
+/** Read the state without the lock: writers replace the file atomically, so a reader sees the old or new state. */
+function readState(file) {
+  return JSON.parse(fs.readFileSync(file, 'utf8'));
+}
+
+function tryReadState(file) {
+  try {
+    return readState(file);
+  } catch (err) {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/** tmp + rename: readers never see a half-written file, and a writer killed mid-write leaves the old state. */
+function writeStateAtomic(file, state) {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+  fs.writeFileSync(tmp, serialize(state));
+  fs.renameSync(tmp, file);
+}
+
+function serialize(state) {
+  return `${JSON.stringify(state, null, 1)}\n`;
+}
+
+/**
+ * Read-modify-write under the lock. The VM state machine is advanced first, so every writer (shim, supervisor,
+ * Proxmox API, fault CLI) sees time-driven transitions even when no supervisor is running. The file is only
+ * rewritten when something changed.
+ */
+function updateState(file, fn) {
+  const lock = acquireLock(file);
+  try {
+    const text = fs.readFileSync(file, 'utf8');
+    const state = JSON.parse(text);
+    const now = Date.now();
+    advance(state, now);
+    const result = fn(state, now);
+    syncFaults(state, now);
+    const next = serialize(state);
+    if (next !== text) {
+      const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+      fs.writeFileSync(tmp, next);
+      fs.renameSync(tmp, file);
+    }
+    return result;
+  } finally {
+    releaseLock(lock);
+  }
+}
+
+/** Create the state file if it does not exist yet (under the lock, so two starters do not both seed). */
+function createStateIfAbsent(file, makeState) {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const lock = acquireLock(file);
+  try {
+    if (fs.existsSync(file)) return false;
+    writeStateAtomic(file, makeState());
+    return true;
+  } finally {
+    releaseLock(lock);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Time and identifier formats
+
+/** RFC 3339 with nanoseconds, as Docker prints times. Sub-millisecond digits are derived, so they are stable. */
+function isoNano(ms) {
+  if (!ms) return '0001-01-01T00:00:00Z';
+  const iso = new Date(ms).toISOString();
+  const sub = String((Math.floor(ms) * 7919) % 1_000_000).padStart(6, '0');
+  return `${iso.slice(0, -1)}${sub}Z`;
+}
+
+function hexOf(text, len) {
+  return crypto.createHash('sha256').update(text).digest('hex').slice(0, len);
+}
+
+function hex8(n) {
+  return (n >>> 0).toString(16).toUpperCase().padStart(8, '0');
+}
+
+function nextPid(state) {
+  const pid = state.host.nextPid;
+  state.host.nextPid = pid + 1 + (pid % 7);
+  return pid;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Logs
+
+function appendLog(container, t, stream, lines) {
+  for (const m of Array.isArray(lines) ? lines : [lines]) container.logs.push({ t, s: stream, m });
+  if (container.logs.length > LOG_LINES_MAX) container.logs.splice(0, container.logs.length - LOG_LINES_MAX);
+}
+
+function appendKernel(state, t, level, lines) {
+  for (const m of Array.isArray(lines) ? lines : [lines]) {
+    const up = Math.max(0, (t - state.vm.bootedAt) / 1000);
+    state.kernelLog.push({ t, up, level, m });
+  }
+  if (state.kernelLog.length > KERNEL_LINES_MAX) state.kernelLog.splice(0, state.kernelLog.length - KERNEL_LINES_MAX);
+}
+
+function ollamaTime(t) {
+  return new Date(t).toISOString().replace(/\.\d{3}Z$/, '.000Z');
+}
+
+function vllmTime(t) {
+  const d = new Date(t);
+  const p = (n) => String(n).padStart(2, '0');
+  return `${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())}`;
+}
+
+function gpuForEngine(state, engine) {
+  const idx = engine.gpus.length > 0 ? engine.gpus[0] : 0;
+  return state.gpus.find((g) => g.index === idx) || state.gpus[0];
+}
+
+/** What each engine prints when its container starts, so `docker logs` looks like the real thing. */
+function startupLines(state, engine, container, t) {
+  const gpu = gpuForEngine(state, engine);
+  const gpuName = gpu ? gpu.name : 'none';
+  const totalGiB = gpu ? (gpu.memoryTotalMiB / 1024).toFixed(1) : '0.0';
+  switch (engine.type) {
+    case 'ollama':
+      return [
+        `time=${ollamaTime(t)} level=INFO source=images.go:753 msg="total blobs: ${engine.models.length * 4}"`,
+        `time=${ollamaTime(t)} level=INFO source=routes.go:1246 msg="Listening on [::]:${container.ports.container} (version ${OLLAMA_VERSION})"`,
+        `time=${ollamaTime(t)} level=INFO source=gpu.go:226 msg="looking for compatible GPUs"`,
+        gpu
+          ? `time=${ollamaTime(t)} level=INFO source=types.go:131 msg="inference compute" id=${gpu.uuid} library=cuda variant=v12 compute=8.6 driver=${state.host.cudaVersion} name="${gpuName}" total="${totalGiB} GiB" available="${(Number(totalGiB) - 0.2).toFixed(1)} GiB"`
+          : `time=${ollamaTime(t)} level=INFO source=gpu.go:392 msg="no compatible GPUs were discovered"`,
+      ];
+    case 'vllm':
+      return [
+        `INFO ${vllmTime(t)} api_server.py:585] vLLM API server version ${VLLM_VERSION}`,
+        `INFO ${vllmTime(t)} api_server.py:586] args: Namespace(host=None, port=${container.ports.container}, model='${engine.models[0] || ''}', gpu_memory_utilization=0.9)`,
+        `INFO ${vllmTime(t)} model_runner.py:1077] Loading model weights took 0.9276 GB`,
+        `INFO ${vllmTime(t)} gpu_executor.py:122] # GPU blocks: 5823, # CPU blocks: 5461`,
+        `INFO:     Uvicorn running on http://0.0.0.0:${container.ports.container} (Press CTRL+C to quit)`,
+      ];
+    default:
+      return [
+        `build: 4240 (2a1a0a1b) with cc (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0 for x86_64-linux-gnu`,
+        `ggml_cuda_init: found 1 CUDA devices:`,
+        `  Device 0: ${gpuName}, compute capability 8.6, VMM: yes`,
+        `main: HTTP server is listening, hostname: 0.0.0.0, port: ${container.ports.container}, http threads: 15`,
+        `srv    load_model: loading model '/models/${engine.models[0] || 'model.gguf'}'`,
+        `main: server is listening on http://0.0.0.0:${container.ports.container} - starting the main loop`,
+      ];
+  }
+}
+
+/** The log lines a CUDA out-of-memory leaves behind, per engine. They match gpuops's CUDA OOM log signature. */
+function cudaOomLines(state, engine, t) {
+  const gpu = gpuForEngine(state, engine);
+  const total = gpu ? (gpu.memoryTotalMiB / 1024).toFixed(2) : '0.00';
+  switch (engine.type) {
+    case 'ollama':
+      return [
+        'ggml_backend_cuda_buffer_type_alloc_buffer: allocating 2304.00 MiB on device 0: cudaMalloc failed: out of memory',
+        `time=${ollamaTime(t)} level=ERROR source=sched.go:455 msg="error loading llama server" error="llama runner process has terminated: CUDA error: out of memory"`,
+      ];
+    case 'vllm':
+      return [
+        `ERROR ${vllmTime(t)} engine.py:135] OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of ${total} GiB of which 187.00 MiB is free.')`,
+        `torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of ${total} GiB of which 187.00 MiB is free.`,
+      ];
+    default:
+      return [
+        'ggml_backend_cuda_buffer_type_alloc_buffer: allocating 2304.00 MiB on device 0: cudaMalloc failed: out of memory',
+        'CUDA error: out of memory',
+      ];
+  }
+}
+
+const OLLAMA_VERSION = '0.5.7';
+const VLLM_VERSION = '0.6.4.post1';
+
+// ---------------------------------------------------------------------------------------------------------------
+// Containers
+
+function engineOfContainer(state, name) {
+  return Object.values(state.engines).find((e) => e.container === name);
+}
+
+/** Start (or restart) a container: new pid and epoch, container-scoped faults gone with the old process. */
+function startContainer(state, name, at) {
+  const c = state.containers[name];
+  c.status = 'running';
+  c.startedAt = at;
+  c.pid = nextPid(state);
+  c.epoch += 1;
+  c.exitCode = 0;
+  c.oomKilled = false;
+  c.manuallyStopped = false;
+  c.faults = { hang: false, cudaOom: false };
+  const engine = engineOfContainer(state, name);
+  if (engine) {
+    engine.loaded = [];
+    appendLog(c, at, 'stderr', startupLines(state, engine, c, at));
+  }
+}
+
+function stopContainer(state, name, at, exitCode, manual) {
+  const c = state.containers[name];
+  if (c.status === 'running' || c.status === 'restarting' || c.status === 'paused') {
+    c.status = 'exited';
+    c.finishedAt = at;
+    c.exitCode = exitCode;
+    c.pid = 0;
+  }
+  if (manual) c.manuallyStopped = true;
+  const engine = engineOfContainer(state, name);
+  if (engine) engine.loaded = [];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GPUs
+
+function loadedModels(state, engine, now) {
+  return engine.loaded.filter((l) => l.expiresAt < 0 || l.expiresAt > now);
+}
+
+/** Engines whose container runs on this GPU and holds a CUDA context (vLLM/llama.cpp always, Ollama when loaded). */
+function computeApps(state, gpuIndex, now) {
+  const apps = [];
+  for (const engine of Object.values(state.engines)) {
+    const gpus = engine.gpus.length > 0 ? engine.gpus : state.gpus.length > 0 ? [state.gpus[0].index] : [];
+    if (!gpus.includes(gpuIndex)) continue;
+    const c = state.containers[engine.container];
+    if (!c || c.status !== 'running') continue;
+    const gpu = state.gpus.find((g) => g.index === gpuIndex);
+    if (!gpu) continue;
+    let usedMiB = 0;
+    let processName = '/usr/bin/ollama';
+    if (engine.type === 'ollama') {
+      const loaded = loadedModels(state, engine, now);
+      if (loaded.length === 0 && !c.faults.cudaOom) continue;
+      usedMiB = loaded.reduce((sum, l) => sum + Math.round(l.sizeVram / gpus.length / 1048576), 0);
+    } else if (engine.type === 'vllm') {
+      processName = '/usr/bin/python3';
+      usedMiB = Math.round(gpu.memoryTotalMiB * 0.9 - gpu.baseUsedMiB);
+    } else {
+      processName = '/app/llama-server';
+      const profile = state.library[engine.models[0]];
+      usedMiB = Math.round((profile ? profile.sizeBytes / 1048576 : 1024) + 512);
+    }
+    if (c.faults.cudaOom) usedMiB = Math.max(usedMiB, gpu.memoryTotalMiB - gpu.baseUsedMiB - 187);
+    apps.push({ pid: c.pid, processName, usedMiB, engine: engine.name, container: c.name });
+  }
+  return apps;
+}
+
+function gpuMemoryUsed(state, gpu, now) {
+  const apps = computeApps(state, gpu.index, now);
+  const used = gpu.baseUsedMiB + apps.reduce((s, a) => s + a.usedMiB, 0);
+  return Math.min(gpu.memoryTotalMiB, used);
+}
+
+/** PCI id as the kernel's Xid lines print it: domain:bus:device, without function. */
+function xidPci(gpu) {
+  const [domain, bus, devfn] = gpu.pciBusId.split(':');
+  return `${domain.slice(-4)}:${bus}:${devfn.split('.')[0]}`;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The VM
+
+function bootKernelLines(state) {
+  const lines = [
+    `Linux version ${state.host.kernel} (buildd@lcy02-amd64-040) (x86_64-linux-gnu-gcc-13 (Ubuntu 13.2.0-23ubuntu4) 13.2.0) #45-Ubuntu SMP PREEMPT_DYNAMIC`,
+    'Command line: BOOT_IMAGE=/vmlinuz root=/dev/mapper/ubuntu--vg-ubuntu--lv ro',
+    'DMI: QEMU Standard PC (Q35 + ICH9, 2009), BIOS 4.2023.08-4 02/15/2024',
+    'Hypervisor detected: KVM',
+  ];
+  for (const gpu of state.gpus) {
+    lines.push(`pci ${gpu.pciBusId.slice(4)}: [10de:24b0] type 00 class 0x030000 PCIe Endpoint`);
+  }
+  lines.push(
+    'nvidia: loading out-of-tree module taints kernel.',
+    `nvidia-nvlink: Nvlink Core is being initialized, major device number 235`,
+    `NVRM: loading NVIDIA UNIX x86_64 Kernel Module  ${state.host.driverVersion}  Tue Nov  5 14:51:44 UTC 2024`,
+    `nvidia-modeset: Loading NVIDIA Kernel Mode Setting Driver for UNIX platforms  ${state.host.driverVersion}  Tue Nov  5 14:50:43 UTC 2024`,
+    '[drm] [nvidia-drm] [GPU ID 0x00000100] Loading driver',
+    'docker0: port 1(veth0a1b2c3) entered forwarding state',
+  );
+  return lines;
+}
+
+/**
+ * QEMU (re)starts the guest: everything that lived in guest memory is gone. GPU faults that a reboot clears (lost
+ * GPU, volatile ECC counts, a pending row remap which is applied now), the guest hang, the kernel ring buffer and the
+ * engine processes all start fresh. Containers come back unless an operator stopped them (the node's boot unit runs
+ * `docker start` for the engines).
+ */
+function bootVm(state, at) {
+  const vm = state.vm;
+  vm.status = 'running';
+  vm.phase = 'booting';
+  vm.bootId += 1;
+  vm.bootedAt = at;
+  vm.phaseUntil = at + vm.bootMs;
+  vm.hung = false;
+  state.kernelLog = [];
+  // Spread the boot messages over the boot, as a real kernel logs them over its first seconds.
+  const lines = bootKernelLines(state);
+  lines.forEach((line, i) =>
+    appendKernel(state, at + Math.round((vm.bootMs * 0.8 * i) / lines.length) + i, 'info', line),
+  );
+  for (const gpu of state.gpus) {
+    gpu.lost = false;
+    gpu.eccUncorrectedVolatile = 0;
+    gpu.eccCorrectedVolatile = 0;
+    if (gpu.remappedRowsPending) {
+      gpu.remappedRowsPending = false;
+      gpu.remappedRowsUncorrectable += 1;
+    }
+  }
+  const upAt = vm.phaseUntil;
+  for (const c of Object.values(state.containers)) {
+    if (c.manuallyStopped) continue;
+    startContainer(state, c.name, upAt);
+  }
+}
+
+/** Guest and QEMU are gone (stop, or the end of a shutdown). */
+function powerOff(state, at) {
+  const vm = state.vm;
+  vm.status = 'stopped';
+  vm.phase = 'off';
+  vm.phaseUntil = null;
+  vm.hung = false;
+  for (const c of Object.values(state.containers)) {
+    if (c.status === 'running') {
+      // The guest shut down under the container: Docker records the SIGTERM exit, but it is not a manual stop.
+      c.status = 'exited';
+      c.finishedAt = at;
+      c.exitCode = 0;
+      c.pid = 0;
+    }
+  }
+  for (const e of Object.values(state.engines)) e.loaded = [];
+}
+
+function failTask(task, message) {
+  task.exitstatus = message;
+}
+
+function findTask(state, upid) {
+  return state.tasks.find((t) => t.upid === upid);
+}
+
+/** Apply every transition whose time has come. Idempotent; called at the start of each update. */
+function advance(state, now) {
+  const vm = state.vm;
+  for (let guard = 0; guard < 8; guard++) {
+    if (vm.op && vm.op.ignored && now >= vm.op.deadline) {
+      // ACPI request ignored by a hung guest: the task gives up, the VM keeps running (hung).
+      vm.op = null;
+      continue;
+    }
+    if (vm.phase === 'shutting-down' && vm.phaseUntil !== null && now >= vm.phaseUntil) {
+      const at = vm.phaseUntil;
+      const op = vm.op;
+      vm.op = null;
+      powerOff(state, at);
+      if (op && op.action === 'reboot') bootVm(state, at + 50);
+      continue;
+    }
+    if (vm.phase === 'booting' && vm.phaseUntil !== null && now >= vm.phaseUntil) {
+      vm.phase = 'up';
+      vm.phaseUntil = null;
+      continue;
+    }
+    break;
+  }
+  for (const e of Object.values(state.engines)) {
+    const live = loadedModels(state, e, now);
+    if (live.length !== e.loaded.length) e.loaded = live;
+  }
+}
+
+function makeUpid(state, pveNode, type, user, now) {
+  const pid = nextPid(state) + 1_000_000;
+  const pstart = Math.floor((now - state.createdAt) / 10) + 4_200_000;
+  return `UPID:${pveNode}:${hex8(pid)}:${hex8(pstart)}:${hex8(Math.floor(now / 1000))}:${type}:${state.vm.vmid}:${user}:`;
+}
+
+/**
+ * Ask the VM for a power action, as `qm <action>` and the Proxmox API do. Returns the task record; its outcome is
+ * known at once (taskStatus tells when it has "finished"). Semantics follow Proxmox: shutdown and reboot go through
+ * ACPI and a hung guest ignores them until the timeout; stop and reset act on QEMU and always work.
+ */
+function requestPower(state, action, now, opts) {
+  const vm = state.vm;
+  const o = opts || {};
+  const user = o.user || 'root@pam';
+  const pveNode = o.pveNode || 'pve';
+  const type = `qm${action}`;
+  const upid = makeUpid(state, pveNode, type, user, now);
+  const task = {
+    upid,
+    node: pveNode,
+    type,
+    id: String(vm.vmid),
+    user,
+    pid: parseInt(upid.split(':')[2], 16),
+    pstart: parseInt(upid.split(':')[3], 16),
+    starttime: Math.floor(now / 1000),
+    endAt: now + 150,
+    exitstatus: 'OK',
+    log: [],
+  };
+  state.tasks.push(task);
+  if (state.tasks.length > TASKS_MAX) state.tasks.splice(0, state.tasks.length - TASKS_MAX);
+  const running = vm.phase !== 'off';
+  const abortPending = () => {
+    if (vm.op) {
+      const pending = findTask(state, vm.op.upid);
+      if (pending && pending.endAt > now) {
+        pending.endAt = now;
+        failTask(pending, 'VM quit/powerdown failed');
+      }
+      vm.op = null;
+    }
+  };
+  switch (action) {
+    case 'start':
+      if (running) {
+        failTask(task, `VM ${vm.vmid} already running`);
+        break;
+      }
+      vm.lastAction = { action, at: now };
+      bootVm(state, now);
+      task.log.push(`start VM ${vm.vmid}: ${upid}`);
+      break;
+    case 'stop':
+      abortPending();
+      vm.lastAction = { action, at: now };
+      if (running) powerOff(state, now);
+      task.log.push(`stop VM ${vm.vmid}: ${upid}`);
+      break;
+    case 'reset':
+      if (!running) {
+        failTask(task, `VM ${vm.vmid} not running`);
+        break;
+      }
+      abortPending();
+      vm.lastAction = { action, at: now };
+      bootVm(state, now);
+      break;
+    case 'shutdown':
+    case 'reboot': {
+      if (!running) {
+        failTask(task, `VM ${vm.vmid} not running`);
+        break;
+      }
+      if (vm.op) {
+        task.endAt = now + 100;
+        failTask(task, `can't lock file '/var/lock/qemu-server/lock-${vm.vmid}.conf' - got timeout`);
+        break;
+      }
+      const timeoutMs = o.timeoutMs !== undefined ? o.timeoutMs : vm.acpiTimeoutMs;
+      vm.lastAction = { action, at: now };
+      task.log.push(`requesting ${action} of VM ${vm.vmid}: ${upid}`);
+      if (vm.hung) {
+        vm.op = { action, upid, startedAt: now, deadline: now + timeoutMs, ignored: true };
+        task.endAt = now + timeoutMs;
+        failTask(task, 'VM quit/powerdown failed - got timeout');
+        break;
+      }
+      vm.phase = 'shutting-down';
+      vm.phaseUntil = now + vm.shutdownMs;
+      vm.op = { action, upid, startedAt: now, deadline: now + timeoutMs, ignored: false };
+      task.endAt = now + vm.shutdownMs + (action === 'reboot' ? 100 : 0);
+      break;
+    }
+    default:
+      failTask(task, `unknown power action '${action}'`);
+  }
+  task.log.push(task.exitstatus === 'OK' ? 'TASK OK' : `TASK ERROR: ${task.exitstatus}`);
+  return task;
+}
+
+/** Proxmox's view of a task: running until its end time, then stopped with its exit status. */
+function taskStatus(task, now) {
+  if (now < task.endAt) return { status: 'running' };
+  return { status: 'stopped', exitstatus: task.exitstatus, endtime: Math.floor(task.endAt / 1000) };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Faults: the list is derived from the world, so a docker restart or a reboot that clears a fault's cause clears it.
+
+function currentFaults(state) {
+  const out = [];
+  if (state.vm.hung) out.push({ kind: 'node-down', target: state.node });
+  for (const c of Object.values(state.containers)) {
+    if (c.faults.hang) out.push({ kind: 'engine-hang', target: c.name });
+    if (c.faults.cudaOom) out.push({ kind: 'cuda-oom', target: c.name });
+    if (c.crashed && c.status === 'exited') out.push({ kind: 'container-exit', target: c.name });
+  }
+  for (const g of state.gpus) {
+    if (g.lost) out.push({ kind: 'xid-79', target: `gpu${g.index}` });
+    if (g.eccUncorrectedVolatile > 0) out.push({ kind: 'ecc', target: `gpu${g.index}` });
+  }
+  return out;
+}
+
+function syncFaults(state, now) {
+  const prev = new Map(state.faults.map((f) => [`${f.kind}/${f.target}`, f.at]));
+  state.faults = currentFaults(state).map((f) => ({ ...f, at: prev.get(`${f.kind}/${f.target}`) ?? now }));
+  for (const c of Object.values(state.containers)) if (c.crashed && c.status !== 'exited') c.crashed = false;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Finding state files
+
+/** The state file of the node whose VM has this vmid, under a sandbox state directory (`<dir>/<node>/state.json`). */
+function findStateByVmid(dir, vmid) {
+  let entries;
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return undefined;
+  }
+  for (const e of entries) {
+    if (!e.isDirectory()) continue;
+    const file = path.join(dir, e.name, 'state.json');
+    const s = tryReadState(file);
+    if (s && s.vm && s.vm.vmid === vmid) return file;
+  }
+  return undefined;
+}
+
+module.exports = {
+  OLLAMA_VERSION,
+  VLLM_VERSION,
+  sleepSync,
+  acquireLock,
+  releaseLock,
+  readState,
+  tryReadState,
+  writeStateAtomic,
+  updateState,
+  createStateIfAbsent,
+  isoNano,
+  hexOf,
+  nextPid,
+  appendLog,
+  appendKernel,
+  startupLines,
+  cudaOomLines,
+  engineOfContainer,
+  startContainer,
+  stopContainer,
+  loadedModels,
+  computeApps,
+  gpuMemoryUsed,
+  xidPci,
+  bootVm,
+  powerOff,
+  advance,
+  requestPower,
+  taskStatus,
+  currentFaults,
+  syncFaults,
+  findStateByVmid,
+};

@@ -1,0 +1,1193 @@
+/**
+ * One simulated inference engine: an HTTP server speaking the API of the engine type it stands for — Ollama
+ * (native API plus its OpenAI-compatible /v1), vLLM or llama.cpp `llama-server` (OpenAI API, /health, Prometheus
+ * /metrics) — with per-model latency and error profiles and the faults of the node state. The supervisor opens and
+ * closes the listener as the container starts and stops, so a stopped engine really refuses connections.
+ */
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { Socket } from 'node:net';
+import path from 'node:path';
+import * as core from './bin/lib/core';
+import type { EngineSim, ModelProfile, SandboxState, SandboxStore } from './state';
+import { countPromptTokens, respond, tokenize } from './text';
+
+export interface EngineServerOptions {
+  store: SandboxStore;
+  /** Engine name (config `engines[].name`). */
+  engine: string;
+  log?: (line: string) => void;
+}
+
+type Api = 'ollama-generate' | 'ollama-chat' | 'openai-chat' | 'openai-completion';
+
+interface GenRequest {
+  api: Api;
+  model: string;
+  prompt: string;
+  system?: string;
+  stream: boolean;
+  maxTokens?: number;
+  json: boolean;
+  /** Ollama keep_alive in ms; -1 = forever; undefined = default (5 min). */
+  keepAliveMs?: number;
+  includeUsage: boolean;
+}
+
+const DEFAULT_KEEP_ALIVE_MS = 5 * 60_000;
+const NS_PER_MS = 1_000_000;
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Resolve after `ms`, or reject when the client goes away (so abandoned generations stop). */
+function delay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(new Error('aborted'));
+    const t = setTimeout(
+      () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      },
+      Math.max(0, ms),
+    );
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(new Error('aborted'));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Ollama accepts keep_alive as seconds (number) or a Go duration string ("5m", "1h", "0", "-1"). */
+function parseKeepAlive(v: unknown): number | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'number') return v < 0 ? -1 : v * 1000;
+  if (typeof v === 'string') {
+    const m = /^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(v.trim());
+    if (!m) return undefined;
+    const n = Number(m[1]);
+    if (n < 0) return -1;
+    const unit = m[2] ?? 's';
+    return n * (unit === 'ms' ? 1 : unit === 's' ? 1000 : unit === 'm' ? 60_000 : 3_600_000);
+  }
+  return undefined;
+}
+
+/** "llama3.2" → "llama3.2:latest"; registry prefixes are dropped, as Ollama does. */
+export function normalizeModelName(name: string): string {
+  const n = name.replace(/^(?:registry\.ollama\.ai\/)?(?:library\/)?/, '');
+  return n.includes(':') ? n : `${n}:latest`;
+}
+
+function textOf(content: unknown): string {
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content)) {
+    return content
+      .map((p: unknown) => (p && typeof p === 'object' && 'text' in p && typeof p.text === 'string' ? p.text : ''))
+      .join('');
+  }
+  return '';
+}
+
+/** Histogram buckets vLLM uses for time-to-first-token and request latency. */
+const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
+const E2E_BUCKETS = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60];
+
+class Histogram {
+  readonly counts: number[];
+  sum = 0;
+  count = 0;
+  constructor(readonly buckets: number[]) {
+    this.counts = buckets.map(() => 0);
+  }
+  observe(v: number): void {
+    this.sum += v;
+    this.count += 1;
+    this.buckets.forEach((b, i) => {
+      if (v <= b) this.counts[i] = (this.counts[i] ?? 0) + 1;
+    });
+  }
+}
+
+/** Counters since this engine process started (they reset when the container restarts, as real ones do). */
+class EngineMetrics {
+  running = 0;
+  promptTokens = 0;
+  generationTokens = 0;
+  promptSeconds = 0;
+  generationSeconds = 0;
+  decodes = 0;
+  success: Record<string, number> = {};
+  readonly ttft = new Histogram(TTFT_BUCKETS);
+  readonly e2e = new Histogram(E2E_BUCKETS);
+}
+
+export class EngineServer {
+  private server: http.Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  private readonly held = new Set<http.ServerResponse>();
+  private frozen = false;
+  private metrics = new EngineMetrics();
+  /** Per-model request counter driving the deterministic error schedule. */
+  private readonly counters = new Map<string, number>();
+  private readonly log: (line: string) => void;
+
+  constructor(private readonly opts: EngineServerOptions) {
+    this.log = opts.log ?? (() => undefined);
+  }
+
+  get listening(): boolean {
+    return this.server?.listening === true;
+  }
+
+  /** Bound port, once listening. */
+  get port(): number | undefined {
+    const a = this.server?.address();
+    return a && typeof a === 'object' ? a.port : undefined;
+  }
+
+  /** Start listening (port 0 picks a free one). A fresh listener starts with fresh metrics, like a new process. */
+  async listen(host: string, port: number): Promise<number> {
+    if (this.server) return this.port ?? port;
+    this.metrics = new EngineMetrics();
+    const server = http.createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        this.log(`engine ${this.opts.engine}: ${err instanceof Error ? err.message : String(err)}`);
+        if (!res.headersSent) {
+          res.writeHead(500, { 'Content-Type': 'text/plain' });
+          res.end('internal error');
+        } else {
+          res.destroy();
+        }
+      });
+    });
+    server.on('connection', (s: Socket) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+    // Clients keep connections alive between probes; a closed engine must not leave them half-open.
+    server.keepAliveTimeout = 5_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    return this.port ?? port;
+  }
+
+  /** Stop listening and drop every connection (the process died): clients see a reset, new ones are refused. */
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    this.held.clear();
+    if (!server) return;
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    await closed;
+  }
+
+  /**
+   * Freeze (node-down: the guest hangs): connections are accepted but nothing answers. Thawing drops the requests
+   * that were held, as a guest that comes back has lost their state.
+   */
+  setFrozen(frozen: boolean): void {
+    if (this.frozen === frozen) return;
+    this.frozen = frozen;
+    if (!frozen) {
+      for (const res of this.held) res.destroy();
+      this.held.clear();
+    }
+  }
+
+  private hold(res: http.ServerResponse): void {
+    this.held.add(res);
+    res.on('close', () => this.held.delete(res));
+  }
+
+  private engine(state: SandboxState): EngineSim {
+    const e = state.engines[this.opts.engine];
+    if (!e) throw new Error(`no engine ${this.opts.engine} in state`);
+    return e;
+  }
+
+  private loading(state: SandboxState, now: number): boolean {
+    const e = this.engine(state);
+    const c = state.containers[e.container];
+    if (!c) return false;
+    return now < c.startedAt + state.sim.engineLoadMs * state.sim.timeScale;
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (this.frozen) return this.hold(res);
+    const state = this.opts.store.read();
+    const engine = this.engine(state);
+    const url = new URL(req.url ?? '/', 'http://engine');
+    const method = req.method ?? 'GET';
+    const body = method === 'POST' || method === 'DELETE' ? await readBody(req) : '';
+    switch (engine.type) {
+      case 'ollama':
+        return this.ollamaRoutes(state, engine, method, url.pathname, body, res);
+      case 'vllm':
+        return this.vllmRoutes(state, engine, method, url.pathname, body, req, res);
+      default:
+        return this.llamacppRoutes(state, engine, method, url.pathname, body, req, res);
+    }
+  }
+
+  // -----------------------------------------------------------------------------------------------------------
+  // Ollama
+
+  private async ollamaRoutes(
+    state: SandboxState,
+    engine: EngineSim,
+    method: string,
+    p: string,
+    body: string,
+    res: http.ServerResponse,
+  ): Promise<void> {
+    const route = `${method} ${p}`;
+    try {
+      switch (route) {
+        case 'GET /':
+        case 'HEAD /':
+          res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' });
+          return void res.end(method === 'HEAD' ? undefined : 'Ollama is running');
+        case 'GET /api/version':
+          return sendJson(res, 200, { version: core.OLLAMA_VERSION });
+        case 'GET /api/tags':
+          return sendJson(res, 200, {
+            models: engine.models.flatMap((m) => {
+              const prof = state.library[m];
+              return prof
+                ? [
+                    {
+                      name: m,
+                      model: m,
+                      modified_at: ollamaTime(prof.modifiedAt),
+                      size: prof.sizeBytes,
+                      digest: prof.digest,
+                      details: details(prof),
+                    },
+                  ]
+                : [];
+            }),
+          });
+        case 'GET /api/ps': {
+          const now = Date.now();
+          return sendJson(res, 200, {
+            models: core.loadedModels(state, engine, now).flatMap((l) => {
+              const prof = state.library[l.model];
+              if (!prof) return [];
+              return [
+                {
+                  name: l.model,
+                  model: l.model,
+                  size: l.sizeVram,
+                  digest: prof.digest,
+                  details: details(prof),
+                  expires_at: l.expiresAt < 0 ? '2318-08-31T04:32:11.000000000Z' : ollamaTime(l.expiresAt),
+                  size_vram: l.sizeVram,
+                },
+              ];
+            }),
+          });
+        }
+        case 'POST /api/show': {
+          const req = parseJson(body);
+          const name = normalizeModelName(String(req.model ?? req.name ?? ''));
+          const prof = engine.models.includes(name) ? state.library[name] : undefined;
+          if (!prof) throw new HttpError(404, `model '${String(req.model ?? req.name ?? '')}' not found`);
+          return sendJson(res, 200, showModel(prof));
+        }
+        case 'DELETE /api/delete': {
+          const req = parseJson(body);
+          const name = normalizeModelName(String(req.model ?? req.name ?? ''));
+          const removed = this.opts.store.update((s) => {
+            const e = this.engine(s);
+            if (!e.models.includes(name)) return false;
+            e.models = e.models.filter((m) => m !== name);
+            e.loaded = e.loaded.filter((l) => l.model !== name);
+            return true;
+          });
+          if (!removed) throw new HttpError(404, `model '${String(req.model ?? req.name ?? '')}' not found`);
+          removeManifest(this.modelStore(), name);
+          res.writeHead(200);
+          return void res.end();
+        }
+        case 'POST /api/pull':
+          return await this.pull(state, parseJson(body), res);
+        case 'POST /api/generate': {
+          const req = parseJson(body);
+          return await this.generate(state, engine, res, {
+            api: 'ollama-generate',
+            model: String(req.model ?? ''),
+            prompt: typeof req.prompt === 'string' ? req.prompt : '',
+            ...(typeof req.system === 'string' ? { system: req.system } : {}),
+            stream: req.stream !== false,
+            ...maxTokensOf(req.options),
+            json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
+            ...keepAliveOf(req.keep_alive),
+            includeUsage: false,
+          });
+        }
+        case 'POST /api/chat': {
+          const req = parseJson(body);
+          const messages = Array.isArray(req.messages) ? (req.messages as Record<string, unknown>[]) : [];
+          return await this.generate(state, engine, res, {
+            api: 'ollama-chat',
+            model: String(req.model ?? ''),
+            ...chatPrompt(messages),
+            stream: req.stream !== false,
+            ...maxTokensOf(req.options),
+            json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
+            ...keepAliveOf(req.keep_alive),
+            includeUsage: false,
+          });
+        }
+        case 'GET /v1/models':
+          return sendJson(res, 200, {
+            object: 'list',
+            data: engine.models.map((m) => ({
+              id: m,
+              object: 'model',
+              created: Math.floor((state.library[m]?.modifiedAt ?? 0) / 1000),
+              owned_by: 'library',
+            })),
+          });
+        case 'POST /v1/chat/completions':
+        case 'POST /v1/completions':
+          return await this.openai(state, engine, p, body, res);
+        default:
+          res.writeHead(404, { 'Content-Type': 'text/plain' });
+          return void res.end('404 page not found');
+      }
+    } catch (err) {
+      if (err instanceof HttpError) return sendJson(res, err.status, { error: err.message });
+      throw err;
+    }
+  }
+
+  private modelStore(): string {
+    return path.join(path.dirname(this.opts.store.file), 'models');
+  }
+
+  /**
+   * /api/pull: "pulling manifest", per-layer progress with digest/total/completed, "verifying sha256 digest",
+   * "writing manifest", "success". Bytes already downloaded are kept in the state, so a pull that was interrupted
+   * (client gone, engine restarted) resumes where it stopped, as Ollama resumes partial blobs.
+   */
+  private async pull(state: SandboxState, req: Record<string, unknown>, res: http.ServerResponse): Promise<void> {
+    const raw = String(req.model ?? req.name ?? '');
+    const name = normalizeModelName(raw);
+    const stream = req.stream !== false;
+    const prof = state.library[name];
+    const abort = abortOnClose(res);
+    const send = (obj: Record<string, unknown>): void => {
+      if (stream && !res.writableEnded) res.write(`${JSON.stringify(obj)}\n`);
+    };
+    if (stream) res.writeHead(200, { 'Content-Type': 'application/x-ndjson' });
+    send({ status: 'pulling manifest' });
+    const scale = state.sim.timeScale;
+    try {
+      await delay(40 * scale, abort.signal);
+      if (!prof) {
+        const error = 'pull model manifest: file does not exist';
+        if (stream) return void res.end(`${JSON.stringify({ error })}\n`);
+        return sendJson(res, 500, { error });
+      }
+      const installed = this.engine(state).models.includes(name);
+      const tickMs = 50;
+      for (const layer of prof.layers) {
+        const short = layer.digest.slice(0, 12);
+        const digest = `sha256:${layer.digest}`;
+        const s0 = this.opts.store.read();
+        let done = installed ? layer.size : (this.engine(s0).pulls[name]?.[layer.digest] ?? 0);
+        send({ status: `pulling ${short}`, digest, total: layer.size, ...(done > 0 ? { completed: done } : {}) });
+        while (done < layer.size) {
+          await delay(tickMs, abort.signal);
+          const bytesPerTick = (s0.sim.bytesPerSec * tickMs) / 1000 / Math.max(scale, 0.001);
+          done = Math.min(layer.size, Math.floor(done + bytesPerTick));
+          const d = done;
+          this.opts.store.update((s) => {
+            const e = this.engine(s);
+            e.pulls[name] = { ...(e.pulls[name] ?? {}), [layer.digest]: d };
+          });
+          send({ status: `pulling ${short}`, digest, total: layer.size, completed: done });
+        }
+      }
+      send({ status: 'verifying sha256 digest' });
+      await delay(20 * scale, abort.signal);
+      send({ status: 'writing manifest' });
+      this.opts.store.update((s) => {
+        const e = this.engine(s);
+        delete e.pulls[name];
+        if (!e.models.includes(name)) e.models.push(name);
+      });
+      writeManifest(this.modelStore(), prof);
+      if (stream) return void res.end(`${JSON.stringify({ status: 'success' })}\n`);
+      return sendJson(res, 200, { status: 'success' });
+    } catch (err) {
+      if (abort.signal.aborted) {
+        this.log(`engine ${this.opts.engine}: pull of ${name} interrupted; progress kept for resume`);
+        return;
+      }
+      throw err;
+    } finally {
+      abort.dispose();
+    }
+  }
+
+  // -----------------------------------------------------------------------------------------------------------
+  // vLLM and llama.cpp
+
+  private async vllmRoutes(
+    state: SandboxState,
+    engine: EngineSim,
+    method: string,
+    p: string,
+    body: string,
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+  ): Promise<void> {
+    const route = `${method} ${p}`;
+    if (p.startsWith('/v1/') && !authorized(engine, req)) return sendJson(res, 401, { error: 'Unauthorized' });
+    switch (route) {
+      case 'GET /health':
+        res.writeHead(200);
+        return void res.end();
+      case 'GET /version':
+        return sendJson(res, 200, { version: core.VLLM_VERSION });
+      case 'GET /v1/models': {
+        const created = Math.floor(Date.now() / 1000);
+        return sendJson(res, 200, {
+          object: 'list',
+          data: engine.models.map((m) => ({
+            id: m,
+            object: 'model',
+            created,
+            owned_by: 'vllm',
+            root: m,
+            parent: null,
+            max_model_len: state.library[m]?.contextLength ?? 32768,
+            permission: [
+              {
+                id: `modelperm-${core.hexOf(`${m}/${created}`, 32)}`,
+                object: 'model_permission',
+                created,
+                allow_create_engine: false,
+                allow_sampling: true,
+                allow_logprobs: true,
+                allow_search_indices: false,
+                allow_view: true,
+                allow_fine_tuning: false,
+                organization: '*',
+                group: null,
+                is_blocking: false,
+              },
+            ],
+          })),
+        });
+      }
+      case 'GET /metrics':
+        res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
+        return void res.end(this.vllmMetrics(engine));
+      case 'POST /v1/chat/completions':
+      case 'POST /v1/completions':
+        return this.openai(state, engine, p, body, res);
+      default:
+        return sendJson(res, 404, { detail: 'Not Found' });
+    }
+  }
+
+  private async llamacppRoutes(
+    state: SandboxState,
+    engine: EngineSim,
+    method: string,
+    p: string,
+    body: string,
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+  ): Promise<void> {
+    const route = `${method} ${p.replace(/^\/v1\//, '/')}`;
+    const now = Date.now();
+    if (this.loading(state, now)) {
+      return sendJson(res, 503, { error: { code: 503, message: 'Loading model', type: 'unavailable_error' } });
+    }
+    // llama-server leaves health, metrics and the model list public; everything else needs the API key.
+    if (!['/health', '/metrics', '/models', '/v1/models'].includes(p) && !authorized(engine, req)) {
+      return sendJson(res, 401, { error: { code: 401, message: 'Invalid API Key', type: 'authentication_error' } });
+    }
+    switch (route) {
+      case 'GET /health':
+        return sendJson(res, 200, { status: 'ok' });
+      case 'GET /models':
+        return sendJson(res, 200, {
+          object: 'list',
+          data: engine.models.map((m) => {
+            const prof = state.library[m];
+            return {
+              id: m,
+              object: 'model',
+              created: Math.floor(now / 1000),
+              owned_by: 'llamacpp',
+              meta: {
+                vocab_type: 2,
+                n_vocab: 151936,
+                n_ctx_train: prof?.contextLength ?? 32768,
+                n_embd: 896,
+                n_params: 494032768,
+                size: prof?.sizeBytes ?? 0,
+              },
+            };
+          }),
+        });
+      case 'GET /metrics':
+        res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' });
+        return void res.end(this.llamacppMetrics());
+      case 'POST /chat/completions':
+        return this.openai(state, engine, '/v1/chat/completions', body, res);
+      case 'POST /completions':
+        return this.openai(state, engine, '/v1/completions', body, res);
+      default:
+        return sendJson(res, 404, { error: { code: 404, message: 'File Not Found', type: 'not_found_error' } });
+    }
+  }
+
+  private vllmMetrics(engine: EngineSim): string {
+    const m = this.metrics;
+    const model = engine.models[0] ?? '';
+    const label = `model_name="${model}"`;
+    const lines: string[] = [];
+    const gauge = (name: string, help: string, value: number): void => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`, `${name}{${label}} ${value.toFixed(1)}`);
+    };
+    const counter = (name: string, help: string, value: number): void => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name}{${label}} ${value.toFixed(1)}`);
+    };
+    const histogram = (name: string, help: string, h: Histogram): void => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
+      lines.push(`${name}_sum{${label}} ${h.sum}`);
+      h.buckets.forEach((b, i) =>
+        lines.push(
+          `${name}_bucket{le="${b.toFixed(3).replace(/\.?0+$/, '') || '0'}",${label}} ${(h.counts[i] ?? 0).toFixed(1)}`,
+        ),
+      );
+      lines.push(
+        `${name}_bucket{le="+Inf",${label}} ${h.count.toFixed(1)}`,
+        `${name}_count{${label}} ${h.count.toFixed(1)}`,
+      );
+    };
+    gauge('vllm:num_requests_running', 'Number of requests currently running on GPU.', m.running);
+    gauge('vllm:num_requests_waiting', 'Number of requests waiting to be processed.', 0);
+    gauge('vllm:num_requests_swapped', 'Number of requests swapped to CPU.', 0);
+    gauge(
+      'vllm:gpu_cache_usage_perc',
+      'GPU KV-cache usage. 1 means 100 percent usage.',
+      m.running > 0 ? 0.05 * m.running : 0,
+    );
+    gauge('vllm:cpu_cache_usage_perc', 'CPU KV-cache usage. 1 means 100 percent usage.', 0);
+    counter('vllm:prompt_tokens_total', 'Number of prefill tokens processed.', m.promptTokens);
+    counter('vllm:generation_tokens_total', 'Number of generation tokens processed.', m.generationTokens);
+    lines.push(
+      '# HELP vllm:request_success_total Count of successfully processed requests.',
+      '# TYPE vllm:request_success_total counter',
+    );
+    for (const [reason, n] of Object.entries(m.success)) {
+      lines.push(`vllm:request_success_total{finished_reason="${reason}",${label}} ${n.toFixed(1)}`);
+    }
+    histogram('vllm:time_to_first_token_seconds', 'Histogram of time to first token in seconds.', m.ttft);
+    histogram('vllm:e2e_request_latency_seconds', 'Histogram of end to end request latency in seconds.', m.e2e);
+    return `${lines.join('\n')}\n`;
+  }
+
+  private llamacppMetrics(): string {
+    const m = this.metrics;
+    const rows: [string, 'counter' | 'gauge', string, number][] = [
+      ['prompt_tokens_total', 'counter', 'Number of prompt tokens processed.', m.promptTokens],
+      ['prompt_seconds_total', 'counter', 'Prompt process time', m.promptSeconds],
+      ['tokens_predicted_total', 'counter', 'Number of generation tokens processed.', m.generationTokens],
+      ['tokens_predicted_seconds_total', 'counter', 'Predict process time', m.generationSeconds],
+      ['n_decode_total', 'counter', 'Total number of llama_decode() calls', m.decodes],
+      [
+        'n_busy_slots_per_decode',
+        'counter',
+        'Average number of busy slots per llama_decode() call',
+        m.decodes > 0 ? 1 : 0,
+      ],
+      [
+        'prompt_tokens_seconds',
+        'gauge',
+        'Average prompt throughput in tokens/s.',
+        m.promptSeconds > 0 ? m.promptTokens / m.promptSeconds : 0,
+      ],
+      [
+        'predicted_tokens_seconds',
+        'gauge',
+        'Average generation throughput in tokens/s.',
+        m.generationSeconds > 0 ? m.generationTokens / m.generationSeconds : 0,
+      ],
+      ['kv_cache_usage_ratio', 'gauge', 'KV-cache usage. 1 means 100 percent usage.', m.running > 0 ? 0.02 : 0],
+      ['kv_cache_tokens', 'gauge', 'KV-cache tokens.', 0],
+      ['requests_processing', 'gauge', 'Number of requests processing.', m.running],
+      ['requests_deferred', 'gauge', 'Number of requests deferred.', 0],
+    ];
+    return `${rows
+      .map(
+        ([n, t, help, v]) =>
+          `# HELP llamacpp:${n} ${help}\n# TYPE llamacpp:${n} ${t}\nllamacpp:${n} ${Number.isInteger(v) ? v : v.toFixed(5)}`,
+      )
+      .join('\n')}\n`;
+  }
+
+  // -----------------------------------------------------------------------------------------------------------
+  // OpenAI-compatible API (all engine types)
+
+  private async openai(
+    state: SandboxState,
+    engine: EngineSim,
+    p: string,
+    body: string,
+    res: http.ServerResponse,
+  ): Promise<void> {
+    let req: Record<string, unknown>;
+    try {
+      req = parseJson(body);
+    } catch (err) {
+      return this.openaiError(engine, res, 400, (err as Error).message, 'invalid_request_error');
+    }
+    const chat = p.endsWith('/chat/completions');
+    const streamOptions = req.stream_options as Record<string, unknown> | undefined;
+    const responseFormat = req.response_format as Record<string, unknown> | undefined;
+    const maxTokens =
+      typeof req.max_tokens === 'number'
+        ? req.max_tokens
+        : typeof req.max_completion_tokens === 'number'
+          ? req.max_completion_tokens
+          : undefined;
+    const gen: GenRequest = {
+      api: chat ? 'openai-chat' : 'openai-completion',
+      model: String(req.model ?? ''),
+      ...(chat
+        ? chatPrompt(Array.isArray(req.messages) ? (req.messages as Record<string, unknown>[]) : [])
+        : { prompt: Array.isArray(req.prompt) ? req.prompt.map(String).join('\n') : String(req.prompt ?? '') }),
+      stream: req.stream === true,
+      ...(maxTokens !== undefined ? { maxTokens } : {}),
+      json: responseFormat?.type === 'json_object' || responseFormat?.type === 'json_schema',
+      includeUsage: streamOptions?.include_usage === true,
+    };
+    return this.generate(state, engine, res, gen);
+  }
+
+  private openaiError(
+    engine: EngineSim,
+    res: http.ServerResponse,
+    status: number,
+    message: string,
+    type: string,
+  ): void {
+    if (engine.type === 'vllm') {
+      const vType = status === 404 ? 'NotFoundError' : status === 400 ? 'BadRequestError' : 'InternalServerError';
+      return sendJson(res, status, { object: 'error', message, type: vType, param: null, code: status });
+    }
+    if (engine.type === 'llamacpp') {
+      return sendJson(res, status, {
+        error: { code: status, message, type: status === 404 ? 'not_found_error' : 'server_error' },
+      });
+    }
+    return sendJson(res, status, { error: { message, type, param: null, code: null } });
+  }
+
+  private fail(engine: EngineSim, api: Api, res: http.ServerResponse, status: number, message: string): void {
+    if (api === 'ollama-generate' || api === 'ollama-chat') return sendJson(res, status, { error: message });
+    return this.openaiError(engine, res, status, message, status === 400 ? 'invalid_request_error' : 'api_error');
+  }
+
+  /** Which model a request runs on, or why it cannot. */
+  private resolveModel(state: SandboxState, engine: EngineSim, requested: string): ModelProfile | string {
+    if (engine.type === 'llamacpp') {
+      // llama-server serves the one model it was started with, whatever name the client uses.
+      const m = engine.models[0];
+      return (m && state.library[m]) || 'no model loaded';
+    }
+    if (engine.type === 'vllm') {
+      if (!engine.models.includes(requested)) return `The model \`${requested}\` does not exist.`;
+      return state.library[requested] ?? `The model \`${requested}\` does not exist.`;
+    }
+    const name = normalizeModelName(requested);
+    if (!requested) return 'model is required';
+    if (!engine.models.includes(name) || !state.library[name])
+      return `model "${requested}" not found, try pulling it first`;
+    return state.library[name];
+  }
+
+  /**
+   * The generation path shared by all APIs: model lookup, faults (hang → never answer; lost GPU or CUDA OOM → 500),
+   * the model's deterministic error schedule, model load, TTFT, then tokens at the model's rate.
+   */
+  private async generate(
+    state: SandboxState,
+    engine: EngineSim,
+    res: http.ServerResponse,
+    gen: GenRequest,
+  ): Promise<void> {
+    const started = Date.now();
+    const ollama = gen.api === 'ollama-generate' || gen.api === 'ollama-chat';
+    const resolved = this.resolveModel(state, engine, gen.model);
+    if (typeof resolved === 'string')
+      return this.fail(engine, gen.api, res, gen.model === '' && ollama ? 400 : 404, resolved);
+    const prof = resolved;
+    const modelName = engine.type === 'ollama' ? prof.name : gen.model || prof.name;
+    const container = state.containers[engine.container];
+    const scale = state.sim.timeScale;
+
+    // Ollama: an empty prompt only loads (or, with keep_alive 0, unloads) the model.
+    if (gen.api === 'ollama-generate' && gen.prompt === '' && !gen.system) {
+      if (gen.keepAliveMs === 0) {
+        this.opts.store.update((s) => {
+          const e = this.engine(s);
+          e.loaded = e.loaded.filter((l) => l.model !== prof.name);
+        });
+        return sendJson(res, 200, {
+          model: modelName,
+          created_at: ollamaTime(Date.now()),
+          response: '',
+          done: true,
+          done_reason: 'unload',
+        });
+      }
+    }
+    if (container?.faults.hang) return this.hold(res);
+    const lostGpu = state.gpus.find((g) => g.lost && engine.gpus.includes(g.index));
+    if (lostGpu) {
+      return this.fail(
+        engine,
+        gen.api,
+        res,
+        500,
+        ollama || engine.type === 'ollama'
+          ? 'llama runner process has terminated: CUDA error: unspecified launch failure'
+          : 'CUDA error: unspecified launch failure',
+      );
+    }
+    if (container?.faults.cudaOom) {
+      this.opts.store.update((s, now) => {
+        const c = s.containers[engine.container];
+        if (c) core.appendLog(c, now, 'stderr', core.cudaOomLines(s, this.engine(s), now));
+      });
+      return this.fail(
+        engine,
+        gen.api,
+        res,
+        500,
+        engine.type === 'ollama'
+          ? 'llama runner process has terminated: CUDA error: out of memory'
+          : 'CUDA out of memory. Tried to allocate 2.00 GiB.',
+      );
+    }
+    const n = this.counters.get(prof.name) ?? 0;
+    this.counters.set(prof.name, n + 1);
+    const rate = prof.latency.errorRate;
+    if (rate > 0 && Math.floor((n + 1) * rate) > Math.floor(n * rate)) {
+      return this.fail(
+        engine,
+        gen.api,
+        res,
+        500,
+        engine.type === 'ollama' ? 'llama runner process has terminated: exit status 2' : 'Internal server error',
+      );
+    }
+
+    // Load the model into VRAM if it is not there (Ollama), and refresh its keep_alive.
+    let loadMs = 0;
+    if (engine.type === 'ollama') {
+      const now = Date.now();
+      const loaded = core.loadedModels(state, engine, now).some((l) => l.model === prof.name);
+      if (!loaded) loadMs = Math.min(1500, (prof.sizeBytes / 1e9) * 250) * scale;
+      const keep = gen.keepAliveMs ?? DEFAULT_KEEP_ALIVE_MS;
+      this.opts.store.update((s, t) => {
+        const e = this.engine(s);
+        e.loaded = e.loaded.filter((l) => l.model !== prof.name);
+        e.loaded.push({
+          model: prof.name,
+          loadedAt: t,
+          // keep_alive 0 holds the model for this request only: it is unloaded when the request ends (finally below).
+          expiresAt: keep <= 0 ? -1 : t + loadMs + keep,
+          sizeVram: Math.round(prof.sizeBytes * 1.15),
+        });
+      });
+    }
+
+    const abort = abortOnClose(res);
+    this.metrics.running += 1;
+    try {
+      if (gen.api === 'ollama-generate' && gen.prompt === '' && !gen.system) {
+        await delay(loadMs, abort.signal);
+        return sendJson(res, 200, {
+          model: modelName,
+          created_at: ollamaTime(Date.now()),
+          response: '',
+          done: true,
+          done_reason: 'load',
+        });
+      }
+      const full = respond({
+        model: prof.name,
+        prompt: gen.prompt,
+        ...(gen.system ? { system: gen.system } : {}),
+        behaviour: prof.behaviour,
+        json: gen.json,
+      });
+      let tokens = tokenize(full);
+      let reason: 'stop' | 'length' = 'stop';
+      if (gen.maxTokens !== undefined && gen.maxTokens >= 0 && tokens.length > gen.maxTokens) {
+        tokens = tokens.slice(0, gen.maxTokens);
+        reason = 'length';
+      }
+      const promptTokens = countPromptTokens(`${gen.system ?? ''}${gen.prompt}`);
+      const ttftMs = (prof.latency.ttftMs + promptTokens * 0.05) * scale;
+      const perTokenMs = (1000 / prof.latency.tokensPerSec) * scale;
+      const id =
+        engine.type === 'ollama'
+          ? `${gen.api === 'openai-chat' ? 'chatcmpl' : 'cmpl'}-${Math.floor(Math.random() * 1000)}`
+          : `${gen.api === 'openai-chat' ? 'chatcmpl' : 'cmpl'}-${core.hexOf(`${started}/${Math.random()}`, 32)}`;
+      const created = Math.floor(started / 1000);
+      const fingerprint = engine.type === 'ollama' ? 'fp_ollama' : undefined;
+
+      // Headers go out with the first token, as the real servers flush them: a client's time-to-first-byte is the TTFT.
+      const write = (chunk: string): void => {
+        if (!res.headersSent) {
+          res.writeHead(
+            200,
+            ollama
+              ? { 'Content-Type': 'application/x-ndjson' }
+              : { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' },
+          );
+        }
+        res.write(chunk);
+      };
+      await delay(loadMs + ttftMs, abort.signal);
+      const firstTokenAt = Date.now();
+      let text = '';
+      for (let i = 0; i < tokens.length; i++) {
+        if (i > 0) await delay(perTokenMs, abort.signal);
+        const tok = tokens[i] ?? '';
+        text += tok;
+        if (!gen.stream) continue;
+        const t = Date.now();
+        if (gen.api === 'ollama-generate')
+          write(`${JSON.stringify({ model: modelName, created_at: ollamaTime(t), response: tok, done: false })}\n`);
+        else if (gen.api === 'ollama-chat')
+          write(
+            `${JSON.stringify({ model: modelName, created_at: ollamaTime(t), message: { role: 'assistant', content: tok }, done: false })}\n`,
+          );
+        else write(sse(openaiChunk(gen.api, id, created, modelName, fingerprint, tok, null, i === 0)));
+      }
+      const ended = Date.now();
+      const evalCount = tokens.length;
+      const usage = {
+        prompt_tokens: promptTokens,
+        completion_tokens: evalCount,
+        total_tokens: promptTokens + evalCount,
+      };
+      this.record(promptTokens, evalCount, firstTokenAt - started, ended - started, ended - firstTokenAt, reason);
+
+      if (ollama) {
+        const final = {
+          model: modelName,
+          created_at: ollamaTime(ended),
+          ...(gen.api === 'ollama-chat'
+            ? { message: { role: 'assistant', content: gen.stream ? '' : text } }
+            : { response: gen.stream ? '' : text }),
+          done: true,
+          done_reason: reason,
+          ...(gen.api === 'ollama-generate'
+            ? {
+                context: Array.from(
+                  { length: Math.min(promptTokens + evalCount, 64) },
+                  (_, k) => 128000 + ((k * 7919) % 20000),
+                ),
+              }
+            : {}),
+          total_duration: (ended - started) * NS_PER_MS,
+          load_duration: Math.round(loadMs * NS_PER_MS),
+          prompt_eval_count: promptTokens,
+          prompt_eval_duration: Math.max(1, Math.round((firstTokenAt - started - loadMs) * NS_PER_MS)),
+          eval_count: evalCount,
+          eval_duration: Math.max(1, (ended - firstTokenAt) * NS_PER_MS),
+        };
+        if (gen.stream) {
+          write(`${JSON.stringify(final)}\n`);
+          return void res.end();
+        }
+        return sendJson(res, 200, final);
+      }
+      if (gen.stream) {
+        write(sse(openaiChunk(gen.api, id, created, modelName, fingerprint, '', reason, tokens.length === 0)));
+        if (gen.includeUsage) {
+          write(
+            sse({
+              id,
+              object: gen.api === 'openai-chat' ? 'chat.completion.chunk' : 'text_completion',
+              created,
+              model: modelName,
+              ...(fingerprint ? { system_fingerprint: fingerprint } : {}),
+              choices: [],
+              usage,
+            }),
+          );
+        }
+        return void res.end('data: [DONE]\n\n');
+      }
+      return sendJson(res, 200, {
+        id,
+        object: gen.api === 'openai-chat' ? 'chat.completion' : 'text_completion',
+        created,
+        model: modelName,
+        ...(fingerprint ? { system_fingerprint: fingerprint } : {}),
+        choices: [
+          gen.api === 'openai-chat'
+            ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: reason }
+            : { index: 0, text, logprobs: null, finish_reason: reason },
+        ],
+        usage,
+      });
+    } catch (err) {
+      if (abort.signal.aborted) return;
+      throw err;
+    } finally {
+      this.metrics.running -= 1;
+      abort.dispose();
+      if (gen.keepAliveMs === 0 && engine.type === 'ollama') {
+        this.opts.store.update((s) => {
+          const e = this.engine(s);
+          e.loaded = e.loaded.filter((l) => l.model !== prof.name);
+        });
+      }
+    }
+  }
+
+  private record(
+    promptTokens: number,
+    evalCount: number,
+    ttftMs: number,
+    e2eMs: number,
+    genMs: number,
+    reason: string,
+  ): void {
+    const m = this.metrics;
+    m.promptTokens += promptTokens;
+    m.generationTokens += evalCount;
+    m.promptSeconds += ttftMs / 1000;
+    m.generationSeconds += genMs / 1000;
+    m.decodes += evalCount + 1;
+    m.success[reason] = (m.success[reason] ?? 0) + 1;
+    m.ttft.observe(ttftMs / 1000);
+    m.e2e.observe(e2eMs / 1000);
+  }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Helpers
+
+function readBody(req: http.IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+function parseJson(body: string): Record<string, unknown> {
+  if (body.trim() === '') return {};
+  try {
+    const v: unknown = JSON.parse(body);
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // fall through
+  }
+  throw new HttpError(400, 'invalid JSON body');
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+  if (res.headersSent) {
+    res.end();
+    return;
+  }
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+function sse(obj: unknown): string {
+  return `data: ${JSON.stringify(obj)}\n\n`;
+}
+
+function openaiChunk(
+  api: Api,
+  id: string,
+  created: number,
+  model: string,
+  fingerprint: string | undefined,
+  content: string,
+  finish: string | null,
+  first: boolean,
+): Record<string, unknown> {
+  const base = { id, created, model, ...(fingerprint ? { system_fingerprint: fingerprint } : {}) };
+  if (api === 'openai-chat') {
+    return {
+      ...base,
+      object: 'chat.completion.chunk',
+      choices: [
+        {
+          index: 0,
+          delta: { ...(first || finish ? { role: 'assistant' } : {}), content },
+          logprobs: null,
+          finish_reason: finish,
+        },
+      ],
+    };
+  }
+  return {
+    ...base,
+    object: 'text_completion',
+    choices: [{ index: 0, text: content, logprobs: null, finish_reason: finish }],
+  };
+}
+
+/** Abort signal that fires when the client disconnects before the response is complete. */
+function abortOnClose(res: http.ServerResponse): { signal: AbortSignal; dispose: () => void } {
+  const ac = new AbortController();
+  const onClose = (): void => {
+    if (!res.writableFinished) ac.abort();
+  };
+  res.on('close', onClose);
+  return { signal: ac.signal, dispose: () => res.off('close', onClose) };
+}
+
+function ollamaTime(ms: number): string {
+  return core.isoNano(ms);
+}
+
+function details(prof: ModelProfile): Record<string, unknown> {
+  return {
+    parent_model: '',
+    format: prof.format,
+    family: prof.family,
+    families: prof.families,
+    parameter_size: prof.parameterSize,
+    quantization_level: prof.quantization,
+  };
+}
+
+function showModel(prof: ModelProfile): Record<string, unknown> {
+  const params = Math.round(parseFloat(prof.parameterSize) * (prof.parameterSize.endsWith('M') ? 1e6 : 1e9));
+  const template =
+    prof.family === 'qwen2'
+      ? '{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n'
+      : '<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{{ .Prompt }}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n';
+  const stop =
+    prof.family === 'qwen2'
+      ? 'stop                           "<|im_end|>"'
+      : 'stop                           "<|eot_id|>"';
+  return {
+    license: 'Apache License\nVersion 2.0, January 2004',
+    modelfile: `# Modelfile generated by "ollama show"\n# To build a new Modelfile based on this, replace FROM with:\n# FROM ${prof.name}\n\nFROM /root/.ollama/models/blobs/sha256-${prof.layers[0]?.digest ?? prof.digest}\nTEMPLATE """${template}"""\nPARAMETER ${stop.replace(/\s+/, ' ')}\n`,
+    parameters: stop,
+    template,
+    details: details(prof),
+    model_info: {
+      'general.architecture': prof.family,
+      'general.basename': prof.name.split(':')[0],
+      'general.file_type': 15,
+      'general.parameter_count': params,
+      'general.quantization_version': 2,
+      [`${prof.family}.context_length`]: prof.contextLength,
+      [`${prof.family}.block_count`]: 24,
+      [`${prof.family}.embedding_length`]: 896,
+    },
+    modified_at: ollamaTime(prof.modifiedAt),
+    capabilities: ['completion'],
+  };
+}
+
+function chatPrompt(messages: Record<string, unknown>[]): { prompt: string; system?: string } {
+  const system = messages
+    .filter((m) => m.role === 'system')
+    .map((m) => textOf(m.content))
+    .join('\n');
+  const lastUser = [...messages].reverse().find((m) => m.role === 'user');
+  return { prompt: textOf(lastUser?.content), ...(system ? { system } : {}) };
+}
+
+function maxTokensOf(options: unknown): { maxTokens?: number } {
+  if (options && typeof options === 'object' && 'num_predict' in options && typeof options.num_predict === 'number') {
+    return options.num_predict >= 0 ? { maxTokens: options.num_predict } : {};
+  }
+  return {};
+}
+
+function keepAliveOf(v: unknown): { keepAliveMs?: number } {
+  const ms = parseKeepAlive(v);
+  return ms === undefined ? {} : { keepAliveMs: ms };
+}
+
+function authorized(engine: EngineSim, req: http.IncomingMessage): boolean {
+  if (!engine.apiKeyFile) return true;
+  let key: string;
+  try {
+    key = readFileSync(engine.apiKeyFile, 'utf8').trim();
+  } catch {
+    return true; // no key file on this machine: the engine was started without --api-key
+  }
+  return req.headers.authorization === `Bearer ${key}`;
+}
+
+/**
+ * Keep an Ollama-style model store on disk (manifests plus small placeholder blobs) so backups of the model store
+ * have real files to copy. Blob contents are stand-ins: the sandbox does not ship model weights.
+ */
+export function writeManifest(storeDir: string, prof: ModelProfile): void {
+  const [repo, tag] = prof.name.includes(':') ? prof.name.split(':') : [prof.name, 'latest'];
+  const dir = path.join(storeDir, 'manifests', 'registry.ollama.ai', 'library', repo ?? prof.name);
+  mkdirSync(dir, { recursive: true });
+  mkdirSync(path.join(storeDir, 'blobs'), { recursive: true });
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
+    config: {
+      mediaType: 'application/vnd.docker.container.image.v1+json',
+      digest: `sha256:${core.hexOf(`${prof.name}/config`, 64)}`,
+      size: 487,
+    },
+    layers: prof.layers.map((l) => ({ mediaType: l.mediaType, digest: `sha256:${l.digest}`, size: l.size })),
+  };
+  writeFileSync(path.join(dir, tag ?? 'latest'), JSON.stringify(manifest));
+  for (const l of prof.layers) {
+    writeFileSync(
+      path.join(storeDir, 'blobs', `sha256-${l.digest}`),
+      `gpuops sandbox placeholder for ${prof.name} ${l.mediaType} (${l.size} bytes)\n`,
+    );
+  }
+}
+
+function removeManifest(storeDir: string, name: string): void {
+  const [repo, tag] = name.split(':');
+  rmSync(path.join(storeDir, 'manifests', 'registry.ollama.ai', 'library', repo ?? name, tag ?? 'latest'), {
+    force: true,
+  });
+}
