@@ -8,6 +8,7 @@ import { DockerCli } from '../src/hosts/docker';
 import { createEngineClient, type EngineClient } from '../src/hosts/engines/probe';
 import { KernelLog } from '../src/hosts/kernel-log';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
+import { createBackupActivities } from './backup';
 import { createDockerActivities } from './docker';
 import { createEngineActivities } from './engine';
 import { createGpuActivities } from './gpu';
@@ -45,6 +46,12 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
     ...createGpuActivities({ node, nvidiaSmi, kernelLog }),
     ...createEngineActivities({ node, clientFor }),
     ...createModelStoreActivities({ node, resolvePath: resolve }),
+    ...createBackupActivities({
+      node,
+      nvidiaSmi,
+      resolvePath: resolve,
+      ...(opts.configPath ? { configPath: opts.configPath } : {}),
+    }),
   };
 }
 

@@ -242,6 +242,18 @@ export class ProxmoxApi {
     };
   }
 
+  /** The VM's configuration (GET /nodes/{node}/qemu/{vmid}/config): what a vm-config backup keeps. */
+  async vmConfig(vmid: number, opts: { signal?: AbortSignal } = {}): Promise<Record<string, unknown>> {
+    const d = await this.call<Record<string, unknown> | null>(
+      'GET',
+      `${this.vmPath(vmid)}/config`,
+      undefined,
+      opts.signal,
+    );
+    if (!d) throw new ProxmoxApiError('GET', `${this.vmPath(vmid)}/config`, 200, 'empty data');
+    return d;
+  }
+
   /**
    * Start a power action; returns the task's UPID at once (the action runs as a Proxmox task: see waitTask).
    * `shutdown` asks the guest via ACPI and, after `timeoutSec`, Proxmox stops it if `forceStop` is set.

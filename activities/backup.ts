@@ -1,0 +1,458 @@
+/**
+ * Backup activities that run ON the node (queue gpuops-node-<id>): restic against the plan's repository, over the
+ * node's own files (model store, gpuops config) or files staged on the node (GPU config from nvidia-smi, a VM config
+ * fetched by the control worker). The repository password is read by restic from the plan's passwordFile on the
+ * node: it never passes through a workflow input, history or log.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { asyncLocalStorage } from '@temporalio/activity';
+import type { NodeConfig } from '../src/config/schema';
+import { isEmptyPolicy, type KeepPolicy } from '../src/domain/retention';
+import { ToolError } from '../src/hosts/exec';
+import type { NvidiaSmi } from '../src/hosts/nvidia-smi';
+import {
+  ResticCli,
+  ResticNoRepositoryError,
+  type ResticBackupStatus,
+  type ResticSnapshot,
+  type ResticStats,
+} from '../src/hosts/restic';
+import { cancellationSignal, heartbeat, nonRetryable, warn, withHeartbeat } from './activity-context';
+
+/** Partial downloads never make a useful backup: Ollama's `-partial` blobs, HF's `.incomplete`, curl/wget leftovers. */
+export const PARTIAL_DOWNLOAD_EXCLUDES = ['*-partial', '*-partial-*', '*.partial', '*.incomplete', '*.part', '*.tmp'];
+
+/** Names a plan's repository; the password stays in the file on the node. */
+export interface RepoInput {
+  plan: string;
+  /** restic repository (path, sftp:, s3:, rest:). */
+  repository: string;
+  /** Path of the password file on the node (relative paths resolve from gpuops.yaml's directory). */
+  passwordFile: string;
+}
+
+/** Input of resticPrecheck. */
+export interface PrecheckInput extends RepoInput {
+  /** Create the repository when it does not exist (first run of a plan). */
+  initIfMissing?: boolean;
+  /** Fail when a local repository's filesystem has less free space than this. */
+  minFreeBytes?: number;
+}
+
+/** Result of resticPrecheck. */
+export interface PrecheckResult {
+  /** The repository was created by this check. */
+  initialised: boolean;
+  /** Free bytes where a local repository lives; null for remote repositories. */
+  freeBytes: number | null;
+}
+
+/** What a plan backs up. */
+export type BackupWhat = 'model-store' | 'vm-config' | 'gpu-config' | 'gpuops-config';
+
+/** Input of resticBackup. */
+export interface BackupInput extends RepoInput {
+  what: BackupWhat;
+  /** model-store paths on the node. */
+  paths?: string[];
+  /** Tag unique to this workflow run: a retry finds the snapshot an earlier attempt made and does not make another. */
+  runTag: string;
+  /** Extra tags (plan, node, what are added here). */
+  tags?: string[];
+  /** vm-config: the configuration the control worker fetched from the hypervisor, as text. */
+  vmConfig?: { name: string; text: string };
+  /** restic --limit-upload, KiB/s. */
+  limitUploadKiB?: number;
+  /** How many files to fingerprint (sha256) for the test restore. */
+  samples?: number;
+}
+
+/** A file fingerprinted before the backup, compared after a test restore. */
+export interface SampleFile {
+  path: string;
+  sha256: string;
+  bytes: number;
+}
+
+/** Result of resticBackup. */
+export interface BackupOutcome {
+  snapshotId: string;
+  filesNew: number;
+  filesChanged: number;
+  filesUnmodified: number;
+  dataAdded: number;
+  bytesProcessed: number;
+  /** restic exit 3: snapshot made, some files unreadable. */
+  incomplete: boolean;
+  warnings: string[];
+  /** An earlier attempt had already made this snapshot (the worker died after restic finished). */
+  reused: boolean;
+  /** Stale locks were removed before this attempt (a retry after a killed worker). */
+  unlocked: boolean;
+  samples: SampleFile[];
+  /** Model digests found in Ollama manifests (name:tag@sha256 prefix), also set as snapshot tags. */
+  modelDigests: string[];
+  /** Absolute paths backed up. */
+  paths: string[];
+}
+
+/** What createBackupActivities needs. */
+export interface BackupActivityDeps {
+  node: NodeConfig;
+  nvidiaSmi: NvidiaSmi;
+  /** Resolves configured paths (relative to gpuops.yaml). */
+  resolvePath?: (p: string) => string;
+  /** gpuops.yaml on this node, for gpuops-config plans. */
+  configPath?: string;
+  /** Where gpu-config and vm-config files are staged before the backup (default: <tmpdir>/gpuops-staging). */
+  stagingRoot?: string;
+  /** restic binary. */
+  resticBin?: string;
+}
+
+function attempt(): number {
+  return asyncLocalStorage.getStore()?.info.attempt ?? 1;
+}
+
+async function sha256File(p: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(p)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** Every regular file under `root` (or root itself), sorted, skipping partial downloads. */
+async function listFiles(root: string, limit = 100_000): Promise<string[]> {
+  const out: string[] = [];
+  const partial = /(-partial(-\d+)?|\.partial|\.incomplete|\.part|\.tmp)$/;
+  const walk = async (p: string): Promise<void> => {
+    if (out.length >= limit) return;
+    const s = await stat(p).catch(() => null);
+    if (!s) return;
+    if (s.isFile()) {
+      if (!partial.test(p)) out.push(p);
+      return;
+    }
+    if (!s.isDirectory()) return;
+    for (const e of (await readdir(p)).sort()) await walk(path.join(p, e));
+  };
+  await walk(root);
+  return out;
+}
+
+/** Ollama manifests under a models dir: `<models>/manifests/<registry>/<ns>/<name>/<tag>`; digest = sha256 of it. */
+async function ollamaDigests(store: string): Promise<string[]> {
+  const base = path.join(store, 'manifests');
+  const files = await listFiles(base, 200);
+  const out: string[] = [];
+  for (const f of files) {
+    const parts = path.relative(base, f).split(path.sep);
+    const tag = parts.pop() ?? 'latest';
+    const name = parts.pop() ?? '?';
+    out.push(`${name}:${tag}@${(await sha256File(f)).slice(0, 12)}`);
+  }
+  return out;
+}
+
+/** Delete a directory's contents' parent-safe: used for staging dirs we own. */
+async function resetDir(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true });
+}
+
+function localRepoPath(repository: string): string | null {
+  if (repository.startsWith('local:')) return repository.slice('local:'.length);
+  if (/^[a-z0-9]+:/i.test(repository)) return null;
+  return repository;
+}
+
+/** Node-side backup activities. */
+export function createBackupActivities(deps: BackupActivityDeps) {
+  const resolve = deps.resolvePath ?? ((p: string): string => p);
+  const stagingRoot = deps.stagingRoot ?? path.join(os.tmpdir(), 'gpuops-staging');
+  const restic = (r: RepoInput): ResticCli => {
+    const local = localRepoPath(r.repository);
+    return new ResticCli({
+      repository: local !== null && !r.repository.startsWith('local:') ? resolve(local) : r.repository,
+      passwordFile: resolve(r.passwordFile),
+      ...(deps.resticBin ? { bin: deps.resticBin } : {}),
+    });
+  };
+  const planTag = (plan: string): string => `plan:${plan}`;
+  const failOnTool = (err: unknown): never => {
+    if (err instanceof ResticNoRepositoryError) throw nonRetryable('ResticNoRepository', err.message);
+    if (err instanceof ToolError && /wrong password|no key found/i.test(err.result.stderr)) {
+      throw nonRetryable('ResticWrongPassword', err.message);
+    }
+    throw err;
+  };
+
+  /** Stage gpu-config / vm-config files and return the paths to back up. */
+  const stage = async (input: BackupInput): Promise<string[]> => {
+    switch (input.what) {
+      case 'model-store': {
+        const paths = (input.paths ?? []).map(resolve);
+        if (paths.length === 0) throw nonRetryable('InvalidInput', 'a model-store backup needs at least one path');
+        for (const p of paths) {
+          if (!(await stat(p).catch(() => null))) throw nonRetryable('MissingPath', `${p} does not exist on the node`);
+        }
+        return paths;
+      }
+      case 'gpuops-config': {
+        if (!deps.configPath) throw nonRetryable('NoConfigPath', 'this node worker was started without a config file');
+        return [path.resolve(deps.configPath)];
+      }
+      case 'gpu-config': {
+        const dir = path.join(stagingRoot, input.plan, 'gpu-config');
+        await resetDir(dir);
+        const snap = await deps.nvidiaSmi.snapshotXml();
+        await writeFile(path.join(dir, 'nvidia-smi-q.xml'), snap.xml);
+        const { xml: _xml, ...facts } = snap;
+        // The XML changes every second (clocks, temperatures); facts.json is what an operator diffs.
+        await writeFile(path.join(dir, 'facts.json'), `${JSON.stringify({ node: deps.node.id, ...facts }, null, 2)}\n`);
+        return [dir];
+      }
+      case 'vm-config': {
+        if (!input.vmConfig) throw nonRetryable('InvalidInput', 'a vm-config backup needs the fetched vmConfig');
+        const dir = path.join(stagingRoot, input.plan, 'vm-config');
+        await resetDir(dir);
+        await writeFile(path.join(dir, path.basename(input.vmConfig.name)), input.vmConfig.text);
+        return [dir];
+      }
+    }
+  };
+
+  return {
+    /**
+     * Pre-check a plan's repository: reachable and opened with the password, created on first use, and (for a local
+     * repository) enough free space. Idempotent: a second run finds the repository and creates nothing.
+     */
+    async resticPrecheck(input: PrecheckInput): Promise<PrecheckResult> {
+      const cli = restic(input);
+      let initialised = false;
+      try {
+        if (!(await cli.exists())) {
+          if (!(input.initIfMissing ?? true))
+            throw nonRetryable('ResticNoRepository', `no repository at ${input.repository}`);
+          const local = localRepoPath(input.repository);
+          if (local !== null) await mkdir(path.dirname(resolve(local)), { recursive: true });
+          await cli.init();
+          initialised = true;
+        }
+      } catch (err) {
+        failOnTool(err);
+      }
+      let freeBytes: number | null = null;
+      const local = localRepoPath(input.repository);
+      if (local !== null) {
+        const s = await statfs(resolve(local));
+        freeBytes = s.bavail * s.bsize;
+        if (input.minFreeBytes !== undefined && freeBytes < input.minFreeBytes) {
+          throw nonRetryable(
+            'RepositoryFull',
+            `only ${freeBytes} bytes free at ${input.repository} (need ${input.minFreeBytes})`,
+          );
+        }
+      }
+      return { initialised, freeBytes };
+    },
+
+    /**
+     * Back up one plan with `restic backup --json`, heartbeating restic's progress. Resumable: a retry (the worker
+     * died mid-backup) first removes stale locks with `restic unlock`, then reuses the snapshot an earlier attempt
+     * finished (found by the run tag) or backs up again; restic's deduplication makes the second pass cheap.
+     */
+    async resticBackup(input: BackupInput): Promise<BackupOutcome> {
+      const cli = restic(input);
+      const runTag = `run:${input.runTag}`;
+      let unlocked = false;
+      if (attempt() > 1) {
+        await cli.unlock().catch(failOnTool);
+        unlocked = true;
+        const done = (await cli.snapshots({ tags: [planTag(input.plan), runTag] }).catch(failOnTool)).at(-1);
+        if (done) {
+          warn('backup: reusing the snapshot an earlier attempt made', { plan: input.plan, snapshot: done.short_id });
+          return {
+            snapshotId: done.short_id,
+            filesNew: 0,
+            filesChanged: 0,
+            filesUnmodified: 0,
+            dataAdded: 0,
+            bytesProcessed: 0,
+            incomplete: false,
+            warnings: [],
+            reused: true,
+            unlocked,
+            samples: [],
+            modelDigests: (done.tags ?? []).filter((t) => t.startsWith('model:')).map((t) => t.slice(6)),
+            paths: done.paths,
+          };
+        }
+      }
+      const paths = await stage(input);
+      const modelDigests: string[] = [];
+      if (input.what === 'model-store') for (const p of paths) modelDigests.push(...(await ollamaDigests(p)));
+      const samples: SampleFile[] = [];
+      const wanted = input.samples ?? 3;
+      for (const p of paths) {
+        for (const f of await listFiles(p)) {
+          if (samples.length >= wanted) break;
+          const s = await stat(f);
+          samples.push({ path: f, sha256: await sha256File(f), bytes: s.size });
+        }
+      }
+      const tags = [
+        planTag(input.plan),
+        `node:${deps.node.id}`,
+        `what:${input.what}`,
+        runTag,
+        ...(input.tags ?? []),
+        // Tags cannot hold commas; a model store with many models keeps the first 20 digests as tags.
+        ...modelDigests.slice(0, 20).map((d) => `model:${d.replace(/,/g, '_')}`),
+      ];
+      let last: ResticBackupStatus | null = null;
+      heartbeat({ stage: 'backup', percent: 0 });
+      const timer = setInterval(() => heartbeat({ stage: 'backup', percent: last?.percent_done ?? 0 }), 1000);
+      try {
+        const signal = cancellationSignal();
+        const r = await cli
+          .backup(paths, {
+            tags,
+            excludes: PARTIAL_DOWNLOAD_EXCLUDES,
+            // Snapshots of one node share a host name so restic picks the right parent whichever machine runs it.
+            host: deps.node.id,
+            ...(input.limitUploadKiB ? { limitUploadKiB: input.limitUploadKiB } : {}),
+            onProgress: (s) => {
+              last = s;
+            },
+            ...(signal ? { signal } : {}),
+          })
+          .catch(failOnTool);
+        const s = r.summary;
+        return {
+          snapshotId: s.snapshot_id,
+          filesNew: s.files_new,
+          filesChanged: s.files_changed,
+          filesUnmodified: s.files_unmodified,
+          dataAdded: s.data_added,
+          bytesProcessed: s.total_bytes_processed,
+          incomplete: r.incomplete,
+          warnings: r.warnings,
+          reused: false,
+          unlocked,
+          samples,
+          modelDigests,
+          paths,
+        };
+      } finally {
+        clearInterval(timer);
+      }
+    },
+
+    /**
+     * Apply the plan's retention (`restic forget --keep-* --prune`) to its snapshots only (tag plan:<id>). An empty
+     * policy keeps everything and runs nothing. Idempotent: a second run forgets nothing more.
+     */
+    async resticForget(input: RepoInput & { retention: KeepPolicy }): Promise<{ kept: string[]; removed: string[] }> {
+      if (isEmptyPolicy(input.retention)) return { kept: [], removed: [] };
+      const cli = restic(input);
+      const groups = await withHeartbeat({ stage: 'forget' }, () =>
+        cli.forget(input.retention, { tags: [planTag(input.plan)], prune: true }),
+      ).catch(async (err: unknown) => {
+        // A stale exclusive lock from a killed run blocks prune; remove it and let the retry go on.
+        if (err instanceof ToolError && /locked|lock/i.test(err.result.stderr))
+          await cli.unlock().catch(() => undefined);
+        return failOnTool(err);
+      });
+      return {
+        kept: groups.flatMap((g) => (g.keep ?? []).map((s) => s.short_id)),
+        removed: groups.flatMap((g) => (g.remove ?? []).map((s) => s.short_id)),
+      };
+    },
+
+    /** `restic check --read-data-subset`: a damaged repository comes back as ok=false with restic's words. */
+    async resticCheck(input: RepoInput & { readDataSubset?: string }): Promise<{ ok: boolean; output: string }> {
+      const cli = restic(input);
+      const signal = cancellationSignal();
+      return withHeartbeat({ stage: 'check' }, () => cli.check(input.readDataSubset, signal)).catch(failOnTool);
+    },
+
+    /**
+     * Test restore: restore the sample files of a snapshot into a temporary directory and compare their sha256
+     * with the fingerprints taken at backup time.
+     */
+    async resticTestRestore(
+      input: RepoInput & { snapshotId: string; samples: SampleFile[] },
+    ): Promise<{ ok: boolean; compared: number; mismatches: string[] }> {
+      const cli = restic(input);
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'gpuops-testrestore-'));
+      try {
+        await withHeartbeat({ stage: 'test-restore' }, () =>
+          cli.restore(input.snapshotId, dir, { includes: input.samples.map((s) => s.path), verify: true }),
+        ).catch(failOnTool);
+        const mismatches: string[] = [];
+        for (const s of input.samples) {
+          const restored = path.join(dir, s.path);
+          const h = await sha256File(restored).catch(() => 'missing');
+          if (h !== s.sha256) mismatches.push(`${s.path}: ${h === 'missing' ? 'not restored' : 'checksum differs'}`);
+        }
+        return { ok: mismatches.length === 0, compared: input.samples.length, mismatches };
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+
+    /**
+     * Restore a snapshot ("latest" of the plan, or an id) into `target`, with restic's content verification, and
+     * fingerprint what was restored. Refuses a non-empty target unless `force`.
+     */
+    async resticRestore(
+      input: RepoInput & { snapshot: string; target: string; force?: boolean },
+    ): Promise<{ snapshotId: string; files: number; bytes: number; sha256: string }> {
+      const cli = restic(input);
+      const target = resolve(input.target);
+      const existing = await readdir(target).catch(() => [] as string[]);
+      if (existing.length > 0 && !input.force) {
+        throw nonRetryable('TargetNotEmpty', `${target} is not empty; restore with force to overwrite`);
+      }
+      const snaps = await cli.snapshots({ tags: [planTag(input.plan)] }).catch(failOnTool);
+      const snap =
+        input.snapshot === 'latest'
+          ? snaps.at(-1)
+          : snaps.find((s) => s.id.startsWith(input.snapshot) || s.short_id === input.snapshot);
+      if (!snap) throw nonRetryable('SnapshotNotFound', `no snapshot "${input.snapshot}" of plan ${input.plan}`);
+      await mkdir(target, { recursive: true });
+      const signal = cancellationSignal();
+      await withHeartbeat({ stage: 'restore', snapshot: snap.short_id }, () =>
+        cli.restore(snap.id, target, { verify: true, ...(signal ? { signal } : {}) }),
+      ).catch(failOnTool);
+      // One digest over every restored file (path + content) lets an operator compare two restores.
+      const all = createHash('sha256');
+      let bytes = 0;
+      const files = await listFiles(target);
+      for (const f of files) {
+        all.update(`${path.relative(target, f)}\0${await sha256File(f)}\n`);
+        bytes += (await stat(f)).size;
+      }
+      return { snapshotId: snap.short_id, files: files.length, bytes, sha256: all.digest('hex') };
+    },
+
+    /** The plan's snapshots, oldest first. */
+    async resticSnapshots(input: RepoInput): Promise<ResticSnapshot[]> {
+      return restic(input)
+        .snapshots({ tags: [planTag(input.plan)] })
+        .catch(failOnTool);
+    },
+
+    /** Repository size (raw data). */
+    async resticStats(input: RepoInput): Promise<ResticStats> {
+      return restic(input).stats().catch(failOnTool);
+    },
+  };
+}
+
+/** The node-side backup activity object. */
+export type BackupActivities = ReturnType<typeof createBackupActivities>;

@@ -1,0 +1,290 @@
+/**
+ * `gpuops backup status|run|restore` and `gpuops schedules sync|list|pause|resume|trigger`. Each validates its
+ * arguments (exit 2 with the field named) and prints a table, or JSON with --json.
+ */
+import type { Client } from '@temporalio/client';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { loadConfig } from '../config/load';
+import type { BackupPlanConfig, Config } from '../config/schema';
+import { formatAge, rpoStatus, type RpoStatus } from '../domain/rpo';
+import { parseOrThrow, ValidationError } from '../domain/validation';
+import { CONTROL_TASK_QUEUE, workflowIds } from '../messages';
+import { backupInputFor, describeSync, syncSchedules, BACKUP_SCHEDULE_PREFIX } from '../temporal/schedules';
+import type { BackupRecord, BackupReport, RestoreRecord } from '../../workflows/backup';
+import { withClient, type GlobalOptions } from './context';
+import { printJson, table } from './output';
+
+/** One row of `gpuops backup status`. */
+export interface PlanStatus extends RpoStatus {
+  node: string;
+  what: string;
+  rpo: string;
+  snapshots: number;
+  repositorySizeBytes: number | null;
+  /** Last completed runBackup that verified (restic check), and whether it passed. */
+  lastVerify: { at: string; ok: boolean } | null;
+  error: string | null;
+}
+
+const planId = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { message: 'must be a backup plan id' });
+
+/** The plan named on the command line, or a ValidationError listing the plans there are. */
+export function requirePlan(config: Config, plan: string): BackupPlanConfig {
+  parseOrThrow(z.object({ plan: planId }), { plan }, 'argument');
+  const p = config.backups.find((b) => b.id === plan);
+  if (!p) {
+    throw new ValidationError('argument', [
+      `plan: must be one of ${config.backups.map((b) => b.id).join(', ') || '(no plans in gpuops.yaml)'} (got "${plan}")`,
+    ]);
+  }
+  return p;
+}
+
+/** Options shared by the commands (tests point them at their own queue). */
+export interface BackupCliOptions {
+  taskQueue?: string;
+  /** Now, for RPO ages (tests). */
+  now?: number;
+  timings?: { pickupTimeout?: string; heartbeatTimeout?: string };
+}
+
+async function lastVerify(client: Client, plan: BackupPlanConfig): Promise<PlanStatus['lastVerify']> {
+  const query = `WorkflowType = 'runBackup' AND GpuopsNode = '${plan.node}' AND ExecutionStatus != 'Running'`;
+  let n = 0;
+  for await (const wf of client.workflow.list({ query })) {
+    if (++n > 50) break;
+    if (!wf.workflowId.startsWith(workflowIds.backupSchedule(plan.id))) continue;
+    const rest = wf.workflowId.slice(workflowIds.backupSchedule(plan.id).length);
+    if (rest !== '' && !/^[-:]/.test(rest)) continue; // backup:a must not match backup:ab-…
+    const at = (wf.closeTime ?? wf.startTime).toISOString();
+    if (wf.status.name === 'COMPLETED') {
+      const r = (await client.workflow.getHandle(wf.workflowId, wf.runId).result()) as BackupRecord;
+      if (r.verify) return { at, ok: r.verify.ok };
+    } else if (wf.status.name === 'FAILED') {
+      const h = await client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory();
+      const failed = (h.events ?? []).some((e) =>
+        e.workflowExecutionFailedEventAttributes?.failure?.applicationFailureInfo?.type?.includes('BackupVerifyFailed'),
+      );
+      if (failed) return { at, ok: false };
+    }
+  }
+  return null;
+}
+
+/** Per plan: last success and its age against the RPO (breach marked), last verify, snapshots, repository size. */
+export async function backupStatus(client: Client, config: Config, opts: BackupCliOptions = {}): Promise<PlanStatus[]> {
+  const now = opts.now ?? Date.now();
+  return Promise.all(
+    config.backups.map(async (plan) => {
+      const input = backupInputFor(config, plan);
+      const report: BackupReport = await client.workflow.execute('backupReport', {
+        taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
+        workflowId: `backup-report:${plan.id}:${new Date(now).toISOString().replace(/[:.]/g, '-')}:${Math.random().toString(36).slice(2, 6)}`,
+        args: [{ plan: input.plan, timings: { pickupTimeout: opts.timings?.pickupTimeout ?? '20s' } }],
+        staticSummary: `Backup report for plan ${plan.id}`,
+        workflowExecutionTimeout: '3m',
+      });
+      const newest = report.snapshots.reduce<string | null>(
+        (a, s) => (a === null || Date.parse(s.time) > Date.parse(a) ? s.time : a),
+        null,
+      );
+      return {
+        ...rpoStatus(plan, newest, now),
+        node: plan.node,
+        what: plan.what,
+        rpo: plan.rpo,
+        snapshots: report.snapshots.length,
+        repositorySizeBytes: report.repositorySizeBytes,
+        lastVerify: await lastVerify(client, plan).catch(() => null),
+        error: report.error,
+      };
+    }),
+  );
+}
+
+/** The status table; a breached RPO reads "BREACH". */
+export function renderStatus(rows: PlanStatus[]): string {
+  return table(
+    ['PLAN', 'NODE', 'WHAT', 'LAST SUCCESS', 'AGE', 'RPO', 'RPO STATUS', 'LAST VERIFY', 'SNAPSHOTS', 'REPO SIZE'],
+    rows.map((r) => [
+      r.plan,
+      r.node,
+      r.what,
+      r.lastSuccess ?? 'never',
+      r.ageMs === null ? '-' : formatAge(r.ageMs),
+      r.rpo,
+      r.error ? `ERROR: ${r.error}` : r.breached ? 'BREACH' : 'ok',
+      r.lastVerify ? `${r.lastVerify.ok ? 'ok' : 'FAILED'} ${r.lastVerify.at}` : '-',
+      r.snapshots,
+      r.repositorySizeBytes,
+    ]),
+  );
+}
+
+/** Run a plan now (outside its schedule) and wait for its record. */
+export async function runPlanNow(
+  client: Client,
+  config: Config,
+  plan: string,
+  opts: BackupCliOptions = {},
+): Promise<BackupRecord> {
+  const p = requirePlan(config, plan);
+  return client.workflow.execute('runBackup', {
+    taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
+    workflowId: `${workflowIds.backupSchedule(p.id)}:manual-${new Date().toISOString().replace(/[:.]/g, '-')}`,
+    args: [{ ...backupInputFor(config, p), ...(opts.timings ? { timings: opts.timings } : {}) }],
+    staticSummary: `Backup ${p.id} (manual run)`,
+  });
+}
+
+const RestoreArgs = z.strictObject({
+  plan: planId,
+  snapshot: z.string().regex(/^(latest|[0-9a-f]{8,64})$/, { message: 'must be "latest" or a snapshot id' }),
+  target: z.string().min(1, { message: 'is required (--target DIR)' }),
+  force: z.boolean(),
+});
+
+/** Restore a snapshot of a plan into a directory on its node (workflow restore:<plan>:<snapshot>). */
+export async function restorePlan(
+  client: Client,
+  config: Config,
+  args: { plan: string; snapshot?: string; target?: string; force?: boolean },
+  opts: BackupCliOptions = {},
+): Promise<RestoreRecord> {
+  const a = parseOrThrow(
+    RestoreArgs,
+    { plan: args.plan, snapshot: args.snapshot ?? 'latest', target: args.target ?? '', force: args.force ?? false },
+    'arguments',
+  );
+  const p = requirePlan(config, a.plan);
+  return client.workflow.execute('restoreBackup', {
+    taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
+    workflowId: workflowIds.restore(p.id, a.snapshot),
+    args: [
+      {
+        plan: backupInputFor(config, p).plan,
+        snapshot: a.snapshot,
+        target: a.target,
+        force: a.force,
+        ...(opts.timings ? { timings: opts.timings } : {}),
+      },
+    ],
+    staticSummary: `Restore ${p.id} snapshot ${a.snapshot} to ${a.target}`,
+  });
+}
+
+/** Register `backup` and `schedules` on the gpuops command. */
+export function registerBackupCommands(program: Command, globals: () => GlobalOptions): void {
+  const json = (): boolean => globals().json ?? false;
+  const backup = program.command('backup').description('backups: status against the RPO, run now, restore');
+  backup
+    .command('status')
+    .description('per plan: last success and its age vs the RPO, last verify, snapshot count, repository size')
+    .action(async () => {
+      await withClient(globals(), async (client, loaded) => {
+        const rows = await backupStatus(client, loaded.config);
+        if (json()) printJson(rows);
+        else process.stdout.write(`${renderStatus(rows)}\n`);
+      });
+    });
+  backup
+    .command('run <plan>')
+    .description('run a plan now and print its record')
+    .action(async (plan: string) => {
+      // Bad arguments exit 2 before any connection attempt.
+      requirePlan(loadConfig(globals().config).config, plan);
+      await withClient(globals(), async (client, loaded) => {
+        const r = await runPlanNow(client, loaded.config, plan);
+        if (json()) printJson(r);
+        else process.stdout.write(`${r.plan}: ${r.status}, snapshot ${r.snapshotId ?? '-'}, ${r.durationMs} ms\n`);
+      });
+    });
+  backup
+    .command('restore <plan> [snapshot]')
+    .description('restore a snapshot (default latest) into --target on the plan node; refuses a non-empty target')
+    .option('--target <dir>', 'directory on the node to restore into')
+    .option('--force', 'restore into a non-empty target')
+    .action(async (plan: string, snapshot: string | undefined, o: { target?: string; force?: boolean }) => {
+      requirePlan(loadConfig(globals().config).config, plan);
+      parseOrThrow(
+        RestoreArgs,
+        { plan, snapshot: snapshot ?? 'latest', target: o.target ?? '', force: o.force ?? false },
+        'arguments',
+      );
+      await withClient(globals(), async (client, loaded) => {
+        const r = await restorePlan(client, loaded.config, {
+          plan,
+          ...(snapshot ? { snapshot } : {}),
+          ...(o.target ? { target: o.target } : {}),
+          force: o.force ?? false,
+        });
+        if (json()) printJson(r);
+        else
+          process.stdout.write(
+            `restored ${r.plan} ${r.snapshotId} to ${r.target}: ${r.files} files, ${r.bytes} bytes, verified, ${r.durationMs} ms` +
+              `${r.rtoMs === null ? '' : ` (RTO ${r.rtoBreached ? 'BREACHED' : 'met'})`}\n`,
+          );
+      });
+    });
+
+  const schedules = program.command('schedules').description('the Temporal Schedules backup:<plan>');
+  schedules
+    .command('sync')
+    .description('create, update and delete schedules to match gpuops.yaml (idempotent)')
+    .option('--dry-run', 'show what would change')
+    .action(async (o: { dryRun?: boolean }) => {
+      await withClient(globals(), async (client, loaded) => {
+        const r = await syncSchedules(client, loaded.config, { dryRun: o.dryRun ?? false });
+        if (json()) printJson(r);
+        else process.stdout.write(`${o.dryRun ? '(dry run) ' : ''}${describeSync(r)}\n`);
+      });
+    });
+  schedules
+    .command('list')
+    .description('list backup schedules with their state and next run')
+    .action(async () => {
+      await withClient(globals(), async (client) => {
+        const rows: { id: string; paused: boolean; next: string | null; recent: string | null }[] = [];
+        for await (const s of client.schedule.list()) {
+          if (!s.scheduleId.startsWith(BACKUP_SCHEDULE_PREFIX)) continue;
+          rows.push({
+            id: s.scheduleId,
+            paused: s.state.paused,
+            next: s.info.nextActionTimes[0]?.toISOString() ?? null,
+            recent: s.info.recentActions.at(-1)?.takenAt.toISOString() ?? null,
+          });
+        }
+        if (json()) printJson(rows);
+        else
+          process.stdout.write(
+            `${table(
+              ['SCHEDULE', 'STATE', 'NEXT RUN', 'LAST RUN'],
+              rows.map((r) => [r.id, r.paused ? 'paused' : 'active', r.next, r.recent]),
+            )}\n`,
+          );
+      });
+    });
+  for (const [name, what] of [
+    ['pause', 'pause a plan schedule'],
+    ['resume', 'resume a paused plan schedule'],
+    ['trigger', 'start a run of a plan now, through its schedule'],
+  ] as const) {
+    schedules
+      .command(`${name} <plan>`)
+      .description(what)
+      .action(async (plan: string) => {
+        requirePlan(loadConfig(globals().config).config, plan);
+        await withClient(globals(), async (client, loaded) => {
+          const p = requirePlan(loaded.config, plan);
+          const h = client.schedule.getHandle(workflowIds.backupSchedule(p.id));
+          if (name === 'pause') await h.pause('paused with gpuops schedules pause');
+          else if (name === 'resume') await h.unpause('resumed with gpuops schedules resume');
+          // Trigger honours the overlap policy (SKIP): no second run while one is going.
+          else await h.trigger();
+          if (json()) printJson({ schedule: h.scheduleId, action: name });
+          else process.stdout.write(`${h.scheduleId}: ${name === 'trigger' ? 'triggered' : `${name}d`}\n`);
+        });
+      });
+  }
+}

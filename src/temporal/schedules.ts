@@ -1,0 +1,171 @@
+/**
+ * `gpuops schedules sync`: make the Temporal Schedules `backup:<plan>` match gpuops.yaml's backup plans. Creates the
+ * missing, updates those whose definition changed, deletes those whose plan is gone, and leaves the rest alone, so
+ * running it twice changes nothing. Only schedules whose id starts with "backup:" are ever touched. A schedule's
+ * paused state belongs to the operator (CLI, UI or `temporal schedule toggle`): sync never changes it.
+ */
+import { createHash } from 'node:crypto';
+import {
+  ScheduleNotFoundError,
+  ScheduleOverlapPolicy,
+  type Client,
+  type ScheduleOptions,
+  type ScheduleOptionsStartWorkflowAction,
+} from '@temporalio/client';
+import type { BackupPlanConfig, Config } from '../config/schema';
+import { CONTROL_TASK_QUEUE, workflowIds } from '../messages';
+import type { RunBackupInput } from '../../workflows/backup';
+
+/** Prefix of every schedule gpuops owns. */
+export const BACKUP_SCHEDULE_PREFIX = 'backup:';
+/** Action memo key holding the hash of the definition sync last wrote. */
+const HASH_MEMO = 'gpuopsDefinitionHash';
+
+/** What one sync did, by schedule id. */
+export interface SyncResult {
+  created: string[];
+  updated: string[];
+  deleted: string[];
+  unchanged: string[];
+}
+
+/** Options of syncSchedules. */
+export interface SyncOptions {
+  /** Queue the scheduled workflows run on (default gpuops-control). */
+  taskQueue?: string;
+  /**
+   * Only schedules whose id starts with this are candidates for deletion (default "backup:"); must itself start with
+   * "backup:". Lets two gpuops installs (or parallel tests) share a namespace without deleting each other's.
+   */
+  idPrefix?: string;
+  /** Report what would change without changing it. */
+  dryRun?: boolean;
+  /** Extra workflow input fields (tests pass short timings). */
+  inputOverrides?: Partial<RunBackupInput>;
+}
+
+/** runBackup's input for a plan: the plan without its schedule, and the node's VM for vm-config plans. */
+export function backupInputFor(config: Config, plan: BackupPlanConfig): RunBackupInput {
+  const { schedule: _schedule, ...rest } = plan;
+  const vm = config.nodes.find((n) => n.id === plan.node)?.vm;
+  return { plan: rest, ...(plan.what === 'vm-config' && vm ? { vm } : {}) };
+}
+
+/** The schedule gpuops wants for a plan, with the hash of its definition. */
+export function desiredSchedule(
+  config: Config,
+  plan: BackupPlanConfig,
+  opts: SyncOptions = {},
+): {
+  options: ScheduleOptions<ScheduleOptionsStartWorkflowAction<(i: RunBackupInput) => Promise<unknown>>>;
+  hash: string;
+} {
+  const s = plan.schedule;
+  const input: RunBackupInput = { ...backupInputFor(config, plan), ...opts.inputOverrides };
+  const taskQueue = opts.taskQueue ?? CONTROL_TASK_QUEUE;
+  const definition = {
+    spec: {
+      ...(s.cron ? { cronExpressions: [s.cron] } : {}),
+      ...(s.every ? { intervals: [{ every: s.every }] } : {}),
+      timezone: s.timezone,
+      ...(s.jitter ? { jitter: s.jitter } : {}),
+    },
+    policies: { overlap: 'SKIP', catchupWindow: s.catchupWindow, pauseOnFailure: s.pauseOnFailure },
+    action: { workflowType: 'runBackup', taskQueue, workflowId: workflowIds.backupSchedule(plan.id), args: [input] },
+  };
+  const hash = createHash('sha256').update(JSON.stringify(definition)).digest('hex').slice(0, 16);
+  return {
+    hash,
+    options: {
+      scheduleId: workflowIds.backupSchedule(plan.id),
+      spec: definition.spec,
+      action: {
+        type: 'startWorkflow',
+        workflowType: 'runBackup',
+        taskQueue,
+        // Temporal appends the scheduled time: runs are backup:<plan>-<time>.
+        workflowId: workflowIds.backupSchedule(plan.id),
+        args: [input],
+        memo: { [HASH_MEMO]: hash },
+        staticSummary: `Backup ${plan.id} (${plan.what}) of node ${plan.node}`,
+        // A run is one attempt; the next scheduled one is the retry (and pauseOnFailure can stop the series).
+        workflowExecutionTimeout: '1d',
+      },
+      policies: {
+        // Never two runs of a plan at once: a run still going when the next is due makes that one skip.
+        overlap: ScheduleOverlapPolicy.SKIP,
+        catchupWindow: s.catchupWindow,
+        pauseOnFailure: s.pauseOnFailure,
+      },
+      memo: { gpuopsPlan: plan.id },
+    },
+  };
+}
+
+/** Make the backup schedules match the config. Idempotent; never touches a schedule outside `idPrefix`. */
+export async function syncSchedules(client: Client, config: Config, opts: SyncOptions = {}): Promise<SyncResult> {
+  const prefix = opts.idPrefix ?? BACKUP_SCHEDULE_PREFIX;
+  if (!prefix.startsWith(BACKUP_SCHEDULE_PREFIX)) {
+    throw new Error(`idPrefix must start with "${BACKUP_SCHEDULE_PREFIX}" (got "${prefix}")`);
+  }
+  const result: SyncResult = { created: [], updated: [], deleted: [], unchanged: [] };
+  const wanted = new Set<string>();
+  for (const plan of config.backups) {
+    const { options, hash } = desiredSchedule(config, plan, opts);
+    const sid = options.scheduleId;
+    if (!sid.startsWith(prefix)) continue;
+    wanted.add(sid);
+    const handle = client.schedule.getHandle(sid);
+    // describe, not list: listing is eventually consistent, and a just-created schedule may not show up yet.
+    let current: Awaited<ReturnType<typeof handle.describe>> | null = null;
+    try {
+      current = await handle.describe();
+    } catch (err) {
+      if (!(err instanceof ScheduleNotFoundError)) throw err;
+    }
+    if (!current) {
+      if (!opts.dryRun) await client.schedule.create(options);
+      result.created.push(sid);
+      continue;
+    }
+    const currentHash = current.action.type === 'startWorkflow' ? current.action.memo?.[HASH_MEMO] : undefined;
+    if (currentHash === hash) {
+      result.unchanged.push(sid);
+      continue;
+    }
+    if (!opts.dryRun) {
+      await handle.update((prev) => ({
+        ...prev,
+        spec: options.spec,
+        action: options.action,
+        policies: options.policies ?? {},
+        // Paused or not, and the note, are the operator's.
+        state: prev.state,
+      }));
+    }
+    result.updated.push(sid);
+  }
+  for await (const s of client.schedule.list()) {
+    if (!s.scheduleId.startsWith(prefix) || wanted.has(s.scheduleId)) continue;
+    if (!opts.dryRun) {
+      try {
+        await client.schedule.getHandle(s.scheduleId).delete();
+      } catch (err) {
+        if (!(err instanceof ScheduleNotFoundError)) throw err;
+        continue; // deleted already (list lags behind)
+      }
+    }
+    result.deleted.push(s.scheduleId);
+  }
+  return result;
+}
+
+/** "created backup:a; updated backup:b" — or "no changes". */
+export function describeSync(r: SyncResult): string {
+  const parts = [
+    r.created.length ? `created ${r.created.join(', ')}` : '',
+    r.updated.length ? `updated ${r.updated.join(', ')}` : '',
+    r.deleted.length ? `deleted ${r.deleted.join(', ')}` : '',
+  ].filter((p) => p !== '');
+  return parts.length ? parts.join('; ') : `no changes (${r.unchanged.length} schedule(s) up to date)`;
+}

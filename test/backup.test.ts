@@ -1,0 +1,300 @@
+/**
+ * Backups end to end: the real restic, a real Temporal server, Temporal Schedules, a control worker and a sandbox
+ * node whose real node worker (workers/node.ts) runs restic as a child process.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { WorkflowFailedError, type Client } from '@temporalio/client';
+import { parseConfig, type LoadedConfig } from '../src/config/load';
+import { nodeTaskQueue, workflowIds } from '../src/messages';
+import { ResticCli } from '../src/hosts/restic';
+import { syncSchedules, backupInputFor } from '../src/temporal/schedules';
+import { backupStatus, renderStatus, restorePlan } from '../src/cli/backup';
+import type { BackupRecord, RunBackupInput } from '../workflows/backup';
+import { stringify, parse } from 'yaml';
+import {
+  controlWorker,
+  openTestEnv,
+  startTestSandbox,
+  uniqueId,
+  waitForPoller,
+  type TestEnv,
+  type TestSandbox,
+} from './helpers/env';
+
+let env: TestEnv;
+let sbx: TestSandbox;
+let loaded: LoadedConfig;
+let hook: http.Server;
+const received: { title: string; severity: string }[] = [];
+const tag = uniqueId('b').toLowerCase();
+const plan = (name: string): string => `${tag}-${name}`;
+const timings = { pickupTimeout: '20s', heartbeatTimeout: '3s' };
+
+/** Source files of the model-store plan: an Ollama-like store with a manifest, a blob and a partial download. */
+function writeModelStore(root: string): void {
+  mkdirSync(path.join(root, 'manifests', 'registry.ollama.ai', 'library', 'tiny'), { recursive: true });
+  mkdirSync(path.join(root, 'blobs'), { recursive: true });
+  writeFileSync(path.join(root, 'manifests', 'registry.ollama.ai', 'library', 'tiny', 'latest'), '{"layers":[]}\n');
+  writeFileSync(path.join(root, 'blobs', 'sha256-aaaa'), randomBytes(64 * 1024));
+  writeFileSync(path.join(root, 'blobs', 'sha256-bbbb-partial'), 'half a download');
+}
+
+function restic(name: string): ResticCli {
+  return new ResticCli({ repository: path.join(sbx.dir, `repo-${name}`), passwordFile: path.join(sbx.dir, 'pw') });
+}
+
+beforeAll(async () => {
+  env = await openTestEnv();
+  sbx = await startTestSandbox();
+  hook = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      received.push(JSON.parse(body) as { title: string; severity: string });
+      res.end('ok');
+    });
+  });
+  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
+  writeFileSync(path.join(sbx.dir, 'hook-url'), `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook\n`);
+  writeFileSync(path.join(sbx.dir, 'pw'), 'test-repo-password\n');
+  writeModelStore(path.join(sbx.dir, 'models'));
+  mkdirSync(path.join(sbx.dir, 'big'));
+  writeFileSync(path.join(sbx.dir, 'big', 'weights.bin'), randomBytes(1_500_000));
+  writeFileSync(path.join(sbx.dir, 'small'), 'tiny\n');
+
+  const raw = parse(readFileSync(sbx.loaded.path, 'utf8')) as Record<string, unknown>;
+  const base = {
+    node: sbx.nodeId,
+    passwordFile: path.join(sbx.dir, 'pw'),
+    schedule: { cron: '0 3 1 1 *' },
+    rpo: '1h',
+  };
+  raw.backups = [
+    {
+      ...base,
+      id: plan('models'),
+      what: 'model-store',
+      paths: [path.join(sbx.dir, 'models')],
+      repository: path.join(sbx.dir, 'repo-models'),
+      retention: { keepLast: 5 },
+      verify: { readDataSubset: '100%', testRestore: true },
+      rto: '10m',
+    },
+    {
+      ...base,
+      id: plan('big'),
+      what: 'model-store',
+      paths: [path.join(sbx.dir, 'big')],
+      repository: path.join(sbx.dir, 'repo-big'),
+    },
+    {
+      ...base,
+      id: plan('gpu'),
+      what: 'gpu-config',
+      repository: path.join(sbx.dir, 'repo-corrupt'),
+      verify: { readDataSubset: '100%' },
+    },
+    { ...base, id: plan('old'), what: 'gpuops-config', repository: path.join(sbx.dir, 'repo-old') },
+  ];
+  raw.notifications = [{ type: 'webhook', name: 'ops', urlFile: path.join(sbx.dir, 'hook-url') }];
+  writeFileSync(sbx.loaded.path, stringify(raw));
+  loaded = { path: sbx.loaded.path, config: parseConfig(stringify(raw), sbx.loaded.path) };
+  await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
+});
+
+afterAll(async () => {
+  for await (const s of env.client.schedule.list()) {
+    if (s.scheduleId.startsWith(`backup:${tag}`)) await env.client.schedule.getHandle(s.scheduleId).delete();
+  }
+  await new Promise((r) => hook?.close(r));
+  await sbx?.stop();
+  await env?.close();
+});
+
+function planConfig(name: string) {
+  const p = loaded.config.backups.find((b) => b.id === plan(name));
+  if (!p) throw new Error(`no plan ${name}`);
+  return p;
+}
+
+function runNow(client: Client, name: string, extra: Partial<RunBackupInput> = {}): Promise<BackupRecord> {
+  return client.workflow.execute('runBackup', {
+    taskQueue: env.controlQueue,
+    workflowId: `${workflowIds.backupSchedule(plan(name))}:${uniqueId('t')}`,
+    args: [{ ...backupInputFor(loaded.config, planConfig(name)), timings, ...extra }],
+  });
+}
+
+/** Trigger the plan's schedule and wait for the run it starts. */
+async function triggerAndWait(client: Client, name: string, seen: number): Promise<BackupRecord> {
+  const h = client.schedule.getHandle(workflowIds.backupSchedule(plan(name)));
+  await h.trigger();
+  for (let i = 0; i < 100; i++) {
+    const d = await h.describe();
+    const a = d.info.recentActions[seen];
+    if (a) return client.workflow.getHandle(a.action.workflow.workflowId).result() as Promise<BackupRecord>;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('the schedule did not start a run');
+}
+
+test('a plan runs from its schedule (triggered), makes a real restic snapshot tagged with plan, node and model digest; a second run is incremental', async () => {
+  await syncSchedules(env.client, loaded.config, {
+    taskQueue: env.controlQueue,
+    idPrefix: `backup:${tag}`,
+    inputOverrides: { timings },
+  });
+  const worker = await controlWorker(env, loaded);
+  const [first, second] = await worker.runUntil(async () => {
+    const a = await triggerAndWait(env.client, 'models', 0);
+    const b = await triggerAndWait(env.client, 'models', 1);
+    return [a, b];
+  });
+  expect(first.status).toBe('ok');
+  expect(first.initialisedRepository).toBe(true);
+  expect(first.backup?.filesNew).toBe(2); // manifest and blob; the partial download is excluded
+  expect(first.verify).toMatchObject({ ok: true, testRestore: { ok: true, compared: 2 } });
+
+  expect(second.initialisedRepository).toBe(false);
+  expect(second.backup).toMatchObject({ filesNew: 0, filesChanged: 0, filesUnmodified: 2 });
+  expect(second.backup?.dataAdded).toBeLessThan(first.backup?.dataAdded ?? 0);
+
+  const snaps = await restic('models').snapshots();
+  expect(snaps.map((s) => s.short_id)).toEqual([first.snapshotId, second.snapshotId]);
+  expect(snaps[0]?.tags).toEqual(
+    expect.arrayContaining([
+      `plan:${plan('models')}`,
+      `node:${sbx.nodeId}`,
+      expect.stringMatching(/^model:tiny:latest@[0-9a-f]{12}$/),
+    ]),
+  );
+  expect(snaps[1]?.parent).toBeDefined();
+});
+
+test('a restore reproduces the files byte for byte, skips partial downloads, and refuses a non-empty target unless forced', async () => {
+  const worker = await controlWorker(env, loaded);
+  const target = path.join(sbx.dir, 'restored');
+  await worker.runUntil(async () => {
+    const r = await restorePlan(
+      env.client,
+      loaded.config,
+      { plan: plan('models'), target },
+      { taskQueue: env.controlQueue, timings },
+    );
+    expect(r).toMatchObject({ files: 2, verified: true, rtoMs: 600_000, rtoBreached: false });
+    const src = path.join(sbx.dir, 'models');
+    const restoredRoot = path.join(target, src);
+    for (const rel of ['blobs/sha256-aaaa', 'manifests/registry.ollama.ai/library/tiny/latest']) {
+      expect(readFileSync(path.join(restoredRoot, rel)).equals(readFileSync(path.join(src, rel)))).toBe(true);
+    }
+    expect(existsSync(path.join(restoredRoot, 'blobs', 'sha256-bbbb-partial'))).toBe(false);
+
+    // The workflow ID is restore:<plan>:<snapshot>; a second restore of the same snapshot runs as a new execution.
+    const again = await restorePlan(
+      env.client,
+      loaded.config,
+      { plan: plan('models'), target },
+      { taskQueue: env.controlQueue, timings },
+    ).catch((e: unknown) => e);
+    expect(again).toBeInstanceOf(WorkflowFailedError);
+    const activityFailure = (again as WorkflowFailedError).cause;
+    expect(activityFailure?.cause).toMatchObject({
+      type: 'TargetNotEmpty',
+      message: expect.stringMatching(/not empty/),
+    });
+    const forced = await restorePlan(
+      env.client,
+      loaded.config,
+      { plan: plan('models'), target, force: true },
+      { taskQueue: env.controlQueue, timings },
+    );
+    expect(forced.sha256).toBe(r.sha256);
+  });
+});
+
+test('a corrupted repository makes verify fail and notifies', async () => {
+  const worker = await controlWorker(env, loaded);
+  await worker.runUntil(async () => {
+    const ok = await runNow(env.client, 'gpu');
+    expect(ok.status).toBe('ok');
+    // The GPU config snapshot holds nvidia-smi -q -x and the facts parsed from it.
+    const files = (await restic('corrupt').run(['ls', 'latest'])).stdout;
+    expect(files).toMatch(/nvidia-smi-q\.xml/);
+    expect(files).toMatch(/facts\.json/);
+
+    // Damage every data pack: restic check --read-data-subset 100% must notice.
+    const dataDir = path.join(sbx.dir, 'repo-corrupt', 'data');
+    for (const sub of readdirSync(dataDir)) {
+      for (const f of readdirSync(path.join(dataDir, sub))) {
+        const p = path.join(dataDir, sub, f);
+        const b = readFileSync(p);
+        b.fill(0x42, 0, Math.min(64, b.length));
+        writeFileSync(p, b);
+      }
+    }
+    received.length = 0;
+    const err = await runNow(env.client, 'gpu').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as Error & { type?: string };
+    expect(cause.type).toBe('BackupVerifyFailed');
+    expect(received).toEqual([
+      expect.objectContaining({ title: `backup ${plan('gpu')} failed at check`, severity: 'critical' }),
+    ]);
+  });
+});
+
+test('killing the node worker mid-backup and restarting it completes the run (stale restic lock removed on retry)', async () => {
+  const worker = await controlWorker(env, loaded);
+  await worker.runUntil(async () => {
+    const handle = await env.client.workflow.start('runBackup', {
+      taskQueue: env.controlQueue,
+      workflowId: `${workflowIds.backupSchedule(plan('big'))}:${uniqueId('kill')}`,
+      // 1.5 MB at 400 KiB/s keeps restic busy for ~4 s: long enough to kill the worker in the middle.
+      args: [{ ...backupInputFor(loaded.config, planConfig('big')), timings, limitUploadKiB: 400 }],
+    });
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const d = await handle.describe();
+      const a = d.raw.pendingActivities?.find((x) => x.activityType?.name === 'resticBackup');
+      if (a && a.state === 2 && a.heartbeatDetails) break;
+      if (Date.now() > deadline) throw new Error('resticBackup never started');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await sbx.sim.killWorker('SIGKILL');
+    await new Promise((r) => setTimeout(r, 500));
+    await sbx.sim.startWorker();
+    const record = (await handle.result()) as BackupRecord;
+    expect(record.status).toBe('ok');
+    expect(record.backup?.unlocked).toBe(true);
+    const history = await handle.fetchHistory();
+    const attempts = (history.events ?? [])
+      .filter((e) => e.activityTaskStartedEventAttributes)
+      .map((e) => e.activityTaskStartedEventAttributes?.attempt ?? 1);
+    expect(Math.max(...attempts)).toBeGreaterThanOrEqual(2);
+    const snaps = await restic('big').snapshots();
+    expect(snaps.map((s) => s.short_id)).toContain(record.snapshotId);
+  });
+}, 60_000);
+
+test('backup status marks a plan whose last success is older than its RPO', async () => {
+  // The "old" plan's only snapshot was taken two hours ago (restic --time); its RPO is 1h.
+  const old = restic('old');
+  await old.init();
+  const twoHoursAgo = new Date(Date.now() - 2 * 3_600_000).toISOString().slice(0, 19).replace('T', ' ');
+  await old.backup([path.join(sbx.dir, 'small')], { time: twoHoursAgo, tags: [`plan:${plan('old')}`] });
+  const worker = await controlWorker(env, loaded);
+  const rows = await worker.runUntil(backupStatus(env.client, loaded.config, { taskQueue: env.controlQueue, timings }));
+  const byPlan = new Map(rows.map((r) => [r.plan, r]));
+  expect(byPlan.get(plan('old'))).toMatchObject({ breached: true, snapshots: 1, error: null });
+  expect(byPlan.get(plan('models'))).toMatchObject({ breached: false, snapshots: 2, error: null });
+  expect(byPlan.get(plan('models'))?.repositorySizeBytes).toBeGreaterThan(0);
+  expect(byPlan.get(plan('models'))?.lastVerify).toMatchObject({ ok: true });
+  expect(byPlan.get(plan('gpu'))?.lastVerify).toMatchObject({ ok: false });
+  const text = renderStatus(rows);
+  expect(text).toMatch(new RegExp(`${plan('old')}.*BREACH`));
+  expect(text).not.toMatch(new RegExp(`${plan('models')}.*BREACH`));
+});

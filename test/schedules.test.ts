@@ -1,0 +1,137 @@
+/**
+ * `gpuops schedules sync` against a real Temporal server: creates, updates and deletes the Temporal Schedules
+ * backup:<plan> to match the config, idempotently, and never undoes an operator's pause.
+ */
+import { ScheduleNotFoundError, ScheduleOverlapPolicy } from '@temporalio/client';
+import { parseConfig } from '../src/config/load';
+import type { Config } from '../src/config/schema';
+import { ValidationError } from '../src/domain/validation';
+import { requirePlan } from '../src/cli/backup';
+import { syncSchedules } from '../src/temporal/schedules';
+import { openTestEnv, uniqueId, type TestEnv } from './helpers/env';
+
+let env: TestEnv;
+const tag = uniqueId('s').toLowerCase();
+const prefix = `backup:${tag}`;
+
+beforeAll(async () => {
+  env = await openTestEnv();
+});
+
+afterAll(async () => {
+  for await (const s of env.client.schedule.list()) {
+    if (s.scheduleId.startsWith(prefix)) await env.client.schedule.getHandle(s.scheduleId).delete();
+  }
+  await env?.close();
+});
+
+function config(plans: { id: string; schedule: Record<string, unknown> }[]): Config {
+  return parseConfig(
+    JSON.stringify({
+      nodes: [{ id: 'n1' }],
+      backups: plans.map((p) => ({
+        id: `${tag}-${p.id}`,
+        node: 'n1',
+        what: 'gpu-config',
+        repository: '/srv/restic/gpu',
+        passwordFile: '/etc/gpuops/restic-pw',
+        rpo: '1d',
+        schedule: p.schedule,
+      })),
+    }),
+    'test.yaml',
+  );
+}
+
+const sync = (c: Config) => syncSchedules(env.client, c, { idPrefix: prefix, taskQueue: env.controlQueue });
+
+test('creates one schedule per plan with overlap SKIP, the catch-up window and pause-on-failure; a second sync changes nothing', async () => {
+  const c = config([
+    { id: 'a', schedule: { cron: '0 3 * * *', timezone: 'Europe/Berlin', jitter: '5m', pauseOnFailure: true } },
+    { id: 'b', schedule: { every: '6h', catchupWindow: '30m' } },
+  ]);
+  const first = await sync(c);
+  expect(first.created.sort()).toEqual([`${prefix}-a`, `${prefix}-b`]);
+  const a = await env.client.schedule.getHandle(`${prefix}-a`).describe();
+  expect(a.policies).toMatchObject({
+    overlap: ScheduleOverlapPolicy.SKIP,
+    pauseOnFailure: true,
+    catchupWindow: 3_600_000,
+  });
+  expect(a.spec.timezone).toBe('Europe/Berlin');
+  expect(a.spec.jitter).toBe(300_000);
+  expect(a.action).toMatchObject({ type: 'startWorkflow', workflowType: 'runBackup', workflowId: `${prefix}-a` });
+  const b = await env.client.schedule.getHandle(`${prefix}-b`).describe();
+  expect(b.spec.intervals?.[0]?.every).toBe(6 * 3_600_000);
+  expect(b.policies.catchupWindow).toBe(30 * 60_000);
+
+  const second = await sync(c);
+  expect(second).toEqual({
+    created: [],
+    updated: [],
+    deleted: [],
+    unchanged: expect.arrayContaining([`${prefix}-a`, `${prefix}-b`]),
+  });
+});
+
+test('after a config edit sync updates the schedule and keeps it paused; removing a plan deletes its schedule', async () => {
+  await sync(
+    config([
+      { id: 'c', schedule: { cron: '0 3 * * *' } },
+      { id: 'd', schedule: { every: '1h' } },
+    ]),
+  );
+  const c = env.client.schedule.getHandle(`${prefix}-c`);
+  await c.pause('operator paused it');
+
+  const edited = await sync(
+    config([
+      { id: 'c', schedule: { cron: '30 4 * * *' } },
+      { id: 'd', schedule: { every: '1h' } },
+    ]),
+  );
+  expect(edited.updated).toEqual([`${prefix}-c`]);
+  expect(edited.unchanged).toContain(`${prefix}-d`);
+  const after = await c.describe();
+  expect(after.state.paused).toBe(true);
+  // Temporal stores a cron expression as a calendar: 04:30 every day.
+  expect(after.spec.calendars?.[0]).toMatchObject({
+    hour: [{ start: 4, end: 4, step: 1 }],
+    minute: [{ start: 30, end: 30, step: 1 }],
+  });
+
+  // Remove plan d (and the earlier a, b). List is eventually consistent: retry until the deletion shows.
+  const only = config([{ id: 'c', schedule: { cron: '30 4 * * *' } }]);
+  const deleted = new Set<string>();
+  for (let i = 0; i < 50 && !deleted.has(`${prefix}-d`); i++) {
+    (await sync(only)).deleted.forEach((d) => deleted.add(d));
+    if (!deleted.has(`${prefix}-d`)) await new Promise((r) => setTimeout(r, 200));
+  }
+  expect(deleted).toContain(`${prefix}-d`);
+  await expect(env.client.schedule.getHandle(`${prefix}-d`).describe()).rejects.toBeInstanceOf(ScheduleNotFoundError);
+  await expect(c.describe()).resolves.toBeDefined();
+});
+
+test('never touches schedules outside its prefix', async () => {
+  await env.client.schedule.create({
+    scheduleId: `other-${tag}`,
+    spec: { intervals: [{ every: '1d' }] },
+    action: { type: 'startWorkflow', workflowType: 'runBackup', taskQueue: env.controlQueue, args: [] },
+  });
+  try {
+    await expect(syncSchedules(env.client, config([]), { idPrefix: 'other-' })).rejects.toThrow(
+      /must start with "backup:"/,
+    );
+    await syncSchedules(env.client, config([]), { idPrefix: `${prefix}-` });
+    await expect(env.client.schedule.getHandle(`other-${tag}`).describe()).resolves.toBeDefined();
+  } finally {
+    await env.client.schedule.getHandle(`other-${tag}`).delete();
+  }
+});
+
+test('an unknown plan on the command line is a field-named validation error (exit 2)', () => {
+  const c = config([{ id: 'a', schedule: { every: '1h' } }]);
+  expect(() => requirePlan(c, 'nope')).toThrow(ValidationError);
+  expect(() => requirePlan(c, 'nope')).toThrow(/plan: must be one of/);
+  expect(() => requirePlan(c, 'Bad Id')).toThrow(/plan: must be a backup plan id/);
+});
