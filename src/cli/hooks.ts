@@ -1,0 +1,61 @@
+/** `gpuops hooks`: run the Alertmanager webhook receiver until SIGINT/SIGTERM. */
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { loadConfig } from '../config/load';
+import { ValidationError, parseOrThrow } from '../domain/validation';
+import { ALERTMANAGER_PATH, startHooksServer } from '../hooks/server';
+import { withClient, type GlobalOptions } from './context';
+import { printJson } from './output';
+
+const HooksArgs = z.strictObject({
+  listen: z
+    .string()
+    .regex(/^[^:\s]+:\d+$/, { message: 'must be host:port' })
+    .optional(),
+});
+
+/** Resolves on the first SIGINT or SIGTERM, and stops listening for both. */
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (sig: NodeJS.Signals): void => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+      resolve(sig);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+  });
+}
+
+export function registerHooksCommand(program: Command, globals: () => GlobalOptions): void {
+  program
+    .command('hooks')
+    .description(`run the Alertmanager webhook receiver (POST ${ALERTMANAGER_PATH}) that starts recoverNode runs`)
+    .option('--listen <host:port>', 'listen address (default: hooks.listen, 127.0.0.1:9095)')
+    .action(async (opts: { listen?: string }) => {
+      const args = parseOrThrow(HooksArgs, opts, 'arguments');
+      // Checked before connecting to Temporal: a receiver without its section has no credentials to demand.
+      const checked = loadConfig(globals().config);
+      if (!checked.config.hooks)
+        throw new ValidationError(`config ${checked.path}`, [
+          'hooks: is required to run `gpuops hooks` (set hooks.tokenFile and/or hooks.hmacSecretFile)',
+        ]);
+      await withClient(globals(), async (client, loaded) => {
+        const hooks = loaded.config.hooks ?? checked.config.hooks;
+        const server = await startHooksServer({
+          loaded,
+          client,
+          ...(args.listen ? { listen: args.listen } : {}),
+          log: (line) => console.error(line),
+        });
+        const auth = [hooks?.tokenFile && 'bearer', hooks?.hmacSecretFile && 'hmac'];
+        if (globals().json) printJson({ url: server.url, path: ALERTMANAGER_PATH });
+        else
+          console.log(
+            `gpuops hooks: listening on ${server.url}${ALERTMANAGER_PATH} (auth: ${auth.filter(Boolean).join(', ')})`,
+          );
+        await untilSignal();
+        await server.close();
+      });
+    });
+}
