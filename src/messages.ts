@@ -3,6 +3,7 @@
  * Workflow-safe: imports nothing but @temporalio/workflow's pure helpers and src/domain.
  */
 import { defineSearchAttributeKey } from '@temporalio/common';
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
 
 /** Queue of the control worker: every workflow, and activities that need no particular host. */
 export const CONTROL_TASK_QUEUE = 'gpuops-control';
@@ -42,3 +43,43 @@ export const workflowIds = {
   restore: (plan: string, snapshot: string): string => `restore:${plan}:${snapshot}`,
   backupSchedule: (plan: string): string => `backup:${plan}`,
 };
+
+// ---- watchNode / recoverNode messages -------------------------------------------------------------------------
+
+/** Input of the `maintenance` Update on watchNode: pause recovery for the node (or one engine) until an expiry. */
+export interface SetMaintenanceInput {
+  /** Why (shown in the UI and the incident record). */
+  reason: string;
+  /** How long from now, e.g. "30m" (or `until`). */
+  duration?: string;
+  /** Absolute expiry, ISO 8601 (or `duration`). */
+  until?: string;
+  /** Only this engine (its name); the whole node when absent. */
+  engine?: string;
+  /** Who asked (user, CI job, deployModel). */
+  by?: string;
+  /** End the matching window(s) now instead of opening one. */
+  clear?: boolean;
+}
+
+export interface MaintenanceWindow {
+  reason: string;
+  engine: string | null;
+  by: string | null;
+  since: string;
+  until: string;
+}
+
+/** What `status` on watchNode answers. */
+export interface WatchStatus {
+  node: string;
+  probes: number;
+  consecutiveFailures: number;
+  lastReport: { at: string; healthy: boolean; recommendedRung: string; problems: string[] } | null;
+  maintenance: MaintenanceWindow[];
+  /** What the watcher did last time a fault crossed the threshold. */
+  lastAction: { at: string; action: string; detail: string } | null;
+}
+
+export const setMaintenanceUpdate = defineUpdate<MaintenanceWindow[], [SetMaintenanceInput]>('maintenance');
+export const getWatchStatusQuery = defineQuery<WatchStatus>('status');

@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import { Worker, type NativeConnection, type WorkflowBundle } from '@temporalio/worker';
+import type { Client } from '@temporalio/client';
 import type { LoadedConfig } from '../src/config/load';
 import { CONTROL_TASK_QUEUE } from '../src/messages';
 import { runWorkerMain } from '../src/temporal/worker-main';
@@ -17,6 +18,8 @@ export interface ControlWorkerOptions {
   /** A prebuilt bundle (tests build it once per file); otherwise workflows/ is bundled at start. */
   workflowBundle?: WorkflowBundle;
   taskQueue?: string;
+  /** For activities that query Temporal itself (the recovery budget counts recent recoverNode runs). */
+  client?: Client;
 }
 
 export async function createControlWorker(opts: ControlWorkerOptions): Promise<Worker> {
@@ -28,10 +31,13 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
     ...(opts.workflowBundle
       ? { workflowBundle: opts.workflowBundle }
       : { workflowsPath: require.resolve('../workflows') }),
-    activities: createControlActivities(opts.loaded),
+    activities: createControlActivities(opts.loaded, opts.client ? { client: opts.client } : {}),
   });
 }
 
 if (require.main === module) {
-  runWorkerMain('control', (ctx) => createControlWorker(ctx));
+  runWorkerMain('control', async (ctx) => {
+    const taskQueue = ctx.args.get('task-queue');
+    return createControlWorker({ ...ctx, client: await ctx.client(), ...(taskQueue ? { taskQueue } : {}) });
+  });
 }

@@ -46,6 +46,18 @@ export class ManagedProcess {
     });
   }
 
+  /** Kill at once with a signal (tests use SIGKILL to simulate a crashed host) and do not restart it. */
+  async kill(signal: NodeJS.Signals): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.restartTimer);
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    await new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      child.kill(signal);
+    });
+  }
+
   async stop(graceMs = 15_000): Promise<void> {
     this.stopping = true;
     clearTimeout(this.restartTimer);

@@ -5,13 +5,16 @@
 import { DefaultLogger, Runtime, type LogLevel, type NativeConnection, type Worker } from '@temporalio/worker';
 import { loadConfig, type LoadedConfig } from '../config/load';
 import { ValidationError } from '../domain/validation';
-import { connectWorker, resolveTargetOrDev } from './connection';
+import type { Client } from '@temporalio/client';
+import { connectClient, connectWorker, resolveTargetOrDev } from './connection';
 
 export interface WorkerContext {
   loaded: LoadedConfig;
   connection: NativeConnection;
   namespace: string;
   args: Map<string, string>;
+  /** A Temporal client on its own connection (closed with the worker), for activities that query Temporal. */
+  client(): Promise<Client>;
 }
 
 /** `--name value` / `--name=value` pairs; the worker CLIs are tiny, so no parser library. */
@@ -43,12 +46,14 @@ export function runWorkerMain(name: string, build: (ctx: WorkerContext) => Promi
     const loaded = loadConfig(process.env.GPUOPS_CONFIG);
     const target = resolveTargetOrDev(loaded.config);
     const connection = await connectWorker(target);
+    let client: Client | undefined;
     try {
       const worker = await build({
         loaded,
         connection,
         namespace: target.namespace,
         args: parseFlags(process.argv.slice(2)),
+        client: async () => (client ??= await connectClient(target)),
       });
       console.log(
         `${name} worker polling ${worker.options.taskQueue} on ${target.address} (namespace ${target.namespace})`,
@@ -57,6 +62,7 @@ export function runWorkerMain(name: string, build: (ctx: WorkerContext) => Promi
       console.log(`${name} worker stopped`);
       return 0;
     } finally {
+      await client?.connection.close();
       await connection.close();
     }
   };

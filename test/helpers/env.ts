@@ -17,7 +17,7 @@ import {
 } from '@temporalio/worker';
 import { stringify } from 'yaml';
 import { parseConfig, type LoadedConfig } from '../../src/config/load';
-import { SandboxNode, freePort } from '../../src/sandbox/node';
+import { SandboxNode, freePort, startSandboxProxmox } from '../../src/sandbox/node';
 import { tsxCommand } from '../../src/cli/processes';
 import { createControlWorker } from '../../workers/control';
 
@@ -84,15 +84,40 @@ export interface TestSandbox {
  * A sandbox node with one Ollama engine on a free port, its config written to a temp gpuops.yaml, and the real node
  * worker (workers/node.ts) running as a child process against the test server.
  */
-export async function startTestSandbox(
-  opts: { address?: string; bootSeconds?: number; withWorker?: boolean } = {},
-): Promise<TestSandbox> {
+export interface TestSandboxOptions {
+  address?: string;
+  bootSeconds?: number;
+  withWorker?: boolean;
+  /** Give the node a VM behind a simulated Proxmox API (type proxmox-api) on a free port. */
+  proxmox?: boolean;
+  /** Extra top-level config (notifications, router, recovery…), merged into the generated gpuops.yaml. */
+  extra?: Record<string, unknown>;
+}
+
+export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<TestSandbox> {
   const address = opts.address ?? testAddress();
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-sbx-'));
   const nodeId = uniqueId('t');
   const enginePort = await freePort();
+  const pvePort = opts.proxmox ? await freePort() : 0;
+  const vmid = 1000 + Math.floor(Math.random() * 8000);
   const raw = {
+    ...opts.extra,
     temporal: { address },
+    ...(opts.proxmox
+      ? {
+          hypervisors: [
+            {
+              id: 'pve-test',
+              type: 'proxmox-api',
+              url: `http://127.0.0.1:${pvePort}`,
+              pveNode: 'pve',
+              tokenId: 'root@pam!gpuops',
+              tokenSecretFile: path.join(dir, 'pve-token'),
+            },
+          ],
+        }
+      : {}),
     nodes: [
       {
         id: nodeId,
@@ -109,6 +134,7 @@ export async function startTestSandbox(
           },
         ],
         modelStores: [path.join(dir, 'sandbox', nodeId, 'models')],
+        ...(opts.proxmox ? { vm: { hypervisor: 'pve-test', vmid } } : {}),
       },
     ],
     sandbox: { stateDir: path.join(dir, 'sandbox'), bootSeconds: opts.bootSeconds ?? 1 },
@@ -134,7 +160,24 @@ export async function startTestSandbox(
     workerRestartDelayMs: 200,
   });
   await sim.start();
-  return { loaded: { path: configPath, config }, nodeId, sim, dir, stop: () => sim.stop() };
+  const pve = opts.proxmox
+    ? await startSandboxProxmox([sim], {
+        port: pvePort,
+        pveNode: 'pve',
+        tokenId: 'root@pam!gpuops',
+        tokenSecretFile: path.join(dir, 'pve-token'),
+      })
+    : undefined;
+  return {
+    loaded: { path: configPath, config },
+    nodeId,
+    sim,
+    dir,
+    async stop() {
+      await pve?.close();
+      await sim.stop();
+    },
+  };
 }
 
 /** Wait until the node worker polls its queue (a fresh worker needs a moment to connect). */
@@ -159,6 +202,7 @@ export async function controlWorker(env: TestEnv, loaded: LoadedConfig): Promise
     loaded,
     workflowBundle: await workflowBundle(),
     taskQueue: env.controlQueue,
+    client: env.client,
   });
 }
 

@@ -1,0 +1,269 @@
+/**
+ * recoverNode and watchNode on a real Temporal dev server with sandbox nodes: the real node worker runs as a child
+ * process, VM reboots go through the simulated Proxmox API and really stop and restart that worker.
+ */
+import http from 'node:http';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Worker } from '@temporalio/worker';
+import { injectFault, clearFaults } from '../src/sandbox/faults';
+import { getWatchStatusQuery, nodeTaskQueue, setMaintenanceUpdate, workflowIds } from '../src/messages';
+import { ManagedProcess, tsxCommand } from '../src/cli/processes';
+import type { recoverNode, watchNode } from '../workflows/recovery';
+import {
+  controlWorker,
+  openTestEnv,
+  startTestSandbox,
+  testAddress,
+  uniqueId,
+  waitForPoller,
+  type TestEnv,
+  type TestSandbox,
+} from './helpers/env';
+
+let env: TestEnv;
+const sandboxes: TestSandbox[] = [];
+
+beforeAll(async () => {
+  env = await openTestEnv();
+});
+afterAll(async () => {
+  for (const s of sandboxes) await s.stop();
+  await env?.close();
+});
+
+async function sandbox(opts: Parameters<typeof startTestSandbox>[0] = {}): Promise<TestSandbox> {
+  const s = await startTestSandbox(opts);
+  sandboxes.push(s);
+  await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
+  return s;
+}
+
+/** Timings that keep a test in seconds; production defaults are minutes. */
+const fast = {
+  verifyTimeout: '20s',
+  verifyInterval: '500ms',
+  bootTimeout: '40s',
+  powerTimeout: '20s',
+  pickupTimeout: '2s',
+  probeTimeout: '4s',
+  containerStopTimeout: '1s',
+};
+
+function startRecovery(s: TestSandbox, extra: Record<string, unknown> = {}) {
+  return env.client.workflow.start<typeof recoverNode>('recoverNode', {
+    taskQueue: env.controlQueue,
+    workflowId: workflowIds.recover(s.nodeId),
+    workflowIdConflictPolicy: 'USE_EXISTING',
+    args: [{ node: s.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...fast, ...extra }],
+  });
+}
+
+async function withControl<T>(s: TestSandbox, fn: (w: Worker) => Promise<T>): Promise<T> {
+  const w = await controlWorker(env, s.loaded);
+  return w.runUntil(fn(w));
+}
+
+test('engine hang → the container is restarted → the node is verified healthy', async () => {
+  const s = await sandbox();
+  injectFault(s.sim.store, 'engine-hang');
+  const incident = await withControl(s, async () => (await startRecovery(s)).result());
+  expect(incident.outcome).toBe('recovered');
+  expect(incident.initial?.recommendedRung).toBe('restart-container');
+  expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([['restart-container', 'healthy']]);
+  expect(incident.rungs[0]?.actions).toContain('docker restart ollama');
+  expect(incident.final?.healthy).toBe(true);
+  expect(s.sim.status().faults).toEqual([]);
+});
+
+test('Xid 79 → the VM is rebooted through the Proxmox API; the node worker and engine stop, come back, and the same workflow finishes healthy', async () => {
+  const s = await sandbox({ proxmox: true, bootSeconds: 1 });
+  injectFault(s.sim.store, 'xid-79');
+  const bootBefore = s.sim.status().vm.bootId;
+  const startsBefore = s.sim.status().worker.starts;
+  const incident = await withControl(s, async () => {
+    const h = await startRecovery(s);
+    const r = await h.result();
+    // The run that asked for the reboot is the run that finished after it.
+    expect((await h.describe()).runId).toBe(h.firstExecutionRunId);
+    return r;
+  });
+  expect(incident.outcome).toBe('recovered');
+  expect(incident.initial?.recommendedRung).toBe('restart-vm');
+  expect(incident.evidence.xids.map((x) => x.xid)).toContain(79);
+  expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([['restart-vm', 'healthy']]);
+  expect(incident.rungs[0]?.actions.join('\n')).toMatch(/Proxmox reboot VM \d+ on pve-test: UPID:pve:/);
+  expect(s.sim.status().vm.bootId).toBe(bootBefore + 1);
+  expect(s.sim.status().worker.starts).toBeGreaterThan(startsBefore);
+}, 120_000);
+
+test('a fault no rung can fix ends in drain + notification, and the record says what was tried', async () => {
+  const received: unknown[] = [];
+  const hook = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      received.push(JSON.parse(body));
+      res.end('ok');
+    });
+  });
+  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', () => r()));
+  const port = (hook.address() as { port: number }).port;
+  try {
+    // No vm in the config: a GPU that fell off the bus cannot be fixed by gpuops, only escalated.
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-hook-'));
+    const urlFile = path.join(dir, 'hook-url');
+    writeFileSync(urlFile, `http://127.0.0.1:${port}/alert`);
+    const s = await sandbox({ extra: { notifications: [{ type: 'webhook', name: 'oncall', urlFile }] } });
+    injectFault(s.sim.store, 'xid-79');
+    const incident = await withControl(s, async () => (await startRecovery(s)).result());
+    expect(incident.outcome).toBe('escalated');
+    expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([
+      ['restart-vm', 'skipped'],
+      ['escalate', 'skipped'],
+    ]);
+    expect(incident.rungs[0]?.detail).toMatch(/no vm/);
+    expect(incident.escalation?.notified).toEqual(['oncall']);
+    expect(incident.escalation?.detail).toMatch(/router admin API not configured/);
+    expect(received).toHaveLength(1);
+    expect(received[0]).toMatchObject({ source: 'gpuops', severity: 'critical', fields: { node: s.nodeId, outcome: 'escalated' } });
+    expect(JSON.stringify(received[0])).toContain('restart-vm: skipped');
+    clearFaults(s.sim.store);
+  } finally {
+    hook.close();
+  }
+}, 90_000);
+
+test('the budget stops a fourth recovery within the hour and escalates instead', async () => {
+  const s = await sandbox();
+  const outcomes = await withControl(s, async () => {
+    const out: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      injectFault(s.sim.store, 'engine-hang');
+      const incident = await (await startRecovery(s, { maxRecoveries: 3 })).result();
+      out.push(`${incident.outcome}:${incident.budget.used}`);
+      clearFaults(s.sim.store);
+    }
+    return out;
+  });
+  expect(outcomes).toEqual(['recovered:0', 'recovered:1', 'recovered:2', 'escalated:3']);
+}, 120_000);
+
+test('a healthy node is not touched: recoverNode records no-fault-found and does not spend the budget', async () => {
+  const s = await sandbox();
+  const incident = await withControl(s, async () => (await startRecovery(s)).result());
+  expect(incident.outcome).toBe('no-fault-found');
+  expect(incident.rungs).toEqual([]);
+});
+
+test('watchNode: a single failed probe never triggers recovery; persistent failures do', async () => {
+  const s = await sandbox();
+  await withControl(s, async () => {
+    const h = await env.client.workflow.start<typeof watchNode>('watchNode', {
+      taskQueue: env.controlQueue,
+      workflowId: workflowIds.watch(s.nodeId),
+      args: [{ node: s.nodeId, probeInterval: '300ms', failureThreshold: 3, pickupTimeout: '2s', probeTimeout: '3s', recovery: fast }],
+    });
+    // One blip: the engine hangs for a single probe, then recovers by itself.
+    const waitProbes = async (n: number): Promise<void> => {
+      const target = (await h.query(getWatchStatusQuery)).probes + n;
+      while ((await h.query(getWatchStatusQuery)).probes < target) await new Promise((r) => setTimeout(r, 100));
+    };
+    await waitProbes(1);
+    injectFault(s.sim.store, 'engine-hang');
+    for (;;) {
+      const st = await h.query(getWatchStatusQuery);
+      if (st.consecutiveFailures >= 1) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    clearFaults(s.sim.store);
+    await waitProbes(3);
+    const st = await h.query(getWatchStatusQuery);
+    expect(st.consecutiveFailures).toBe(0);
+    expect(st.lastAction).toBeNull();
+    await expect(env.client.workflow.getHandle(workflowIds.recover(s.nodeId)).describe()).rejects.toThrow(/not found/i);
+
+    // A fault that persists crosses the threshold and is recovered.
+    injectFault(s.sim.store, 'engine-hang');
+    for (;;) {
+      const now = await h.query(getWatchStatusQuery);
+      if (now.lastAction && !/^fault/.test(now.lastAction.detail) && /recovered|escalated/.test(now.lastAction.detail)) {
+        expect(now.lastAction.detail).toMatch(/^recovered after restart-container/);
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await h.terminate('test done');
+  });
+}, 90_000);
+
+test('watchNode: a fault during maintenance is not recovered; bad maintenance input is refused with a reason', async () => {
+  const s = await sandbox();
+  await withControl(s, async () => {
+    const h = await env.client.workflow.start<typeof watchNode>('watchNode', {
+      taskQueue: env.controlQueue,
+      workflowId: workflowIds.watch(s.nodeId),
+      args: [{ node: s.nodeId, probeInterval: '300ms', failureThreshold: 2, pickupTimeout: '2s', probeTimeout: '3s', recovery: fast }],
+    });
+    await expect(
+      h.executeUpdate(setMaintenanceUpdate, { args: [{ reason: 'x', engine: 'nope', duration: '5m' }] }),
+    ).rejects.toMatchObject({ cause: { message: expect.stringMatching(/engine: must be one of ollama/) } });
+    await expect(h.executeUpdate(setMaintenanceUpdate, { args: [{ reason: 'x' }] })).rejects.toMatchObject({
+      cause: { message: expect.stringMatching(/must set exactly one of duration or until/) },
+    });
+    const windows = await h.executeUpdate(setMaintenanceUpdate, {
+      args: [{ reason: 'driver upgrade', duration: '10m', by: 'jest' }],
+    });
+    expect(windows).toEqual([expect.objectContaining({ reason: 'driver upgrade', engine: null, by: 'jest' })]);
+    injectFault(s.sim.store, 'container-exit');
+    const startProbes = (await h.query(getWatchStatusQuery)).probes;
+    while ((await h.query(getWatchStatusQuery)).probes < startProbes + 5) await new Promise((r) => setTimeout(r, 100));
+    const st = await h.query(getWatchStatusQuery);
+    expect(st.lastReport?.healthy).toBe(false);
+    expect(st.consecutiveFailures).toBe(0);
+    expect(st.lastAction).toBeNull();
+    await expect(env.client.workflow.getHandle(workflowIds.recover(s.nodeId)).describe()).rejects.toThrow(/not found/i);
+    await h.terminate('test done');
+    clearFaults(s.sim.store);
+  });
+}, 60_000);
+
+test('killing the control worker mid-recovery and restarting it finishes the recovery without repeating the reboot', async () => {
+  const s = await sandbox({ proxmox: true, bootSeconds: 4 });
+  injectFault(s.sim.store, 'xid-79');
+  const bootBefore = s.sim.status().vm.bootId;
+  const queue = uniqueId('gpuops-control-kill');
+  const cmd = tsxCommand('workers/control.ts', ['--task-queue', queue]);
+  const spawnControl = (): ManagedProcess =>
+    new ManagedProcess({
+      name: 'control',
+      ...cmd,
+      env: { TEMPORAL_ADDRESS: testAddress(), GPUOPS_CONFIG: s.loaded.path },
+      log: () => undefined,
+      restartDelayMs: 60_000,
+    });
+  let control = spawnControl();
+  control.start();
+  const h = await env.client.workflow.start<typeof recoverNode>('recoverNode', {
+    taskQueue: queue,
+    workflowId: workflowIds.recover(s.nodeId),
+    args: [{ node: s.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...fast }],
+  });
+  // Wait for the reboot to happen, then kill the control worker while the workflow waits for the node to return.
+  await s.sim.waitFor((st) => st.vm.bootId === bootBefore + 1 || st.vm.phase !== 'up', 60_000, 'the reboot');
+  await control.kill('SIGKILL');
+  await new Promise((r) => setTimeout(r, 1000));
+  control = spawnControl();
+  control.start();
+  try {
+    const incident = await h.result();
+    expect(incident.outcome).toBe('recovered');
+    expect(incident.rungs.map((r) => r.rung)).toEqual(['restart-vm']);
+    expect(s.sim.status().vm.bootId).toBe(bootBefore + 1);
+    const reboots = incident.rungs[0]?.actions.filter((a) => /reboot VM/.test(a)) ?? [];
+    expect(reboots).toHaveLength(1);
+  } finally {
+    await control.stop();
+  }
+}, 150_000);
