@@ -10,7 +10,10 @@ import { ValidationError } from '../domain/validation';
 import { withClient, type GlobalOptions } from './context';
 import { printJson } from './output';
 import { statusCommand } from './status';
+import { registerHooksCommand } from './hooks';
 import { registerSandboxCommands } from './sandbox';
+import { registerBackupCommands } from './backup';
+import { registerRouterCommand } from './router';
 import { upCommand } from './up';
 
 export function buildProgram(): Command {
@@ -67,6 +70,9 @@ export function buildProgram(): Command {
     });
 
   registerSandboxCommands(program, globals);
+  registerBackupCommands(program, globals);
+  registerRouterCommand(program, globals);
+  registerHooksCommand(program, globals);
   return program;
 }
 

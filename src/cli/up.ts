@@ -10,12 +10,13 @@ import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
 import type { HypervisorConfig } from '../config/schema';
 import { SEARCH_ATTRIBUTE_TYPES, CONTROL_TASK_QUEUE } from '../messages';
 import { ensureTemporalCli } from '../temporal/cli';
-import { connectWorker, resolveTemporalTarget, type TemporalTarget } from '../temporal/connection';
+import { connectClient, connectWorker, resolveTemporalTarget, type TemporalTarget } from '../temporal/connection';
 import { startDevServer } from '../temporal/dev-server';
 import { installRuntimeLogger } from '../temporal/worker-main';
-import { SandboxNode, startSandboxProxmox } from '../sandbox/node';
+import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandbox/node';
 import { createControlWorker } from '../../workers/control';
 import { ManagedProcess, tsxCommand } from './processes';
+import { describeSync, syncSchedules } from '../temporal/schedules';
 import type { GlobalOptions } from './context';
 
 export interface UpOptions extends GlobalOptions {
@@ -147,8 +148,7 @@ export async function upCommand(opts: UpOptions): Promise<void> {
     for (const hv of qmHosts) {
       const simulated = sandboxHv.has(hv.id);
       if (!simulated && !opts.localNodeWorkers) continue;
-      const sim = sims.find((s) => s.paths.stateDir === stateDir);
-      const env = { ...childEnv, ...(simulated && sim ? sim.shimEnv() : {}) };
+      const env = { ...childEnv, ...(simulated ? sandboxHypervisorEnv(stateDir) : {}) };
       const cmd = tsxCommand('workers/hypervisor.ts', ['--hypervisor', hv.id]);
       const proc = new ManagedProcess({ name: `hypervisor ${hv.id}`, ...cmd, env, log });
       proc.start();
@@ -167,8 +167,16 @@ export async function upCommand(opts: UpOptions): Promise<void> {
     }
     const remote = cfg.nodes.filter((n) => !n.sandbox && !opts.localNodeWorkers);
 
-    const worker = await createControlWorker({ connection, namespace: target.namespace, loaded });
+    const client = await connectClient(target);
+    teardown.push({ name: 'Temporal client', fn: () => client.connection.close() });
+    const worker = await createControlWorker({ connection, namespace: target.namespace, loaded, client });
     started.unshift(`control worker on ${CONTROL_TASK_QUEUE} (all workflows)`);
+    // Backup plans become Temporal Schedules backup:<plan>; a failure here must not keep gpuops from starting.
+    try {
+      log(`backup schedules: ${describeSync(await syncSchedules(client, cfg))}`);
+    } catch (err) {
+      log(`warning: backup schedules not synced (${(err as Error).message}); run \`gpuops schedules sync\``);
+    }
 
     const cfgFlag = process.env.GPUOPS_CONFIG || opts.config ? ` -c ${loaded.path}` : '';
     const first = cfg.nodes[0]?.id ?? 'NODE';

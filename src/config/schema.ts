@@ -142,6 +142,37 @@ export const RouterSchema = z
   })
   .default({ listen: '127.0.0.1:8080', stateFile: '.gpuops/routes.json' });
 
+export const HooksSchema = z
+  .strictObject({
+    listen: z
+      .string()
+      .regex(/^[^:\s]+:\d+$/, { message: 'must be host:port' })
+      .default('127.0.0.1:9095')
+      .describe('Address `gpuops hooks` listens on (POST /hooks/alertmanager, GET /healthz).'),
+    tokenFile: filePath
+      .optional()
+      .describe('File holding the bearer token Alertmanager sends (http_config.authorization.credentials_file).'),
+    hmacSecretFile: filePath
+      .optional()
+      .describe('File holding the secret for X-Gpuops-Signature: sha256=<hex HMAC-SHA256 of the raw body>.'),
+    stateFile: z
+      .string()
+      .default('.gpuops/hooks-seen.json')
+      .describe('Alert keys (fingerprint@startsAt) already acted on: a redelivery or a restart starts nothing.'),
+    dedupeTtl: duration.default('24h').describe('How long an alert key is remembered after it started a recovery.'),
+    nodeLabel: z
+      .string()
+      .regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, { message: 'must be a Prometheus label name' })
+      .default('gpuops_node')
+      .describe('Alert label that names the node; without it the "node" label, then the host part of "instance".'),
+  })
+  // A receiver that starts recoveries (VM restarts included) must never be open to anyone who can reach its port.
+  .refine((h) => h.tokenFile !== undefined || h.hmacSecretFile !== undefined, {
+    message: 'must set tokenFile or hmacSecretFile (or both): the webhook receiver never runs unauthenticated',
+    path: ['tokenFile'],
+  })
+  .describe('The Alertmanager webhook receiver (`gpuops hooks`), which turns firing alerts into recoverNode runs.');
+
 export const PolicySchema = z
   .strictObject({
     canarySteps: z.array(z.int().min(1).max(100)).default([10, 25, 50]).describe('Canary weights, percent.'),
@@ -194,6 +225,13 @@ export const BackupPlanSchema = z
         every: duration.optional().describe('Interval, instead of cron.'),
         timezone: z.string().default('UTC'),
         jitter: duration.optional(),
+        catchupWindow: duration
+          .default('1h')
+          .describe('How late a missed run (server or worker down) may still start; older ones are skipped.'),
+        pauseOnFailure: z
+          .boolean()
+          .default(false)
+          .describe('Pause the schedule when a run fails, until an operator resumes it.'),
       })
       .refine((s) => (s.cron === undefined) !== (s.every === undefined), {
         message: 'must set exactly one of cron or every',
@@ -233,6 +271,7 @@ export const ConfigSchema = z
       .describe('GPU nodes gpuops operates.'),
     hypervisors: z.array(HypervisorSchema).default([]).describe('Proxmox hosts.'),
     router: RouterSchema,
+    hooks: HooksSchema.optional(),
     policies: z
       .record(id, PolicySchema)
       .default({})
@@ -332,3 +371,4 @@ export type EngineConfig = z.infer<typeof EngineSchema>;
 export type HypervisorConfig = z.infer<typeof HypervisorSchema>;
 export type PolicyConfig = z.infer<typeof PolicySchema>;
 export type BackupPlanConfig = z.infer<typeof BackupPlanSchema>;
+export type HooksConfig = z.infer<typeof HooksSchema>;

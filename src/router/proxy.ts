@@ -1,0 +1,341 @@
+/**
+ * The data path: pick a variant for the request's alias, rewrite `model`, forward with undici and stream the answer
+ * back byte for byte, unbuffered. The response bytes are never rewritten (a tap reads them for token counts and
+ * in-stream errors), so what the engine sent is what the client gets. A client that goes away aborts the upstream
+ * request; every request ends as one sample (outcome, TTFT, duration, tokens) in the stats and metrics.
+ */
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { readFileSync } from 'node:fs';
+import type { ServerResponse } from 'node:http';
+import { request, type Dispatcher } from 'undici';
+import { z } from 'zod';
+import { formatIssues } from '../domain/validation';
+import type { RouterMetrics } from './metrics';
+import { chooseVariant, eligibleVariants, stickyPoint, type RouteStore, type Variant } from './routes';
+import type { Outcome, Sample, StatsStore } from './stats';
+
+/** The generation APIs the router speaks to clients. */
+export type ClientApi = 'openai-chat' | 'openai-completion' | 'ollama-chat' | 'ollama-generate';
+
+/** Engine path of each API (the router forwards to the same path it was called on). */
+export const API_PATHS: Record<ClientApi, string> = {
+  'openai-chat': '/v1/chat/completions',
+  'openai-completion': '/v1/completions',
+  'ollama-chat': '/api/chat',
+  'ollama-generate': '/api/generate',
+};
+
+const isOllama = (api: ClientApi): boolean => api === 'ollama-chat' || api === 'ollama-generate';
+
+/** What the router needs to know of a generation request; everything else passes through untouched. */
+const GenerationBodySchema = z.looseObject({
+  model: z.string().min(1, { message: 'is required' }),
+  stream: z.boolean().optional(),
+});
+
+/** Everything the proxy depends on. */
+export interface ProxyDeps {
+  store: RouteStore;
+  stats: StatsStore;
+  metrics: RouterMetrics;
+  dispatcher: Dispatcher;
+  /** Uniform [0, 1) source for the weighted choice (injectable for deterministic tests). */
+  random: () => number;
+  /** Longest wait for the engine's response headers (≈ TTFT: engines send headers with the first token). */
+  headersTimeoutMs: number;
+  /** Longest silence between two body chunks. */
+  bodyTimeoutMs: number;
+}
+
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'proxy-authenticate',
+  'proxy-authorization',
+]);
+
+/** An error answer in the client API's own shape. */
+function sendError(reply: FastifyReply, api: ClientApi, status: number, message: string, type: string): void {
+  const body = isOllama(api) ? { error: message } : { error: { message, type, param: null, code: null } };
+  void reply.code(status).header('content-type', 'application/json; charset=utf-8').send(body);
+}
+
+/** Handle one generation request (the route handler of the four generation paths). */
+export async function proxyGeneration(
+  api: ClientApi,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  deps: ProxyDeps,
+): Promise<void> {
+  const started = performance.now();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.isBuffer(req.body) ? req.body.toString('utf8') : '');
+  } catch {
+    return sendError(reply, api, 400, 'request body must be JSON', 'invalid_request_error');
+  }
+  const r = GenerationBodySchema.safeParse(parsed);
+  if (!r.success) return sendError(reply, api, 400, formatIssues(r.error).join('; '), 'invalid_request_error');
+  const body = r.data;
+  const alias = body.model;
+  const snap = deps.store.current;
+  const route = snap.routes[alias];
+  if (!route) {
+    const msg = isOllama(api) ? `model "${alias}" not found` : `The model \`${alias}\` does not exist.`;
+    return sendError(reply, api, 404, msg, 'model_not_found');
+  }
+  const eligible = eligibleVariants(route, snap, isOllama(api));
+  const sticky = route.stickyHeader ? req.headers[route.stickyHeader.toLowerCase()] : undefined;
+  const key = Array.isArray(sticky) ? sticky[0] : sticky;
+  const variant = chooseVariant(eligible, key ? stickyPoint(`${alias}\u0000${key}`) : deps.random());
+  if (!variant) {
+    const why = isOllama(api) ? 'no Ollama variant with weight > 0 on an undrained engine' : 'all variants drained';
+    return sendError(reply, api, 503, `alias "${alias}" has no available variant (${why})`, 'service_unavailable');
+  }
+
+  const streaming = isOllama(api) ? body.stream !== false : body.stream === true;
+  const forward = Buffer.from(JSON.stringify({ ...body, model: variant.model }));
+  const res = reply.raw;
+  reply.hijack();
+  const ac = new AbortController();
+  let clientGone = false;
+  const onClose = (): void => {
+    if (!res.writableFinished) {
+      clientGone = true;
+      ac.abort();
+    }
+  };
+  res.on('close', onClose);
+  deps.metrics.inflight.inc({ alias });
+
+  const finish = (outcome: Outcome, status: number, extra: Partial<Sample> = {}): void => {
+    const end = performance.now();
+    const sample: Sample = { at: Date.now(), outcome, status, durationMs: end - started, ...extra };
+    deps.stats.record(alias, variant.name, sample);
+    deps.metrics.observe(alias, variant.name, sample);
+    deps.metrics.inflight.dec({ alias });
+    res.off('close', onClose);
+  };
+
+  let upstream: Dispatcher.ResponseData;
+  try {
+    upstream = await request(joinUrl(variant.engine, API_PATHS[api]), {
+      method: 'POST',
+      dispatcher: deps.dispatcher,
+      headers: {
+        'content-type': 'application/json',
+        accept: typeof req.headers.accept === 'string' ? req.headers.accept : '*/*',
+        ...(variant.apiKeyFile ? { authorization: `Bearer ${apiKey(variant.apiKeyFile)}` } : {}),
+      },
+      body: forward,
+      signal: ac.signal,
+      headersTimeout: deps.headersTimeoutMs,
+      bodyTimeout: deps.bodyTimeoutMs,
+    });
+  } catch (err) {
+    if (clientGone) return finish('client_abort', 499);
+    const timeout = isTimeout(err);
+    finish(timeout ? 'timeout' : 'connect', timeout ? 504 : 502);
+    return writeError(res, api, timeout ? 504 : 502, `engine ${variant.engine}: ${errorText(err)}`, variant);
+  }
+
+  const status = upstream.statusCode;
+  const headers: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(upstream.headers)) {
+    if (v !== undefined && !HOP_BY_HOP.has(k)) headers[k] = v;
+  }
+  headers['x-gpuops-variant'] = variant.name;
+  headers['x-gpuops-engine'] = variant.engine;
+  const tap = new TokenTap(streaming);
+  let firstByteAt: number | undefined;
+  try {
+    res.writeHead(status, headers);
+    let corked = false;
+    for await (const chunk of upstream.body as AsyncIterable<Buffer>) {
+      firstByteAt ??= performance.now();
+      tap.push(chunk);
+      // Chunks that arrive in the same tick go out in one write; the uncork on the next tick adds no waiting.
+      if (!corked) {
+        corked = true;
+        res.cork();
+        process.nextTick(() => {
+          corked = false;
+          res.uncork();
+        });
+      }
+      if (!res.write(chunk)) await drained(res);
+      if (clientGone) break;
+    }
+    if (clientGone) {
+      upstream.body.destroy();
+      return finish('client_abort', 499);
+    }
+    res.end();
+  } catch (err) {
+    if (clientGone) return finish('client_abort', 499);
+    // The answer already started: the only honest signal left for the client is a broken connection.
+    res.destroy();
+    return finish(isTimeout(err) ? 'timeout' : 'broken_stream', status);
+  }
+  const end = performance.now();
+  tap.end();
+  const ttftMs = firstByteAt !== undefined ? firstByteAt - started : undefined;
+  const tokens = tap.tokens();
+  let tokensPerSecond: number | undefined;
+  if (tokens !== undefined && tokens > 0) {
+    if (streaming && firstByteAt !== undefined && tokens > 1 && end > firstByteAt)
+      tokensPerSecond = (tokens - 1) / ((end - firstByteAt) / 1000);
+    else if (!streaming && end > started) tokensPerSecond = tokens / ((end - started) / 1000);
+  }
+  // An error object inside a 2xx stream is the engine failing mid-answer; inside a 4xx body it is just the answer.
+  const outcome: Outcome =
+    status >= 500 ? 'upstream_5xx' : status >= 400 ? 'client_error' : tap.streamError ? 'broken_stream' : 'ok';
+  finish(outcome, status, {
+    ...(ttftMs !== undefined ? { ttftMs } : {}),
+    ...(tokens !== undefined && outcome === 'ok' ? { outputTokens: tokens } : {}),
+    ...(tokensPerSecond !== undefined && outcome === 'ok' ? { tokensPerSecond } : {}),
+  });
+}
+
+const keys = new Map<string, { key: string; at: number }>();
+/** How long an API key read from its file is reused; a rotated key is picked up within this. */
+const KEY_TTL_MS = 10_000;
+
+/** The engine API key from its file (cached briefly: this runs per request). Throws when unreadable. */
+function apiKey(file: string): string {
+  const hit = keys.get(file);
+  if (hit && Date.now() - hit.at < KEY_TTL_MS) return hit.key;
+  const key = readFileSync(file, 'utf8').trim();
+  keys.set(file, { key, at: Date.now() });
+  return key;
+}
+
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.on('drain', done);
+    res.on('close', done);
+  });
+}
+
+function writeError(res: ServerResponse, api: ClientApi, status: number, message: string, v: Variant): void {
+  if (res.headersSent || res.destroyed) return;
+  const body = JSON.stringify(
+    isOllama(api) ? { error: message } : { error: { message, type: 'upstream_error', param: null, code: null } },
+  );
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'x-gpuops-variant': v.name,
+    'x-gpuops-engine': v.engine,
+  });
+  res.end(body);
+}
+
+function isTimeout(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT';
+}
+
+function errorText(err: unknown): string {
+  const e = err as { message?: string; code?: string; cause?: { code?: string } };
+  return [e.code ?? e.cause?.code, e.message].filter(Boolean).join(' ');
+}
+
+/** `http://h:1/base/` + `/v1/x` → `http://h:1/base/v1/x` (engines behind a path prefix keep it). */
+export function joinUrl(base: string, p: string): string {
+  return `${base.replace(/\/+$/, '')}${p}`;
+}
+
+/** Longest partial line kept between chunks; a longer "line" is not a protocol line worth parsing. */
+const MAX_LINE = 1 << 20;
+/** Largest non-streaming body copied for its usage field. */
+const MAX_BODY = 8 << 20;
+
+/**
+ * Reads the response as it passes, without changing it: output tokens from the engine's own count (OpenAI `usage`,
+ * Ollama `eval_count` in the final object) or else the number of content chunks, and in-stream error objects (an
+ * engine that fails after sending 200 reports the error inside the stream).
+ */
+export class TokenTap {
+  private carry = '';
+  private readonly decoder = new TextDecoder();
+  private body: Buffer[] = [];
+  private bodyBytes = 0;
+  private usage: number | undefined;
+  private chunks = 0;
+  /** The stream carried an error object. */
+  streamError = false;
+
+  constructor(private readonly streaming: boolean) {}
+
+  push(chunk: Buffer): void {
+    if (!this.streaming) {
+      if (this.bodyBytes + chunk.length <= MAX_BODY) this.body.push(chunk);
+      this.bodyBytes += chunk.length;
+      return;
+    }
+    const text = this.carry + this.decoder.decode(chunk, { stream: true });
+    const lines = text.split('\n');
+    const rest = lines.pop() ?? '';
+    this.carry = rest.length > MAX_LINE ? '' : rest;
+    for (const line of lines) this.line(line);
+  }
+
+  end(): void {
+    if (!this.streaming) {
+      if (this.bodyBytes > MAX_BODY) return;
+      this.object(parseObject(Buffer.concat(this.body).toString('utf8')), false);
+      this.body = [];
+      return;
+    }
+    this.carry += this.decoder.decode();
+    if (this.carry) this.line(this.carry);
+    this.carry = '';
+  }
+
+  /** Engine-reported output tokens, else streamed content chunks; undefined when neither was seen. */
+  tokens(): number | undefined {
+    if (this.usage !== undefined) return this.usage;
+    return this.streaming && this.chunks > 0 ? this.chunks : undefined;
+  }
+
+  private line(raw: string): void {
+    const line = raw.trim();
+    if (line === '' || line.startsWith(':') || line.startsWith('event:')) return;
+    const json = line.startsWith('data:') ? line.slice(5).trim() : line;
+    if (json === '[DONE]') return;
+    this.object(parseObject(json), true);
+  }
+
+  private object(o: Record<string, unknown> | undefined, streamed: boolean): void {
+    if (!o) return;
+    if (streamed && 'error' in o && o.error) this.streamError = true;
+    const usage = o.usage as { completion_tokens?: unknown } | undefined | null;
+    if (usage && typeof usage.completion_tokens === 'number') this.usage = usage.completion_tokens;
+    if (typeof o.eval_count === 'number') this.usage = o.eval_count;
+    if (!streamed) return;
+    const choice = Array.isArray(o.choices) ? (o.choices[0] as Record<string, unknown> | undefined) : undefined;
+    const delta = choice?.delta as { content?: unknown } | undefined;
+    const message = o.message as { content?: unknown } | undefined;
+    const content = delta?.content ?? choice?.text ?? message?.content ?? o.response;
+    if (typeof content === 'string' && content !== '') this.chunks += 1;
+  }
+}
+
+function parseObject(text: string): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(text);
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}

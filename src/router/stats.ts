@@ -1,0 +1,191 @@
+/**
+ * Windowed per-request samples for canary analysis: one bounded ring per alias and variant, so "canary vs stable in
+ * the same window" is a query over the same time range of both rings. Memory is bounded by `capacity` samples per
+ * ring; when a window holds more requests than that, the answer says so (`truncated`).
+ */
+
+/** How a proxied request ended. */
+export type Outcome =
+  /** A 2xx (or 3xx) answer that streamed to the end. */
+  | 'ok'
+  /** The engine refused the request (4xx): the client's fault, not the variant's. */
+  | 'client_error'
+  /** The client went away before the end; not held against the variant. */
+  | 'client_abort'
+  /** Upstream answered 5xx. */
+  | 'upstream_5xx'
+  /** No first byte within the headers timeout, or the stream stalled past the body timeout. */
+  | 'timeout'
+  /** Could not connect to the engine (refused, reset before an answer). */
+  | 'connect'
+  /** The stream broke after it started (reset, truncated body). */
+  | 'broken_stream';
+
+/** Outcomes that count as the variant's errors. */
+export const ERROR_OUTCOMES: ReadonlySet<Outcome> = new Set(['upstream_5xx', 'timeout', 'connect', 'broken_stream']);
+
+/** One finished request. */
+export interface Sample {
+  /** When it finished (ms since epoch). */
+  at: number;
+  outcome: Outcome;
+  status: number;
+  /** Time from the router receiving the request to the first response body byte from the engine. */
+  ttftMs?: number;
+  /** Time from the router receiving the request to the end of the response. */
+  durationMs: number;
+  /** Output tokens (engine-reported usage / eval_count, else streamed content chunks). */
+  outputTokens?: number;
+  /** Output tokens per second of generation (after the first token), when measurable. */
+  tokensPerSecond?: number;
+}
+
+/** Statistics of one variant over a window. Latencies in ms; null where no sample had the value. */
+export interface VariantStats {
+  requests: number;
+  /** Requests counted as errors (upstream 5xx, timeouts, connect failures, broken streams). */
+  errors: number;
+  /** errors / (requests − client aborts − client errors); 0 when none. */
+  errorRate: number;
+  /** Breakdown by outcome. */
+  outcomes: Partial<Record<Outcome, number>>;
+  ttftMs: { p50: number | null; p95: number | null; p99: number | null };
+  durationMs: { p50: number | null; p95: number | null; p99: number | null };
+  tokensPerSecond: { mean: number | null; p50: number | null };
+  outputTokens: number;
+  /** True when the ring dropped samples that fell inside the window (more traffic than `capacity`). */
+  truncated: boolean;
+}
+
+/** Answer of GET /admin/stats. */
+export interface AliasStats {
+  alias: string;
+  windowMs: number;
+  /** Window start and end, ISO timestamps. */
+  from: string;
+  to: string;
+  /** Variant name → stats; variants with no sample in the window are absent. */
+  variants: Record<string, VariantStats>;
+}
+
+class Ring {
+  private readonly buf: (Sample | undefined)[];
+  private next = 0;
+  private size = 0;
+  /** Finish time of the newest sample overwritten (0 = none dropped yet). */
+  droppedUntil = 0;
+  constructor(readonly capacity: number) {
+    this.buf = new Array<Sample | undefined>(capacity);
+  }
+  push(s: Sample): void {
+    const old = this.buf[this.next];
+    if (old) this.droppedUntil = Math.max(this.droppedUntil, old.at);
+    this.buf[this.next] = s;
+    this.next = (this.next + 1) % this.capacity;
+    this.size = Math.min(this.size + 1, this.capacity);
+  }
+  since(from: number, to: number): Sample[] {
+    const out: Sample[] = [];
+    for (let i = 0; i < this.size; i++) {
+      const s = this.buf[i];
+      if (s && s.at >= from && s.at <= to) out.push(s);
+    }
+    return out;
+  }
+}
+
+/** Nearest-rank percentile of a sorted array. */
+export function percentile(sorted: readonly number[], p: number): number | null {
+  if (sorted.length === 0) return null;
+  const rank = Math.ceil((p / 100) * sorted.length);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))] ?? null;
+}
+
+function round(n: number | null): number | null {
+  return n === null ? null : Math.round(n * 100) / 100;
+}
+
+export interface StatsStoreOptions {
+  /** Samples kept per alias and variant (default 10 000). */
+  capacity?: number;
+  /** Clock, for tests. */
+  now?: () => number;
+}
+
+/** Per alias+variant rings of samples. */
+export class StatsStore {
+  private readonly rings = new Map<string, Map<string, Ring>>();
+  readonly capacity: number;
+  private readonly now: () => number;
+
+  constructor(opts: StatsStoreOptions = {}) {
+    this.capacity = opts.capacity ?? 10_000;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Record one finished request. */
+  record(alias: string, variant: string, sample: Sample): void {
+    let byVariant = this.rings.get(alias);
+    if (!byVariant) this.rings.set(alias, (byVariant = new Map()));
+    let ring = byVariant.get(variant);
+    if (!ring) byVariant.set(variant, (ring = new Ring(this.capacity)));
+    ring.push(sample);
+  }
+
+  /** Aliases with at least one sample ever. */
+  aliases(): string[] {
+    return [...this.rings.keys()];
+  }
+
+  /** Stats of every variant of `alias` over the last `windowMs`, ending now. */
+  query(alias: string, windowMs: number): AliasStats {
+    const to = this.now();
+    const from = to - windowMs;
+    const variants: Record<string, VariantStats> = {};
+    for (const [name, ring] of this.rings.get(alias) ?? []) {
+      const samples = ring.since(from, to);
+      if (samples.length === 0) continue;
+      variants[name] = summarize(samples, ring.droppedUntil >= from);
+    }
+    return { alias, windowMs, from: new Date(from).toISOString(), to: new Date(to).toISOString(), variants };
+  }
+}
+
+/** Stats of a set of samples. */
+export function summarize(samples: readonly Sample[], truncated = false): VariantStats {
+  const outcomes: Partial<Record<Outcome, number>> = {};
+  let errors = 0;
+  let outputTokens = 0;
+  const ttft: number[] = [];
+  const dur: number[] = [];
+  const tps: number[] = [];
+  for (const s of samples) {
+    outcomes[s.outcome] = (outcomes[s.outcome] ?? 0) + 1;
+    if (ERROR_OUTCOMES.has(s.outcome)) errors += 1;
+    if (s.outcome !== 'ok') continue;
+    // Latency and throughput describe completed answers only: a fast 500 must not make a variant look quick.
+    if (s.ttftMs !== undefined) ttft.push(s.ttftMs);
+    dur.push(s.durationMs);
+    if (s.outputTokens !== undefined) outputTokens += s.outputTokens;
+    if (s.tokensPerSecond !== undefined) tps.push(s.tokensPerSecond);
+  }
+  const judged = samples.length - (outcomes.client_abort ?? 0) - (outcomes.client_error ?? 0);
+  const asc = (a: number, b: number): number => a - b;
+  ttft.sort(asc);
+  dur.sort(asc);
+  tps.sort(asc);
+  return {
+    requests: samples.length,
+    errors,
+    errorRate: judged > 0 ? errors / judged : 0,
+    outcomes,
+    ttftMs: { p50: round(percentile(ttft, 50)), p95: round(percentile(ttft, 95)), p99: round(percentile(ttft, 99)) },
+    durationMs: { p50: round(percentile(dur, 50)), p95: round(percentile(dur, 95)), p99: round(percentile(dur, 99)) },
+    tokensPerSecond: {
+      mean: tps.length > 0 ? round(tps.reduce((a, b) => a + b, 0) / tps.length) : null,
+      p50: round(percentile(tps, 50)),
+    },
+    outputTokens,
+    truncated,
+  };
+}
