@@ -47,7 +47,8 @@ export function createRecoveryActivities(deps: RecoveryActivityDeps) {
      * Each such run may have restarted something, so each counts against the budget.
      */
     async countRecentRecoveries(input: { node: string; since: string; excludeRunId: string }): Promise<number> {
-      if (!deps.client) throw ApplicationFailure.nonRetryable('the control worker has no Temporal client for visibility queries');
+      if (!deps.client)
+        throw ApplicationFailure.nonRetryable('the control worker has no Temporal client for visibility queries');
       // Runs that found nothing to do took no action, so they do not spend the budget.
       const query =
         `WorkflowType = 'recoverNode' AND GpuopsNode = '${input.node.replace(/'/g, '')}' ` +

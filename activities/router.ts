@@ -23,7 +23,7 @@ export function createRouterActivities({ config, resolvePath = (p) => p, timeout
 
   async function setDrained(engines: string[], drain: boolean): Promise<DrainResult> {
     if (!config.router.adminTokenFile) {
-      return { drained: [], note: 'router admin API not configured (router.adminTokenFile): nothing drained' };
+      return { drained: [], note: 'router admin API not configured (router.adminTokenFile): router left as is' };
     }
     const token = (await readFile(resolvePath(config.router.adminTokenFile), 'utf8')).trim();
     const done: string[] = [];

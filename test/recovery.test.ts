@@ -11,6 +11,8 @@ import { injectFault, clearFaults } from '../src/sandbox/faults';
 import { getWatchStatusQuery, nodeTaskQueue, setMaintenanceUpdate, workflowIds } from '../src/messages';
 import { ManagedProcess, tsxCommand } from '../src/cli/processes';
 import type { recoverNode, watchNode } from '../workflows/recovery';
+import { startRouter } from '../src/router';
+import { freePort } from '../src/sandbox/node';
 import {
   controlWorker,
   openTestEnv,
@@ -28,7 +30,9 @@ const sandboxes: TestSandbox[] = [];
 beforeAll(async () => {
   env = await openTestEnv();
 });
+const routers: { close(): Promise<void> }[] = [];
 afterAll(async () => {
+  for (const r of routers) await r.close();
   for (const s of sandboxes) await s.stop();
   await env?.close();
 });
@@ -115,7 +119,17 @@ test('a fault no rung can fix ends in drain + notification, and the record says 
     const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-hook-'));
     const urlFile = path.join(dir, 'hook-url');
     writeFileSync(urlFile, `http://127.0.0.1:${port}/alert`);
-    const s = await sandbox({ extra: { notifications: [{ type: 'webhook', name: 'oncall', urlFile }] } });
+    const tokenFile = path.join(dir, 'router-token');
+    writeFileSync(tokenFile, 'router-admin-secret\n');
+    const routerPort = await freePort();
+    const router = await startRouter({ port: routerPort, adminTokenFile: tokenFile });
+    routers.push(router);
+    const s = await sandbox({
+      extra: {
+        notifications: [{ type: 'webhook', name: 'oncall', urlFile }],
+        router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile },
+      },
+    });
     injectFault(s.sim.store, 'xid-79');
     const incident = await withControl(s, async () => (await startRecovery(s)).result());
     expect(incident.outcome).toBe('escalated');
@@ -125,9 +139,15 @@ test('a fault no rung can fix ends in drain + notification, and the record says 
     ]);
     expect(incident.rungs[0]?.detail).toMatch(/no vm/);
     expect(incident.escalation?.notified).toEqual(['oncall']);
-    expect(incident.escalation?.detail).toMatch(/router admin API not configured/);
+    const engineUrl = s.loaded.config.nodes[0]?.engines[0]?.url ?? '';
+    expect(incident.escalation?.drained).toEqual([engineUrl]);
+    expect(router.table.current.drained).toEqual([engineUrl]);
     expect(received).toHaveLength(1);
-    expect(received[0]).toMatchObject({ source: 'gpuops', severity: 'critical', fields: { node: s.nodeId, outcome: 'escalated' } });
+    expect(received[0]).toMatchObject({
+      source: 'gpuops',
+      severity: 'critical',
+      fields: { node: s.nodeId, outcome: 'escalated' },
+    });
     expect(JSON.stringify(received[0])).toContain('restart-vm: skipped');
     clearFaults(s.sim.store);
   } finally {
@@ -163,7 +183,16 @@ test('watchNode: a single failed probe never triggers recovery; persistent failu
     const h = await env.client.workflow.start<typeof watchNode>('watchNode', {
       taskQueue: env.controlQueue,
       workflowId: workflowIds.watch(s.nodeId),
-      args: [{ node: s.nodeId, probeInterval: '300ms', failureThreshold: 3, pickupTimeout: '2s', probeTimeout: '3s', recovery: fast }],
+      args: [
+        {
+          node: s.nodeId,
+          probeInterval: '300ms',
+          failureThreshold: 3,
+          pickupTimeout: '2s',
+          probeTimeout: '3s',
+          recovery: fast,
+        },
+      ],
     });
     // One blip: the engine hangs for a single probe, then recovers by itself.
     const waitProbes = async (n: number): Promise<void> => {
@@ -188,7 +217,11 @@ test('watchNode: a single failed probe never triggers recovery; persistent failu
     injectFault(s.sim.store, 'engine-hang');
     for (;;) {
       const now = await h.query(getWatchStatusQuery);
-      if (now.lastAction && !/^fault/.test(now.lastAction.detail) && /recovered|escalated/.test(now.lastAction.detail)) {
+      if (
+        now.lastAction &&
+        !/^fault/.test(now.lastAction.detail) &&
+        /recovered|escalated/.test(now.lastAction.detail)
+      ) {
         expect(now.lastAction.detail).toMatch(/^recovered after restart-container/);
         break;
       }
@@ -204,7 +237,16 @@ test('watchNode: a fault during maintenance is not recovered; bad maintenance in
     const h = await env.client.workflow.start<typeof watchNode>('watchNode', {
       taskQueue: env.controlQueue,
       workflowId: workflowIds.watch(s.nodeId),
-      args: [{ node: s.nodeId, probeInterval: '300ms', failureThreshold: 2, pickupTimeout: '2s', probeTimeout: '3s', recovery: fast }],
+      args: [
+        {
+          node: s.nodeId,
+          probeInterval: '300ms',
+          failureThreshold: 2,
+          pickupTimeout: '2s',
+          probeTimeout: '3s',
+          recovery: fast,
+        },
+      ],
     });
     await expect(
       h.executeUpdate(setMaintenanceUpdate, { args: [{ reason: 'x', engine: 'nope', duration: '5m' }] }),

@@ -262,7 +262,10 @@ export async function recoverNode(rawInput: RecoverNodeInput): Promise<IncidentR
 
     if (rung === 'escalate') {
       record.escalation = await escalate(input.node, facts, record, current, control);
-      attempt.actions.push(...record.escalation.drained.map((d) => `drain ${d}`), ...record.escalation.notified.map((n) => `notify ${n}`));
+      attempt.actions.push(
+        ...record.escalation.drained.map((d) => `drain ${d}`),
+        ...record.escalation.notified.map((n) => `notify ${n}`),
+      );
       attempt.outcome = 'skipped';
       attempt.detail = record.escalation.detail;
       attempt.endedAt = now();
@@ -319,6 +322,9 @@ export async function recoverNode(rawInput: RecoverNodeInput): Promise<IncidentR
       attempt.outcome = 'healthy';
       attempt.detail ||= 'verified healthy';
       record.outcome = 'recovered';
+      // A node drained by an earlier escalation goes back into the router once it is verified healthy.
+      const undrained = await control.undrainEngines({ node: input.node, engines: facts.engines.map((e) => e.url) });
+      attempt.actions.push(undrained.note ?? `undrained ${undrained.drained.join(', ') || 'nothing'}`);
       break;
     }
     attempt.outcome = 'still-faulty';
@@ -348,7 +354,9 @@ async function resetGpus(
     }
     try {
       const r = await node.resetGpu({ index });
-      attempt.actions.push(`nvidia-smi --gpu-reset -i ${index}: ${r.ok ? 'ok' : `${r.reason ?? 'failed'}: ${r.message}`}`);
+      attempt.actions.push(
+        `nvidia-smi --gpu-reset -i ${index}: ${r.ok ? 'ok' : `${r.reason ?? 'failed'}: ${r.message}`}`,
+      );
       if (r.ok) anyReset = true;
       else if (r.reason === 'not-supported' || r.reason === 'permission') {
         // On a passthrough VM an in-guest reset is often impossible: go on to the next rung.

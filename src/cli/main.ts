@@ -14,6 +14,7 @@ import { registerHooksCommand } from './hooks';
 import { registerSandboxCommands } from './sandbox';
 import { registerBackupCommands } from './backup';
 import { registerRouterCommand } from './router';
+import { registerRecoveryCommands } from './recovery';
 import { upCommand } from './up';
 
 export function buildProgram(): Command {
@@ -70,6 +71,7 @@ export function buildProgram(): Command {
     });
 
   registerSandboxCommands(program, globals);
+  registerRecoveryCommands(program, globals);
   registerBackupCommands(program, globals);
   registerRouterCommand(program, globals);
   registerHooksCommand(program, globals);

@@ -17,6 +17,7 @@ import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandb
 import { createControlWorker } from '../../workers/control';
 import { ManagedProcess, tsxCommand } from './processes';
 import { describeSync, syncSchedules } from '../temporal/schedules';
+import { startWatchers } from './recovery';
 import type { GlobalOptions } from './context';
 
 export interface UpOptions extends GlobalOptions {
@@ -176,6 +177,15 @@ export async function upCommand(opts: UpOptions): Promise<void> {
       log(`backup schedules: ${describeSync(await syncSchedules(client, cfg))}`);
     } catch (err) {
       log(`warning: backup schedules not synced (${(err as Error).message}); run \`gpuops schedules sync\``);
+    }
+    // One watcher per node (kept if already running: the watcher outlives gpuops restarts in Temporal's history).
+    try {
+      const watchers = await startWatchers(client, cfg);
+      started.push(
+        `watchers: ${watchers.join(', ')} (probe every ${cfg.recovery.probeInterval}, recover after ${cfg.recovery.failureThreshold} failures)`,
+      );
+    } catch (err) {
+      log(`warning: watchers not started (${(err as Error).message}); run \`gpuops watch\``);
     }
 
     const cfgFlag = process.env.GPUOPS_CONFIG || opts.config ? ` -c ${loaded.path}` : '';
