@@ -19,9 +19,8 @@ export interface DrainResult {
 }
 
 export function createRouterActivities({ config, resolvePath = (p) => p, timeoutMs = 10_000 }: RouterActivityDeps) {
-  const base = `http://${config.router.listen.replace(/^0\.0\.0\.0:/, '127.0.0.1:')}`;
-
   async function setDrained(engines: string[], drain: boolean): Promise<DrainResult> {
+    const base = `http://${config.router.listen.replace(/^0\.0\.0\.0:/, '127.0.0.1:')}`;
     if (!config.router.adminTokenFile) {
       return { drained: [], note: 'router admin API not configured (router.adminTokenFile): router left as is' };
     }
