@@ -15,7 +15,9 @@ const run = (cmd, args) => {
 const installed = path.join(root, 'node_modules', '.package-lock.json');
 const lock = path.join(root, 'package-lock.json');
 if (!existsSync(installed) || statSync(installed).mtimeMs < statSync(lock).mtimeMs) {
-  console.log('gpuops: installing npm dependencies (npm ci)…');
-  run('npm', ['ci', '--no-audit', '--no-fund']);
+  // `npm install` honours package-lock.json; npm 11's `npm ci` refuses lockfiles that record only this platform's
+  // optional binaries (@swc/core-*), which is what npm itself writes here.
+  console.log('gpuops: installing npm dependencies (npm install, from package-lock.json)…');
+  run('npm', ['install', '--no-audit', '--no-fund']);
 }
 run(path.join(root, 'node_modules', '.bin', 'tsx'), [path.join(root, 'scripts', 'ensure-temporal.ts')]);
