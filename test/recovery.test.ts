@@ -12,6 +12,7 @@ import { getWatchStatusQuery, nodeTaskQueue, setMaintenanceUpdate, workflowIds }
 import { ManagedProcess, tsxCommand } from '../src/cli/processes';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import { startRouter } from '../src/router';
+import { startHooksServer } from '../src/hooks/server';
 import { freePort } from '../src/sandbox/node';
 import {
   controlWorker,
@@ -309,3 +310,64 @@ test('killing the control worker mid-recovery and restarting it finishes the rec
     await control.stop();
   }
 }, 150_000);
+
+test('Alertmanager → real recoverNode: an Xid 79 alert delivered three times reboots the VM once and recovers', async () => {
+  const s = await sandbox({ proxmox: true, bootSeconds: 1 });
+  const tokenFile = path.join(s.dir, 'hook-token');
+  writeFileSync(tokenFile, 'alert-token\n');
+  const hooks = await startHooksServer({
+    loaded: s.loaded,
+    client: env.client,
+    listen: '127.0.0.1:0',
+    tokenFile,
+    stateFile: path.join(s.dir, 'hooks-seen.json'),
+    taskQueue: env.controlQueue,
+  });
+  try {
+    injectFault(s.sim.store, 'xid-79');
+    const bootBefore = s.sim.status().vm.bootId;
+    const body = JSON.stringify({
+      version: '4',
+      groupKey: '{}:{alertname="GpuXidError"}',
+      truncatedAlerts: 0,
+      status: 'firing',
+      receiver: 'gpuops',
+      groupLabels: { alertname: 'GpuXidError' },
+      commonLabels: { alertname: 'GpuXidError' },
+      commonAnnotations: {},
+      externalURL: 'http://alertmanager.lan:9093',
+      alerts: [
+        {
+          status: 'firing',
+          labels: { alertname: 'GpuXidError', gpuops_node: s.nodeId, severity: 'critical' },
+          annotations: { summary: 'Xid 79: GPU has fallen off the bus' },
+          startsAt: '2026-11-22T10:15:30.123Z',
+          endsAt: '0001-01-01T00:00:00Z',
+          generatorURL: 'http://prometheus.lan:9090/graph',
+          fingerprint: 'a1b2c3d4e5f60718',
+        },
+      ],
+    });
+    const post = (auth: string | null) =>
+      fetch(`${hooks.url}/hooks/alertmanager`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...(auth ? { authorization: auth } : {}) },
+        body,
+      });
+    expect((await post(null)).status).toBe(401);
+    const incident = await withControl(s, async () => {
+      for (let i = 0; i < 3; i++) expect((await post('Bearer alert-token')).status).toBe(200);
+      return env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId)).result();
+    });
+    expect(incident.trigger).toMatchObject({
+      source: 'alertmanager',
+      alertKey: 'a1b2c3d4e5f60718@2026-11-22T10:15:30.123Z',
+    });
+    expect(incident.outcome).toBe('recovered');
+    expect(s.sim.status().vm.bootId).toBe(bootBefore + 1);
+    const runs = await env.client.workflow.count(`WorkflowId = '${workflowIds.recover(s.nodeId)}'`);
+    expect(runs.count).toBe(1);
+  } finally {
+    await hooks.close();
+  }
+}, 120_000);
