@@ -5,6 +5,7 @@
 const BENCHES: [name: string, load: () => Promise<{ run: () => Promise<void> }>][] = [
   ['router', () => import('./router.js')],
   ['backup', () => import('./backup.js')],
+  ['recovery', () => import('./recovery.js')],
 ];
 
 async function main(): Promise<void> {
