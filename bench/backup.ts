@@ -11,8 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { findTemporalCli } from '../src/temporal/cli';
-import { freePort, startDevServer } from '../src/temporal/dev-server';
+import { privateDevServerOptions, startDevServer } from '../src/temporal/dev-server';
 import { nodeTaskQueue } from '../src/messages';
 import { ResticCli } from '../src/hosts/restic';
 import type { RunBackupInput } from '../workflows/backup';
@@ -22,18 +21,8 @@ const MB = Math.min(2000, Math.max(1, Number(process.env.BENCH_BACKUP_MB ?? 64))
 
 /** Run the benchmark and print its ratios. */
 export async function run(): Promise<void> {
-  const cli = findTemporalCli();
-  if (!cli) throw new Error('the temporal CLI is needed (npm test installs it)');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-bench-backup-'));
-  const port = await freePort();
-  const server = await startDevServer({
-    cli,
-    port,
-    uiPort: port + 1,
-    headless: true,
-    dbFile: path.join(dir, 'temporal.db'),
-    logFile: path.join(dir, 'temporal.log'),
-  });
+  const server = await startDevServer(await privateDevServerOptions(dir));
   const sbx = await startTestSandbox({ address: server.address });
   const env = await openTestEnv(server.address);
   try {

@@ -38,8 +38,7 @@ import { NvidiaSmi } from '../src/hosts/nvidia-smi';
 import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/messages';
 import { injectFault, type SandboxFaultKind } from '../src/sandbox/faults';
 import { SandboxNode } from '../src/sandbox/node';
-import { findTemporalCli } from '../src/temporal/cli';
-import { freePort, startDevServer } from '../src/temporal/dev-server';
+import { freePort, privateDevServerOptions, startDevServer } from '../src/temporal/dev-server';
 import type { inspectNode } from '../workflows/inspect-node';
 import type { IncidentRecord, recoverNode, watchNode } from '../workflows/recovery';
 import { createControlWorker } from '../workers/control';
@@ -425,19 +424,10 @@ async function cpuBench(env: TestEnv, address: string, serverPids: number[]): Pr
 
 /** Run both parts and print their results. */
 export async function run(): Promise<void> {
-  const cli = findTemporalCli();
-  if (!cli) throw new Error('the temporal CLI is needed (npm test installs it)');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-bench-recovery-'));
-  const port = await freePort();
-  const dbFile = path.join(dir, 'temporal.db');
-  const server = await startDevServer({
-    cli,
-    port,
-    uiPort: port + 1,
-    headless: true,
-    dbFile,
-    logFile: path.join(dir, 'temporal.log'),
-  });
+  const serverOpts = await privateDevServerOptions(dir);
+  const dbFile = serverOpts.dbFile;
+  const server = await startDevServer(serverOpts);
   let env: TestEnv | undefined;
   try {
     env = await openTestEnv(server.address);

@@ -3,26 +3,10 @@
  * execa with Node's own ESM support rather than through jest's transform). Prints `READY <address>` and stops the
  * server on SIGTERM or when stdin closes.
  */
-import path from 'node:path';
-import { findTemporalCli, TEMPORAL_CLI_HELP } from '../src/temporal/cli';
-import { freePort, startDevServer } from '../src/temporal/dev-server';
+import { privateDevServerOptions, startDevServer } from '../src/temporal/dev-server';
 
 async function main(): Promise<void> {
-  const cli = findTemporalCli();
-  if (!cli)
-    throw new Error(
-      `Tests need a real Temporal dev server.\n${TEMPORAL_CLI_HELP}\n(npm test's pretest step installs it.)`,
-    );
-  const dir = process.argv[2] ?? '.';
-  const port = await freePort();
-  const server = await startDevServer({
-    cli,
-    port,
-    uiPort: port + 1,
-    headless: true,
-    dbFile: path.join(dir, 'temporal.db'),
-    logFile: path.join(dir, 'temporal.log'),
-  });
+  const server = await startDevServer(await privateDevServerOptions(process.argv[2] ?? '.'));
   process.stdout.write(`READY ${server.address}\n`);
   let stopping = false;
   const stop = (): void => {

@@ -5,8 +5,7 @@
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { findTemporalCli } from '../src/temporal/cli';
-import { freePort, startDevServer, type DevServer } from '../src/temporal/dev-server';
+import { privateDevServerOptions, startDevServer, type DevServer } from '../src/temporal/dev-server';
 import { nodeTaskQueue } from '../src/messages';
 import type { HealthReport } from '../src/domain/classify';
 import {
@@ -28,18 +27,8 @@ afterAll(async () => {
 });
 
 test('inspectNode survives a Temporal server restart mid-run and completes on the restarted server', async () => {
-  const cli = findTemporalCli();
-  if (!cli) throw new Error('temporal CLI missing');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-restart-'));
-  const port = await freePort();
-  const serverOpts = {
-    cli,
-    port,
-    uiPort: port + 1,
-    headless: true,
-    dbFile: path.join(dir, 'temporal.db'),
-    logFile: path.join(dir, 'temporal.log'),
-  };
+  const serverOpts = await privateDevServerOptions(dir);
   server = await startDevServer(serverOpts);
 
   sbx = await startTestSandbox({ address: server.address });

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { loadExeca } from '../hosts/exec';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTES, SEARCH_ATTRIBUTE_TYPES } from '../messages';
-import { TemporalCliMissing } from './cli';
+import { TemporalCliMissing, findTemporalCli } from './cli';
 
 export interface DevServerOptions {
   /** Path to the temporal CLI, or null to use the SDK's download. */
@@ -159,4 +159,24 @@ async function startViaSdkDownload(
     );
   });
   return { address, uiUrl, stop: () => env.teardown() };
+}
+
+/**
+ * Options for a private, headless dev server on a free port with its SQLite file and log in `dir` — what tests,
+ * benchmarks and the test run's own server use. Start it with startDevServer; restart it with the same options to
+ * keep its history.
+ */
+export async function privateDevServerOptions(dir: string): Promise<DevServerOptions> {
+  const cli = findTemporalCli();
+  if (!cli)
+    throw new TemporalCliMissing('A private Temporal dev server needs the temporal CLI (npm test installs it).');
+  const port = await freePort();
+  return {
+    cli,
+    port,
+    uiPort: port + 1,
+    headless: true,
+    dbFile: path.join(dir, 'temporal.db'),
+    logFile: path.join(dir, 'temporal.log'),
+  };
 }

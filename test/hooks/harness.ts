@@ -6,28 +6,19 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
-import {
-  DefaultLogger,
-  NativeConnection,
-  Runtime,
-  Worker,
-  bundleWorkflowCode,
-  type WorkflowBundle,
-} from '@temporalio/worker';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { Worker, bundleWorkflowCode, type NativeConnection, type WorkflowBundle } from '@temporalio/worker';
 import { stringify } from 'yaml';
 import { parseConfig, type LoadedConfig } from '../../src/config/load';
 import { ALERTMANAGER_PATH } from '../../src/hooks/server';
 
-// Worker state changes are logged at INFO; tests want only warnings and errors.
-Runtime.install({ logger: new DefaultLogger('WARN') });
+// ../helpers/env installs the quiet (WARN) runtime logger for every test file that uses it.
+import { openTestEnv, uniqueId } from '../helpers/env';
+
+export { uniqueId };
 
 export const TOKEN = 'test-bearer-token-5c1f';
 export const HMAC_SECRET = 'test-hmac-secret-9ab2';
-
-export function uniqueId(prefix: string): string {
-  return `${prefix}-${randomUUID().slice(0, 8)}`;
-}
 
 export interface Temporal {
   client: Client;
@@ -38,19 +29,8 @@ export interface Temporal {
 }
 
 export async function openTemporal(): Promise<Temporal> {
-  const address = process.env.TEMPORAL_TEST_ADDRESS;
-  if (!address) throw new Error('TEMPORAL_TEST_ADDRESS is not set: run tests through jest (test/global-setup.ts)');
-  const conn = await Connection.connect({ address });
-  const connection = await NativeConnection.connect({ address });
-  return {
-    client: new Client({ connection: conn, namespace: 'default' }),
-    connection,
-    taskQueue: uniqueId('gpuops-hooks-test'),
-    async close() {
-      await connection.close();
-      await conn.close();
-    },
-  };
+  const env = await openTestEnv();
+  return { client: env.client, connection: env.connection, taskQueue: env.controlQueue, close: () => env.close() };
 }
 
 const quietLogger = {
