@@ -8,7 +8,13 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Worker } from '@temporalio/worker';
 import { injectFault, clearFaults } from '../src/sandbox/faults';
-import { getWatchStatusQuery, nodeTaskQueue, setMaintenanceUpdate, workflowIds } from '../src/messages';
+import {
+  getWatchStatusQuery,
+  hypervisorTaskQueue,
+  nodeTaskQueue,
+  setMaintenanceUpdate,
+  workflowIds,
+} from '../src/messages';
 import { ManagedProcess, tsxCommand } from '../src/cli/processes';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import { startRouter } from '../src/router';
@@ -371,3 +377,56 @@ test('Alertmanager → real recoverNode: an Xid 79 alert delivered three times r
     await hooks.close();
   }
 }, 120_000);
+
+test('Xid 79 on a VM behind a qm hypervisor: the reboot runs on the hypervisor worker, and the node recovers', async () => {
+  const s = await sandbox({ qm: true, bootSeconds: 1 });
+  const hv = s.loaded.config.hypervisors[0]?.id ?? '';
+  await waitForPoller(env.client, hypervisorTaskQueue(hv));
+  injectFault(s.sim.store, 'xid-79');
+  const bootBefore = s.sim.status().vm.bootId;
+  const incident = await withControl(s, async () => (await startRecovery(s)).result());
+  expect(incident.outcome).toBe('recovered');
+  expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([['restart-vm', 'healthy']]);
+  expect(incident.rungs[0]?.actions[0]).toMatch(new RegExp(`^qm reboot \\d+ on ${hv}: ok`));
+  expect(s.sim.status().vm.bootId).toBe(bootBefore + 1);
+}, 120_000);
+
+test('watchNode continues as new with its maintenance windows, and goes on probing after its worker is replaced', async () => {
+  const s = await sandbox();
+  const h = await env.client.workflow.start<typeof watchNode>('watchNode', {
+    taskQueue: env.controlQueue,
+    workflowId: workflowIds.watch(s.nodeId),
+    args: [
+      {
+        node: s.nodeId,
+        probeInterval: '200ms',
+        probesPerRun: 3,
+        pickupTimeout: '2s',
+        probeTimeout: '3s',
+        generate: false,
+      },
+    ],
+  });
+  const firstRun = h.firstExecutionRunId;
+  await withControl(s, async () => {
+    await h.executeUpdate(setMaintenanceUpdate, { args: [{ reason: 'carried', duration: '10m' }] });
+    for (;;) {
+      const d = await h.describe();
+      if (d.runId !== firstRun) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+  // A new control worker (the old one is gone) picks the watcher up where the history says it is.
+  await withControl(s, async () => {
+    const before = (await h.query(getWatchStatusQuery)).probes;
+    for (;;) {
+      const st = await h.query(getWatchStatusQuery);
+      if (st.probes > before) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const st = await h.query(getWatchStatusQuery);
+    expect(st.maintenance).toEqual([expect.objectContaining({ reason: 'carried' })]);
+    expect((await h.describe()).runId).not.toBe(firstRun);
+    await h.terminate('test done');
+  });
+}, 60_000);

@@ -12,6 +12,7 @@ import {
   condition,
   defineQuery,
   continueAsNew,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -25,7 +26,7 @@ import type * as controlActivities from '../activities/control';
 import type * as hypervisorActivities from '../activities/hypervisor';
 import type * as nodeActivities from '../activities/node';
 import type { NodeFacts } from '../activities/recovery';
-import type { HealthReport, Problem } from '../src/domain/classify';
+import { restartLoopProblems, type HealthReport, type Problem } from '../src/domain/classify';
 import { parseDuration } from '../src/domain/durations';
 import { RUNGS, rungIndex, type Rung } from '../src/domain/rungs';
 import { parseInput } from '../src/domain/validation';
@@ -594,6 +595,7 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   const nodeFacts = await control.nodeFacts({ node: input.node });
   facts = nodeFacts;
   const probeMs = parseDuration(input.probeInterval);
+  let restartCounts: Record<string, number> = {};
   for (let i = 0; i < input.probesPerRun; i++) {
     const report = await probeNode(input.node, {
       generate: input.generate,
@@ -605,14 +607,19 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
     status.probes++;
     const at = Date.now();
     status.maintenance = activeWindows(status.maintenance, at);
-    const actionable = report.problems.filter(
+    // Added after the first release: histories recorded before it replay without the restart-loop check.
+    const loops = patched('restart-loop-detection')
+      ? restartLoopProblems(restartCounts, report.observation.containers)
+      : [];
+    restartCounts = Object.fromEntries(report.observation.containers.map((c) => [c.name, c.restartCount]));
+    const actionable = [...report.problems, ...loops].filter(
       (p) => p.severity === 'critical' && !coveredByMaintenance(p, status.maintenance, facts),
     );
     status.lastReport = {
       at: report.observedAt,
       healthy: report.healthy,
       recommendedRung: report.recommendedRung,
-      problems: report.problems.map((p) => `${p.kind} ${p.subject}`),
+      problems: [...report.problems, ...loops].map((p) => `${p.kind} ${p.subject}`),
     };
     status.consecutiveFailures = actionable.length ? status.consecutiveFailures + 1 : 0;
     setCurrentDetails(

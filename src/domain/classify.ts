@@ -2,7 +2,7 @@
  * Fault classification: observations in, problems (each with the first recovery rung it calls for) out.
  * Pure and deterministic, so workflows call it directly and unit tests pin its behaviour.
  */
-import type { NodeObservation } from './health';
+import type { ContainerState, NodeObservation } from './health';
 import { maxRung, type Rung } from './rungs';
 import { rungForXid, xidName } from './xid';
 
@@ -230,4 +230,23 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
     problems,
     observation: obs,
   };
+}
+
+/**
+ * Containers whose restart count climbed since the previous probe: docker's restart policy is bringing a crashing
+ * engine back again and again, so each probe may catch it "running" while it is really in a loop.
+ */
+export function restartLoopProblems(
+  previous: Readonly<Record<string, number>>,
+  containers: ContainerState[],
+): Problem[] {
+  return containers
+    .filter((c) => c.exists && previous[c.name] !== undefined && c.restartCount > (previous[c.name] ?? 0))
+    .map((c) => ({
+      kind: 'container-restarting' as const,
+      subject: c.name,
+      detail: `restart count climbed from ${previous[c.name]} to ${c.restartCount} since the last probe`,
+      rung: 'restart-container' as const,
+      severity: 'critical' as const,
+    }));
 }

@@ -1,4 +1,4 @@
-import { classifyNode } from '../../src/domain/classify';
+import { classifyNode, restartLoopProblems } from '../../src/domain/classify';
 import type { ContainerState, EngineProbe, GpuStatus, NodeObservation } from '../../src/domain/health';
 import { rungForXid } from '../../src/domain/xid';
 import { maxRung } from '../../src/domain/rungs';
@@ -203,5 +203,20 @@ describe('Xid catalog', () => {
   test('maxRung orders the ladder', () => {
     expect(maxRung('restart-container', 'reset-gpu')).toBe('reset-gpu');
     expect(maxRung('escalate', 'restart-vm')).toBe('escalate');
+  });
+});
+
+describe('restartLoopProblems', () => {
+  test('flags a container whose restart count climbed since the last probe', () => {
+    const p = restartLoopProblems({ ollama: 2 }, [container({ restartCount: 4 })]);
+    expect(p).toEqual([
+      expect.objectContaining({ kind: 'container-restarting', subject: 'ollama', rung: 'restart-container' }),
+    ]);
+    expect(p[0]?.detail).toBe('restart count climbed from 2 to 4 since the last probe');
+  });
+
+  test('is quiet on the first probe and when the count is steady', () => {
+    expect(restartLoopProblems({}, [container({ restartCount: 9 })])).toEqual([]);
+    expect(restartLoopProblems({ ollama: 9 }, [container({ restartCount: 9 })])).toEqual([]);
   });
 });

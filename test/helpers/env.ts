@@ -17,8 +17,8 @@ import {
 } from '@temporalio/worker';
 import { stringify } from 'yaml';
 import { parseConfig, type LoadedConfig } from '../../src/config/load';
-import { SandboxNode, freePort, startSandboxProxmox } from '../../src/sandbox/node';
-import { tsxCommand } from '../../src/cli/processes';
+import { SandboxNode, freePort, sandboxHypervisorEnv, startSandboxProxmox } from '../../src/sandbox/node';
+import { ManagedProcess, tsxCommand } from '../../src/cli/processes';
 import { createControlWorker } from '../../workers/control';
 
 // Worker state changes are logged at INFO; tests want only warnings and errors.
@@ -90,6 +90,8 @@ export interface TestSandboxOptions {
   withWorker?: boolean;
   /** Give the node a VM behind a simulated Proxmox API (type proxmox-api) on a free port. */
   proxmox?: boolean;
+  /** Give the node a VM on a hypervisor of type qm, served by a real hypervisor worker (child process). */
+  qm?: boolean;
   /** Extra top-level config (notifications, router, recovery…), merged into the generated gpuops.yaml. */
   extra?: Record<string, unknown>;
 }
@@ -101,6 +103,7 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
   const enginePort = await freePort();
   const pvePort = opts.proxmox ? await freePort() : 0;
   const vmid = 1000 + Math.floor(Math.random() * 8000);
+  const qmId = uniqueId('qm');
   const raw = {
     ...opts.extra,
     temporal: { address },
@@ -117,7 +120,9 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
             },
           ],
         }
-      : {}),
+      : opts.qm
+        ? { hypervisors: [{ id: qmId, type: 'qm' }] }
+        : {}),
     nodes: [
       {
         id: nodeId,
@@ -135,6 +140,7 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
         ],
         modelStores: [path.join(dir, 'sandbox', nodeId, 'models')],
         ...(opts.proxmox ? { vm: { hypervisor: 'pve-test', vmid } } : {}),
+        ...(opts.qm ? { vm: { hypervisor: qmId, vmid } } : {}),
       },
     ],
     sandbox: { stateDir: path.join(dir, 'sandbox'), bootSeconds: opts.bootSeconds ?? 1 },
@@ -168,12 +174,24 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
         tokenSecretFile: path.join(dir, 'pve-token'),
       })
     : undefined;
+  let hv: ManagedProcess | undefined;
+  if (opts.qm) {
+    // qm runs on the Proxmox host's own worker; in the sandbox its qm shim finds the VM by vmid in the state dir.
+    hv = new ManagedProcess({
+      name: `hypervisor ${qmId}`,
+      ...tsxCommand('workers/hypervisor.ts', ['--hypervisor', qmId]),
+      env: { ...sandboxHypervisorEnv(config.sandbox.stateDir), TEMPORAL_ADDRESS: address, GPUOPS_CONFIG: configPath },
+      log: () => undefined,
+    });
+    hv.start();
+  }
   return {
     loaded: { path: configPath, config },
     nodeId,
     sim,
     dir,
     async stop() {
+      await hv?.stop();
       await pve?.close();
       await sim.stop();
     },
