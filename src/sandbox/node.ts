@@ -7,7 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import net from 'node:net';
+import { freePort } from '../net';
 import path from 'node:path';
 import type { NodeConfig } from '../config/schema';
 import * as core from './bin/lib/core';
@@ -86,18 +86,7 @@ interface WorkerProc {
 /** Directory of the docker / nvidia-smi / qm / dmesg shims. */
 export const SHIM_DIR = path.resolve(__dirname, 'bin');
 
-/** A free TCP port on 127.0.0.1 (for tests and for sandbox configs that leave ports open). */
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const addr = srv.address();
-      const port = addr && typeof addr === 'object' ? addr.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 /**
  * Environment for a process that runs `qm` against sandbox VMs (the hypervisor worker of a `type: qm` hypervisor):

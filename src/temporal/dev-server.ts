@@ -4,11 +4,11 @@
  * download of the same dev server is the fallback.
  */
 import { mkdirSync } from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { loadExeca } from '../hosts/exec';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTES, SEARCH_ATTRIBUTE_TYPES } from '../messages';
+import { freePort, portInUse } from '../net';
 import { TemporalCliMissing, findTemporalCli } from './cli';
 
 export interface DevServerOptions {
@@ -33,29 +33,7 @@ export interface DevServer {
   stop(): Promise<void>;
 }
 
-/** true when something accepts TCP connections on host:port. */
-export function portInUse(port: number, host = '127.0.0.1'): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ port, host });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
-/** A free TCP port on loopback, chosen by the kernel. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address();
-      srv.close(() => (addr && typeof addr === 'object' ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
+export { freePort, portInUse };
 
 /** Wait until the frontend answers GetSystemInfo. */
 export async function waitForTemporal(address: string, timeoutMs: number, isDead?: () => string | null): Promise<void> {
