@@ -13,6 +13,7 @@ import { createDockerActivities } from './docker';
 import { createEngineActivities } from './engine';
 import { createGpuActivities } from './gpu';
 import { createModelStoreActivities } from './model-store';
+import { createDeployActivities } from './deploy';
 
 /** Optional overrides: injected clients (tests) and the config file path relative paths are resolved against. */
 export interface NodeActivityOptions {
@@ -46,6 +47,7 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
     ...createGpuActivities({ node, nvidiaSmi, kernelLog }),
     ...createEngineActivities({ node, clientFor }),
     ...createModelStoreActivities({ node, resolvePath: resolve }),
+    ...createDeployActivities({ node, clientFor }),
     ...createBackupActivities({
       node,
       nvidiaSmi,

@@ -3,7 +3,10 @@
  * read here and never logged). Escalation drains a sick node's engines, so aliases served elsewhere fail over.
  */
 import { readFile } from 'node:fs/promises';
+import { ApplicationFailure } from '@temporalio/common';
 import type { Config } from '../src/config/schema';
+import type { AliasRoute } from '../src/router/routes';
+import type { AliasStats } from '../src/router/stats';
 
 export interface RouterActivityDeps {
   config: Config;
@@ -44,6 +47,38 @@ export function createRouterActivities({ config, resolvePath = (p) => p, timeout
     return { drained: done, note: failed.length ? `router ${base} refused: ${failed.join('; ')}` : null };
   }
 
+  const routerBase = (): string => `http://${config.router.listen.replace(/^0\.0\.0\.0:/, '127.0.0.1:')}`;
+
+  /** One admin call. 409/400/404 are answers no retry changes: they fail non-retryably, typed for workflows. */
+  async function admin<T>(method: string, p: string, opts: { body?: unknown; ifMatch?: string; actor?: string } = {}) {
+    if (!config.router.adminTokenFile) {
+      throw ApplicationFailure.nonRetryable(
+        'router admin API not configured (router.adminTokenFile)',
+        'RouterNotConfigured',
+      );
+    }
+    const token = (await readFile(resolvePath(config.router.adminTokenFile), 'utf8')).trim();
+    const res = await fetch(`${routerBase()}/admin${p}`, {
+      method,
+      headers: {
+        authorization: `Bearer ${token}`,
+        ...(opts.body !== undefined ? { 'content-type': 'application/json' } : {}),
+        ...(opts.ifMatch ? { 'if-match': opts.ifMatch } : {}),
+        ...(opts.actor ? { 'x-gpuops-actor': opts.actor } : {}),
+      },
+      ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    const text = await res.text();
+    if (res.ok) return JSON.parse(text) as T;
+    const type = { 409: 'RouteConflict', 400: 'InvalidRoutes', 404: 'UnknownAlias', 401: 'RouterUnauthorized' }[
+      res.status
+    ];
+    const message = `router ${method} /admin${p}: HTTP ${res.status}: ${text.slice(0, 500)}`;
+    if (type) throw ApplicationFailure.nonRetryable(message, type);
+    throw new Error(message);
+  }
+
   return {
     /** Take a node's engines out of the router (idempotent: draining a drained engine changes nothing). */
     async drainEngines(input: { node: string; engines: string[]; reason: string }): Promise<DrainResult> {
@@ -53,5 +88,97 @@ export function createRouterActivities({ config, resolvePath = (p) => p, timeout
     async undrainEngines(input: { node: string; engines: string[] }): Promise<DrainResult> {
       return setDrained(input.engines, false);
     },
+
+    /** The router's route table with its ETag (GET /admin/routes). */
+    async getRoutes(): Promise<RoutesDocument> {
+      return admin<RoutesDocument>('GET', '/routes');
+    },
+
+    /**
+     * Replace the route table if it is still at `ifMatch` (compare-and-swap). A stale ETag fails non-retryably with
+     * type RouteConflict: the caller re-reads and decides again, never overwrites someone else's change.
+     */
+    async putRoutes(input: {
+      routes: Record<string, AliasRoute>;
+      drained: string[];
+      ifMatch: string;
+      actor: string;
+    }): Promise<RoutesDocument> {
+      return admin<RoutesDocument>('PUT', '/routes', {
+        body: { routes: input.routes, drained: input.drained },
+        ifMatch: input.ifMatch,
+        actor: input.actor,
+      });
+    },
+
+    /** Atomically set the named variants' weights of one alias (idempotent). */
+    async setWeights(input: {
+      alias: string;
+      weights: Record<string, number>;
+      actor: string;
+    }): Promise<RoutesDocument> {
+      return admin<RoutesDocument>('PATCH', `/routes/${encodeURIComponent(input.alias)}/weights`, {
+        body: { weights: input.weights },
+        actor: input.actor,
+      });
+    },
+
+    /** Windowed per-variant stats of one alias (window such as "30s" or "2500ms"). */
+    async getStats(input: { alias: string; window: string }): Promise<AliasStats> {
+      const q = new URLSearchParams({ alias: input.alias, window: input.window });
+      return admin<AliasStats>('GET', `/stats?${q.toString()}`);
+    },
+
+    /**
+     * Send `count` synthetic requests for `alias` through the router's client endpoint (Ollama /api/generate), so a
+     * canary step has samples when real traffic is thin. Engine errors are what the router measures, not failures
+     * of this activity; the answer counts them by HTTP status.
+     */
+    async sendSyntheticTraffic(input: {
+      alias: string;
+      prompts: string[];
+      count: number;
+      concurrency?: number;
+      maxTokens?: number;
+    }): Promise<{ sent: number; byStatus: Record<string, number> }> {
+      const byStatus: Record<string, number> = {};
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < input.count) {
+          const i = next++;
+          const prompt = input.prompts[i % Math.max(1, input.prompts.length)] ?? 'ping';
+          let key: string;
+          try {
+            const res = await fetch(`${routerBase()}/api/generate`, {
+              method: 'POST',
+              headers: { 'content-type': 'application/json', 'x-gpuops-synthetic': '1' },
+              body: JSON.stringify({
+                model: input.alias,
+                prompt,
+                stream: false,
+                options: { num_predict: input.maxTokens ?? 16 },
+              }),
+              signal: AbortSignal.timeout(timeoutMs * 3),
+            });
+            await res.arrayBuffer();
+            key = String(res.status);
+          } catch (err) {
+            key = `error: ${(err as Error).name}`;
+          }
+          byStatus[key] = (byStatus[key] ?? 0) + 1;
+        }
+      };
+      await Promise.all(Array.from({ length: Math.max(1, input.concurrency ?? 4) }, () => worker()));
+      return { sent: input.count, byStatus };
+    },
   };
+}
+
+/** GET /admin/routes, as the router answers it. */
+export interface RoutesDocument {
+  version: number;
+  etag: string;
+  updatedAt: string;
+  routes: Record<string, AliasRoute>;
+  drained: string[];
 }

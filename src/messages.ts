@@ -4,6 +4,8 @@
  */
 import { defineSearchAttributeKey } from '@temporalio/common';
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import type { CanaryAnalysis } from './domain/canary';
+import type { PromptResult, RiskReport, RiskTier } from './domain/risk';
 
 /** Queue of the control worker: every workflow, and activities that need no particular host. */
 export const CONTROL_TASK_QUEUE = 'gpuops-control';
@@ -83,3 +85,72 @@ export interface WatchStatus {
 
 export const setMaintenanceUpdate = defineUpdate<MaintenanceWindow[], [SetMaintenanceInput]>('maintenance');
 export const getWatchStatusQuery = defineQuery<WatchStatus>('status');
+
+// ---- deployModel messages -------------------------------------------------------------------------------------
+
+/** Input of the `approve` Update on deployModel: a human accepts a medium-risk version for canary. */
+export interface ApproveDeploymentInput {
+  /** Who approves (shown in the audit record). */
+  by: string;
+  comment?: string;
+}
+
+/** Input of the `promote` Update on deployModel: send 100% of the alias to the new version now. */
+export interface PromoteCanaryInput {
+  by: string;
+  /** Promote even though the last canary analysis did not pass. */
+  force?: boolean;
+  comment?: string;
+}
+
+/** Input of the `rollback` Update on deployModel: abandon the deployment and restore the stable route. */
+export interface RollbackDeploymentInput {
+  by: string;
+  reason: string;
+}
+
+/** One canary step's analysis, as the audit record and the `status` query keep it. */
+export interface CanaryStepRecord {
+  step: number;
+  weight: number;
+  at: string;
+  window: string;
+  /** Synthetic requests sent through the router for this step (0 when real traffic sufficed). */
+  synthetic: number;
+  analysis: CanaryAnalysis;
+}
+
+/** What the `status` query on deployModel answers, and (finished) what deployModel returns: the audit record. */
+export interface DeploymentStatus {
+  workflowId: string;
+  node: string;
+  alias: string;
+  engine: string;
+  model: string;
+  /** pulling, validating, assessing-risk, awaiting-approval, canary, awaiting-promotion, promoting, promoted, rolling-back, rolled-back, failed. */
+  stage: string;
+  outcome: 'in-progress' | 'promoted' | 'rolled-back' | 'failed';
+  digest: string | null;
+  expectedDigest: string | null;
+  /** The model the alias served before (null until read from the router). */
+  stable: { model: string; engine: string } | null;
+  weights: { stable: number; canary: number };
+  validation: PromptResult[];
+  riskTier: RiskTier | null;
+  risk: RiskReport | null;
+  analyses: CanaryStepRecord[];
+  requestedBy: string;
+  approvedBy: string | null;
+  promotedBy: string | null;
+  /** Who or what rolled back, and why (a breach, a refused risk tier, an operator). */
+  rollback: { by: string; reason: string } | null;
+  /** Undo steps of the rollback saga, in the order they ran; ok false records what could not be undone. */
+  undo: { step: string; ok: boolean; detail: string }[];
+  error: string | null;
+  timings: { startedAt: string; endedAt: string | null; stages: { stage: string; at: string }[] };
+}
+
+export const approveDeploymentUpdate = defineUpdate<DeploymentStatus, [ApproveDeploymentInput]>('approve');
+export const promoteCanaryUpdate = defineUpdate<DeploymentStatus, [PromoteCanaryInput]>('promote');
+export const rollbackDeploymentUpdate = defineUpdate<DeploymentStatus, [RollbackDeploymentInput]>('rollback');
+export const getDeploymentStatusQuery = defineQuery<DeploymentStatus>('status');

@@ -2,3 +2,4 @@
 export { inspectNode } from './inspect-node';
 export { runBackup, restoreBackup, backupReport } from './backup';
 export { recoverNode, watchNode } from './recovery';
+export { deployModel } from './deploy';
