@@ -2,9 +2,11 @@
  * deployModel on a real Temporal dev server, a sandbox node (its engine speaks the Ollama API) and a real router
  * started here, whose admin API the control activities call with the token from router.adminTokenFile.
  */
+import { execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { WorkflowExecutionAlreadyStartedError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { createDeployActivities } from '../activities/deploy';
@@ -14,7 +16,6 @@ import {
   getDeploymentStatusQuery,
   nodeTaskQueue,
   promoteCanaryUpdate,
-  rollbackDeploymentUpdate,
   workflowIds,
 } from '../src/messages';
 import { startRouter, type RouterHandle } from '../src/router';
@@ -24,6 +25,8 @@ import type { deployModel } from '../workflows/deploy';
 import { controlWorker, openTestEnv, startTestSandbox, uniqueId, type TestEnv, type TestSandbox } from './helpers/env';
 
 let env: TestEnv;
+const run = promisify(execFile);
+const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
 let s: TestSandbox;
 let router: RouterHandle;
 let engineUrl: string;
@@ -191,7 +194,21 @@ test('a second deployModel for the same alias is refused while one runs; promote
     await expect(refused).rejects.toMatchObject({
       cause: { message: 'no canary is running (stage awaiting-approval)' },
     });
-    await h.executeUpdate(rollbackDeploymentUpdate, { args: [{ by: 'bob', reason: 'changed my mind' }] });
+    // The same refusal through the CLI a CI job runs: exit 1 with the workflow's reason.
+    const cli = (args: string[]) =>
+      run(GPUOPS, args, { env: { ...process.env, GPUOPS_CONFIG: s.loaded.path } }).then(
+        (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
+        (e: { code?: number; stdout?: string; stderr?: string }) => ({
+          code: e.code ?? -1,
+          out: e.stdout ?? '',
+          err: e.stderr ?? '',
+        }),
+      );
+    const promote = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci']);
+    expect(promote.code).toBe(1);
+    expect(promote.err).toContain('promote refused: no canary is running (stage awaiting-approval)');
+    const rb = await cli(['rollback', alias, '--node', s.nodeId, '--by', 'bob', '--reason', 'changed my mind']);
+    expect(rb.code).toBe(0);
     return h.result();
   });
   expect(record.outcome).toBe('rolled-back');

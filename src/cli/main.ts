@@ -15,6 +15,7 @@ import { registerSandboxCommands } from './sandbox';
 import { registerBackupCommands } from './backup';
 import { registerRouterCommand } from './router';
 import { registerRecoveryCommands } from './recovery';
+import { registerDeployCommands } from './deploy';
 import { upCommand } from './up';
 
 export function buildProgram(): Command {
@@ -72,6 +73,7 @@ export function buildProgram(): Command {
 
   registerSandboxCommands(program, globals);
   registerRecoveryCommands(program, globals);
+  registerDeployCommands(program, globals);
   registerBackupCommands(program, globals);
   registerRouterCommand(program, globals);
   registerHooksCommand(program, globals);

@@ -1,0 +1,156 @@
+/** `gpuops deploy | promote | approve | rollback`: start and steer deployModel (ID deploy:<node>:<alias>). */
+import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { ValidationError, parseOrThrow } from '../domain/validation';
+import {
+  CONTROL_TASK_QUEUE,
+  approveDeploymentUpdate,
+  getDeploymentStatusQuery,
+  promoteCanaryUpdate,
+  rollbackDeploymentUpdate,
+  workflowIds,
+  type DeploymentStatus,
+} from '../messages';
+import { withClient, type GlobalOptions } from './context';
+import { printJson } from './output';
+import { requireNode } from './status';
+
+const DeployArgs = z.strictObject({
+  node: z.string().min(1, { message: 'is required (--node)' }),
+  engine: z.string().min(1).optional(),
+  digest: z.string().optional(),
+  policy: z.string().optional(),
+  follow: z.boolean().default(false),
+});
+const SteerArgs = z.strictObject({
+  node: z.string().min(1, { message: 'is required (--node)' }),
+  by: z.string().min(1).max(200).optional(),
+  reason: z.string().max(2000).optional(),
+  force: z.boolean().default(false),
+});
+
+const who = (by?: string): string =>
+  by ?? process.env.GITHUB_ACTOR ?? process.env.CI_JOB_NAME ?? process.env.USER ?? 'gpuops CLI';
+
+function line(s: DeploymentStatus): string {
+  return `${s.workflowId} stage=${s.stage}${s.riskTier ? ` risk=${s.riskTier}` : ''} canary=${s.weights.canary}%`;
+}
+
+async function handleFor(client: Client, node: string, alias: string): Promise<WorkflowHandle> {
+  const h = client.workflow.getHandle(workflowIds.deploy(node, alias));
+  try {
+    await h.describe();
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) throw new Error(`no deployment ${workflowIds.deploy(node, alias)}`);
+    throw err;
+  }
+  return h;
+}
+
+/** Print the status every second until the deployment ends; the audit record at the end. */
+async function follow(h: WorkflowHandle, json: boolean): Promise<void> {
+  let last = '';
+  const done = h.result().then(
+    (r) => ({ ok: true as const, r }),
+    (e: unknown) => ({ ok: false as const, e }),
+  );
+  for (;;) {
+    const r = await Promise.race([done, new Promise<null>((res) => setTimeout(() => res(null), 1000))]);
+    if (r) {
+      if (!r.ok) throw r.e;
+      if (json) printJson(r.r);
+      else console.log(`finished: ${JSON.stringify(r.r, null, 2)}`);
+      return;
+    }
+    try {
+      const s = await h.query(getDeploymentStatusQuery);
+      const l = line(s);
+      if (l !== last && !json) console.log(l);
+      last = l;
+    } catch {
+      // The workflow may be between tasks; the next tick asks again.
+    }
+  }
+}
+
+export function registerDeployCommands(program: Command, globals: () => GlobalOptions): void {
+  program
+    .command('deploy <alias> <model>')
+    .description('start deployModel: pull, validate, assess risk, canary through the router, promote or roll back')
+    .requiredOption('--node <id>', 'node to deploy on')
+    .option('--engine <name>', 'engine on the node (default: its first Ollama engine)')
+    .option('--digest <sha256>', 'pin the model digest')
+    .option('--follow', 'print progress until the deployment ends')
+    .action(async (alias: string, model: string, opts: Record<string, unknown>) => {
+      const a = parseOrThrow(DeployArgs, opts, 'arguments');
+      await withClient(globals(), async (client, loaded) => {
+        requireNode(loaded.config, a.node);
+        const node = loaded.config.nodes.find((n) => n.id === a.node);
+        const engine = a.engine ?? node?.engines.find((e) => e.type === 'ollama')?.name;
+        if (!engine) throw new ValidationError('arguments', ['--engine: the node has no Ollama engine; name one']);
+        const policy = loaded.config.policies[a.policy ?? 'default'];
+        const h = await client.workflow.start('deployModel', {
+          taskQueue: CONTROL_TASK_QUEUE,
+          workflowId: workflowIds.deploy(a.node, alias),
+          workflowIdConflictPolicy: 'FAIL',
+          args: [
+            {
+              node: a.node,
+              alias,
+              engine,
+              model,
+              requestedBy: who(),
+              ...(a.digest ? { expectedDigest: a.digest } : {}),
+              ...(policy ? { policy } : {}),
+            },
+          ],
+          staticSummary: `Deploy ${model} as ${alias} on ${a.node}`,
+        });
+        if (a.follow) await follow(h, globals().json ?? false);
+        else if (globals().json) printJson({ workflowId: h.workflowId, runId: h.firstExecutionRunId });
+        else console.log(`deployment ${h.workflowId} started (follow: gpuops deploy … --follow, or the UI)`);
+      });
+    });
+
+  const steer = (name: 'promote' | 'approve' | 'rollback', description: string): void => {
+    const cmd = program
+      .command(`${name} <alias>`)
+      .description(description)
+      .requiredOption('--node <id>', 'node of the deployment')
+      .option('--by <who>', 'who (default: CI actor or $USER)')
+      .option('--reason <text>', 'why (rollback) or a comment');
+    if (name === 'promote') cmd.option('--force', 'promote even though the last analysis failed');
+    cmd.action(async (alias: string, opts: Record<string, unknown>) => {
+      const a = parseOrThrow(SteerArgs, opts, 'arguments');
+      await withClient(globals(), async (client, loaded) => {
+        requireNode(loaded.config, a.node);
+        const h = await handleFor(client, a.node, alias);
+        const by = who(a.by);
+        const update = (): Promise<DeploymentStatus> =>
+          name === 'promote'
+            ? h.executeUpdate(promoteCanaryUpdate, {
+                args: [{ by, force: a.force, ...(a.reason ? { comment: a.reason } : {}) }],
+              })
+            : name === 'approve'
+              ? h.executeUpdate(approveDeploymentUpdate, { args: [{ by, ...(a.reason ? { comment: a.reason } : {}) }] })
+              : h.executeUpdate(rollbackDeploymentUpdate, { args: [{ by, reason: a.reason ?? 'rollback requested' }] });
+        let status: DeploymentStatus;
+        try {
+          status = await update();
+        } catch (err) {
+          // A refusal by the Update's validator or handler carries the workflow's reason: say it, exit 1.
+          if (err instanceof WorkflowUpdateFailedError) {
+            throw new Error(`${name} refused: ${(err.cause as Error | undefined)?.message ?? err.message}`);
+          }
+          throw err;
+        }
+        if (globals().json) printJson(status);
+        else console.log(`${name} accepted: ${line(status)}`);
+      });
+    });
+  };
+  steer('promote', 'promote the canary to 100% (refused while the analysis is failing, unless --force)');
+  steer('approve', 'approve a medium-risk deployment that waits for a human');
+  steer('rollback', 'roll the deployment back now');
+}
