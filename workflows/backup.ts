@@ -11,6 +11,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { z } from 'zod';
+import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import type { BackupActivities, BackupOutcome } from '../activities/backup';
 import type { NotifyActivities } from '../activities/notify';
 import type { createVmConfigActivities } from '../activities/vm-config';
@@ -20,8 +21,8 @@ import { SEARCH_ATTRIBUTES, nodeTaskQueue } from '../src/messages';
 
 type VmConfigActivities = ReturnType<typeof createVmConfigActivities>;
 
-const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { message: 'must be an id from gpuops.yaml' });
-const duration = z.string().regex(/^\d+(ms|s|m|h|d)$/, { message: 'must be a duration such as 30s, 5m or 1h' });
+const id = gpuopsId('an id');
+const duration = DurationSchema;
 const keep = z.int().min(0).optional();
 
 /** The plan as runBackup needs it (gpuops.yaml's backup plan without its schedule). No secrets: paths only. */

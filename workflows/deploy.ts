@@ -15,6 +15,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { z } from 'zod';
+import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import type * as controlActivities from '../activities/control';
 import type * as deployActivities from '../activities/deploy';
 import type * as nodeActivities from '../activities/node';
@@ -41,8 +42,8 @@ type ControlActivities = ReturnType<typeof controlActivities.createControlActivi
 type NodeActivities = ReturnType<typeof nodeActivities.createNodeActivities>;
 type DeployActivities = ReturnType<typeof deployActivities.createDeployActivities>;
 
-const nodeId = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { message: 'must be a node id from gpuops.yaml' });
-const duration = z.string().regex(/^\d+(ms|s|m|h)$/, { message: 'must be a duration such as 500ms, 30s, 5m or 1h' });
+const nodeId = gpuopsId('a node id');
+const duration = DurationSchema;
 
 /** The deployment policy's knobs a single deployment may override (defaults as in gpuops.yaml's PolicySchema). */
 export const DeployPolicyInput = z.strictObject({

@@ -5,6 +5,7 @@
  */
 import { setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
 import { z } from 'zod';
+import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import type { HealthReport } from '../src/domain/classify';
 import { parseInput } from '../src/domain/validation';
 import { SEARCH_ATTRIBUTES, nodeTaskQueue } from '../src/messages';
@@ -12,7 +13,7 @@ import { probeNode } from './probe';
 
 export const InspectNodeInput = z.strictObject({
   /** Node id from gpuops.yaml. */
-  node: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { message: 'must be a node id from gpuops.yaml' }),
+  node: gpuopsId('a node id'),
   /** Also run a tiny real generation on each engine (catches an engine that answers /health but hangs). */
   generate: z.boolean().default(true),
   /** GPUs the node should show; fewer means one fell off the bus. */
@@ -20,15 +21,9 @@ export const InspectNodeInput = z.strictObject({
   /** Only Xid events after this time (ISO) count; default: the last 10 minutes. */
   xidSince: z.string().optional(),
   /** How long the node worker has to pick up a probe before the node counts as unreachable. */
-  pickupTimeout: z
-    .string()
-    .regex(/^\d+(ms|s|m)$/, { message: 'must be a duration such as 500ms, 30s or 5m' })
-    .default('30s'),
+  pickupTimeout: DurationSchema.default('30s'),
   /** How long one probe may run once picked up. */
-  probeTimeout: z
-    .string()
-    .regex(/^\d+(ms|s|m)$/, { message: 'must be a duration such as 500ms, 30s or 5m' })
-    .default('20s'),
+  probeTimeout: DurationSchema.default('20s'),
 });
 export type InspectNodeInput = z.input<typeof InspectNodeInput>;
 

@@ -22,6 +22,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { z } from 'zod';
+import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import type * as controlActivities from '../activities/control';
 import type * as hypervisorActivities from '../activities/hypervisor';
 import type * as nodeActivities from '../activities/node';
@@ -47,8 +48,8 @@ type ControlActivities = ReturnType<typeof controlActivities.createControlActivi
 type NodeActivities = ReturnType<typeof nodeActivities.createNodeActivities>;
 type HypervisorActivities = ReturnType<typeof hypervisorActivities.createHypervisorActivities>;
 
-const nodeId = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { message: 'must be a node id from gpuops.yaml' });
-const duration = z.string().regex(/^\d+(ms|s|m|h)$/, { message: 'must be a duration such as 500ms, 30s, 5m or 1h' });
+const nodeId = gpuopsId('a node id');
+const duration = DurationSchema;
 
 // ---------------------------------------------------------------------------------------------------------------
 // recoverNode

@@ -3,8 +3,9 @@
  * operators see them in their editor. Secrets are never values in this file, only file paths or env var names.
  */
 import { z } from 'zod';
+import { ID_PATTERN } from '../domain/schemas';
 
-const id = z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, {
+const id = z.string().regex(ID_PATTERN, {
   message: 'must be lowercase letters, digits and dashes (max 63), starting with a letter or digit',
 });
 const httpUrl = z

@@ -41,7 +41,8 @@ export function workflowBundle(): Promise<WorkflowBundle> {
   return bundlePromise;
 }
 
-const quietLogger = {
+/** A bundler/worker logger that keeps only warnings and errors. */
+export const quietLogger = {
   log: () => undefined,
   trace: () => undefined,
   debug: () => undefined,

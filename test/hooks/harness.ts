@@ -13,7 +13,7 @@ import { parseConfig, type LoadedConfig } from '../../src/config/load';
 import { ALERTMANAGER_PATH } from '../../src/hooks/server';
 
 // ../helpers/env installs the quiet (WARN) runtime logger for every test file that uses it.
-import { openTestEnv, uniqueId } from '../helpers/env';
+import { openTestEnv, quietLogger, uniqueId } from '../helpers/env';
 
 export { uniqueId };
 
@@ -32,15 +32,6 @@ export async function openTemporal(): Promise<Temporal> {
   const env = await openTestEnv();
   return { client: env.client, connection: env.connection, taskQueue: env.controlQueue, close: () => env.close() };
 }
-
-const quietLogger = {
-  log: () => undefined,
-  trace: () => undefined,
-  debug: () => undefined,
-  info: () => undefined,
-  warn: (m: string) => console.warn(m),
-  error: (m: string) => console.error(m),
-};
 
 let bundle: Promise<WorkflowBundle> | undefined;
 /** The stand-in recoverNode, bundled once per test file. */
