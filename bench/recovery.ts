@@ -43,6 +43,7 @@ import type { inspectNode } from '../workflows/inspect-node';
 import type { IncidentRecord, recoverNode, watchNode } from '../workflows/recovery';
 import { createControlWorker } from '../workers/control';
 import {
+  FAST_RECOVERY,
   controlWorker,
   openTestEnv,
   startTestSandbox,
@@ -57,16 +58,7 @@ const WINDOW_S = intEnv('BENCH_WATCH_SECONDS', 30, 5, 600);
 
 const PROBE_INTERVAL_MS = 1000;
 const FAILURE_THRESHOLD = 3;
-/** Recovery timings that keep an incident in seconds (as in test/recovery.test.ts). */
-const FAST = {
-  verifyTimeout: '20s',
-  verifyInterval: '500ms',
-  bootTimeout: '40s',
-  powerTimeout: '20s',
-  pickupTimeout: '2s',
-  probeTimeout: '4s',
-  containerStopTimeout: '1s',
-};
+const FAST = FAST_RECOVERY;
 
 function intEnv(name: string, def: number, min: number, max: number): number {
   const v = Number(process.env[name] ?? def);

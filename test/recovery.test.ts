@@ -21,6 +21,7 @@ import { startRouter } from '../src/router';
 import { startHooksServer } from '../src/hooks/server';
 import { freePort } from '../src/sandbox/node';
 import {
+  FAST_RECOVERY,
   controlWorker,
   openTestEnv,
   startTestSandbox,
@@ -52,15 +53,7 @@ async function sandbox(opts: Parameters<typeof startTestSandbox>[0] = {}): Promi
 }
 
 /** Timings that keep a test in seconds; production defaults are minutes. */
-const fast = {
-  verifyTimeout: '20s',
-  verifyInterval: '500ms',
-  bootTimeout: '40s',
-  powerTimeout: '20s',
-  pickupTimeout: '2s',
-  probeTimeout: '4s',
-  containerStopTimeout: '1s',
-};
+const fast = FAST_RECOVERY;
 
 function startRecovery(s: TestSandbox, extra: Record<string, unknown> = {}) {
   return env.client.workflow.start<typeof recoverNode>('recoverNode', {
@@ -68,6 +61,24 @@ function startRecovery(s: TestSandbox, extra: Record<string, unknown> = {}) {
     workflowId: workflowIds.recover(s.nodeId),
     workflowIdConflictPolicy: 'USE_EXISTING',
     args: [{ node: s.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...fast, ...extra }],
+  });
+}
+
+/** A watcher probing every 300 ms with fast recovery timings. */
+function startWatcher(s: TestSandbox, failureThreshold: number) {
+  return env.client.workflow.start<typeof watchNode>('watchNode', {
+    taskQueue: env.controlQueue,
+    workflowId: workflowIds.watch(s.nodeId),
+    args: [
+      {
+        node: s.nodeId,
+        probeInterval: '300ms',
+        failureThreshold,
+        pickupTimeout: '2s',
+        probeTimeout: '3s',
+        recovery: fast,
+      },
+    ],
   });
 }
 
@@ -187,20 +198,7 @@ test('a healthy node is not touched: recoverNode records no-fault-found and does
 test('watchNode: a single failed probe never triggers recovery; persistent failures do', async () => {
   const s = await sandbox();
   await withControl(s, async () => {
-    const h = await env.client.workflow.start<typeof watchNode>('watchNode', {
-      taskQueue: env.controlQueue,
-      workflowId: workflowIds.watch(s.nodeId),
-      args: [
-        {
-          node: s.nodeId,
-          probeInterval: '300ms',
-          failureThreshold: 3,
-          pickupTimeout: '2s',
-          probeTimeout: '3s',
-          recovery: fast,
-        },
-      ],
-    });
+    const h = await startWatcher(s, 3);
     // One blip: the engine hangs for a single probe, then recovers by itself.
     const waitProbes = async (n: number): Promise<void> => {
       const target = (await h.query(getWatchStatusQuery)).probes + n;
@@ -241,20 +239,7 @@ test('watchNode: a single failed probe never triggers recovery; persistent failu
 test('watchNode: a fault during maintenance is not recovered; bad maintenance input is refused with a reason', async () => {
   const s = await sandbox();
   await withControl(s, async () => {
-    const h = await env.client.workflow.start<typeof watchNode>('watchNode', {
-      taskQueue: env.controlQueue,
-      workflowId: workflowIds.watch(s.nodeId),
-      args: [
-        {
-          node: s.nodeId,
-          probeInterval: '300ms',
-          failureThreshold: 2,
-          pickupTimeout: '2s',
-          probeTimeout: '3s',
-          recovery: fast,
-        },
-      ],
-    });
+    const h = await startWatcher(s, 2);
     await expect(
       h.executeUpdate(setMaintenanceUpdate, { args: [{ reason: 'x', engine: 'nope', duration: '5m' }] }),
     ).rejects.toMatchObject({ cause: { message: expect.stringMatching(/engine: must be one of ollama/) } });

@@ -41,6 +41,17 @@ export function workflowBundle(): Promise<WorkflowBundle> {
   return bundlePromise;
 }
 
+/** recoverNode timings that keep an incident in seconds on the sandbox (production defaults are minutes). */
+export const FAST_RECOVERY = {
+  verifyTimeout: '20s',
+  verifyInterval: '500ms',
+  bootTimeout: '40s',
+  powerTimeout: '20s',
+  pickupTimeout: '2s',
+  probeTimeout: '4s',
+  containerStopTimeout: '1s',
+};
+
 /** A bundler/worker logger that keeps only warnings and errors. */
 export const quietLogger = {
   log: () => undefined,
