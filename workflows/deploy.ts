@@ -15,6 +15,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { z } from 'zod';
+import { DeployPolicySchema } from '../src/domain/deploy-policy';
 import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import type * as controlActivities from '../activities/control';
 import type * as deployActivities from '../activities/deploy';
@@ -45,30 +46,8 @@ type DeployActivities = ReturnType<typeof deployActivities.createDeployActivitie
 const nodeId = gpuopsId('a node id');
 const duration = DurationSchema;
 
-/** The deployment policy's knobs a single deployment may override (defaults as in gpuops.yaml's PolicySchema). */
-export const DeployPolicyInput = z.strictObject({
-  /** Canary weights in percent, one per step, increasing. */
-  canarySteps: z
-    .array(z.int().min(1).max(99))
-    .min(1)
-    .refine((s) => s.every((w, i) => i === 0 || w > (s[i - 1] ?? 0)), { message: 'must be increasing' })
-    .default([10, 25, 50]),
-  /** How long each step runs before it is analysed. */
-  stepDuration: duration.default('60s'),
-  /** Requests per variant in the step's window before it is judged. */
-  minSamples: z.int().min(1).default(20),
-  maxErrorRateDelta: z.number().min(0).max(1).default(0.02),
-  maxTtftP95Ratio: z.number().positive().default(1.2),
-  minTokensPerSecondRatio: z.number().positive().default(0.8),
-  /** Promote after the last step passes; false waits for the `promote` Update. */
-  autoPromote: z.boolean().default(true),
-  /** How long a medium-risk version (and, without autoPromote, a finished canary) waits for a human. */
-  approvalTimeout: duration.default('24h'),
-  /** Refuse a model that needs more than this % of the node's GPU memory. */
-  memoryCapPct: z.int().min(10).max(100).default(90),
-  /** Most synthetic requests one step may send when real traffic is too thin to judge. */
-  maxSyntheticPerStep: z.int().min(0).default(500),
-});
+/** The deployment policy (same schema as gpuops.yaml's `policies.<name>`): a config policy or overrides. */
+export const DeployPolicyInput = DeployPolicySchema;
 
 export const DeployModelInput = z.strictObject({
   node: nodeId,

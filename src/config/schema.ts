@@ -3,6 +3,7 @@
  * operators see them in their editor. Secrets are never values in this file, only file paths or env var names.
  */
 import { z } from 'zod';
+import { DeployPolicySchema } from '../domain/deploy-policy';
 import { ID_PATTERN } from '../domain/schemas';
 
 const id = z.string().regex(ID_PATTERN, {
@@ -174,25 +175,7 @@ export const HooksSchema = z
   })
   .describe('The Alertmanager webhook receiver (`gpuops hooks`), which turns firing alerts into recoverNode runs.');
 
-export const PolicySchema = z
-  .strictObject({
-    canarySteps: z.array(z.int().min(1).max(100)).default([10, 25, 50]).describe('Canary weights, percent.'),
-    stepDuration: duration.default('60s').describe('How long each canary step is analysed.'),
-    minSamples: z.int().min(1).default(20).describe('Requests per variant before a step is judged.'),
-    maxErrorRateDelta: z.number().min(0).max(1).default(0.02).describe('Canary error rate minus stable, at most.'),
-    maxTtftP95Ratio: z.number().positive().default(1.2).describe('Canary TTFT p95 / stable, at most.'),
-    minTokensPerSecondRatio: z.number().positive().default(0.8).describe('Canary tokens/s / stable, at least.'),
-    autoPromote: z.boolean().default(true).describe('Promote after the last step, or wait for the promote update.'),
-    memoryCapPct: z
-      .int()
-      .min(10)
-      .max(100)
-      .default(90)
-      .describe('Refuse a model that needs more than this % of GPU memory.'),
-    approvalTimeout: duration.default('24h').describe('How long a medium-risk deployment waits for approve.'),
-    rollbackWindow: duration.default('1h').describe('How long the old version stays loaded after promotion.'),
-  })
-  .describe('A deployment policy.');
+export const PolicySchema = DeployPolicySchema;
 
 export const RecoverySchema = z
   .strictObject({

@@ -1,0 +1,61 @@
+/**
+ * The deployment policy: one schema for gpuops.yaml's `policies.<name>` and deployModel's `policy` input, so a
+ * policy the config accepts is always a valid workflow input. Pure; safe in workflows.
+ */
+import { z } from 'zod';
+import { DurationSchema } from './schemas';
+
+const duration = DurationSchema;
+
+export const DeployPolicySchema = z
+  .strictObject({
+    canarySteps: z
+      .array(z.int().min(1).max(99))
+      .min(1)
+      .refine((s) => s.every((w, i) => i === 0 || w > (s[i - 1] ?? 0)), { message: 'must be increasing' })
+      .default([10, 25, 50])
+      .describe('Canary weights in percent, one per step, increasing (1-99; promotion is the step to 100).'),
+    stepDuration: duration.default('60s').describe('How long each canary step runs before it may pass.'),
+    analysisInterval: duration
+      .default('5s')
+      .describe('How often a running step is analysed: a breach rolls back at the next analysis, mid-step.'),
+    failureLimit: z
+      .int()
+      .min(1)
+      .default(1)
+      .describe('Consecutive failing analyses that roll back (1: at once). promote is refused while failing.'),
+    minSamples: z.int().min(1).default(20).describe('Requests per variant in the window before it is judged.'),
+    maxErrorRateDelta: z.number().min(0).max(1).default(0.02).describe('Canary error rate minus stable, at most.'),
+    maxTtftP95Ratio: z.number().positive().default(1.2).describe('Canary TTFT p95 / stable, at most.'),
+    minTokensPerSecondRatio: z.number().positive().default(0.8).describe('Canary tokens/s / stable, at least.'),
+    maxSyntheticPerStep: z
+      .int()
+      .min(0)
+      .default(500)
+      .describe('Most synthetic requests (from the golden set) one step may send when real traffic is thin.'),
+    autoPromote: z.boolean().default(true).describe('Promote after the last step, or wait for the promote update.'),
+    approvalTimeout: duration
+      .default('24h')
+      .describe('How long a medium-risk version, or a canary waiting for promote, waits before rolling back.'),
+    memoryCapPct: z
+      .int()
+      .min(10)
+      .max(100)
+      .default(90)
+      .describe('Pre-flight: refuse a model that would take GPU memory use above this % of the total.'),
+    minFreeDiskGiB: z
+      .number()
+      .min(0)
+      .default(5)
+      .describe('Pre-flight: refuse to pull unless every model store keeps this much free after the download.'),
+    rollbackWindow: duration
+      .default('1h')
+      .describe('After promotion the old version stays loaded this long, for a rollback by route switch.'),
+    removePulledOnRollback: z
+      .boolean()
+      .default(false)
+      .describe('On rollback, delete the pulled model from the engine (only if this deployment pulled it).'),
+  })
+  .describe('A deployment policy.');
+
+export type DeployPolicy = z.infer<typeof DeployPolicySchema>;
