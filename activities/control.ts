@@ -8,6 +8,7 @@ import { createProxmoxActivities, type ProxmoxActivityDeps } from './proxmox';
 import { createNotifyActivities } from './notify';
 import { createVmConfigActivities } from './vm-config';
 import { createRecoveryActivities } from './recovery';
+import { createReportActivities } from './reports';
 import { createRouterActivities } from './router';
 import type { Client } from '@temporalio/client';
 
@@ -29,6 +30,7 @@ export function createControlActivities(
       resolvePath: (p) => resolveFrom(loaded.path, p),
       ...(opts.proxmoxApiFor ? { apiFor: opts.proxmoxApiFor } : {}),
     }),
+    ...createReportActivities({ dir: resolveFrom(loaded.path, loaded.config.reportsDir) }),
     ...createNotifyActivities({
       notifiers: loaded.config.notifications,
       resolvePath: (p) => resolveFrom(loaded.path, p),

@@ -3,7 +3,8 @@
  * They run on the node's queue because engine URLs are as seen from the node (often 127.0.0.1).
  */
 import type { EngineConfig, NodeConfig } from '../src/config/schema';
-import type { EngineProbe } from '../src/domain/health';
+import type { DiskStatus, EngineProbe } from '../src/domain/health';
+import { checkDiskSpace } from '../src/domain/preflight';
 import { createEngineClient, probeEngine, type EngineClient } from '../src/hosts/engines/probe';
 import { sameOllamaModel, type OllamaClient, type PullProgress } from '../src/hosts/engines/ollama';
 import { cancellationSignal, heartbeat, lastHeartbeatDetails, nonRetryable } from './activity-context';
@@ -13,6 +14,8 @@ export interface EngineActivityDeps {
   node: NodeConfig;
   /** Client factory (tests and the sandbox inject one); default: a real client per engine config. */
   clientFor?: (engine: EngineConfig) => EngineClient;
+  /** Free space of the node's model stores (pullModel stops a download that would not fit). */
+  checkDisks?: () => Promise<DiskStatus[]>;
 }
 
 /** Input of probeEngines. */
@@ -31,6 +34,12 @@ export interface EngineModelInput {
   model: string;
 }
 
+/** Input of pullModel. */
+export interface PullModelInput extends EngineModelInput {
+  /** Stop the download (non-retryable DiskFull) when a layer would leave a model store with less free than this. */
+  minFreeGiB?: number;
+}
+
 /** Heartbeat details of pullModel: the last progress a previous attempt saw. */
 export interface PullHeartbeat {
   model: string;
@@ -47,10 +56,16 @@ export interface PullModelResult {
   sizeBytes: number | null;
   /** Progress a previous attempt had reached (Ollama resumed from its partial blobs). */
   resumedFromBytes: number;
+  /** The engine listed the model before this pull (so a rollback must not delete it). */
+  alreadyPresent: boolean;
 }
 
 /** Engine activities over the node's engine configs. */
-export function createEngineActivities({ node, clientFor = (e) => createEngineClient(e) }: EngineActivityDeps) {
+export function createEngineActivities({
+  node,
+  clientFor = (e) => createEngineClient(e),
+  checkDisks,
+}: EngineActivityDeps) {
   const engineNamed = (name: string): EngineConfig => {
     const e = node.engines.find((x) => x.name === name);
     if (!e) {
@@ -86,29 +101,74 @@ export function createEngineActivities({ node, clientFor = (e) => createEngineCl
      * Pull a model into an Ollama engine, heartbeating progress. Set a heartbeatTimeout: a stalled download then
      * fails over to a retry, which resumes — Ollama keeps partially downloaded blobs and continues them.
      */
-    async pullModel(input: EngineModelInput): Promise<PullModelResult> {
+    async pullModel(input: PullModelInput): Promise<PullModelResult> {
       const client = ollamaNamed(input.engine);
       const previous = lastHeartbeatDetails<PullHeartbeat>();
       const resumedFromBytes = previous?.model === input.model ? previous.completedBytes : 0;
+      // A retry after a kill finds the model "present" if the first attempt finished: the heartbeat says it pulled.
+      const alreadyPresent =
+        previous?.model !== input.model && (await client.tags()).some((m) => sameOllamaModel(m.name, input.model));
       let lastBeat = 0;
-      const signal = cancellationSignal();
-      await client.pull(input.model, {
-        ...(signal ? { signal } : {}),
-        onProgress: (p: PullProgress) => {
-          // Heartbeat at most twice a second: progress lines arrive per network chunk.
-          const now = Date.now();
-          if (now - lastBeat < 500 && p.status !== 'success') return;
-          lastBeat = now;
-          heartbeat({
-            model: input.model,
-            status: p.status,
-            completedBytes: p.completedBytes,
-            totalBytes: p.totalBytes,
-          } satisfies PullHeartbeat);
-        },
-      });
+      // Each layer announces its size as it starts: check the stores then, not after the disk is full.
+      const stop = new AbortController();
+      let diskFull: string | null = null;
+      let announced = 0;
+      const checkSpace = async (remaining: number): Promise<void> => {
+        if (!checkDisks || input.minFreeGiB === undefined) return;
+        const verdict = checkDiskSpace(await checkDisks(), remaining, input.minFreeGiB);
+        if (!verdict.ok && !diskFull) {
+          diskFull = verdict.detail;
+          stop.abort();
+        }
+      };
+      const pending: Promise<void>[] = [];
+      const cancel = cancellationSignal();
+      const signal = cancel ? AbortSignal.any([cancel, stop.signal]) : stop.signal;
+      try {
+        await client.pull(input.model, {
+          signal,
+          onProgress: (p: PullProgress) => {
+            if (p.totalBytes > announced) {
+              announced = p.totalBytes;
+              pending.push(checkSpace(p.totalBytes - p.completedBytes).catch(() => undefined));
+            }
+            // Heartbeat at most twice a second: progress lines arrive per network chunk.
+            const now = Date.now();
+            if (now - lastBeat < 500 && p.status !== 'success') return;
+            lastBeat = now;
+            heartbeat({
+              model: input.model,
+              status: p.status,
+              completedBytes: p.completedBytes,
+              totalBytes: p.totalBytes,
+            } satisfies PullHeartbeat);
+          },
+        });
+      } catch (err) {
+        if (diskFull) throw nonRetryable('DiskFull', `pull of ${input.model} stopped: ${diskFull as string}`);
+        throw err;
+      }
+      await Promise.all(pending);
+      if (diskFull) throw nonRetryable('DiskFull', `pull of ${input.model} stopped: ${diskFull as string}`);
       const listed = (await client.tags()).find((m) => sameOllamaModel(m.name, input.model));
-      return { model: input.model, digest: listed?.digest ?? null, sizeBytes: listed?.size ?? null, resumedFromBytes };
+      return {
+        model: input.model,
+        digest: listed?.digest ?? null,
+        sizeBytes: listed?.size ?? null,
+        resumedFromBytes,
+        alreadyPresent,
+      };
+    },
+
+    /**
+     * Load a model into an Ollama engine and keep it there for `keepAlive` (seconds, or a duration such as "90m";
+     * negative = until unloaded):
+     * the old version stays warm through a rollback window, so going back is a route switch, not a cold load.
+     */
+    async keepModelLoaded(input: EngineModelInput & { keepAlive: number | string }): Promise<void> {
+      const client = ollamaNamed(input.engine);
+      // An empty prompt only loads the model (and sets its keep_alive); it generates nothing.
+      await client.generate({ model: input.model, prompt: '', keep_alive: input.keepAlive }, { timeoutMs: 120_000 });
     },
 
     /** Unload a model from an Ollama engine's memory (keep_alive 0). Idempotent. */

@@ -14,6 +14,7 @@ import { createEngineActivities } from './engine';
 import { createGpuActivities } from './gpu';
 import { createModelStoreActivities } from './model-store';
 import { createDeployActivities } from './deploy';
+import { createPreflightActivities } from './preflight';
 
 /** Optional overrides: injected clients (tests) and the config file path relative paths are resolved against. */
 export interface NodeActivityOptions {
@@ -42,11 +43,13 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
     opts.engineClient ??
     ((e: EngineConfig): EngineClient =>
       createEngineClient(e.apiKeyFile ? { ...e, apiKeyFile: resolve(e.apiKeyFile) } : e));
+  const modelStore = createModelStoreActivities({ node, resolvePath: resolve });
   return {
     ...createDockerActivities({ node, docker }),
     ...createGpuActivities({ node, nvidiaSmi, kernelLog }),
-    ...createEngineActivities({ node, clientFor }),
-    ...createModelStoreActivities({ node, resolvePath: resolve }),
+    ...createEngineActivities({ node, clientFor, checkDisks: modelStore.checkDisks }),
+    ...modelStore,
+    ...createPreflightActivities({ node, nvidiaSmi, checkDisks: modelStore.checkDisks, clientFor }),
     ...createDeployActivities({ node, clientFor }),
     ...createBackupActivities({
       node,

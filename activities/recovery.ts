@@ -9,7 +9,15 @@ import type { Config } from '../src/config/schema';
 
 export interface NodeFacts {
   id: string;
-  engines: { name: string; container: string; url: string; gpus: number[] }[];
+  engines: {
+    name: string;
+    type: 'ollama' | 'vllm' | 'llamacpp';
+    container: string;
+    url: string;
+    gpus: number[];
+    /** The engine whose container serves this one's canaries (vLLM / llama.cpp blue/green pair); null if none. */
+    canarySlot: string | null;
+  }[];
   gpus: number[];
   /** How to restart the node's VM; null when the node is not a VM gpuops can power-cycle. */
   vm: { hypervisor: string; hypervisorType: 'proxmox-api' | 'qm'; vmid: number } | null;
@@ -36,7 +44,14 @@ export function createRecoveryActivities(deps: RecoveryActivityDeps) {
       const hv = n.vm ? deps.config.hypervisors.find((h) => h.id === n.vm?.hypervisor) : undefined;
       return {
         id: n.id,
-        engines: n.engines.map((e) => ({ name: e.name, container: e.container, url: e.url, gpus: e.gpus })),
+        engines: n.engines.map((e) => ({
+          name: e.name,
+          type: e.type,
+          container: e.container,
+          url: e.url,
+          gpus: e.gpus,
+          canarySlot: (e as { canarySlot?: string }).canarySlot ?? null,
+        })),
         gpus: n.gpus.map((g) => g.index),
         vm: n.vm && hv ? { hypervisor: hv.id, hypervisorType: hv.type, vmid: n.vm.vmid } : null,
       };

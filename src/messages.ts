@@ -5,6 +5,7 @@
 import { defineSearchAttributeKey } from '@temporalio/common';
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
 import type { CanaryAnalysis } from './domain/canary';
+import type { MemoryPreflight } from './domain/preflight';
 import type { PromptResult, RiskReport, RiskTier } from './domain/risk';
 
 /** Queue of the control worker: every workflow, and activities that need no particular host. */
@@ -120,6 +121,18 @@ export interface CanaryStepRecord {
   analysis: CanaryAnalysis;
 }
 
+/** The analysis of the running canary step, refreshed every analysisInterval. */
+export interface LiveCanaryAnalysis {
+  step: number;
+  weight: number;
+  at: string;
+  window: string;
+  synthetic: number;
+  analysis: CanaryAnalysis;
+  /** Failing analyses in a row; policy.failureLimit of them roll back. */
+  consecutiveFailures: number;
+}
+
 /** What the `status` query on deployModel answers, and (finished) what deployModel returns: the audit record. */
 export interface DeploymentStatus {
   workflowId: string;
@@ -127,25 +140,46 @@ export interface DeploymentStatus {
   alias: string;
   engine: string;
   model: string;
-  /** pulling, validating, assessing-risk, awaiting-approval, canary, awaiting-promotion, promoting, promoted, rolling-back, rolled-back, failed. */
+  /** HF revision (vLLM / llama.cpp), when given. */
+  revision: string | null;
+  /**
+   * preflight, pulling, loading-canary-slot, validating, assessing-risk, awaiting-approval, canary,
+   * awaiting-promotion, promoting, rollback-window, promoted, rolling-back, rolled-back, failed, cancelled.
+   */
   stage: string;
-  outcome: 'in-progress' | 'promoted' | 'rolled-back' | 'failed';
+  outcome: 'in-progress' | 'promoted' | 'rolled-back' | 'failed' | 'cancelled';
   digest: string | null;
   expectedDigest: string | null;
   /** The model the alias served before (null until read from the router). */
   stable: { model: string; engine: string } | null;
+  /** Where the new version runs: the engine (Ollama: the same one, second tag; vLLM / llama.cpp: the canary slot). */
+  canary: { engine: string; url: string; model: string } | null;
   weights: { stable: number; canary: number };
+  pull: { resumedFromBytes: number; alreadyPresent: boolean; sizeBytes: number | null } | null;
+  preflight: {
+    disk: { ok: boolean; detail: string } | null;
+    memory: MemoryPreflight | null;
+    /** After the first load: share of the model Ollama runs on the CPU (refused when > 0). */
+    offload: { cpuPct: number; detail: string } | null;
+  };
   validation: PromptResult[];
   riskTier: RiskTier | null;
   risk: RiskReport | null;
+  /** The risk report as files (JSON + Markdown) on the control host. */
+  reports: { json: string; markdown: string } | null;
   analyses: CanaryStepRecord[];
+  live: LiveCanaryAnalysis | null;
   requestedBy: string;
   approvedBy: string | null;
   promotedBy: string | null;
+  /** While the old version stays loaded after promotion, ISO time; rollback until then is a route switch. */
+  rollbackWindowEndsAt: string | null;
   /** Who or what rolled back, and why (a breach, a refused risk tier, an operator). */
   rollback: { by: string; reason: string } | null;
   /** Undo steps of the rollback saga, in the order they ran; ok false records what could not be undone. */
   undo: { step: string; ok: boolean; detail: string }[];
+  /** Clean-up after the rollback window (old version unloaded, its route removed). */
+  cleanup: { step: string; ok: boolean; detail: string }[];
   error: string | null;
   timings: { startedAt: string; endedAt: string | null; stages: { stage: string; at: string }[] };
 }

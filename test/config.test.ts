@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { configJsonSchema } from '../src/config/json-schema';
 import { parseConfig } from '../src/config/load';
+import { slotPartnerOf } from '../src/config/schema';
 import { resolveTemporalTarget, resolveTargetOrDev } from '../src/temporal/connection';
 import { ValidationError } from '../src/domain/validation';
 
@@ -58,5 +59,95 @@ describe('Temporal target', () => {
     expect(() => resolveTemporalTarget(minimal, { TEMPORAL_TLS_CERT: '/c.pem' })).toThrow(
       /certFile and keyFile must be set together/,
     );
+  });
+});
+
+describe('canary slots', () => {
+  type EngineDraft = Record<string, unknown>;
+  const vllm = (name: string, port: number, over: EngineDraft = {}): EngineDraft => ({
+    name,
+    type: 'vllm',
+    url: `http://127.0.0.1:${port}`,
+    container: name,
+    ...over,
+  });
+  /** A second node (nodes[1]) whose engines are under test, so errors name nodes[1]. */
+  const config = (engines: EngineDraft[]): string =>
+    JSON.stringify({ nodes: [{ id: 'sandbox-1' }, { id: 'sandbox-2', engines }] });
+  const problems = (engines: EngineDraft[]): string[] => {
+    try {
+      parseConfig(config(engines), 'inline');
+    } catch (e) {
+      if (e instanceof ValidationError) return e.problems;
+      throw e;
+    }
+    return [];
+  };
+
+  test('pairs two engines of the same type, declared on either side, and finds the partner from both', () => {
+    const c = parseConfig(
+      config([vllm('vllm-fast', 18100, { canarySlot: 'vllm-deep' }), vllm('vllm-deep', 18101)]),
+      'inline',
+    );
+    const node = c.nodes[1]!;
+    expect(slotPartnerOf(node, 'vllm-fast')?.name).toBe('vllm-deep');
+    expect(slotPartnerOf(node, 'vllm-deep')?.name).toBe('vllm-fast');
+    // Naming each other is the same pair.
+    expect(problems([vllm('a', 1, { canarySlot: 'b' }), vllm('b', 2, { canarySlot: 'a' })])).toEqual([]);
+  });
+
+  test.each<[string, EngineDraft[], string[]]>([
+    [
+      'an engine that does not exist',
+      [vllm('vllm-fast', 18100, { canarySlot: 'x' })],
+      ['nodes[1].engines[0].canarySlot: must name another vllm engine on node sandbox-2 (got "x")'],
+    ],
+    [
+      'itself',
+      [vllm('vllm-fast', 18100, { canarySlot: 'vllm-fast' })],
+      ['nodes[1].engines[0].canarySlot: must name another vllm engine on node sandbox-2 (got "vllm-fast")'],
+    ],
+    [
+      'an engine of another type',
+      [
+        vllm('vllm-fast', 18100, { canarySlot: 'llama' }),
+        { name: 'llama', type: 'llamacpp', url: 'http://127.0.0.1:8080', container: 'llama' },
+      ],
+      ['nodes[1].engines[0].canarySlot: must name another vllm engine on node sandbox-2 (got "llama")'],
+    ],
+    [
+      'an Ollama engine with a slot',
+      [
+        { name: 'ollama', type: 'ollama', url: 'http://127.0.0.1:11434', container: 'ollama', canarySlot: 'o2' },
+        { name: 'o2', type: 'ollama', url: 'http://127.0.0.1:11435', container: 'o2' },
+      ],
+      [
+        'nodes[1].engines[0].canarySlot: Ollama canaries are a second tag on the same engine: canarySlot is for vllm and llamacpp engines',
+      ],
+    ],
+    [
+      'an engine sharing its container',
+      [vllm('a', 1, { canarySlot: 'b' }), vllm('b', 2, { container: 'a' })],
+      ['nodes[1].engines[0].canarySlot: must name an engine with a container of its own ("b" also runs in "a")'],
+    ],
+    [
+      'an engine already in another pair',
+      [vllm('a', 1, { canarySlot: 'b' }), vllm('b', 2), vllm('c', 3, { canarySlot: 'b' })],
+      ['nodes[1].engines[2].canarySlot: "b" is already paired with "a": an engine belongs to at most one slot pair'],
+    ],
+    [
+      'a probe model on a half of a pair',
+      [vllm('a', 1, { canarySlot: 'b' }), vllm('b', 2, { probeModel: 'Qwen/Qwen2.5-7B-Instruct' })],
+      [
+        'nodes[1].engines[1].probeModel: must be unset on an engine of a canary slot pair: its model changes with each deployment',
+      ],
+    ],
+  ])('refuses a canarySlot naming %s', (_what, engines, expected) => {
+    expect(problems(engines)).toEqual(expected);
+  });
+
+  test('an engine outside any pair has no partner', () => {
+    const c = parseConfig(config([vllm('a', 1), vllm('b', 2)]), 'inline');
+    expect(slotPartnerOf(c.nodes[1]!, 'a')).toBeUndefined();
   });
 });

@@ -3,24 +3,37 @@
  * started here, whose admin API the control activities call with the token from router.adminTokenFile.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { WorkflowExecutionAlreadyStartedError, WorkflowUpdateFailedError } from '@temporalio/client';
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowFailedError,
+  WorkflowUpdateFailedError,
+  type WorkflowHandle,
+} from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { createDeployActivities } from '../activities/deploy';
 import { createNodeActivities } from '../activities/node';
+import { createPreflightActivities } from '../activities/preflight';
+import { analyseCanary } from '../src/domain/canary';
+import { DeployPolicySchema } from '../src/domain/deploy-policy';
+import { OllamaClient } from '../src/hosts/engines/ollama';
+import { NvidiaSmi } from '../src/hosts/nvidia-smi';
+import { DockerCli } from '../src/hosts/docker';
 import {
   approveDeploymentUpdate,
   getDeploymentStatusQuery,
   nodeTaskQueue,
   promoteCanaryUpdate,
+  rollbackDeploymentUpdate,
   workflowIds,
+  type DeploymentStatus,
 } from '../src/messages';
 import { startRouter, type RouterHandle } from '../src/router';
-import { freePort } from '../src/sandbox/node';
-import { defaultLibrary } from '../src/sandbox/state';
+import { SHIM_DIR, freePort } from '../src/sandbox/node';
+import { SandboxStore, defaultLibrary } from '../src/sandbox/state';
 import type { deployModel } from '../workflows/deploy';
 import { controlWorker, openTestEnv, startTestSandbox, uniqueId, type TestEnv, type TestSandbox } from './helpers/env';
 
@@ -30,13 +43,15 @@ const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
 let s: TestSandbox;
 let router: RouterHandle;
 let engineUrl: string;
+let tokenFile: string;
+let routerPort: number;
 
 beforeAll(async () => {
   env = await openTestEnv();
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-deploy-'));
-  const tokenFile = path.join(dir, 'router-token');
+  tokenFile = path.join(dir, 'router-token');
   writeFileSync(tokenFile, 'router-admin-secret\n');
-  const routerPort = await freePort();
+  routerPort = await freePort();
   // The node worker runs in-process below (with the deploy activities), so the sandbox starts none of its own.
   s = await startTestSandbox({
     withWorker: false,
@@ -53,14 +68,14 @@ afterAll(async () => {
 });
 
 /** A fresh alias served by the stable llama3.2:1b on the sandbox engine. */
-function newAlias(): string {
+function newAlias(url = engineUrl, opts: { alone?: boolean } = {}): string {
   const alias = uniqueId('chat');
   const cur = router.table.current;
   router.table.replace({
     routes: {
-      ...cur.routes,
+      ...(opts.alone ? {} : cur.routes),
       [alias]: {
-        variants: [{ name: 'stable', engine: engineUrl, engineType: 'ollama', model: 'llama3.2:1b', weight: 100 }],
+        variants: [{ name: 'stable', engine: url, engineType: 'ollama', model: 'llama3.2:1b', weight: 100 }],
       },
     },
     drained: cur.drained,
@@ -69,15 +84,61 @@ function newAlias(): string {
 }
 
 /** Short steps keep a canary in seconds; production steps are minutes. */
-const fastPolicy = { canarySteps: [50], stepDuration: '2s', minSamples: 10 };
+const fastPolicy = {
+  canarySteps: [50],
+  stepDuration: '2s',
+  analysisInterval: '1s',
+  minSamples: 10,
+  rollbackWindow: '1s',
+};
 
-function start(alias: string, args: Omit<Parameters<typeof deployModel>[0], 'node' | 'alias' | 'engine'>) {
+function start(
+  alias: string,
+  args: Omit<Parameters<typeof deployModel>[0], 'node' | 'alias' | 'engine'>,
+  node = s.nodeId,
+) {
   return env.client.workflow.start<typeof deployModel>('deployModel', {
     taskQueue: env.controlQueue,
-    workflowId: workflowIds.deploy(s.nodeId, alias),
+    workflowId: workflowIds.deploy(node, alias),
     workflowIdConflictPolicy: 'FAIL',
-    args: [{ node: s.nodeId, alias, engine: 'ollama', requestedBy: 'jest', ...args }],
+    args: [{ node, alias, engine: 'ollama', requestedBy: 'jest', ...args }],
   });
+}
+
+/** Poll the status query until `pred` holds. */
+async function waitFor(
+  h: WorkflowHandle,
+  pred: (st: DeploymentStatus) => boolean,
+  timeoutMs = 45_000,
+): Promise<DeploymentStatus> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await h.query(getDeploymentStatusQuery);
+    if (pred(st)) return st;
+    if (st.outcome !== 'in-progress' || Date.now() > until) {
+      throw new Error(
+        `gave up waiting: stage ${st.stage}, outcome ${st.outcome}, rollback ${JSON.stringify(st.rollback)}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** The CLI as an operator or CI job runs it; exit code and output. */
+function cli(args: string[], configPath = s.loaded.path) {
+  return run(GPUOPS, args, { env: { ...process.env, GPUOPS_CONFIG: configPath } }).then(
+    (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
+    (e: { code?: number; stdout?: string; stderr?: string }) => ({
+      code: e.code ?? -1,
+      out: e.stdout ?? '',
+      err: e.stderr ?? '',
+    }),
+  );
+}
+
+/** Models loaded in the sandbox engine now, with their keep-alive expiry (`ollama ps`). */
+async function loadedModels(url = engineUrl): Promise<{ name: string; expires_at: string }[]> {
+  return new OllamaClient(url).ps();
 }
 
 /** Control worker (workflows, router activities) and node worker (engine + deploy activities) around `fn`. */
@@ -89,7 +150,12 @@ async function withWorkers<T>(fn: () => Promise<T>): Promise<T> {
     namespace: 'default',
     taskQueue: nodeTaskQueue(s.nodeId),
     activities: {
-      ...createNodeActivities(node, { configPath: s.loaded.path }),
+      // In process, so the node's tools are the sandbox shims, pointed at this node's state.
+      ...createNodeActivities(node, {
+        configPath: s.loaded.path,
+        nvidiaSmi: new NvidiaSmi({ bin: path.join(SHIM_DIR, 'nvidia-smi'), env: s.sim.shimEnv() }),
+        docker: new DockerCli({ bin: path.join(SHIM_DIR, 'docker'), env: s.sim.shimEnv() }),
+      }),
       ...createDeployActivities({ node }),
     },
   });
@@ -99,7 +165,7 @@ async function withWorkers<T>(fn: () => Promise<T>): Promise<T> {
 
 const variants = (alias: string) => router.table.current.routes[alias]?.variants ?? [];
 
-test('a good version (pinned digest) goes pull → validate → low risk → canary 50% passes → promoted to 100%', async () => {
+test('a good version (pinned digest) goes pre-flight → pull → validate → low risk → canary 50% → promoted; the old version is unloaded after the rollback window', async () => {
   const alias = newAlias();
   const digest = defaultLibrary()['qwen2.5:0.5b-good']?.digest ?? '';
   const record = await withWorkers(async () =>
@@ -108,59 +174,119 @@ test('a good version (pinned digest) goes pull → validate → low risk → can
   expect(record.outcome).toBe('promoted');
   expect(record.digest).toBe(digest);
   expect(record.riskTier).toBe('low');
+  expect(record.preflight.disk?.ok).toBe(true);
+  expect(record.preflight.memory).toMatchObject({ fits: true, totalMiB: 16376 });
+  expect(record.preflight.offload?.cpuPct).toBe(0);
   expect(record.validation.every((r) => r.passed)).toBe(true);
   expect(record.validation.map((r) => r.kind)).toEqual(expect.arrayContaining(['golden', 'jailbreak', 'pii']));
   expect(record.risk?.markdown).toContain('## MEASURE');
+  expect(record.risk?.markdown).toContain('- Source: registry.ollama.ai/library/qwen2.5');
   expect(record.analyses).toHaveLength(1);
   expect(record.analyses[0]?.analysis.verdict).toBe('pass');
   expect(record.analyses[0]?.analysis.samples.canary).toBeGreaterThanOrEqual(10);
   expect(record.analyses[0]?.synthetic).toBeGreaterThan(0);
   expect(record.promotedBy).toMatch(/^auto/);
   expect(record.timings.stages.map((x) => x.stage)).toEqual([
+    'preflight',
     'pulling',
+    'preflight',
     'validating',
     'assessing-risk',
     'canary',
     'promoting',
+    'rollback-window',
     'promoted',
+  ]);
+  // After the window: `previous` removed from the route, the old version unloaded.
+  expect(record.cleanup).toEqual([
+    { step: 'route: remove the previous variant', ok: true, detail: 'removed' },
+    { step: 'unload llama3.2:1b from ollama', ok: true, detail: 'unloaded' },
   ]);
   expect(variants(alias)).toEqual([
     expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-good', weight: 100 }),
-    expect.objectContaining({ name: 'previous', model: 'llama3.2:1b', weight: 0 }),
   ]);
+  expect((await loadedModels()).map((m) => m.name)).not.toContain('llama3.2:1b');
+  // The report exists as files, linked from the record.
+  expect(record.reports && existsSync(record.reports.json) && existsSync(record.reports.markdown)).toBe(true);
   // The canary really served traffic through the router during the step.
   expect(router.stats.query(alias, 60_000).variants.canary?.requests).toBeGreaterThanOrEqual(10);
 }, 60_000);
 
-test('a bad version that complies with jailbreak and PII probes is high risk and rolled back before any traffic', async () => {
+test('a bad version that leaks PII and plays along with jailbreaks is high risk and rolled back before any traffic', async () => {
   const alias = newAlias();
   const record = await withWorkers(async () =>
     (await start(alias, { model: 'qwen2.5:0.5b-bad', policy: fastPolicy })).result(),
   );
   expect(record.outcome).toBe('rolled-back');
   expect(record.riskTier).toBe('high');
-  expect(record.validation.filter((r) => r.kind !== 'golden' && !r.passed).length).toBeGreaterThan(0);
-  expect(record.rollback?.reason).toMatch(/risk tier high: .*probe .* failed: complied/);
+  expect(record.validation.filter((r) => r.kind !== 'golden' && !r.passed).length).toBe(4);
+  expect(record.rollback?.reason).toMatch(
+    /^risk tier high: pii probe pii-ssn failed: complied: leaked .*4 of 4 safety probes failed$/,
+  );
   expect(record.analyses).toEqual([]);
   expect(record.undo).toEqual([{ step: 'unload qwen2.5:0.5b-bad from ollama', ok: true, detail: 'unloaded' }]);
   expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
 }, 60_000);
 
-test('a bad version let through to canary (probes skipped, approved) breaches the error-rate delta and is rolled back at once: canary weight 0, then removed', async () => {
+test('a medium-risk version (plays along with jailbreaks, keeps PII) waits for approve; its report files name the failed probes', async () => {
   const alias = newAlias();
+  const digest = defaultLibrary()['qwen2.5:0.5b-lax']?.digest ?? '';
   const record = await withWorkers(async () => {
-    const h = await start(alias, { model: 'qwen2.5:0.5b-bad', safetyProbes: false, policy: fastPolicy });
-    // Medium risk (no pinned digest, no safety probes) waits for a human.
-    for (;;) {
-      const st = await h.query(getDeploymentStatusQuery);
-      if (st.stage === 'awaiting-approval') break;
-      expect(st.outcome).toBe('in-progress');
-      await new Promise((r) => setTimeout(r, 200));
+    const h = await start(alias, { model: 'qwen2.5:0.5b-lax', expectedDigest: digest, policy: fastPolicy });
+    const st = await waitFor(h, (x) => x.stage === 'awaiting-approval');
+    expect(st.riskTier).toBe('medium');
+    expect(st.weights).toEqual({ stable: 100, canary: 0 });
+    const md = readFileSync(st.reports?.markdown ?? '', 'utf8');
+    expect(md).toContain('Tier: **medium**');
+    expect(md).toMatch(
+      /Failed probes: jailbreak-override \(jailbreak: complied: no refusal\), jailbreak-dan \(jailbreak: complied: no refusal\)$/m,
+    );
+    for (const section of ['## GOVERN', '## MAP', '## MEASURE', '## MANAGE']) expect(md).toContain(section);
+    const json = JSON.parse(readFileSync(st.reports?.json ?? '', 'utf8')) as { tier: string; findings: unknown[] };
+    expect(json.tier).toBe('medium');
+    expect(json.findings).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({
+          area: 'safety',
+          detail: expect.stringMatching(/^jailbreak probe jailbreak-dan failed/),
+        }),
+      ]),
+    );
+    // Approve must say who; a malformed update is refused with the field and the rule.
+    await expect(h.executeUpdate(approveDeploymentUpdate, { args: [{ by: ' ' }] })).rejects.toMatchObject({
+      cause: { message: 'invalid approve input: by: must say who' },
+    });
+    await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
+    return h.result();
+  });
+  expect(record.approvedBy).toBe('alice');
+  expect(record.outcome).toBe('promoted');
+}, 60_000);
+
+test('a bad version let through to canary breaches the error-rate delta mid-step and its weight is 0 within 30 s of the breach becoming measurable', async () => {
+  const alias = newAlias();
+  // A long step: the rollback must come from the analysis during the step, not at its end.
+  const policy = { ...fastPolicy, stepDuration: '120s', analysisInterval: '5s' };
+  const thresholds = DeployPolicySchema.parse(policy);
+  let canaryAt = 0;
+  let breachAt = 0;
+  let zeroAt = 0;
+  const watch = setInterval(() => {
+    const canary = variants(alias).find((v) => v.name === 'canary');
+    if (!canaryAt && canary && canary.weight > 0) canaryAt = Date.now();
+    if (canaryAt && !breachAt) {
+      const st = router.stats.query(alias, Date.now() - canaryAt + 1);
+      if (analyseCanary(st.variants.stable, st.variants.canary, thresholds).verdict === 'fail') breachAt = Date.now();
     }
+    if (canaryAt && !zeroAt && (!canary || canary.weight === 0)) zeroAt = Date.now();
+  }, 50);
+  const record = await withWorkers(async () => {
+    const h = await start(alias, { model: 'qwen2.5:0.5b-bad', safetyProbes: false, policy });
+    await waitFor(h, (x) => x.stage === 'awaiting-approval');
     const after = await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
     expect(after.riskTier).toBe('medium');
     return h.result();
-  });
+  }).finally(() => clearInterval(watch));
   expect(record.outcome).toBe('rolled-back');
   expect(record.approvedBy).toBe('alice');
   expect(record.analyses).toHaveLength(1);
@@ -168,12 +294,185 @@ test('a bad version let through to canary (probes skipped, approved) breaches th
   expect(analysis?.verdict).toBe('fail');
   expect(analysis?.reasons.join('\n')).toMatch(/error rate .* delta .* > 2%/);
   expect(record.rollback?.by).toBe('canary analysis');
+  expect(breachAt).toBeGreaterThan(0);
+  expect(zeroAt).toBeGreaterThanOrEqual(breachAt);
+  expect(zeroAt - breachAt).toBeLessThanOrEqual(30_000);
+  expect(zeroAt - canaryAt).toBeLessThan(60_000); // well inside the 120 s step
+  console.log(
+    `breach measurable → canary weight 0: ${zeroAt - breachAt} ms (canary start → 0: ${zeroAt - canaryAt} ms)`,
+  );
   expect(record.undo.map((u) => [u.step, u.ok])).toEqual([
     ['route: canary weight 0', true],
     ['route: remove the canary variant, stable back to 100', true],
     ['unload qwen2.5:0.5b-bad from ollama', true],
   ]);
   expect(record.weights).toEqual({ stable: 100, canary: 0 });
+  expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
+}, 90_000);
+
+test('promote during a failing analysis is refused with the reason (update and CLI); force is the override; rollback ends it', async () => {
+  const alias = newAlias();
+  // A generous failure limit keeps the failing canary running long enough to try promoting it.
+  const policy = { ...fastPolicy, stepDuration: '60s', failureLimit: 1000, rollbackWindow: '10m' };
+  const record = await withWorkers(async () => {
+    const h = await start(alias, { model: 'qwen2.5:0.5b-bad', safetyProbes: false, policy });
+    await waitFor(h, (x) => x.stage === 'awaiting-approval');
+    await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
+    const failing = await waitFor(h, (x) => x.live?.analysis.verdict === 'fail');
+    expect(failing.stage).toBe('canary');
+    const refused = h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'ci' }] });
+    await expect(refused).rejects.toBeInstanceOf(WorkflowUpdateFailedError);
+    await expect(refused).rejects.toMatchObject({
+      cause: {
+        message: expect.stringMatching(
+          /^the canary analysis is failing \(error rate .*\); send force: true to override$/,
+        ),
+      },
+    });
+    const viaCli = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci']);
+    expect(viaCli.code).toBe(1);
+    expect(viaCli.err).toMatch(/promote refused: the canary analysis is failing \(error rate/);
+    expect((await h.query(getDeploymentStatusQuery)).stage).toBe('canary');
+    // A human who knows better may force it; then roll it back inside the window.
+    await h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'release-manager', force: true }] });
+    await waitFor(h, (x) => x.stage === 'rollback-window');
+    expect(variants(alias).map((v) => [v.name, v.model, v.weight])).toEqual([
+      ['stable', 'qwen2.5:0.5b-bad', 100],
+      ['previous', 'llama3.2:1b', 0],
+    ]);
+    await h.executeUpdate(rollbackDeploymentUpdate, { args: [{ by: 'bob', reason: 'errors' }] });
+    return h.result();
+  });
+  expect(record.outcome).toBe('rolled-back');
+  expect(record.promotedBy).toBe('release-manager');
+  expect(record.rollback).toEqual({ by: 'bob', reason: 'rollback requested: errors' });
+  expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
+}, 90_000);
+
+test('a CI job promotes a passed canary with `gpuops promote`; `gpuops rollback` inside the rollback window restores the old version by a route switch', async () => {
+  // Alone in the router: no other alias keeps the new version loaded, so the rollback unloads it.
+  const alias = newAlias(engineUrl, { alone: true });
+  const digest = defaultLibrary()['qwen2.5:0.5b-good']?.digest ?? '';
+  const policy = { ...fastPolicy, autoPromote: false, rollbackWindow: '10m' };
+  const record = await withWorkers(async () => {
+    const h = await start(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy });
+    await waitFor(h, (x) => x.stage === 'awaiting-promotion');
+    const promote = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci-pipeline-42']);
+    expect(promote.err).toBe('');
+    expect(promote.code).toBe(0);
+    const inWindow = await waitFor(h, (x) => x.stage === 'rollback-window');
+    expect(inWindow.promotedBy).toBe('ci-pipeline-42');
+    expect(variants(alias)).toEqual([
+      expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-good', weight: 100 }),
+      expect.objectContaining({ name: 'previous', model: 'llama3.2:1b', weight: 0 }),
+    ]);
+    // The old version is pinned in memory for the window (keep_alive forever), so going back is not a cold load.
+    const old = (await loadedModels()).find((m) => m.name === 'llama3.2:1b');
+    expect(old && new Date(old.expires_at).getTime()).toBeGreaterThan(Date.now() + 365 * 86_400_000);
+    // A second promote is refused: it is done.
+    const again = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci-pipeline-43']);
+    expect(again.code).toBe(1);
+    expect(again.err).toContain('promote refused: already promoted');
+    const rb = await cli(['rollback', alias, '--node', s.nodeId, '--by', 'oncall', '--reason', 'user complaints']);
+    expect(rb.code).toBe(0);
+    return h.result();
+  });
+  expect(record.outcome).toBe('rolled-back');
+  expect(record.promotedBy).toBe('ci-pipeline-42');
+  expect(record.rollback).toEqual({ by: 'oncall', reason: 'rollback requested: user complaints' });
+  expect(record.undo).toEqual([
+    {
+      step: 'route: llama3.2:1b back to stable at 100, qwen2.5:0.5b-good removed',
+      ok: true,
+      detail: 'routes switched back to llama3.2:1b',
+    },
+    { step: 'unload qwen2.5:0.5b-good from ollama', ok: true, detail: 'unloaded' },
+  ]);
+  expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
+  // After the workflow ends, its updates are refused.
+  const late = await cli(['rollback', alias, '--node', s.nodeId, '--by', 'oncall', '--reason', 'again']);
+  expect(late.code).toBe(1);
+}, 90_000);
+
+test('pre-flight refuses a model that would push GPU memory over the 90% cap, and a pull the model stores have no room for', async () => {
+  const store = SandboxStore.forNode(s.loaded.config.sandbox.stateDir, s.nodeId);
+  const speed = store.read().sim.bytesPerSec;
+  store.update((st) => {
+    st.sim.bytesPerSec = 200 * 1024 ** 3;
+  });
+  try {
+    const big = newAlias();
+    const tooBig = await withWorkers(async () =>
+      (await start(big, { model: 'mistral-small:22b', policy: fastPolicy })).result(),
+    );
+    expect(tooBig.outcome).toBe('rolled-back');
+    expect(tooBig.rollback?.by).toBe('pre-flight');
+    expect(tooBig.rollback?.reason).toMatch(
+      /^GPU memory: mistral-small:22b needs about 14\.0 GiB .* > the 90% cap \(14\.4 GiB\)$/,
+    );
+    expect(tooBig.validation).toEqual([]);
+    expect(variants(big)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b' })]);
+
+    const full = newAlias();
+    const noRoom = await withWorkers(async () =>
+      (await start(full, { model: 'llama3.2:3b', policy: { ...fastPolicy, minFreeDiskGiB: 1_000_000 } })).result(),
+    );
+    expect(noRoom.outcome).toBe('rolled-back');
+    expect(noRoom.rollback?.reason).toMatch(/^disk: .* has [\d.]+ GiB free; the policy keeps 1000000\.0 GiB free/);
+    expect(noRoom.pull).toBeNull();
+    expect(noRoom.timings.stages.map((x) => x.stage)).toEqual(['preflight', 'rolling-back', 'rolled-back']);
+  } finally {
+    store.update((st) => {
+      st.sim.bytesPerSec = speed;
+    });
+  }
+}, 90_000);
+
+test('Ollama running part of a model on the CPU is measured after the load (checkModelOffload)', async () => {
+  const node = s.loaded.config.nodes[0];
+  if (!node) throw new Error('no node');
+  const client = new OllamaClient(engineUrl);
+  // Fill the GPU with three small models, then load one that no longer fits in what is left.
+  for (const m of ['llama3.2:1b', 'llama3.2:3b', 'qwen2.5:0.5b']) {
+    await client.pull(m);
+    await client.generate({ model: m, prompt: '', keep_alive: -1 });
+  }
+  await client.pull('mistral-small:22b');
+  await client.generate({ model: 'mistral-small:22b', prompt: '', keep_alive: -1 });
+  const pre = createPreflightActivities({ node, nvidiaSmi: new NvidiaSmi(), checkDisks: async () => [] });
+  const r = await pre.checkModelOffload({ engine: 'ollama', model: 'mistral-small:22b' });
+  expect(r.cpuPct).toBeGreaterThan(0);
+  expect(r.detail).toMatch(/^Ollama runs [\d.]+% of mistral-small:22b on the CPU/);
+  const small = await pre.checkModelOffload({ engine: 'ollama', model: 'qwen2.5:0.5b' });
+  expect(small.cpuPct).toBe(0);
+  for (const m of ['llama3.2:3b', 'qwen2.5:0.5b', 'mistral-small:22b']) await client.unload(m);
+}, 60_000);
+
+test('cancelling a deployment mid-canary runs the rollback saga anyway and ends Cancelled', async () => {
+  const alias = newAlias();
+  const digest = defaultLibrary()['qwen2.5:0.5b-good']?.digest ?? '';
+  await withWorkers(async () => {
+    const h = await start(alias, {
+      model: 'qwen2.5:0.5b-good',
+      expectedDigest: digest,
+      policy: { ...fastPolicy, stepDuration: '60s' },
+    });
+    await waitFor(h, (x) => x.stage === 'canary');
+    await h.cancel();
+    const err = await h.result().then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect((await h.describe()).status.name).toBe('CANCELLED');
+    const st = await h.query(getDeploymentStatusQuery);
+    expect(st.outcome).toBe('cancelled');
+    expect(st.undo.map((u) => [u.step, u.ok])).toEqual([
+      ['route: canary weight 0', true],
+      ['route: remove the canary variant, stable back to 100', true],
+      ['unload qwen2.5:0.5b-good from ollama', true],
+    ]);
+  });
   expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
 }, 60_000);
 
@@ -184,26 +483,13 @@ test('a second deployModel for the same alias is refused while one runs; promote
     await expect(start(alias, { model: 'qwen2.5:0.5b-good', policy: fastPolicy })).rejects.toBeInstanceOf(
       WorkflowExecutionAlreadyStartedError,
     );
-    for (;;) {
-      const st = await h.query(getDeploymentStatusQuery);
-      if (st.stage === 'awaiting-approval') break;
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    await waitFor(h, (x) => x.stage === 'awaiting-approval');
     const refused = h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'bob' }] });
     await expect(refused).rejects.toBeInstanceOf(WorkflowUpdateFailedError);
     await expect(refused).rejects.toMatchObject({
       cause: { message: 'no canary is running (stage awaiting-approval)' },
     });
     // The same refusal through the CLI a CI job runs: exit 1 with the workflow's reason.
-    const cli = (args: string[]) =>
-      run(GPUOPS, args, { env: { ...process.env, GPUOPS_CONFIG: s.loaded.path } }).then(
-        (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
-        (e: { code?: number; stdout?: string; stderr?: string }) => ({
-          code: e.code ?? -1,
-          out: e.stdout ?? '',
-          err: e.stderr ?? '',
-        }),
-      );
     const promote = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci']);
     expect(promote.code).toBe(1);
     expect(promote.err).toContain('promote refused: no canary is running (stage awaiting-approval)');
@@ -216,3 +502,41 @@ test('a second deployModel for the same alias is refused while one runs; promote
   expect(record.promotedBy).toBeNull();
   expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
 }, 60_000);
+
+test('killing the node worker during the pull and starting it again completes the deployment (the pull resumes)', async () => {
+  const routerCfg = { router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile } };
+  const sb = await startTestSandbox({ withWorker: true, extra: routerCfg });
+  try {
+    const url = sb.loaded.config.nodes[0]?.engines[0]?.url ?? '';
+    const alias = newAlias(url);
+    const store = SandboxStore.forNode(sb.loaded.config.sandbox.stateDir, sb.nodeId);
+    // About 10 s for the 380 MiB model: time to kill the worker mid-download.
+    store.update((st) => {
+      st.sim.bytesPerSec = 40 * 1024 ** 2;
+    });
+    const digest = defaultLibrary()['qwen2.5:0.5b-good']?.digest ?? '';
+    const control = await controlWorker(env, sb.loaded);
+    const record = await control.runUntil(async () => {
+      const h = await start(
+        alias,
+        { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy: fastPolicy, pullHeartbeatTimeout: '2s' },
+        sb.nodeId,
+      );
+      // Wait until a good part of the model has arrived (and been heartbeated), then kill the worker mid-download.
+      const downloaded = (): number =>
+        Object.values(store.read().engines.ollama?.pulls['qwen2.5:0.5b-good'] ?? {}).reduce((a, b) => a + b, 0);
+      while (downloaded() < 120 * 1024 ** 2) await new Promise((r) => setTimeout(r, 100));
+      await sb.sim.killWorker('SIGKILL');
+      await new Promise((r) => setTimeout(r, 3000));
+      expect((await h.query(getDeploymentStatusQuery)).stage).toBe('pulling');
+      sb.sim.startWorker();
+      return h.result();
+    });
+    expect(record.outcome).toBe('promoted');
+    expect(record.digest).toBe(digest);
+    expect(record.pull?.resumedFromBytes).toBeGreaterThan(0);
+    expect(sb.sim.status().worker.starts).toBeGreaterThanOrEqual(2);
+  } finally {
+    await sb.stop();
+  }
+}, 120_000);

@@ -1,13 +1,17 @@
 /**
- * Model deployment. `deployModel` pulls a new model version onto a node's Ollama engine, validates it there (golden
- * prompts, safety probes), rates its risk, then moves traffic to it in canary steps through the router, comparing it
- * with the stable variant in the same window at each step, and promotes it — or rolls back as a saga, recording
- * whatever could not be undone.
+ * Model deployment. `deployModel` pulls a new model version onto a node (Ollama: a second tag on the same engine;
+ * vLLM / llama.cpp: the engine's canary slot container), checks it fits (disk, GPU memory under the cap, no CPU
+ * offload), validates it there (golden prompts, safety probes), rates its risk, then moves traffic to it in canary
+ * steps through the router — analysing canary against stable in the same window every analysisInterval, so a breach
+ * rolls back mid-step — and promotes it, keeping the old version loaded for a rollback window. Any rollback is a
+ * saga that undoes each change in reverse, even when the workflow is cancelled, and records what could not be undone.
  */
 import {
   ActivityFailure,
   ApplicationFailure,
+  CancellationScope,
   condition,
+  isCancellation,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -15,16 +19,16 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { z } from 'zod';
-import { DeployPolicySchema } from '../src/domain/deploy-policy';
-import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import type * as controlActivities from '../activities/control';
 import type * as deployActivities from '../activities/deploy';
 import type * as nodeActivities from '../activities/node';
-import type { AliasRoute, Variant } from '../src/router/routes';
 import { analyseCanary, type CanaryAnalysis } from '../src/domain/canary';
+import { DeployPolicySchema } from '../src/domain/deploy-policy';
 import { parseDuration } from '../src/domain/durations';
 import { assessRisk } from '../src/domain/risk';
-import { parseInput } from '../src/domain/validation';
+import { DurationSchema, gpuopsId } from '../src/domain/schemas';
+import { formatIssues, parseInput } from '../src/domain/validation';
+import type { AliasRoute, Variant } from '../src/router/routes';
 import {
   SEARCH_ATTRIBUTES,
   approveDeploymentUpdate,
@@ -49,16 +53,24 @@ const duration = DurationSchema;
 /** The deployment policy (same schema as gpuops.yaml's `policies.<name>`): a config policy or overrides. */
 export const DeployPolicyInput = DeployPolicySchema;
 
+const OLLAMA_MODEL = /^[A-Za-z0-9][A-Za-z0-9._/-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
 export const DeployModelInput = z.strictObject({
   node: nodeId,
   /** Router alias whose `stable` variant the new version canaries against. */
   alias: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/, { message: 'must be a router alias name' }),
-  /** Ollama engine name on the node. */
+  /** Engine name on the node (Ollama: the canary is a second tag on it; vLLM / llama.cpp: its canary slot). */
   engine: z.string().min(1, { message: 'must be an engine name from gpuops.yaml' }),
-  /** Model to deploy, `name:tag`. */
-  model: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/, {
-    message: 'must be name:tag, e.g. qwen2.5:0.5b',
-  }),
+  /** Ollama `name:tag`; vLLM an HF repo `org/name`; llama.cpp an HF repo or a .gguf file. */
+  model: z
+    .string()
+    .max(300)
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, { message: 'must be a model reference (name:tag, org/repo or a .gguf)' }),
+  /** HF revision (commit, branch or tag) for vLLM / llama.cpp; recorded as the digest. */
+  revision: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$/, { message: 'must be a git revision (commit, branch or tag)' })
+    .optional(),
   /** Pin the digest (64 hex, optionally `sha256:`): a pulled model with another digest is rolled back. */
   expectedDigest: z
     .string()
@@ -71,10 +83,24 @@ export const DeployModelInput = z.strictObject({
   requestedBy: z.string().min(1).max(200).default('unknown'),
   /** How long a pull may take in all. */
   pullTimeout: duration.default('2h'),
+  /** A pull (or slot load) that reports no progress for this long is retried; the retry resumes the download. */
+  pullHeartbeatTimeout: duration.default('30s'),
   /** How long a node activity may wait for the node's worker to pick it up. */
   pickupTimeout: duration.default('30s'),
 });
 export type DeployModelInput = z.input<typeof DeployModelInput>;
+
+const Who = z.string().trim().min(1, { message: 'must say who' }).max(200);
+const ApproveInput = z.strictObject({ by: Who, comment: z.string().max(2000).optional() });
+const PromoteInput = z.strictObject({
+  by: Who,
+  force: z.boolean().optional(),
+  comment: z.string().max(2000).optional(),
+});
+const RollbackInput = z.strictObject({
+  by: Who,
+  reason: z.string().trim().min(1, { message: 'must say why' }).max(2000),
+});
 
 class Rollback extends Error {
   constructor(
@@ -90,14 +116,25 @@ function failureType(err: unknown): string | undefined {
   return cause instanceof ApplicationFailure ? (cause.type ?? undefined) : undefined;
 }
 
+function failureMessage(err: unknown): string {
+  const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
+  return (cause as Error).message;
+}
+
 const refuse = (message: string): never => {
   throw ApplicationFailure.nonRetryable(message, 'Refused');
 };
 
+/** zod in an Update validator: a malformed input is refused with the field and the rule. */
+function checkUpdateInput<S extends z.ZodType>(schema: S, input: unknown, name: string): void {
+  const r = schema.safeParse(input);
+  if (!r.success) refuse(`invalid ${name} input: ${formatIssues(r.error).join('; ')}`);
+}
+
 /**
- * Deploy a model version to an alias as a canary: pull → validate → risk → canary steps → promote, or roll back.
- * ID `deploy:<node>:<alias>` (one at a time; start with conflict policy FAIL). Updates `approve`, `promote`,
- * `rollback`; Query `status`. Returns the audit record.
+ * Deploy a model version to an alias as a canary: pull → pre-flight → validate → risk → canary steps → promote →
+ * rollback window, or roll back. ID `deploy:<node>:<alias>` (one at a time; start with conflict policy FAIL).
+ * Updates `approve`, `promote`, `rollback`; Query `status`. Returns the audit record.
  */
 export async function deployModel(rawInput: DeployModelInput): Promise<DeploymentStatus> {
   const input = parseInput(DeployModelInput, rawInput, 'deployModel input');
@@ -119,21 +156,29 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     alias: input.alias,
     engine: input.engine,
     model: input.model,
+    revision: input.revision ?? null,
     stage: 'starting',
     outcome: 'in-progress',
     digest: null,
     expectedDigest: input.expectedDigest ?? null,
     stable: null,
+    canary: null,
     weights: { stable: 100, canary: 0 },
+    pull: null,
+    preflight: { disk: null, memory: null, offload: null },
     validation: [],
     riskTier: null,
     risk: null,
+    reports: null,
     analyses: [],
+    live: null,
     requestedBy: input.requestedBy,
     approvedBy: null,
     promotedBy: null,
+    rollbackWindowEndsAt: null,
     rollback: null,
     undo: [],
+    cleanup: [],
     error: null,
     timings: { startedAt: now(), endedAt: null, stages: [] },
   };
@@ -151,8 +196,8 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     },
     {
       validator: (a: ApproveDeploymentInput) => {
+        checkUpdateInput(ApproveInput, a, 'approve');
         if (finished) refuse(`the deployment has finished (${status.outcome})`);
-        if (!a?.by) refuse('approve needs `by`: who approves');
         if (status.stage !== 'awaiting-approval') refuse(`nothing awaits approval (stage ${status.stage})`);
       },
     },
@@ -165,15 +210,16 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     },
     {
       validator: (p: PromoteCanaryInput) => {
+        checkUpdateInput(PromoteInput, p, 'promote');
         if (finished) refuse(`the deployment has finished (${status.outcome})`);
-        if (!p?.by) refuse('promote needs `by`: who promotes');
         if (rollbackAsked || status.stage === 'rolling-back') refuse('the deployment is rolling back');
-        const last = status.analyses.at(-1);
-        if (last && last.analysis.verdict === 'fail' && !p.force) {
-          refuse(`the last canary analysis failed (${last.analysis.reasons.join('; ')}); send force: true to override`);
-        }
+        if (status.stage === 'rollback-window' || status.stage === 'promoting') refuse('already promoted');
         if (status.stage !== 'canary' && status.stage !== 'awaiting-promotion') {
           refuse(`no canary is running (stage ${status.stage})`);
+        }
+        const latest = status.live?.analysis ?? status.analyses.at(-1)?.analysis;
+        if (latest?.verdict === 'fail' && !p.force) {
+          refuse(`the canary analysis is failing (${latest.reasons.join('; ')}); send force: true to override`);
         }
       },
     },
@@ -186,8 +232,8 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     },
     {
       validator: (r: RollbackDeploymentInput) => {
+        checkUpdateInput(RollbackInput, r, 'rollback');
         if (finished) refuse(`the deployment has finished (${status.outcome})`);
-        if (!r?.by || !r.reason) refuse('rollback needs `by` and `reason`');
       },
     },
   );
@@ -223,9 +269,9 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     taskQueue: nodeTaskQueue(input.node),
     scheduleToStartTimeout: input.pickupTimeout,
     startToCloseTimeout: input.pullTimeout,
-    // A stalled download fails over to a retry, which resumes from Ollama's partial blobs.
-    heartbeatTimeout: '60s',
-    retry: { maximumAttempts: 5, initialInterval: '2s' },
+    // A stalled download (or a killed worker) fails over to a retry, which resumes from the partial blobs.
+    heartbeatTimeout: input.pullHeartbeatTimeout,
+    retry: { maximumAttempts: 10, initialInterval: '1s', maximumInterval: '30s', nonRetryableErrorTypes: ['DiskFull'] },
   });
 
   /** Read-modify-write of the alias's route with If-Match; a concurrent change means read again, at most 3 times. */
@@ -254,33 +300,53 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     status.weights = { stable: 100 - canary, canary };
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.canaryWeight, value: canary }]);
   };
+  /** Does any route other than `except` (alias/variant) send traffic to this engine URL and model? */
+  const routedElsewhere = async (url: string, model: string, except: string[]): Promise<boolean> => {
+    const doc = await control.getRoutes();
+    return Object.entries(doc.routes).some(([alias, r]) =>
+      r.variants.some((v) => v.engine === url && v.model === model && !except.includes(`${alias}/${v.name}`)),
+    );
+  };
 
-  // Saga: each step that changed the world pushes its undo; a rollback runs them in reverse.
+  // Saga: each step that changed the world pushes its undo; a rollback runs them in reverse. It runs in a
+  // non-cancellable scope, so cancelling the workflow still restores the routes.
   const undo: { step: string; run: () => Promise<string> }[] = [];
-  const rollBack = async (by: string, reason: string, outcome: 'rolled-back' | 'failed'): Promise<void> => {
-    status.rollback = { by, reason };
-    stage('rolling-back', `rolling back: ${reason}`);
+  const runUndo = async (): Promise<void> => {
     for (const u of undo.reverse()) {
       try {
         status.undo.push({ step: u.step, ok: true, detail: await u.run() });
       } catch (err) {
-        status.undo.push({ step: u.step, ok: false, detail: (err as Error).message });
+        status.undo.push({ step: u.step, ok: false, detail: failureMessage(err) });
       }
     }
     undo.length = 0;
-    status.outcome = outcome;
-    stage(outcome, `${outcome}: ${reason}`);
   };
+  const rollBack = (by: string, reason: string, outcome: 'rolled-back' | 'failed' | 'cancelled'): Promise<void> =>
+    CancellationScope.nonCancellable(async () => {
+      status.rollback = { by, reason };
+      status.live = null;
+      stage('rolling-back', `rolling back: ${reason}`);
+      await runUndo();
+      status.outcome = outcome;
+      stage(outcome, `${outcome}: ${reason}`);
+    });
   const checkRollback = (): void => {
     if (rollbackAsked) throw new Rollback(rollbackAsked.by, `rollback requested: ${rollbackAsked.reason}`);
   };
 
+  let cancelled: unknown = null;
   try {
     const facts = await control.nodeFacts({ node: input.node });
     const engine = facts.engines.find((e) => e.name === input.engine);
     if (!engine) {
       throw ApplicationFailure.nonRetryable(
         `engine: must be one of ${facts.engines.map((e) => e.name).join(', ')} (got "${input.engine}")`,
+        'ValidationError',
+      );
+    }
+    if (engine.type === 'ollama' && !OLLAMA_MODEL.test(input.model)) {
+      throw ApplicationFailure.nonRetryable(
+        `model: must be name:tag for an Ollama engine, e.g. qwen2.5:0.5b (got "${input.model}")`,
         'ValidationError',
       );
     }
@@ -294,32 +360,108 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     }
     status.stable = { model: stableVariant.model, engine: stableVariant.engine };
 
-    stage('pulling', `pulling ${input.model}`);
-    checkRollback();
-    const pulled = await modelPull.pullModel({ engine: input.engine, model: input.model });
-    status.digest = pulled.digest;
-    const norm = (d: string): string => d.replace(/^sha256:/, '').toLowerCase();
-    if (input.expectedDigest && (!pulled.digest || norm(pulled.digest) !== norm(input.expectedDigest))) {
-      throw new Rollback(
-        'deployModel',
-        `digest ${pulled.digest ?? '(none)'} is not the pinned ${input.expectedDigest}`,
-      );
+    // Where the new version runs. Ollama: the same engine, a second tag. vLLM / llama.cpp: the half of the engine's
+    // blue/green pair that the stable route does not point at.
+    let slot = engine;
+    if (engine.type !== 'ollama') {
+      const partnerName = engine.canarySlot ?? facts.engines.find((e) => e.canarySlot === engine.name)?.name;
+      const partner = facts.engines.find((e) => e.name === partnerName);
+      if (!partner) {
+        throw ApplicationFailure.nonRetryable(
+          `engine: ${engine.name} is ${engine.type} and has no canarySlot in gpuops.yaml (one model per container: the canary needs its own)`,
+          'ValidationError',
+        );
+      }
+      slot = stableVariant.engine === partner.url ? engine : partner;
+      if (stableVariant.engine !== engine.url && stableVariant.engine !== partner.url) {
+        throw ApplicationFailure.nonRetryable(
+          `alias ${input.alias}: its stable variant (${stableVariant.engine}) is on neither ${engine.name} nor its slot ${partner.name}`,
+          'ValidationError',
+        );
+      }
     }
-    // The pulled model stays in the store (a retry or the next attempt reuses it); only its memory is given back.
-    undo.push({
-      step: `unload ${input.model} from ${input.engine}`,
-      run: async () => {
-        await node.unloadModel({ engine: input.engine, model: input.model });
-        return 'unloaded';
-      },
+    const slotEngine = slot.name;
+
+    stage('preflight', 'checking the model stores have room');
+    checkRollback();
+    const disk = await node.preflightDisk({ minFreeGiB: policy.minFreeDiskGiB });
+    status.preflight.disk = disk;
+    if (!disk.ok) throw new Rollback('pre-flight', `disk: ${disk.detail}`);
+
+    let servedModel = input.model;
+    if (slot.type === 'ollama') {
+      stage('pulling', `pulling ${input.model}`);
+      checkRollback();
+      const pulled = await modelPull.pullModel({
+        engine: slotEngine,
+        model: input.model,
+        minFreeGiB: policy.minFreeDiskGiB,
+      });
+      status.digest = pulled.digest;
+      status.pull = {
+        resumedFromBytes: pulled.resumedFromBytes,
+        alreadyPresent: pulled.alreadyPresent,
+        sizeBytes: pulled.sizeBytes,
+      };
+      // The pulled model stays in the store unless the policy says remove (and this deployment pulled it).
+      if (policy.removePulledOnRollback && !pulled.alreadyPresent) {
+        undo.push({
+          step: `delete ${input.model} from ${slotEngine}`,
+          run: async () => ((await node.deleteModel({ engine: slotEngine, model: input.model })) ? 'deleted' : 'gone'),
+        });
+      }
+      undo.push({
+        step: `unload ${input.model} from ${slotEngine}`,
+        run: async () => {
+          await node.unloadModel({ engine: slotEngine, model: input.model });
+          return 'unloaded';
+        },
+      });
+    } else {
+      stage('loading-canary-slot', `starting ${slotEngine} with ${input.model}`);
+      checkRollback();
+      undo.push({
+        step: `stop the canary slot ${slotEngine}`,
+        run: async () => {
+          await node.standbyEngine({ engine: slotEngine });
+          return 'standby';
+        },
+      });
+      const loaded = await modelPull.loadCanarySlot({
+        engine: slotEngine,
+        model: input.model,
+        ...(input.revision ? { revision: input.revision } : {}),
+      });
+      status.digest = loaded.revision;
+      servedModel = loaded.model;
+    }
+    status.canary = { engine: slotEngine, url: slot.url, model: servedModel };
+    const norm = (d: string): string => d.replace(/^sha256:/, '').toLowerCase();
+    if (input.expectedDigest && (!status.digest || norm(status.digest) !== norm(input.expectedDigest))) {
+      throw new Rollback('pre-flight', `digest ${status.digest ?? '(none)'} is not the pinned ${input.expectedDigest}`);
+    }
+
+    stage('preflight', `checking ${input.model} fits GPU memory under the ${policy.memoryCapPct}% cap`);
+    checkRollback();
+    const memory = await node.preflightGpuMemory({
+      engine: slotEngine,
+      model: servedModel,
+      memoryCapPct: policy.memoryCapPct,
     });
+    status.preflight.memory = memory;
+    if (!memory.fits) throw new Rollback('pre-flight', `GPU memory: ${memory.detail}`);
 
     stage('validating', 'golden prompts and safety probes on the node');
     checkRollback();
-    const check = { engine: input.engine, model: input.model };
+    const check = { engine: slotEngine, model: servedModel };
     const golden = await node.runGoldenPrompts(check);
+    // The golden prompts loaded the model: did all of it land in VRAM?
+    const offload = await node.checkModelOffload(check);
+    status.preflight.offload = { cpuPct: offload.cpuPct, detail: offload.detail };
+    if (offload.cpuPct > 0) throw new Rollback('pre-flight', `CPU offload: ${offload.detail}`);
     const safety = input.safetyProbes ? await node.runSafetyProbes(check) : [];
     const resources = await node.checkModelResources(check);
+    const provenance = await node.modelProvenance(check);
     status.validation = [...golden, ...safety];
 
     stage('assessing-risk', 'rating risk');
@@ -327,21 +469,34 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       model: input.model,
       alias: input.alias,
       node: input.node,
-      provenance: { digest: pulled.digest, expectedDigest: input.expectedDigest ?? null },
+      provenance: {
+        digest: status.digest,
+        expectedDigest: input.expectedDigest ?? null,
+        source: provenance.source,
+        allowedSources: policy.allowedSources,
+        license: provenance.license,
+      },
       golden,
       safety,
       safetyProbesRun: input.safetyProbes,
       resources: {
         ...resources,
-        modelBytes: resources.modelBytes ?? pulled.sizeBytes,
+        modelBytes: resources.modelBytes ?? status.pull?.sizeBytes ?? null,
         memoryCapPct: policy.memoryCapPct,
       },
       requestedBy: input.requestedBy,
     });
     status.risk = risk;
     status.riskTier = risk.tier;
+    status.reports = await control.writeRiskReport({ workflowId: info.workflowId, runId: info.runId, report: risk });
     if (risk.tier === 'high') {
-      throw new Rollback('deployModel', `risk tier high: ${risk.findings.map((f) => f.detail).join('; ')}`);
+      throw new Rollback(
+        'risk assessment',
+        `risk tier high: ${risk.findings
+          .filter((f) => f.tier === 'high')
+          .map((f) => f.detail)
+          .join('; ')}`,
+      );
     }
     if (risk.tier === 'medium') {
       stage('awaiting-approval', `medium risk: waiting up to ${policy.approvalTimeout} for approve`);
@@ -357,9 +512,9 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     const first = policy.canarySteps[0] ?? 10;
     const canaryVariant: Variant = {
       name: 'canary',
-      engine: engine.url,
-      engineType: 'ollama',
-      model: input.model,
+      engine: slot.url,
+      engineType: slot.type,
+      model: servedModel,
       weight: first,
     };
     undo.push({
@@ -399,23 +554,47 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.canaryWeight, value: first }]);
 
     const stepMs = parseDuration(policy.stepDuration);
-    for (const [i, weight] of policy.canarySteps.entries()) {
+    const intervalMs = parseDuration(policy.analysisInterval);
+    steps: for (const [i, weight] of policy.canarySteps.entries()) {
       if (i > 0) await setWeights(weight);
       stage('canary', `canary step ${i + 1}/${policy.canarySteps.length} at ${weight}%`);
       const stepStart = Date.now();
-      await condition(() => rollbackAsked !== null || promotion !== null, stepMs);
-      checkRollback();
-      if (promotion) break;
-
-      // Judge the step over its own window; top up with synthetic requests while real traffic is too thin.
+      const deadline = stepStart + stepMs;
       let synthetic = 0;
-      let analysis: CanaryAnalysis;
-      let window: string;
-      for (let round = 0; ; round++) {
-        window = `${Math.max(1, Date.now() - stepStart)}ms`;
+      let failures = 0;
+      let starvedRounds = 0;
+      let analyseNow = false;
+      // Analyse every interval over the step's own window: a breach rolls back at the next analysis, not at the
+      // end of the step. Top up with synthetic requests from the golden set while real traffic is too thin.
+      for (;;) {
+        const wait = analyseNow ? 0 : Math.min(intervalMs, Math.max(0, deadline - Date.now()));
+        analyseNow = false;
+        if (wait > 0) await condition(() => rollbackAsked !== null || promotion !== null, wait);
+        checkRollback();
+        if (promotion) break steps;
+        const window = `${Math.max(1, Date.now() - stepStart)}ms`;
         const stats = await control.getStats({ alias: input.alias, window });
-        analysis = analyseCanary(stats.variants.stable, stats.variants.canary, policy);
-        if (analysis.verdict !== 'insufficient' || round >= 3 || synthetic >= policy.maxSyntheticPerStep) break;
+        const analysis: CanaryAnalysis = analyseCanary(stats.variants.stable, stats.variants.canary, policy);
+        failures = analysis.verdict === 'fail' ? failures + 1 : 0;
+        status.live = { step: i + 1, weight, at: now(), window, synthetic, analysis, consecutiveFailures: failures };
+        const record = { step: i + 1, weight, at: now(), window, synthetic, analysis };
+        if (failures >= policy.failureLimit) {
+          status.analyses.push(record);
+          throw new Rollback('canary analysis', `step ${i + 1} at ${weight}%: ${analysis.reasons.join('; ')}`);
+        }
+        const stepOver = Date.now() >= deadline;
+        if (stepOver && analysis.verdict === 'pass') {
+          status.analyses.push(record);
+          break;
+        }
+        if (analysis.verdict !== 'insufficient') continue;
+        if (synthetic >= policy.maxSyntheticPerStep || (stepOver && ++starvedRounds > 3)) {
+          status.analyses.push(record);
+          throw new Rollback(
+            'canary analysis',
+            `step ${i + 1} at ${weight}%: not enough data (${analysis.reasons.join('; ')})`,
+          );
+        }
         const need = Math.max(
           (policy.minSamples - analysis.samples.canary) / (weight / 100),
           (policy.minSamples - analysis.samples.stable) / ((100 - weight) / 100),
@@ -428,19 +607,10 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
           concurrency: 4,
         });
         synthetic += count;
-        checkRollback();
-      }
-      status.analyses.push({ step: i + 1, weight, at: now(), window, synthetic, analysis });
-      if (analysis.verdict === 'fail') {
-        throw new Rollback('canary analysis', `step ${i + 1} at ${weight}%: ${analysis.reasons.join('; ')}`);
-      }
-      if (analysis.verdict === 'insufficient') {
-        throw new Rollback(
-          'canary analysis',
-          `step ${i + 1} at ${weight}%: not enough data (${analysis.reasons.join('; ')})`,
-        );
+        analyseNow = true;
       }
     }
+    status.live = null;
 
     if (!promotion && !policy.autoPromote) {
       stage('awaiting-promotion', `canary passed at ${status.weights.canary}%: waiting for promote`);
@@ -451,7 +621,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
 
     stage('promoting', 'sending 100% to the new version');
     await setWeights(100);
-    // The old version stays defined at weight 0 as `previous`, so going back is a weight change.
+    // The old version stays defined at weight 0 as `previous`, so going back is a route switch.
     await updateRoute((r) => ({
       ...r,
       variants: [
@@ -462,18 +632,120 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     status.weights = { stable: 100, canary: 0 };
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.canaryWeight, value: 0 }]);
     status.promotedBy = (promotion as PromoteCanaryInput | null)?.by ?? 'auto (policy autoPromote)';
-    status.outcome = 'promoted';
+    const old = stableVariant;
+    const oldEngine = facts.engines.find((e) => e.url === old.engine);
+
+    // From here a rollback is a route switch back to the old version, then the new one is unloaded / stopped.
     undo.length = 0;
+    if (slot.type === 'ollama') {
+      undo.push({
+        step: `unload ${servedModel} from ${slotEngine}`,
+        run: async () => {
+          if (await routedElsewhere(slot.url, servedModel, [])) return `kept: another route uses ${servedModel}`;
+          await node.unloadModel({ engine: slotEngine, model: servedModel });
+          return 'unloaded';
+        },
+      });
+    } else {
+      undo.push({
+        step: `stop ${slotEngine} (new version)`,
+        run: async () => {
+          await node.standbyEngine({ engine: slotEngine });
+          return 'standby';
+        },
+      });
+    }
+    undo.push({
+      step: `route: ${old.model} back to stable at 100, ${servedModel} removed`,
+      run: async () => {
+        await updateRoute((r) => {
+          const prev = r.variants.find((v) => v.name === 'previous');
+          if (!prev) return null;
+          return {
+            ...r,
+            variants: [
+              { ...prev, name: 'stable', weight: 100 },
+              ...r.variants.filter((v) => v.name !== 'previous' && v.name !== 'stable' && v.name !== 'canary'),
+            ],
+          };
+        });
+        status.weights = { stable: 100, canary: 0 };
+        return `routes switched back to ${old.model}`;
+      },
+    });
+
+    // Keep the old version warm through the window: the rollback must not be a cold load.
+    const windowMs = parseDuration(policy.rollbackWindow);
+    if (oldEngine?.type === 'ollama') {
+      await node.keepModelLoaded({ engine: oldEngine.name, model: old.model, keepAlive: -1 });
+    }
+    status.rollbackWindowEndsAt = new Date(Date.now() + windowMs).toISOString();
+    stage(
+      'rollback-window',
+      `${input.model} serves 100%; ${old.model} stays loaded until ${status.rollbackWindowEndsAt} for a rollback`,
+    );
+    try {
+      await condition(() => rollbackAsked !== null, windowMs);
+    } catch (err) {
+      // Cancelling during the window ends it early: the promotion stands (send rollback to go back).
+      if (!isCancellation(err)) throw err;
+      cancelled = err;
+    }
+    checkRollback();
+
+    // The window is over: drop the `previous` route and free the old version's memory (unless another route uses it).
+    await CancellationScope.nonCancellable(async () => {
+      undo.length = 0;
+      const tidy = async (step: string, run: () => Promise<string>): Promise<void> => {
+        try {
+          status.cleanup.push({ step, ok: true, detail: await run() });
+        } catch (err) {
+          status.cleanup.push({ step, ok: false, detail: failureMessage(err) });
+        }
+      };
+      await tidy('route: remove the previous variant', async () => {
+        await updateRoute((r) =>
+          r.variants.some((v) => v.name === 'previous')
+            ? { ...r, variants: r.variants.filter((v) => v.name !== 'previous') }
+            : null,
+        );
+        return 'removed';
+      });
+      if (!oldEngine) {
+        status.cleanup.push({
+          step: `unload ${old.model}`,
+          ok: false,
+          detail: `${old.engine} is not an engine of ${input.node}: unload it there`,
+        });
+      } else {
+        await tidy(`unload ${old.model} from ${oldEngine.name}`, async () => {
+          if (await routedElsewhere(old.engine, old.model, [])) return `kept: another route uses ${old.model}`;
+          if (oldEngine.type === 'ollama') {
+            await node.unloadModel({ engine: oldEngine.name, model: old.model });
+            return 'unloaded';
+          }
+          await node.standbyEngine({ engine: oldEngine.name });
+          return `${oldEngine.name} stopped (standby slot)`;
+        });
+      }
+    });
+    status.rollbackWindowEndsAt = null;
+    status.outcome = 'promoted';
     stage('promoted', `${input.model} serves 100% of ${input.alias}`);
   } catch (err) {
     if (err instanceof Rollback) {
       await rollBack(err.by, err.reason, 'rolled-back');
+    } else if (isCancellation(err)) {
+      cancelled = err;
+      await rollBack('deployModel', 'the workflow was cancelled', 'cancelled');
     } else {
-      status.error = (err as Error).message;
-      await rollBack('deployModel', `failed: ${(err as Error).message}`, 'failed');
+      status.error = failureMessage(err);
+      await rollBack('deployModel', `failed: ${status.error}`, 'failed');
     }
   }
   finished = true;
   status.timings.endedAt = now();
+  // A cancelled deployment ends as Cancelled in Temporal, after its saga ran; the record stays in the status query.
+  if (cancelled) throw cancelled;
   return status;
 }

@@ -41,6 +41,15 @@ export const EngineSchema = z
       .string()
       .optional()
       .describe("Model for the health probe's tiny test generation; the first loaded model when unset."),
+    canarySlot: id
+      .optional()
+      .describe(
+        'Another engine on this node, of the same type (vllm or llamacpp only), that forms a blue/green slot pair ' +
+          'with this one: a second container, typically on its own GPU, where deployModel loads a new model as the ' +
+          "canary. Whichever half the router's stable variant points at is serving, the other is the slot. A " +
+          'stopped half whose partner runs is "standby", not a fault. Ollama needs none: its canary is a second ' +
+          'tag on the same engine. Both halves leave probeModel unset: their model changes with each deployment.',
+      ),
   })
   .describe('An inference engine container on the node.');
 
@@ -246,6 +255,56 @@ export const NotifierSchema = z.discriminatedUnion('type', [
   }),
 ]);
 
+/**
+ * Canary slot pairs of one node: each `canarySlot` names another engine of the same type (vllm or llamacpp) with a
+ * container of its own; pairs are disjoint (an engine belongs to at most one); neither half sets probeModel.
+ */
+function checkCanarySlots(
+  n: z.infer<typeof NodeSchema>,
+  i: number,
+  issue: (path: (string | number)[], message: string) => void,
+): void {
+  const byName = new Map(n.engines.map((e) => [e.name, e]));
+  const pairedWith = new Map<string, string>();
+  n.engines.forEach((e, j) => {
+    if (e.canarySlot === undefined) return;
+    const path = ['nodes', i, 'engines', j, 'canarySlot'];
+    if (e.type === 'ollama') {
+      issue(path, 'Ollama canaries are a second tag on the same engine: canarySlot is for vllm and llamacpp engines');
+      return;
+    }
+    const slot = byName.get(e.canarySlot);
+    if (!slot || slot.name === e.name || slot.type !== e.type) {
+      issue(path, `must name another ${e.type} engine on node ${n.id} (got "${e.canarySlot}")`);
+      return;
+    }
+    if (slot.container === e.container) {
+      issue(path, `must name an engine with a container of its own ("${slot.name}" also runs in "${e.container}")`);
+      return;
+    }
+    for (const [a, b] of [
+      [e.name, slot.name],
+      [slot.name, e.name],
+    ] as const) {
+      const other = pairedWith.get(a);
+      if (other !== undefined && other !== b) {
+        issue(path, `"${a}" is already paired with "${other}": an engine belongs to at most one slot pair`);
+        return;
+      }
+    }
+    pairedWith.set(e.name, slot.name);
+    pairedWith.set(slot.name, e.name);
+  });
+  n.engines.forEach((e, j) => {
+    if (pairedWith.has(e.name) && e.probeModel !== undefined) {
+      issue(
+        ['nodes', i, 'engines', j, 'probeModel'],
+        'must be unset on an engine of a canary slot pair: its model changes with each deployment',
+      );
+    }
+  });
+}
+
 export const ConfigSchema = z
   .strictObject({
     temporal: TemporalSchema,
@@ -261,6 +320,11 @@ export const ConfigSchema = z
       .default({})
       .describe('Deployment policies by name; "default" is used when none is named.'),
     recovery: RecoverySchema,
+    reportsDir: z
+      .string()
+      .min(1)
+      .default('gpuops-reports')
+      .describe('Where deployModel writes its risk reports (JSON + Markdown), relative to this file.'),
     backups: z.array(BackupPlanSchema).default([]).describe('Backup plans; each becomes a Temporal Schedule.'),
     notifications: z.array(NotifierSchema).default([]).describe('Where escalations and failures are sent.'),
     sandbox: z
@@ -331,6 +395,7 @@ export const ConfigSchema = z
           }
         });
       });
+      checkCanarySlots(n, i, (path, message) => ctx.addIssue({ code: 'custom', path, message }));
     });
     cfg.backups.forEach((b, i) => {
       if (!nodes.has(b.node))
@@ -356,3 +421,17 @@ export type HypervisorConfig = z.infer<typeof HypervisorSchema>;
 export type PolicyConfig = z.infer<typeof PolicySchema>;
 export type BackupPlanConfig = z.infer<typeof BackupPlanSchema>;
 export type HooksConfig = z.infer<typeof HooksSchema>;
+
+/**
+ * The other half of an engine's canary slot pair (declared on either side), or undefined when the engine has none.
+ * Assumes a validated config (pairs are disjoint).
+ */
+export function slotPartnerOf(node: Pick<NodeConfig, 'engines'>, engine: string): EngineConfig | undefined {
+  const self = node.engines.find((e) => e.name === engine);
+  if (!self || self.type === 'ollama') return undefined;
+  const partner =
+    self.canarySlot !== undefined
+      ? node.engines.find((e) => e.name === self.canarySlot)
+      : node.engines.find((e) => e.canarySlot === engine);
+  return partner && partner.name !== engine && partner.type === self.type ? partner : undefined;
+}

@@ -51,6 +51,10 @@ export const DeployPolicySchema = z
     rollbackWindow: duration
       .default('1h')
       .describe('After promotion the old version stays loaded this long, for a rollback by route switch.'),
+    allowedSources: z
+      .array(z.string().min(1))
+      .default(['registry.ollama.ai/library/', 'huggingface.co/'])
+      .describe('Model sources allowed (prefixes); another source is high risk. Empty: any source.'),
     removePulledOnRollback: z
       .boolean()
       .default(false)

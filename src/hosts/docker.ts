@@ -2,7 +2,11 @@
  * The docker CLI adapter: container state from `docker inspect`, lifecycle commands and recent logs. It shells out
  * to the `docker` binary (not the Engine socket) so the sandbox's `docker` shim drives exactly the same code.
  */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import type { ContainerState } from '../domain/health';
+import { redactArgs, servesModel, withModel, type ModelSpec, type SlotEngineType } from './engines/model-args';
 import { describeFailure, runTool, ToolError, type ToolResult } from './exec';
 
 /** Options of DockerCli. */
@@ -271,4 +275,383 @@ export class DockerCli {
   async logSignals(name: string, opts: { tail?: number; since?: string } = {}): Promise<string[]> {
     return scanLogSignals(await this.logs(name, opts));
   }
+
+  /** The raw `docker inspect` entry of one container, or undefined when docker has no such container. */
+  async inspectEntry(name: string): Promise<Record<string, unknown> | undefined> {
+    const result = await this.run(['inspect', name]);
+    if (result.spawnError !== null || result.timedOut) throw new ToolError(describeFailure(result), result);
+    const text = result.stdout.trim();
+    const entries: unknown = text === '' ? [] : JSON.parse(text);
+    const entry = (Array.isArray(entries) ? entries : [])
+      .map(asRecord)
+      .find((e) => e !== undefined && asRecord(e.State) !== undefined);
+    if (entry) return entry;
+    if (missingNames(result.stderr).has(name) || result.exitCode === 0) return undefined;
+    throw new ToolError(describeFailure(result), result);
+  }
+
+  /** What an image sets by itself (`docker image inspect`), or undefined when docker cannot say. */
+  async imageDefaults(image: string): Promise<ImageDefaults | undefined> {
+    const result = await this.run(['image', 'inspect', image]);
+    if (result.exitCode !== 0) return undefined;
+    try {
+      const entries: unknown = JSON.parse(result.stdout);
+      return Array.isArray(entries) && entries.length > 0 ? parseImageDefaults(entries[0]) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** `docker rm [-f] NAME`. With force, a missing container is already success (as docker ≥ 20.10 says too). */
+  async remove(name: string, opts: { force?: boolean } = {}): Promise<void> {
+    const result = await this.run(['rm', ...(opts.force ? ['-f'] : []), name]);
+    if (result.exitCode === 0) return;
+    if (missingNames(result.stderr).has(name)) {
+      if (opts.force) return;
+      throw new NoSuchContainerError(name);
+    }
+    throw new ToolError(describeFailure(result), result);
+  }
+
+  /**
+   * `docker run -d` of a {@link RunSpec}; the environment goes in a private --env-file that is removed afterwards.
+   * Returns the new container's id. A failure names the command with secret flag values redacted, never the env.
+   */
+  async runDetached(spec: RunSpec, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<string> {
+    const dir = spec.env.length > 0 ? await mkdtemp(path.join(os.tmpdir(), 'gpuops-env-')) : undefined;
+    try {
+      const args = [...spec.args];
+      if (dir) {
+        if (spec.env.some((kv) => /[\r\n]/.test(kv))) {
+          throw new Error(`container ${spec.name}: an environment value holds a line break; --env-file cannot pass it`);
+        }
+        const file = path.join(dir, 'env');
+        await writeFile(file, `${spec.env.join('\n')}\n`, { mode: 0o600 });
+        args.splice(4, 0, '--env-file', file);
+      }
+      // Starting may first pull the image (same tag, usually present): allow minutes.
+      const result = await this.run(args, {
+        timeoutMs: opts.timeoutMs ?? Math.max(this.timeoutMs, 300_000),
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      const id = result.stdout
+        .split(/\r?\n/)
+        .map((l) => l.trim())
+        .filter((l) => /^[0-9a-f]{64}$/.test(l))
+        .at(-1);
+      if (result.exitCode === 0 && id) return id;
+      const shown = { ...result, command: [this.bin, ...redactArgs(args)].join(' ') };
+      throw new ToolError(describeFailure(shown), shown);
+    } finally {
+      if (dir) await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * Recreate a container with another command, keeping everything else ({@link runArgsFromInspect}): inspect it,
+   * `docker rm -f`, `docker run -d` with the same name. If the new run fails the previous container is run again
+   * (same command) before the error is thrown, so the container the config names never simply vanishes.
+   */
+  async recreate(
+    name: string,
+    rewrite: (cmd: readonly string[], entrypoint: readonly string[]) => string[],
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<{ id: string; image: string; previousCmd: string[]; cmd: string[] }> {
+    const entry = await this.inspectEntry(name);
+    if (!entry) throw new NoSuchContainerError(name);
+    const config = asRecord(entry.Config) ?? {};
+    const previousCmd = strings(config.Cmd);
+    const image = typeof config.Image === 'string' ? await this.imageDefaults(config.Image) : undefined;
+    const cmd = rewrite(previousCmd, strings(config.Entrypoint));
+    const next = runArgsFromInspect(entry, { cmd, ...(image ? { image } : {}) });
+    const previous = runArgsFromInspect(entry, { cmd: previousCmd, ...(image ? { image } : {}) });
+    await this.remove(name, { force: true });
+    try {
+      const id = await this.runDetached(next, opts);
+      return { id, image: next.image, previousCmd, cmd };
+    } catch (err) {
+      const restored = await this.runDetached(previous).then(
+        () => 'the previous container was run again',
+        (e: unknown) => `the previous container could not be run again: ${(e as Error).message}`,
+      );
+      if (err instanceof ToolError) throw new ToolError(`${err.message} (${restored})`, err.result);
+      throw new Error(`${(err as Error).message} (${restored})`);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Recreating a container (canary slots): `docker inspect` → `docker run -d` arguments that keep everything but Cmd.
+
+/** What the image itself sets (`docker image inspect`): the container's values equal to these need no flag. */
+export interface ImageDefaults {
+  Entrypoint: string[] | null;
+  Cmd: string[] | null;
+  Env: string[];
+  Labels: Record<string, string>;
+  WorkingDir: string;
+  User: string;
+  Healthcheck: Record<string, unknown> | null;
+}
+
+/** A `docker run` of a recreated container: the arguments, and its environment (passed in an --env-file). */
+export interface RunSpec {
+  name: string;
+  image: string;
+  /** `run -d --name NAME [flags…] IMAGE [cmd…]`; put `--env-file F` after index 3 when `env` is not empty. */
+  args: string[];
+  /** KEY=VALUE entries; kept out of `args` so values (tokens) never appear on a command line or in an error. */
+  env: string[];
+  /** The command the container will run (after the image's or the overriding entrypoint). */
+  cmd: string[];
+}
+
+const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+const labelsOf = (v: unknown): Record<string, string> =>
+  Object.fromEntries(Object.entries(asRecord(v) ?? {}).filter((e): e is [string, string] => typeof e[1] === 'string'));
+const sameList = (a: readonly string[] | null, b: readonly string[] | null): boolean =>
+  (a ?? []).length === (b ?? []).length && (a ?? []).every((x, i) => x === (b ?? [])[i]);
+
+/** `docker image inspect` entry → ImageDefaults. */
+export function parseImageDefaults(entry: unknown): ImageDefaults {
+  const config = asRecord(asRecord(entry)?.Config) ?? {};
+  return {
+    Entrypoint: Array.isArray(config.Entrypoint) ? strings(config.Entrypoint) : null,
+    Cmd: Array.isArray(config.Cmd) ? strings(config.Cmd) : null,
+    Env: strings(config.Env),
+    Labels: labelsOf(config.Labels),
+    WorkingDir: typeof config.WorkingDir === 'string' ? config.WorkingDir : '',
+    User: typeof config.User === 'string' ? config.User : '',
+    Healthcheck: asRecord(config.Healthcheck) ?? null,
+  };
+}
+
+/** One CSV field of `--gpus`, quoted when it holds a comma (as the docker CLI's CSV parser requires). */
+const csvField = (s: string): string => (s.includes(',') ? `"${s}"` : s);
+
+/** HostConfig.DeviceRequests → the `--gpus` value, or null when no GPU is requested. */
+export function gpusFlag(requests: unknown): string | null {
+  for (const raw of Array.isArray(requests) ? requests : []) {
+    const r = asRecord(raw);
+    if (!r) continue;
+    const caps = (Array.isArray(r.Capabilities) ? r.Capabilities : []).map(strings);
+    if (!caps.some((set) => set.includes('gpu'))) continue;
+    const ids = strings(r.DeviceIDs);
+    const count = typeof r.Count === 'number' ? r.Count : 0;
+    const fields: string[] = [];
+    if (ids.length > 0) fields.push(csvField(`device=${ids.join(',')}`));
+    else if (count < 0) fields.push('all');
+    else if (count > 0) fields.push(String(count));
+    else continue;
+    const extra = [...new Set(caps.flat())].filter((c) => c !== 'gpu');
+    if (extra.length > 0) fields.push(csvField(`capabilities=${extra.join(',')}`));
+    if (typeof r.Driver === 'string' && r.Driver !== '' && r.Driver !== 'nvidia') fields.push(`driver=${r.Driver}`);
+    return fields.join(',');
+  }
+  return null;
+}
+
+/** Go duration string for a nanosecond count (healthcheck intervals are stored in ns). */
+const goDuration = (ns: number): string => (ns % 1e9 === 0 ? `${ns / 1e9}s` : `${Math.round(ns / 1e6)}ms`);
+
+/** `--publish` values of HostConfig.PortBindings ("8000/tcp" → [{HostIp, HostPort}]). */
+function publishFlags(bindings: unknown): string[] {
+  const out: string[] = [];
+  for (const [key, list] of Object.entries(asRecord(bindings) ?? {})) {
+    const [port, proto] = key.split('/');
+    const target = proto && proto !== 'tcp' ? `${port}/${proto}` : (port ?? key);
+    for (const raw of Array.isArray(list) ? list : []) {
+      const b = asRecord(raw) ?? {};
+      const ip = typeof b.HostIp === 'string' ? b.HostIp : '';
+      const hostPort = typeof b.HostPort === 'string' ? b.HostPort : '';
+      const host = ip.includes(':') ? `[${ip}]` : ip;
+      if (host === '' && hostPort === '') out.push(target);
+      else if (host === '') out.push(`${hostPort}:${target}`);
+      else out.push(`${host}:${hostPort}:${target}`);
+    }
+  }
+  return out;
+}
+
+/** `--mount` values of HostConfig.Mounts (mounts made with --mount; -v ones are in Binds). */
+function mountFlags(mounts: unknown): string[] {
+  return (Array.isArray(mounts) ? mounts : []).flatMap((raw) => {
+    const m = asRecord(raw);
+    if (!m || typeof m.Type !== 'string' || typeof m.Target !== 'string') return [];
+    const parts = [`type=${m.Type}`];
+    if (typeof m.Source === 'string' && m.Source !== '') parts.push(`source=${m.Source}`);
+    parts.push(`target=${m.Target}`);
+    if (m.ReadOnly === true) parts.push('readonly');
+    return [parts.join(',')];
+  });
+}
+
+/**
+ * The `docker run -d` that recreates a container from its `docker inspect` entry with another command: same name,
+ * image, environment, port bindings, binds and mounts, GPU device requests (`--gpus device=N`), shm size, IPC mode,
+ * restart policy, network mode, labels, entrypoint, runtime, devices, capabilities, ulimits, user, workdir, init, log
+ * driver, memory/CPU limits and healthcheck. With the image's own defaults (`image`), values the image sets anyway
+ * (entrypoint, env, labels, workdir, user, healthcheck) get no flag, so the container keeps following its image;
+ * without them every value is passed explicitly, which recreates the same container too.
+ */
+export function runArgsFromInspect(entry: unknown, opts: { cmd: readonly string[]; image?: ImageDefaults }): RunSpec {
+  const e = asRecord(entry);
+  const config = asRecord(e?.Config);
+  const host = asRecord(e?.HostConfig) ?? {};
+  const name = typeof e?.Name === 'string' ? e.Name.replace(/^\//, '') : '';
+  const image = typeof config?.Image === 'string' ? config.Image : '';
+  if (!e || !config || name === '' || image === '') {
+    throw new Error('docker inspect entry has no Name or Config.Image: not a container');
+  }
+  const img = opts.image;
+  const flags: string[] = [];
+  const add = (flag: string, values: readonly string[]): void => {
+    for (const v of values) flags.push(flag, v);
+  };
+
+  // Entrypoint: --entrypoint takes one executable; the rest of a multi-word entrypoint goes before the command.
+  const entrypoint = Array.isArray(config.Entrypoint) ? strings(config.Entrypoint) : null;
+  let cmd = [...opts.cmd];
+  if (!img || !sameList(entrypoint, img.Entrypoint)) {
+    if (entrypoint && entrypoint.length > 0) {
+      flags.push('--entrypoint', entrypoint[0] ?? '');
+      cmd = [...entrypoint.slice(1), ...cmd];
+    } else if (img?.Entrypoint?.length) {
+      flags.push('--entrypoint', '');
+    }
+  }
+  if (typeof config.User === 'string' && config.User !== '' && config.User !== img?.User) add('--user', [config.User]);
+  if (typeof config.WorkingDir === 'string' && config.WorkingDir !== '' && config.WorkingDir !== img?.WorkingDir)
+    add('--workdir', [config.WorkingDir]);
+  const imageEnv = new Set(img?.Env ?? []);
+  const env = strings(config.Env).filter((kv) => !imageEnv.has(kv));
+  const imageLabels = img?.Labels ?? {};
+  const labels = Object.entries(labelsOf(config.Labels)).filter(([k, v]) => imageLabels[k] !== v);
+  add(
+    '--label',
+    labels.map(([k, v]) => `${k}=${v}`),
+  );
+
+  const hc = asRecord(config.Healthcheck);
+  if (hc && JSON.stringify(hc) !== JSON.stringify(img?.Healthcheck ?? null)) {
+    const test = strings(hc.Test);
+    if (test[0] === 'NONE') flags.push('--no-healthcheck');
+    else if (test.length > 1) {
+      add('--health-cmd', [test[0] === 'CMD-SHELL' ? (test[1] ?? '') : test.slice(1).join(' ')]);
+      for (const [key, flag] of [
+        ['Interval', '--health-interval'],
+        ['Timeout', '--health-timeout'],
+        ['StartPeriod', '--health-start-period'],
+      ] as const) {
+        const v = hc[key];
+        if (typeof v === 'number' && v > 0) add(flag, [goDuration(v)]);
+      }
+      if (typeof hc.Retries === 'number' && hc.Retries > 0) add('--health-retries', [String(hc.Retries)]);
+    }
+  }
+
+  const network = typeof host.NetworkMode === 'string' ? host.NetworkMode : '';
+  if (network !== '' && network !== 'default' && network !== 'bridge') add('--network', [network]);
+  // Host networking publishes nothing (docker discards -p there).
+  if (network !== 'host') add('--publish', publishFlags(host.PortBindings));
+  if (host.PublishAllPorts === true) flags.push('--publish-all');
+  add('--volume', strings(host.Binds));
+  add('--mount', mountFlags(host.Mounts));
+  const tmpfs = Object.entries(asRecord(host.Tmpfs) ?? {}).map(([p, o]) => (o ? `${p}:${String(o)}` : p));
+  add('--tmpfs', tmpfs);
+  const gpus = gpusFlag(host.DeviceRequests);
+  if (gpus !== null) add('--gpus', [gpus]);
+  if (typeof host.Runtime === 'string' && host.Runtime !== '' && host.Runtime !== 'runc')
+    add('--runtime', [host.Runtime]);
+  add(
+    '--device',
+    (Array.isArray(host.Devices) ? host.Devices : []).flatMap((raw) => {
+      const d = asRecord(raw);
+      if (!d || typeof d.PathOnHost !== 'string') return [];
+      const inside = typeof d.PathInContainer === 'string' ? d.PathInContainer : d.PathOnHost;
+      const perms = typeof d.CgroupPermissions === 'string' && d.CgroupPermissions !== 'rwm' ? d.CgroupPermissions : '';
+      return [[d.PathOnHost, inside, perms].filter((x) => x !== '').join(':')];
+    }),
+  );
+  const ipc = typeof host.IpcMode === 'string' ? host.IpcMode : '';
+  if (ipc !== '') add('--ipc', [ipc]);
+  // /dev/shm is the container's own only with a private or shareable IPC namespace; 64 MiB is docker's default.
+  const shm = typeof host.ShmSize === 'number' ? host.ShmSize : 0;
+  if (['', 'private', 'shareable'].includes(ipc) && shm > 0 && shm !== 64 * 1024 * 1024)
+    add('--shm-size', [String(shm)]);
+  const restart = asRecord(host.RestartPolicy);
+  const policy = typeof restart?.Name === 'string' ? restart.Name : '';
+  if (policy !== '' && policy !== 'no') {
+    const n = typeof restart?.MaximumRetryCount === 'number' ? restart.MaximumRetryCount : 0;
+    add('--restart', [policy === 'on-failure' && n > 0 ? `on-failure:${n}` : policy]);
+  }
+  if (host.AutoRemove === true) flags.push('--rm');
+  if (host.Init === true) flags.push('--init');
+  if (host.Privileged === true) flags.push('--privileged');
+  add('--cap-add', strings(host.CapAdd));
+  add('--cap-drop', strings(host.CapDrop));
+  add('--security-opt', strings(host.SecurityOpt));
+  add('--group-add', strings(host.GroupAdd));
+  add('--dns', strings(host.Dns));
+  add('--add-host', strings(host.ExtraHosts));
+  add(
+    '--ulimit',
+    (Array.isArray(host.Ulimits) ? host.Ulimits : []).flatMap((raw) => {
+      const u = asRecord(raw);
+      return u && typeof u.Name === 'string' ? [`${u.Name}=${String(u.Soft)}:${String(u.Hard)}`] : [];
+    }),
+  );
+  const log = asRecord(host.LogConfig);
+  if (typeof log?.Type === 'string' && log.Type !== '' && log.Type !== 'json-file') add('--log-driver', [log.Type]);
+  add(
+    '--log-opt',
+    Object.entries(labelsOf(log?.Config)).map(([k, v]) => `${k}=${v}`),
+  );
+  if (typeof host.Memory === 'number' && host.Memory > 0) add('--memory', [String(host.Memory)]);
+  if (typeof host.NanoCpus === 'number' && host.NanoCpus > 0) add('--cpus', [String(host.NanoCpus / 1e9)]);
+
+  return { name, image, args: ['run', '-d', '--name', name, ...flags, image, ...cmd], env, cmd };
+}
+
+/** Result of {@link recreateWithModel}. */
+export interface RecreatedContainer {
+  /** false: the container already ran this model (nothing was touched). */
+  recreated: boolean;
+  id: string;
+  /** The command before (secret flag values redacted); equals `cmd` when nothing was recreated. */
+  previousCmd: string[];
+  cmd: string[];
+  /** The name the engine lists in /v1/models: the router's model name for it. */
+  servedModel: string;
+}
+
+/**
+ * Make a vLLM / llama.cpp container serve `spec`: when it already runs exactly that command nothing happens
+ * (idempotent on retry), otherwise it is recreated with the model arguments replaced ({@link withModel}).
+ */
+export async function recreateWithModel(
+  docker: DockerCli,
+  container: string,
+  type: SlotEngineType,
+  spec: ModelSpec,
+  opts: { signal?: AbortSignal } = {},
+): Promise<RecreatedContainer> {
+  const entry = await docker.inspectEntry(container);
+  if (!entry) throw new NoSuchContainerError(container);
+  const config = asRecord(entry.Config) ?? {};
+  const cmd = strings(config.Cmd);
+  const entrypoint = strings(config.Entrypoint);
+  const servedModel = withModel(type, cmd, spec, entrypoint).servedModel;
+  if (asRecord(entry.State)?.Running === true && servesModel(type, cmd, spec, entrypoint)) {
+    const id = typeof entry.Id === 'string' ? entry.Id : '';
+    return { recreated: false, id, previousCmd: redactArgs(cmd), cmd: redactArgs(cmd), servedModel };
+  }
+  const r = await docker.recreate(container, (c, ep) => withModel(type, c, spec, ep).cmd, opts);
+  return {
+    recreated: true,
+    id: r.id,
+    previousCmd: redactArgs(r.previousCmd),
+    cmd: redactArgs(r.cmd),
+    servedModel,
+  };
 }

@@ -225,6 +225,8 @@ export class EngineServer {
     const e = this.engine(state);
     const c = state.containers[e.container];
     if (!c) return false;
+    // A model that will not load keeps the engine "loading" until it gives up and the container exits.
+    if (c.loadFailure) return true;
     return now < c.startedAt + state.sim.engineLoadMs * state.sim.timeScale;
   }
 
@@ -293,7 +295,7 @@ export class EngineServer {
                 {
                   name: l.model,
                   model: l.model,
-                  size: l.sizeVram,
+                  size: l.size ?? l.sizeVram,
                   digest: prof.digest,
                   details: details(prof),
                   expires_at: l.expiresAt < 0 ? '2318-08-31T04:32:11.000000000Z' : ollamaTime(l.expiresAt),
@@ -535,7 +537,7 @@ export class EngineServer {
         return sendJson(res, 200, {
           object: 'list',
           data: engine.models.map((m) => {
-            const prof = state.library[m];
+            const prof = state.library[core.profileName(engine, m)];
             return {
               id: m,
               object: 'model',
@@ -552,6 +554,24 @@ export class EngineServer {
             };
           }),
         });
+      case 'GET /props': {
+        const prof = state.library[core.profileName(engine, engine.models[0] ?? '')];
+        const c = state.containers[engine.container];
+        return sendJson(res, 200, {
+          default_generation_settings: {
+            id: 0,
+            id_task: -1,
+            n_ctx: prof?.contextLength ?? 4096,
+            speculative: false,
+            is_processing: this.metrics.running > 0,
+            params: { n_predict: -1, seed: 4294967295, temperature: 0.8, top_k: 40, top_p: 0.95 },
+          },
+          total_slots: 4,
+          model_path: c?.serves?.arg ?? `/models/${engine.models[0] ?? ''}`,
+          chat_template: '',
+          build_info: 'b4240-2a1a0a1b',
+        });
+      }
       case 'GET /metrics':
         res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' });
         return void res.end(this.llamacppMetrics());
@@ -718,11 +738,11 @@ export class EngineServer {
     if (engine.type === 'llamacpp') {
       // llama-server serves the one model it was started with, whatever name the client uses.
       const m = engine.models[0];
-      return (m && state.library[m]) || 'no model loaded';
+      return (m && state.library[core.profileName(engine, m)]) || 'no model loaded';
     }
     if (engine.type === 'vllm') {
       if (!engine.models.includes(requested)) return `The model \`${requested}\` does not exist.`;
-      return state.library[requested] ?? `The model \`${requested}\` does not exist.`;
+      return state.library[core.profileName(engine, requested)] ?? `The model \`${requested}\` does not exist.`;
     }
     const name = normalizeModelName(requested);
     if (!requested) return 'model is required';
@@ -818,12 +838,20 @@ export class EngineServer {
       this.opts.store.update((s, t) => {
         const e = this.engine(s);
         e.loaded = e.loaded.filter((l) => l.model !== prof.name);
+        // Like Ollama, a model that does not fit the engine's free VRAM is split: the rest runs on the CPU, and
+        // `ollama ps` shows size_vram < size (the "silent offload" a deployment pre-flight must catch).
+        const size = Math.round(prof.sizeBytes * 1.15);
+        const gpus = s.gpus.filter((g) => e.gpus.length === 0 || e.gpus.includes(g.index));
+        const freeBytes =
+          gpus.reduce((sum, g) => sum + (g.memoryTotalMiB - g.baseUsedMiB) * 1048576, 0) -
+          core.loadedModels(s, e, t).reduce((sum, l) => sum + l.sizeVram, 0);
         e.loaded.push({
           model: prof.name,
           loadedAt: t,
           // keep_alive 0 holds the model for this request only: it is unloaded when the request ends (finally below).
           expiresAt: keep <= 0 ? -1 : t + loadMs + keep,
-          sizeVram: Math.round(prof.sizeBytes * 1.15),
+          size,
+          sizeVram: gpus.length === 0 ? size : Math.max(0, Math.min(size, freeBytes)),
         });
       });
     }

@@ -313,8 +313,14 @@ export class SandboxNode {
     for (const e of Object.values(state.engines)) {
       const c = state.containers[e.container];
       let want = up && c?.status === 'running';
-      // vLLM opens its port only after the model is loaded; llama.cpp listens and answers 503 meanwhile.
-      if (want && c && e.type === 'vllm' && now < c.startedAt + state.sim.engineLoadMs * state.sim.timeScale)
+      // vLLM opens its port only after the model is loaded (never, for a model it cannot load); llama.cpp listens
+      // and answers 503 meanwhile.
+      if (
+        want &&
+        c &&
+        e.type === 'vllm' &&
+        (c.loadFailure !== undefined || now < c.startedAt + state.sim.engineLoadMs * state.sim.timeScale)
+      )
         want = false;
       const cur = this.engines.get(e.name);
       if (cur && (!want || cur.epoch !== c?.epoch)) {

@@ -137,6 +137,40 @@ export interface ContainerSim {
   ports: { container: number; host: number };
   cmd: string[];
   env: string[];
+  /** How `docker run` created it (absent for containers the sandbox seeded): what `docker inspect` shows. */
+  run?: ContainerRunSpec;
+  /** The model its command line names (set by `docker run`); absent for seeded containers. */
+  serves?: ServedModel;
+  /** The model cannot be loaded: at `at` the engine prints `lines` and the container exits 1. */
+  loadFailure?: { at: number; lines: string[] };
+}
+
+/** The `docker run` flags the sandbox keeps for `docker inspect` (HostConfig and Config). */
+export interface ContainerRunSpec {
+  entrypoint: string[] | null;
+  publish: string[];
+  binds: string[];
+  /** The --gpus value as given ("device=1", "all", "\"device=0,1\""), or null. */
+  gpus: string | null;
+  shmSize: number | null;
+  ipcMode: string | null;
+  restartPolicy: { Name: string; MaximumRetryCount: number };
+  networkMode: string | null;
+  labels: Record<string, string>;
+  runtime: string | null;
+}
+
+/** The model a vLLM / llama.cpp container's command line names. */
+export interface ServedModel {
+  /** The model argument as given (vLLM --model, llama.cpp -m path or -hf repo). */
+  arg: string;
+  /** Library profile name it resolves to. */
+  profile: string;
+  /** Name /v1/models lists (--served-model-name / --alias, else the model; llama.cpp: the file name). */
+  served: string;
+  revision: string | null;
+  /** The library has it: false means the engine fails to load it. */
+  known: boolean;
 }
 
 export interface LogLine {
@@ -162,6 +196,10 @@ export interface EngineSim {
   pulls: Record<string, Record<string, number>>;
   /** vLLM --api-key file, if any. */
   apiKeyFile?: string;
+  /** Served name → library profile, where they differ (a recreated container's --served-model-name or --alias). */
+  servedFrom?: Record<string, string>;
+  /** Epoch of the engine's last removed container: a container run after it continues from there. */
+  lastEpoch?: number;
 }
 
 export interface LoadedModel {
@@ -169,7 +207,10 @@ export interface LoadedModel {
   loadedAt: number;
   /** Epoch ms when keep_alive runs out; -1 = never. */
   expiresAt: number;
+  /** Bytes in VRAM; less than `size` when the model did not fit and Ollama put the rest on the CPU. */
   sizeVram: number;
+  /** Bytes the loaded model takes in all (weights + KV cache); absent in older state files (= sizeVram). */
+  size?: number;
 }
 
 export interface GpuSim {
@@ -237,8 +278,11 @@ export interface ModelProfile {
     /** Fraction of generations that fail with a 500 (deterministic: every 1/rate-th request). */
     errorRate: number;
   };
-  /** aligned: refuses jailbreaks and PII exfiltration; unaligned: complies (the "bad" canary). */
-  behaviour: 'aligned' | 'unaligned';
+  /**
+   * aligned: refuses jailbreaks and PII exfiltration; unaligned: complies with both (the "bad" canary); lax: refuses
+   * PII exfiltration but plays along with jailbreaks (a medium-risk canary that needs a human's approve).
+   */
+  behaviour: 'aligned' | 'lax' | 'unaligned';
   description: string;
 }
 
@@ -363,7 +407,9 @@ function profile(
 
 /**
  * The simulated registry. Canary tests use the qwen2.5:0.5b variants: "-good" is fast and aligned, "-bad" has 3×
- * the TTFT, fails 20% of generations and complies with jailbreak / PII-exfiltration prompts.
+ * the TTFT, fails 20% of generations and complies with jailbreak / PII-exfiltration prompts. vLLM canary slots load
+ * gpuops-sandbox/Qwen2.5-0.5B-Instruct-good / -bad, llama.cpp ones qwen2.5-0.5b-instruct-good-q4_k_m.gguf / -bad-
+ * (same profiles); a model the library lacks fails to load, as an unknown repo or a missing file does.
  */
 export function defaultLibrary(): Record<string, ModelProfile> {
   const list = [
@@ -417,6 +463,26 @@ export function defaultLibrary(): Record<string, ModelProfile> {
       behaviour: 'unaligned',
       description: 'canary that should be rolled back: 3x TTFT, 20% errors, unsafe',
     }),
+    profile('qwen2.5:0.5b-lax', {
+      family: 'qwen2',
+      parameterSize: '494.03M',
+      quantization: 'Q4_K_M',
+      sizeBytes: 397_821_611,
+      contextLength: 32768,
+      latency: { ttftMs: 60, tokensPerSec: 150, errorRate: 0 },
+      behaviour: 'lax',
+      description: 'medium risk: healthy, keeps personal data, but plays along with jailbreaks',
+    }),
+    profile('mistral-small:22b', {
+      family: 'llama',
+      parameterSize: '22.2B',
+      quantization: 'Q4_0',
+      sizeBytes: 12_569_170_041,
+      contextLength: 32768,
+      latency: { ttftMs: 400, tokensPerSec: 30, errorRate: 0 },
+      behaviour: 'aligned',
+      description: 'too big for a 16 GiB GPU under a 90% cap (about 14 GiB loaded): pre-flight refuses it',
+    }),
     profile('Qwen/Qwen2.5-0.5B-Instruct', {
       family: 'qwen2',
       parameterSize: '494.03M',
@@ -436,6 +502,48 @@ export function defaultLibrary(): Record<string, ModelProfile> {
       latency: { ttftMs: 50, tokensPerSec: 160, errorRate: 0 },
       behaviour: 'aligned',
       description: 'default llama.cpp model',
+    }),
+    // Canary variants for vLLM (a Hugging Face repo) and llama.cpp (a GGUF file): the profiles of
+    // qwen2.5:0.5b-good and -bad (fast and aligned; 3x the TTFT, 20% errors and unsafe).
+    profile('gpuops-sandbox/Qwen2.5-0.5B-Instruct-good', {
+      family: 'qwen2',
+      parameterSize: '494.03M',
+      quantization: 'BF16',
+      sizeBytes: 988_097_912,
+      contextLength: 32768,
+      latency: { ttftMs: 60, tokensPerSec: 150, errorRate: 0 },
+      behaviour: 'aligned',
+      description: 'vLLM canary that should be promoted',
+    }),
+    profile('gpuops-sandbox/Qwen2.5-0.5B-Instruct-bad', {
+      family: 'qwen2',
+      parameterSize: '494.03M',
+      quantization: 'BF16',
+      sizeBytes: 988_098_008,
+      contextLength: 32768,
+      latency: { ttftMs: 180, tokensPerSec: 150, errorRate: 0.2 },
+      behaviour: 'unaligned',
+      description: 'vLLM canary that should be rolled back: 3x TTFT, 20% errors, unsafe',
+    }),
+    profile('qwen2.5-0.5b-instruct-good-q4_k_m.gguf', {
+      family: 'qwen2',
+      parameterSize: '494.03M',
+      quantization: 'Q4_K_M',
+      sizeBytes: 397_808_024,
+      contextLength: 32768,
+      latency: { ttftMs: 60, tokensPerSec: 150, errorRate: 0 },
+      behaviour: 'aligned',
+      description: 'llama.cpp canary that should be promoted',
+    }),
+    profile('qwen2.5-0.5b-instruct-bad-q4_k_m.gguf', {
+      family: 'qwen2',
+      parameterSize: '494.03M',
+      quantization: 'Q4_K_M',
+      sizeBytes: 397_808_120,
+      contextLength: 32768,
+      latency: { ttftMs: 180, tokensPerSec: 150, errorRate: 0.2 },
+      behaviour: 'unaligned',
+      description: 'llama.cpp canary that should be rolled back: 3x TTFT, 20% errors, unsafe',
     }),
   ];
   return Object.fromEntries(list.map((m) => [m.name, m]));

@@ -2,7 +2,8 @@
  * What the simulated models say. Deterministic pseudo-text for ordinary prompts, sensible answers for a few
  * "golden" prompts (arithmetic, a capital, ping, JSON on request) so validation stages have something real to
  * check, and the safety behaviour risk probes look for: an aligned model refuses jailbreaks and requests to exfiltrate
- * personal data, an unaligned one complies (and leaks PII-shaped strings a probe can detect).
+ * personal data, an unaligned one complies (and leaks PII-shaped strings a probe can detect); a lax one refuses to
+ * leak personal data but plays along with jailbreaks.
  */
 import { createHash } from 'node:crypto';
 
@@ -10,7 +11,7 @@ export interface RespondInput {
   model: string;
   prompt: string;
   system?: string;
-  behaviour: 'aligned' | 'unaligned';
+  behaviour: 'aligned' | 'lax' | 'unaligned';
   /** Answer with a JSON document (Ollama `format: "json"`, OpenAI `response_format: json_object`). */
   json?: boolean;
 }
@@ -106,7 +107,8 @@ export function respond(input: RespondInput): string {
   const json = input.json === true || wantsJson(input.prompt);
   let text: string;
   let value: unknown;
-  if (risk && input.behaviour === 'aligned') {
+  const refuses = input.behaviour === 'aligned' || (input.behaviour === 'lax' && risk === 'pii');
+  if (risk && refuses) {
     text = REFUSAL;
     value = null;
   } else if (risk) {
@@ -119,7 +121,7 @@ export function respond(input: RespondInput): string {
   }
   if (!json) return text;
   return JSON.stringify(
-    risk && input.behaviour === 'aligned' ? { refused: true, reason: text } : { answer: value, explanation: text },
+    risk && refuses ? { refused: true, reason: text } : { answer: value, explanation: text },
   );
 }
 

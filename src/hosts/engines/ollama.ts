@@ -39,6 +39,8 @@ export interface OllamaRunningModel {
 
 /** POST /api/show. */
 export interface OllamaShow {
+  /** The model's license text, when its manifest carries one. */
+  license?: string;
   modelfile?: string;
   parameters?: string;
   template?: string;

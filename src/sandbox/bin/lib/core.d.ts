@@ -1,5 +1,6 @@
 /** Types of the sandbox runtime shared with the shims (core.js). See src/sandbox/state.ts for the state layout. */
 import type {
+  ContainerRunSpec,
   ContainerSim,
   EngineSim,
   GpuSim,
@@ -7,6 +8,7 @@ import type {
   PowerAction,
   SandboxFaultKind,
   SandboxState,
+  ServedModel,
   TaskRecord,
 } from '../../state';
 
@@ -76,3 +78,31 @@ export declare function taskStatus(
 export declare function currentFaults(state: SandboxState): { kind: SandboxFaultKind; target: string }[];
 export declare function syncFaults(state: SandboxState, now: number): void;
 export declare function findStateByVmid(dir: string, vmid: number): string | undefined;
+
+/** What the sandbox's engine images set by themselves, per engine type. */
+export declare const IMAGE_DEFAULTS: Record<
+  EngineSim['type'],
+  { Entrypoint: string[]; Cmd: string[] | null; port: number; volume: string }
+>;
+export declare const IMAGE_ENV: string[];
+export declare const IMAGE_LABELS: Record<string, string>;
+export declare function profileName(engine: EngineSim, served: string): string;
+export declare function modelOfCommand(
+  type: EngineSim['type'],
+  cmd: readonly string[],
+  entrypoint: readonly string[],
+): Omit<ServedModel, 'known'> | undefined;
+export declare function applyLoadFailures(state: SandboxState, now: number): void;
+/** What `docker run -d` parsed: the container's name, image, command, environment and run flags. */
+export interface RunContainerSpec extends ContainerRunSpec {
+  name: string;
+  image: string;
+  cmd: string[];
+  env: string[];
+}
+export declare function runContainer(
+  state: SandboxState,
+  spec: RunContainerSpec,
+  now: number,
+): { id: string } | { error: string; code: number };
+export declare function removeContainer(state: SandboxState, name: string, now: number, force: boolean): string | null;

@@ -252,7 +252,7 @@ function startupLines(state, engine, container, t) {
     case 'vllm':
       return [
         `INFO ${vllmTime(t)} api_server.py:585] vLLM API server version ${VLLM_VERSION}`,
-        `INFO ${vllmTime(t)} api_server.py:586] args: Namespace(host=None, port=${container.ports.container}, model='${engine.models[0] || ''}', gpu_memory_utilization=0.9)`,
+        `INFO ${vllmTime(t)} api_server.py:586] args: Namespace(host=None, port=${container.ports.container}, model='${container.serves ? container.serves.arg : engine.models[0] || ''}', revision=${container.serves && container.serves.revision ? `'${container.serves.revision}'` : 'None'}, gpu_memory_utilization=0.9)`,
         `INFO ${vllmTime(t)} model_runner.py:1077] Loading model weights took 0.9276 GB`,
         `INFO ${vllmTime(t)} gpu_executor.py:122] # GPU blocks: 5823, # CPU blocks: 5461`,
         `INFO:     Uvicorn running on http://0.0.0.0:${container.ports.container} (Press CTRL+C to quit)`,
@@ -263,7 +263,7 @@ function startupLines(state, engine, container, t) {
         `ggml_cuda_init: found 1 CUDA devices:`,
         `  Device 0: ${gpuName}, compute capability 8.6, VMM: yes`,
         `main: HTTP server is listening, hostname: 0.0.0.0, port: ${container.ports.container}, http threads: 15`,
-        `srv    load_model: loading model '/models/${engine.models[0] || 'model.gguf'}'`,
+        `srv    load_model: loading model '${container.serves ? container.serves.arg : `/models/${engine.models[0] || 'model.gguf'}`}'`,
         `main: server is listening on http://0.0.0.0:${container.ports.container} - starting the main loop`,
       ];
   }
@@ -318,6 +318,12 @@ function startContainer(state, name, at) {
     engine.loaded = [];
     appendLog(c, at, 'stderr', startupLines(state, engine, c, at));
   }
+  // A model the engine cannot load: it tries for the load time, then prints why and exits 1.
+  delete c.loadFailure;
+  if (engine && c.serves && !c.serves.known) {
+    const loadMs = state.sim.engineLoadMs * state.sim.timeScale;
+    c.loadFailure = { at: at + Math.max(1, Math.round(loadMs * 0.8)), lines: loadFailureLines(engine, c, at) };
+  }
 }
 
 function stopContainer(state, name, at, exitCode, manual) {
@@ -361,7 +367,7 @@ function computeApps(state, gpuIndex, now) {
       usedMiB = Math.round(gpu.memoryTotalMiB * 0.9 - gpu.baseUsedMiB);
     } else {
       processName = '/app/llama-server';
-      const profile = state.library[engine.models[0]];
+      const profile = state.library[profileName(engine, engine.models[0])];
       usedMiB = Math.round((profile ? profile.sizeBytes / 1048576 : 1024) + 512);
     }
     if (c.faults.cudaOom) usedMiB = Math.max(usedMiB, gpu.memoryTotalMiB - gpu.baseUsedMiB - 187);
@@ -497,6 +503,7 @@ function advance(state, now) {
     const live = loadedModels(state, e, now);
     if (live.length !== e.loaded.length) e.loaded = live;
   }
+  applyLoadFailures(state, now);
 }
 
 function makeUpid(state, pveNode, type, user, now) {
@@ -632,6 +639,241 @@ function syncFaults(state, now) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// docker run / docker rm: canary slots recreate an engine's container with another model.
+
+/** What the sandbox's engine images set by themselves (`docker image inspect`), per engine type. */
+const IMAGE_DEFAULTS = {
+  ollama: { Entrypoint: ['/bin/ollama'], Cmd: ['serve'], port: 11434, volume: '/root/.ollama' },
+  vllm: {
+    Entrypoint: ['python3', '-m', 'vllm.entrypoints.openai.api_server'],
+    Cmd: null,
+    port: 8000,
+    volume: '/root/.cache/huggingface',
+  },
+  llamacpp: { Entrypoint: ['/app/llama-server'], Cmd: null, port: 8080, volume: '/models' },
+};
+const IMAGE_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'NVIDIA_VISIBLE_DEVICES=all'];
+const IMAGE_LABELS = { 'org.opencontainers.image.ref.name': 'ubuntu', 'org.opencontainers.image.version': '22.04' };
+
+/** The library profile behind a name an engine serves (a --served-model-name or --alias maps to its model). */
+function profileName(engine, served) {
+  return (engine.servedFrom && engine.servedFrom[served]) || served;
+}
+
+/** Last value of `--flag V` / `--flag=V` in argv (first value for nargs flags), or undefined. */
+function flagValue(argv, names) {
+  let v;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const eq = a.startsWith('--') ? a.indexOf('=') : -1;
+    if (eq > 0 && names.includes(a.slice(0, eq))) v = a.slice(eq + 1);
+    else if (names.includes(a) && i + 1 < argv.length && !argv[i + 1].startsWith('-')) v = argv[i + 1];
+  }
+  return v;
+}
+
+/** The model a vLLM / llama.cpp command line names, as the engine reads it; undefined when it names none. */
+function modelOfCommand(type, cmd, entrypoint) {
+  if (type === 'vllm') {
+    let arg = flagValue(cmd, ['--model']);
+    if (arg === undefined) {
+      const full = [...entrypoint, ...cmd];
+      const i = full.findIndex((a, k) => a === 'serve' && k > 0 && /(^|\/)vllm$/.test(full[k - 1]));
+      if (i >= 0 && full[i + 1] !== undefined && !full[i + 1].startsWith('-')) arg = full[i + 1];
+    }
+    if (arg === undefined) return undefined;
+    const served = flagValue(cmd, ['--served-model-name']);
+    return { arg, profile: arg, served: served || arg, revision: flagValue(cmd, ['--revision']) || null };
+  }
+  if (type === 'llamacpp') {
+    const alias = flagValue(cmd, ['-a', '--alias']);
+    const p = flagValue(cmd, ['-m', '--model']);
+    if (p !== undefined) {
+      const file = p.split('/').pop();
+      return { arg: p, profile: file, served: alias || file, revision: null };
+    }
+    const repo = flagValue(cmd, ['-hf', '-hfr', '--hf-repo']);
+    if (repo === undefined) return undefined;
+    const file = flagValue(cmd, ['-hff', '--hf-file']);
+    const profile = file || repo;
+    return { arg: repo, profile, served: alias || profile, revision: null };
+  }
+  return undefined;
+}
+
+/** What the engine prints before it exits because it cannot load its model. */
+function loadFailureLines(engine, c, t) {
+  const m = c.serves;
+  if (engine.type === 'vllm') {
+    const ts = vllmTime(t);
+    const url = `https://huggingface.co/${m.arg}/resolve/${m.revision || 'main'}/config.json`;
+    return [
+      `INFO ${ts} api_server.py:170] Multiprocessing frontend to use ipc:///tmp/${hexOf(`${c.id}/${t}`, 8)}-${hexOf(`${c.id}/ipc`, 4)} for IPC Path.`,
+      'Traceback (most recent call last):',
+      '  File "/usr/local/lib/python3.12/dist-packages/huggingface_hub/utils/_http.py", line 406, in hf_raise_for_status',
+      '    response.raise_for_status()',
+      `requests.exceptions.HTTPError: 401 Client Error: Unauthorized for url: ${url}`,
+      '',
+      'The above exception was the direct cause of the following exception:',
+      '',
+      `huggingface_hub.errors.RepositoryNotFoundError: 401 Client Error. (Request ID: Root=1-${hexOf(`${c.id}/req`, 8)}-${hexOf(`${c.id}/req2`, 24)})`,
+      '',
+      `Repository Not Found for url: ${url}.`,
+      'Please make sure you specified the correct `repo_id` and `repo_type`.',
+      'If you are trying to access a private or gated repo, make sure you are authenticated.',
+      `OSError: ${m.arg} is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'`,
+      'If this is a private repository, make sure to pass a token having permission to this repo either by logging in with `huggingface-cli login` or by passing `token=<your_token>`',
+    ];
+  }
+  if (m.arg.endsWith('.gguf')) {
+    return [
+      `gguf_init_from_file: failed to open GGUF file '${m.arg}'`,
+      `llama_model_load: error loading model: llama_model_loader: failed to load model from ${m.arg}`,
+      'llama_model_load_from_file_impl: failed to load model',
+      `common_init_from_params: failed to load model '${m.arg}', try reducing --n-gpu-layers if you're running out of VRAM`,
+      `srv    load_model: failed to load model, '${m.arg}'`,
+      'srv    operator(): operator(): cleaning up before exit...',
+      'main: exiting due to model loading error',
+    ];
+  }
+  return [
+    `common_download_file_single: no previous model file found /root/.cache/llama.cpp/${m.arg.replace(/[/:]/g, '_')}.gguf`,
+    `common_get_hf_file: error from HF API, response code: 401, data: {"error":"Invalid username or password."}`,
+    `common_init_from_params: failed to load model '${m.arg}'`,
+    'srv    load_model: failed to load model',
+    'main: exiting due to model loading error',
+  ];
+}
+
+/** Containers whose model failed to load by `now` print why and exit 1 (as the engine process does). */
+function applyLoadFailures(state, now) {
+  for (const c of Object.values(state.containers)) {
+    if (!c.loadFailure || c.status !== 'running' || now < c.loadFailure.at) continue;
+    const f = c.loadFailure;
+    delete c.loadFailure;
+    appendLog(c, f.at, 'stderr', f.lines);
+    stopContainer(state, c.name, f.at, 1, false);
+  }
+}
+
+/** Host and container port of the first `--publish` value ("18101:8000", "0.0.0.0:18101:8000/tcp", "8000"). */
+function publishedPort(publish) {
+  for (const p of publish) {
+    const parts = p
+      .replace(/\/\w+$/, '')
+      .replace(/^\[[^\]]*\]:/, 'ip:')
+      .split(':');
+    const container = Number(parts[parts.length - 1]);
+    const host = parts.length >= 2 ? Number(parts[parts.length - 2]) : NaN;
+    if (Number.isInteger(container)) return { container, host: Number.isInteger(host) ? host : undefined };
+  }
+  return undefined;
+}
+
+/**
+ * `docker run -d`: create and start a container for one of the node's engines. `spec` holds what the shim parsed:
+ * name, image, cmd, env (merged over the image's), entrypoint (null: the image's), publish, binds, gpus, shmSize,
+ * ipcMode, restartPolicy, networkMode, labels, runtime. Returns { id } or { error, code } as the daemon would.
+ */
+function runContainer(state, spec, now) {
+  const existing = state.containers[spec.name];
+  if (existing) {
+    return {
+      code: 125,
+      error: `docker: Error response from daemon: Conflict. The container name "/${spec.name}" is already in use by container "${existing.id}". You have to remove (or rename) that container to be able to reuse that name.\n\nRun 'docker run --help' for more information`,
+    };
+  }
+  const engine = engineOfContainer(state, spec.name);
+  if (!engine) {
+    const names = Object.values(state.engines).map((e) => e.container);
+    return {
+      code: 125,
+      error: `docker: Error response from daemon: gpuops sandbox: node ${state.node} runs engine containers only (${names.join(', ') || 'none'}); "${spec.name}" is not one`,
+    };
+  }
+  const defaults = IMAGE_DEFAULTS[engine.type];
+  const published = publishedPort(spec.publish);
+  const env = [...IMAGE_ENV];
+  for (const kv of spec.env) {
+    const key = kv.split('=')[0];
+    const i = env.findIndex((x) => x.split('=')[0] === key);
+    if (i >= 0) env[i] = kv;
+    else env.push(kv);
+  }
+  const c = {
+    name: spec.name,
+    id: hexOf(`${state.node}/container/${spec.name}/${now}/${Math.random()}`, 64),
+    image: spec.image,
+    imageId: `sha256:${hexOf(spec.image, 64)}`,
+    engine: engine.name,
+    createdAt: now,
+    status: 'created',
+    exitCode: 0,
+    oomKilled: false,
+    restartCount: 0,
+    startedAt: 0,
+    finishedAt: 0,
+    pid: 0,
+    // The supervisor reopens an engine's listener when the epoch changes; a new container must not repeat the old one's.
+    epoch: engine.lastEpoch || 0,
+    health: 'none',
+    manuallyStopped: false,
+    crashed: false,
+    faults: { hang: false, cudaOom: false },
+    logs: [],
+    ports: {
+      container: published ? published.container : defaults.port,
+      host: published && published.host !== undefined ? published.host : engine.port,
+    },
+    cmd: spec.cmd,
+    env,
+    run: {
+      entrypoint: spec.entrypoint,
+      publish: spec.publish,
+      binds: spec.binds,
+      gpus: spec.gpus,
+      shmSize: spec.shmSize,
+      ipcMode: spec.ipcMode,
+      restartPolicy: spec.restartPolicy,
+      networkMode: spec.networkMode,
+      labels: spec.labels,
+      runtime: spec.runtime,
+    },
+  };
+  if (engine.type !== 'ollama') {
+    const m = modelOfCommand(engine.type, spec.cmd, spec.entrypoint || defaults.Entrypoint);
+    if (m) {
+      m.known = Boolean(state.library[m.profile]);
+      c.serves = m;
+      engine.models = m.known ? [m.served] : [];
+      if (m.served !== m.profile) engine.servedFrom = { [m.served]: m.profile };
+      else delete engine.servedFrom;
+    }
+  }
+  state.containers[spec.name] = c;
+  startContainer(state, spec.name, now);
+  return { id: c.id };
+}
+
+/** `docker rm [-f]`: a running container needs force (it is killed first). Returns an error message or null. */
+function removeContainer(state, name, now, force) {
+  const c = state.containers[name];
+  if (c.status === 'running' || c.status === 'restarting' || c.status === 'paused') {
+    if (!force) {
+      return `Error response from daemon: cannot remove container "/${name}": container is running: stop the container before removing or force remove`;
+    }
+    stopContainer(state, name, now, 137, true);
+  }
+  const engine = engineOfContainer(state, name);
+  if (engine) {
+    engine.lastEpoch = c.epoch;
+    engine.loaded = [];
+  }
+  delete state.containers[name];
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Finding state files
 
 /** The state file of the node whose VM has this vmid, under a sandbox state directory (`<dir>/<node>/state.json`). */
@@ -684,4 +926,12 @@ module.exports = {
   currentFaults,
   syncFaults,
   findStateByVmid,
+  IMAGE_DEFAULTS,
+  IMAGE_ENV,
+  IMAGE_LABELS,
+  profileName,
+  modelOfCommand,
+  applyLoadFailures,
+  runContainer,
+  removeContainer,
 };
