@@ -17,6 +17,7 @@ import { Worker } from '@temporalio/worker';
 import { createDeployActivities } from '../activities/deploy';
 import { createNodeActivities } from '../activities/node';
 import { createPreflightActivities } from '../activities/preflight';
+import { pullProgress } from '../src/cli/deploy';
 import { analyseCanary } from '../src/domain/canary';
 import { DeployPolicySchema } from '../src/domain/deploy-policy';
 import { OllamaClient } from '../src/hosts/engines/ollama';
@@ -526,10 +527,19 @@ test('killing the node worker during the pull and starting it again completes th
       const downloaded = (): number =>
         Object.values(store.read().engines.ollama?.pulls['qwen2.5:0.5b-good'] ?? {}).reduce((a, b) => a + b, 0);
       while (downloaded() < 120 * 1024 ** 2) await new Promise((r) => setTimeout(r, 100));
+      // What `gpuops deploy --follow` prints from the pull's heartbeats.
+      expect(await pullProgress(h)).toMatch(/^pull pulling [0-9a-f]{12}: \d+\.\d% \d+\/\d+ MiB$/);
       await sb.sim.killWorker('SIGKILL');
       await new Promise((r) => setTimeout(r, 3000));
       expect((await h.query(getDeploymentStatusQuery)).stage).toBe('pulling');
       sb.sim.startWorker();
+      // The retry (after the 2 s heartbeat timeout) resumes where the killed attempt stopped.
+      let progress: string | null = null;
+      for (let i = 0; i < 100 && !progress?.includes('(attempt'); i++) {
+        progress = await pullProgress(h);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(progress).toMatch(/\(attempt [2-9]\)$/);
       return h.result();
     });
     expect(record.outcome).toBe('promoted');

@@ -2,11 +2,19 @@
  * Durability across a Temporal server restart: a workflow in flight when the server stops is still there, with its
  * history, when the server comes back on the same SQLite file, and it finishes.
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { privateDevServerOptions, startDevServer, type DevServer } from '../src/temporal/dev-server';
-import { nodeTaskQueue } from '../src/messages';
+import {
+  getDeploymentStatusQuery,
+  nodeTaskQueue,
+  promoteCanaryUpdate,
+  workflowIds,
+  type DeploymentStatus,
+} from '../src/messages';
+import { startRouter } from '../src/router';
+import { freePort } from '../src/net';
 import type { HealthReport } from '../src/domain/classify';
 import {
   controlWorker,
@@ -74,3 +82,87 @@ test('inspectNode survives a Temporal server restart mid-run and completes on th
     await env.close();
   }
 }, 120_000);
+
+test('deployModel survives a Temporal server restart while its canary waits for promote, and promotes after it', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-restart-deploy-'));
+  const serverOpts = await privateDevServerOptions(dir);
+  await server?.stop();
+  await sbx?.stop();
+  server = await startDevServer(serverOpts);
+  const tokenFile = path.join(dir, 'router-token');
+  writeFileSync(tokenFile, 'durable-router-token\n');
+  const routerPort = await freePort();
+  const routerCfg = { router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile } };
+  sbx = await startTestSandbox({ address: server.address, extra: routerCfg });
+  const router = await startRouter({ port: routerPort, adminTokenFile: tokenFile });
+  try {
+    const engine = sbx.loaded.config.nodes[0]?.engines[0]?.url ?? '';
+    router.table.replace({
+      routes: {
+        chat: { variants: [{ name: 'stable', engine, engineType: 'ollama', model: 'llama3.2:1b', weight: 100 }] },
+      },
+      drained: [],
+    });
+    let env: TestEnv = await openTestEnv(server.address);
+    const queue = env.controlQueue;
+    const workflowId = workflowIds.deploy(sbx.nodeId, 'chat');
+    const policy = {
+      canarySteps: [50],
+      stepDuration: '2s',
+      analysisInterval: '1s',
+      minSamples: 10,
+      autoPromote: false,
+      rollbackWindow: '1s',
+    };
+    await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
+    let worker = await controlWorker(env, sbx.loaded);
+    await worker.runUntil(async () => {
+      const h = await env.client.workflow.start('deployModel', {
+        taskQueue: queue,
+        workflowId,
+        args: [
+          { node: sbx?.nodeId, alias: 'chat', engine: 'ollama', model: 'qwen2.5:0.5b-lax', policy, safetyProbes: true },
+        ],
+      });
+      // Medium risk (no pinned digest): it waits for approve; approve, then wait for the canary to pass.
+      for (let st = await h.query(getDeploymentStatusQuery); st.stage !== 'awaiting-approval';) {
+        await new Promise((r) => setTimeout(r, 200));
+        st = await h.query(getDeploymentStatusQuery);
+        expect(st.outcome).toBe('in-progress');
+      }
+      await h.executeUpdate('approve', { args: [{ by: 'alice' }] });
+      for (let st = await h.query(getDeploymentStatusQuery); st.stage !== 'awaiting-promotion';) {
+        await new Promise((r) => setTimeout(r, 200));
+        st = await h.query(getDeploymentStatusQuery);
+        expect(st.outcome).toBe('in-progress');
+      }
+    });
+    await env.close();
+
+    await server.stop();
+    server = await startDevServer(serverOpts);
+
+    env = await openTestEnv(server.address);
+    try {
+      env.controlQueue = queue;
+      worker = await controlWorker(env, sbx.loaded);
+      const h = env.client.workflow.getHandle<() => Promise<DeploymentStatus>>(workflowId);
+      const record = await worker.runUntil(async () => {
+        const st = await h.query(getDeploymentStatusQuery);
+        expect(st.stage).toBe('awaiting-promotion');
+        expect(st.approvedBy).toBe('alice');
+        await h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'ci-after-restart' }] });
+        return h.result();
+      });
+      expect(record.outcome).toBe('promoted');
+      expect(record.promotedBy).toBe('ci-after-restart');
+      expect(router.table.current.routes.chat?.variants).toEqual([
+        expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-lax', weight: 100 }),
+      ]);
+    } finally {
+      await env.close();
+    }
+  } finally {
+    await router.close();
+  }
+}, 150_000);

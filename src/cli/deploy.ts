@@ -1,5 +1,6 @@
 /** `gpuops deploy | promote | approve | rollback`: start and steer deployModel (ID deploy:<node>:<alias>). */
 import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import { defaultPayloadConverter } from '@temporalio/common';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { ValidationError, parseOrThrow } from '../domain/validation';
@@ -20,6 +21,7 @@ const DeployArgs = z.strictObject({
   node: z.string().min(1, { message: 'is required (--node)' }),
   engine: z.string().min(1).optional(),
   digest: z.string().optional(),
+  revision: z.string().optional(),
   policy: z.string().optional(),
   follow: z.boolean().default(false),
 });
@@ -34,7 +36,35 @@ const who = (by?: string): string =>
   by ?? process.env.GITHUB_ACTOR ?? process.env.CI_JOB_NAME ?? process.env.USER ?? 'gpuops CLI';
 
 function line(s: DeploymentStatus): string {
-  return `${s.workflowId} stage=${s.stage}${s.riskTier ? ` risk=${s.riskTier}` : ''} canary=${s.weights.canary}%`;
+  const live = s.live
+    ? ` step=${s.live.step} ${s.live.analysis.verdict} (canary ${s.live.analysis.samples.canary} / stable ${s.live.analysis.samples.stable} requests)`
+    : '';
+  return `${s.workflowId} stage=${s.stage}${s.riskTier ? ` risk=${s.riskTier}` : ''} canary=${s.weights.canary}%${live}`;
+}
+
+const MiB = 1024 * 1024;
+
+/**
+ * Progress of the running pull (or canary slot load), from the heartbeat details of the pending activity — what the
+ * Temporal UI shows under Pending Activities. Null when none is running.
+ */
+export async function pullProgress(h: WorkflowHandle): Promise<string | null> {
+  const d = await h.describe();
+  for (const a of d.raw.pendingActivities ?? []) {
+    const type = a.activityType?.name;
+    if (type !== 'pullModel' && type !== 'loadCanarySlot') continue;
+    const payload = a.heartbeatDetails?.payloads?.[0];
+    const beat = payload ? (defaultPayloadConverter.fromPayload(payload) as Record<string, unknown>) : {};
+    const attempt = a.attempt && a.attempt > 1 ? ` (attempt ${a.attempt})` : '';
+    if (type === 'pullModel') {
+      const done = Number(beat.completedBytes ?? 0);
+      const total = Number(beat.totalBytes ?? 0);
+      const pct = total > 0 ? ` ${((done / total) * 100).toFixed(1)}%` : '';
+      return `pull ${String(beat.status ?? 'starting')}:${pct} ${(done / MiB).toFixed(0)}/${(total / MiB).toFixed(0)} MiB${attempt}`;
+    }
+    return `canary slot ${String(beat.phase ?? 'starting')} ${Math.round(Number(beat.elapsedMs ?? 0) / 1000)}s${attempt}${beat.lastLog ? `: ${String(beat.lastLog)}` : ''}`;
+  }
+  return null;
 }
 
 async function handleFor(client: Client, node: string, alias: string): Promise<WorkflowHandle> {
@@ -48,7 +78,7 @@ async function handleFor(client: Client, node: string, alias: string): Promise<W
   return h;
 }
 
-/** Print the status every second until the deployment ends; the audit record at the end. */
+/** Print the status every second (and the pull's progress) until the deployment ends; the audit record at the end. */
 async function follow(h: WorkflowHandle, json: boolean): Promise<void> {
   let last = '';
   const done = h.result().then(
@@ -65,7 +95,8 @@ async function follow(h: WorkflowHandle, json: boolean): Promise<void> {
     }
     try {
       const s = await h.query(getDeploymentStatusQuery);
-      const l = line(s);
+      const progress = s.stage === 'pulling' || s.stage === 'loading-canary-slot' ? await pullProgress(h) : null;
+      const l = `${line(s)}${progress ? `  ${progress}` : ''}`;
       if (l !== last && !json) console.log(l);
       last = l;
     } catch {
@@ -79,16 +110,32 @@ export function registerDeployCommands(program: Command, globals: () => GlobalOp
     .command('deploy <alias> <model>')
     .description('start deployModel: pull, validate, assess risk, canary through the router, promote or roll back')
     .requiredOption('--node <id>', 'node to deploy on')
-    .option('--engine <name>', 'engine on the node (default: its first Ollama engine)')
+    .option(
+      '--engine <name>',
+      'engine on the node (default: its first Ollama engine, else the first with a canarySlot)',
+    )
     .option('--digest <sha256>', 'pin the model digest')
+    .option('--revision <rev>', 'HF revision (commit, branch or tag) for vLLM / llama.cpp')
+    .option('--policy <name>', 'deployment policy from gpuops.yaml (default: "default", else built-in defaults)')
     .option('--follow', 'print progress until the deployment ends')
     .action(async (alias: string, model: string, opts: Record<string, unknown>) => {
       const a = parseOrThrow(DeployArgs, opts, 'arguments');
       await withClient(globals(), async (client, loaded) => {
         requireNode(loaded.config, a.node);
         const node = loaded.config.nodes.find((n) => n.id === a.node);
-        const engine = a.engine ?? node?.engines.find((e) => e.type === 'ollama')?.name;
-        if (!engine) throw new ValidationError('arguments', ['--engine: the node has no Ollama engine; name one']);
+        const engine =
+          a.engine ??
+          node?.engines.find((e) => e.type === 'ollama')?.name ??
+          node?.engines.find((e) => (e as { canarySlot?: string }).canarySlot)?.name;
+        if (!engine) {
+          throw new ValidationError('arguments', ['--engine: the node has no Ollama engine or canary slot; name one']);
+        }
+        if (a.policy && !loaded.config.policies[a.policy]) {
+          const known = Object.keys(loaded.config.policies);
+          throw new ValidationError('arguments', [
+            `--policy: must be a policy in gpuops.yaml (${known.join(', ') || 'none defined'}; got "${a.policy}")`,
+          ]);
+        }
         const policy = loaded.config.policies[a.policy ?? 'default'];
         const h = await client.workflow.start('deployModel', {
           taskQueue: CONTROL_TASK_QUEUE,
@@ -102,6 +149,7 @@ export function registerDeployCommands(program: Command, globals: () => GlobalOp
               model,
               requestedBy: who(),
               ...(a.digest ? { expectedDigest: a.digest } : {}),
+              ...(a.revision ? { revision: a.revision } : {}),
               ...(policy ? { policy } : {}),
             },
           ],
