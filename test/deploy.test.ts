@@ -36,7 +36,15 @@ import { startRouter, type RouterHandle } from '../src/router';
 import { SHIM_DIR, freePort } from '../src/sandbox/node';
 import { SandboxStore, defaultLibrary } from '../src/sandbox/state';
 import type { deployModel } from '../workflows/deploy';
-import { controlWorker, openTestEnv, startTestSandbox, uniqueId, type TestEnv, type TestSandbox } from './helpers/env';
+import {
+  controlWorker,
+  openTestEnv,
+  recordHistory,
+  startTestSandbox,
+  uniqueId,
+  type TestEnv,
+  type TestSandbox,
+} from './helpers/env';
 
 let env: TestEnv;
 const run = promisify(execFile);
@@ -172,6 +180,7 @@ test('a good version (pinned digest) goes pre-flight → pull → validate → l
   const record = await withWorkers(async () =>
     (await start(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy: fastPolicy })).result(),
   );
+  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-promoted');
   expect(record.outcome).toBe('promoted');
   expect(record.digest).toBe(digest);
   expect(record.riskTier).toBe('low');
@@ -288,6 +297,7 @@ test('a bad version let through to canary breaches the error-rate delta mid-step
     expect(after.riskTier).toBe('medium');
     return h.result();
   }).finally(() => clearInterval(watch));
+  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-breach-rollback');
   expect(record.outcome).toBe('rolled-back');
   expect(record.approvedBy).toBe('alice');
   expect(record.analyses).toHaveLength(1);
@@ -378,6 +388,7 @@ test('a CI job promotes a passed canary with `gpuops promote`; `gpuops rollback`
     expect(rb.code).toBe(0);
     return h.result();
   });
+  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-ci-promote-then-rollback');
   expect(record.outcome).toBe('rolled-back');
   expect(record.promotedBy).toBe('ci-pipeline-42');
   expect(record.rollback).toEqual({ by: 'oncall', reason: 'rollback requested: user complaints' });
@@ -466,6 +477,7 @@ test('cancelling a deployment mid-canary runs the rollback saga anyway and ends 
     );
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect((await h.describe()).status.name).toBe('CANCELLED');
+    recordHistory(env, h.workflowId, 'deploy-model-cancelled');
     const st = await h.query(getDeploymentStatusQuery);
     expect(st.outcome).toBe('cancelled');
     expect(st.undo.map((u) => [u.step, u.ok])).toEqual([

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 /**
  * Shared plumbing for workflow tests: a client and worker connection to the run-wide Temporal dev server, a
  * workflow bundle built once per test file, and sandbox nodes whose real node worker runs as a child process.
@@ -67,6 +68,7 @@ export interface TestEnv {
   connection: NativeConnection;
   /** A control task queue of this test file's own, so parallel test files never take each other's workflows. */
   controlQueue: string;
+  address: string;
   close(): Promise<void>;
 }
 
@@ -77,6 +79,7 @@ export async function openTestEnv(address = testAddress()): Promise<TestEnv> {
     client: new Client({ connection: conn, namespace: 'default' }),
     connection,
     controlQueue: uniqueId('gpuops-control-test'),
+    address,
     async close() {
       await connection.close();
       await conn.close();
@@ -241,4 +244,17 @@ export function writeTemp(dir: string, name: string, text: string): string {
   const p = path.join(dir, name);
   writeFileSync(p, text);
   return p;
+}
+
+/**
+ * With GPUOPS_RECORD_HISTORIES=1, save a finished workflow's history (as `temporal workflow show --output json`
+ * prints it) to test/histories/<name>.json, for test/replay.test.ts. Otherwise does nothing.
+ */
+export function recordHistory(env: TestEnv, workflowId: string, name: string): void {
+  if (process.env.GPUOPS_RECORD_HISTORIES !== '1') return;
+  const cli = process.env.TEMPORAL_CLI_PATH ?? 'temporal';
+  const out = execFileSync(cli, ['workflow', 'show', '--address', env.address, '-w', workflowId, '--output', 'json'], {
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  writeFileSync(path.join(__dirname, '..', 'histories', `${name}.json`), out);
 }
