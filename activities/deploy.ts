@@ -1,12 +1,13 @@
 /**
  * Node-side deployment checks: the golden prompts and the safety probes, sent to the engine from the node (engine
  * URLs are as seen from the node), each answered with a per-prompt result the risk assessment and the audit record
- * keep. They judge answers, never fail for a bad one: a wrong answer is a result, not an error.
+ * keep. They judge answers, never fail for a bad one: a wrong answer is a result, not an error. Ollama, vLLM and
+ * llama.cpp engines alike (for the latter two, the engine is the canary slot that serves the model).
  */
 import type { EngineConfig, NodeConfig } from '../src/config/schema';
 import type { PromptResult } from '../src/domain/risk';
 import { createEngineClient, type EngineClient } from '../src/hosts/engines/probe';
-import { sameOllamaModel, type OllamaClient } from '../src/hosts/engines/ollama';
+import { sameOllamaModel } from '../src/hosts/engines/ollama';
 import { cancellationSignal, heartbeat, nonRetryable } from './activity-context';
 
 /** A prompt with a known right answer. */
@@ -64,7 +65,7 @@ export interface ModelCheckInput {
   model: string;
   /** Per-prompt timeout, ms (default 60 000: the first prompt loads the model). */
   timeoutMs?: number;
-  /** Answers longer than this are cut (num_predict). */
+  /** Answers longer than this are cut (Ollama num_predict, OpenAI max_tokens). */
   maxTokens?: number;
 }
 
@@ -78,32 +79,41 @@ export interface ModelResources {
 }
 
 export function createDeployActivities({ node, clientFor = (e) => createEngineClient(e) }: DeployActivityDeps) {
-  const ollama = (name: string): OllamaClient => {
+  const engineClient = (name: string): EngineClient => {
     const e = node.engines.find((x) => x.name === name);
     if (!e) throw nonRetryable('UnknownEngine', `engine "${name}" is not configured on node ${node.id}`);
-    const c = clientFor(e);
-    if (c.type !== 'ollama') {
-      throw nonRetryable('UnsupportedEngine', `engine "${name}" is ${e.type}: deployModel supports ollama only`);
-    }
-    return c.client;
+    return clientFor(e);
   };
 
-  /** One answer; a 5xx or timeout is retried once (the engine may fail one request in N), then recorded. */
+  /**
+   * One answer; a 5xx or timeout is retried once (the engine may fail one request in N), then recorded. Ollama is
+   * asked through /api/generate, vLLM and llama.cpp through /v1/chat/completions (their chat template applies, as it
+   * does for the clients the canary will serve).
+   */
   async function ask(
-    client: OllamaClient,
+    client: EngineClient,
     input: ModelCheckInput,
     prompt: string,
   ): Promise<{ text: string; ms: number } | { error: string }> {
     let lastError = '';
+    const maxTokens = input.maxTokens ?? 96;
     for (let attempt = 0; attempt < 2; attempt++) {
       const t0 = Date.now();
       try {
         const signal = cancellationSignal();
-        const r = await client.generate(
-          { model: input.model, prompt, options: { num_predict: input.maxTokens ?? 96 } },
-          { timeoutMs: input.timeoutMs ?? 60_000, ...(signal ? { signal } : {}) },
+        const call = { timeoutMs: input.timeoutMs ?? 60_000, ...(signal ? { signal } : {}) };
+        if (client.type === 'ollama') {
+          const r = await client.client.generate(
+            { model: input.model, prompt, options: { num_predict: maxTokens } },
+            call,
+          );
+          return { text: r.response, ms: Date.now() - t0 };
+        }
+        const r = await client.client.chat(
+          { model: input.model, messages: [{ role: 'user', content: prompt }], max_tokens: maxTokens },
+          call,
         );
-        return { text: r.response, ms: Date.now() - t0 };
+        return { text: r.choices[0]?.message.content ?? '', ms: Date.now() - t0 };
       } catch (err) {
         lastError = (err as Error).message;
       }
@@ -114,7 +124,7 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
   return {
     /** Run the golden prompts on the node's engine; per prompt: did the answer hold. */
     async runGoldenPrompts(input: ModelCheckInput): Promise<PromptResult[]> {
-      const client = ollama(input.engine);
+      const client = engineClient(input.engine);
       const out: PromptResult[] = [];
       for (const g of GOLDEN_PROMPTS) {
         heartbeat({ prompt: g.id });
@@ -139,7 +149,7 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
 
     /** Send the safety probes; a probe passes when the model refuses and leaks nothing PII-shaped. */
     async runSafetyProbes(input: ModelCheckInput): Promise<PromptResult[]> {
-      const client = ollama(input.engine);
+      const client = engineClient(input.engine);
       const out: PromptResult[] = [];
       for (const p of SAFETY_PROBES) {
         heartbeat({ probe: p.id });
@@ -162,18 +172,25 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
       return out;
     },
 
-    /** What the model needs of the GPU: its size on disk, its VRAM when loaded, and the node's GPU memory. */
+    /**
+     * What the model needs of the GPU: its size on disk, its VRAM when loaded, and the node's GPU memory. Ollama
+     * reports both sizes (tags, ps). llama.cpp reports the GGUF's size in /v1/models; vLLM neither (it takes its
+     * gpu_memory_utilization share of the GPU whatever the model): those stay null.
+     */
     async checkModelResources(input: { engine: string; model: string }): Promise<ModelResources> {
-      const client = ollama(input.engine);
-      const [tags, ps] = await Promise.all([client.tags(), client.ps()]);
-      const listed = tags.find((m) => sameOllamaModel(m.name, input.model));
-      const running = ps.find((m) => sameOllamaModel(m.name, input.model));
+      const c = engineClient(input.engine);
       const gpuMiB = node.gpus.reduce((s, g) => s + (g.memoryMiB ?? 0), 0);
-      return {
-        modelBytes: listed?.size ?? null,
-        vramBytes: running?.size_vram ?? null,
-        gpuMemoryBytes: gpuMiB > 0 ? gpuMiB * 1024 * 1024 : null,
-      };
+      const gpuMemoryBytes = gpuMiB > 0 ? gpuMiB * 1024 * 1024 : null;
+      if (c.type === 'ollama') {
+        const [tags, ps] = await Promise.all([c.client.tags(), c.client.ps()]);
+        const listed = tags.find((m) => sameOllamaModel(m.name, input.model));
+        const running = ps.find((m) => sameOllamaModel(m.name, input.model));
+        return { modelBytes: listed?.size ?? null, vramBytes: running?.size_vram ?? null, gpuMemoryBytes };
+      }
+      const entries = await c.client.modelEntries();
+      const entry = entries.find((m) => m.id === input.model) ?? (c.type === 'llamacpp' ? entries[0] : undefined);
+      const size = entry?.meta?.size;
+      return { modelBytes: typeof size === 'number' && size > 0 ? size : null, vramBytes: null, gpuMemoryBytes };
     },
   };
 }

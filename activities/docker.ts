@@ -2,7 +2,7 @@
  * Docker activities for one node's engine containers. They run on the node's queue (gpuops-node-<id>) and only touch
  * containers the node's config names: a workflow cannot be talked into restarting an arbitrary container.
  */
-import type { NodeConfig } from '../src/config/schema';
+import { slotPartnerOf, type NodeConfig } from '../src/config/schema';
 import type { ContainerState } from '../src/domain/health';
 import { NoSuchContainerError, type DockerCli } from '../src/hosts/docker';
 import { cancellationSignal, nonRetryable, withHeartbeat } from './activity-context';
@@ -51,9 +51,22 @@ export function createDockerActivities({ node, docker }: DockerActivityDeps) {
   };
 
   return {
-    /** State of every engine container of this node, with fault signatures from their logs since last start. */
+    /**
+     * State of every engine container of this node, with fault signatures from their logs since last start, each
+     * labelled with its engine and, for a half of a canary slot pair, its partner's container (so a stopped standby
+     * half is not taken for a fault).
+     */
     async inspectContainers(): Promise<ContainerState[]> {
-      return docker.inspect(configured, { logSignals: { tail: 200 } });
+      const states = await docker.inspect(configured, { logSignals: { tail: 200 } });
+      return states.map((s) => {
+        const engine = node.engines.find((e) => e.container === s.name);
+        const partner = engine ? slotPartnerOf(node, engine.name) : undefined;
+        return {
+          ...s,
+          ...(engine ? { engine: engine.name } : {}),
+          ...(partner ? { slotPartner: partner.container } : {}),
+        };
+      });
     },
 
     /**

@@ -9,6 +9,7 @@ import { createEngineClient, type EngineClient } from '../src/hosts/engines/prob
 import { KernelLog } from '../src/hosts/kernel-log';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
 import { createBackupActivities } from './backup';
+import { createCanarySlotActivities } from './canary-slot';
 import { createDockerActivities } from './docker';
 import { createEngineActivities } from './engine';
 import { createGpuActivities } from './gpu';
@@ -51,6 +52,7 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
     ...modelStore,
     ...createPreflightActivities({ node, nvidiaSmi, checkDisks: modelStore.checkDisks, clientFor }),
     ...createDeployActivities({ node, clientFor }),
+    ...createCanarySlotActivities({ node, docker, clientFor }),
     ...createBackupActivities({
       node,
       nvidiaSmi,

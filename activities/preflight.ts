@@ -90,13 +90,22 @@ export function createPreflightActivities({
         .map((g) => ({ index: g.index, totalMiB: g.memoryTotalMiB, usedMiB: g.memoryUsedMiB }));
       const c = clientFor(engine);
       if (c.type !== 'ollama') {
-        return checkGpuMemory({
-          model: input.model,
-          gpus,
-          modelBytes: 0,
-          loadedVramBytes: 0,
-          capPct: input.memoryCapPct,
-        });
+        // vLLM preallocates its gpu_memory_utilization share and llama.cpp fails to load what does not fit: neither
+        // offloads silently. The slot has loaded the model by now, so this is a measurement, not a refusal.
+        const used = gpus.reduce((sum, g) => sum + (g.usedMiB ?? 0), 0);
+        const total = gpus.reduce((sum, g) => sum + (g.totalMiB ?? 0), 0);
+        const pct = total > 0 ? Math.round((used / total) * 1000) / 10 : null;
+        return {
+          fits: true,
+          neededMiB: null,
+          usedMiB: used,
+          totalMiB: total,
+          capMiB: Math.floor((total * input.memoryCapPct) / 100),
+          afterPct: pct,
+          detail:
+            `${engine.type} loaded ${input.model} on GPU ${gpus.map((g) => g.index).join(',')}: ${pct ?? '?'}% of ` +
+            'memory in use (the engine preallocates, and refuses a model that does not fit)',
+        };
       }
       const [tags, ps] = await Promise.all([c.client.tags(), c.client.ps()]);
       const listed = tags.find((m) => sameOllamaModel(m.name, input.model));
@@ -119,7 +128,11 @@ export function createPreflightActivities({
         return { source, license: null, family: null, parameterSize: null, quantization: null };
       }
       const show = await c.client.show(input.model);
-      const license = show.license?.split('\n').find((l) => l.trim() !== '')?.trim() ?? null;
+      const license =
+        show.license
+          ?.split('\n')
+          .find((l) => l.trim() !== '')
+          ?.trim() ?? null;
       return {
         source,
         license,

@@ -3,9 +3,10 @@
  * and the per-node recovery budget, counted from Temporal's own visibility records so that every trigger (watcher,
  * Alertmanager, CLI, UI) counts against the same budget.
  */
-import type { Client } from '@temporalio/client';
+import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Config } from '../src/config/schema';
+import { setMaintenanceUpdate, workflowIds, type SetMaintenanceInput } from '../src/messages';
 
 export interface NodeFacts {
   id: string;
@@ -50,7 +51,7 @@ export function createRecoveryActivities(deps: RecoveryActivityDeps) {
           container: e.container,
           url: e.url,
           gpus: e.gpus,
-          canarySlot: (e as { canarySlot?: string }).canarySlot ?? null,
+          canarySlot: e.canarySlot ?? null,
         })),
         gpus: n.gpus.map((g) => g.index),
         vm: n.vm && hv ? { hypervisor: hv.id, hypervisorType: hv.type, vmid: n.vm.vmid } : null,
@@ -71,6 +72,26 @@ export function createRecoveryActivities(deps: RecoveryActivityDeps) {
         `AND (GpuopsStage IS NULL OR GpuopsStage != 'no-fault-found')`;
       const r = await deps.client.workflow.count(query);
       return r.count;
+    },
+
+    /**
+     * Open (or, with clear, end) a maintenance window on the node's watcher, so it does not "recover" an engine a
+     * deployment is reloading on purpose. No watcher running is not an error: there is nobody to pause.
+     */
+    async setWatchMaintenance(
+      input: SetMaintenanceInput & { node: string },
+    ): Promise<{ applied: boolean; detail: string }> {
+      if (!deps.client) return { applied: false, detail: 'no Temporal client: watcher not paused' };
+      const { node, ...window } = input;
+      const h = deps.client.workflow.getHandle(workflowIds.watch(node));
+      try {
+        const windows = await h.executeUpdate(setMaintenanceUpdate, { args: [window] });
+        return { applied: true, detail: `${windows.length} maintenance window(s) open on ${workflowIds.watch(node)}` };
+      } catch (err) {
+        if (err instanceof WorkflowNotFoundError)
+          return { applied: false, detail: `no ${workflowIds.watch(node)} running` };
+        throw err;
+      }
     },
   };
 }

@@ -140,24 +140,29 @@ export function createRouterActivities({ config, resolvePath = (p) => p, timeout
       count: number;
       concurrency?: number;
       maxTokens?: number;
+      /** The API to send through the router: Ollama's (default) or OpenAI's, which every engine type speaks. */
+      api?: 'ollama' | 'openai';
     }): Promise<{ sent: number; byStatus: Record<string, number> }> {
       const byStatus: Record<string, number> = {};
       let next = 0;
+      const maxTokens = input.maxTokens ?? 16;
       const worker = async (): Promise<void> => {
         while (next < input.count) {
           const i = next++;
           const prompt = input.prompts[i % Math.max(1, input.prompts.length)] ?? 'ping';
           let key: string;
           try {
-            const res = await fetch(`${routerBase()}/api/generate`, {
+            const [pathname, body] =
+              input.api === 'openai'
+                ? [
+                    '/v1/chat/completions',
+                    { model: input.alias, messages: [{ role: 'user', content: prompt }], max_tokens: maxTokens },
+                  ]
+                : ['/api/generate', { model: input.alias, prompt, stream: false, options: { num_predict: maxTokens } }];
+            const res = await fetch(`${routerBase()}${pathname}`, {
               method: 'POST',
               headers: { 'content-type': 'application/json', 'x-gpuops-synthetic': '1' },
-              body: JSON.stringify({
-                model: input.alias,
-                prompt,
-                stream: false,
-                options: { num_predict: input.maxTokens ?? 16 },
-              }),
+              body: JSON.stringify(body),
               signal: AbortSignal.timeout(timeoutMs * 3),
             });
             await res.arrayBuffer();

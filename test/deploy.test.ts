@@ -544,7 +544,7 @@ test('killing the node worker during the pull and starting it again completes th
       await sb.sim.killWorker('SIGKILL');
       await new Promise((r) => setTimeout(r, 3000));
       expect((await h.query(getDeploymentStatusQuery)).stage).toBe('pulling');
-      sb.sim.startWorker();
+      await sb.sim.startWorker();
       // The retry (after the 2 s heartbeat timeout) resumes where the killed attempt stopped.
       let progress: string | null = null;
       for (let i = 0; i < 100 && !progress?.includes('(attempt'); i++) {

@@ -381,6 +381,19 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       }
     }
     const slotEngine = slot.name;
+    if (slot.type !== 'ollama' && input.expectedDigest) {
+      throw ApplicationFailure.nonRetryable(
+        `expectedDigest: pins an Ollama manifest digest; for ${slot.type} pin the HF commit with revision (40 hex)`,
+        'ValidationError',
+      );
+    }
+    // What provenance counts as pinned: an Ollama digest, or a full HF commit id as the revision.
+    const pinned =
+      slot.type === 'ollama'
+        ? (input.expectedDigest ?? null)
+        : input.revision && /^[0-9a-f]{40}$/.test(input.revision)
+          ? input.revision
+          : null;
 
     stage('preflight', 'checking the model stores have room');
     checkRollback();
@@ -420,10 +433,19 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     } else {
       stage('loading-canary-slot', `starting ${slotEngine} with ${input.model}`);
       checkRollback();
+      // vLLM opens its port only once the model is loaded: pause the watcher for the slot, or it would "recover"
+      // (restart) the container mid-load.
+      const pause = { node: input.node, engine: slotEngine, by: actor };
+      await control.setWatchMaintenance({
+        ...pause,
+        reason: `deployModel loading ${input.model}`,
+        duration: input.pullTimeout,
+      });
       undo.push({
         step: `stop the canary slot ${slotEngine}`,
         run: async () => {
           await node.standbyEngine({ engine: slotEngine });
+          await control.setWatchMaintenance({ ...pause, reason: 'canary slot stopped', clear: true });
           return 'standby';
         },
       });
@@ -434,6 +456,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       });
       status.digest = loaded.revision;
       servedModel = loaded.model;
+      await control.setWatchMaintenance({ ...pause, reason: 'canary slot loaded', clear: true });
     }
     status.canary = { engine: slotEngine, url: slot.url, model: servedModel };
     const norm = (d: string): string => d.replace(/^sha256:/, '').toLowerCase();
@@ -471,7 +494,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       node: input.node,
       provenance: {
         digest: status.digest,
-        expectedDigest: input.expectedDigest ?? null,
+        expectedDigest: pinned,
         source: provenance.source,
         allowedSources: policy.allowedSources,
         license: provenance.license,
@@ -605,6 +628,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
           prompts: golden.map((g) => g.prompt),
           count,
           concurrency: 4,
+          ...(slot.type === 'ollama' ? {} : { api: 'openai' as const }),
         });
         synthetic += count;
         analyseNow = true;

@@ -115,7 +115,7 @@ export function registerDeployCommands(program: Command, globals: () => GlobalOp
       'engine on the node (default: its first Ollama engine, else the first with a canarySlot)',
     )
     .option('--digest <sha256>', 'pin the model digest')
-    .option('--revision <rev>', 'HF revision (commit, branch or tag) for vLLM / llama.cpp')
+    .option('--revision <rev>', 'HF revision (commit, branch or tag) for vLLM; a 40-hex commit counts as pinned')
     .option('--policy <name>', 'deployment policy from gpuops.yaml (default: "default", else built-in defaults)')
     .option('--follow', 'print progress until the deployment ends')
     .action(async (alias: string, model: string, opts: Record<string, unknown>) => {

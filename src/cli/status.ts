@@ -26,8 +26,18 @@ export async function inspect(client: Client, config: Config, node: string, gene
   });
 }
 
+/** Engines and containers that are standby halves of canary slot pairs (reports of older workers have none). */
+function standbyOf(r: HealthReport): { engines: Set<string>; containers: Map<string, string> } {
+  const list = (r.standby as HealthReport['standby'] | undefined) ?? [];
+  return {
+    engines: new Set(list.flatMap((s) => (s.engine === null ? [] : [s.engine]))),
+    containers: new Map(list.map((s) => [s.container, s.partner])),
+  };
+}
+
 export function renderReport(r: HealthReport): string {
   const o = r.observation;
+  const standby = standbyOf(r);
   const out: string[] = [];
   out.push(
     `Node ${r.node} — ${r.healthy ? 'healthy' : 'UNHEALTHY'}${r.recommendedRung !== 'none' ? `, recommended action: ${r.recommendedRung}` : ''}  (${r.observedAt})`,
@@ -42,7 +52,15 @@ export function renderReport(r: HealthReport): string {
           e.name,
           e.type,
           e.url,
-          !e.reachable ? 'unreachable' : e.loading ? 'loading' : e.healthy ? 'ok' : 'unhealthy',
+          standby.engines.has(e.name)
+            ? 'standby'
+            : !e.reachable
+              ? 'unreachable'
+              : e.loading
+                ? 'loading'
+                : e.healthy
+                  ? 'ok'
+                  : 'unhealthy',
           e.version,
           e.loaded.join(',') || '-',
           e.generation ? (e.generation.ok ? `ok ${e.generation.ms}ms` : `FAIL ${e.generation.error ?? ''}`) : '-',
@@ -55,7 +73,14 @@ export function renderReport(r: HealthReport): string {
       '',
       table(
         ['CONTAINER', 'STATUS', 'HEALTH', 'EXIT', 'OOM', 'RESTARTS'],
-        o.containers.map((c) => [c.name, c.status, c.health, c.exitCode, c.oomKilled, c.restartCount]),
+        o.containers.map((c) => [
+          c.name,
+          standby.containers.has(c.name) ? `standby (${c.status}; ${standby.containers.get(c.name)} serves)` : c.status,
+          c.health,
+          c.exitCode,
+          c.oomKilled,
+          c.restartCount,
+        ]),
       ),
     );
   }
@@ -98,6 +123,14 @@ export function renderReport(r: HealthReport): string {
   return out.join('\n');
 }
 
+/** "2/2 ok", or "1/1 ok, 1 standby" when a canary slot half is stopped on purpose. */
+function engineSummary(r: HealthReport): string {
+  const standby = standbyOf(r).engines;
+  const active = r.observation.engines.filter((e) => !standby.has(e.name));
+  const ok = `${active.filter((e) => e.healthy).length}/${active.length} ok`;
+  return standby.size > 0 ? `${ok}, ${standby.size} standby` : ok;
+}
+
 export async function statusCommand(
   client: Client,
   config: Config,
@@ -115,7 +148,7 @@ export async function statusCommand(
           r.node,
           r.healthy ? 'healthy' : 'UNHEALTHY',
           r.recommendedRung,
-          `${r.observation.engines.filter((e) => e.healthy).length}/${r.observation.engines.length} ok`,
+          engineSummary(r),
           r.observation.gpuError ? 'error' : `${r.observation.gpus.filter((g) => !g.lost).length} ok`,
           r.problems.length,
         ]),

@@ -34,6 +34,15 @@ export interface Problem {
   severity: 'warning' | 'critical';
 }
 
+/** A stopped half of a canary slot pair whose partner runs: intended downtime, not a fault. */
+export interface StandbyEngine {
+  /** Engine name, when the observation names the container's engine. */
+  engine: string | null;
+  container: string;
+  /** The running partner's container. */
+  partner: string;
+}
+
 export interface HealthReport {
   node: string;
   observedAt: string;
@@ -41,6 +50,8 @@ export interface HealthReport {
   /** The most disruptive rung any problem calls for ('none' when healthy). */
   recommendedRung: Rung;
   problems: Problem[];
+  /** Halves of canary slot pairs that are stopped on purpose: neither problems nor recovered. */
+  standby: StandbyEngine[];
   observation: NodeObservation;
 }
 
@@ -52,6 +63,37 @@ export interface ClassifyOptions {
 }
 
 const CUDA_OOM = /CUDA out of memory|cudaMalloc failed: out of memory|CUBLAS_STATUS_ALLOC_FAILED|OutOfMemoryError/i;
+
+/**
+ * Exit codes of a deliberate `docker stop`: 0 (the engine handled SIGTERM and exited cleanly) or 143 (terminated by
+ * SIGTERM). 137 is not among them: a SIGKILL may as well be a crash, and a crash of a serving engine must not pass
+ * for standby.
+ */
+const CLEAN_STOP_EXIT_CODES: readonly number[] = [0, 143];
+
+/**
+ * A container stopped on purpose: created and never started, or exited with a clean-stop code and not OOM-killed.
+ * What `standbyEngine` leaves behind.
+ */
+export function isCleanStop(c: ContainerState): boolean {
+  if (!c.exists || c.running) return false;
+  if (c.status === 'created') return true;
+  return c.status === 'exited' && !c.oomKilled && CLEAN_STOP_EXIT_CODES.includes(c.exitCode);
+}
+
+/**
+ * Canary slot halves that are standby: stopped cleanly (exited or never started, not OOM-killed) while their partner
+ * container runs. When both halves are down neither is standby: that is an outage.
+ */
+export function standbyContainers(containers: readonly ContainerState[]): StandbyEngine[] {
+  const byName = new Map(containers.map((c) => [c.name, c]));
+  return containers.flatMap((c) => {
+    if (c.slotPartner === undefined || !isCleanStop(c)) return [];
+    const partner = byName.get(c.slotPartner);
+    if (!partner?.exists || !partner.running || partner.status === 'restarting') return [];
+    return [{ engine: c.engine ?? null, container: c.name, partner: partner.name }];
+  });
+}
 
 export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): HealthReport {
   const problems: Problem[] = [];
@@ -69,7 +111,12 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
     });
   }
 
+  const standby = standbyContainers(obs.containers);
+  const standbyNames = new Set(standby.map((x) => x.container));
+  const standbyEngines = new Set(standby.flatMap((x) => (x.engine === null ? [] : [x.engine])));
+
   for (const c of obs.containers) {
+    if (standbyNames.has(c.name)) continue;
     if (!c.exists) {
       add({
         kind: 'container-missing',
@@ -128,6 +175,7 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
   }
 
   for (const e of obs.engines) {
+    if (standbyEngines.has(e.name)) continue;
     if (!e.reachable || (!e.healthy && !e.loading)) {
       add({
         kind: 'engine-down',
@@ -228,6 +276,7 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
     healthy: problems.every((p) => p.severity !== 'critical'),
     recommendedRung,
     problems,
+    standby,
     observation: obs,
   };
 }

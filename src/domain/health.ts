@@ -23,6 +23,13 @@ export interface ContainerState {
   finishedAt?: string;
   /** Known fault signatures found in the container's recent logs (e.g. "CUDA out of memory"). */
   logSignals: string[];
+  /** The engine (config name) that runs in this container, when the node's config says. */
+  engine?: string;
+  /**
+   * The container of the other half of this engine's canary slot pair (config `canarySlot`), when it has one: a
+   * cleanly stopped half whose partner runs is standby, not a fault.
+   */
+  slotPartner?: string;
 }
 
 /** One GPU, from `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`. Unavailable fields are null. */

@@ -12,4 +12,4 @@ export function gpuopsId(what: string) {
 /** A duration as parseDuration reads it: a number and ms, s, m, h or d. */
 export const DurationSchema = z
   .string()
-  .regex(/^\d+(ms|s|m|h|d)$/, { message: 'must be a duration such as 500ms, 30s, 5m or 1h' });
+  .regex(/^\d+(ms|s|m|h|d)$/, { message: 'must be a duration such as 500ms, 30s, 5m, 1h or 7d' });

@@ -314,10 +314,11 @@ export class DockerCli {
   }
 
   /**
-   * `docker run -d` of a {@link RunSpec}; the environment goes in a private --env-file that is removed afterwards.
-   * Returns the new container's id. A failure names the command with secret flag values redacted, never the env.
+   * `docker run -d` (or `docker create`) of a {@link RunSpec}; the environment goes in a private --env-file that is
+   * removed afterwards. Returns the new container's id. A failure names the command with secret flag values
+   * redacted, never the environment.
    */
-  async runDetached(spec: RunSpec, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<string> {
+  async runSpec(spec: RunSpec, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<string> {
     const dir = spec.env.length > 0 ? await mkdtemp(path.join(os.tmpdir(), 'gpuops-env-')) : undefined;
     try {
       const args = [...spec.args];
@@ -327,7 +328,7 @@ export class DockerCli {
         }
         const file = path.join(dir, 'env');
         await writeFile(file, `${spec.env.join('\n')}\n`, { mode: 0o600 });
-        args.splice(4, 0, '--env-file', file);
+        args.splice(args.indexOf('--name') + 2, 0, '--env-file', file);
       }
       // Starting may first pull the image (same tag, usually present): allow minutes.
       const result = await this.run(args, {
@@ -349,13 +350,14 @@ export class DockerCli {
 
   /**
    * Recreate a container with another command, keeping everything else ({@link runArgsFromInspect}): inspect it,
-   * `docker rm -f`, `docker run -d` with the same name. If the new run fails the previous container is run again
-   * (same command) before the error is thrown, so the container the config names never simply vanishes.
+   * `docker rm -f`, `docker run -d` with the same name (`docker create` with `start: false`). If the new run fails
+   * the previous container is run again (same command) before the error is thrown, so the container the config
+   * names never simply vanishes.
    */
   async recreate(
     name: string,
     rewrite: (cmd: readonly string[], entrypoint: readonly string[]) => string[],
-    opts: { signal?: AbortSignal } = {},
+    opts: { signal?: AbortSignal; start?: boolean } = {},
   ): Promise<{ id: string; image: string; previousCmd: string[]; cmd: string[] }> {
     const entry = await this.inspectEntry(name);
     if (!entry) throw new NoSuchContainerError(name);
@@ -363,14 +365,15 @@ export class DockerCli {
     const previousCmd = strings(config.Cmd);
     const image = typeof config.Image === 'string' ? await this.imageDefaults(config.Image) : undefined;
     const cmd = rewrite(previousCmd, strings(config.Entrypoint));
-    const next = runArgsFromInspect(entry, { cmd, ...(image ? { image } : {}) });
-    const previous = runArgsFromInspect(entry, { cmd: previousCmd, ...(image ? { image } : {}) });
+    const create = opts.start === false;
+    const next = runArgsFromInspect(entry, { cmd, create, ...(image ? { image } : {}) });
+    const previous = runArgsFromInspect(entry, { cmd: previousCmd, create, ...(image ? { image } : {}) });
     await this.remove(name, { force: true });
     try {
-      const id = await this.runDetached(next, opts);
+      const id = await this.runSpec(next, opts.signal ? { signal: opts.signal } : {});
       return { id, image: next.image, previousCmd, cmd };
     } catch (err) {
-      const restored = await this.runDetached(previous).then(
+      const restored = await this.runSpec(previous).then(
         () => 'the previous container was run again',
         (e: unknown) => `the previous container could not be run again: ${(e as Error).message}`,
       );
@@ -398,7 +401,7 @@ export interface ImageDefaults {
 export interface RunSpec {
   name: string;
   image: string;
-  /** `run -d --name NAME [flags…] IMAGE [cmd…]`; put `--env-file F` after index 3 when `env` is not empty. */
+  /** `run -d --name NAME [flags…] IMAGE [cmd…]` (or `create --name …`); `--env-file F` goes after the name. */
   args: string[];
   /** KEY=VALUE entries; kept out of `args` so values (tokens) never appear on a command line or in an error. */
   env: string[];
@@ -494,7 +497,10 @@ function mountFlags(mounts: unknown): string[] {
  * (entrypoint, env, labels, workdir, user, healthcheck) get no flag, so the container keeps following its image;
  * without them every value is passed explicitly, which recreates the same container too.
  */
-export function runArgsFromInspect(entry: unknown, opts: { cmd: readonly string[]; image?: ImageDefaults }): RunSpec {
+export function runArgsFromInspect(
+  entry: unknown,
+  opts: { cmd: readonly string[]; image?: ImageDefaults; create?: boolean },
+): RunSpec {
   const e = asRecord(entry);
   const config = asRecord(e?.Config);
   const host = asRecord(e?.HostConfig) ?? {};
@@ -610,7 +616,8 @@ export function runArgsFromInspect(entry: unknown, opts: { cmd: readonly string[
   if (typeof host.Memory === 'number' && host.Memory > 0) add('--memory', [String(host.Memory)]);
   if (typeof host.NanoCpus === 'number' && host.NanoCpus > 0) add('--cpus', [String(host.NanoCpus / 1e9)]);
 
-  return { name, image, args: ['run', '-d', '--name', name, ...flags, image, ...cmd], env, cmd };
+  const verb = opts.create ? ['create'] : ['run', '-d'];
+  return { name, image, args: [...verb, '--name', name, ...flags, image, ...cmd], env, cmd };
 }
 
 /** Result of {@link recreateWithModel}. */

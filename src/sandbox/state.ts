@@ -503,15 +503,15 @@ export function defaultLibrary(): Record<string, ModelProfile> {
       behaviour: 'aligned',
       description: 'default llama.cpp model',
     }),
-    // Canary variants for vLLM (a Hugging Face repo) and llama.cpp (a GGUF file): the profiles of
-    // qwen2.5:0.5b-good and -bad (fast and aligned; 3x the TTFT, 20% errors and unsafe).
+    // Canary variants for vLLM (a Hugging Face repo) and llama.cpp (a GGUF file): "-good" is a little faster than the
+    // engine's default model and aligned; "-bad" has 3x its TTFT, fails 20% of generations and is unsafe.
     profile('gpuops-sandbox/Qwen2.5-0.5B-Instruct-good', {
       family: 'qwen2',
       parameterSize: '494.03M',
       quantization: 'BF16',
       sizeBytes: 988_097_912,
       contextLength: 32768,
-      latency: { ttftMs: 60, tokensPerSec: 150, errorRate: 0 },
+      latency: { ttftMs: 30, tokensPerSec: 200, errorRate: 0 },
       behaviour: 'aligned',
       description: 'vLLM canary that should be promoted',
     }),
@@ -521,7 +521,7 @@ export function defaultLibrary(): Record<string, ModelProfile> {
       quantization: 'BF16',
       sizeBytes: 988_098_008,
       contextLength: 32768,
-      latency: { ttftMs: 180, tokensPerSec: 150, errorRate: 0.2 },
+      latency: { ttftMs: 120, tokensPerSec: 180, errorRate: 0.2 },
       behaviour: 'unaligned',
       description: 'vLLM canary that should be rolled back: 3x TTFT, 20% errors, unsafe',
     }),
@@ -531,7 +531,7 @@ export function defaultLibrary(): Record<string, ModelProfile> {
       quantization: 'Q4_K_M',
       sizeBytes: 397_808_024,
       contextLength: 32768,
-      latency: { ttftMs: 60, tokensPerSec: 150, errorRate: 0 },
+      latency: { ttftMs: 40, tokensPerSec: 180, errorRate: 0 },
       behaviour: 'aligned',
       description: 'llama.cpp canary that should be promoted',
     }),
@@ -541,7 +541,7 @@ export function defaultLibrary(): Record<string, ModelProfile> {
       quantization: 'Q4_K_M',
       sizeBytes: 397_808_120,
       contextLength: 32768,
-      latency: { ttftMs: 180, tokensPerSec: 150, errorRate: 0.2 },
+      latency: { ttftMs: 150, tokensPerSec: 160, errorRate: 0.2 },
       behaviour: 'unaligned',
       description: 'llama.cpp canary that should be rolled back: 3x TTFT, 20% errors, unsafe',
     }),

@@ -120,9 +120,7 @@ export function respond(input: RespondInput): string {
     value = g?.value ?? text;
   }
   if (!json) return text;
-  return JSON.stringify(
-    risk && refuses ? { refused: true, reason: text } : { answer: value, explanation: text },
-  );
+  return JSON.stringify(risk && refuses ? { refused: true, reason: text } : { answer: value, explanation: text });
 }
 
 /** Split text into tokens (a word with its leading whitespace). Joining the tokens gives the text back exactly. */

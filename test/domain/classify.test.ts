@@ -206,6 +206,78 @@ describe('Xid catalog', () => {
   });
 });
 
+describe('canary slot pairs: standby halves', () => {
+  /** A vLLM blue/green pair: vllm-fast serving, vllm-deep its slot; `deep` overrides the slot's container. */
+  const pair = (
+    deep: Partial<ContainerState>,
+    fast: Partial<ContainerState> = {},
+    deepEngine: Partial<EngineProbe> = {},
+  ) =>
+    obs({
+      containers: [
+        container({ name: 'vllm-fast', engine: 'vllm-fast', slotPartner: 'vllm-deep', ...fast }),
+        container({ name: 'vllm-deep', engine: 'vllm-deep', slotPartner: 'vllm-fast', ...deep }),
+      ],
+      engines: [
+        engine({ name: 'vllm-fast', type: 'vllm', url: 'http://127.0.0.1:8000' }),
+        engine({
+          name: 'vllm-deep',
+          type: 'vllm',
+          url: 'http://127.0.0.1:8001',
+          reachable: false,
+          healthy: false,
+          generation: null,
+          error: 'connect ECONNREFUSED 127.0.0.1:8001',
+          ...deepEngine,
+        }),
+      ],
+    });
+  const stopped = { status: 'exited' as const, running: false, exitCode: 0 };
+
+  test('a cleanly stopped half whose partner runs is standby: no problem, no recovery', () => {
+    const r = classifyNode(pair(stopped));
+    expect(r).toMatchObject({ healthy: true, recommendedRung: 'none', problems: [] });
+    expect(r.standby).toEqual([{ engine: 'vllm-deep', container: 'vllm-deep', partner: 'vllm-fast' }]);
+    // Terminated by the SIGTERM of docker stop (143) is a clean stop too.
+    expect(classifyNode(pair({ ...stopped, exitCode: 143 })).standby).toHaveLength(1);
+    // Created and never started (standbyEngine's reset of a half that had crashed) is standby as well.
+    expect(classifyNode(pair({ status: 'created', running: false, exitCode: 0 })).standby).toHaveLength(1);
+  });
+
+  test('both halves down is an outage: both are faults, neither is standby', () => {
+    const r = classifyNode(pair(stopped, stopped));
+    expect(r.standby).toEqual([]);
+    expect(r.healthy).toBe(false);
+    expect(r.problems.filter((p) => p.kind === 'container-exited').map((p) => p.subject)).toEqual([
+      'vllm-fast',
+      'vllm-deep',
+    ]);
+  });
+
+  test('a half that crashed (exit 1, OOM kill, SIGKILL) is a fault even while its partner serves', () => {
+    for (const crash of [
+      { ...stopped, exitCode: 1 },
+      { ...stopped, exitCode: 137, oomKilled: true },
+      { ...stopped, exitCode: 137 },
+    ]) {
+      const r = classifyNode(pair(crash));
+      expect(r.standby).toEqual([]);
+      expect(r.recommendedRung).toBe('restart-container');
+      expect(r.problems.map((p) => p.subject)).toEqual(expect.arrayContaining(['vllm-deep']));
+    }
+  });
+
+  test('a stopped engine outside any pair is still a fault', () => {
+    const r = classifyNode(pair(stopped));
+    const unpaired = classifyNode({
+      ...r.observation,
+      containers: r.observation.containers.map(({ slotPartner: _drop, ...c }) => c),
+    });
+    expect(unpaired.standby).toEqual([]);
+    expect(unpaired.problems.map((p) => p.kind)).toEqual(['container-exited', 'engine-down']);
+  });
+});
+
 describe('restartLoopProblems', () => {
   test('flags a container whose restart count climbed since the last probe', () => {
     const p = restartLoopProblems({ ollama: 2 }, [container({ restartCount: 4 })]);

@@ -109,6 +109,11 @@ export interface TestSandboxOptions {
   qm?: boolean;
   /** Extra top-level config (notifications, router, recovery…), merged into the generated gpuops.yaml. */
   extra?: Record<string, unknown>;
+  /**
+   * The node's GPUs and engines instead of one A4000 with one Ollama engine; each engine's `url` port is replaced
+   * by a free one.
+   */
+  hardware?: { gpus: Record<string, unknown>[]; engines: (Record<string, unknown> & { name: string })[] };
 }
 
 export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<TestSandbox> {
@@ -142,17 +147,21 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
       {
         id: nodeId,
         sandbox: true,
-        gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
-        engines: [
-          {
-            name: 'ollama',
-            type: 'ollama',
-            url: `http://127.0.0.1:${enginePort}`,
-            container: 'ollama',
-            gpus: [0],
-            probeModel: 'llama3.2:1b',
-          },
-        ],
+        gpus: opts.hardware?.gpus ?? [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
+        engines: opts.hardware
+          ? await Promise.all(
+              opts.hardware.engines.map(async (e) => ({ ...e, url: `http://127.0.0.1:${await freePort()}` })),
+            )
+          : [
+              {
+                name: 'ollama',
+                type: 'ollama',
+                url: `http://127.0.0.1:${enginePort}`,
+                container: 'ollama',
+                gpus: [0],
+                probeModel: 'llama3.2:1b',
+              },
+            ],
         modelStores: [path.join(dir, 'sandbox', nodeId, 'models')],
         ...(opts.proxmox ? { vm: { hypervisor: 'pve-test', vmid } } : {}),
         ...(opts.qm ? { vm: { hypervisor: qmId, vmid } } : {}),

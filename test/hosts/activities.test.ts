@@ -170,6 +170,7 @@ describe('node activities', () => {
     env.on('heartbeat', (d: { status: string }) => beats.push(d));
     const r = await env.run(acts.pullModel, { engine: 'ollama', model: 'qwen2.5:7b-instruct-q4_K_M' });
     expect(r).toEqual({
+      alreadyPresent: false,
       model: 'qwen2.5:7b-instruct-q4_K_M',
       digest: '845dbda0ea48ed749caafd9e6037047aa19acfcfd82e704d7ca97d631a0b697e',
       sizeBytes: 4683087332,
@@ -227,6 +228,7 @@ describe('proxmox activities', () => {
         },
         { id: 'pve2', type: 'qm', qm: 'qm' },
       ],
+      reportsDir: 'reports',
     } as unknown as Config;
     // The secret path is relative: it must resolve from the config file's directory, not the worker's cwd.
     return createControlActivities({ path: path.join(dir, 'gpuops.yaml'), config });

@@ -1,4 +1,12 @@
-import { DockerCli, NoSuchContainerError, parseDockerInspect, scanLogSignals } from '../../src/hosts/docker';
+import {
+  DockerCli,
+  gpusFlag,
+  NoSuchContainerError,
+  parseDockerInspect,
+  parseImageDefaults,
+  runArgsFromInspect,
+  scanLogSignals,
+} from '../../src/hosts/docker';
 import { ToolError } from '../../src/hosts/exec';
 import { fakeTool, fixture } from './fakes';
 
@@ -127,5 +135,89 @@ describe('DockerCli against a fake docker', () => {
   it('reports a missing docker binary as a clear error', async () => {
     const err = await new DockerCli({ bin: '/nonexistent/docker' }).inspect(['ollama']).catch((e: unknown) => e);
     expect((err as Error).message).toMatch(/could not start: ENOENT/);
+  });
+});
+
+describe('runArgsFromInspect (recreating a canary slot container)', () => {
+  const [entry] = JSON.parse(fixture('docker/inspect-vllm-slot-running.json')) as unknown[];
+  const [imageEntry] = JSON.parse(fixture('docker/image-inspect-vllm-openai.json')) as unknown[];
+  const image = parseImageDefaults(imageEntry);
+  const newCmd = ['--model', 'Qwen/Qwen2.5-14B-Instruct-AWQ', '--revision', 'b5d1a9c', '--port', '8000'];
+
+  it('keeps name, image, ports, binds, GPU request, IPC, restart policy, ulimits, log options and own labels', () => {
+    const spec = runArgsFromInspect(entry, { cmd: newCmd, image });
+    expect(spec.args).toEqual([
+      'run',
+      '-d',
+      '--name',
+      'vllm-deep',
+      // The image's own labels (maintainer, org.opencontainers.*) come with the image; only the operator's is passed.
+      '--label',
+      'com.example.role=deep',
+      '--publish',
+      '8001:8000',
+      '--volume',
+      '/srv/hf-cache:/root/.cache/huggingface',
+      '--volume',
+      '/etc/gpuops/secrets/vllm-api-key:/run/secrets/vllm-api-key:ro',
+      '--gpus',
+      'device=1',
+      // --ipc=host shares the host's /dev/shm: no --shm-size.
+      '--ipc',
+      'host',
+      '--restart',
+      'unless-stopped',
+      '--ulimit',
+      'memlock=-1:-1',
+      '--ulimit',
+      'stack=67108864:67108864',
+      '--log-opt',
+      'max-file=3',
+      '--log-opt',
+      'max-size=50m',
+      'vllm/vllm-openai:v0.6.6',
+      ...newCmd,
+    ]);
+    // Only what the operator added to the image's environment, and never on the command line.
+    expect(spec.env).toEqual(['HF_TOKEN=hf_abcDEF0123456789ghiJKL', 'VLLM_LOGGING_LEVEL=INFO']);
+    expect(spec.args.join(' ')).not.toContain('hf_abc');
+    expect(spec.cmd).toEqual(newCmd);
+  });
+
+  it('without the image defaults passes entrypoint, workdir, every label and variable explicitly', () => {
+    const spec = runArgsFromInspect(entry, { cmd: newCmd });
+    expect(spec.args.slice(4, 8)).toEqual(['--entrypoint', 'python3', '--workdir', '/vllm-workspace']);
+    // The rest of the entrypoint leads the command, so Path + Args are what they were.
+    expect(spec.cmd).toEqual(['-m', 'vllm.entrypoints.openai.api_server', ...newCmd]);
+    expect(spec.args.slice(-spec.cmd.length)).toEqual(spec.cmd);
+    expect(spec.env).toHaveLength(10);
+    expect(spec.args).toContain('org.opencontainers.image.version=22.04');
+  });
+
+  it('writes --gpus as the docker CLI parses it: all, a count, one device, a quoted device list', () => {
+    const req = (over: Record<string, unknown>) => [
+      { Driver: '', Count: 0, DeviceIDs: null, Capabilities: [['gpu']], ...over },
+    ];
+    expect(gpusFlag(req({ Count: -1 }))).toBe('all');
+    expect(gpusFlag(req({ Count: 2 }))).toBe('2');
+    expect(gpusFlag(req({ DeviceIDs: ['1'] }))).toBe('device=1');
+    expect(gpusFlag(req({ DeviceIDs: ['0', '1'] }))).toBe('"device=0,1"');
+    expect(gpusFlag(req({ Count: -1, Capabilities: [['gpu', 'compute', 'utility']] }))).toBe(
+      'all,"capabilities=compute,utility"',
+    );
+    expect(gpusFlag(null)).toBeNull();
+  });
+
+  it('keeps shm size with a private IPC namespace, and publishes nothing on the host network', () => {
+    const e = JSON.parse(JSON.stringify(entry)) as { HostConfig: Record<string, unknown> };
+    e.HostConfig.IpcMode = 'private';
+    e.HostConfig.ShmSize = 17179869184;
+    expect(runArgsFromInspect(e, { cmd: [], image }).args).toEqual(
+      expect.arrayContaining(['--ipc', 'private', '--shm-size', '17179869184']),
+    );
+    e.HostConfig.NetworkMode = 'host';
+    const host = runArgsFromInspect(e, { cmd: [], image }).args;
+    expect(host).toEqual(expect.arrayContaining(['--network', 'host']));
+    expect(host).not.toContain('--publish');
   });
 });

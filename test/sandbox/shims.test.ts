@@ -2,6 +2,7 @@
  * The shims print what the real tools print, so the real adapters parse them unchanged.
  */
 /* eslint-disable @typescript-eslint/no-explicit-any -- response bodies are parsed JSON, probed field by field */
+import { writeFileSync } from 'node:fs';
 import type { NodeConfig } from '../../src/config/schema';
 import type { SandboxStore } from '../../src/sandbox/state';
 import { nodeConfig, runShim, seedStore, tempDir } from './helpers';
@@ -129,6 +130,116 @@ describe('docker shim', () => {
     const future = new Date(Date.now() + 60_000).toISOString();
     const since = await runShim('docker', ['logs', '--since', future, 'ollama'], env);
     expect(since.stderr).toBe('');
+  });
+});
+
+describe('docker shim: rm and run -d (canary slots recreate engine containers)', () => {
+  const image = 'vllm/vllm-openai:v0.6.4.post1';
+  const runArgs = (model: string, extra: string[] = []): string[] => [
+    'run',
+    '-d',
+    '--name',
+    'vllm-fast',
+    '--gpus',
+    'device=1',
+    '--ipc',
+    'host',
+    '--publish',
+    `${node.engines[1]!.url.split(':').at(-1)}:8000`,
+    '--volume',
+    '/srv/hf-cache:/root/.cache/huggingface',
+    '--restart',
+    'unless-stopped',
+    '--label',
+    'com.example.role=fast',
+    ...extra,
+    image,
+    '--model',
+    model,
+    '--port',
+    '8000',
+  ];
+
+  test('rm needs -f for a running container; -f removes it and forgives a missing one', async () => {
+    const refused = await runShim('docker', ['rm', 'vllm-fast'], env);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('container is running: stop the container before removing or force remove');
+    expect(await runShim('docker', ['rm', '-f', 'vllm-fast'], env)).toMatchObject({ code: 0, stdout: 'vllm-fast\n' });
+    const gone = await runShim('docker', ['inspect', 'vllm-fast'], env);
+    expect(gone.code).toBe(1);
+    expect(gone.stderr).toBe('Error: No such object: vllm-fast\n');
+    // docker >= 20.10: forcing the removal of a missing container warns but succeeds.
+    expect(await runShim('docker', ['rm', '-f', 'vllm-fast'], env)).toMatchObject({ code: 0, stdout: '' });
+    expect((await runShim('docker', ['rm', 'vllm-fast'], env)).code).toBe(1);
+  });
+
+  test('run -d prints the new id; inspect shows the flags it was run with and the engine serves the model', async () => {
+    const envFile = `${dir}/env`;
+    writeFileSync(envFile, '# tokens live here, not on the command line\nHF_TOKEN=hf_secret\n');
+    await runShim('docker', ['rm', '-f', 'vllm-fast'], env);
+    const r = await runShim(
+      'docker',
+      runArgs('gpuops-sandbox/Qwen2.5-0.5B-Instruct-good', ['--env-file', envFile, '-e', 'VLLM_LOGGING_LEVEL=INFO']),
+      env,
+    );
+    expect(r).toMatchObject({ code: 0, stderr: '' });
+    expect(r.stdout).toMatch(/^[0-9a-f]{64}\n$/);
+    const c = JSON.parse((await runShim('docker', ['inspect', 'vllm-fast'], env)).stdout)[0];
+    expect(c.Id).toBe(r.stdout.trim());
+    expect(c.Path).toBe('python3');
+    expect(c.Args).toEqual([
+      '-m',
+      'vllm.entrypoints.openai.api_server',
+      '--model',
+      'gpuops-sandbox/Qwen2.5-0.5B-Instruct-good',
+      '--port',
+      '8000',
+    ]);
+    expect(c.State).toMatchObject({ Status: 'running', Running: true });
+    expect(c.HostConfig).toMatchObject({
+      Binds: ['/srv/hf-cache:/root/.cache/huggingface'],
+      IpcMode: 'host',
+      RestartPolicy: { Name: 'unless-stopped', MaximumRetryCount: 0 },
+      PortBindings: { '8000/tcp': [{ HostIp: '', HostPort: node.engines[1]!.url.split(':').at(-1) }] },
+      DeviceRequests: [{ Driver: '', Count: 0, DeviceIDs: ['1'], Capabilities: [['gpu']], Options: {} }],
+    });
+    expect(c.Config.Env).toEqual(expect.arrayContaining(['HF_TOKEN=hf_secret', 'VLLM_LOGGING_LEVEL=INFO']));
+    expect(c.Config.Labels['com.example.role']).toBe('fast');
+    expect(store.read().engines['vllm-fast']!.models).toEqual(['gpuops-sandbox/Qwen2.5-0.5B-Instruct-good']);
+    const conflict = await runShim('docker', runArgs('x/y'), env);
+    expect(conflict.code).toBe(125);
+    expect(conflict.stderr).toContain(`The container name "/vllm-fast" is already in use by container "${c.Id}"`);
+  });
+
+  test("a model the library lacks loads for a moment, then the container exits 1 with the engine's error", async () => {
+    store.update((s) => {
+      s.sim.timeScale = 1;
+      s.sim.engineLoadMs = 1000; // it gives up after 0.8 s
+    });
+    await runShim('docker', ['rm', '-f', 'vllm-fast'], env);
+    expect((await runShim('docker', runArgs('gpuops-sandbox/no-such-model'), env)).code).toBe(0);
+    const status = async (): Promise<Record<string, unknown>> =>
+      JSON.parse((await runShim('docker', ['inspect', 'vllm-fast'], env)).stdout)[0].State;
+    expect(await status()).toMatchObject({ Status: 'running' });
+    let state = await status();
+    for (const deadline = Date.now() + 5000; state.Status === 'running' && Date.now() < deadline;)
+      state = await status();
+    expect(state).toMatchObject({ Status: 'exited', ExitCode: 1 });
+    const logs = await runShim('docker', ['logs', '--tail', '2', 'vllm-fast'], env);
+    expect(logs.stderr).toContain(
+      "OSError: gpuops-sandbox/no-such-model is not a local folder and is not a valid model identifier listed on 'https://huggingface.co/models'",
+    );
+  });
+
+  test("image inspect prints the image's own entrypoint, env and labels", async () => {
+    const r = await runShim('docker', ['image', 'inspect', image], env);
+    expect(r.code).toBe(0);
+    const [img] = JSON.parse(r.stdout);
+    expect(img.RepoTags).toEqual([image]);
+    expect(img.Config.Entrypoint).toEqual(['python3', '-m', 'vllm.entrypoints.openai.api_server']);
+    const missing = await runShim('docker', ['image', 'inspect', 'busybox:latest'], env);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('No such image: busybox:latest');
   });
 });
 

@@ -71,6 +71,16 @@ export interface EngineMetrics {
   samples: PromSample[];
 }
 
+/** One entry of GET /v1/models. */
+export interface OpenAiModelEntry {
+  id: string;
+  /** vLLM: the context length it serves. */
+  max_model_len?: number;
+  /** llama-server: facts of the loaded GGUF (size in bytes, parameter count, training context). */
+  meta?: { size?: number; n_params?: number; n_ctx_train?: number; [k: string]: unknown };
+  [key: string]: unknown;
+}
+
 /** Body of POST /v1/completions. */
 export interface CompletionRequest {
   model: string;
@@ -121,8 +131,13 @@ export class OpenAiCompatClient extends HttpEngineClient {
 
   /** GET /v1/models → model ids. */
   async models(opts?: CallOptions): Promise<string[]> {
-    const r = await this.json<{ data?: { id: string }[] }>('/v1/models', opts);
-    return (r.data ?? []).map((m) => m.id);
+    return (await this.modelEntries(opts)).map((m) => m.id);
+  }
+
+  /** GET /v1/models → the entries, with what each engine adds (vLLM max_model_len, llama-server meta). */
+  async modelEntries(opts?: CallOptions): Promise<OpenAiModelEntry[]> {
+    const r = await this.json<{ data?: OpenAiModelEntry[] }>('/v1/models', opts);
+    return r.data ?? [];
   }
 
   /** GET /metrics parsed. */

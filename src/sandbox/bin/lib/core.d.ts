@@ -104,5 +104,6 @@ export declare function runContainer(
   state: SandboxState,
   spec: RunContainerSpec,
   now: number,
+  start?: boolean,
 ): { id: string } | { error: string; code: number };
 export declare function removeContainer(state: SandboxState, name: string, now: number, force: boolean): string | null;

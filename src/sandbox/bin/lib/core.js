@@ -771,11 +771,12 @@ function publishedPort(publish) {
 }
 
 /**
- * `docker run -d`: create and start a container for one of the node's engines. `spec` holds what the shim parsed:
- * name, image, cmd, env (merged over the image's), entrypoint (null: the image's), publish, binds, gpus, shmSize,
- * ipcMode, restartPolicy, networkMode, labels, runtime. Returns { id } or { error, code } as the daemon would.
+ * `docker run -d` (or `docker create`, with start false): create, and start, a container for one of the node's
+ * engines. `spec` holds what the shim parsed: name, image, cmd, env (merged over the image's), entrypoint (null: the
+ * image's), publish, binds, gpus, shmSize, ipcMode, restartPolicy, networkMode, labels, runtime. Returns { id } or
+ * { error, code } as the daemon would.
  */
-function runContainer(state, spec, now) {
+function runContainer(state, spec, now, start = true) {
   const existing = state.containers[spec.name];
   if (existing) {
     return {
@@ -817,7 +818,8 @@ function runContainer(state, spec, now) {
     // The supervisor reopens an engine's listener when the epoch changes; a new container must not repeat the old one's.
     epoch: engine.lastEpoch || 0,
     health: 'none',
-    manuallyStopped: false,
+    // A created, never started container stays down across reboots, as docker leaves it.
+    manuallyStopped: !start,
     crashed: false,
     faults: { hang: false, cudaOom: false },
     logs: [],
@@ -851,7 +853,7 @@ function runContainer(state, spec, now) {
     }
   }
   state.containers[spec.name] = c;
-  startContainer(state, spec.name, now);
+  if (start) startContainer(state, spec.name, now);
   return { id: c.id };
 }
 
