@@ -46,6 +46,8 @@ export interface PullHeartbeat {
   status: string;
   completedBytes: number;
   totalBytes: number;
+  /** The model was in the store before the first attempt (carried across retries). */
+  alreadyPresent?: boolean;
 }
 
 /** Result of pullModel. */
@@ -105,9 +107,12 @@ export function createEngineActivities({
       const client = ollamaNamed(input.engine);
       const previous = lastHeartbeatDetails<PullHeartbeat>();
       const resumedFromBytes = previous?.model === input.model ? previous.completedBytes : 0;
-      // A retry after a kill finds the model "present" if the first attempt finished: the heartbeat says it pulled.
+      // Whether the model was there before this deployment's first attempt: a retry reads it from the heartbeat (by
+      // then the first attempt may have finished the download).
       const alreadyPresent =
-        previous?.model !== input.model && (await client.tags()).some((m) => sameOllamaModel(m.name, input.model));
+        previous?.model === input.model && typeof previous.alreadyPresent === 'boolean'
+          ? previous.alreadyPresent
+          : (await client.tags()).some((m) => sameOllamaModel(m.name, input.model));
       let lastBeat = 0;
       // Each layer announces its size as it starts: check the stores then, not after the disk is full.
       const stop = new AbortController();
@@ -141,6 +146,7 @@ export function createEngineActivities({
               status: p.status,
               completedBytes: p.completedBytes,
               totalBytes: p.totalBytes,
+              alreadyPresent,
             } satisfies PullHeartbeat);
           },
         });

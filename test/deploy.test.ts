@@ -17,7 +17,7 @@ import { Worker } from '@temporalio/worker';
 import { createDeployActivities } from '../activities/deploy';
 import { createNodeActivities } from '../activities/node';
 import { createPreflightActivities } from '../activities/preflight';
-import { pullProgress } from '../src/cli/deploy';
+import { pullProgress, runningDeployments } from '../src/cli/deploy';
 import { analyseCanary } from '../src/domain/canary';
 import { DeployPolicySchema } from '../src/domain/deploy-policy';
 import { OllamaClient } from '../src/hosts/engines/ollama';
@@ -497,6 +497,13 @@ test('a second deployModel for the same alias is refused while one runs; promote
       WorkflowExecutionAlreadyStartedError,
     );
     await waitFor(h, (x) => x.stage === 'awaiting-approval');
+    // `gpuops status` lists it from its search attributes.
+    let row;
+    for (let i = 0; i < 50 && row?.stage !== 'awaiting-approval'; i++) {
+      row = (await runningDeployments(env.client, s.nodeId)).find((d) => d.workflowId === h.workflowId);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(row).toMatchObject({ alias, model: 'qwen2.5:0.5b-good', stage: 'awaiting-approval', canaryWeight: 0 });
     const refused = h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'bob' }] });
     await expect(refused).rejects.toBeInstanceOf(WorkflowUpdateFailedError);
     await expect(refused).rejects.toMatchObject({
@@ -562,3 +569,31 @@ test('killing the node worker during the pull and starting it again completes th
     await sb.stop();
   }
 }, 120_000);
+
+test('bad input fails at once with the field and the rule; redeploying the tag that already serves the alias is refused', async () => {
+  const alias = newAlias();
+  await withWorkers(async () => {
+    const bad = await env.client.workflow.start('deployModel', {
+      taskQueue: env.controlQueue,
+      workflowId: workflowIds.deploy(s.nodeId, alias),
+      args: [
+        { node: s.nodeId, alias, engine: 'ollama', model: 'qwen2.5:0.5b-good', policy: { canarySteps: [50, 25] } },
+      ],
+    });
+    const err = await bad.result().then(
+      () => null,
+      (e: unknown) => e as WorkflowFailedError,
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect(err?.cause?.message).toBe('invalid deployModel input: policy.canarySteps: must be increasing');
+
+    const same = await start(alias, { model: 'llama3.2:1b', policy: fastPolicy });
+    const record = await same.result();
+    expect(record.outcome).toBe('failed');
+    expect(record.error).toBe(
+      'model: llama3.2:1b already serves ' + alias + ' on ollama; deploy a new tag (pin it with expectedDigest)',
+    );
+    expect(record.undo).toEqual([]);
+  });
+  expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
+}, 60_000);

@@ -183,6 +183,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     timings: { startedAt: now(), endedAt: null, stages: [] },
   };
   let finished = false;
+  let windowClosed = false;
   let approval: ApproveDeploymentInput | null = null;
   let promotion: PromoteCanaryInput | null = null;
   let rollbackAsked: RollbackDeploymentInput | null = null;
@@ -234,6 +235,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       validator: (r: RollbackDeploymentInput) => {
         checkUpdateInput(RollbackInput, r, 'rollback');
         if (finished) refuse(`the deployment has finished (${status.outcome})`);
+        if (windowClosed) refuse('the rollback window has closed: deploy the old version again to go back');
       },
     },
   );
@@ -256,7 +258,9 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     retry: { maximumAttempts: 5, initialInterval: '1s' },
   });
   // Synthetic traffic runs until its requests finish; a slow canary makes it slower, which is what is measured.
-  const traffic = proxyActivities<ControlActivities>({ startToCloseTimeout: '5m', retry: { maximumAttempts: 2 } });
+  // Not retried: a retry would send the whole batch again and overshoot maxSyntheticPerStep; the next analysis round
+  // sends what is still missing.
+  const traffic = proxyActivities<ControlActivities>({ startToCloseTimeout: '5m', retry: { maximumAttempts: 1 } });
   const node = proxyActivities<NodeActivities & DeployActivities>({
     taskQueue: nodeTaskQueue(input.node),
     scheduleToStartTimeout: input.pickupTimeout,
@@ -299,6 +303,11 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     await control.setWeights({ alias: input.alias, weights: { canary, stable: 100 - canary }, actor });
     status.weights = { stable: 100 - canary, canary };
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.canaryWeight, value: canary }]);
+  };
+  /** Does any route send traffic (weight > 0) to this engine URL? */
+  const routedAnywhere = async (url: string): Promise<boolean> => {
+    const doc = await control.getRoutes();
+    return Object.values(doc.routes).some((r) => r.variants.some((v) => v.engine === url && v.weight > 0));
   };
   /** Does any route other than `except` (alias/variant) send traffic to this engine URL and model? */
   const routedElsewhere = async (url: string, model: string, except: string[]): Promise<boolean> => {
@@ -359,6 +368,13 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       );
     }
     status.stable = { model: stableVariant.model, engine: stableVariant.engine };
+    if (engine.type === 'ollama' && stableVariant.engine === engine.url && stableVariant.model === input.model) {
+      // Pulling the same tag would overwrite the serving model in place: no canary, and nothing to roll back to.
+      throw ApplicationFailure.nonRetryable(
+        `model: ${input.model} already serves ${input.alias} on ${engine.name}; deploy a new tag (pin it with expectedDigest)`,
+        'ValidationError',
+      );
+    }
 
     // Where the new version runs. Ollama: the same engine, a second tag. vLLM / llama.cpp: the half of the engine's
     // blue/green pair that the stable route does not point at.
@@ -381,6 +397,17 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       }
     }
     const slotEngine = slot.name;
+    if (slot.type !== 'ollama') {
+      const users = Object.entries(routes.routes)
+        .filter(([, r]) => r.variants.some((v) => v.engine === slot.url && v.weight > 0))
+        .map(([alias]) => alias);
+      if (users.length > 0) {
+        throw ApplicationFailure.nonRetryable(
+          `engine: the canary slot ${slot.name} serves ${users.join(', ')}; free it (route those aliases elsewhere) first`,
+          'ValidationError',
+        );
+      }
+    }
     if (slot.type !== 'ollama' && input.expectedDigest) {
       throw ApplicationFailure.nonRetryable(
         `expectedDigest: pins an Ollama manifest digest; for ${slot.type} pin the HF commit with revision (40 hex)`,
@@ -426,6 +453,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       undo.push({
         step: `unload ${input.model} from ${slotEngine}`,
         run: async () => {
+          if (await routedElsewhere(slot.url, input.model, [])) return `kept: a route still uses ${input.model}`;
           await node.unloadModel({ engine: slotEngine, model: input.model });
           return 'unloaded';
         },
@@ -436,6 +464,11 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       // vLLM opens its port only once the model is loaded: pause the watcher for the slot, or it would "recover"
       // (restart) the container mid-load.
       const pause = { node: input.node, engine: slotEngine, by: actor };
+      undo.push({
+        step: `end the watcher's maintenance window on ${slotEngine}`,
+        run: async () =>
+          (await control.setWatchMaintenance({ ...pause, reason: 'deployModel done', clear: true })).detail,
+      });
       await control.setWatchMaintenance({
         ...pause,
         reason: `deployModel loading ${input.model}`,
@@ -444,8 +477,9 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       undo.push({
         step: `stop the canary slot ${slotEngine}`,
         run: async () => {
+          // Never stop a container a route still sends traffic to (e.g. an earlier undo step failed).
+          if (await routedAnywhere(slot.url)) return `kept: a route still sends traffic to ${slotEngine}`;
           await node.standbyEngine({ engine: slotEngine });
-          await control.setWatchMaintenance({ ...pause, reason: 'canary slot stopped', clear: true });
           return 'standby';
         },
       });
@@ -531,6 +565,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       status.approvedBy = (approval as ApproveDeploymentInput).by;
     }
 
+    checkRollback();
     // Canary: add the variant at the first step's weight, with its undo pushed first so a rollback removes it.
     const first = policy.canarySteps[0] ?? 10;
     const canaryVariant: Variant = {
@@ -590,7 +625,11 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       // Analyse every interval over the step's own window: a breach rolls back at the next analysis, not at the
       // end of the step. Top up with synthetic requests from the golden set while real traffic is too thin.
       for (;;) {
-        const wait = analyseNow ? 0 : Math.min(intervalMs, Math.max(0, deadline - Date.now()));
+        const wait = analyseNow
+          ? 0
+          : Date.now() >= deadline
+            ? intervalMs
+            : Math.min(intervalMs, Math.max(0, deadline - Date.now()));
         analyseNow = false;
         if (wait > 0) await condition(() => rollbackAsked !== null || promotion !== null, wait);
         checkRollback();
@@ -611,7 +650,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
           break;
         }
         if (analysis.verdict !== 'insufficient') continue;
-        if (synthetic >= policy.maxSyntheticPerStep || (stepOver && ++starvedRounds > 3)) {
+        if (stepOver && ++starvedRounds > 3) {
           status.analyses.push(record);
           throw new Rollback(
             'canary analysis',
@@ -623,6 +662,8 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
           (policy.minSamples - analysis.samples.stable) / ((100 - weight) / 100),
         );
         const count = Math.min(Math.ceil(need * 1.3) + 2, policy.maxSyntheticPerStep - synthetic);
+        // Nothing to top up (budget spent, or the window is short of something traffic cannot fix): wait for more.
+        if (!(need > 0) || count <= 0) continue;
         await traffic.sendSyntheticTraffic({
           alias: input.alias,
           prompts: golden.map((g) => g.prompt),
@@ -646,13 +687,19 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     stage('promoting', 'sending 100% to the new version');
     await setWeights(100);
     // The old version stays defined at weight 0 as `previous`, so going back is a route switch.
-    await updateRoute((r) => ({
-      ...r,
-      variants: [
-        { ...canaryVariant, name: 'stable', weight: 100 },
-        ...r.variants.filter((v) => v.name === 'stable').map((v) => ({ ...v, name: 'previous', weight: 0 })),
-      ],
-    }));
+    // Idempotent: a retry after a PUT that landed (but whose answer was lost) finds the route promoted already.
+    await updateRoute((r) =>
+      r.variants.some((v) => v.name === 'stable' && v.engine === canaryVariant.engine && v.model === servedModel)
+        ? null
+        : {
+            ...r,
+            variants: [
+              { ...canaryVariant, name: 'stable', weight: 100 },
+              ...r.variants.filter((v) => v.name === 'stable').map((v) => ({ ...v, name: 'previous', weight: 0 })),
+              ...r.variants.filter((v) => !['stable', 'canary', 'previous'].includes(v.name)),
+            ],
+          },
+    );
     status.weights = { stable: 100, canary: 0 };
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.canaryWeight, value: 0 }]);
     status.promotedBy = (promotion as PromoteCanaryInput | null)?.by ?? 'auto (policy autoPromote)';
@@ -674,6 +721,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       undo.push({
         step: `stop ${slotEngine} (new version)`,
         run: async () => {
+          if (await routedAnywhere(slot.url)) return `kept: a route still sends traffic to ${slotEngine}`;
           await node.standbyEngine({ engine: slotEngine });
           return 'standby';
         },
@@ -716,6 +764,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       cancelled = err;
     }
     checkRollback();
+    windowClosed = true;
 
     // The window is over: drop the `previous` route and free the old version's memory (unless another route uses it).
     await CancellationScope.nonCancellable(async () => {

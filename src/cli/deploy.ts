@@ -44,6 +44,39 @@ function line(s: DeploymentStatus): string {
 
 const MiB = 1024 * 1024;
 
+/** A running deployment as its search attributes show it (no worker needed to answer). */
+export interface DeploymentRow {
+  workflowId: string;
+  node: string;
+  alias: string;
+  model: string;
+  stage: string;
+  canaryWeight: number | null;
+  startedAt: string;
+}
+
+/** Running deployModel workflows (of one node, or all), from visibility. */
+export async function runningDeployments(client: Client, node?: string): Promise<DeploymentRow[]> {
+  const query =
+    `WorkflowType = 'deployModel' AND ExecutionStatus = 'Running'` +
+    (node ? ` AND GpuopsNode = '${node.replace(/'/g, '')}'` : '');
+  const rows: DeploymentRow[] = [];
+  for await (const w of client.workflow.list({ query })) {
+    const sa = w.searchAttributes as Record<string, unknown[] | undefined>;
+    const first = (k: string): unknown => sa[k]?.[0];
+    rows.push({
+      workflowId: w.workflowId,
+      node: String(first('GpuopsNode') ?? ''),
+      alias: String(first('GpuopsAlias') ?? ''),
+      model: String(first('GpuopsModel') ?? ''),
+      stage: String(first('GpuopsStage') ?? 'starting'),
+      canaryWeight: typeof first('GpuopsCanaryWeight') === 'number' ? (first('GpuopsCanaryWeight') as number) : null,
+      startedAt: w.startTime.toISOString(),
+    });
+  }
+  return rows;
+}
+
 /**
  * Progress of the running pull (or canary slot load), from the heartbeat details of the pending activity — what the
  * Temporal UI shows under Pending Activities. Null when none is running.

@@ -4,6 +4,7 @@ import type { HealthReport } from '../domain/classify';
 import type { Config } from '../config/schema';
 import { CONTROL_TASK_QUEUE, workflowIds } from '../messages';
 import { ValidationError } from '../domain/validation';
+import { runningDeployments } from './deploy';
 import { printJson, table } from './output';
 
 export function requireNode(config: Config, node: string): void {
@@ -154,6 +155,21 @@ export async function statusCommand(
         ]),
       )}\n\n${reports.map(renderReport).join('\n\n')}\n`,
     );
+    const deployments = await runningDeployments(client, opts.node);
+    if (deployments.length > 0) {
+      process.stdout.write(
+        `\nDeployments in progress\n${table(
+          ['DEPLOYMENT', 'MODEL', 'STAGE', 'CANARY', 'STARTED'],
+          deployments.map((d) => [
+            d.workflowId,
+            d.model,
+            d.stage,
+            d.canaryWeight === null ? '-' : `${d.canaryWeight}%`,
+            d.startedAt,
+          ]),
+        )}\n`,
+      );
+    }
   }
   return reports;
 }

@@ -81,7 +81,9 @@ export function analyseCanary(
   const cT = canary.ttftMs.p95;
   const sT = stable.ttftMs.p95;
   const ttftP95Ratio = cT !== null && sT !== null && sT > 0 ? round(cT / sT) : null;
-  if (ttftP95Ratio === null) missing.push('TTFT p95 missing on one side');
+  // A canary that answered minSamples requests without one first token (e.g. all 4xx) is broken, not unmeasured.
+  if (cT === null && sT !== null) failures.push(`canary produced no first token in ${samples.canary} requests`);
+  else if (ttftP95Ratio === null) missing.push('TTFT p95 missing on one side');
   else if (ttftP95Ratio > t.maxTtftP95Ratio) {
     failures.push(`TTFT p95 ${cT} ms vs stable ${sT} ms: ${ttftP95Ratio}× > ${t.maxTtftP95Ratio}×`);
   } else held.push(`TTFT p95 ratio ${ttftP95Ratio}× ≤ ${t.maxTtftP95Ratio}×`);
@@ -89,7 +91,8 @@ export function analyseCanary(
   const cR = canary.tokensPerSecond.mean;
   const sR = stable.tokensPerSecond.mean;
   const tokensPerSecondRatio = cR !== null && sR !== null && sR > 0 ? round(cR / sR) : null;
-  if (tokensPerSecondRatio === null) missing.push('tokens/s missing on one side');
+  if (cR === null && sR !== null) failures.push(`canary generated no tokens in ${samples.canary} requests`);
+  else if (tokensPerSecondRatio === null) missing.push('tokens/s missing on one side');
   else if (tokensPerSecondRatio < t.minTokensPerSecondRatio) {
     failures.push(
       `tokens/s ${round(cR ?? 0)} vs stable ${round(sR ?? 0)}: ${tokensPerSecondRatio}× < ${t.minTokensPerSecondRatio}×`,

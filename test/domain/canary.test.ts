@@ -74,3 +74,12 @@ test('is insufficient when a latency or throughput figure is missing on one side
   expect(a.verdict).toBe('insufficient');
   expect(a.reasons).toEqual(['TTFT p95 missing on one side']);
 });
+
+test('fails a canary that answered enough requests without producing a token (e.g. all 4xx)', () => {
+  const a = analyseCanary(w(20, 0, 100, 90), w(20, 0, null, null), t);
+  expect(a.verdict).toBe('fail');
+  expect(a.reasons).toEqual([
+    'canary produced no first token in 20 requests',
+    'canary generated no tokens in 20 requests',
+  ]);
+});

@@ -164,6 +164,8 @@ describe('node activities', () => {
         status: 'pulling 2bada8a74506',
         completedBytes: 1171268296,
         totalBytes: 4683073184,
+        // The first attempt found the model absent; the retry must not re-decide that from the store it filled.
+        alreadyPresent: false,
       },
     });
     const beats: { status: string }[] = [];
