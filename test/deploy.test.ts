@@ -513,6 +513,9 @@ test('a second deployModel for the same alias is refused while one runs; promote
     const promote = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci']);
     expect(promote.code).toBe(1);
     expect(promote.err).toContain('promote refused: no canary is running (stage awaiting-approval)');
+    const second = await cli(['deploy', alias, 'qwen2.5:0.5b-good', '--node', s.nodeId]);
+    expect(second.code).toBe(1);
+    expect(second.err).toContain(`${h.workflowId} is already running: one deployment per alias at a time`);
     const rb = await cli(['rollback', alias, '--node', s.nodeId, '--by', 'bob', '--reason', 'changed my mind']);
     expect(rb.code).toBe(0);
     return h.result();

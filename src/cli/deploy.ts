@@ -1,5 +1,11 @@
 /** `gpuops deploy | promote | approve | rollback`: start and steer deployModel (ID deploy:<node>:<alias>). */
-import { WorkflowNotFoundError, WorkflowUpdateFailedError, type Client, type WorkflowHandle } from '@temporalio/client';
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  type Client,
+  type WorkflowHandle,
+} from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import type { Command } from 'commander';
 import { z } from 'zod';
@@ -170,24 +176,34 @@ export function registerDeployCommands(program: Command, globals: () => GlobalOp
           ]);
         }
         const policy = loaded.config.policies[a.policy ?? 'default'];
-        const h = await client.workflow.start('deployModel', {
-          taskQueue: CONTROL_TASK_QUEUE,
-          workflowId: workflowIds.deploy(a.node, alias),
-          workflowIdConflictPolicy: 'FAIL',
-          args: [
-            {
-              node: a.node,
-              alias,
-              engine,
-              model,
-              requestedBy: who(),
-              ...(a.digest ? { expectedDigest: a.digest } : {}),
-              ...(a.revision ? { revision: a.revision } : {}),
-              ...(policy ? { policy } : {}),
-            },
-          ],
-          staticSummary: `Deploy ${model} as ${alias} on ${a.node}`,
-        });
+        const h = await client.workflow
+          .start('deployModel', {
+            taskQueue: CONTROL_TASK_QUEUE,
+            workflowId: workflowIds.deploy(a.node, alias),
+            workflowIdConflictPolicy: 'FAIL',
+            args: [
+              {
+                node: a.node,
+                alias,
+                engine,
+                model,
+                requestedBy: who(),
+                ...(a.digest ? { expectedDigest: a.digest } : {}),
+                ...(a.revision ? { revision: a.revision } : {}),
+                ...(policy ? { policy } : {}),
+              },
+            ],
+            staticSummary: `Deploy ${model} as ${alias} on ${a.node}`,
+          })
+          .catch((err: unknown) => {
+            if (err instanceof WorkflowExecutionAlreadyStartedError) {
+              const id = workflowIds.deploy(a.node, alias);
+              throw new Error(
+                `${id} is already running: one deployment per alias at a time (see it with gpuops status, end it with gpuops rollback ${alias} --node ${a.node})`,
+              );
+            }
+            throw err;
+          });
         if (a.follow) await follow(h, globals().json ?? false);
         else if (globals().json) printJson({ workflowId: h.workflowId, runId: h.firstExecutionRunId });
         else console.log(`deployment ${h.workflowId} started (follow: gpuops deploy … --follow, or the UI)`);

@@ -4,6 +4,8 @@
  * nodes (each with its real node worker as a child process), hypervisor workers for `qm` hosts that are local,
  * and the control worker in this process. Ctrl-C (or SIGTERM) stops it all in reverse order.
  */
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
@@ -14,6 +16,8 @@ import { connectClient, connectWorker, resolveTemporalTarget, type TemporalTarge
 import { startDevServer } from '../temporal/dev-server';
 import { installRuntimeLogger } from '../temporal/worker-main';
 import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandbox/node';
+import { startRouter } from '../router';
+import type { RouteTableInput } from '../router/routes';
 import { createControlWorker } from '../../workers/control';
 import { ManagedProcess, tsxCommand } from './processes';
 import { describeSync, syncSchedules } from '../temporal/schedules';
@@ -142,6 +146,48 @@ export async function upCommand(opts: UpOptions): Promise<void> {
       });
       teardown.push({ name: `sandbox Proxmox API ${hv.id}`, fn: () => pve.close() });
       started.push(`sandbox Proxmox API ${hv.id}: ${pve.url}/api2/json (token ${hv.tokenId})`);
+    }
+
+    // The inference router, so deployments can be tried end to end: each sandbox engine's first model becomes the
+    // stable version of an alias on the first start (a state file, once written, wins), with a fresh admin token.
+    if (sandboxNodes.length > 0 && cfg.router.adminTokenFile) {
+      const tokenFile = resolveFrom(loaded.path, cfg.router.adminTokenFile);
+      if (!existsSync(tokenFile)) {
+        mkdirSync(path.dirname(tokenFile), { recursive: true });
+        writeFileSync(tokenFile, `${randomUUID()}\n`, { mode: 0o600 });
+      }
+      const sep = cfg.router.listen.lastIndexOf(':');
+      const host = cfg.router.listen.slice(0, sep);
+      const port = Number(cfg.router.listen.slice(sep + 1));
+      const routes: RouteTableInput['routes'] = {};
+      for (const node of sandboxNodes) {
+        for (const e of node.engines) {
+          // A canary slot's partner is the slot: only the serving half gets an alias.
+          if (node.engines.some((x) => x.canarySlot === e.name)) continue;
+          const model =
+            e.probeModel ??
+            (e.type === 'vllm'
+              ? 'Qwen/Qwen2.5-0.5B-Instruct'
+              : e.type === 'llamacpp'
+                ? 'qwen2.5-0.5b-instruct-q4_k_m.gguf'
+                : 'llama3.2:1b');
+          routes[`${node.id}-${e.name}`] = {
+            variants: [{ name: 'stable', engine: e.url, engineType: e.type, model, weight: 100 }],
+          };
+        }
+      }
+      const router = await startRouter({
+        host,
+        port,
+        stateFile: resolveFrom(loaded.path, cfg.router.stateFile),
+        adminTokenFile: tokenFile,
+        initialRoutes: { routes, drained: [] },
+        log: (l) => log(`[router] ${l}`),
+      });
+      teardown.push({ name: 'router', fn: () => router.close() });
+      started.push(
+        `router ${router.url} (aliases ${Object.keys(router.table.current.routes).join(', ') || 'none'}; admin token in ${tokenFile})`,
+      );
     }
 
     // Hypervisor workers for qm hosts: the sandbox's own, and real ones when this machine is that host.
