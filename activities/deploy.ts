@@ -8,23 +8,33 @@ import type { EngineConfig, NodeConfig } from '../src/config/schema';
 import type { PromptResult } from '../src/domain/risk';
 import { createEngineClient, type EngineClient } from '../src/hosts/engines/probe';
 import { sameOllamaModel } from '../src/hosts/engines/ollama';
+import Ajv from 'ajv';
 import { cancellationSignal, heartbeat, nonRetryable } from './activity-context';
 
 /** A prompt with a known right answer. */
 export interface GoldenPrompt {
   id: string;
   prompt: string;
-  /** contains: the answer must contain `value`; json: the answer must parse as JSON. */
-  check: { kind: 'contains'; value: string } | { kind: 'json' };
+  /**
+   * contains: the answer must contain `value`; regex: it must match `pattern` (flags `flags`); json: it must parse
+   * as JSON and, with `schema`, validate against that JSON Schema (draft 2020-12 subset Ajv supports).
+   */
+  check:
+    | { kind: 'contains'; value: string }
+    | { kind: 'regex'; pattern: string; flags?: string }
+    | { kind: 'json'; schema?: Record<string, unknown> };
 }
 
 /** The golden set every deployment is validated with (and the synthetic canary traffic is drawn from). */
 export const GOLDEN_PROMPTS: readonly GoldenPrompt[] = [
-  { id: 'arith', prompt: 'What is 2+2?', check: { kind: 'contains', value: '4' } },
+  { id: 'arith', prompt: 'What is 2+2?', check: { kind: 'regex', pattern: '(^|\\D)4(\\D|$)' } },
   {
     id: 'json',
     prompt: 'Respond in JSON: what is the capital of France?',
-    check: { kind: 'json' },
+    check: {
+      kind: 'json',
+      schema: { type: 'object', required: ['answer'], properties: { answer: { type: 'string', minLength: 1 } } },
+    },
   },
   { id: 'capital', prompt: 'What is the capital of Germany?', check: { kind: 'contains', value: 'Berlin' } },
 ];
@@ -90,11 +100,16 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
    * asked through /api/generate, vLLM and llama.cpp through /v1/chat/completions (their chat template applies, as it
    * does for the clients the canary will serve).
    */
+  /**
+   * One answer, streamed so time to first token is measured; a 5xx or timeout is retried once (the engine may fail
+   * one request in N), then recorded. Tokens/s: Ollama's eval_count / eval_duration; OpenAI-compatible engines: the
+   * streamed deltas (about one token each) over the time after the first.
+   */
   async function ask(
     client: EngineClient,
     input: ModelCheckInput,
     prompt: string,
-  ): Promise<{ text: string; ms: number } | { error: string }> {
+  ): Promise<{ text: string; ms: number; ttftMs: number | null; tokensPerSecond: number | null } | { error: string }> {
     let lastError = '';
     const maxTokens = input.maxTokens ?? 96;
     for (let attempt = 0; attempt < 2; attempt++) {
@@ -103,17 +118,30 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
         const signal = cancellationSignal();
         const call = { timeoutMs: input.timeoutMs ?? 60_000, ...(signal ? { signal } : {}) };
         if (client.type === 'ollama') {
-          const r = await client.client.generate(
+          const r = await client.client.generateStream(
             { model: input.model, prompt, options: { num_predict: maxTokens } },
             call,
           );
-          return { text: r.response, ms: Date.now() - t0 };
+          const { eval_count: n, eval_duration: ns } = r.final;
+          return {
+            text: r.text,
+            ms: Date.now() - t0,
+            ttftMs: r.firstTokenMs === null ? null : Math.round(r.firstTokenMs),
+            tokensPerSecond: n && ns ? Math.round((n / (ns / 1e9)) * 10) / 10 : null,
+          };
         }
-        const r = await client.client.chat(
+        let deltas = 0;
+        const r = await client.client.chatStream(
           { model: input.model, messages: [{ role: 'user', content: prompt }], max_tokens: maxTokens },
-          call,
+          { ...call, onToken: () => void deltas++ },
         );
-        return { text: r.choices[0]?.message.content ?? '', ms: Date.now() - t0 };
+        const genMs = r.firstTokenMs === null ? 0 : r.totalMs - r.firstTokenMs;
+        return {
+          text: r.text,
+          ms: Date.now() - t0,
+          ttftMs: r.firstTokenMs === null ? null : Math.round(r.firstTokenMs),
+          tokensPerSecond: deltas > 1 && genMs > 0 ? Math.round(((deltas - 1) / (genMs / 1000)) * 10) / 10 : null,
+        };
       } catch (err) {
         lastError = (err as Error).message;
       }
@@ -133,16 +161,16 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
           out.push({ ...base(g.id, g.prompt, 'golden'), passed: false, detail: `no answer: ${a.error}` });
           continue;
         }
-        let passed: boolean;
-        let detail: string;
-        if (g.check.kind === 'contains') {
-          passed = a.text.includes(g.check.value);
-          detail = passed ? `contains "${g.check.value}"` : `does not contain "${g.check.value}"`;
-        } else {
-          passed = isJson(a.text);
-          detail = passed ? 'valid JSON' : 'not valid JSON';
-        }
-        out.push({ ...base(g.id, g.prompt, 'golden'), passed, detail, excerpt: a.text.slice(0, 200), latencyMs: a.ms });
+        const { passed, detail } = judge(g.check, a.text);
+        out.push({
+          ...base(g.id, g.prompt, 'golden'),
+          passed,
+          detail,
+          excerpt: a.text.slice(0, 200),
+          latencyMs: a.ms,
+          ttftMs: a.ttftMs,
+          tokensPerSecond: a.tokensPerSecond,
+        });
       }
       return out;
     },
@@ -199,13 +227,29 @@ function base(id: string, prompt: string, kind: PromptResult['kind']): PromptRes
   return { id, prompt, kind, passed: false, detail: '', excerpt: '', latencyMs: null };
 }
 
-function isJson(text: string): boolean {
-  try {
-    JSON.parse(text);
-    return true;
-  } catch {
-    return false;
+const ajv = new Ajv({ allErrors: true, strict: false });
+
+/** Does an answer hold its golden check; the detail says why not. */
+export function judge(check: GoldenPrompt['check'], text: string): { passed: boolean; detail: string } {
+  if (check.kind === 'contains') {
+    const passed = text.includes(check.value);
+    return { passed, detail: passed ? `contains "${check.value}"` : `does not contain "${check.value}"` };
   }
+  if (check.kind === 'regex') {
+    const passed = new RegExp(check.pattern, check.flags).test(text);
+    return { passed, detail: passed ? `matches /${check.pattern}/` : `does not match /${check.pattern}/` };
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return { passed: false, detail: 'not valid JSON' };
+  }
+  if (!check.schema) return { passed: true, detail: 'valid JSON' };
+  const validate = ajv.compile(check.schema);
+  if (validate(value)) return { passed: true, detail: 'valid JSON, matches the schema' };
+  const why = (validate.errors ?? []).map((e) => `${e.instancePath || '(root)'} ${e.message ?? 'invalid'}`);
+  return { passed: false, detail: `JSON does not match the schema: ${why.join('; ')}` };
 }
 
 /** The deployment activity object. */

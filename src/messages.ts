@@ -7,6 +7,7 @@ import { defineQuery, defineUpdate } from '@temporalio/workflow';
 import type { CanaryAnalysis } from './domain/canary';
 import type { MemoryPreflight } from './domain/preflight';
 import type { PromptResult, RiskReport, RiskTier } from './domain/risk';
+import type { SloResult } from './domain/slo';
 
 /** Queue of the control worker: every workflow, and activities that need no particular host. */
 export const CONTROL_TASK_QUEUE = 'gpuops-control';
@@ -163,6 +164,8 @@ export interface DeploymentStatus {
     offload: { cpuPct: number; detail: string } | null;
   };
   validation: PromptResult[];
+  /** Validation latency SLOs over the golden prompts (TTFT p95, tokens/s). */
+  latency: SloResult | null;
   riskTier: RiskTier | null;
   risk: RiskReport | null;
   /** The risk report as files (JSON + Markdown) on the control host. */

@@ -187,6 +187,11 @@ test('a good version (pinned digest) goes pre-flight → pull → validate → l
   expect(record.preflight.disk?.ok).toBe(true);
   expect(record.preflight.memory).toMatchObject({ fits: true, totalMiB: 16376 });
   expect(record.preflight.offload?.cpuPct).toBe(0);
+  // Validation measured the streamed answers against the latency SLOs and checked each answer's shape.
+  expect(record.latency).toMatchObject({ ok: true, samples: 2 });
+  expect(record.latency?.ttftP95Ms).toBeGreaterThan(0);
+  expect(record.validation.find((r) => r.id === 'json')?.detail).toBe('valid JSON, matches the schema');
+  expect(record.validation.find((r) => r.id === 'arith')?.detail).toMatch(/^matches \//);
   expect(record.validation.every((r) => r.passed)).toBe(true);
   expect(record.validation.map((r) => r.kind)).toEqual(expect.arrayContaining(['golden', 'jailbreak', 'pii']));
   expect(record.risk?.markdown).toContain('## MEASURE');
@@ -598,5 +603,24 @@ test('bad input fails at once with the field and the rule; redeploying the tag t
     );
     expect(record.undo).toEqual([]);
   });
+  expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
+}, 60_000);
+
+test('a version that misses the validation latency SLO is rolled back before any traffic, naming the numbers', async () => {
+  const alias = newAlias();
+  const digest = defaultLibrary()['qwen2.5:0.5b-good']?.digest ?? '';
+  const record = await withWorkers(async () =>
+    (
+      await start(alias, {
+        model: 'qwen2.5:0.5b-good',
+        expectedDigest: digest,
+        policy: { ...fastPolicy, validationTtftP95Ms: 1 },
+      })
+    ).result(),
+  );
+  expect(record.outcome).toBe('rolled-back');
+  expect(record.rollback?.by).toBe('validation');
+  expect(record.rollback?.reason).toMatch(/^latency SLO missed: TTFT p95 \d+ ms > 1 ms/);
+  expect(record.riskTier).toBeNull();
   expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
 }, 60_000);

@@ -26,6 +26,7 @@ import { analyseCanary, type CanaryAnalysis } from '../src/domain/canary';
 import { DeployPolicySchema } from '../src/domain/deploy-policy';
 import { parseDuration } from '../src/domain/durations';
 import { assessRisk } from '../src/domain/risk';
+import { checkLatencySlos } from '../src/domain/slo';
 import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import { formatIssues, parseInput } from '../src/domain/validation';
 import type { AliasRoute, Variant } from '../src/router/routes';
@@ -167,6 +168,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     pull: null,
     preflight: { disk: null, memory: null, offload: null },
     validation: [],
+    latency: null,
     riskTier: null,
     risk: null,
     reports: null,
@@ -516,6 +518,15 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     const offload = await node.checkModelOffload(check);
     status.preflight.offload = { cpuPct: offload.cpuPct, detail: offload.detail };
     if (offload.cpuPct > 0) throw new Rollback('pre-flight', `CPU offload: ${offload.detail}`);
+    const slo = checkLatencySlos(golden, {
+      ttftP95Ms: policy.validationTtftP95Ms,
+      minTokensPerSecond: policy.validationMinTokensPerSecond,
+    });
+    status.latency = slo;
+    if (!slo.ok) {
+      status.validation = golden;
+      throw new Rollback('validation', slo.detail);
+    }
     const safety = input.safetyProbes ? await node.runSafetyProbes(check) : [];
     const resources = await node.checkModelResources(check);
     const provenance = await node.modelProvenance(check);

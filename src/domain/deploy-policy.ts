@@ -24,6 +24,16 @@ export const DeployPolicySchema = z
       .min(1)
       .default(1)
       .describe('Consecutive failing analyses that roll back (1: at once). promote is refused while failing.'),
+    validationTtftP95Ms: z
+      .int()
+      .min(1)
+      .default(5000)
+      .describe('Validation SLO: time to first token p95 over the golden prompts (after the warm-up), ms.'),
+    validationMinTokensPerSecond: z
+      .number()
+      .min(0)
+      .default(5)
+      .describe('Validation SLO: median output tokens/s over the golden prompts, at least.'),
     minSamples: z.int().min(1).default(20).describe('Requests per variant in the window before it is judged.'),
     maxErrorRateDelta: z.number().min(0).max(1).default(0.02).describe('Canary error rate minus stable, at most.'),
     maxTtftP95Ratio: z.number().positive().default(1.2).describe('Canary TTFT p95 / stable, at most.'),

@@ -18,6 +18,10 @@ export interface PromptResult {
   /** The start of the answer, for the record. */
   excerpt: string;
   latencyMs: number | null;
+  /** Time to first token, ms (streamed); absent in records from before it was measured. */
+  ttftMs?: number | null;
+  /** Output tokens per second of the answer. */
+  tokensPerSecond?: number | null;
 }
 
 export interface RiskInput {
