@@ -5,7 +5,7 @@
  */
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import type { Config } from '../src/config/schema';
+import { slotPartnerOf, type Config } from '../src/config/schema';
 import { setMaintenanceUpdate, workflowIds, type SetMaintenanceInput } from '../src/messages';
 
 export interface NodeFacts {
@@ -16,7 +16,7 @@ export interface NodeFacts {
     container: string;
     url: string;
     gpus: number[];
-    /** The engine whose container serves this one's canaries (vLLM / llama.cpp blue/green pair); null if none. */
+    /** The other half of its vLLM / llama.cpp blue/green pair (declared on either side); null if none. */
     canarySlot: string | null;
   }[];
   gpus: number[];
@@ -51,7 +51,7 @@ export function createRecoveryActivities(deps: RecoveryActivityDeps) {
           container: e.container,
           url: e.url,
           gpus: e.gpus,
-          canarySlot: e.canarySlot ?? null,
+          canarySlot: slotPartnerOf(n, e.name)?.name ?? null,
         })),
         gpus: n.gpus.map((g) => g.index),
         vm: n.vm && hv ? { hypervisor: hv.id, hypervisorType: hv.type, vmid: n.vm.vmid } : null,

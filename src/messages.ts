@@ -123,13 +123,7 @@ export interface CanaryStepRecord {
 }
 
 /** The analysis of the running canary step, refreshed every analysisInterval. */
-export interface LiveCanaryAnalysis {
-  step: number;
-  weight: number;
-  at: string;
-  window: string;
-  synthetic: number;
-  analysis: CanaryAnalysis;
+export interface LiveCanaryAnalysis extends CanaryStepRecord {
   /** Failing analyses in a row; policy.failureLimit of them roll back. */
   consecutiveFailures: number;
 }

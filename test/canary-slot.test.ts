@@ -4,7 +4,6 @@
  * stop and start it, and the health classification calls a stopped slot standby, not a fault.
  */
 import path from 'node:path';
-import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createCanarySlotActivities, type LoadCanarySlotResult, type SlotProgress } from '../activities/canary-slot';
 import { createDeployActivities } from '../activities/deploy';
@@ -18,6 +17,7 @@ import { DockerCli } from '../src/hosts/docker';
 import { createEngineClient } from '../src/hosts/engines/probe';
 import { SandboxNode, SHIM_DIR, freePort } from '../src/sandbox/node';
 import { tempDir } from './sandbox/helpers';
+import { nonRetryableOf } from './helpers/failures';
 
 jest.setTimeout(60_000);
 
@@ -72,17 +72,6 @@ afterAll(async () => {
   await sn.stop();
   cleanup();
 });
-
-/** The failure a call threw, asserted to be a non-retryable ApplicationFailure. */
-async function nonRetryableOf(p: Promise<unknown>): Promise<ApplicationFailure> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ApplicationFailure);
-  expect((err as ApplicationFailure).nonRetryable).toBe(true);
-  return err as ApplicationFailure;
-}
 
 const engineUrl = (name: string): string => node.engines.find((e) => e.name === name)!.url;
 const listed = async (name: string): Promise<string[]> =>

@@ -2,14 +2,20 @@
  * deployModel on vLLM: the canary runs in the engine's canary slot (the other half of a blue/green pair), on a real
  * Temporal dev server, a sandbox node whose real node worker drives the docker shim, and a real router.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { getDeploymentStatusQuery, approveDeploymentUpdate, workflowIds, type DeploymentStatus } from '../src/messages';
-import { startRouter, type RouterHandle } from '../src/router';
-import { freePort } from '../src/net';
+import { approveDeploymentUpdate, workflowIds, type DeploymentStatus } from '../src/messages';
+import type { RouterHandle } from '../src/router';
 import type { deployModel } from '../workflows/deploy';
-import { controlWorker, openTestEnv, startTestSandbox, uniqueId, type TestEnv, type TestSandbox } from './helpers/env';
+import {
+  controlWorker,
+  openTestEnv,
+  startTestRouter,
+  startTestSandbox,
+  uniqueId,
+  waitForDeployment,
+  type TestEnv,
+  type TestRouter,
+  type TestSandbox,
+} from './helpers/env';
 
 let env: TestEnv;
 let s: TestSandbox;
@@ -21,12 +27,10 @@ const COMMIT = '7ae557604adf67be50417f59c2c2f167def9a775';
 
 beforeAll(async () => {
   env = await openTestEnv();
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-slots-'));
-  const tokenFile = path.join(dir, 'router-token');
-  writeFileSync(tokenFile, 'slot-router-secret\n');
-  const routerPort = await freePort();
+  let routerConfig: TestRouter['config'];
+  ({ router, config: routerConfig } = await startTestRouter());
   s = await startTestSandbox({
-    extra: { router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile } },
+    extra: routerConfig,
     hardware: {
       gpus: [
         { index: 0, model: 'NVIDIA GeForce RTX 3090', memoryMiB: 24576 },
@@ -38,7 +42,6 @@ beforeAll(async () => {
       ],
     },
   });
-  router = await startRouter({ port: routerPort, adminTokenFile: tokenFile });
 }, 60_000);
 
 afterAll(async () => {
@@ -77,12 +80,11 @@ async function deploy(alias: string, model: string): Promise<DeploymentStatus> {
       args: [{ node: s.nodeId, alias, engine: 'vllm-blue', model, revision: COMMIT, policy, requestedBy: 'jest' }],
     });
     // No license in an HF repo's metadata as the engine reports it: medium risk, a human approves.
-    for (;;) {
-      const st = await h.query(getDeploymentStatusQuery);
-      if (st.stage === 'awaiting-approval' || st.outcome !== 'in-progress') break;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-    const st = await h.query(getDeploymentStatusQuery);
+    const st = await waitForDeployment(
+      h,
+      (x) => x.stage === 'awaiting-approval' || x.outcome !== 'in-progress',
+      90_000,
+    );
     if (st.stage === 'awaiting-approval') await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
     return h.result();
   });

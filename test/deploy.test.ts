@@ -3,15 +3,13 @@
  * started here, whose admin API the control activities call with the token from router.adminTokenFile.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowFailedError,
   WorkflowUpdateFailedError,
-  type WorkflowHandle,
 } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { createDeployActivities } from '../activities/deploy';
@@ -30,19 +28,21 @@ import {
   promoteCanaryUpdate,
   rollbackDeploymentUpdate,
   workflowIds,
-  type DeploymentStatus,
 } from '../src/messages';
-import { startRouter, type RouterHandle } from '../src/router';
-import { SHIM_DIR, freePort } from '../src/sandbox/node';
+import type { RouterHandle } from '../src/router';
+import { SHIM_DIR } from '../src/sandbox/node';
 import { SandboxStore, defaultLibrary } from '../src/sandbox/state';
 import type { deployModel } from '../workflows/deploy';
 import {
   controlWorker,
   openTestEnv,
   recordHistory,
+  startTestRouter,
   startTestSandbox,
   uniqueId,
+  waitForDeployment,
   type TestEnv,
+  type TestRouter,
   type TestSandbox,
 } from './helpers/env';
 
@@ -52,22 +52,14 @@ const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
 let s: TestSandbox;
 let router: RouterHandle;
 let engineUrl: string;
-let tokenFile: string;
-let routerPort: number;
+let routerConfig: TestRouter['config'];
 
 beforeAll(async () => {
   env = await openTestEnv();
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-deploy-'));
-  tokenFile = path.join(dir, 'router-token');
-  writeFileSync(tokenFile, 'router-admin-secret\n');
-  routerPort = await freePort();
+  ({ router, config: routerConfig } = await startTestRouter());
   // The node worker runs in-process below (with the deploy activities), so the sandbox starts none of its own.
-  s = await startTestSandbox({
-    withWorker: false,
-    extra: { router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile } },
-  });
+  s = await startTestSandbox({ withWorker: false, extra: routerConfig });
   engineUrl = s.loaded.config.nodes[0]?.engines[0]?.url ?? '';
-  router = await startRouter({ port: routerPort, adminTokenFile: tokenFile });
 }, 60_000);
 
 afterAll(async () => {
@@ -112,25 +104,6 @@ function start(
     workflowIdConflictPolicy: 'FAIL',
     args: [{ node, alias, engine: 'ollama', requestedBy: 'jest', ...args }],
   });
-}
-
-/** Poll the status query until `pred` holds. */
-async function waitFor(
-  h: WorkflowHandle,
-  pred: (st: DeploymentStatus) => boolean,
-  timeoutMs = 45_000,
-): Promise<DeploymentStatus> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const st = await h.query(getDeploymentStatusQuery);
-    if (pred(st)) return st;
-    if (st.outcome !== 'in-progress' || Date.now() > until) {
-      throw new Error(
-        `gave up waiting: stage ${st.stage}, outcome ${st.outcome}, rollback ${JSON.stringify(st.rollback)}`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** The CLI as an operator or CI job runs it; exit code and output. */
@@ -248,7 +221,7 @@ test('a medium-risk version (plays along with jailbreaks, keeps PII) waits for a
   const digest = defaultLibrary()['qwen2.5:0.5b-lax']?.digest ?? '';
   const record = await withWorkers(async () => {
     const h = await start(alias, { model: 'qwen2.5:0.5b-lax', expectedDigest: digest, policy: fastPolicy });
-    const st = await waitFor(h, (x) => x.stage === 'awaiting-approval');
+    const st = await waitForDeployment(h, (x) => x.stage === 'awaiting-approval');
     expect(st.riskTier).toBe('medium');
     expect(st.weights).toEqual({ stable: 100, canary: 0 });
     const md = readFileSync(st.reports?.markdown ?? '', 'utf8');
@@ -297,7 +270,7 @@ test('a bad version let through to canary breaches the error-rate delta mid-step
   }, 50);
   const record = await withWorkers(async () => {
     const h = await start(alias, { model: 'qwen2.5:0.5b-bad', safetyProbes: false, policy });
-    await waitFor(h, (x) => x.stage === 'awaiting-approval');
+    await waitForDeployment(h, (x) => x.stage === 'awaiting-approval');
     const after = await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
     expect(after.riskTier).toBe('medium');
     return h.result();
@@ -332,9 +305,9 @@ test('promote during a failing analysis is refused with the reason (update and C
   const policy = { ...fastPolicy, stepDuration: '60s', failureLimit: 1000, rollbackWindow: '10m' };
   const record = await withWorkers(async () => {
     const h = await start(alias, { model: 'qwen2.5:0.5b-bad', safetyProbes: false, policy });
-    await waitFor(h, (x) => x.stage === 'awaiting-approval');
+    await waitForDeployment(h, (x) => x.stage === 'awaiting-approval');
     await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
-    const failing = await waitFor(h, (x) => x.live?.analysis.verdict === 'fail');
+    const failing = await waitForDeployment(h, (x) => x.live?.analysis.verdict === 'fail');
     expect(failing.stage).toBe('canary');
     const refused = h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'ci' }] });
     await expect(refused).rejects.toBeInstanceOf(WorkflowUpdateFailedError);
@@ -351,7 +324,7 @@ test('promote during a failing analysis is refused with the reason (update and C
     expect((await h.query(getDeploymentStatusQuery)).stage).toBe('canary');
     // A human who knows better may force it; then roll it back inside the window.
     await h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'release-manager', force: true }] });
-    await waitFor(h, (x) => x.stage === 'rollback-window');
+    await waitForDeployment(h, (x) => x.stage === 'rollback-window');
     expect(variants(alias).map((v) => [v.name, v.model, v.weight])).toEqual([
       ['stable', 'qwen2.5:0.5b-bad', 100],
       ['previous', 'llama3.2:1b', 0],
@@ -372,11 +345,11 @@ test('a CI job promotes a passed canary with `gpuops promote`; `gpuops rollback`
   const policy = { ...fastPolicy, autoPromote: false, rollbackWindow: '10m' };
   const record = await withWorkers(async () => {
     const h = await start(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy });
-    await waitFor(h, (x) => x.stage === 'awaiting-promotion');
+    await waitForDeployment(h, (x) => x.stage === 'awaiting-promotion');
     const promote = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci-pipeline-42']);
     expect(promote.err).toBe('');
     expect(promote.code).toBe(0);
-    const inWindow = await waitFor(h, (x) => x.stage === 'rollback-window');
+    const inWindow = await waitForDeployment(h, (x) => x.stage === 'rollback-window');
     expect(inWindow.promotedBy).toBe('ci-pipeline-42');
     expect(variants(alias)).toEqual([
       expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-good', weight: 100 }),
@@ -474,7 +447,7 @@ test('cancelling a deployment mid-canary runs the rollback saga anyway and ends 
       expectedDigest: digest,
       policy: { ...fastPolicy, stepDuration: '60s' },
     });
-    await waitFor(h, (x) => x.stage === 'canary');
+    await waitForDeployment(h, (x) => x.stage === 'canary');
     await h.cancel();
     const err = await h.result().then(
       () => null,
@@ -501,7 +474,7 @@ test('a second deployModel for the same alias is refused while one runs; promote
     await expect(start(alias, { model: 'qwen2.5:0.5b-good', policy: fastPolicy })).rejects.toBeInstanceOf(
       WorkflowExecutionAlreadyStartedError,
     );
-    await waitFor(h, (x) => x.stage === 'awaiting-approval');
+    await waitForDeployment(h, (x) => x.stage === 'awaiting-approval');
     // `gpuops status` lists it from its search attributes.
     let row;
     for (let i = 0; i < 50 && row?.stage !== 'awaiting-approval'; i++) {
@@ -532,8 +505,7 @@ test('a second deployModel for the same alias is refused while one runs; promote
 }, 60_000);
 
 test('killing the node worker during the pull and starting it again completes the deployment (the pull resumes)', async () => {
-  const routerCfg = { router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile } };
-  const sb = await startTestSandbox({ withWorker: true, extra: routerCfg });
+  const sb = await startTestSandbox({ withWorker: true, extra: routerConfig });
   try {
     const url = sb.loaded.config.nodes[0]?.engines[0]?.url ?? '';
     const alias = newAlias(url);

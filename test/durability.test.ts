@@ -2,25 +2,26 @@
  * Durability across a Temporal server restart: a workflow in flight when the server stops is still there, with its
  * history, when the server comes back on the same SQLite file, and it finishes.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { privateDevServerOptions, startDevServer, type DevServer } from '../src/temporal/dev-server';
 import {
+  approveDeploymentUpdate,
   getDeploymentStatusQuery,
   nodeTaskQueue,
   promoteCanaryUpdate,
   workflowIds,
   type DeploymentStatus,
 } from '../src/messages';
-import { startRouter } from '../src/router';
-import { freePort } from '../src/net';
 import type { HealthReport } from '../src/domain/classify';
 import {
   controlWorker,
   openTestEnv,
+  startTestRouter,
   startTestSandbox,
   uniqueId,
+  waitForDeployment,
   waitForPoller,
   type TestEnv,
   type TestSandbox,
@@ -89,12 +90,8 @@ test('deployModel survives a Temporal server restart while its canary waits for 
   await server?.stop();
   await sbx?.stop();
   server = await startDevServer(serverOpts);
-  const tokenFile = path.join(dir, 'router-token');
-  writeFileSync(tokenFile, 'durable-router-token\n');
-  const routerPort = await freePort();
-  const routerCfg = { router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile } };
-  sbx = await startTestSandbox({ address: server.address, extra: routerCfg });
-  const router = await startRouter({ port: routerPort, adminTokenFile: tokenFile });
+  const { router, config: routerConfig } = await startTestRouter();
+  sbx = await startTestSandbox({ address: server.address, extra: routerConfig });
   try {
     const engine = sbx.loaded.config.nodes[0]?.engines[0]?.url ?? '';
     router.table.replace({
@@ -125,17 +122,9 @@ test('deployModel survives a Temporal server restart while its canary waits for 
         ],
       });
       // Medium risk (no pinned digest): it waits for approve; approve, then wait for the canary to pass.
-      for (let st = await h.query(getDeploymentStatusQuery); st.stage !== 'awaiting-approval';) {
-        await new Promise((r) => setTimeout(r, 200));
-        st = await h.query(getDeploymentStatusQuery);
-        expect(st.outcome).toBe('in-progress');
-      }
-      await h.executeUpdate('approve', { args: [{ by: 'alice' }] });
-      for (let st = await h.query(getDeploymentStatusQuery); st.stage !== 'awaiting-promotion';) {
-        await new Promise((r) => setTimeout(r, 200));
-        st = await h.query(getDeploymentStatusQuery);
-        expect(st.outcome).toBe('in-progress');
-      }
+      await waitForDeployment(h, (st) => st.stage === 'awaiting-approval');
+      await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
+      await waitForDeployment(h, (st) => st.stage === 'awaiting-promotion');
     });
     await env.close();
 

@@ -306,18 +306,16 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     status.weights = { stable: 100 - canary, canary };
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.canaryWeight, value: canary }]);
   };
+  /** Does any variant of any route (read from the router now) satisfy `pred`? */
+  const anyVariant = async (pred: (v: Variant) => boolean): Promise<boolean> => {
+    const doc = await control.getRoutes();
+    return Object.values(doc.routes).some((r) => r.variants.some(pred));
+  };
   /** Does any route send traffic (weight > 0) to this engine URL? */
-  const routedAnywhere = async (url: string): Promise<boolean> => {
-    const doc = await control.getRoutes();
-    return Object.values(doc.routes).some((r) => r.variants.some((v) => v.engine === url && v.weight > 0));
-  };
-  /** Does any route other than `except` (alias/variant) send traffic to this engine URL and model? */
-  const routedElsewhere = async (url: string, model: string, except: string[]): Promise<boolean> => {
-    const doc = await control.getRoutes();
-    return Object.entries(doc.routes).some(([alias, r]) =>
-      r.variants.some((v) => v.engine === url && v.model === model && !except.includes(`${alias}/${v.name}`)),
-    );
-  };
+  const routedAnywhere = (url: string): Promise<boolean> => anyVariant((v) => v.engine === url && v.weight > 0);
+  /** Does any route still name this model on this engine (at any weight)? */
+  const modelRouted = (url: string, model: string): Promise<boolean> =>
+    anyVariant((v) => v.engine === url && v.model === model);
 
   // Saga: each step that changed the world pushes its undo; a rollback runs them in reverse. It runs in a
   // non-cancellable scope, so cancelling the workflow still restores the routes.
@@ -382,8 +380,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     // blue/green pair that the stable route does not point at.
     let slot = engine;
     if (engine.type !== 'ollama') {
-      const partnerName = engine.canarySlot ?? facts.engines.find((e) => e.canarySlot === engine.name)?.name;
-      const partner = facts.engines.find((e) => e.name === partnerName);
+      const partner = facts.engines.find((e) => e.name === engine.canarySlot);
       if (!partner) {
         throw ApplicationFailure.nonRetryable(
           `engine: ${engine.name} is ${engine.type} and has no canarySlot in gpuops.yaml (one model per container: the canary needs its own)`,
@@ -455,7 +452,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       undo.push({
         step: `unload ${input.model} from ${slotEngine}`,
         run: async () => {
-          if (await routedElsewhere(slot.url, input.model, [])) return `kept: a route still uses ${input.model}`;
+          if (await modelRouted(slot.url, input.model)) return `kept: a route still uses ${input.model}`;
           await node.unloadModel({ engine: slotEngine, model: input.model });
           return 'unloaded';
         },
@@ -649,8 +646,8 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
         const stats = await control.getStats({ alias: input.alias, window });
         const analysis: CanaryAnalysis = analyseCanary(stats.variants.stable, stats.variants.canary, policy);
         failures = analysis.verdict === 'fail' ? failures + 1 : 0;
-        status.live = { step: i + 1, weight, at: now(), window, synthetic, analysis, consecutiveFailures: failures };
         const record = { step: i + 1, weight, at: now(), window, synthetic, analysis };
+        status.live = { ...record, consecutiveFailures: failures };
         if (failures >= policy.failureLimit) {
           status.analyses.push(record);
           throw new Rollback('canary analysis', `step ${i + 1} at ${weight}%: ${analysis.reasons.join('; ')}`);
@@ -723,7 +720,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
       undo.push({
         step: `unload ${servedModel} from ${slotEngine}`,
         run: async () => {
-          if (await routedElsewhere(slot.url, servedModel, [])) return `kept: another route uses ${servedModel}`;
+          if (await modelRouted(slot.url, servedModel)) return `kept: another route uses ${servedModel}`;
           await node.unloadModel({ engine: slotEngine, model: servedModel });
           return 'unloaded';
         },
@@ -803,7 +800,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
         });
       } else {
         await tidy(`unload ${old.model} from ${oldEngine.name}`, async () => {
-          if (await routedElsewhere(old.engine, old.model, [])) return `kept: another route uses ${old.model}`;
+          if (await modelRouted(old.engine, old.model)) return `kept: another route uses ${old.model}`;
           if (oldEngine.type === 'ollama') {
             await node.unloadModel({ engine: oldEngine.name, model: old.model });
             return 'unloaded';

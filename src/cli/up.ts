@@ -9,13 +9,14 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
-import type { HypervisorConfig } from '../config/schema';
+import { slotPartnerOf, type HypervisorConfig } from '../config/schema';
 import { SEARCH_ATTRIBUTE_TYPES, CONTROL_TASK_QUEUE } from '../messages';
 import { ensureTemporalCli } from '../temporal/cli';
 import { connectClient, connectWorker, resolveTemporalTarget, type TemporalTarget } from '../temporal/connection';
 import { startDevServer } from '../temporal/dev-server';
 import { installRuntimeLogger } from '../temporal/worker-main';
 import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandbox/node';
+import { initialSandboxModel } from '../sandbox/state';
 import { startRouter } from '../router';
 import type { RouteTableInput } from '../router/routes';
 import { createControlWorker } from '../../workers/control';
@@ -163,14 +164,10 @@ export async function upCommand(opts: UpOptions): Promise<void> {
       for (const node of sandboxNodes) {
         for (const e of node.engines) {
           // A canary slot's partner is the slot: only the serving half gets an alias.
-          if (node.engines.some((x) => x.canarySlot === e.name)) continue;
-          const model =
-            e.probeModel ??
-            (e.type === 'vllm'
-              ? 'Qwen/Qwen2.5-0.5B-Instruct'
-              : e.type === 'llamacpp'
-                ? 'qwen2.5-0.5b-instruct-q4_k_m.gguf'
-                : 'llama3.2:1b');
+          // Of a canary slot pair only the first half serves; the other is the slot.
+          const partner = slotPartnerOf(node, e.name);
+          if (partner && node.engines.indexOf(partner) < node.engines.indexOf(e)) continue;
+          const model = initialSandboxModel(e);
           routes[`${node.id}-${e.name}`] = {
             variants: [{ name: 'stable', engine: e.url, engineType: e.type, model, weight: 100 }],
           };

@@ -578,6 +578,12 @@ function servedModel(engine: EngineConfig): string {
   return engine.type === 'vllm' ? 'Qwen/Qwen2.5-0.5B-Instruct' : 'qwen2.5-0.5b-instruct-q4_k_m.gguf';
 }
 
+/** The model a fresh sandbox engine serves first (Ollama: its probe model or first preinstalled one). */
+export function initialSandboxModel(engine: EngineConfig): string {
+  if (engine.type !== 'ollama') return servedModel(engine);
+  return engine.probeModel ?? PREINSTALLED_OLLAMA_MODELS[0];
+}
+
 export interface SeedOptions {
   bootSeconds?: number;
   timeScale?: number;

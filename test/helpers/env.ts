@@ -7,7 +7,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { Client, Connection } from '@temporalio/client';
+import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
+import { getDeploymentStatusQuery, type DeploymentStatus } from '../../src/messages';
 import {
   DefaultLogger,
   NativeConnection,
@@ -21,6 +22,7 @@ import { parseConfig, type LoadedConfig } from '../../src/config/load';
 import { SandboxNode, freePort, sandboxHypervisorEnv, startSandboxProxmox } from '../../src/sandbox/node';
 import { ManagedProcess, tsxCommand } from '../../src/cli/processes';
 import { createControlWorker } from '../../workers/control';
+import { startRouter, type RouterHandle } from '../../src/router';
 
 // Worker state changes are logged at INFO; tests want only warnings and errors.
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -266,4 +268,38 @@ export function recordHistory(env: TestEnv, workflowId: string, name: string): v
     maxBuffer: 64 * 1024 * 1024,
   });
   writeFileSync(path.join(__dirname, '..', 'histories', `${name}.json`), out);
+}
+
+/** A real router on a free port with its own admin token, and the gpuops.yaml `router` block that points at it. */
+export interface TestRouter {
+  router: RouterHandle;
+  config: { router: { listen: string; adminTokenFile: string } };
+}
+
+export async function startTestRouter(): Promise<TestRouter> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-router-'));
+  const adminTokenFile = path.join(dir, 'router-token');
+  writeFileSync(adminTokenFile, `${randomUUID()}\n`);
+  const port = await freePort();
+  const router = await startRouter({ port, adminTokenFile });
+  return { router, config: { router: { listen: `127.0.0.1:${port}`, adminTokenFile } } };
+}
+
+/** Poll a deployModel's status query until `pred` holds; fail at once if the deployment ends first. */
+export async function waitForDeployment(
+  h: WorkflowHandle,
+  pred: (st: DeploymentStatus) => boolean,
+  timeoutMs = 45_000,
+): Promise<DeploymentStatus> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await h.query(getDeploymentStatusQuery);
+    if (pred(st)) return st;
+    if (st.outcome !== 'in-progress' || Date.now() > until) {
+      throw new Error(
+        `gave up waiting: stage ${st.stage}, outcome ${st.outcome}, rollback ${JSON.stringify(st.rollback)}`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }

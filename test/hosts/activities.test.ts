@@ -1,7 +1,6 @@
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createControlActivities } from '../../activities/control';
 import { createHypervisorActivities } from '../../activities/hypervisor';
@@ -9,6 +8,7 @@ import { createNodeActivities } from '../../activities/node';
 import type { Config, NodeConfig } from '../../src/config/schema';
 import { QmCli } from '../../src/hosts/proxmox';
 import { fakeTool, fixture, sendJson, startServer, type TestServer } from './fakes';
+import { nonRetryableOf } from '../helpers/failures';
 
 function nodeConfig(over: Partial<NodeConfig> = {}): NodeConfig {
   return {
@@ -20,17 +20,6 @@ function nodeConfig(over: Partial<NodeConfig> = {}): NodeConfig {
     sandbox: false,
     ...over,
   };
-}
-
-/** The failure an activity threw, asserted to be a non-retryable ApplicationFailure. */
-async function nonRetryableOf(p: Promise<unknown>): Promise<ApplicationFailure> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ApplicationFailure);
-  expect((err as ApplicationFailure).nonRetryable).toBe(true);
-  return err as ApplicationFailure;
 }
 
 describe('node activities', () => {
