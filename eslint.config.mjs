@@ -64,8 +64,8 @@ export default tseslint.config(
     languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, globals: { ...globals.node } },
   },
   {
-    // The sandbox shims are plain CommonJS executables (fast start, no TypeScript loader).
-    files: ['src/sandbox/bin/**/*.js'],
+    // The sandbox shims and the process keeper are plain CommonJS executables (fast start, no TypeScript loader).
+    files: ['src/sandbox/bin/**/*.js', 'src/hosts/keeper.cjs'],
     languageOptions: { sourceType: 'commonjs' },
     rules: { '@typescript-eslint/no-require-imports': 'off', 'no-redeclare': ['error', { builtinGlobals: false }] },
   },

@@ -10,7 +10,9 @@ import type { EngineConfig, NodeConfig } from '../src/config/schema';
 import { slotPartnerOf } from '../src/config/schema';
 import { isCleanStop } from '../src/domain/classify';
 import type { ContainerState } from '../src/domain/health';
-import { NoSuchContainerError, recreateWithModel, type DockerCli } from '../src/hosts/docker';
+import { recreateWithModel } from '../src/hosts/docker';
+import { NoSuchContainerError } from '../src/hosts/runtime';
+import type { EngineRuntimes } from '../src/hosts/runtimes';
 import { ModelArgsError, modelOfCmd } from '../src/hosts/engines/model-args';
 import type { EngineClient } from '../src/hosts/engines/probe';
 import { cancellationSignal, heartbeat, lastHeartbeatDetails, nonRetryable } from './activity-context';
@@ -18,7 +20,8 @@ import { cancellationSignal, heartbeat, lastHeartbeatDetails, nonRetryable } fro
 /** What createCanarySlotActivities needs. */
 export interface CanarySlotActivityDeps {
   node: NodeConfig;
-  docker: DockerCli;
+  /** Each engine's runtime (docker, systemd or process). */
+  runtimes: EngineRuntimes;
   clientFor: (engine: EngineConfig) => EngineClient;
   /** Time between readiness checks while an engine loads (default 1 s; tests use less). */
   pollMs?: number;
@@ -104,7 +107,7 @@ function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
 }
 
 /** Canary slot activities over an injected DockerCli and engine clients. */
-export function createCanarySlotActivities({ node, docker, clientFor, pollMs = 1000 }: CanarySlotActivityDeps) {
+export function createCanarySlotActivities({ node, runtimes, clientFor, pollMs = 1000 }: CanarySlotActivityDeps) {
   /** The engine, if it is a vLLM / llama.cpp half of a configured slot pair; anything else is refused. */
   const slotEngine = (name: string): EngineConfig & { type: 'vllm' | 'llamacpp' } => {
     const e = node.engines.find((x) => x.name === name);
@@ -127,7 +130,12 @@ export function createCanarySlotActivities({ node, docker, clientFor, pollMs = 1
   };
 
   const lastLines = async (container: string, n: number, since?: string): Promise<string[]> =>
-    (await docker.logs(container, { tail: n, ...(since ? { since } : {}) }).catch(() => [] as string[]))
+    (
+      await runtimes
+        .of(container)
+        .logs(container, { tail: n, ...(since ? { since } : {}) })
+        .catch(() => [] as string[])
+    )
       .filter((l) => l.trim() !== '')
       .map(redactLog);
 
@@ -146,7 +154,7 @@ export function createCanarySlotActivities({ node, docker, clientFor, pollMs = 1
     let lastLog: string | null = null;
     let lastLogAt = 0;
     for (;;) {
-      const state: ContainerState = await docker.inspectOne(e.container);
+      const state: ContainerState = await runtimes.of(e.container).inspectOne(e.container);
       const elapsedMs = Date.now() - opts.startedAt;
       if (!state.exists) throw new Error(`container ${e.container} vanished while ${e.name} was loading ${opts.what}`);
       if (!state.running) {
@@ -210,7 +218,7 @@ export function createCanarySlotActivities({ node, docker, clientFor, pollMs = 1
       // Recreating the only half that runs would take the alias down: then this is the serving half, not the slot.
       const partner = slotPartnerOf(node, e.name);
       if (partner) {
-        const [self, other] = await docker.inspect([e.container, partner.container]);
+        const [self, other] = await runtimes.inspect([e.container, partner.container]);
         if (self?.running && other && !other.running) {
           throw nonRetryable(
             'SlotIsServing',
@@ -230,7 +238,7 @@ export function createCanarySlotActivities({ node, docker, clientFor, pollMs = 1
       const signal = cancellationSignal();
       let r;
       try {
-        r = await recreateWithModel(docker, e.container, e.type, spec, signal ? { signal } : {});
+        r = await recreateWithModel(runtimes.of(e.container), e.container, e.type, spec, signal ? { signal } : {});
       } catch (err) {
         if (err instanceof ModelArgsError) throw nonRetryable('InvalidModel', `${e.name}: ${err.message}`);
         if (err instanceof NoSuchContainerError) {
@@ -282,17 +290,19 @@ export function createCanarySlotActivities({ node, docker, clientFor, pollMs = 1
      */
     async standbyEngine(input: { engine: string }): Promise<{ engine: string; stopped: boolean }> {
       const e = slotEngine(input.engine);
-      let state = await docker.inspectOne(e.container);
+      let state = await runtimes.of(e.container).inspectOne(e.container);
       if (!state.exists || isCleanStop(state)) return { engine: e.name, stopped: false };
       const signal = cancellationSignal();
       heartbeat({ phase: 'stopping', container: e.container });
       try {
         if (state.running) {
-          await docker.stop(e.container, { timeoutSec: 30, ...(signal ? { signal } : {}) });
-          state = await docker.inspectOne(e.container);
+          await runtimes.of(e.container).stop(e.container, { timeoutSec: 30, ...(signal ? { signal } : {}) });
+          state = await runtimes.of(e.container).inspectOne(e.container);
         }
         if (state.exists && !isCleanStop(state)) {
-          await docker.recreate(e.container, (cmd) => [...cmd], { start: false, ...(signal ? { signal } : {}) });
+          await runtimes
+            .of(e.container)
+            .recreate(e.container, (cmd) => [...cmd], { start: false, ...(signal ? { signal } : {}) });
         }
       } catch (err) {
         if (err instanceof NoSuchContainerError) return { engine: e.name, stopped: false };
@@ -308,12 +318,12 @@ export function createCanarySlotActivities({ node, docker, clientFor, pollMs = 1
     async startEngine(input: { engine: string; readyTimeoutMs?: number }): Promise<StartEngineResult> {
       const e = slotEngine(input.engine);
       const startedAt = Date.now();
-      const before = await docker.inspectOne(e.container);
+      const before = await runtimes.of(e.container).inspectOne(e.container);
       if (!before.exists) {
         throw nonRetryable('ContainerMissing', `container "${e.container}" of ${e.name} does not exist on ${node.id}`);
       }
       const signal = cancellationSignal();
-      if (!before.running) await docker.start(e.container, signal ? { signal } : {});
+      if (!before.running) await runtimes.of(e.container).start(e.container, signal ? { signal } : {});
       const model = await waitReady(e, {
         what: 'its model',
         startedAt,

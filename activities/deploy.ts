@@ -9,21 +9,16 @@ import type { PromptResult } from '../src/domain/risk';
 import { createEngineClient, type EngineClient } from '../src/hosts/engines/probe';
 import { sameOllamaModel } from '../src/hosts/engines/ollama';
 import Ajv from 'ajv';
+import type { z } from 'zod';
+import type { GoldenPromptSchema } from '../src/domain/deploy-policy';
 import { cancellationSignal, heartbeat, nonRetryable } from './activity-context';
 
-/** A prompt with a known right answer. */
-export interface GoldenPrompt {
-  id: string;
-  prompt: string;
-  /**
-   * contains: the answer must contain `value`; regex: it must match `pattern` (flags `flags`); json: it must parse
-   * as JSON and, with `schema`, validate against that JSON Schema (draft 2020-12 subset Ajv supports).
-   */
-  check:
-    | { kind: 'contains'; value: string }
-    | { kind: 'regex'; pattern: string; flags?: string }
-    | { kind: 'json'; schema?: Record<string, unknown> };
-}
+/**
+ * A prompt with a known right answer. contains: the answer must contain `value`; regex: it must match `pattern`
+ * (flags `flags`); json: it must parse as JSON and, with `schema`, validate against that JSON Schema (draft 2020-12
+ * subset Ajv supports).
+ */
+export type GoldenPrompt = z.infer<typeof GoldenPromptSchema>;
 
 /** The golden set every deployment is validated with (and the synthetic canary traffic is drawn from). */
 export const GOLDEN_PROMPTS: readonly GoldenPrompt[] = [
@@ -77,6 +72,8 @@ export interface ModelCheckInput {
   timeoutMs?: number;
   /** Answers longer than this are cut (Ollama num_predict, OpenAI max_tokens). */
   maxTokens?: number;
+  /** The policy's golden set; the built-in GOLDEN_PROMPTS when absent. */
+  golden?: GoldenPrompt[];
 }
 
 /** Result of checkModelResources. */
@@ -154,7 +151,7 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
     async runGoldenPrompts(input: ModelCheckInput): Promise<PromptResult[]> {
       const client = engineClient(input.engine);
       const out: PromptResult[] = [];
-      for (const g of GOLDEN_PROMPTS) {
+      for (const g of input.golden ?? GOLDEN_PROMPTS) {
         heartbeat({ prompt: g.id });
         const a = await ask(client, input, g.prompt);
         if ('error' in a) {

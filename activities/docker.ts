@@ -1,16 +1,19 @@
 /**
- * Docker activities for one node's engine containers. They run on the node's queue (gpuops-node-<id>) and only touch
+ * Engine runtime activities for one node's engine containers, units or processes (the file and activity names say
+ * "container" for history compatibility: running workflows call them by these names). They run on the node's queue (gpuops-node-<id>) and only touch
  * containers the node's config names: a workflow cannot be talked into restarting an arbitrary container.
  */
 import { slotPartnerOf, type NodeConfig } from '../src/config/schema';
 import type { ContainerState } from '../src/domain/health';
-import { NoSuchContainerError, type DockerCli } from '../src/hosts/docker';
+import { NoSuchContainerError } from '../src/hosts/runtime';
+import type { EngineRuntimes } from '../src/hosts/runtimes';
 import { cancellationSignal, nonRetryable, withHeartbeat } from './activity-context';
 
 /** What createDockerActivities needs. */
 export interface DockerActivityDeps {
   node: NodeConfig;
-  docker: DockerCli;
+  /** Each engine's runtime (docker, systemd or process). */
+  runtimes: EngineRuntimes;
 }
 
 /** Input of the container lifecycle activities. */
@@ -30,8 +33,8 @@ export interface ContainerLogsInput {
   since?: string;
 }
 
-/** Docker activities over an injected DockerCli. */
-export function createDockerActivities({ node, docker }: DockerActivityDeps) {
+/** Engine lifecycle activities over the node's injected runtimes. */
+export function createDockerActivities({ node, runtimes }: DockerActivityDeps) {
   const configured = [...new Set(node.engines.map((e) => e.container))];
 
   const checkConfigured = (container: string): void => {
@@ -57,7 +60,7 @@ export function createDockerActivities({ node, docker }: DockerActivityDeps) {
      * half is not taken for a fault).
      */
     async inspectContainers(): Promise<ContainerState[]> {
-      const states = await docker.inspect(configured, { logSignals: { tail: 200 } });
+      const states = await runtimes.inspect(configured, { logSignals: { tail: 200 } });
       return states.map((s) => {
         const engine = node.engines.find((e) => e.container === s.name);
         const partner = engine ? slotPartnerOf(node, engine.name) : undefined;
@@ -75,6 +78,7 @@ export function createDockerActivities({ node, docker }: DockerActivityDeps) {
      */
     async restartContainer(input: ContainerInput): Promise<ContainerState> {
       checkConfigured(input.container);
+      const docker = runtimes.of(input.container);
       const signal = cancellationSignal();
       try {
         await withHeartbeat({ step: 'restarting', container: input.container }, () =>
@@ -90,6 +94,7 @@ export function createDockerActivities({ node, docker }: DockerActivityDeps) {
     /** Start an engine container; a running container is already success. Returns its state. */
     async startContainer(input: ContainerInput): Promise<ContainerState> {
       checkConfigured(input.container);
+      const docker = runtimes.of(input.container);
       const signal = cancellationSignal();
       try {
         await docker.start(input.container, signal ? { signal } : {});
@@ -103,6 +108,7 @@ export function createDockerActivities({ node, docker }: DockerActivityDeps) {
     /** Stop an engine container (e.g. to free a GPU before a reset); a stopped container is already success. */
     async stopContainer(input: ContainerInput): Promise<ContainerState> {
       checkConfigured(input.container);
+      const docker = runtimes.of(input.container);
       const signal = cancellationSignal();
       try {
         await withHeartbeat({ step: 'stopping', container: input.container }, () =>
@@ -119,6 +125,7 @@ export function createDockerActivities({ node, docker }: DockerActivityDeps) {
     /** Recent log lines of an engine container (stdout and stderr interleaved). */
     async containerLogs(input: ContainerLogsInput): Promise<string[]> {
       checkConfigured(input.container);
+      const docker = runtimes.of(input.container);
       const tail = Math.min(Math.max(input.tail ?? 200, 1), 5000);
       try {
         return await docker.logs(input.container, { tail, ...(input.since ? { since: input.since } : {}) });

@@ -132,6 +132,7 @@ export function createEngineActivities({
       try {
         await client.pull(input.model, {
           signal,
+          insecure: engineNamed(input.engine).insecureRegistries.some((r) => input.model.startsWith(`${r}/`)),
           onProgress: (p: PullProgress) => {
             if (p.totalBytes > announced) {
               announced = p.totalBytes;

@@ -5,6 +5,10 @@
 import path from 'node:path';
 import type { EngineConfig, NodeConfig } from '../src/config/schema';
 import { DockerCli } from '../src/hosts/docker';
+import { ProcessRuntime } from '../src/hosts/process';
+import type { EngineRuntime } from '../src/hosts/runtime';
+import { EngineRuntimes } from '../src/hosts/runtimes';
+import { SystemdCtl } from '../src/hosts/systemd';
 import { createEngineClient, type EngineClient } from '../src/hosts/engines/probe';
 import { KernelLog } from '../src/hosts/kernel-log';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
@@ -22,6 +26,9 @@ export interface NodeActivityOptions {
   /** gpuops.yaml path: relative apiKeyFile and modelStores paths are resolved from its directory. */
   configPath?: string;
   docker?: DockerCli;
+  /** Overrides of the systemd and process runtimes (tests). */
+  systemd?: EngineRuntime;
+  processes?: EngineRuntime;
   nvidiaSmi?: NvidiaSmi;
   kernelLog?: KernelLog;
   engineClient?: (engine: EngineConfig) => EngineClient;
@@ -38,6 +45,19 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
   // Default tool names ('docker', 'nvidia-smi', 'dmesg') are looked up on PATH at each call: the sandbox puts its
   // shims first on PATH, a real node finds the real tools.
   const docker = opts.docker ?? new DockerCli({ bin: node.tools.docker });
+  const runtimes = new EngineRuntimes(node, {
+    docker,
+    systemd: opts.systemd ?? new SystemdCtl({
+        systemctl: node.tools.systemctl,
+        journalctl: node.tools.journalctl,
+        // A sandbox node's units are simulated: their drop-ins live in its state directory (set by the sandbox).
+        dropInDir:
+          node.sandbox && process.env.GPUOPS_SANDBOX_SYSTEMD_DIR
+            ? process.env.GPUOPS_SANDBOX_SYSTEMD_DIR
+            : resolve(node.tools.systemdUnitDir),
+      }),
+    process: opts.processes ?? processRuntime(node, resolve),
+  });
   const nvidiaSmi = opts.nvidiaSmi ?? new NvidiaSmi({ bin: node.tools.nvidiaSmi });
   const kernelLog = opts.kernelLog ?? new KernelLog({ bin: node.tools.dmesg });
   const clientFor =
@@ -46,13 +66,13 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
       createEngineClient(e.apiKeyFile ? { ...e, apiKeyFile: resolve(e.apiKeyFile) } : e));
   const modelStore = createModelStoreActivities({ node, resolvePath: resolve });
   return {
-    ...createDockerActivities({ node, docker }),
+    ...createDockerActivities({ node, runtimes }),
     ...createGpuActivities({ node, nvidiaSmi, kernelLog }),
     ...createEngineActivities({ node, clientFor, checkDisks: modelStore.checkDisks }),
     ...modelStore,
     ...createPreflightActivities({ node, nvidiaSmi, checkDisks: modelStore.checkDisks, clientFor }),
     ...createDeployActivities({ node, clientFor }),
-    ...createCanarySlotActivities({ node, docker, clientFor }),
+    ...createCanarySlotActivities({ node, runtimes, clientFor }),
     ...createBackupActivities({
       node,
       nvidiaSmi,
@@ -60,6 +80,18 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
       ...(opts.configPath ? { configPath: opts.configPath } : {}),
     }),
   };
+}
+
+/** The keeper-run engines of a node (`runtime: process`), their state under `tools.processDir`. */
+export function processRuntime(node: NodeConfig, resolve: (p: string) => string = (p) => p): ProcessRuntime {
+  const specs = Object.fromEntries(
+    node.engines.flatMap((e) =>
+      e.runtime === 'process' && e.process
+        ? [[e.container, { ...e.process, ...(e.process.cwd ? { cwd: resolve(e.process.cwd) } : {}) }]]
+        : [],
+    ),
+  );
+  return new ProcessRuntime({ dir: resolve(node.tools.processDir), specs });
 }
 
 /** The node worker's activity object (workflows proxy this type). */

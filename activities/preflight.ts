@@ -37,6 +37,8 @@ export function modelSource(engineType: EngineConfig['type'], model: string): st
   if (engineType === 'ollama') {
     const name = model.replace(/:[^:/]*$/, '');
     if (/^(?:hf\.co|huggingface\.co)\//.test(name)) return `huggingface.co/${name.replace(/^[^/]+\//, '')}`;
+    // A first path part with a dot, a port or "localhost" is a registry host, as Ollama reads model names.
+    if (/^(?:[^/]*[.:][^/]*|localhost)\//.test(name)) return name;
     if (name.includes('/')) return `registry.ollama.ai/${name}`;
     return `registry.ollama.ai/library/${name}`;
   }
@@ -82,6 +84,18 @@ export function createPreflightActivities({
      */
     async preflightGpuMemory(input: { engine: string; model: string; memoryCapPct: number }): Promise<MemoryPreflight> {
       const engine = engineNamed(input.engine);
+      if (engine.gpus.length === 0) {
+        // A CPU engine (gpus: [] in gpuops.yaml, e.g. a llama-cpu container): GPU memory is not its budget.
+        return {
+          fits: true,
+          neededMiB: null,
+          usedMiB: 0,
+          totalMiB: 0,
+          capMiB: 0,
+          afterPct: null,
+          detail: `${engine.name} is a CPU engine (no GPUs in gpuops.yaml): no GPU memory needed`,
+        };
+      }
       const smi = await nvidiaSmi.queryGpus();
       if (smi.error !== null) throw nonRetryable('GpuUnavailable', `nvidia-smi: ${smi.error}`);
       const wanted = engine.gpus.length > 0 ? engine.gpus : smi.gpus.map((g) => g.index);
@@ -155,6 +169,16 @@ export function createPreflightActivities({
         };
       }
       const running = (await c.client.ps()).find((m) => sameOllamaModel(m.name, input.model));
+      if (running && engineNamed(input.engine).gpus.length === 0) {
+        // Ollama on a CPU engine reports size_vram 0: all of it on the CPU is the design, not a silent offload.
+        return {
+          loaded: true,
+          sizeBytes: running.size,
+          vramBytes: running.size_vram,
+          cpuPct: 0,
+          detail: `${input.engine} is a CPU engine (no GPUs in gpuops.yaml): ${input.model} runs on the CPU by design`,
+        };
+      }
       if (!running) {
         return { loaded: false, sizeBytes: null, vramBytes: null, cpuPct: 0, detail: `${input.model} is not loaded` };
       }

@@ -14,6 +14,8 @@ export interface NodeFacts {
     name: string;
     type: 'ollama' | 'vllm' | 'llamacpp';
     container: string;
+    /** What runs it (absent in histories recorded before runtimes existed: docker). */
+    runtime?: 'docker' | 'systemd' | 'process';
     url: string;
     gpus: number[];
     /** The other half of its vLLM / llama.cpp blue/green pair (declared on either side); null if none. */
@@ -49,6 +51,7 @@ export function createRecoveryActivities(deps: RecoveryActivityDeps) {
           name: e.name,
           type: e.type,
           container: e.container,
+          runtime: e.runtime,
           url: e.url,
           gpus: e.gpus,
           canarySlot: slotPartnerOf(n, e.name)?.name ?? null,

@@ -10,6 +10,7 @@ import { createDeployActivities } from '../activities/deploy';
 import { createDockerActivities } from '../activities/docker';
 import { createEngineActivities } from '../activities/engine';
 import { createNodeActivities } from '../activities/node';
+import { EngineRuntimes } from '../src/hosts/runtimes';
 import { renderReport } from '../src/cli/status';
 import { NodeSchema, type NodeConfig } from '../src/config/schema';
 import { classifyNode } from '../src/domain/classify';
@@ -64,7 +65,7 @@ beforeAll(async () => {
   await sn.start();
   docker = new DockerCli({ bin: path.join(SHIM_DIR, 'docker'), env: sn.shimEnv() });
   const clientFor = (e: NodeConfig['engines'][number]) => createEngineClient(e);
-  slots = createCanarySlotActivities({ node, docker, clientFor, pollMs: 50 });
+  slots = createCanarySlotActivities({ node, runtimes: new EngineRuntimes(node, { docker }), clientFor, pollMs: 50 });
   deploy = createDeployActivities({ node, clientFor });
 });
 
@@ -208,7 +209,7 @@ test('validation runs on vLLM and llama.cpp slots: the good canary passes, the b
 test('a stopped slot is standby while its partner serves; both halves down is a fault; startEngine brings it back', async () => {
   await slots.loadCanarySlot({ engine: 'vllm-deep', model: GOOD });
   const probe = async () => {
-    const containers = await createDockerActivities({ node, docker }).inspectContainers();
+    const containers = await createDockerActivities({ node, runtimes: new EngineRuntimes(node, { docker }) }).inspectContainers();
     const engines = await createEngineActivities({ node, clientFor: createEngineClient }).probeEngines({
       generate: true,
       timeoutMs: 2000,

@@ -54,7 +54,8 @@ const duration = DurationSchema;
 /** The deployment policy (same schema as gpuops.yaml's `policies.<name>`): a config policy or overrides. */
 export const DeployPolicyInput = DeployPolicySchema;
 
-const OLLAMA_MODEL = /^[A-Za-z0-9][A-Za-z0-9._/-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/;
+// name:tag, optionally under a registry host (`registry.example:5000/team/name:tag`), as Ollama itself accepts.
+const OLLAMA_MODEL = /^(?:[A-Za-z0-9.-]+(?::\d+)?\/)?[A-Za-z0-9][A-Za-z0-9._/-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 export const DeployModelInput = z.strictObject({
   node: nodeId,
@@ -510,7 +511,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     stage('validating', 'golden prompts and safety probes on the node');
     checkRollback();
     const check = { engine: slotEngine, model: servedModel };
-    const golden = await node.runGoldenPrompts(check);
+    const golden = await node.runGoldenPrompts(policy.golden ? { ...check, golden: policy.golden } : check);
     // The golden prompts loaded the model: did all of it land in VRAM?
     const offload = await node.checkModelOffload(check);
     status.preflight.offload = { cpuPct: offload.cpuPct, detail: offload.detail };

@@ -29,7 +29,7 @@ import type * as nodeActivities from '../activities/node';
 import type { NodeFacts } from '../activities/recovery';
 import { restartLoopProblems, type HealthReport, type Problem } from '../src/domain/classify';
 import { parseDuration } from '../src/domain/durations';
-import { RUNGS, rungIndex, type Rung } from '../src/domain/rungs';
+import { RUNGS, rungIndex, runtimeAction, type Rung } from '../src/domain/rungs';
 import { parseInput } from '../src/domain/validation';
 import {
   SEARCH_ATTRIBUTES,
@@ -284,7 +284,7 @@ export async function recoverNode(rawInput: RecoverNodeInput): Promise<IncidentR
         } else {
           for (const e of implicatedEngines(facts, current.problems)) {
             await node.restartContainer({ container: e.container, timeoutSec: stopSec });
-            attempt.actions.push(`docker restart ${e.container}`);
+            attempt.actions.push(runtimeAction('restart', e));
           }
         }
       } else if (rung === 'reset-gpu') {
@@ -352,7 +352,7 @@ async function resetGpus(
     const engines = facts.engines.filter((e) => e.gpus.includes(index) || e.gpus.length === 0);
     for (const e of engines) {
       await node.stopContainer({ container: e.container, timeoutSec: stopSec });
-      attempt.actions.push(`docker stop ${e.container}`);
+      attempt.actions.push(runtimeAction('stop', e));
     }
     try {
       const r = await node.resetGpu({ index });
@@ -367,7 +367,7 @@ async function resetGpus(
     } finally {
       for (const e of engines) {
         await node.startContainer({ container: e.container });
-        attempt.actions.push(`docker start ${e.container}`);
+        attempt.actions.push(runtimeAction('start', e));
       }
     }
   }

@@ -17,6 +17,7 @@ import { registerRouterCommand } from './router';
 import { registerRecoveryCommands } from './recovery';
 import { registerDeployCommands } from './deploy';
 import { upCommand } from './up';
+import { writeRealEnginesConfig } from '../sandbox/real-config';
 
 export function buildProgram(): Command {
   const program = new Command('gpuops')
@@ -31,8 +32,22 @@ export function buildProgram(): Command {
     .description('run gpuops: embedded Temporal dev server (unless TEMPORAL_ADDRESS), workers, sandbox nodes')
     .option('--local-node-workers', 'also run node/hypervisor workers here for non-sandbox nodes (single-box setups)')
     .option('--no-sandbox', 'do not start simulated nodes')
-    .action(async (opts: { localNodeWorkers?: boolean; sandbox: boolean }) => {
-      await upCommand({ ...globals(), localNodeWorkers: opts.localNodeWorkers ?? false, sandbox: opts.sandbox });
+    .option(
+      '--real-engines',
+      'add sandbox-3, whose llama-server and Ollama are real (built by `npm run engines`), to the sandbox config',
+    )
+    .action(async (opts: { localNodeWorkers?: boolean; sandbox: boolean; realEngines?: boolean }) => {
+      const g = globals();
+      if (opts.realEngines && g.config) {
+        throw new ValidationError('argument', ['--real-engines: uses the sandbox config; do not combine it with -c']);
+      }
+      const config = opts.realEngines ? writeRealEnginesConfig() : g.config;
+      await upCommand({
+        ...g,
+        ...(config ? { config } : {}),
+        localNodeWorkers: opts.localNodeWorkers ?? false,
+        sandbox: opts.sandbox,
+      });
     });
 
   program

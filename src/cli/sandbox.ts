@@ -12,6 +12,7 @@ import {
   listFaults,
   type SandboxFaultKind,
 } from '../sandbox/faults';
+import { RealEngines, type RealFaultKind } from '../sandbox/real-engines';
 import { SandboxStore } from '../sandbox/state';
 import type { GlobalOptions } from './context';
 import { printJson, table } from './output';
@@ -21,6 +22,18 @@ const FaultArgs = z.strictObject({
   engine: z.string().min(1).optional(),
   gpu: z.coerce.number().int().min(0).optional(),
 });
+
+/** The real engines of a sandbox node (their state is the real runtime's, not the simulated state file). */
+function realEnginesOf(loaded: LoadedConfig, node: string): RealEngines | undefined {
+  const n = loaded.config.nodes.find((x) => x.id === node && x.sandbox);
+  if (!n) return undefined;
+  return new RealEngines(n, {
+    dockerBin: n.tools.docker,
+    processDir: resolveFrom(loaded.path, n.tools.processDir),
+  });
+}
+
+const REAL_FAULTS: readonly string[] = ['engine-hang', 'container-exit'] satisfies RealFaultKind[];
 
 function sandboxStore(loaded: LoadedConfig, node: string): SandboxStore {
   const n = loaded.config.nodes.find((x) => x.id === node);
@@ -47,9 +60,22 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
       'after',
       `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(15)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}`,
     )
-    .action((node: string, kind: string, opts: { engine?: string; gpu?: string }) => {
+    .action(async (node: string, kind: string, opts: { engine?: string; gpu?: string }) => {
       const args = parseOrThrow(FaultArgs, { kind, ...opts }, 'arguments');
       const loaded = loadConfig(globals().config);
+      // A real engine gets a real fault: frozen (docker pause / SIGSTOP) or killed (docker kill / SIGKILL).
+      const real = realEnginesOf(loaded, node);
+      if (real?.has(args.engine)) {
+        if (!REAL_FAULTS.includes(args.kind)) {
+          throw new ValidationError('argument', [
+            `kind: a real engine takes ${REAL_FAULTS.join(' or ')} (GPU faults go to the simulated GPUs; got "${args.kind}")`,
+          ]);
+        }
+        const done = await real.inject(args.kind as RealFaultKind, args.engine);
+        if (globals().json) printJson({ kind: args.kind, node, engine: args.engine ?? null, real: true, action: done });
+        else console.log(`injected ${args.kind} on ${node} (real engine): ${done}`);
+        return;
+      }
       const fault = injectFault(sandboxStore(loaded, node), args.kind, {
         ...(args.engine ? { engine: args.engine } : {}),
         ...(args.gpu !== undefined ? { gpu: args.gpu } : {}),
@@ -60,9 +86,13 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
   sandbox
     .command('clear <node>')
     .description('clear every injected fault (as if an operator fixed the node by hand)')
-    .action((node: string) => {
+    .action(async (node: string) => {
       const loaded = loadConfig(globals().config);
-      const cleared = clearFaults(sandboxStore(loaded, node));
+      const thawed = (await realEnginesOf(loaded, node)?.clearAll()) ?? [];
+      const cleared = [
+        ...clearFaults(sandboxStore(loaded, node)),
+        ...thawed.map((engine) => ({ kind: 'engine-hang' as const, engine, real: true })),
+      ];
       if (globals().json) printJson(cleared);
       else
         console.log(

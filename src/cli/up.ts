@@ -255,6 +255,14 @@ export async function upCommand(opts: UpOptions): Promise<void> {
               `  ./bin/gpuops${cfgFlag} sandbox clear ${first}`,
             ]
           : []),
+        ...sandboxNodes
+          .filter((n) => n.engines.some((e) => e.real))
+          .flatMap((n) => {
+            const e = n.engines.find((x) => x.real);
+            return [
+              `  ./bin/gpuops${cfgFlag} sandbox fault ${n.id} engine-hang --engine ${e?.name ?? ''}  # a real ${e?.type ?? ''} frozen (${e?.runtime === 'docker' ? 'docker pause' : 'SIGSTOP'}): the watcher restarts it`,
+            ];
+          }),
         `  temporal workflow start --address ${target.address} --task-queue ${CONTROL_TASK_QUEUE} --type inspectNode --input '{"node":"${first}"}'`,
         '',
         'Ctrl-C stops everything; history is kept for the next start.',

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { DeployPolicySchema } from '../domain/deploy-policy';
 import { ID_PATTERN } from '../domain/schemas';
+import { ENGINE_RUNTIMES } from '../hosts/runtime';
 
 const id = z.string().regex(ID_PATTERN, {
   message: 'must be lowercase letters, digits and dashes (max 63), starting with a letter or digit',
@@ -34,9 +35,63 @@ export const EngineSchema = z
     name: id.describe('Engine name, unique within the node (e.g. "ollama", "vllm-fast").'),
     type: z.enum(['ollama', 'vllm', 'llamacpp']).describe('Engine kind: ollama, vllm or llamacpp (llama-server).'),
     url: httpUrl.describe('Base URL of the engine HTTP API as seen from the node, e.g. http://127.0.0.1:11434.'),
-    container: z.string().min(1).describe('Docker container name that runs the engine.'),
+    runtime: z
+      .enum(ENGINE_RUNTIMES)
+      .default('docker')
+      .describe(
+        "What runs the engine: docker (a container), systemd (a unit, e.g. Ollama's official ollama.service) or " +
+          "process (a plain process kept by gpuops's keeper, from `process`). Recovery's restart rung, standby " +
+          'halves and canary slots work for each.',
+      ),
+    container: z
+      .string()
+      .min(1)
+      .describe(
+        'What the runtime calls the engine: the Docker container name (docker), the unit name such as ' +
+          'ollama.service (systemd), or the process name (process).',
+      ),
+    process: z
+      .strictObject({
+        command: z.string().min(1).describe('Engine binary, e.g. /usr/local/bin/llama-server.'),
+        args: z.array(z.string()).default([]).describe('Its arguments (the model flags a canary slot rewrites).'),
+        env: z.record(z.string(), z.string()).optional().describe('Extra environment (no secrets: use files).'),
+        cwd: z.string().optional().describe('Working directory (default: the process state directory).'),
+      })
+      .optional()
+      .describe('How to run the engine when runtime is process.'),
+    real: z
+      .strictObject({
+        image: z
+          .string()
+          .min(1)
+          .optional()
+          .describe('runtime docker: image the sandbox creates the container from (with --network host) when missing.'),
+        args: z.array(z.string()).default([]).describe('runtime docker: the container command (engine arguments).'),
+        env: z.record(z.string(), z.string()).optional().describe('runtime docker: container environment.'),
+        memory: z
+          .string()
+          .regex(/^\d+[bkmg]?$/i, { message: 'must be a docker memory size such as 512m' })
+          .optional()
+          .describe('runtime docker: memory limit (docker run --memory), e.g. to provoke a real OOM kill.'),
+        seedModels: z
+          .array(z.strictObject({ name: z.string().min(1), gguf: filePath }))
+          .default([])
+          .describe('Ollama: models created from GGUF files (POST /api/blobs, /api/create) when it lacks them.'),
+      })
+      .optional()
+      .describe(
+        'Sandbox nodes only: run the real engine (llama-server, Ollama) under its runtime instead of simulating it. ' +
+          'GPUs, Xid, ECC and Proxmox stay simulated.',
+      ),
     gpus: z.array(z.int().min(0)).default([]).describe('GPU indices the engine uses.'),
     apiKeyFile: filePath.optional().describe('File holding the engine API key (vLLM --api-key), read on the node.'),
+    insecureRegistries: z
+      .array(z.string().regex(/^[A-Za-z0-9.-]+(:\d+)?$/, { message: 'must be host or host:port' }))
+      .default([])
+      .describe(
+        'Ollama: registries (host[:port]) reached over plain HTTP or with an unverified certificate; a pull of a ' +
+          'model under one passes insecure: true, as `ollama pull --insecure` does. For a private registry only.',
+      ),
     probeModel: z
       .string()
       .optional()
@@ -75,8 +130,26 @@ export const NodeSchema = z
         docker: z.string().default('docker').describe('docker binary.'),
         nvidiaSmi: z.string().default('nvidia-smi').describe('nvidia-smi binary.'),
         dmesg: z.string().default('dmesg').describe('dmesg binary (Xid events are read from the kernel log).'),
+        systemctl: z.string().default('systemctl').describe('systemctl binary (engines with runtime systemd).'),
+        journalctl: z.string().default('journalctl').describe('journalctl binary (logs of runtime systemd engines).'),
+        systemdUnitDir: z
+          .string()
+          .default('/etc/systemd/system')
+          .describe("Where a canary slot writes a systemd engine's drop-in (<dir>/<unit>.d/gpuops-model.conf)."),
+        processDir: z
+          .string()
+          .default('/var/lib/gpuops/processes')
+          .describe('State, specs and logs of runtime process engines (relative: from the config file).'),
       })
-      .default({ docker: 'docker', nvidiaSmi: 'nvidia-smi', dmesg: 'dmesg' })
+      .default({
+        docker: 'docker',
+        nvidiaSmi: 'nvidia-smi',
+        dmesg: 'dmesg',
+        systemctl: 'systemctl',
+        journalctl: 'journalctl',
+        systemdUnitDir: '/etc/systemd/system',
+        processDir: '/var/lib/gpuops/processes',
+      })
       .describe('Paths of the host tools the node worker runs.'),
     sandbox: z
       .boolean()
@@ -385,6 +458,45 @@ export const ConfigSchema = z
       }
       const gpuIdx = new Set(n.gpus.map((g) => g.index));
       n.engines.forEach((e, j) => {
+        const at = (...rest: (string | number)[]): (string | number)[] => ['nodes', i, 'engines', j, ...rest];
+        if (e.runtime === 'process' && !e.process) {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('process'),
+            message: 'must say how to run the engine (runtime is process)',
+          });
+        }
+        if (e.runtime !== 'process' && e.process) {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('process'),
+            message: `is only for runtime process (runtime is ${e.runtime})`,
+          });
+        }
+        if (e.real && !n.sandbox) {
+          ctx.addIssue({ code: 'custom', path: at('real'), message: 'is only for sandbox nodes (sandbox: true)' });
+        }
+        if (e.real && e.runtime === 'systemd') {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('real'),
+            message: 'real sandbox engines run under docker or process',
+          });
+        }
+        if (e.real && e.runtime === 'docker' && !e.real.image) {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('real', 'image'),
+            message: 'must name the image (runtime is docker)',
+          });
+        }
+        if (e.runtime === 'systemd' && !/^[a-zA-Z0-9:_.\\@-]+\.service$/.test(e.container)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('container'),
+            message: 'must be a systemd service unit name such as ollama.service (runtime is systemd)',
+          });
+        }
         e.gpus.forEach((g, k) => {
           if (n.gpus.length > 0 && !gpuIdx.has(g)) {
             ctx.addIssue({

@@ -176,7 +176,15 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
 
   for (const e of obs.engines) {
     if (standbyEngines.has(e.name)) continue;
-    if (!e.reachable || (!e.healthy && !e.loading)) {
+    if (!e.reachable && e.unanswered) {
+      add({
+        kind: 'engine-hung',
+        subject: e.name,
+        detail: `${e.type} at ${e.url} did not answer its health check${e.error ? ` (${e.error})` : ''}: frozen or wedged`,
+        rung: 'restart-container',
+        severity: 'critical',
+      });
+    } else if (!e.reachable || (!e.healthy && !e.loading)) {
       add({
         kind: 'engine-down',
         subject: e.name,

@@ -7,8 +7,52 @@ import { DurationSchema } from './schemas';
 
 const duration = DurationSchema;
 
+/** A prompt with a known right answer (structural checks suit any model, real answers a real one). */
+export const GoldenPromptSchema = z
+  .strictObject({
+    id: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { message: 'must be lowercase letters, digits and dashes' })
+      .describe('Short id shown in the record and the risk report.'),
+    prompt: z.string().min(1).max(4000).describe('What is asked.'),
+    check: z
+      .discriminatedUnion('kind', [
+        z.strictObject({ kind: z.literal('contains'), value: z.string().min(1) }),
+        z.strictObject({
+          kind: z.literal('regex'),
+          pattern: z
+            .string()
+            .min(1)
+            .refine((p) => {
+              try {
+                new RegExp(p);
+                return true;
+              } catch {
+                return false;
+              }
+            }, 'must be a valid regular expression'),
+          flags: z
+            .string()
+            .regex(/^[dgimsuy]*$/, { message: 'must be regular expression flags' })
+            .optional(),
+        }),
+        z.strictObject({ kind: z.literal('json'), schema: z.record(z.string(), z.unknown()).optional() }),
+      ])
+      .describe('contains a value, matches a regex, or parses as JSON (optionally matching a JSON Schema).'),
+  })
+  .describe('A golden prompt.');
+
 export const DeployPolicySchema = z
   .strictObject({
+    golden: z
+      .array(GoldenPromptSchema)
+      .min(1)
+      .refine((g) => new Set(g.map((x) => x.id)).size === g.length, { message: 'ids must be unique' })
+      .optional()
+      .describe(
+        "Golden prompts this deployment is validated with (and the canary's synthetic traffic is drawn from); " +
+          'unset: the built-in set (arithmetic, JSON, a capital city).',
+      ),
     canarySteps: z
       .array(z.int().min(1).max(99))
       .min(1)

@@ -91,6 +91,8 @@ export interface EngineProbe {
   /** A tiny real generation, when requested: catches an engine that answers /health but hangs. */
   generation: { ok: boolean; ms: number; error: string | null } | null;
   error: string | null;
+  /** The health/version call got no answer before its deadline (not refused): the engine is there but frozen. */
+  unanswered?: boolean;
 }
 
 /** Free space of a node's model store. */

@@ -10,6 +10,12 @@ export interface XidInfo {
   rung: Rung;
 }
 
+/**
+ * Xid 79, "GPU has fallen off the bus". Also what the kernel log's Xid-less probe-time report ("The NVIDIA GPU ...
+ * installed in this system has fallen off the bus and is not responding to commands") is recorded as.
+ */
+export const XID_FALLEN_OFF_BUS = 79;
+
 export const XID_CATALOG: Readonly<Record<number, XidInfo>> = {
   13: { name: 'Graphics Engine Exception', rung: 'restart-container' },
   31: { name: 'GPU memory page fault', rung: 'restart-container' },

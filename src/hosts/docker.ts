@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { ContainerState } from '../domain/health';
 import { redactArgs, servesModel, withModel, type ModelSpec, type SlotEngineType } from './engines/model-args';
 import { describeFailure, runTool, ToolError, type ToolResult } from './exec';
+import { NoSuchContainerError, type EngineRuntime, type RecreateResult } from './runtime';
 
 /** Options of DockerCli. */
 export interface DockerCliOptions {
@@ -19,16 +20,23 @@ export interface DockerCliOptions {
   timeoutMs?: number;
 }
 
-/** Thrown when a lifecycle command names a container docker does not know. */
-export class NoSuchContainerError extends Error {
-  constructor(readonly container: string) {
-    super(`docker has no container named "${container}"`);
-    this.name = 'NoSuchContainerError';
-  }
-}
+export { NoSuchContainerError };
 
 const STATUSES = ['created', 'running', 'paused', 'restarting', 'removing', 'exited', 'dead'] as const;
 type DockerStatus = (typeof STATUSES)[number];
+
+/**
+ * Podman's own state names (libpod `ContainerStatus.String()`), printed by its docker-compatible inspect: `configured`
+ * (podman < 2; created, never started), `initialized` (prepared for start, not yet started), `stopped` (older podman
+ * for a stopped container) and `stopping`. `configured` must not read as `exited`: a never-started container is
+ * standby, an exited one may be a crash.
+ */
+const PODMAN_STATUSES: Readonly<Record<string, DockerStatus | ((running: boolean) => DockerStatus)>> = {
+  configured: 'created',
+  initialized: 'created',
+  stopped: 'exited',
+  stopping: (running) => (running ? 'running' : 'exited'),
+};
 const HEALTH = ['healthy', 'unhealthy', 'starting'] as const;
 
 /** Docker prints this zero time for StartedAt/FinishedAt of a container that never started or never stopped. */
@@ -91,13 +99,19 @@ export function parseInspectEntry(entry: unknown, name?: string): ContainerState
   const rawName = typeof e.Name === 'string' ? e.Name.replace(/^\//, '') : undefined;
   const rawStatus = typeof state.Status === 'string' ? state.Status : '';
   const running = state.Running === true;
+  const podman = PODMAN_STATUSES[rawStatus];
   // Unknown future statuses degrade to what Running says rather than failing the whole probe.
   const status: DockerStatus = (STATUSES as readonly string[]).includes(rawStatus)
     ? (rawStatus as DockerStatus)
-    : running
-      ? 'running'
-      : 'exited';
-  const healthStatus = asRecord(state.Health)?.Status;
+    : podman !== undefined
+      ? typeof podman === 'function'
+        ? podman(running)
+        : podman
+      : running
+        ? 'running'
+        : 'exited';
+  // Podman 2.x and 3.x name the health record State.Healthcheck; docker (and podman 4+) State.Health.
+  const healthStatus = (asRecord(state.Health) ?? asRecord(state.Healthcheck))?.Status;
   const health = (HEALTH as readonly unknown[]).includes(healthStatus)
     ? (healthStatus as ContainerState['health'])
     : 'none';
@@ -122,10 +136,14 @@ export function parseInspectEntry(entry: unknown, name?: string): ContainerState
   };
 }
 
-/** Names docker reported missing: "Error: No such object: X" (docker inspect) or "No such container: X". */
+/**
+ * Names docker reported missing, in any casing and with or without quotes: "Error: No such object: X" (docker
+ * inspect before 29), "error: no such object: X" (docker 29+), "Error response from daemon: No such container: X"
+ * and podman's `no such object: "X"` / `no such container "X"`.
+ */
 export function missingNames(stderr: string): Set<string> {
   const out = new Set<string>();
-  for (const m of stderr.matchAll(/No such (?:object|container): ?(\S+)/g)) {
+  for (const m of stderr.matchAll(/no such (?:object|container):?\s+"?([^"\s]+)"?/gi)) {
     if (m[1]) out.add(m[1]);
   }
   return out;
@@ -170,7 +188,8 @@ export function parseDockerInspect(
 }
 
 /** The docker CLI. Every command is an argument array; exit codes are checked and failures name the command. */
-export class DockerCli {
+export class DockerCli implements EngineRuntime {
+  readonly kind = 'docker' as const;
   private readonly bin: string;
   private readonly env: Record<string, string | undefined> | undefined;
   private readonly timeoutMs: number;
@@ -290,6 +309,21 @@ export class DockerCli {
     throw new ToolError(describeFailure(result), result);
   }
 
+  /** The container's Cmd and Entrypoint as docker records them, or undefined when there is no such container. */
+  async command(
+    name: string,
+  ): Promise<{ cmd: string[]; entrypoint: string[]; running: boolean; id: string } | undefined> {
+    const entry = await this.inspectEntry(name);
+    if (!entry) return undefined;
+    const config = asRecord(entry.Config) ?? {};
+    return {
+      cmd: strings(config.Cmd),
+      entrypoint: strings(config.Entrypoint),
+      running: asRecord(entry.State)?.Running === true,
+      id: typeof entry.Id === 'string' ? entry.Id : '',
+    };
+  }
+
   /** What an image sets by itself (`docker image inspect`), or undefined when docker cannot say. */
   async imageDefaults(image: string): Promise<ImageDefaults | undefined> {
     const result = await this.run(['image', 'inspect', image]);
@@ -358,7 +392,7 @@ export class DockerCli {
     name: string,
     rewrite: (cmd: readonly string[], entrypoint: readonly string[]) => string[],
     opts: { signal?: AbortSignal; start?: boolean } = {},
-  ): Promise<{ id: string; image: string; previousCmd: string[]; cmd: string[] }> {
+  ): Promise<RecreateResult> {
     const entry = await this.inspectEntry(name);
     if (!entry) throw new NoSuchContainerError(name);
     const config = asRecord(entry.Config) ?? {};
@@ -415,16 +449,48 @@ const labelsOf = (v: unknown): Record<string, string> =>
 const sameList = (a: readonly string[] | null, b: readonly string[] | null): boolean =>
   (a ?? []).length === (b ?? []).length && (a ?? []).every((x, i) => x === (b ?? [])[i]);
 
+/**
+ * An Entrypoint or Cmd as an argument list, or null when unset. Docker writes arrays; podman 1.x's docker-compatible
+ * inspect writes the entrypoint as one space-joined string ("" when unset), which is split back on whitespace (the
+ * best that can be done: podman joined it without quoting).
+ */
+export function commandList(v: unknown): string[] | null {
+  if (Array.isArray(v)) return strings(v);
+  if (typeof v === 'string') return v.trim() === '' ? null : v.trim().split(/\s+/);
+  return null;
+}
+
+/**
+ * Config.User as the `--user` value. Docker writes a string; podman 1.x sometimes a number (a uid) or an object
+ * ({uid, gid} in either case); "" or anything unrecognised is no user.
+ */
+export function userOf(v: unknown): string {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'number' && Number.isInteger(v) && v >= 0) return String(v);
+  const r = asRecord(v);
+  if (!r) return '';
+  const pick = (...keys: string[]): string | undefined => {
+    for (const k of keys) {
+      const x = r[k];
+      if ((typeof x === 'number' && Number.isInteger(x)) || (typeof x === 'string' && x !== '')) return String(x);
+    }
+    return undefined;
+  };
+  const uid = pick('uid', 'Uid', 'UID', 'user', 'User');
+  const gid = pick('gid', 'Gid', 'GID', 'group', 'Group');
+  return uid === undefined ? '' : gid === undefined ? uid : `${uid}:${gid}`;
+}
+
 /** `docker image inspect` entry → ImageDefaults. */
 export function parseImageDefaults(entry: unknown): ImageDefaults {
   const config = asRecord(asRecord(entry)?.Config) ?? {};
   return {
-    Entrypoint: Array.isArray(config.Entrypoint) ? strings(config.Entrypoint) : null,
-    Cmd: Array.isArray(config.Cmd) ? strings(config.Cmd) : null,
+    Entrypoint: commandList(config.Entrypoint),
+    Cmd: commandList(config.Cmd),
     Env: strings(config.Env),
     Labels: labelsOf(config.Labels),
     WorkingDir: typeof config.WorkingDir === 'string' ? config.WorkingDir : '',
-    User: typeof config.User === 'string' ? config.User : '',
+    User: userOf(config.User),
     Healthcheck: asRecord(config.Healthcheck) ?? null,
   };
 }
@@ -432,26 +498,59 @@ export function parseImageDefaults(entry: unknown): ImageDefaults {
 /** One CSV field of `--gpus`, quoted when it holds a comma (as the docker CLI's CSV parser requires). */
 const csvField = (s: string): string => (s.includes(',') ? `"${s}"` : s);
 
-/** HostConfig.DeviceRequests → the `--gpus` value, or null when no GPU is requested. */
-export function gpusFlag(requests: unknown): string | null {
+/** One DeviceRequest reduced to what `--gpus` can express. */
+interface GpuRequest {
+  ids: string[];
+  count: number;
+  caps: string[];
+  driver: string;
+  options: [string, string][];
+}
+
+function gpuRequestOf(raw: unknown): GpuRequest | null {
+  const r = asRecord(raw);
+  if (!r) return null;
+  const sets = (Array.isArray(r.Capabilities) ? r.Capabilities : []).map(strings);
+  if (!sets.some((set) => set.includes('gpu'))) return null;
+  const ids = strings(r.DeviceIDs);
+  const count = typeof r.Count === 'number' ? r.Count : 0;
+  if (ids.length === 0 && count === 0) return null;
+  return {
+    ids,
+    count,
+    caps: [...new Set(sets.flat())].filter((c) => c !== 'gpu'),
+    // The docker CLI leaves Driver empty; the NVIDIA toolkit's own tooling writes "nvidia". Both mean the default.
+    driver: typeof r.Driver === 'string' && r.Driver !== 'nvidia' ? r.Driver : '',
+    options: Object.entries(labelsOf(r.Options)).sort(([a], [b]) => a.localeCompare(b)),
+  };
+}
+
+/**
+ * HostConfig.DeviceRequests → the `--gpus` values that recreate them, one per flag. Requests that name devices and
+ * agree on driver, capabilities and options are merged into one `"device=A,B"`: tools that request one GPU per
+ * DeviceRequest (one per UUID) would otherwise lose all but the first GPU, and one merged request is exactly what
+ * `docker run --gpus '"device=A,B"'` itself creates. Requests that cannot merge (a count, other capabilities) get
+ * their own `--gpus`; the docker CLI appends one DeviceRequest per flag.
+ */
+export function gpusFlags(requests: unknown): string[] {
+  const groups: GpuRequest[] = [];
   for (const raw of Array.isArray(requests) ? requests : []) {
-    const r = asRecord(raw);
+    const r = gpuRequestOf(raw);
     if (!r) continue;
-    const caps = (Array.isArray(r.Capabilities) ? r.Capabilities : []).map(strings);
-    if (!caps.some((set) => set.includes('gpu'))) continue;
-    const ids = strings(r.DeviceIDs);
-    const count = typeof r.Count === 'number' ? r.Count : 0;
-    const fields: string[] = [];
-    if (ids.length > 0) fields.push(csvField(`device=${ids.join(',')}`));
-    else if (count < 0) fields.push('all');
-    else if (count > 0) fields.push(String(count));
-    else continue;
-    const extra = [...new Set(caps.flat())].filter((c) => c !== 'gpu');
-    if (extra.length > 0) fields.push(csvField(`capabilities=${extra.join(',')}`));
-    if (typeof r.Driver === 'string' && r.Driver !== '' && r.Driver !== 'nvidia') fields.push(`driver=${r.Driver}`);
-    return fields.join(',');
+    const key = (g: GpuRequest): string => JSON.stringify([g.driver, [...g.caps].sort(), g.options]);
+    const same = r.ids.length > 0 ? groups.find((g) => g.ids.length > 0 && key(g) === key(r)) : undefined;
+    if (same) same.ids.push(...r.ids.filter((id) => !same.ids.includes(id)));
+    else groups.push({ ...r, ids: [...r.ids] });
   }
-  return null;
+  return groups.map((g) => {
+    const fields: string[] = [];
+    if (g.ids.length > 0) fields.push(csvField(`device=${g.ids.join(',')}`));
+    else fields.push(g.count < 0 ? 'all' : String(g.count));
+    if (g.caps.length > 0) fields.push(csvField(`capabilities=${g.caps.join(',')}`));
+    if (g.driver !== '') fields.push(`driver=${g.driver}`);
+    if (g.options.length > 0) fields.push(csvField(`options=${g.options.map(([k, v]) => `${k}=${v}`).join(',')}`));
+    return fields.join(',');
+  });
 }
 
 /** Go duration string for a nanosecond count (healthcheck intervals are stored in ns). */
@@ -516,7 +615,7 @@ export function runArgsFromInspect(
   };
 
   // Entrypoint: --entrypoint takes one executable; the rest of a multi-word entrypoint goes before the command.
-  const entrypoint = Array.isArray(config.Entrypoint) ? strings(config.Entrypoint) : null;
+  const entrypoint = commandList(config.Entrypoint);
   let cmd = [...opts.cmd];
   if (!img || !sameList(entrypoint, img.Entrypoint)) {
     if (entrypoint && entrypoint.length > 0) {
@@ -526,7 +625,8 @@ export function runArgsFromInspect(
       flags.push('--entrypoint', '');
     }
   }
-  if (typeof config.User === 'string' && config.User !== '' && config.User !== img?.User) add('--user', [config.User]);
+  const user = userOf(config.User);
+  if (user !== '' && user !== img?.User) add('--user', [user]);
   if (typeof config.WorkingDir === 'string' && config.WorkingDir !== '' && config.WorkingDir !== img?.WorkingDir)
     add('--workdir', [config.WorkingDir]);
   const imageEnv = new Set(img?.Env ?? []);
@@ -565,10 +665,10 @@ export function runArgsFromInspect(
   add('--mount', mountFlags(host.Mounts));
   const tmpfs = Object.entries(asRecord(host.Tmpfs) ?? {}).map(([p, o]) => (o ? `${p}:${String(o)}` : p));
   add('--tmpfs', tmpfs);
-  const gpus = gpusFlag(host.DeviceRequests);
-  if (gpus !== null) add('--gpus', [gpus]);
-  if (typeof host.Runtime === 'string' && host.Runtime !== '' && host.Runtime !== 'runc')
-    add('--runtime', [host.Runtime]);
+  add('--gpus', gpusFlags(host.DeviceRequests));
+  // runc is docker's default runtime; "oci" is podman's name for its configured default (crun or runc), which
+  // `--runtime oci` would look up as a runtime of that name.
+  if (typeof host.Runtime === 'string' && !['', 'runc', 'oci'].includes(host.Runtime)) add('--runtime', [host.Runtime]);
   add(
     '--device',
     (Array.isArray(host.Devices) ? host.Devices : []).flatMap((raw) => {
@@ -581,9 +681,10 @@ export function runArgsFromInspect(
   );
   const ipc = typeof host.IpcMode === 'string' ? host.IpcMode : '';
   if (ipc !== '') add('--ipc', [ipc]);
-  // /dev/shm is the container's own only with a private or shareable IPC namespace; 64 MiB is docker's default.
+  // /dev/shm is the container's own only with a private or shareable IPC namespace; 64 MiB is docker's default and
+  // 65536000 bytes podman's (its "65536k" read as decimal kilobytes, as podman 1.x-2.x inspect shows it).
   const shm = typeof host.ShmSize === 'number' ? host.ShmSize : 0;
-  if (['', 'private', 'shareable'].includes(ipc) && shm > 0 && shm !== 64 * 1024 * 1024)
+  if (['', 'private', 'shareable'].includes(ipc) && shm > 0 && shm !== 64 * 1024 * 1024 && shm !== 65536 * 1000)
     add('--shm-size', [String(shm)]);
   const restart = asRecord(host.RestartPolicy);
   const policy = typeof restart?.Name === 'string' ? restart.Name : '';
@@ -637,23 +738,20 @@ export interface RecreatedContainer {
  * (idempotent on retry), otherwise it is recreated with the model arguments replaced ({@link withModel}).
  */
 export async function recreateWithModel(
-  docker: DockerCli,
+  runtime: EngineRuntime,
   container: string,
   type: SlotEngineType,
   spec: ModelSpec,
   opts: { signal?: AbortSignal } = {},
 ): Promise<RecreatedContainer> {
-  const entry = await docker.inspectEntry(container);
-  if (!entry) throw new NoSuchContainerError(container);
-  const config = asRecord(entry.Config) ?? {};
-  const cmd = strings(config.Cmd);
-  const entrypoint = strings(config.Entrypoint);
+  const current = await runtime.command(container);
+  if (!current) throw new NoSuchContainerError(container, runtime.kind);
+  const { cmd, entrypoint } = current;
   const servedModel = withModel(type, cmd, spec, entrypoint).servedModel;
-  if (asRecord(entry.State)?.Running === true && servesModel(type, cmd, spec, entrypoint)) {
-    const id = typeof entry.Id === 'string' ? entry.Id : '';
-    return { recreated: false, id, previousCmd: redactArgs(cmd), cmd: redactArgs(cmd), servedModel };
+  if (current.running && servesModel(type, cmd, spec, entrypoint)) {
+    return { recreated: false, id: current.id, previousCmd: redactArgs(cmd), cmd: redactArgs(cmd), servedModel };
   }
-  const r = await docker.recreate(container, (c, ep) => withModel(type, c, spec, ep).cmd, opts);
+  const r = await runtime.recreate(container, (c, ep) => withModel(type, c, spec, ep).cmd, opts);
   return {
     recreated: true,
     id: r.id,

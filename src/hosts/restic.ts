@@ -109,6 +109,41 @@ export class ResticNoRepositoryError extends Error {
   }
 }
 
+/** One line of `restic backup --json`, by message type; null for anything that is not a JSON message. */
+export type ResticBackupMessage =
+  | { type: 'status'; status: ResticBackupStatus }
+  | { type: 'summary'; summary: ResticBackupSummary }
+  | { type: 'error'; error: string }
+  | { type: 'other'; messageType: string };
+
+/**
+ * Parse one line of `restic backup --json`. restic writes whole JSON objects, one per line, with `message_type`
+ * "status" (progress), "verbose_status", "error" (an unreadable file; the backup goes on) and a final "summary"; the
+ * summary gained `backup_start`/`backup_end` in 0.17 and keeps its older fields.
+ */
+export function parseResticBackupLine(line: string): ResticBackupMessage | null {
+  const l = line.trim();
+  if (!l.startsWith('{')) return null;
+  let msg: unknown;
+  try {
+    msg = JSON.parse(l);
+  } catch {
+    return null; // a partial line; restic only writes whole JSON lines, so this is noise
+  }
+  if (typeof msg !== 'object' || msg === null) return null;
+  const m = msg as { message_type?: unknown } & Record<string, unknown>;
+  switch (m.message_type) {
+    case 'status':
+      return { type: 'status', status: m as unknown as ResticBackupStatus };
+    case 'summary':
+      return { type: 'summary', summary: m as unknown as ResticBackupSummary };
+    case 'error':
+      return { type: 'error', error: JSON.stringify(m) };
+    default:
+      return { type: 'other', messageType: typeof m.message_type === 'string' ? m.message_type : '' };
+  }
+}
+
 /** The JSON document in restic's stdout (forget --prune prints prune's text report after it). */
 function parseJson<T>(r: ToolResult): T {
   const text = r.stdout.trim();
@@ -212,29 +247,16 @@ export class ResticCli {
       buf += chunk.toString('utf8');
       let nl: number;
       while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl).trim();
+        const msg = parseResticBackupLine(buf.slice(0, nl));
         buf = buf.slice(nl + 1);
-        if (!line.startsWith('{')) continue;
-        try {
-          const msg = JSON.parse(line) as { message_type?: string } & Record<string, unknown>;
-          if (msg.message_type === 'status') o.onProgress?.(msg as unknown as ResticBackupStatus);
-          else if (msg.message_type === 'summary') summary = msg as unknown as ResticBackupSummary;
-          else if (msg.message_type === 'error' && warnings.length < 20) warnings.push(JSON.stringify(msg));
-        } catch {
-          // a partial or non-JSON line; restic only writes whole JSON lines, so this is noise
-        }
+        if (msg?.type === 'status') o.onProgress?.(msg.status);
+        else if (msg?.type === 'summary') summary = msg.summary;
+        else if (msg?.type === 'error' && warnings.length < 20) warnings.push(msg.error);
       }
     });
     const r = await proc;
-    const tail = buf.trim();
-    if (tail.startsWith('{')) {
-      try {
-        const msg = JSON.parse(tail) as { message_type?: string };
-        if (msg.message_type === 'summary') summary = msg as unknown as ResticBackupSummary;
-      } catch {
-        // ignore
-      }
-    }
+    const tail = parseResticBackupLine(buf);
+    if (tail?.type === 'summary') summary = tail.summary;
     const stderr = typeof r.stderr === 'string' ? r.stderr : '';
     const result: ToolResult = {
       command: ['restic', ...args].join(' '),

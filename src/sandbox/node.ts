@@ -12,6 +12,7 @@ import path from 'node:path';
 import type { NodeConfig } from '../config/schema';
 import * as core from './bin/lib/core';
 import { EngineServer, writeManifest } from './engine-server';
+import { RealEngines, simulatedPart } from './real-engines';
 import { startProxmoxServer, type ProxmoxServerHandle, type ProxmoxServerOptions } from './proxmox-server';
 import {
   reconcileStateWithConfig,
@@ -50,6 +51,11 @@ export interface SandboxNodeOptions {
   reconcileMs?: number;
   /** Delay before restarting a worker that exited on its own, like systemd's RestartSec (default 1 s). */
   workerRestartDelayMs?: number;
+  /**
+   * The real docker CLI for the node's real engines (`engines[].real`, runtime docker); default the node's
+   * `tools.docker`, which a sandbox config with real docker engines sets to the real binary.
+   */
+  realDockerBin?: string;
 }
 
 export interface SandboxNodeStatus {
@@ -122,6 +128,11 @@ export class SandboxNode {
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   private reconcileChain: Promise<void> = Promise.resolve();
+  /** The node's real engines (llama-server, Ollama) and the boot they were started for (null: down). */
+  readonly real: RealEngines;
+  private realBoot: number | null = null;
+  private realBusy = false;
+  private readonly simNode: NodeConfig;
   private readonly onExit = (): void => {
     this.worker?.child.kill('SIGKILL');
   };
@@ -133,6 +144,12 @@ export class SandboxNode {
     const stateDir = path.resolve(opts.stateDir);
     const nodeDir = path.join(stateDir, this.id);
     this.store = new SandboxStore(path.join(nodeDir, 'state.json'));
+    this.simNode = simulatedPart(opts.node);
+    this.real = new RealEngines(opts.node, {
+      dockerBin: opts.realDockerBin ?? opts.node.tools.docker,
+      processDir: path.resolve(opts.node.tools.processDir),
+      log: this.log,
+    });
     this.paths = {
       nodeDir,
       stateFile: this.store.file,
@@ -149,6 +166,8 @@ export class SandboxNode {
       GPUOPS_SANDBOX_STATE: this.paths.stateFile,
       GPUOPS_SANDBOX_STATE_DIR: this.paths.stateDir,
       GPUOPS_SANDBOX_NODE: this.id,
+      // systemd engines' drop-ins, read by the shims and written by the node worker: inside the sandbox, never /etc.
+      GPUOPS_SANDBOX_SYSTEMD_DIR: path.join(this.paths.nodeDir, 'systemd'),
     };
   }
 
@@ -167,12 +186,12 @@ export class SandboxNode {
     const existing = this.store.tryRead();
     if (existing && existing.version !== STATE_VERSION) {
       this.log(`sandbox ${this.id}: state version ${String(existing.version)} is not ${STATE_VERSION}; reseeding`);
-      core.writeStateAtomic(this.store.file, seedState(this.opts.node, seedOpts));
-    } else if (this.store.createIfAbsent(() => seedState(this.opts.node, seedOpts))) {
+      core.writeStateAtomic(this.store.file, seedState(this.simNode, seedOpts));
+    } else if (this.store.createIfAbsent(() => seedState(this.simNode, seedOpts))) {
       this.log(`sandbox ${this.id}: seeded ${this.store.file}`);
     }
     const state = this.store.update((s, now) => {
-      reconcileStateWithConfig(s, this.opts.node, seedOpts, now);
+      reconcileStateWithConfig(s, this.simNode, seedOpts, now);
       return s;
     });
     for (const e of Object.values(state.engines)) {
@@ -208,6 +227,9 @@ export class SandboxNode {
     await this.reconcileChain;
     await this.terminateWorker('SIGTERM', 5_000);
     await Promise.all([...this.engines.values()].map((e) => e.server.close()));
+    await this.realOp;
+    if (this.real.any) await this.real.down();
+    this.realBoot = null;
     this.engines.clear();
     process.off('exit', this.onExit);
   }
@@ -351,6 +373,8 @@ export class SandboxNode {
       this.engines.get(e.name)?.server.setFrozen(vm.hung);
     }
 
+    this.reconcileReal(up ? vm.bootId : null);
+
     const w = this.worker;
     if (w) {
       if (w.bootId !== vm.bootId || !up) {
@@ -379,6 +403,35 @@ export class SandboxNode {
     } else if (up && !vm.hung && !this.workerHeld && this.opts.workerCommand && now >= this.nextWorkerStartAt) {
       this.spawnWorker(vm.bootId);
     }
+  }
+
+  private realOp: Promise<void> = Promise.resolve();
+  private realRetryAt = 0;
+
+  /**
+   * Real engines follow the guest: started once per boot, stopped while it is down. Runs beside the reconcile pass
+   * (starting a real engine and seeding its models takes seconds), one operation at a time.
+   */
+  private reconcileReal(boot: number | null): void {
+    if (!this.real.any || this.realBusy || boot === this.realBoot || Date.now() < this.realRetryAt) return;
+    this.realBusy = true;
+    const op =
+      boot === null
+        ? this.real.down()
+        : this.realBoot === null
+          ? this.real.up()
+          : this.real.down().then(() => this.real.up());
+    this.realOp = op
+      .then(() => {
+        this.realBoot = boot;
+      })
+      .catch((err: unknown) => {
+        this.realRetryAt = Date.now() + 5_000;
+        this.log(`sandbox ${this.id}: real engines: ${(err as Error).message} (retrying in 5 s)`);
+      })
+      .finally(() => {
+        this.realBusy = false;
+      });
   }
 
   private spawnWorker(bootId: number): void {

@@ -200,6 +200,8 @@ export interface EngineSim {
   servedFrom?: Record<string, string>;
   /** Epoch of the engine's last removed container: a container run after it continues from there. */
   lastEpoch?: number;
+  /** What runs it (gpuops.yaml `runtime`): a systemd engine's record is a unit to the systemctl shim. */
+  runtime?: EngineConfig['runtime'];
 }
 
 export interface LoadedModel {
@@ -578,8 +580,26 @@ function servedModel(engine: EngineConfig): string {
   return engine.type === 'vllm' ? 'Qwen/Qwen2.5-0.5B-Instruct' : 'qwen2.5-0.5b-instruct-q4_k_m.gguf';
 }
 
+/**
+ * The model a real engine serves at first: Ollama's first seed model; llama-server's `--alias`, else the file name
+ * of its `-m` model (what its /v1/models lists).
+ */
+function realServedModel(engine: EngineConfig): string {
+  if (engine.type === 'ollama') return engine.real?.seedModels[0]?.name ?? engine.probeModel ?? 'unknown';
+  const args = engine.process?.args ?? engine.real?.args ?? [];
+  const flag = (names: string[]): string | undefined => {
+    const i = args.findIndex((a) => names.includes(a));
+    return i >= 0 ? args[i + 1] : undefined;
+  };
+  const alias = flag(['-a', '--alias']);
+  if (alias) return alias;
+  const model = flag(['-m', '--model']);
+  return model ? (model.split('/').at(-1) ?? model) : servedModel(engine);
+}
+
 /** The model a fresh sandbox engine serves first (Ollama: its probe model or first preinstalled one). */
 export function initialSandboxModel(engine: EngineConfig): string {
+  if (engine.real) return realServedModel(engine);
   if (engine.type !== 'ollama') return servedModel(engine);
   return engine.probeModel ?? PREINSTALLED_OLLAMA_MODELS[0];
 }
@@ -618,6 +638,7 @@ function engineSim(node: NodeConfig, e: EngineConfig, state: Pick<SandboxState, 
     models,
     loaded: [],
     pulls: {},
+    runtime: e.runtime,
     ...(e.apiKeyFile ? { apiKeyFile: e.apiKeyFile } : {}),
   };
 }
@@ -765,7 +786,11 @@ export function reconcileStateWithConfig(state: SandboxState, node: NodeConfig, 
   if (opts.engineLoadSeconds !== undefined) state.sim.engineLoadMs = Math.round(opts.engineLoadSeconds * 1000);
   state.vm.vmid = node.vm?.vmid ?? state.vm.vmid;
   for (const e of node.engines) {
-    if (state.engines[e.name]) continue;
+    const known = state.engines[e.name];
+    if (known) {
+      known.runtime = e.runtime;
+      continue;
+    }
     const sim = engineSim(node, e, state);
     state.engines[e.name] = sim;
     const c = containerSim(node, e, sim, now);

@@ -116,6 +116,8 @@ export interface TestSandboxOptions {
    * by a free one.
    */
   hardware?: { gpus: Record<string, unknown>[]; engines: (Record<string, unknown> & { name: string })[] };
+  /** The node's `tools` (e.g. the real docker CLI and a process directory for real engines). */
+  tools?: Record<string, unknown>;
 }
 
 export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<TestSandbox> {
@@ -152,7 +154,7 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
         gpus: opts.hardware?.gpus ?? [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
         engines: opts.hardware
           ? await Promise.all(
-              opts.hardware.engines.map(async (e) => ({ ...e, url: `http://127.0.0.1:${await freePort()}` })),
+              opts.hardware.engines.map(async (e) => ({ ...e, url: e.url ?? `http://127.0.0.1:${await freePort()}` })),
             )
           : [
               {
@@ -165,6 +167,7 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
               },
             ],
         modelStores: [path.join(dir, 'sandbox', nodeId, 'models')],
+        ...(opts.tools ? { tools: opts.tools } : {}),
         ...(opts.proxmox ? { vm: { hypervisor: 'pve-test', vmid } } : {}),
         ...(opts.qm ? { vm: { hypervisor: qmId, vmid } } : {}),
       },

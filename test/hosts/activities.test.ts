@@ -5,10 +5,17 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { createControlActivities } from '../../activities/control';
 import { createHypervisorActivities } from '../../activities/hypervisor';
 import { createNodeActivities } from '../../activities/node';
-import type { Config, NodeConfig } from '../../src/config/schema';
+import { EngineSchema, type Config, type NodeConfig } from '../../src/config/schema';
 import { QmCli } from '../../src/hosts/proxmox';
 import { fakeTool, fixture, sendJson, startServer, type TestServer } from './fakes';
 import { nonRetryableOf } from '../helpers/failures';
+
+const TOOL_DEFAULTS = {
+  systemctl: 'systemctl',
+  journalctl: 'journalctl',
+  systemdUnitDir: '/etc/systemd/system',
+  processDir: '/var/lib/gpuops/processes',
+};
 
 function nodeConfig(over: Partial<NodeConfig> = {}): NodeConfig {
   return {
@@ -16,7 +23,7 @@ function nodeConfig(over: Partial<NodeConfig> = {}): NodeConfig {
     gpus: [{ index: 0 }],
     engines: [],
     modelStores: [],
-    tools: { docker: 'docker', nvidiaSmi: 'nvidia-smi', dmesg: 'dmesg' },
+    tools: { docker: 'docker', nvidiaSmi: 'nvidia-smi', dmesg: 'dmesg', ...TOOL_DEFAULTS },
     sandbox: false,
     ...over,
   };
@@ -67,10 +74,10 @@ describe('node activities', () => {
     );
     const node = nodeConfig({
       engines: [
-        { name: 'ollama', type: 'ollama', url: ollama.url, container: 'ollama', gpus: [0] },
-        { name: 'llama-cpu', type: 'llamacpp', url: 'http://127.0.0.1:9', container: 'llama-cpu', gpus: [] },
+        EngineSchema.parse({ name: 'ollama', type: 'ollama', url: ollama.url, container: 'ollama', gpus: [0] }),
+        EngineSchema.parse({ name: 'llama-cpu', type: 'llamacpp', url: 'http://127.0.0.1:9', container: 'llama-cpu' }),
       ],
-      tools: { docker: docker.bin, nvidiaSmi: smi.bin, dmesg: dmesg.bin },
+      tools: { docker: docker.bin, nvidiaSmi: smi.bin, dmesg: dmesg.bin, ...TOOL_DEFAULTS },
       ...over,
     });
     return { acts: createNodeActivities(node), docker, smi, dmesg };

@@ -1,6 +1,6 @@
 import {
   DockerCli,
-  gpusFlag,
+  gpusFlags,
   NoSuchContainerError,
   parseDockerInspect,
   parseImageDefaults,
@@ -198,14 +198,14 @@ describe('runArgsFromInspect (recreating a canary slot container)', () => {
     const req = (over: Record<string, unknown>) => [
       { Driver: '', Count: 0, DeviceIDs: null, Capabilities: [['gpu']], ...over },
     ];
-    expect(gpusFlag(req({ Count: -1 }))).toBe('all');
-    expect(gpusFlag(req({ Count: 2 }))).toBe('2');
-    expect(gpusFlag(req({ DeviceIDs: ['1'] }))).toBe('device=1');
-    expect(gpusFlag(req({ DeviceIDs: ['0', '1'] }))).toBe('"device=0,1"');
-    expect(gpusFlag(req({ Count: -1, Capabilities: [['gpu', 'compute', 'utility']] }))).toBe(
+    expect(gpusFlags(req({ Count: -1 }))).toEqual(['all']);
+    expect(gpusFlags(req({ Count: 2 }))).toEqual(['2']);
+    expect(gpusFlags(req({ DeviceIDs: ['1'] }))).toEqual(['device=1']);
+    expect(gpusFlags(req({ DeviceIDs: ['0', '1'] }))).toEqual(['"device=0,1"']);
+    expect(gpusFlags(req({ Count: -1, Capabilities: [['gpu', 'compute', 'utility']] }))).toEqual([
       'all,"capabilities=compute,utility"',
-    );
-    expect(gpusFlag(null)).toBeNull();
+    ]);
+    expect(gpusFlags(null)).toEqual([]);
   });
 
   it('keeps shm size with a private IPC namespace, and publishes nothing on the host network', () => {

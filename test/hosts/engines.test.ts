@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { EngineConfig } from '../../src/config/schema';
+import { EngineSchema, type EngineConfig } from '../../src/config/schema';
 import {
   EngineHttpError,
   LlamaCppClient,
@@ -16,7 +16,7 @@ import {
 import { fixture, sendJson, startServer, type TestServer } from './fakes';
 
 function engine(over: Partial<EngineConfig> & Pick<EngineConfig, 'type' | 'url'>): EngineConfig {
-  return { name: `${over.type}-1`, container: over.type, gpus: [], ...over };
+  return EngineSchema.parse({ name: `${over.type}-1`, container: over.type, ...over });
 }
 
 /** An Ollama that answers from fixtures; `hangGenerate` accepts /api/generate and never answers. */

@@ -141,6 +141,36 @@ export interface StreamedResult<T> {
   totalMs: number;
 }
 
+function modelList(body: unknown): Record<string, unknown>[] {
+  const models = typeof body === 'object' && body !== null ? (body as { models?: unknown }).models : undefined;
+  return (Array.isArray(models) ? models : []).filter(
+    (m): m is Record<string, unknown> => typeof m === 'object' && m !== null && typeof m.name === 'string',
+  );
+}
+
+/**
+ * GET /api/tags → models. Ollama before 0.1.4x listed only `name` (no `model`); `models` is null with no models.
+ */
+export function parseOllamaTags(body: unknown): OllamaModel[] {
+  return modelList(body).map((m) => ({ ...m, model: typeof m.model === 'string' ? m.model : m.name }) as OllamaModel);
+}
+
+/**
+ * GET /api/ps → running models. Ollama 0.1.4x left `size_vram` out for a model held entirely in system RAM (100% CPU,
+ * ollama/ollama#4840): that is 0 bytes in VRAM, not an unknown.
+ */
+export function parseOllamaPs(body: unknown): OllamaRunningModel[] {
+  return modelList(body).map(
+    (m) =>
+      ({
+        ...m,
+        model: typeof m.model === 'string' ? m.model : m.name,
+        size: typeof m.size === 'number' ? m.size : 0,
+        size_vram: typeof m.size_vram === 'number' ? m.size_vram : 0,
+      }) as OllamaRunningModel,
+  );
+}
+
 /** Ollama model names compare with an implicit ":latest" tag. */
 export function sameOllamaModel(a: string, b: string): boolean {
   const norm = (s: string): string => (s.includes(':') ? s : `${s}:latest`);
@@ -175,12 +205,12 @@ export class OllamaClient extends HttpEngineClient {
 
   /** GET /api/tags: models on disk. */
   async tags(opts?: CallOptions): Promise<OllamaModel[]> {
-    return (await this.json<{ models?: OllamaModel[] | null }>('/api/tags', opts)).models ?? [];
+    return parseOllamaTags(await this.json<unknown>('/api/tags', opts));
   }
 
   /** GET /api/ps: models loaded in memory. */
   async ps(opts?: CallOptions): Promise<OllamaRunningModel[]> {
-    return (await this.json<{ models?: OllamaRunningModel[] | null }>('/api/ps', opts)).models ?? [];
+    return parseOllamaPs(await this.json<unknown>('/api/ps', opts));
   }
 
   /** POST /api/show; a missing model is EngineHttpError with status 404. */

@@ -60,11 +60,26 @@ export function metricSum(samples: readonly PromSample[], name: string): number 
   return found ? sum : null;
 }
 
+/**
+ * Largest value among every sample named `name`, or null when the metric is absent. For gauges that are fractions of
+ * a per-engine pool (KV cache usage): adding them across engines would report a pool more than 100% full.
+ */
+export function metricMax(samples: readonly PromSample[], name: string): number | null {
+  let max: number | null = null;
+  for (const s of samples) {
+    if (s.name === name && !Number.isNaN(s.value)) max = max === null ? s.value : Math.max(max, s.value);
+  }
+  return max;
+}
+
 /** The handful of engine metrics gpuops reads; null where the engine does not export one. */
 export interface EngineMetrics {
   requestsRunning: number | null;
   requestsWaiting: number | null;
-  /** KV cache usage, 0..1. */
+  /**
+   * KV cache usage, 0..1. With several engines behind one server (vLLM data parallel) the fullest engine's: that is
+   * the one that starts queueing and preempting first, which an average would hide.
+   */
   kvCacheUsage: number | null;
   promptTokensTotal: number | null;
   generationTokensTotal: number | null;
@@ -78,7 +93,27 @@ export interface OpenAiModelEntry {
   max_model_len?: number;
   /** llama-server: facts of the loaded GGUF (size in bytes, parameter count, training context). */
   meta?: { size?: number; n_params?: number; n_ctx_train?: number; [k: string]: unknown };
+  /**
+   * llama-server router mode (started without a model, or with `--models-dir` / `--models-preset`): where the model
+   * is. `value` is "loaded", "loading", "unloaded", "sleeping" or "downloading"; a single-model server has no status.
+   */
+  status?: { value?: string; args?: string[]; failed?: boolean; exit_code?: number; [k: string]: unknown };
   [key: string]: unknown;
+}
+
+/**
+ * The ids of the models an OpenAI-compatible server holds in memory, in listing order. An entry without `status`
+ * (vLLM, a single-model llama-server) is served as listed; a llama-server router entry only when its status says
+ * "loaded": "sleeping" and "unloaded" models would be loaded (seconds to minutes, VRAM moving) by the next request.
+ */
+export function loadedModelIds(entries: readonly OpenAiModelEntry[]): string[] {
+  return entries
+    .filter((m) => {
+      const s = m.status;
+      if (s === undefined || s === null) return true;
+      return typeof s === 'object' && s.value === 'loaded';
+    })
+    .map((m) => m.id);
 }
 
 /** Body of POST /v1/completions. */
@@ -192,12 +227,15 @@ export class VllmClient extends OpenAiCompatClient {
   }
 }
 
-/** EngineMetrics from vLLM samples. */
+/**
+ * EngineMetrics from vLLM samples. vLLM V1 labels every sample with its `engine` (one per data-parallel rank):
+ * request and token counts add up across engines, the KV cache fraction does not (see {@link metricMax}).
+ */
 export function vllmMetrics(samples: PromSample[]): EngineMetrics {
   return {
     requestsRunning: metricSum(samples, 'vllm:num_requests_running'),
     requestsWaiting: metricSum(samples, 'vllm:num_requests_waiting'),
-    kvCacheUsage: metricSum(samples, 'vllm:kv_cache_usage_perc') ?? metricSum(samples, 'vllm:gpu_cache_usage_perc'),
+    kvCacheUsage: metricMax(samples, 'vllm:kv_cache_usage_perc') ?? metricMax(samples, 'vllm:gpu_cache_usage_perc'),
     promptTokensTotal: metricSum(samples, 'vllm:prompt_tokens_total'),
     generationTokensTotal: metricSum(samples, 'vllm:generation_tokens_total'),
     samples,
@@ -225,18 +263,57 @@ export class LlamaCppClient extends OpenAiCompatClient {
     return (await this.props(opts)).build_info ?? '';
   }
 
-  /** Key llama-server metrics (served only with --metrics). */
+  /** GET /slots: one object per parallel slot (served unless llama-server runs with `--no-slots`). */
+  async slots(opts?: CallOptions): Promise<unknown> {
+    return this.json<unknown>('/slots', opts);
+  }
+
+  /**
+   * Key llama-server metrics (served only with --metrics). Builds that no longer export a KV cache gauge get the KV
+   * usage from /slots instead, when that endpoint answers.
+   */
   async metrics(opts?: CallOptions): Promise<EngineMetrics> {
-    return llamaCppMetrics(await this.metricsSamples(opts));
+    const samples = await this.metricsSamples(opts);
+    if (samples.some((s) => s.name === 'llamacpp:kv_cache_usage_ratio')) return llamaCppMetrics(samples);
+    const slots = await this.slots(opts).catch(() => undefined);
+    return llamaCppMetrics(samples, slots);
   }
 }
 
-/** EngineMetrics from llama-server samples. */
-export function llamaCppMetrics(samples: PromSample[]): EngineMetrics {
+/**
+ * KV cache usage from llama-server's GET /slots: tokens held in every slot's cache over every slot's context.
+ * `n_prompt_tokens` is the slot's cached sequence (prompt and generated tokens, kept after the request ends, as the
+ * cache is); a slot that never ran a task holds none. Null when a slot that ran a task does not say (builds before
+ * the field) or the answer is not a slot list. With a unified KV cache (`--kv-unified`) each slot reports the whole
+ * context, so this under-reports; it never over-reports.
+ */
+export function llamaCppSlotsKvUsage(slots: unknown): number | null {
+  if (!Array.isArray(slots) || slots.length === 0) return null;
+  let held = 0;
+  let room = 0;
+  for (const raw of slots) {
+    if (typeof raw !== 'object' || raw === null) return null;
+    const slot = raw as { n_ctx?: unknown; n_prompt_tokens?: unknown; id_task?: unknown };
+    if (typeof slot.n_ctx !== 'number' || slot.n_ctx <= 0) return null;
+    room += slot.n_ctx;
+    if (typeof slot.n_prompt_tokens === 'number') held += slot.n_prompt_tokens;
+    else if (slot.id_task !== undefined) return null;
+  }
+  return Math.min(1, held / room);
+}
+
+/**
+ * EngineMetrics from llama-server samples. `llamacpp:kv_cache_usage_ratio` (and `kv_cache_tokens`) were removed
+ * upstream when the KV cache API was reworked (2025); current builds export throughput counters,
+ * `requests_processing`/`requests_deferred`, `n_decode_total`, `n_busy_slots_per_decode` and `n_tokens_max`. The
+ * last is a high-water mark of one sequence's length that never decreases, so it is no usage figure and is not read
+ * as one: without the old gauge, KV usage comes from /slots ({@link llamaCppSlotsKvUsage}) or stays null.
+ */
+export function llamaCppMetrics(samples: PromSample[], slots?: unknown): EngineMetrics {
   return {
     requestsRunning: metricSum(samples, 'llamacpp:requests_processing'),
     requestsWaiting: metricSum(samples, 'llamacpp:requests_deferred'),
-    kvCacheUsage: metricSum(samples, 'llamacpp:kv_cache_usage_ratio'),
+    kvCacheUsage: metricMax(samples, 'llamacpp:kv_cache_usage_ratio') ?? llamaCppSlotsKvUsage(slots),
     promptTokensTotal: metricSum(samples, 'llamacpp:prompt_tokens_total'),
     generationTokensTotal: metricSum(samples, 'llamacpp:tokens_predicted_total'),
     samples,

@@ -6,7 +6,7 @@ import type { EngineConfig } from '../../config/schema';
 import type { EngineProbe } from '../../domain/health';
 import { describeFetchError, EngineHttpError } from './http';
 import { OllamaClient } from './ollama';
-import { LlamaCppClient, VllmClient } from './openai-compat';
+import { LlamaCppClient, loadedModelIds, VllmClient } from './openai-compat';
 
 /** A client for any engine kind. */
 export type EngineClient =
@@ -76,6 +76,7 @@ export async function probeEngine(
     error: null,
   };
   const call = { timeoutMs };
+  let routerListing = false;
   const started = performance.now();
   try {
     if (c.type === 'ollama') {
@@ -99,23 +100,34 @@ export async function probeEngine(
           : `health answered HTTP ${h.status}${h.detail ? `: ${h.detail}` : ''}`;
         return probe;
       }
-      probe.models = await c.client.models(call);
-      // vLLM and llama-server serve exactly the models they list, all resident on the GPU.
-      probe.loaded = [...probe.models];
+      const entries = await c.client.modelEntries(call);
+      probe.models = entries.map((m) => m.id);
+      // vLLM and a single-model llama-server hold every model they list; a llama-server router lists what it could
+      // load too, and says per model whether it is loaded.
+      probe.loaded = loadedModelIds(entries);
+      routerListing = entries.some((m) => m.status !== undefined);
       // Version is informative only: an engine without /version or /props is still healthy.
       probe.version = (await c.client.version(call).catch(() => '')) || null;
     }
   } catch (err) {
     if (!probe.reachable) probe.latencyMs = Math.round(performance.now() - started);
     probe.error = message(err, timeoutMs);
+    // A refused connection is an engine that is down; silence until the deadline is one that is there but frozen
+    // (a real SIGSTOPped or `docker pause`d engine: the kernel still accepts the connection, nothing answers).
+    if ((err as { name?: string }).name === 'TimeoutError') probe.unanswered = true;
     if (probe.reachable) probe.healthy = false;
     return probe;
   }
 
   if (opts.generate) {
     // The first loaded model unless the config names one: loading a cold model just to probe would itself be a
-    // multi-second, VRAM-moving event.
-    const model = engine.probeModel ?? probe.loaded[0];
+    // multi-second, VRAM-moving event. A llama-server router loads whatever a request names, so there even the
+    // configured probe model is only used while it is loaded.
+    const configured =
+      engine.probeModel !== undefined && (!routerListing || probe.loaded.includes(engine.probeModel))
+        ? engine.probeModel
+        : undefined;
+    const model = configured ?? probe.loaded[0];
     if (model !== undefined) probe.generation = await testGeneration(c, model, opts, timeoutMs);
   }
   return probe;

@@ -92,6 +92,13 @@ export declare function modelOfCommand(
   cmd: readonly string[],
   entrypoint: readonly string[],
 ): Omit<ServedModel, 'known'> | undefined;
+export declare function applyServedModel(
+  state: SandboxState,
+  engine: EngineSim,
+  container: ContainerSim,
+  cmd: readonly string[],
+  entrypoint: readonly string[],
+): void;
 export declare function applyLoadFailures(state: SandboxState, now: number): void;
 /** What `docker run -d` parsed: the container's name, image, command, environment and run flags. */
 export interface RunContainerSpec extends ContainerRunSpec {

@@ -332,6 +332,8 @@ function stopContainer(state, name, at, exitCode, manual) {
     c.status = 'exited';
     c.finishedAt = at;
     c.exitCode = exitCode;
+    // systemd keeps the last main PID after the process is gone (ExecMainPID=).
+    c.lastPid = c.pid;
     c.pid = 0;
   }
   if (manual) c.manuallyStopped = true;
@@ -461,6 +463,7 @@ function powerOff(state, at) {
       c.status = 'exited';
       c.finishedAt = at;
       c.exitCode = 0;
+      c.lastPid = c.pid;
       c.pid = 0;
     }
   }
@@ -771,6 +774,22 @@ function publishedPort(publish) {
 }
 
 /**
+ * The model a vLLM / llama.cpp engine's new command line names becomes what it serves (a container `docker run`
+ * creates, or a systemd unit started with another ExecStart=); a model the library lacks fails to load at start.
+ * Ollama serves its installed models whatever its command line says.
+ */
+function applyServedModel(state, engine, c, cmd, entrypoint) {
+  if (engine.type === 'ollama') return;
+  const m = modelOfCommand(engine.type, cmd, entrypoint);
+  if (!m) return;
+  m.known = Boolean(state.library[m.profile]);
+  c.serves = m;
+  engine.models = m.known ? [m.served] : [];
+  if (m.served !== m.profile) engine.servedFrom = { [m.served]: m.profile };
+  else delete engine.servedFrom;
+}
+
+/**
  * `docker run -d` (or `docker create`, with start false): create, and start, a container for one of the node's
  * engines. `spec` holds what the shim parsed: name, image, cmd, env (merged over the image's), entrypoint (null: the
  * image's), publish, binds, gpus, shmSize, ipcMode, restartPolicy, networkMode, labels, runtime. Returns { id } or
@@ -842,16 +861,7 @@ function runContainer(state, spec, now, start = true) {
       runtime: spec.runtime,
     },
   };
-  if (engine.type !== 'ollama') {
-    const m = modelOfCommand(engine.type, spec.cmd, spec.entrypoint || defaults.Entrypoint);
-    if (m) {
-      m.known = Boolean(state.library[m.profile]);
-      c.serves = m;
-      engine.models = m.known ? [m.served] : [];
-      if (m.served !== m.profile) engine.servedFrom = { [m.served]: m.profile };
-      else delete engine.servedFrom;
-    }
-  }
+  applyServedModel(state, engine, c, spec.cmd, spec.entrypoint || defaults.Entrypoint);
   state.containers[spec.name] = c;
   if (start) startContainer(state, spec.name, now);
   return { id: c.id };
@@ -933,6 +943,7 @@ module.exports = {
   IMAGE_LABELS,
   profileName,
   modelOfCommand,
+  applyServedModel,
   applyLoadFailures,
   runContainer,
   removeContainer,

@@ -1,0 +1,532 @@
+'use strict';
+/**
+ * systemd on the sandbox node, shared by the `systemctl` and `journalctl` shims. A sandbox engine whose config says
+ * `runtime: systemd` (EngineSim.runtime) is a unit: its record in `state.containers` is the very record the docker
+ * shim keeps for a container, so the unit runs the same engine simulation (faults, model loads, the supervisor's
+ * listener). This file adds what only systemd has: unit names, the unit file's ExecStart=, the drop-ins a
+ * `daemon-reload` loads, and how the record reads in `systemctl show` and in the journal.
+ *
+ * Unit-only fields live in `record.unit`: `exec` (the ExecStart= list the last daemon-reload loaded; absent: the
+ * unit file's own), `dropIns` and `dropInText` (what was loaded, to tell NeedDaemonReload=), `reloadedAt`, `argv`
+ * (the command line the current or last process was started with; absent: the unit file's), `resetFailedAt`, and
+ * `journal` (what systemd logged about earlier runs, kept when the unit starts again through systemctl).
+ *
+ * Sandbox units are Ollama's official unit (`/etc/systemd/system/ollama.service`, `ExecStart=/usr/local/bin/ollama
+ * serve`) and its vLLM / llama.cpp equivalents, without `Restart=always`: a crashed engine stays down until gpuops
+ * acts, as a sandbox container does. They are enabled, so a VM boot starts them even after a `systemctl stop`.
+ */
+const fs = require('node:fs');
+const path = require('node:path');
+const core = require('./core');
+
+const UNIT_SUFFIXES = [
+  '.service',
+  '.socket',
+  '.target',
+  '.device',
+  '.mount',
+  '.automount',
+  '.swap',
+  '.timer',
+  '.path',
+  '.slice',
+  '.scope',
+];
+
+/** What each engine's unit file sets: the binary ExecStart= runs before the record's arguments, and Description=. */
+const UNIT_FILES = {
+  ollama: { exec: ['/usr/local/bin/ollama'], description: 'Ollama Service' },
+  vllm: {
+    exec: ['/opt/vllm/bin/python3', '-m', 'vllm.entrypoints.openai.api_server'],
+    description: 'vLLM OpenAI-compatible API server',
+  },
+  llamacpp: { exec: ['/usr/local/bin/llama-server'], description: 'llama.cpp server' },
+};
+
+/** systemd's defaults for what the sandbox units leave unset (Restart=no; DefaultTimeoutStopSec=90s). */
+const TIMEOUT_STOP_SEC = 90;
+
+const WEEKDAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
+const SIGNALS = { 1: 'HUP', 2: 'INT', 3: 'QUIT', 6: 'ABRT', 9: 'KILL', 11: 'SEGV', 13: 'PIPE', 15: 'TERM' };
+const EXIT_NAMES = ['SUCCESS', 'FAILURE', 'INVALIDARGUMENT', 'NOTIMPLEMENTED', 'NOPERMISSION', 'NOTINSTALLED'];
+const CLD_NAMES = { 1: 'exited', 2: 'killed', 3: 'dumped' };
+
+// ---------------------------------------------------------------------------------------------------------------
+// Names and files
+
+/** systemctl's and journalctl's name mangling, for the names gpuops passes: no unit type suffix means a service. */
+function unitName(name) {
+  return UNIT_SUFFIXES.some((s) => name.length > s.length && name.endsWith(s)) ? name : `${name}.service`;
+}
+
+/** The sandbox's /etc/systemd/system for the node whose state file is `stateFile`: `systemd/` beside it. */
+function defaultUnitDir(stateFile) {
+  return path.join(path.dirname(stateFile), 'systemd');
+}
+
+/** Where the shims read unit files' drop-ins: $GPUOPS_SANDBOX_SYSTEMD_DIR, else {@link defaultUnitDir}. */
+function unitDir(stateFile) {
+  return process.env.GPUOPS_SANDBOX_SYSTEMD_DIR || defaultUnitDir(stateFile);
+}
+
+/** All units of the node: `{ c, engine, id }` for each record whose engine runs under systemd. */
+function allUnits(state) {
+  const out = [];
+  for (const c of Object.values(state.containers)) {
+    const engine = state.engines[c.engine];
+    if (engine && engine.runtime === 'systemd') out.push({ c, engine, id: unitName(c.name) });
+  }
+  return out;
+}
+
+/** The unit `name` names on this node, or undefined (what systemd calls not-found). */
+function findUnit(state, name) {
+  const id = unitName(name);
+  return allUnits(state).find((u) => u.id === id);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// ExecStart= command lines (systemd.service(5) "Command lines", systemd.syntax(7) "Quoting")
+
+const ESCAPES = { a: '\x07', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v', s: ' ' };
+
+/** One backslash escape at s[i] (the backslash): [text, length]. Unknown escapes are kept, as systemd does. */
+function unescapeAt(s, i) {
+  const ch = s[i + 1];
+  if (ch === undefined) return ['\\', 1];
+  if (ESCAPES[ch] !== undefined) return [ESCAPES[ch], 2];
+  if ('\\"\';'.includes(ch)) return [ch, 2];
+  if (ch === 'x' && /^[0-9a-fA-F]{2}$/.test(s.slice(i + 2, i + 4))) {
+    return [String.fromCharCode(parseInt(s.slice(i + 2, i + 4), 16)), 4];
+  }
+  if (/^[0-7]{3}$/.test(s.slice(i + 1, i + 4))) return [String.fromCharCode(parseInt(s.slice(i + 1, i + 4), 8)), 4];
+  return [`\\${ch}`, 2];
+}
+
+/**
+ * Split an ExecStart= value into words: whitespace separates, a word may be wholly "double" or 'single' quoted, C
+ * escapes work inside and outside quotes, a lone `;` (not `\;`) separates commands. Returns a list of commands (word
+ * lists), or null when the quoting is broken.
+ */
+function splitCommands(s) {
+  const commands = [[]];
+  let i = 0;
+  while (i < s.length) {
+    while (i < s.length && /\s/.test(s[i])) i++;
+    if (i >= s.length) break;
+    let word = '';
+    const start = i;
+    if (s[i] === '"' || s[i] === "'") {
+      const q = s[i++];
+      while (i < s.length && s[i] !== q) {
+        if (s[i] === '\\') {
+          const [text, n] = unescapeAt(s, i);
+          word += text;
+          i += n;
+        } else word += s[i++];
+      }
+      if (i >= s.length) return null;
+      i++;
+      if (i < s.length && !/\s/.test(s[i])) return null;
+    } else {
+      while (i < s.length && !/\s/.test(s[i])) {
+        if (s[i] === '\\') {
+          const [text, n] = unescapeAt(s, i);
+          word += text;
+          i += n;
+        } else word += s[i++];
+      }
+    }
+    if (s.slice(start, i) === ';') commands.push([]);
+    else commands[commands.length - 1].push(word);
+  }
+  return commands.filter((c) => c.length > 0);
+}
+
+/** The specifiers systemd resolves in a unit of this name (`%%` is a literal percent sign). */
+function resolveSpecifiers(value, id) {
+  const prefix = id.replace(/\.[^.]+$/, '');
+  const map = { '%': '%', n: id, N: prefix, p: prefix.replace(/@.*$/, ''), i: '' };
+  return value.replace(/%(.)/g, (all, ch) => (map[ch] !== undefined ? map[ch] : all));
+}
+
+/**
+ * One ExecStart= value as systemd loads it: `[{ path, argv, ignoreErrors }]` (several for `;`-joined commands), or
+ * null when it cannot be parsed (systemd logs it and ignores the assignment). Prefixes: `-` ignores a failure, `@`
+ * makes the second word argv[0]; `+`, `!`, `!!` and `:` are accepted and have no effect here.
+ */
+function parseExecStart(value, id) {
+  const commands = splitCommands(resolveSpecifiers(value, id));
+  if (commands === null) return null;
+  const out = [];
+  for (const words of commands) {
+    let first = words[0];
+    let ignoreErrors = false;
+    let override = false;
+    while (first !== '' && '-@+!:'.includes(first[0])) {
+      if (first[0] === '-') ignoreErrors = true;
+      if (first[0] === '@') override = true;
+      first = first.slice(1);
+    }
+    const argv = override ? words.slice(1) : [first, ...words.slice(1)];
+    if (first === '' || argv.length === 0) return null;
+    out.push({ path: first, argv, ignoreErrors });
+  }
+  return out;
+}
+
+/** The ExecStart= list of the unit file itself. */
+function fileExec(engine, c) {
+  const argv = [...UNIT_FILES[engine.type].exec, ...c.cmd];
+  return [{ path: argv[0], argv, ignoreErrors: false }];
+}
+
+/** The ExecStart= list the last daemon-reload loaded (the unit file's until one has loaded drop-ins). */
+function loadedExec(engine, c) {
+  return c.unit && c.unit.exec ? c.unit.exec : fileExec(engine, c);
+}
+
+/** The unit's drop-in files in `dir`, in the order systemd applies them (by file name): `[{ path, text }]`. */
+function readDropIns(dir, id) {
+  const d = path.join(dir, `${id}.d`);
+  let names;
+  try {
+    names = fs.readdirSync(d).filter((n) => n.endsWith('.conf'));
+  } catch {
+    return [];
+  }
+  return names.sort().map((n) => ({ path: path.join(d, n), text: fs.readFileSync(path.join(d, n), 'utf8') }));
+}
+
+/**
+ * The ExecStart= list after the drop-ins: in each file's [Service] section an empty `ExecStart=` clears the list,
+ * any other value appends. Backslash-newline continues a line; `#` and `;` lines are comments.
+ */
+function execAfterDropIns(engine, c, id, files) {
+  let exec = fileExec(engine, c);
+  for (const f of files) {
+    let section = '';
+    for (const line of f.text.replace(/\\\r?\n/g, ' ').split(/\r?\n/)) {
+      const l = line.trim();
+      if (l === '' || l.startsWith('#') || l.startsWith(';')) continue;
+      const header = /^\[(.+)\]$/.exec(l);
+      if (header) {
+        section = header[1];
+        continue;
+      }
+      const eq = l.indexOf('=');
+      if (section !== 'Service' || eq < 0 || l.slice(0, eq).trim() !== 'ExecStart') continue;
+      const value = l.slice(eq + 1).trim();
+      if (value === '') {
+        exec = [];
+        continue;
+      }
+      const parsed = parseExecStart(value, id);
+      if (parsed) exec = [...exec, ...parsed];
+    }
+  }
+  return exec;
+}
+
+/** `systemctl daemon-reload` for one unit: load its drop-ins now. */
+function reloadUnit(state, unit, dir, now) {
+  const files = readDropIns(dir, unit.id);
+  const u = (unit.c.unit = unit.c.unit || {});
+  u.exec = execAfterDropIns(unit.engine, unit.c, unit.id, files);
+  u.dropIns = files.map((f) => f.path);
+  u.dropInText = files.map((f) => `${f.path}\n${f.text}`).join('\n');
+  u.reloadedAt = now;
+}
+
+/** The drop-ins on disk differ from what the last daemon-reload loaded (NeedDaemonReload=yes). */
+function needsReload(unit, dir) {
+  const onDisk = readDropIns(dir, unit.id)
+    .map((f) => `${f.path}\n${f.text}`)
+    .join('\n');
+  return onDisk !== ((unit.c.unit && unit.c.unit.dropInText) || '');
+}
+
+/** A unit whose loaded ExecStart= is not exactly one command refuses to start (LoadState=bad-setting). */
+function loadState(unit) {
+  return loadedExec(unit.engine, unit.c).length === 1 ? 'loaded' : 'bad-setting';
+}
+
+/** The command line of the current (or last) process. */
+function runningArgv(engine, c) {
+  return c.unit && c.unit.argv ? c.unit.argv : fileExec(engine, c)[0].argv;
+}
+
+function sameArgv(a, b) {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/**
+ * Start hook: what systemd logged about the run that ended is kept, and the new process runs the ExecStart= the last
+ * daemon-reload loaded. A command line that names another model makes the engine serve it (or fail to load it), as
+ * `docker run` with new arguments does.
+ */
+function applyLoadedExec(state, c) {
+  const engine = state.engines[c.engine];
+  archiveRun(state, c);
+  const [entry] = loadedExec(engine, c);
+  if (!entry || sameArgv(runningArgv(engine, c), entry.argv)) return;
+  c.unit = c.unit || {};
+  c.unit.argv = entry.argv;
+  core.applyServedModel(state, engine, c, entry.argv.slice(1), [entry.argv[0]]);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// State, as `systemctl show` reports it
+
+/** A timestamp as systemd formats it: local time with the zone's abbreviation ("Tue 2026-12-01 07:55:12 UTC"). */
+function showTime(ms) {
+  if (!ms) return 'n/a';
+  const d = new Date(ms);
+  const p = (n) => String(n).padStart(2, '0');
+  const zone = new Intl.DateTimeFormat('en-US', { timeZoneName: 'short' })
+    .formatToParts(d)
+    .find((x) => x.type === 'timeZoneName');
+  return `${WEEKDAYS[d.getDay()]} ${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(
+    d.getMinutes(),
+  )}:${p(d.getSeconds())} ${zone ? zone.value : 'UTC'}`;
+}
+
+/**
+ * How the last main process ended, as systemd records it: `{ code, status, result }` with code the CLD_* value
+ * (1 exited, 2 killed; 0 while it runs or never ran). Exit 137 without an OOM is the SIGKILL that ends a stop whose
+ * TimeoutStopSec= ran out (a hung engine), which systemd reports as Result=timeout.
+ */
+function lastExit(c) {
+  if (c.status !== 'exited' || !c.startedAt) return { code: 0, status: 0, result: 'success' };
+  const x = c.exitCode;
+  if (c.oomKilled) return { code: 2, status: 9, result: 'oom-kill' };
+  if (x === 0) return { code: 1, status: 0, result: 'success' };
+  if (x === 137) return { code: 2, status: 9, result: 'timeout' };
+  if (x > 128 && x < 160) return { code: 2, status: x - 128, result: 'signal' };
+  return { code: 1, status: x, result: 'exit-code' };
+}
+
+/** ActiveState, SubState and Result: a failed unit reads inactive again after `systemctl reset-failed`. */
+function activeState(c) {
+  if (c.status === 'running' || c.status === 'paused') return { active: 'active', sub: 'running', result: 'success' };
+  if (c.status === 'restarting') return { active: 'activating', sub: 'auto-restart', result: lastExit(c).result };
+  const { result } = lastExit(c);
+  const forgiven = c.unit && c.unit.resetFailedAt >= c.finishedAt;
+  if (result !== 'success' && !forgiven) return { active: 'failed', sub: 'failed', result };
+  return { active: 'inactive', sub: 'dead', result: 'success' };
+}
+
+/** The per-run id journald stamps on the unit's output (_SYSTEMD_INVOCATION_ID=); '' before the first start. */
+function invocationId(c) {
+  return c.startedAt ? core.hexOf(`${c.id}/invocation/${c.epoch}`, 32) : '';
+}
+
+function statusText(code, status) {
+  return `${status}${code === 1 ? '' : `/${SIGNALS[status] || String(status)}`}`;
+}
+
+/**
+ * One ExecStart= entry as systemctl prints it. The runtime half (start, stop, pid, code, status) belongs to the
+ * command object, which a daemon-reload replaces: after a reload it reads n/a until the next start.
+ */
+function execEntry(c, entry) {
+  const fresh = c.startedAt && !(c.unit && c.unit.reloadedAt > c.startedAt);
+  const running = c.status === 'running';
+  const x = running ? { code: 0, status: 0 } : lastExit(c);
+  const start = fresh ? c.startedAt : 0;
+  const stop = fresh && !running ? c.finishedAt : 0;
+  const pid = fresh ? (running ? c.pid : c.lastPid || 0) : 0;
+  const code = fresh ? x.code : 0;
+  const status = fresh ? x.status : 0;
+  return (
+    `{ path=${entry.path} ; argv[]=${entry.argv.join(' ')} ; ignore_errors=${entry.ignoreErrors ? 'yes' : 'no'} ; ` +
+    `start_time=[${showTime(start)}] ; stop_time=[${showTime(stop)}] ; pid=${pid} ; ` +
+    `code=${CLD_NAMES[code] || '(null)'} ; status=${statusText(code, status)} }`
+  );
+}
+
+function monotonic(state, ms) {
+  return ms ? String(Math.max(0, Math.round((ms - state.vm.bootedAt) * 1000))) : '0';
+}
+
+/**
+ * The properties the shim knows for a unit, `[name, value]` in the order systemd's D-Bus GetAll returns them (the
+ * Service interface first, then Unit); a value that is an array prints one line per element (ExecStart=).
+ */
+function unitProperties(state, unit, dir) {
+  const { c, engine, id } = unit;
+  const running = c.status === 'running';
+  const x = running ? { code: 0, status: 0 } : lastExit(c);
+  const a = activeState(c);
+  const exec = loadedExec(engine, c);
+  const ls = loadState(unit);
+  const exited = !running && c.startedAt && c.finishedAt >= c.startedAt;
+  return [
+    ['Type', 'simple'],
+    ['Restart', 'no'],
+    ['RestartUSec', '100ms'],
+    ['TimeoutStartUSec', '1min 30s'],
+    ['TimeoutStopUSec', '1min 30s'],
+    ['MainPID', String(running ? c.pid : 0)],
+    ['Result', a.result],
+    ['NRestarts', String(c.restartCount)],
+    ['ExecMainStartTimestamp', showTime(c.startedAt)],
+    ['ExecMainStartTimestampMonotonic', monotonic(state, c.startedAt)],
+    ['ExecMainExitTimestamp', showTime(exited ? c.finishedAt : 0)],
+    ['ExecMainExitTimestampMonotonic', monotonic(state, exited ? c.finishedAt : 0)],
+    ['ExecMainPID', String(running ? c.pid : c.lastPid || 0)],
+    ['ExecMainCode', String(x.code)],
+    ['ExecMainStatus', String(x.status)],
+    ['ExecStart', exec.map((e) => execEntry(c, e))],
+    ['Id', id],
+    ['Names', id],
+    ['Description', UNIT_FILES[engine.type].description],
+    ['LoadState', ls],
+    ['ActiveState', a.active],
+    ['FreezerState', 'running'],
+    ['SubState', a.sub],
+    ['FragmentPath', path.join(dir, id)],
+    ['DropInPaths', ((c.unit && c.unit.dropIns) || []).join(' ')],
+    ['UnitFileState', 'enabled'],
+    ['NeedDaemonReload', needsReload(unit, dir) ? 'yes' : 'no'],
+    [
+      'LoadError',
+      ls === 'loaded' ? '' : `org.freedesktop.systemd1.BadUnitSetting "Unit ${id} has a bad unit file setting."`,
+    ],
+    ['InvocationID', invocationId(c)],
+  ];
+}
+
+/** What systemd reports for a name no unit file answers to: LoadState=not-found, and no ExecStart= at all. */
+function notFoundProperties(id) {
+  return [
+    ['Type', 'simple'],
+    ['Restart', 'no'],
+    ['RestartUSec', '100ms'],
+    ['TimeoutStartUSec', '1min 30s'],
+    ['TimeoutStopUSec', '1min 30s'],
+    ['MainPID', '0'],
+    ['Result', 'success'],
+    ['NRestarts', '0'],
+    ['ExecMainStartTimestamp', 'n/a'],
+    ['ExecMainStartTimestampMonotonic', '0'],
+    ['ExecMainExitTimestamp', 'n/a'],
+    ['ExecMainExitTimestampMonotonic', '0'],
+    ['ExecMainPID', '0'],
+    ['ExecMainCode', '0'],
+    ['ExecMainStatus', '0'],
+    ['ExecStart', []],
+    ['Id', id],
+    ['Names', id],
+    ['Description', id],
+    ['LoadState', 'not-found'],
+    ['ActiveState', 'inactive'],
+    ['FreezerState', 'running'],
+    ['SubState', 'dead'],
+    ['FragmentPath', ''],
+    ['DropInPaths', ''],
+    ['UnitFileState', ''],
+    ['NeedDaemonReload', 'no'],
+    ['LoadError', `org.freedesktop.systemd1.NoSuchUnit "Unit ${id} not found."`],
+    ['InvocationID', ''],
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The journal
+
+/** Journal entries of systemd's own kept per unit (older runs' "Started"/"Stopped"/"Failed" lines). */
+const ARCHIVE_MAX = 200;
+
+/**
+ * What systemd logs about one run of the unit: "Started …" when it began and, once it ended, how it ended (stopped,
+ * SIGKILLed at TimeoutStopSec=, crashed, OOM-killed). `{ t, order, m }`; order places a line before (-1) or after
+ * (> 0) the engine's own lines of the same millisecond.
+ */
+function runLines(unit) {
+  const { c, engine, id } = unit;
+  const desc = `${id} - ${UNIT_FILES[engine.type].description}`;
+  const comm = path.basename(runningArgv(engine, c)[0]);
+  const lines = [];
+  const add = (t, order, m) => lines.push({ t, order, m });
+  if (!c.startedAt) return lines;
+  add(c.startedAt, -1, `Started ${desc}.`);
+  if (c.status !== 'exited' || c.finishedAt < c.startedAt) return lines;
+  const x = lastExit(c);
+  const at = c.finishedAt;
+  const name = x.code === 1 ? EXIT_NAMES[x.status] : SIGNALS[x.status];
+  const exited = `${id}: Main process exited, code=${CLD_NAMES[x.code]}, status=${x.status}/${name || x.status}`;
+  const failed = `${id}: Failed with result '${x.result}'.`;
+  if (x.result === 'success') {
+    add(at, -1, `Stopping ${desc}...`);
+    add(at, 1, `${id}: Deactivated successfully.`);
+    add(at, 2, `Stopped ${desc}.`);
+  } else if (x.result === 'timeout') {
+    add(at, -1, `Stopping ${desc}...`);
+    add(at, 1, `${id}: State 'stop-sigterm' timed out. Killing.`);
+    add(at, 2, `${id}: Killing process ${c.lastPid || 0} (${comm}) with signal SIGKILL.`);
+    add(at, 3, exited);
+    add(at, 4, failed);
+    add(at, 5, `Stopped ${desc}.`);
+  } else {
+    if (x.result === 'oom-kill') add(at, 1, `${id}: A process of this unit has been killed by the OOM killer.`);
+    add(at, 2, exited);
+    add(at, 3, failed);
+  }
+  return lines;
+}
+
+/** Before a new start: keep what systemd logged about the run that ends here (the record only knows the last one). */
+function archiveRun(state, c) {
+  const unit = allUnits(state).find((u) => u.c === c);
+  if (!unit) return;
+  c.unit = c.unit || {};
+  const kept = [...(c.unit.journal || []), ...runLines(unit)];
+  c.unit.journal = kept.slice(Math.max(0, kept.length - ARCHIVE_MAX));
+}
+
+/**
+ * The unit's journal: the engine's own output (stdout and stderr, as StandardOutput=journal records them) and what
+ * systemd logged about the unit. Entries are `{ t, m, pid, ident, inv }` in time order; `inv` is the
+ * _SYSTEMD_INVOCATION_ID= an entry carries (the current run's on its output; systemd's own messages carry none).
+ */
+function journalEntries(unit) {
+  const { c, engine } = unit;
+  const comm = path.basename(runningArgv(engine, c)[0]);
+  const pid = c.status === 'running' ? c.pid : c.lastPid || 0;
+  const current = invocationId(c);
+  const entries = c.logs.map((l) => ({
+    t: l.t,
+    order: 0,
+    m: l.m,
+    pid,
+    ident: comm,
+    inv: l.t >= c.startedAt ? current : 'earlier',
+  }));
+  const manager = [...((c.unit && c.unit.journal) || []), ...runLines(unit)];
+  for (const l of manager) entries.push({ ...l, pid: 1, ident: 'systemd', inv: '' });
+  return entries.map((e, seq) => ({ ...e, seq })).sort((p, q) => p.t - q.t || p.order - q.order || p.seq - q.seq);
+}
+
+module.exports = {
+  TIMEOUT_STOP_SEC,
+  UNIT_FILES,
+  unitName,
+  defaultUnitDir,
+  unitDir,
+  findUnit,
+  allUnits,
+  splitCommands,
+  parseExecStart,
+  loadedExec,
+  reloadUnit,
+  needsReload,
+  loadState,
+  applyLoadedExec,
+  showTime,
+  activeState,
+  invocationId,
+  unitProperties,
+  notFoundProperties,
+  journalEntries,
+};

@@ -1,0 +1,197 @@
+/**
+ * Real engines on a sandbox node: llama-server and Ollama run for real, in a real Docker container (the real docker
+ * CLI and engine, containers on `--network host`) or as keeper-run processes, while the node's GPUs, kernel log and
+ * hypervisor stay simulated. The supervisor brings them up with the simulated guest and takes them down with it
+ * (a simulated VM reboot stops them and starts them again after the boot); faults on them are real: a hang is
+ * `docker pause` / SIGSTOP (the port still accepts connections, nothing comes back), an exit is `docker kill` /
+ * SIGKILL.
+ */
+import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { EngineConfig, NodeConfig } from '../config/schema';
+import { DockerCli } from '../hosts/docker';
+import { runTool, describeFailure } from '../hosts/exec';
+import { ProcessRuntime } from '../hosts/process';
+import type { EngineRuntime } from '../hosts/runtime';
+
+/** Engines of a sandbox node that run for real. */
+export function realEngines(node: NodeConfig): (EngineConfig & { real: NonNullable<EngineConfig['real']> })[] {
+  return node.engines.filter((e): e is EngineConfig & { real: NonNullable<EngineConfig['real']> } => !!e.real);
+}
+
+/** The node with only its simulated engines: what the simulated state (docker shim, nvidia-smi apps) models. */
+export function simulatedPart(node: NodeConfig): NodeConfig {
+  return { ...node, engines: node.engines.filter((e) => !e.real) };
+}
+
+/** Real faults a real engine can be given. */
+export type RealFaultKind = 'engine-hang' | 'container-exit';
+
+export interface RealEnginesOptions {
+  /** The real docker CLI (never the sandbox's shim). */
+  dockerBin: string;
+  /** Where runtime-process engines keep their state (the node's `tools.processDir`, resolved). */
+  processDir: string;
+  log?: (line: string) => void;
+}
+
+/** Lifecycle of one sandbox node's real engines. */
+export class RealEngines {
+  readonly docker: DockerCli;
+  readonly processes: ProcessRuntime;
+  private readonly engines: ReturnType<typeof realEngines>;
+  private readonly log: (line: string) => void;
+
+  constructor(
+    readonly node: NodeConfig,
+    private readonly opts: RealEnginesOptions,
+  ) {
+    this.engines = realEngines(node);
+    this.docker = new DockerCli({ bin: opts.dockerBin });
+    this.processes = new ProcessRuntime({
+      dir: opts.processDir,
+      specs: Object.fromEntries(
+        this.engines.flatMap((e) => (e.runtime === 'process' && e.process ? [[e.container, e.process]] : [])),
+      ),
+    });
+    this.log = opts.log ?? (() => undefined);
+  }
+
+  get any(): boolean {
+    return this.engines.length > 0;
+  }
+
+  runtimeOf(e: EngineConfig): EngineRuntime {
+    return e.runtime === 'docker' ? this.docker : this.processes;
+  }
+
+  private engine(name: string | undefined): ReturnType<typeof realEngines>[number] | undefined {
+    return name === undefined ? this.engines[0] : this.engines.find((e) => e.name === name);
+  }
+
+  /** Whether this node runs the named engine (default: its first engine) for real. */
+  has(name: string | undefined): boolean {
+    return name === undefined ? this.node.engines[0]?.real !== undefined : this.engine(name) !== undefined;
+  }
+
+  /** Create missing containers and start every real engine; then give Ollama its seed models. */
+  async up(): Promise<void> {
+    for (const e of this.engines) {
+      if (e.runtime === 'docker') await this.ensureContainer(e);
+      await this.runtimeOf(e).start(e.container);
+      this.log(`sandbox ${this.node.id}: real engine ${e.name} (${e.type}, ${e.runtime}) started`);
+    }
+    await Promise.all(this.engines.map((e) => this.seed(e)));
+  }
+
+  /** Stop every real engine, as the guest's shutdown would (the state of each stays: the next boot starts it). */
+  async down(): Promise<void> {
+    await Promise.all(
+      this.engines.map(async (e) => {
+        await this.clear(e).catch(() => undefined);
+        await this.runtimeOf(e)
+          .stop(e.container, { timeoutSec: 5 })
+          .catch((err: unknown) => this.log(`sandbox ${this.node.id}: stopping ${e.name}: ${(err as Error).message}`));
+      }),
+    );
+  }
+
+  /** Remove the sandbox's containers (the process state files stay for inspection). */
+  async remove(): Promise<void> {
+    await this.down();
+    for (const e of this.engines) {
+      if (e.runtime === 'docker') await this.docker.remove(e.container, { force: true }).catch(() => undefined);
+    }
+  }
+
+  private async ensureContainer(e: ReturnType<typeof realEngines>[number]): Promise<void> {
+    if ((await this.docker.inspectOne(e.container)).exists) return;
+    if (!e.real.image) throw new Error(`engine ${e.name}: real.image is needed to create its container`);
+    const args = ['create', '--name', e.container, '--network', 'host', '--label', `gpuops.sandbox=${this.node.id}`];
+    if (e.real.memory) args.push('--memory', e.real.memory, '--memory-swap', e.real.memory);
+    for (const [k, v] of Object.entries(e.real.env ?? {})) args.push('--env', `${k}=${v}`);
+    args.push(e.real.image, ...e.real.args);
+    const r = await runTool(this.opts.dockerBin, args, { timeoutMs: 60_000 });
+    if (r.exitCode !== 0) throw new Error(describeFailure(r));
+    this.log(`sandbox ${this.node.id}: created container ${e.container} from ${e.real.image}`);
+  }
+
+  /** Give a real Ollama the models it should start with, over its own API (blob upload, then create). */
+  private async seed(e: ReturnType<typeof realEngines>[number]): Promise<void> {
+    if (e.type !== 'ollama' || e.real.seedModels.length === 0) return;
+    const base = e.url.replace(/\/$/, '');
+    const deadline = Date.now() + 60_000;
+    let tags: string[] | undefined;
+    while (!tags) {
+      try {
+        const res = await fetch(`${base}/api/tags`);
+        const body = (await res.json()) as { models?: { name: string }[] };
+        tags = (body.models ?? []).map((m) => m.name);
+      } catch {
+        if (Date.now() > deadline) throw new Error(`engine ${e.name}: Ollama did not answer on ${base} in 60 s`);
+        await sleep(200);
+      }
+    }
+    for (const m of e.real.seedModels) {
+      const full = m.name.includes(':') ? m.name : `${m.name}:latest`;
+      if (tags.includes(full)) continue;
+      const data = await readFile(m.gguf);
+      const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+      const put = await fetch(`${base}/api/blobs/${digest}`, { method: 'POST', body: data });
+      if (!put.ok) throw new Error(`engine ${e.name}: blob upload of ${m.gguf} failed: HTTP ${put.status}`);
+      const create = await fetch(`${base}/api/create`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: m.name, files: { 'model.gguf': digest }, stream: false }),
+      });
+      if (!create.ok) {
+        throw new Error(`engine ${e.name}: create ${m.name} failed: HTTP ${create.status} ${await create.text()}`);
+      }
+      this.log(`sandbox ${this.node.id}: ${e.name} now has ${m.name} (${digest.slice(0, 19)}…)`);
+    }
+  }
+
+  /** The PID of a process-runtime engine, or the container's main PID. */
+  private async pid(e: EngineConfig): Promise<number> {
+    const cmd = await this.runtimeOf(e).command(e.container);
+    if (e.runtime === 'process') return Number(cmd?.id);
+    const r = await runTool(this.opts.dockerBin, ['inspect', '--format', '{{.State.Pid}}', e.container]);
+    return Number(r.stdout.trim());
+  }
+
+  /**
+   * Give a real engine a real fault: `engine-hang` freezes it (docker pause / SIGSTOP: connections are accepted,
+   * nothing answers), `container-exit` kills it (docker kill / SIGKILL). Returns what was done.
+   */
+  async inject(kind: RealFaultKind, engineName?: string): Promise<string> {
+    const e = this.engine(engineName);
+    if (!e) throw new Error(`node ${this.node.id} runs no real engine "${engineName ?? ''}"`);
+    const state = await this.runtimeOf(e).inspectOne(e.container);
+    if (!state.running) throw new Error(`engine ${e.name} is not running (${state.status})`);
+    if (e.runtime === 'docker') {
+      const r = await runTool(this.opts.dockerBin, [kind === 'engine-hang' ? 'pause' : 'kill', e.container]);
+      if (r.exitCode !== 0) throw new Error(describeFailure(r));
+      return `docker ${kind === 'engine-hang' ? 'pause' : 'kill'} ${e.container}`;
+    }
+    const pid = await this.pid(e);
+    process.kill(pid, kind === 'engine-hang' ? 'SIGSTOP' : 'SIGKILL');
+    return `kill -${kind === 'engine-hang' ? 'STOP' : 'KILL'} ${pid} (${e.name})`;
+  }
+
+  /** Undo a hang by hand (docker unpause / SIGCONT), as an operator would. */
+  async clear(e: EngineConfig): Promise<boolean> {
+    const state = await this.runtimeOf(e).inspectOne(e.container);
+    if (state.status !== 'paused') return false;
+    if (e.runtime === 'docker') await runTool(this.opts.dockerBin, ['unpause', e.container]);
+    else process.kill(await this.pid(e), 'SIGCONT');
+    return true;
+  }
+
+  /** Clear hangs on every real engine. */
+  async clearAll(): Promise<string[]> {
+    const cleared: string[] = [];
+    for (const e of this.engines) if (await this.clear(e)) cleared.push(e.name);
+    return cleared;
+  }
+}

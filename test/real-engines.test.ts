@@ -1,0 +1,238 @@
+/**
+ * gpuops against real engines: llama.cpp `llama-server` and Ollama built by `npm run engines`, serving tiny generated
+ * GGUF models, on a sandbox node whose GPUs and hypervisor stay simulated. The engines run as keeper-run processes
+ * (`runtime: process`) and, where a Docker engine runs, in real containers (`runtime: docker`, the real docker CLI).
+ * Faults are real: a hang is SIGSTOP / `docker pause`, an exit is SIGKILL / `docker kill`.
+ */
+import path from 'node:path';
+import type { HealthReport } from '../src/domain/classify';
+import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/messages';
+import type { inspectNode } from '../workflows/inspect-node';
+import type { recoverNode, watchNode } from '../workflows/recovery';
+import {
+  FAST_RECOVERY,
+  controlWorker,
+  openTestEnv,
+  startTestSandbox,
+  uniqueId,
+  waitForPoller,
+  type TestEnv,
+  type TestSandbox,
+} from './helpers/env';
+import { engineTools, llamaEngine, ollamaEngine, realDockerBin, realTest } from './helpers/real-engines';
+
+let env: TestEnv;
+const sandboxes: TestSandbox[] = [];
+
+beforeAll(async () => {
+  env = await openTestEnv();
+});
+afterAll(async () => {
+  for (const s of sandboxes) {
+    await s.stop();
+    await s.sim.real.remove();
+  }
+  await env?.close();
+});
+
+async function realSandbox(
+  build: (dir: string) => Promise<(Record<string, unknown> & { name: string })[]>,
+): Promise<TestSandbox> {
+  const dir = path.join(engineTools().dir, 'tmp', uniqueId('node'));
+  const s = await startTestSandbox({
+    hardware: { gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }], engines: await build(dir) },
+    tools: { docker: realDockerBin(), processDir: path.join(dir, 'processes') },
+  });
+  sandboxes.push(s);
+  await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
+  await s.sim.waitFor(() => true, 1000).catch(() => undefined);
+  return s;
+}
+
+function inspect(s: TestSandbox): Promise<HealthReport> {
+  return env.client.workflow.execute<typeof inspectNode>('inspectNode', {
+    taskQueue: env.controlQueue,
+    workflowId: uniqueId('inspect'),
+    args: [{ node: s.nodeId }],
+  });
+}
+
+/** Inspect until the node is healthy (real engines take a moment to load their model after a start). */
+async function untilHealthy(s: TestSandbox, timeoutMs = 60_000): Promise<HealthReport> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await inspect(s);
+    if (r.healthy) return r;
+    if (Date.now() > end) throw new Error(`not healthy: ${JSON.stringify(r.problems)}`);
+    await new Promise((res) => setTimeout(res, 500));
+  }
+}
+
+/** Run `fn` with a fast watcher on the node, terminated afterwards whatever happens. */
+async function withWatcher(
+  s: TestSandbox,
+  fn: (h: Awaited<ReturnType<typeof startWatcher>>) => Promise<void>,
+): Promise<void> {
+  const h = await startWatcher(s);
+  try {
+    await fn(h);
+  } finally {
+    await h.terminate('test done').catch(() => undefined);
+  }
+}
+
+function startWatcher(s: TestSandbox) {
+  return env.client.workflow.start<typeof watchNode>('watchNode', {
+    taskQueue: env.controlQueue,
+    workflowId: workflowIds.watch(s.nodeId),
+    args: [
+      {
+        node: s.nodeId,
+        probeInterval: '500ms',
+        failureThreshold: 2,
+        pickupTimeout: '2s',
+        probeTimeout: '3s',
+        recovery: { ...FAST_RECOVERY, verifyTimeout: '60s' },
+      },
+    ],
+  });
+}
+
+/** Wait until the watcher has acted on a fault and say what it did. */
+async function watcherAction(h: Awaited<ReturnType<typeof startWatcher>>, timeoutMs = 90_000): Promise<string> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await h.query(getWatchStatusQuery);
+    if (st.lastAction && /recovered|escalated/.test(st.lastAction.detail)) return st.lastAction.detail;
+    if (Date.now() > end) throw new Error(`watcher did not act: ${JSON.stringify(st)}`);
+    await new Promise((res) => setTimeout(res, 250));
+  }
+}
+
+async function lastIncident(s: TestSandbox) {
+  return env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId)).result();
+}
+
+describe('runtime process: real llama-server and real Ollama as keeper-run processes', () => {
+  let s: TestSandbox;
+  const it = realTest(['llamaServer', 'ollama']);
+
+  beforeAll(async () => {
+    const t = engineTools();
+    if (!t.llamaServer || !t.ollama || !t.models.v1) return;
+    s = await realSandbox(async (dir) => [
+      await llamaEngine({ runtime: 'process', model: t.models.v1 as string }),
+      await ollamaEngine({
+        runtime: 'process',
+        modelsDir: path.join(dir, 'ollama-models'),
+        seed: [{ name: 'gpuops-tiny:v1', gguf: t.models.v1 as string }],
+      }),
+    ]);
+  }, 120_000);
+
+  it('inspectNode sees both real engines healthy, each answering a real test generation', async () => {
+    const w = await controlWorker(env, s.loaded);
+    const report = await w.runUntil(untilHealthy(s));
+    const byName = Object.fromEntries(report.observation.engines.map((e) => [e.name, e]));
+    expect(byName.llama).toMatchObject({ type: 'llamacpp', reachable: true, healthy: true });
+    expect(byName.llama?.generation?.ok).toBe(true);
+    expect(byName.ollama).toMatchObject({ type: 'ollama', reachable: true, healthy: true });
+    expect(byName.ollama?.generation?.ok).toBe(true);
+    expect(byName.ollama?.models).toContain('gpuops-tiny:v1');
+    expect(report.observation.containers.map((c) => [c.name, c.status])).toEqual([
+      ['llama', 'running'],
+      ['ollama', 'running'],
+    ]);
+  }, 120_000);
+
+  it('a SIGSTOPped llama-server (port still open) is detected as hung and restarted by the watcher', async () => {
+    const w = await controlWorker(env, s.loaded);
+    await w.runUntil(async () => {
+      await untilHealthy(s);
+      const before = await s.sim.real.processes.command('llama');
+      await withWatcher(s, async (h) => {
+        expect(await s.sim.real.inject('engine-hang', 'llama')).toMatch(/^kill -STOP \d+ \(llama\)$/);
+        expect((await s.sim.real.processes.inspectOne('llama')).status).toBe('paused');
+        const detail = await watcherAction(h);
+        expect(detail).toMatch(/^recovered after restart-container/);
+        const incident = await lastIncident(s);
+        expect(incident.initial?.problems.map((p) => [p.kind, p.subject])).toContainEqual(['engine-hung', 'llama']);
+        expect(incident.rungs[0]?.actions).toContain('restart process llama');
+        const after = await s.sim.real.processes.command('llama');
+        expect(after?.running).toBe(true);
+        expect(after?.id).not.toBe(before?.id);
+      });
+    });
+  }, 150_000);
+
+  it('a SIGKILLed Ollama is seen exited and brought back by recovery, its model still there', async () => {
+    const w = await controlWorker(env, s.loaded);
+    await w.runUntil(async () => {
+      await untilHealthy(s);
+      await withWatcher(s, async (h) => {
+        await s.sim.real.inject('container-exit', 'ollama');
+        const detail = await watcherAction(h);
+        expect(detail).toMatch(/^recovered after restart-container/);
+        const incident = await lastIncident(s);
+        expect(incident.initial?.problems.map((p) => p.kind)).toContain('container-exited');
+        expect(incident.rungs[0]?.actions).toContain('restart process ollama');
+        const final = await untilHealthy(s);
+        expect(final.observation.engines.find((e) => e.name === 'ollama')?.models).toContain('gpuops-tiny:v1');
+      });
+    });
+  }, 150_000);
+});
+
+describe('runtime docker: real llama-server and Ollama in real containers on the real Docker engine', () => {
+  let s: TestSandbox;
+  const it = realTest(['llamaServer', 'ollama', 'docker']);
+  const tag = uniqueId('c');
+
+  beforeAll(async () => {
+    const t = engineTools();
+    if (!t.images.llamaServer || !t.images.ollama || !t.models.v1) return;
+    s = await realSandbox(async () => [
+      await llamaEngine({ runtime: 'docker', model: t.models.v1 as string, container: `gpuops-test-llama-${tag}` }),
+      await ollamaEngine({
+        runtime: 'docker',
+        modelsDir: '/root/.ollama/models',
+        container: `gpuops-test-ollama-${tag}`,
+        seed: [{ name: 'gpuops-tiny:v1', gguf: t.models.v1 as string }],
+      }),
+    ]);
+  }, 120_000);
+
+  it('a paused llama-server container is detected as hung and recovered by a real docker restart', async () => {
+    const w = await controlWorker(env, s.loaded);
+    await w.runUntil(async () => {
+      const healthy = await untilHealthy(s);
+      expect(healthy.observation.containers.map((c) => c.status)).toEqual(['running', 'running']);
+      await withWatcher(s, async (h) => {
+        expect(await s.sim.real.inject('engine-hang', 'llama')).toBe(`docker pause gpuops-test-llama-${tag}`);
+        const detail = await watcherAction(h);
+        expect(detail).toMatch(/^recovered after restart-container/);
+        const incident = await lastIncident(s);
+        const llama = `gpuops-test-llama-${tag}`;
+        expect(incident.initial?.problems.map((p) => [p.kind, p.subject])).toContainEqual(['engine-hung', 'llama']);
+        expect(incident.rungs[0]?.actions).toContain(`docker restart ${llama}`);
+        expect(await s.sim.real.docker.inspectOne(llama)).toMatchObject({ status: 'running', running: true });
+      });
+    });
+  }, 150_000);
+
+  it('a killed Ollama container is started again by recovery', async () => {
+    const w = await controlWorker(env, s.loaded);
+    await w.runUntil(async () => {
+      await untilHealthy(s);
+      await withWatcher(s, async (h) => {
+        expect(await s.sim.real.inject('container-exit', 'ollama')).toBe(`docker kill gpuops-test-ollama-${tag}`);
+        const detail = await watcherAction(h);
+        expect(detail).toMatch(/^recovered after restart-container/);
+        const incident = await lastIncident(s);
+        expect(incident.initial?.problems.map((p) => p.kind)).toContain('container-exited');
+        const final = await untilHealthy(s);
+        expect(final.observation.engines.find((e) => e.name === 'ollama')?.models).toContain('gpuops-tiny:v1');
+      });
+    });
+  }, 150_000);
+});
