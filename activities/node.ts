@@ -47,7 +47,9 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
   const docker = opts.docker ?? new DockerCli({ bin: node.tools.docker });
   const runtimes = new EngineRuntimes(node, {
     docker,
-    systemd: opts.systemd ?? new SystemdCtl({
+    systemd:
+      opts.systemd ??
+      new SystemdCtl({
         systemctl: node.tools.systemctl,
         journalctl: node.tools.journalctl,
         // A sandbox node's units are simulated: their drop-ins live in its state directory (set by the sandbox).

@@ -209,7 +209,10 @@ test('validation runs on vLLM and llama.cpp slots: the good canary passes, the b
 test('a stopped slot is standby while its partner serves; both halves down is a fault; startEngine brings it back', async () => {
   await slots.loadCanarySlot({ engine: 'vllm-deep', model: GOOD });
   const probe = async () => {
-    const containers = await createDockerActivities({ node, runtimes: new EngineRuntimes(node, { docker }) }).inspectContainers();
+    const containers = await createDockerActivities({
+      node,
+      runtimes: new EngineRuntimes(node, { docker }),
+    }).inspectContainers();
     const engines = await createEngineActivities({ node, clientFor: createEngineClient }).probeEngines({
       generate: true,
       timeoutMs: 2000,

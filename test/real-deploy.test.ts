@@ -20,7 +20,6 @@ import {
   openTestEnv,
   startTestRouter,
   startTestSandbox,
-  uniqueId,
   waitForDeployment,
   waitForPoller,
   type TestEnv,
@@ -33,6 +32,8 @@ import {
   realTest,
   startRegistry,
   registryFront,
+  removeTempDirs,
+  tempDir,
 } from './helpers/real-engines';
 import { nodeTaskQueue } from '../src/messages';
 
@@ -50,7 +51,7 @@ beforeAll(async () => {
   const t = engineTools();
   if (!t.ollama || !t.registry || !t.models.v1 || !t.models.v2 || !t.models.large) return;
   env = await openTestEnv();
-  const dir = path.join(t.dir, 'tmp', uniqueId('deploy'));
+  const dir = tempDir('deploy');
   registry = await startRegistry(path.join(dir, 'registry'));
   digests = await publishModels(
     registry.host,
@@ -101,6 +102,7 @@ afterAll(async () => {
   await front?.close();
   await registry?.stop();
   await env?.close();
+  removeTempDirs();
 });
 
 /** Short steps; a structural golden set (any non-empty answer); the local registry allowed as a source. */

@@ -19,7 +19,15 @@ import {
   type TestEnv,
   type TestSandbox,
 } from './helpers/env';
-import { engineTools, llamaEngine, ollamaEngine, realDockerBin, realTest } from './helpers/real-engines';
+import {
+  engineTools,
+  llamaEngine,
+  ollamaEngine,
+  realDockerBin,
+  realTest,
+  removeTempDirs,
+  tempDir,
+} from './helpers/real-engines';
 
 let env: TestEnv;
 const sandboxes: TestSandbox[] = [];
@@ -33,12 +41,13 @@ afterAll(async () => {
     await s.sim.real.remove();
   }
   await env?.close();
+  removeTempDirs();
 });
 
 async function realSandbox(
   build: (dir: string) => Promise<(Record<string, unknown> & { name: string })[]>,
 ): Promise<TestSandbox> {
-  const dir = path.join(engineTools().dir, 'tmp', uniqueId('node'));
+  const dir = tempDir('node');
   const s = await startTestSandbox({
     hardware: { gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }], engines: await build(dir) },
     tools: { docker: realDockerBin(), processDir: path.join(dir, 'processes') },

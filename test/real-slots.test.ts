@@ -19,7 +19,7 @@ import {
   type TestEnv,
   type TestSandbox,
 } from './helpers/env';
-import { engineTools, llamaEngine, realDockerBin, realTest } from './helpers/real-engines';
+import { engineTools, llamaEngine, realDockerBin, realTest, removeTempDirs, tempDir } from './helpers/real-engines';
 
 let env: TestEnv;
 let router: RouterHandle;
@@ -39,6 +39,7 @@ afterAll(async () => {
   }
   await router?.close();
   await env?.close();
+  removeTempDirs();
 });
 
 const policy = {
@@ -59,7 +60,7 @@ const policy = {
 async function slotPair(runtime: 'docker' | 'process'): Promise<TestSandbox> {
   const t = engineTools();
   const tag = uniqueId('s');
-  const dir = path.join(t.dir, 'tmp', tag);
+  const dir = tempDir('slots');
   const s = await startTestSandbox({
     extra: routerConfig,
     hardware: {

@@ -4,13 +4,26 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import http from 'node:http';
 import type net from 'node:net';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { findEngineTools, type EngineTools } from '../../src/sandbox/engine-supply';
 import { freePort } from '../../src/net';
+
+const tempDirs: string[] = [];
+/** A scratch directory for one test's engines (models, state, logs), removed by {@link removeTempDirs}. */
+export function tempDir(prefix: string): string {
+  const d = mkdtempSync(path.join(os.tmpdir(), `gpuops-${prefix}-`));
+  tempDirs.push(d);
+  return d;
+}
+/** Remove this file's scratch directories (after its engines are stopped). */
+export function removeTempDirs(): void {
+  for (const d of tempDirs.splice(0)) rmSync(d, { recursive: true, force: true });
+}
 
 let cached: EngineTools | undefined;
 /** The supplied engines (looked up once per test file). */

@@ -1,0 +1,70 @@
+/**
+ * Recovery's first rung for engines that do not run in Docker: a systemd unit (Ollama's official install runs
+ * `ollama.service`) is restarted through `systemctl` — here the sandbox's systemctl/journalctl shims, which print what
+ * the real tools print, over the same simulated engine the docker shim serves.
+ */
+import { injectFault } from '../src/sandbox/faults';
+import { nodeTaskQueue, workflowIds } from '../src/messages';
+import type { recoverNode } from '../workflows/recovery';
+import {
+  FAST_RECOVERY,
+  controlWorker,
+  openTestEnv,
+  startTestSandbox,
+  waitForPoller,
+  type TestEnv,
+  type TestSandbox,
+} from './helpers/env';
+
+let env: TestEnv;
+let s: TestSandbox;
+
+beforeAll(async () => {
+  env = await openTestEnv();
+  s = await startTestSandbox({
+    hardware: {
+      gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
+      engines: [
+        {
+          name: 'ollama',
+          type: 'ollama',
+          runtime: 'systemd',
+          container: 'ollama.service',
+          gpus: [0],
+          probeModel: 'llama3.2:1b',
+        },
+      ],
+    },
+  });
+  await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
+}, 60_000);
+
+afterAll(async () => {
+  await s?.stop();
+  await env?.close();
+});
+
+test('a hung engine under systemd is restarted with systemctl restart and verified healthy', async () => {
+  const before = s.sim.store.read().containers['ollama.service'];
+  injectFault(s.sim.store, 'engine-hang');
+  const w = await controlWorker(env, s.loaded);
+  const incident = await w.runUntil(async () => {
+    const h = await env.client.workflow.start<typeof recoverNode>('recoverNode', {
+      taskQueue: env.controlQueue,
+      workflowId: workflowIds.recover(s.nodeId),
+      args: [{ node: s.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...FAST_RECOVERY }],
+    });
+    return h.result();
+  });
+  expect(incident.outcome).toBe('recovered');
+  expect(incident.initial?.problems.map((p) => [p.kind, p.subject])).toContainEqual(['engine-hung', 'ollama']);
+  expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([['restart-container', 'healthy']]);
+  expect(incident.rungs[0]?.actions).toContain('systemctl restart ollama.service');
+  // The unit really went through a restart: a new main PID. (systemd's NRestarts counts only its own automatic
+  // restarts, not `systemctl restart`, and the shim keeps that rule.)
+  const after = s.sim.store.read().containers['ollama.service'];
+  expect(after?.status).toBe('running');
+  expect(after?.pid).not.toBe(before?.pid);
+  expect(after?.restartCount).toBe(before?.restartCount);
+  expect(incident.final?.healthy).toBe(true);
+}, 90_000);
