@@ -32,7 +32,8 @@ let hook: http.Server;
 const received: { title: string; severity: string }[] = [];
 const tag = uniqueId('b').toLowerCase();
 const plan = (name: string): string => `${tag}-${name}`;
-const timings = { pickupTimeout: '20s', heartbeatTimeout: '3s' };
+// A heartbeat every second or so from restic's progress; 6 s of silence leaves room for a loaded CI box.
+const timings = { pickupTimeout: '20s', heartbeatTimeout: '6s' };
 
 /** Source files of the model-store plan: an Ollama-like store with a manifest, a blob and a partial download. */
 function writeModelStore(root: string): void {

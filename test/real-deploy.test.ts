@@ -100,7 +100,7 @@ afterAll(async () => {
   await router?.close();
   await slow?.close();
   await front?.close();
-  await registry?.stop();
+  await registry?.close();
   await env?.close();
   removeTempDirs();
 });

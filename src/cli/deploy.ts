@@ -30,6 +30,7 @@ const DeployArgs = z.strictObject({
   revision: z.string().optional(),
   policy: z.string().optional(),
   follow: z.boolean().default(false),
+  safetyProbes: z.boolean().default(true),
 });
 const SteerArgs = z.strictObject({
   node: z.string().min(1, { message: 'is required (--node)' }),
@@ -156,6 +157,7 @@ export function registerDeployCommands(program: Command, globals: () => GlobalOp
     .option('--digest <sha256>', 'pin the model digest')
     .option('--revision <rev>', 'HF revision (commit, branch or tag) for vLLM; a 40-hex commit counts as pinned')
     .option('--policy <name>', 'deployment policy from gpuops.yaml (default: "default", else built-in defaults)')
+    .option('--no-safety-probes', 'skip the jailbreak / PII probes (risk becomes at least medium: needs approve)')
     .option('--follow', 'print progress until the deployment ends')
     .action(async (alias: string, model: string, opts: Record<string, unknown>) => {
       const a = parseOrThrow(DeployArgs, opts, 'arguments');
@@ -191,6 +193,7 @@ export function registerDeployCommands(program: Command, globals: () => GlobalOp
                 ...(a.digest ? { expectedDigest: a.digest } : {}),
                 ...(a.revision ? { revision: a.revision } : {}),
                 ...(policy ? { policy } : {}),
+                ...(a.safetyProbes === false ? { safetyProbes: false } : {}),
               },
             ],
             staticSummary: `Deploy ${model} as ${alias} on ${a.node}`,

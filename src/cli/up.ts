@@ -17,6 +17,7 @@ import { startDevServer } from '../temporal/dev-server';
 import { installRuntimeLogger } from '../temporal/worker-main';
 import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandbox/node';
 import { initialSandboxModel } from '../sandbox/state';
+import { REAL_NODE, REAL_REGISTRY, startRealRegistry } from '../sandbox/real-config';
 import { startRouter } from '../router';
 import type { RouteTableInput } from '../router/routes';
 import { createControlWorker } from '../../workers/control';
@@ -129,6 +130,20 @@ export async function upCommand(opts: UpOptions): Promise<void> {
       started.push(
         `sandbox node ${node.id}: engines ${node.engines.map((e) => `${e.name} ${e.url}`).join(', ') || 'none'}; node worker on gpuops-node-${node.id}`,
       );
+    }
+
+    // The real node's registry: models a deployment pulls into its real Ollama, pushed there as an operator would.
+    let realPull: { model: string; digest: string } | undefined;
+    if (sandboxNodes.some((n) => n.engines.some((e) => e.real && e.type === 'ollama'))) {
+      try {
+        const reg = await startRealRegistry(stateDir);
+        for (const h of reg.handles) teardown.push({ name: `registry ${h.host}`, fn: () => h.close() });
+        const digest = reg.digests['gpuops-tiny:v2'] ?? '';
+        realPull = { model: `${REAL_REGISTRY}/library/gpuops-tiny:v2`, digest };
+        started.push(`registry ${REAL_REGISTRY} (distribution v3; gpuops-tiny:v2 ${digest.slice(0, 19)}…)`);
+      } catch (err) {
+        log(`warning: no registry for the real engines (${(err as Error).message})`);
+      }
     }
 
     // The simulated Proxmox API answers for every sandbox VM managed through a proxmox-api hypervisor.
@@ -263,6 +278,12 @@ export async function upCommand(opts: UpOptions): Promise<void> {
               `  ./bin/gpuops${cfgFlag} sandbox fault ${n.id} engine-hang --engine ${e?.name ?? ''}  # a real ${e?.type ?? ''} frozen (${e?.runtime === 'docker' ? 'docker pause' : 'SIGSTOP'}): the watcher restarts it`,
             ];
           }),
+        ...(realPull
+          ? [
+              `  ./bin/gpuops${cfgFlag} deploy ${REAL_NODE.id}-ollama ${realPull.model} --node ${REAL_NODE.id} --policy tiny --no-safety-probes --digest ${realPull.digest} --follow`,
+              `  ./bin/gpuops${cfgFlag} approve ${REAL_NODE.id}-ollama --node ${REAL_NODE.id}   # in another terminal, at awaiting-approval`,
+            ]
+          : []),
         `  temporal workflow start --address ${target.address} --task-queue ${CONTROL_TASK_QUEUE} --type inspectNode --input '{"node":"${first}"}'`,
         '',
         'Ctrl-C stops everything; history is kept for the next start.',

@@ -262,8 +262,9 @@ const MAX_BODY = 8 << 20;
 
 /**
  * Reads the response as it passes, without changing it: output tokens from the engine's own count (OpenAI `usage`,
- * Ollama `eval_count` in the final object) or else the number of content chunks, and in-stream error objects (an
- * engine that fails after sending 200 reports the error inside the stream).
+ * Ollama `eval_count` in the final object, else llama-server's `timings.predicted_n`) or else the number of content
+ * chunks, and in-stream error objects (an engine that fails after sending 200 reports the error inside the stream).
+ * Chunks are decoded as one UTF-8 stream, so a character split across chunks is read whole.
  */
 export class TokenTap {
   private carry = '';
@@ -271,6 +272,11 @@ export class TokenTap {
   private body: Buffer[] = [];
   private bodyBytes = 0;
   private usage: number | undefined;
+  /**
+   * llama-server's own count in its last chunk when the client asked for no usage. It differs from the chunk count:
+   * the engine holds back the tokens of an incomplete UTF-8 character and sends the character in one chunk.
+   */
+  private predicted: number | undefined;
   private chunks = 0;
   /** The stream carried an error object. */
   streamError = false;
@@ -305,6 +311,7 @@ export class TokenTap {
   /** Engine-reported output tokens, else streamed content chunks; undefined when neither was seen. */
   tokens(): number | undefined {
     if (this.usage !== undefined) return this.usage;
+    if (this.predicted !== undefined) return this.predicted;
     return this.streaming && this.chunks > 0 ? this.chunks : undefined;
   }
 
@@ -322,6 +329,8 @@ export class TokenTap {
     const usage = o.usage as { completion_tokens?: unknown } | undefined | null;
     if (usage && typeof usage.completion_tokens === 'number') this.usage = usage.completion_tokens;
     if (typeof o.eval_count === 'number') this.usage = o.eval_count;
+    const timings = o.timings as { predicted_n?: unknown } | undefined | null;
+    if (timings && typeof timings.predicted_n === 'number') this.predicted = timings.predicted_n;
     if (!streamed) return;
     const choice = Array.isArray(o.choices) ? (o.choices[0] as Record<string, unknown> | undefined) : undefined;
     const delta = choice?.delta as { content?: unknown } | undefined;

@@ -17,9 +17,15 @@ export interface EngineServerOptions {
   /** Engine name (config `engines[].name`). */
   engine: string;
   log?: (line: string) => void;
+  /**
+   * What an Ollama engine says in /api/version (default the sandbox's {@link core.OLLAMA_VERSION}). A source-built
+   * Ollama says "0.0.0".
+   */
+  ollamaVersion?: string;
 }
 
-type Api = 'ollama-generate' | 'ollama-chat' | 'openai-chat' | 'openai-completion';
+/** The generation APIs; `llama-completion` is llama-server's own POST /completion. */
+type Api = 'ollama-generate' | 'ollama-chat' | 'openai-chat' | 'openai-completion' | 'llama-completion';
 
 interface GenRequest {
   api: Api;
@@ -32,9 +38,13 @@ interface GenRequest {
   /** Ollama keep_alive in ms; -1 = forever; undefined = default (5 min). */
   keepAliveMs?: number;
   includeUsage: boolean;
+  /** Sampling parameters the request set (llama.cpp echoes them in generation_settings and /slots). */
+  sampling?: { temperature?: number; seed?: number; ignoreEos?: boolean };
 }
 
 const DEFAULT_KEEP_ALIVE_MS = 5 * 60_000;
+/** Ollama's default num_ctx. */
+const OLLAMA_DEFAULT_CONTEXT = 4096;
 const NS_PER_MS = 1_000_000;
 
 class HttpError extends Error {
@@ -116,9 +126,38 @@ class Histogram {
   }
 }
 
+/** Parallel slots of a simulated llama-server (its `-np`), as /props `total_slots` and /slots show them. */
+const LLAMA_SLOTS = 4;
+/** What llama-server puts in /props build_info and in every OpenAI answer's system_fingerprint. */
+const LLAMA_BUILD = 'b4240-2a1a0a1b';
+
+/** One llama-server slot: a task runs in it; after the task it keeps the task's prompt cache and parameters. */
+interface LlamaSlot {
+  id: number;
+  processing: boolean;
+  /** Last task that ran here; undefined while the slot never ran one (then /slots shows only id, n_ctx, …). */
+  idTask?: number;
+  promptTokens: number;
+  decoded: number;
+  nPredict: number;
+  params?: Record<string, unknown>;
+}
+
+function freshSlots(): LlamaSlot[] {
+  return Array.from({ length: LLAMA_SLOTS }, (_, id) => ({
+    id,
+    processing: false,
+    promptTokens: 0,
+    decoded: 0,
+    nPredict: -1,
+  }));
+}
+
 /** Counters since this engine process started (they reset when the container restarts, as real ones do). */
 class EngineMetrics {
   running = 0;
+  /** Longest sequence (prompt + generation) seen: llama-server's n_tokens_max. */
+  tokensMax = 0;
   promptTokens = 0;
   generationTokens = 0;
   promptSeconds = 0;
@@ -135,6 +174,9 @@ export class EngineServer {
   private readonly held = new Set<http.ServerResponse>();
   private frozen = false;
   private metrics = new EngineMetrics();
+  /** llama-server's parallel slots (what /slots shows), fresh with every process. */
+  private slots: LlamaSlot[] = freshSlots();
+  private tasks = 0;
   /** Per-model request counter driving the deterministic error schedule. */
   private readonly counters = new Map<string, number>();
   private readonly log: (line: string) => void;
@@ -157,6 +199,8 @@ export class EngineServer {
   async listen(host: string, port: number): Promise<number> {
     if (this.server) return this.port ?? port;
     this.metrics = new EngineMetrics();
+    this.slots = freshSlots();
+    this.tasks = 0;
     const server = http.createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => {
         this.log(`engine ${this.opts.engine}: ${err instanceof Error ? err.message : String(err)}`);
@@ -266,7 +310,7 @@ export class EngineServer {
           res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' });
           return void res.end(method === 'HEAD' ? undefined : 'Ollama is running');
         case 'GET /api/version':
-          return sendJson(res, 200, { version: core.OLLAMA_VERSION });
+          return sendJson(res, 200, { version: this.opts.ollamaVersion ?? core.OLLAMA_VERSION });
         case 'GET /api/tags':
           return sendJson(res, 200, {
             models: engine.models.flatMap((m) => {
@@ -300,6 +344,8 @@ export class EngineServer {
                   details: details(prof),
                   expires_at: l.expiresAt < 0 ? '2318-08-31T04:32:11.000000000Z' : ollamaTime(l.expiresAt),
                   size_vram: l.sizeVram,
+                  // The runner's context: Ollama's default 4096 tokens, or less when the model has less.
+                  context_length: Math.min(prof.contextLength, OLLAMA_DEFAULT_CONTEXT),
                 },
               ];
             }),
@@ -358,15 +404,20 @@ export class EngineServer {
           });
         }
         case 'GET /v1/models':
-          return sendJson(res, 200, {
-            object: 'list',
-            data: engine.models.map((m) => ({
-              id: m,
-              object: 'model',
-              created: Math.floor((state.library[m]?.modifiedAt ?? 0) / 1000),
-              owned_by: 'library',
-            })),
-          });
+          return sendJson(
+            res,
+            200,
+            {
+              object: 'list',
+              data: engine.models.map((m) => ({
+                id: m,
+                object: 'model',
+                created: Math.floor((state.library[m]?.modifiedAt ?? 0) / 1000),
+                owned_by: 'library',
+              })),
+            },
+            OLLAMA_OPENAI_JSON,
+          );
         case 'POST /v1/chat/completions':
         case 'POST /v1/completions':
           return await this.openai(state, engine, p, body, res);
@@ -406,7 +457,7 @@ export class EngineServer {
       if (!prof) {
         const error = 'pull model manifest: file does not exist';
         if (stream) return void res.end(`${JSON.stringify({ error })}\n`);
-        return sendJson(res, 500, { error });
+        return sendJson(res, 500, { error }, 'application/json');
       }
       const installed = this.engine(state).models.includes(name);
       const tickMs = 50;
@@ -521,67 +572,153 @@ export class EngineServer {
     req: http.IncomingMessage,
     res: http.ServerResponse,
   ): Promise<void> {
-    const route = `${method} ${p.replace(/^\/v1\//, '/')}`;
+    const route = `${method} ${p}`;
     const now = Date.now();
     if (this.loading(state, now)) {
       return sendJson(res, 503, { error: { code: 503, message: 'Loading model', type: 'unavailable_error' } });
     }
-    // llama-server leaves health, metrics and the model list public; everything else needs the API key.
-    if (!['/health', '/metrics', '/models', '/v1/models'].includes(p) && !authorized(engine, req)) {
-      return sendJson(res, 401, { error: { code: 401, message: 'Invalid API Key', type: 'authentication_error' } });
+    // With --api-key, llama-server answers only its health check without the key (model list and metrics too need it).
+    if (!['/health', '/v1/health'].includes(p) && !authorized(engine, req)) {
+      return sendJson(res, 401, { error: { message: 'Invalid API Key', type: 'authentication_error', code: 401 } });
     }
+    const served = engine.models[0] ?? '';
+    const prof = state.library[core.profileName(engine, served)];
+    const nCtx = prof?.contextLength ?? 4096;
     switch (route) {
       case 'GET /health':
+      case 'GET /v1/health':
         return sendJson(res, 200, { status: 'ok' });
       case 'GET /models':
+      case 'GET /v1/models':
+        // Both lists: Ollama-style `models` (for clients that speak /api/tags) and OpenAI `data`.
         return sendJson(res, 200, {
+          models: engine.models.map((m) => ({
+            name: m,
+            model: m,
+            modified_at: '',
+            size: '',
+            digest: '',
+            type: 'model',
+            description: '',
+            tags: [''],
+            capabilities: ['completion'],
+            parameters: '',
+            details: {
+              parent_model: '',
+              format: 'gguf',
+              family: '',
+              families: [''],
+              parameter_size: '',
+              quantization_level: '',
+            },
+          })),
           object: 'list',
           data: engine.models.map((m) => {
-            const prof = state.library[core.profileName(engine, m)];
+            const mp = state.library[core.profileName(engine, m)];
             return {
               id: m,
+              aliases: [m],
+              tags: [],
               object: 'model',
+              architecture: { input_modalities: ['text'], output_modalities: ['text'] },
               created: Math.floor(now / 1000),
               owned_by: 'llamacpp',
               meta: {
                 vocab_type: 2,
                 n_vocab: 151936,
-                n_ctx_train: prof?.contextLength ?? 32768,
+                n_ctx: nCtx,
+                n_ctx_train: mp?.contextLength ?? 32768,
                 n_embd: 896,
                 n_params: 494032768,
-                size: prof?.sizeBytes ?? 0,
+                size: mp?.sizeBytes ?? 0,
+                ftype: 'Q4_K - Medium',
               },
             };
           }),
         });
       case 'GET /props': {
-        const prof = state.library[core.profileName(engine, engine.models[0] ?? '')];
         const c = state.containers[engine.container];
         return sendJson(res, 200, {
-          default_generation_settings: {
-            id: 0,
-            id_task: -1,
-            n_ctx: prof?.contextLength ?? 4096,
-            speculative: false,
-            is_processing: this.metrics.running > 0,
-            params: { n_predict: -1, seed: 4294967295, temperature: 0.8, top_k: 40, top_p: 0.95 },
+          default_generation_settings: { params: llamaParams({}), n_ctx: nCtx },
+          total_slots: LLAMA_SLOTS,
+          model_alias: served,
+          model_ftype: 'Q4_K - Medium',
+          model_path: c?.serves?.arg ?? `/models/${served}`,
+          modalities: { vision: false, video: false, audio: false },
+          media_marker: '<__media_gpuops_sandbox__>',
+          endpoint_slots: true,
+          endpoint_props: false,
+          endpoint_metrics: true,
+          ui: true,
+          ui_settings: {},
+          chat_template: QWEN_CHAT_TEMPLATE,
+          chat_template_caps: {
+            supports_object_arguments: false,
+            supports_parallel_tool_calls: true,
+            supports_preserve_reasoning: false,
+            supports_reasoning_effort: false,
+            supports_string_content: true,
+            supports_system_role: true,
+            supports_tool_calls: true,
+            supports_tools: true,
+            supports_typed_content: false,
           },
-          total_slots: 4,
-          model_path: c?.serves?.arg ?? `/models/${engine.models[0] ?? ''}`,
-          chat_template: '',
-          build_info: 'b4240-2a1a0a1b',
+          bos_token: '<|endoftext|>',
+          eos_token: '<|im_end|>',
+          build_info: LLAMA_BUILD,
+          is_sleeping: false,
+          cors_proxy_enabled: false,
         });
       }
+      case 'GET /slots':
+        return sendJson(
+          res,
+          200,
+          this.slots.map((slot) => slotView(slot, nCtx)),
+        );
       case 'GET /metrics':
         res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' });
         return void res.end(this.llamacppMetrics());
-      case 'POST /chat/completions':
-        return this.openai(state, engine, '/v1/chat/completions', body, res);
+      case 'POST /completion':
       case 'POST /completions':
+        return this.llamaCompletion(state, engine, body, res);
+      case 'POST /chat/completions':
+      case 'POST /v1/chat/completions':
+        return this.openai(state, engine, '/v1/chat/completions', body, res);
+      case 'POST /v1/completions':
         return this.openai(state, engine, '/v1/completions', body, res);
       default:
-        return sendJson(res, 404, { error: { code: 404, message: 'File Not Found', type: 'not_found_error' } });
+        return sendJson(res, 404, { error: { message: 'File Not Found', type: 'not_found_error', code: 404 } });
     }
+  }
+
+  /** llama-server's own POST /completion (and /completions): `prompt`, `n_predict`, its own answer format. */
+  private async llamaCompletion(
+    state: SandboxState,
+    engine: EngineSim,
+    body: string,
+    res: http.ServerResponse,
+  ): Promise<void> {
+    let req: Record<string, unknown>;
+    try {
+      req = parseJson(body);
+    } catch {
+      return this.openaiError(engine, res, 400, LLAMA_PARSE_ERROR, 'invalid_request_error');
+    }
+    if (req.prompt === undefined) {
+      return this.openaiError(engine, res, 400, LLAMA_NO_PROMPT, 'invalid_request_error');
+    }
+    const nPredict = typeof req.n_predict === 'number' ? req.n_predict : req.max_tokens;
+    return this.generate(state, engine, res, {
+      api: 'llama-completion',
+      model: '',
+      prompt: Array.isArray(req.prompt) ? req.prompt.map(String).join('\n') : String(req.prompt),
+      stream: req.stream === true,
+      ...(typeof nPredict === 'number' && nPredict >= 0 ? { maxTokens: nPredict } : {}),
+      json: req.json_schema !== undefined,
+      includeUsage: false,
+      sampling: samplingOf(req),
+    });
   }
 
   private vllmMetrics(engine: EngineSim): string {
@@ -631,36 +768,52 @@ export class EngineServer {
     return `${lines.join('\n')}\n`;
   }
 
+  /** llama-server's /metrics (--metrics), the families and help texts of current builds (no KV-cache gauges). */
   private llamacppMetrics(): string {
     const m = this.metrics;
+    const busy = Math.min(m.running, LLAMA_SLOTS);
     const rows: [string, 'counter' | 'gauge', string, number][] = [
-      ['prompt_tokens_total', 'counter', 'Number of prompt tokens processed.', m.promptTokens],
-      ['prompt_seconds_total', 'counter', 'Prompt process time', m.promptSeconds],
-      ['tokens_predicted_total', 'counter', 'Number of generation tokens processed.', m.generationTokens],
-      ['tokens_predicted_seconds_total', 'counter', 'Predict process time', m.generationSeconds],
-      ['n_decode_total', 'counter', 'Total number of llama_decode() calls', m.decodes],
+      ['prompt_tokens_total', 'counter', 'Number of prompt tokens processed, excluding cached tokens', m.promptTokens],
+      ['prompt_tokens_cached_total', 'counter', 'Number of prompt tokens reused from the cache', 0],
+      ['prompt_seconds_total', 'counter', 'Total time spent processing prompts', m.promptSeconds],
+      ['tokens_predicted_total', 'counter', 'Number of generation tokens processed', m.generationTokens],
+      ['tokens_predicted_seconds_total', 'counter', 'Total time spent generating tokens', m.generationSeconds],
       [
-        'n_busy_slots_per_decode',
+        'n_decode_total',
         'counter',
-        'Average number of busy slots per llama_decode() call',
-        m.decodes > 0 ? 1 : 0,
+        'Total number of llama_decode() calls, excluding speculative decoding and multimodal decoding',
+        m.decodes,
       ],
+      ['n_tokens_max', 'counter', 'Largest observed sequence length (prompt + generation)', m.tokensMax],
+      ['spec_decode_num_draft_tokens_total', 'counter', 'Speculative: Total draft tokens generated', 0],
+      [
+        'spec_decode_num_accepted_tokens_total',
+        'counter',
+        'Speculative: Total draft tokens accepted by the target model',
+        0,
+      ],
+      ['spec_decode_num_drafts_total', 'counter', 'Speculative: Total speculative decoding verification steps', 0],
       [
         'prompt_tokens_seconds',
         'gauge',
-        'Average prompt throughput in tokens/s.',
+        'Average prompt throughput in tokens/s',
         m.promptSeconds > 0 ? m.promptTokens / m.promptSeconds : 0,
       ],
       [
         'predicted_tokens_seconds',
         'gauge',
-        'Average generation throughput in tokens/s.',
+        'Average generation throughput in tokens/s',
         m.generationSeconds > 0 ? m.generationTokens / m.generationSeconds : 0,
       ],
-      ['kv_cache_usage_ratio', 'gauge', 'KV-cache usage. 1 means 100 percent usage.', m.running > 0 ? 0.02 : 0],
-      ['kv_cache_tokens', 'gauge', 'KV-cache tokens.', 0],
-      ['requests_processing', 'gauge', 'Number of requests processing.', m.running],
-      ['requests_deferred', 'gauge', 'Number of requests deferred.', 0],
+      ['requests_processing', 'gauge', 'Number of requests processing', busy],
+      // Requests beyond the slots wait for one.
+      ['requests_deferred', 'gauge', 'Number of requests deferred', m.running - busy],
+      [
+        'n_busy_slots_per_decode',
+        'gauge',
+        'Average number of busy slots per llama_decode() call',
+        m.decodes > 0 ? 1 : 0,
+      ],
     ];
     return `${rows
       .map(
@@ -684,9 +837,16 @@ export class EngineServer {
     try {
       req = parseJson(body);
     } catch (err) {
-      return this.openaiError(engine, res, 400, (err as Error).message, 'invalid_request_error');
+      const message = engine.type === 'llamacpp' ? LLAMA_PARSE_ERROR : (err as Error).message;
+      return this.openaiError(engine, res, 400, message, 'invalid_request_error', { unparsed: true });
     }
     const chat = p.endsWith('/chat/completions');
+    if (engine.type === 'llamacpp' && chat && !Array.isArray(req.messages)) {
+      return this.openaiError(engine, res, 400, "'messages' is required", 'invalid_request_error');
+    }
+    if (engine.type === 'llamacpp' && !chat && req.prompt === undefined) {
+      return this.openaiError(engine, res, 400, LLAMA_NO_PROMPT, 'invalid_request_error');
+    }
     const streamOptions = req.stream_options as Record<string, unknown> | undefined;
     const responseFormat = req.response_format as Record<string, unknown> | undefined;
     const maxTokens =
@@ -705,27 +865,33 @@ export class EngineServer {
       ...(maxTokens !== undefined ? { maxTokens } : {}),
       json: responseFormat?.type === 'json_object' || responseFormat?.type === 'json_schema',
       includeUsage: streamOptions?.include_usage === true,
+      sampling: samplingOf(req),
     };
     return this.generate(state, engine, res, gen);
   }
 
+  /** An OpenAI-API error in the engine's own shape; `unparsed`: the request body was not JSON. */
   private openaiError(
     engine: EngineSim,
     res: http.ServerResponse,
     status: number,
     message: string,
     type: string,
+    opts: { unparsed?: boolean } = {},
   ): void {
     if (engine.type === 'vllm') {
       const vType = status === 404 ? 'NotFoundError' : status === 400 ? 'BadRequestError' : 'InternalServerError';
       return sendJson(res, status, { object: 'error', message, type: vType, param: null, code: status });
     }
     if (engine.type === 'llamacpp') {
-      return sendJson(res, status, {
-        error: { code: status, message, type: status === 404 ? 'not_found_error' : 'server_error' },
-      });
+      const lType =
+        { 400: 'invalid_request_error', 401: 'authentication_error', 404: 'not_found_error', 503: 'unavailable_error' }[
+          status
+        ] ?? 'server_error';
+      return sendJson(res, status, { error: { code: status, message, type: lType } });
     }
-    return sendJson(res, status, { error: { message, type, param: null, code: null } });
+    const body = { error: { message, type, param: null, code: null } };
+    return sendJson(res, status, body, opts.unparsed ? undefined : OLLAMA_OPENAI_JSON);
   }
 
   private fail(engine: EngineSim, api: Api, res: http.ServerResponse, status: number, message: string): void {
@@ -745,7 +911,8 @@ export class EngineServer {
       return state.library[core.profileName(engine, requested)] ?? `The model \`${requested}\` does not exist.`;
     }
     const name = normalizeModelName(requested);
-    if (!requested) return 'model is required';
+    // Ollama parses the name first and answers an empty (invalid) one as a model it does not have.
+    if (!requested) return "model '' not found";
     if (!engine.models.includes(name) || !state.library[name])
       return `model "${requested}" not found, try pulling it first`;
     return state.library[name];
@@ -764,10 +931,15 @@ export class EngineServer {
     const started = Date.now();
     const ollama = gen.api === 'ollama-generate' || gen.api === 'ollama-chat';
     const resolved = this.resolveModel(state, engine, gen.model);
-    if (typeof resolved === 'string')
-      return this.fail(engine, gen.api, res, gen.model === '' && ollama ? 400 : 404, resolved);
+    if (typeof resolved === 'string') return this.fail(engine, gen.api, res, 404, resolved);
     const prof = resolved;
-    const modelName = engine.type === 'ollama' ? prof.name : gen.model || prof.name;
+    // Ollama names the model it resolved; llama-server the one it serves, whatever the request said; vLLM the request's.
+    const modelName =
+      engine.type === 'ollama'
+        ? prof.name
+        : engine.type === 'llamacpp'
+          ? (engine.models[0] ?? prof.name)
+          : gen.model || prof.name;
     const container = state.containers[engine.container];
     const scale = state.sim.timeScale;
 
@@ -851,7 +1023,8 @@ export class EngineServer {
           // keep_alive 0 holds the model for this request only: it is unloaded when the request ends (finally below).
           expiresAt: keep <= 0 ? -1 : t + loadMs + keep,
           size,
-          sizeVram: gpus.length === 0 ? size : Math.max(0, Math.min(size, freeBytes)),
+          // No GPU at all (a CPU-only box): the whole model is in system RAM, and Ollama says size_vram 0.
+          sizeVram: gpus.length === 0 ? 0 : Math.max(0, Math.min(size, freeBytes)),
         });
       });
     }
@@ -885,12 +1058,37 @@ export class EngineServer {
       const promptTokens = countPromptTokens(`${gen.system ?? ''}${gen.prompt}`);
       const ttftMs = (prof.latency.ttftMs + promptTokens * 0.05) * scale;
       const perTokenMs = (1000 / prof.latency.tokensPerSec) * scale;
-      const id =
-        engine.type === 'ollama'
-          ? `${gen.api === 'openai-chat' ? 'chatcmpl' : 'cmpl'}-${Math.floor(Math.random() * 1000)}`
-          : `${gen.api === 'openai-chat' ? 'chatcmpl' : 'cmpl'}-${core.hexOf(`${started}/${Math.random()}`, 32)}`;
-      const created = Math.floor(started / 1000);
-      const fingerprint = engine.type === 'ollama' ? 'fp_ollama' : undefined;
+      const kind = gen.api === 'openai-chat' ? 'chatcmpl' : 'cmpl';
+      const turn: Turn = {
+        dialect: dialectOf(engine.type, gen.api),
+        api: gen.api,
+        // Ollama numbers its ids; llama-server uses 32 random letters and digits, "chatcmpl-" for every API.
+        id:
+          engine.type === 'ollama'
+            ? `${kind}-${Math.floor(Math.random() * 1000)}`
+            : engine.type === 'llamacpp'
+              ? `chatcmpl-${randomAlnum(32)}`
+              : `${kind}-${core.hexOf(`${started}/${Math.random()}`, 32)}`,
+        created: Math.floor(started / 1000),
+        model: modelName,
+        prompt: gen.prompt,
+        promptTokens,
+        tokens,
+        text: '',
+        reason,
+        started,
+        loadMs,
+        firstTokenAt: started,
+        ended: started,
+        includeUsage: gen.includeUsage,
+        slot: -1,
+        params: llamaParams({
+          ...(gen.maxTokens !== undefined ? { n_predict: gen.maxTokens } : {}),
+          ...gen.sampling,
+          stream: gen.stream,
+        }),
+      };
+      const slot = engine.type === 'llamacpp' ? this.claimSlot(turn) : undefined;
 
       // Headers go out with the first token, as the real servers flush them: a client's time-to-first-byte is the TTFT.
       const write = (chunk: string): void => {
@@ -904,92 +1102,37 @@ export class EngineServer {
         }
         res.write(chunk);
       };
-      await delay(loadMs + ttftMs, abort.signal);
-      const firstTokenAt = Date.now();
-      let text = '';
-      for (let i = 0; i < tokens.length; i++) {
-        if (i > 0) await delay(perTokenMs, abort.signal);
-        const tok = tokens[i] ?? '';
-        text += tok;
-        if (!gen.stream) continue;
-        const t = Date.now();
-        if (gen.api === 'ollama-generate')
-          write(`${JSON.stringify({ model: modelName, created_at: ollamaTime(t), response: tok, done: false })}\n`);
-        else if (gen.api === 'ollama-chat')
-          write(
-            `${JSON.stringify({ model: modelName, created_at: ollamaTime(t), message: { role: 'assistant', content: tok }, done: false })}\n`,
-          );
-        else write(sse(openaiChunk(gen.api, id, created, modelName, fingerprint, tok, null, i === 0)));
+      try {
+        await delay(loadMs + ttftMs, abort.signal);
+        turn.firstTokenAt = Date.now();
+        if (gen.stream) for (const c of streamHead(turn)) write(c);
+        for (let i = 0; i < tokens.length; i++) {
+          if (i > 0) await delay(perTokenMs, abort.signal);
+          const tok = tokens[i] ?? '';
+          turn.text += tok;
+          if (slot) slot.decoded = i + 1;
+          if (gen.stream) write(streamToken(turn, tok, i));
+        }
+      } finally {
+        if (slot) slot.processing = false;
       }
-      const ended = Date.now();
+      turn.ended = Date.now();
       const evalCount = tokens.length;
-      const usage = {
-        prompt_tokens: promptTokens,
-        completion_tokens: evalCount,
-        total_tokens: promptTokens + evalCount,
-      };
-      this.record(promptTokens, evalCount, firstTokenAt - started, ended - started, ended - firstTokenAt, reason);
-
-      if (ollama) {
-        const final = {
-          model: modelName,
-          created_at: ollamaTime(ended),
-          ...(gen.api === 'ollama-chat'
-            ? { message: { role: 'assistant', content: gen.stream ? '' : text } }
-            : { response: gen.stream ? '' : text }),
-          done: true,
-          done_reason: reason,
-          ...(gen.api === 'ollama-generate'
-            ? {
-                context: Array.from(
-                  { length: Math.min(promptTokens + evalCount, 64) },
-                  (_, k) => 128000 + ((k * 7919) % 20000),
-                ),
-              }
-            : {}),
-          total_duration: (ended - started) * NS_PER_MS,
-          load_duration: Math.round(loadMs * NS_PER_MS),
-          prompt_eval_count: promptTokens,
-          prompt_eval_duration: Math.max(1, Math.round((firstTokenAt - started - loadMs) * NS_PER_MS)),
-          eval_count: evalCount,
-          eval_duration: Math.max(1, (ended - firstTokenAt) * NS_PER_MS),
-        };
-        if (gen.stream) {
-          write(`${JSON.stringify(final)}\n`);
-          return void res.end();
-        }
-        return sendJson(res, 200, final);
+      this.metrics.tokensMax = Math.max(this.metrics.tokensMax, promptTokens + evalCount);
+      this.record(
+        promptTokens,
+        evalCount,
+        turn.firstTokenAt - started,
+        turn.ended - started,
+        turn.ended - turn.firstTokenAt,
+        reason,
+      );
+      if (!gen.stream) {
+        const contentType = turn.dialect === 'ollama-openai' ? OLLAMA_OPENAI_JSON : undefined;
+        return sendJson(res, 200, answerOf(turn), contentType);
       }
-      if (gen.stream) {
-        write(sse(openaiChunk(gen.api, id, created, modelName, fingerprint, '', reason, tokens.length === 0)));
-        if (gen.includeUsage) {
-          write(
-            sse({
-              id,
-              object: gen.api === 'openai-chat' ? 'chat.completion.chunk' : 'text_completion',
-              created,
-              model: modelName,
-              ...(fingerprint ? { system_fingerprint: fingerprint } : {}),
-              choices: [],
-              usage,
-            }),
-          );
-        }
-        return void res.end('data: [DONE]\n\n');
-      }
-      return sendJson(res, 200, {
-        id,
-        object: gen.api === 'openai-chat' ? 'chat.completion' : 'text_completion',
-        created,
-        model: modelName,
-        ...(fingerprint ? { system_fingerprint: fingerprint } : {}),
-        choices: [
-          gen.api === 'openai-chat'
-            ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: reason }
-            : { index: 0, text, logprobs: null, finish_reason: reason },
-        ],
-        usage,
-      });
+      for (const c of streamTail(turn)) write(c);
+      return void res.end();
     } catch (err) {
       if (abort.signal.aborted) return;
       throw err;
@@ -1003,6 +1146,22 @@ export class EngineServer {
         });
       }
     }
+  }
+
+  /** Put a llama.cpp generation into a free slot (none free: it runs deferred, in no slot). */
+  private claimSlot(turn: Turn): LlamaSlot | undefined {
+    const slot = this.slots.find((s) => !s.processing);
+    if (!slot) return undefined;
+    Object.assign(slot, {
+      processing: true,
+      idTask: this.tasks++,
+      promptTokens: turn.promptTokens,
+      decoded: 0,
+      nPredict: typeof turn.params.n_predict === 'number' ? turn.params.n_predict : -1,
+      params: turn.params,
+    });
+    turn.slot = slot.id;
+    return slot;
   }
 
   private record(
@@ -1048,14 +1207,25 @@ function parseJson(body: string): Record<string, unknown> {
   throw new HttpError(400, 'invalid JSON body');
 }
 
-function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+/**
+ * Content type of Ollama's OpenAI-compatible answers (its /v1 middleware sets it without a charset; only requests
+ * it cannot parse get gin's own "application/json; charset=utf-8").
+ */
+const OLLAMA_OPENAI_JSON = 'application/json';
+
+function sendJson(
+  res: http.ServerResponse,
+  status: number,
+  body: unknown,
+  contentType = 'application/json; charset=utf-8',
+): void {
   if (res.headersSent) {
     res.end();
     return;
   }
   const text = JSON.stringify(body);
   res.writeHead(status, {
-    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Type': contentType,
     'Content-Length': Buffer.byteLength(text),
   });
   res.end(text);
@@ -1095,6 +1265,415 @@ function openaiChunk(
     object: 'text_completion',
     choices: [{ index: 0, text: content, logprobs: null, finish_reason: finish }],
   };
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Answer formats: one dialect per engine type and API, each what the real engine sends.
+
+/** Which engine's format an answer takes. */
+type Dialect = 'ollama' | 'ollama-openai' | 'llama' | 'llama-openai' | 'vllm';
+
+function dialectOf(type: EngineSim['type'], api: Api): Dialect {
+  if (api === 'ollama-generate' || api === 'ollama-chat') return 'ollama';
+  if (api === 'llama-completion') return 'llama';
+  if (type === 'ollama') return 'ollama-openai';
+  return type === 'llamacpp' ? 'llama-openai' : 'vllm';
+}
+
+/** One generation as the formats need it. */
+interface Turn {
+  dialect: Dialect;
+  api: Api;
+  id: string;
+  /** Unix seconds. */
+  created: number;
+  model: string;
+  prompt: string;
+  promptTokens: number;
+  tokens: string[];
+  /** The text generated so far. */
+  text: string;
+  reason: 'stop' | 'length';
+  /** ms since epoch: request received, first token, last token. */
+  started: number;
+  firstTokenAt: number;
+  ended: number;
+  loadMs: number;
+  includeUsage: boolean;
+  /** llama.cpp slot the generation ran in (-1: none). */
+  slot: number;
+  /** llama.cpp sampling parameters (generation_settings). */
+  params: Record<string, unknown>;
+}
+
+function usageOf(t: Turn): Record<string, unknown> {
+  const usage = {
+    prompt_tokens: t.promptTokens,
+    completion_tokens: t.tokens.length,
+    total_tokens: t.promptTokens + t.tokens.length,
+  };
+  if (t.dialect !== 'llama-openai') return usage;
+  return {
+    completion_tokens: usage.completion_tokens,
+    prompt_tokens: usage.prompt_tokens,
+    total_tokens: usage.total_tokens,
+    prompt_tokens_details: { cached_tokens: 0 },
+  };
+}
+
+/** llama-server's `timings`: prompt processing and generation, counts and milliseconds. */
+function llamaTimings(t: Turn): Record<string, number> {
+  const promptMs = Math.max(0, t.firstTokenAt - t.started - t.loadMs);
+  const predictedMs = Math.max(0, t.ended - t.firstTokenAt);
+  const n = t.tokens.length;
+  return {
+    cache_n: 0,
+    prompt_n: t.promptTokens,
+    prompt_ms: promptMs,
+    prompt_per_token_ms: t.promptTokens > 0 ? promptMs / t.promptTokens : 0,
+    prompt_per_second: promptMs > 0 ? (t.promptTokens * 1000) / promptMs : 0,
+    predicted_n: n,
+    predicted_ms: predictedMs,
+    predicted_per_token_ms: n > 0 ? predictedMs / n : 0,
+    predicted_per_second: predictedMs > 0 ? (n * 1000) / predictedMs : 0,
+  };
+}
+
+/** A stable stand-in token id for a piece of text (the simulated models have no real vocabulary). */
+function tokenId(piece: string): number {
+  return parseInt(core.hexOf(piece, 8), 16) % 151936;
+}
+
+function llamaChatChunk(t: Turn, delta: Record<string, unknown>, finish: string | null): Record<string, unknown> {
+  return {
+    choices: [{ finish_reason: finish, index: 0, delta }],
+    created: t.created,
+    id: t.id,
+    model: t.model,
+    system_fingerprint: LLAMA_BUILD,
+    object: 'chat.completion.chunk',
+  };
+}
+
+function llamaTextChunk(t: Turn, text: string, finish: string | null): Record<string, unknown> {
+  return {
+    choices: [{ text, index: 0, logprobs: null, finish_reason: finish }],
+    created: t.created,
+    model: t.model,
+    system_fingerprint: LLAMA_BUILD,
+    object: 'text_completion',
+    id: t.id,
+  };
+}
+
+/** The last object of llama-server's /completion: the whole answer (or, streaming, none of it) and its settings. */
+function llamaFinal(t: Turn, content: string): Record<string, unknown> {
+  return {
+    index: 0,
+    content,
+    tokens: [],
+    id_slot: t.slot,
+    stop: true,
+    model: t.model,
+    tokens_predicted: t.tokens.length,
+    tokens_evaluated: t.promptTokens,
+    generation_settings: llamaGenerationSettings(t.params),
+    prompt: t.prompt,
+    has_new_line: t.text.includes('\n'),
+    truncated: false,
+    stop_type: t.reason === 'length' ? 'limit' : 'eos',
+    stopping_word: '',
+    tokens_cached: t.promptTokens + t.tokens.length,
+    timings: llamaTimings(t),
+  };
+}
+
+function ollamaOpenaiChunk(t: Turn, content: string, finish: string | null): Record<string, unknown> {
+  const head = { id: t.id, object: t.api === 'openai-chat' ? 'chat.completion.chunk' : 'text_completion' };
+  if (t.api === 'openai-chat') {
+    return {
+      ...head,
+      created: t.created,
+      model: t.model,
+      system_fingerprint: 'fp_ollama',
+      choices: [{ index: 0, delta: { role: 'assistant', content }, finish_reason: finish }],
+    };
+  }
+  return {
+    ...head,
+    created: t.created,
+    choices: [{ text: content, index: 0, finish_reason: finish }],
+    model: t.model,
+    system_fingerprint: 'fp_ollama',
+  };
+}
+
+/** The final object of an Ollama generate/chat: done, why, and the timing counters (ns). */
+function ollamaFinal(t: Turn, content: string): Record<string, unknown> {
+  return {
+    model: t.model,
+    created_at: ollamaTime(t.ended),
+    ...(t.api === 'ollama-chat' ? { message: { role: 'assistant', content } } : { response: content }),
+    done: true,
+    done_reason: t.reason,
+    ...(t.api === 'ollama-generate'
+      ? {
+          context: Array.from(
+            { length: Math.min(t.promptTokens + t.tokens.length, 64) },
+            (_, k) => 128000 + ((k * 7919) % 20000),
+          ),
+        }
+      : {}),
+    total_duration: (t.ended - t.started) * NS_PER_MS,
+    load_duration: Math.round(t.loadMs * NS_PER_MS),
+    prompt_eval_count: t.promptTokens,
+    prompt_eval_duration: Math.max(1, Math.round((t.firstTokenAt - t.started - t.loadMs) * NS_PER_MS)),
+    eval_count: t.tokens.length,
+    eval_duration: Math.max(1, (t.ended - t.firstTokenAt) * NS_PER_MS),
+  };
+}
+
+/** What a stream sends before its first token: llama-server's chat role chunk (content null). */
+function streamHead(t: Turn): string[] {
+  if (t.dialect === 'llama-openai' && t.api === 'openai-chat') {
+    return [sse(llamaChatChunk(t, { role: 'assistant', content: null }, null))];
+  }
+  return [];
+}
+
+/** The stream chunk carrying token `i`. */
+function streamToken(t: Turn, tok: string, i: number): string {
+  switch (t.dialect) {
+    case 'ollama': {
+      const at = ollamaTime(Date.now());
+      const piece = t.api === 'ollama-chat' ? { message: { role: 'assistant', content: tok } } : { response: tok };
+      return `${JSON.stringify({ model: t.model, created_at: at, ...piece, done: false })}\n`;
+    }
+    case 'ollama-openai':
+      return sse(ollamaOpenaiChunk(t, tok, null));
+    case 'llama':
+      return sse({
+        index: 0,
+        content: tok,
+        tokens: [tokenId(tok)],
+        stop: false,
+        id_slot: -1,
+        tokens_predicted: i + 1,
+        tokens_evaluated: t.promptTokens,
+      });
+    case 'llama-openai':
+      return sse(t.api === 'openai-chat' ? llamaChatChunk(t, { content: tok }, null) : llamaTextChunk(t, tok, null));
+    case 'vllm':
+      return sse(openaiChunk(t.api, t.id, t.created, t.model, undefined, tok, null, i === 0));
+  }
+}
+
+/** What a stream ends with: the final object(s), usage where asked for, the [DONE] marker of OpenAI streams. */
+function streamTail(t: Turn): string[] {
+  const done = 'data: [DONE]\n\n';
+  const object = t.api === 'openai-chat' ? 'chat.completion.chunk' : 'text_completion';
+  switch (t.dialect) {
+    case 'ollama':
+      return [`${JSON.stringify(ollamaFinal(t, ''))}\n`];
+    case 'llama':
+      return [sse(llamaFinal(t, ''))];
+    case 'ollama-openai': {
+      const usage = { id: t.id, object, created: t.created, model: t.model, system_fingerprint: 'fp_ollama' };
+      return [
+        sse(ollamaOpenaiChunk(t, '', t.reason)),
+        ...(t.includeUsage ? [sse({ ...usage, choices: [], usage: usageOf(t) })] : []),
+        done,
+      ];
+    }
+    case 'llama-openai': {
+      if (t.api === 'openai-completion') {
+        // The last completion chunk always carries usage and timings.
+        return [sse({ ...llamaTextChunk(t, '', t.reason), usage: usageOf(t), timings: llamaTimings(t) }), done];
+      }
+      // Timings ride on the finish chunk, or on the usage chunk when there is one.
+      const finish = llamaChatChunk(t, {}, t.reason);
+      if (!t.includeUsage) return [sse({ ...finish, timings: llamaTimings(t) }), done];
+      const usage = { ...llamaChatChunk(t, {}, null), choices: [], usage: usageOf(t), timings: llamaTimings(t) };
+      return [sse(finish), sse(usage), done];
+    }
+    case 'vllm':
+      return [
+        sse(openaiChunk(t.api, t.id, t.created, t.model, undefined, '', t.reason, t.tokens.length === 0)),
+        ...(t.includeUsage
+          ? [sse({ id: t.id, object, created: t.created, model: t.model, choices: [], usage: usageOf(t) })]
+          : []),
+        done,
+      ];
+  }
+}
+
+/** A non-streaming answer. */
+function answerOf(t: Turn): Record<string, unknown> {
+  const chat = t.api === 'openai-chat';
+  switch (t.dialect) {
+    case 'ollama':
+      return ollamaFinal(t, t.text);
+    case 'llama':
+      return llamaFinal(t, t.text);
+    case 'ollama-openai':
+      return {
+        id: t.id,
+        object: chat ? 'chat.completion' : 'text_completion',
+        created: t.created,
+        model: t.model,
+        system_fingerprint: 'fp_ollama',
+        choices: [
+          chat
+            ? { index: 0, message: { role: 'assistant', content: t.text }, finish_reason: t.reason }
+            : { text: t.text, index: 0, finish_reason: t.reason },
+        ],
+        usage: usageOf(t),
+      };
+    case 'llama-openai':
+      return {
+        choices: [
+          chat
+            ? { finish_reason: t.reason, index: 0, message: { role: 'assistant', content: t.text } }
+            : { text: t.text, index: 0, logprobs: null, finish_reason: t.reason },
+        ],
+        created: t.created,
+        model: t.model,
+        system_fingerprint: LLAMA_BUILD,
+        object: chat ? 'chat.completion' : 'text_completion',
+        usage: usageOf(t),
+        id: t.id,
+        timings: llamaTimings(t),
+      };
+    case 'vllm':
+      return {
+        id: t.id,
+        object: chat ? 'chat.completion' : 'text_completion',
+        created: t.created,
+        model: t.model,
+        choices: [
+          chat
+            ? { index: 0, message: { role: 'assistant', content: t.text }, logprobs: null, finish_reason: t.reason }
+            : { index: 0, text: t.text, logprobs: null, finish_reason: t.reason },
+        ],
+        usage: usageOf(t),
+      };
+  }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// llama.cpp settings and slots
+
+/** What llama-server says when a request body is not JSON (nlohmann::json's parse error). */
+const LLAMA_PARSE_ERROR =
+  '[json.exception.parse_error.101] parse error at line 1, column 1: syntax error while parsing value - invalid literal';
+/** What llama-server says when a completion request has no prompt. */
+const LLAMA_NO_PROMPT = "[json.exception.out_of_range.403] key 'prompt' not found";
+
+/** The chat template a Qwen2.5 GGUF carries (what /props shows). */
+const QWEN_CHAT_TEMPLATE =
+  "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+/** Sampling parameters a request set, for llama.cpp's echo of them. */
+function samplingOf(req: Record<string, unknown>): NonNullable<GenRequest['sampling']> {
+  return {
+    ...(typeof req.temperature === 'number' ? { temperature: req.temperature } : {}),
+    ...(typeof req.seed === 'number' ? { seed: req.seed } : {}),
+    ...(typeof req.ignore_eos === 'boolean' ? { ignoreEos: req.ignore_eos } : {}),
+  };
+}
+
+/** llama-server's sampling parameters (/props default_generation_settings.params, /slots params), real key order. */
+function llamaParams(
+  over: { n_predict?: number; stream?: boolean } & NonNullable<GenRequest['sampling']>,
+): Record<string, unknown> {
+  const nPredict = over.n_predict ?? -1;
+  return {
+    seed: over.seed ?? 4294967295,
+    temperature: over.temperature ?? 0.8,
+    dynatemp_range: 0,
+    dynatemp_exponent: 1,
+    top_k: 40,
+    top_p: 0.95,
+    min_p: 0.05,
+    top_n_sigma: -1,
+    xtc_probability: 0,
+    xtc_threshold: 0.1,
+    typical_p: 1,
+    repeat_last_n: 64,
+    repeat_penalty: 1,
+    presence_penalty: 0,
+    frequency_penalty: 0,
+    dry_multiplier: 0,
+    dry_base: 1.75,
+    dry_allowed_length: 2,
+    dry_penalty_last_n: 64,
+    mirostat: 0,
+    mirostat_tau: 5,
+    mirostat_eta: 0.1,
+    adaptive_target: -1,
+    adaptive_decay: 0.9,
+    max_tokens: nPredict,
+    n_predict: nPredict,
+    n_keep: 0,
+    n_discard: 0,
+    ignore_eos: over.ignoreEos ?? false,
+    stream: over.stream ?? false,
+    n_probs: 0,
+    min_keep: 0,
+    chat_format: 'Content-only',
+    reasoning_format: 'none',
+    reasoning_in_content: false,
+    generation_prompt: '',
+    samplers: ['penalties', 'dry', 'top_n_sigma', 'top_k', 'typ_p', 'top_p', 'min_p', 'xtc', 'temperature'],
+    'speculative.types': 'none',
+    timings_per_token: false,
+    post_sampling_probs: false,
+    backend_sampling: false,
+    lora: [],
+  };
+}
+
+/** generation_settings of a /completion answer: the parameters plus the request's stop words, biases and grammar. */
+function llamaGenerationSettings(params: Record<string, unknown>): Record<string, unknown> {
+  return {
+    ...params,
+    dry_sequence_breakers: ['\n', ':', '"', '*'],
+    stop: [],
+    logit_bias: [],
+    grammar: '',
+    grammar_lazy: false,
+    grammar_triggers: [],
+    preserved_tokens: [],
+  };
+}
+
+/** One slot as GET /slots shows it: a slot that ran a task keeps showing that task's figures and parameters. */
+function slotView(s: LlamaSlot, nCtx: number): Record<string, unknown> {
+  const base = { id: s.id, n_ctx: nCtx, speculative: false, is_processing: s.processing };
+  if (s.idTask === undefined) return base;
+  return {
+    ...base,
+    id_task: s.idTask,
+    // The slot's cached sequence: the prompt and what was generated after it.
+    n_prompt_tokens: s.promptTokens + s.decoded,
+    n_prompt_tokens_processed: s.processing ? s.promptTokens : 0,
+    n_prompt_tokens_cache: 0,
+    params: s.params,
+    next_token: [
+      {
+        has_next_token: s.processing,
+        has_new_line: false,
+        n_remain: s.processing && s.nPredict >= 0 ? s.nPredict - s.decoded : -1,
+        n_decoded: s.processing ? s.decoded : 0,
+      },
+    ],
+  };
+}
+
+const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+function randomAlnum(n: number): string {
+  return Array.from({ length: n }, () => ALNUM[Math.floor(Math.random() * ALNUM.length)]).join('');
 }
 
 /** Abort signal that fires when the client disconnects before the response is complete. */
@@ -1144,13 +1723,48 @@ function showModel(prof: ModelProfile): Record<string, unknown> {
       'general.file_type': 15,
       'general.parameter_count': params,
       'general.quantization_version': 2,
+      [`${prof.family}.attention.head_count`]: 14,
+      [`${prof.family}.attention.head_count_kv`]: 2,
+      [`${prof.family}.attention.layer_norm_rms_epsilon`]: 0.000001,
+      [`${prof.family}.block_count`]: SHOW_BLOCKS,
       [`${prof.family}.context_length`]: prof.contextLength,
-      [`${prof.family}.block_count`]: 24,
       [`${prof.family}.embedding_length`]: 896,
+      [`${prof.family}.feed_forward_length`]: 4864,
+      [`${prof.family}.rope.freq_base`]: 1000000,
+      // Ollama answers the tokenizer's big arrays with null unless asked for verbose output.
+      'tokenizer.ggml.add_bos_token': false,
+      'tokenizer.ggml.bos_token_id': 151643,
+      'tokenizer.ggml.eos_token_id': 151645,
+      'tokenizer.ggml.merges': null,
+      'tokenizer.ggml.model': 'gpt2',
+      'tokenizer.ggml.padding_token_id': 151643,
+      'tokenizer.ggml.pre': prof.family,
+      'tokenizer.ggml.token_type': null,
+      'tokenizer.ggml.tokens': null,
     },
-    modified_at: ollamaTime(prof.modifiedAt),
+    tensors: showTensors(),
     capabilities: ['completion'],
+    modified_at: ollamaTime(prof.modifiedAt),
   };
+}
+
+const SHOW_BLOCKS = 24;
+
+/** /api/show `tensors`: name, GGML type and shape of each weight (a Qwen2-0.5B-like Q4_K_M layout). */
+function showTensors(): { name: string; type: string; shape: number[] }[] {
+  const t = (name: string, type: string, ...shape: number[]) => ({ name, type, shape });
+  const blocks = Array.from({ length: SHOW_BLOCKS }, (_, i) => [
+    t(`blk.${i}.attn_norm.weight`, 'F32', 896),
+    t(`blk.${i}.attn_q.weight`, 'Q5_0', 896, 896),
+    t(`blk.${i}.attn_k.weight`, 'Q5_0', 896, 128),
+    t(`blk.${i}.attn_v.weight`, 'Q8_0', 896, 128),
+    t(`blk.${i}.attn_output.weight`, 'Q5_0', 896, 896),
+    t(`blk.${i}.ffn_norm.weight`, 'F32', 896),
+    t(`blk.${i}.ffn_gate.weight`, 'Q5_0', 896, 4864),
+    t(`blk.${i}.ffn_up.weight`, 'Q5_0', 896, 4864),
+    t(`blk.${i}.ffn_down.weight`, 'Q4_K', 4864, 896),
+  ]).flat();
+  return [t('token_embd.weight', 'Q8_0', 896, 151936), t('output_norm.weight', 'F32', 896), ...blocks];
 }
 
 function chatPrompt(messages: Record<string, unknown>[]): { prompt: string; system?: string } {

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import { PROJECT_ROOT } from '../config/load';
 import { findEngineTools, type EngineTools } from './engine-supply';
+import { publishToRegistry, startRegistryAt, startRegistryFront, type RegistryHandle } from './registry';
 
 /** The real node's id, its engines' ports and the models it starts with. */
 export const REAL_NODE = {
@@ -19,7 +20,35 @@ export const REAL_NODE = {
   ollamaPort: 18301,
   llamaModel: 'gpuops-tiny-v1',
   ollamaModel: 'gpuops-tiny:v1',
+  /** The real registry, and the front Ollama pulls through (see src/sandbox/registry.ts). */
+  registryPort: 18310,
+  registryFrontPort: 18311,
 } as const;
+
+/** The registry host Ollama pulls from. */
+export const REAL_REGISTRY = `127.0.0.1:${REAL_NODE.registryFrontPort}`;
+
+/**
+ * The policy for the tiny models (`--policy tiny`): their answers are gibberish with a fixed shape, so the golden set
+ * is structural; stable and canary share one CPU, so only a gross latency difference is a breach; the sandbox's own
+ * registry is an allowed source.
+ */
+export const TINY_POLICY = {
+  golden: [
+    { id: 'answers', prompt: 'Tell me about the weather.', check: { kind: 'regex', pattern: '\\S' } },
+    { id: 'answers-again', prompt: 'Say hello.', check: { kind: 'regex', pattern: '\\S' } },
+  ],
+  canarySteps: [25, 50],
+  stepDuration: '15s',
+  analysisInterval: '2s',
+  minSamples: 5,
+  validationTtftP95Ms: 3000,
+  validationMinTokensPerSecond: 1,
+  maxTtftP95Ratio: 4,
+  minTokensPerSecondRatio: 0.25,
+  allowedSources: [`${REAL_REGISTRY}/library/`],
+  rollbackWindow: '2m',
+};
 
 /** Thrown when the real engines are not there: the message says what to run. */
 export class RealEnginesMissing extends Error {
@@ -87,6 +116,7 @@ export function realNodeConfig(
           container: `${REAL_NODE.id}-ollama`,
           url: `http://127.0.0.1:${REAL_NODE.ollamaPort}`,
           probeModel: REAL_NODE.ollamaModel,
+          insecureRegistries: [REAL_REGISTRY],
           real: { image: tools.images.ollama, args: ['serve'], env: ollamaEnv('/root/.ollama/models'), seedModels },
         },
       ]
@@ -107,6 +137,7 @@ export function realNodeConfig(
           container: 'ollama',
           url: `http://127.0.0.1:${REAL_NODE.ollamaPort}`,
           probeModel: REAL_NODE.ollamaModel,
+          insecureRegistries: [REAL_REGISTRY],
           process: { command: ollama, args: ['serve'], env: ollamaEnv(path.join(nodeDir, 'ollama-models')) },
           real: { seedModels },
         },
@@ -136,6 +167,9 @@ export function writeRealEnginesConfig(tools: EngineTools = findEngineTools()): 
   const out = path.join(PROJECT_ROOT, '.gpuops', 'real-engines.yaml');
   const stateDir = path.resolve(path.dirname(out), raw.sandbox?.stateDir ?? '../.gpuops/sandbox');
   raw.nodes = [...raw.nodes.filter((n) => n.id !== REAL_NODE.id), realNodeConfig(tools, stateDir, dockerUsable(tools))];
+  raw.policies = { ...(raw.policies as Record<string, unknown> | undefined), tiny: TINY_POLICY };
+  // Its own route table: the aliases of the real node are seeded on its first start.
+  raw.router = { ...(raw.router as Record<string, unknown> | undefined), stateFile: '../.gpuops/routes-real.json' };
   mkdirSync(path.dirname(out), { recursive: true });
   writeFileSync(
     out,
@@ -143,4 +177,29 @@ export function writeRealEnginesConfig(tools: EngineTools = findEngineTools()): 
       `# engines are real. Rewritten at every such start.\n${stringify(raw)}`,
   );
   return out;
+}
+
+/**
+ * Run the sandbox's registry for the real node (data under `<stateDir>/registry`) and publish the models a
+ * deployment can pull: gpuops-tiny:v2 and, when made, gpuops-tiny:large. Returns the handles and the digests.
+ */
+export async function startRealRegistry(
+  stateDir: string,
+  tools: EngineTools = findEngineTools({ images: false }),
+): Promise<{ handles: RegistryHandle[]; digests: Record<string, string> }> {
+  if (!tools.registry || !tools.ollama || !tools.models.v2) {
+    throw new RealEnginesMissing('the registry, Ollama or the v2 test model is missing: run `npm run engines`');
+  }
+  const dir = path.join(stateDir, 'registry');
+  const registry = await startRegistryAt(tools.registry, dir, REAL_NODE.registryPort);
+  const handles: RegistryHandle[] = [registry];
+  try {
+    handles.push(await startRegistryFront(registry.host, { port: REAL_NODE.registryFrontPort }));
+    const models = [{ name: 'gpuops-tiny:v2', gguf: tools.models.v2 }];
+    if (tools.models.large) models.push({ name: 'gpuops-tiny:large', gguf: tools.models.large });
+    return { handles, digests: await publishToRegistry(tools.ollama, registry.host, models, dir) };
+  } catch (err) {
+    for (const h of handles.reverse()) await h.close();
+    throw err;
+  }
 }

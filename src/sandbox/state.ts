@@ -581,8 +581,8 @@ function servedModel(engine: EngineConfig): string {
 }
 
 /**
- * The model a real engine serves at first: Ollama's first seed model; llama-server's `--alias`, else the file name
- * of its `-m` model (what its /v1/models lists).
+ * The model a real engine serves at first: Ollama's first seed model; llama-server's `--alias`, else its `-m` path
+ * as given (what its /v1/models lists).
  */
 function realServedModel(engine: EngineConfig): string {
   if (engine.type === 'ollama') return engine.real?.seedModels[0]?.name ?? engine.probeModel ?? 'unknown';
@@ -593,8 +593,8 @@ function realServedModel(engine: EngineConfig): string {
   };
   const alias = flag(['-a', '--alias']);
   if (alias) return alias;
-  const model = flag(['-m', '--model']);
-  return model ? (model.split('/').at(-1) ?? model) : servedModel(engine);
+  // Without --alias, llama-server lists (and answers as) the -m path exactly as given.
+  return flag(['-m', '--model']) ?? servedModel(engine);
 }
 
 /** The model a fresh sandbox engine serves first (Ollama: its probe model or first preinstalled one). */
