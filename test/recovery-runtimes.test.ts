@@ -3,6 +3,7 @@
  * `ollama.service`) is restarted through `systemctl` — here the sandbox's systemctl/journalctl shims, which print what
  * the real tools print, over the same simulated engine the docker shim serves.
  */
+import { spawnSync } from 'node:child_process';
 import { injectFault } from '../src/sandbox/faults';
 import { nodeTaskQueue, workflowIds } from '../src/messages';
 import type { recoverNode } from '../workflows/recovery';
@@ -68,3 +69,15 @@ test('a hung engine under systemd is restarted with systemctl restart and verifi
   expect(after?.restartCount).toBe(before?.restartCount);
   expect(incident.final?.healthy).toBe(true);
 }, 90_000);
+
+test('a systemd engine is a unit to systemctl and no container to docker', () => {
+  const env = { ...process.env, ...s.sim.shimEnv() };
+  const show = spawnSync('systemctl', ['show', '-p', 'LoadState,ActiveState', 'ollama.service'], {
+    env,
+    encoding: 'utf8',
+  });
+  expect(show.stdout).toBe('LoadState=loaded\nActiveState=active\n');
+  const inspect = spawnSync('docker', ['inspect', 'ollama.service'], { env, encoding: 'utf8' });
+  expect(inspect.status).toBe(1);
+  expect(inspect.stderr).toMatch(/no such object: ollama\.service/i);
+});
