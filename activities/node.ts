@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { EngineConfig, NodeConfig } from '../src/config/schema';
 import { DockerCli } from '../src/hosts/docker';
-import { ProcessRuntime } from '../src/hosts/process';
+import { processRuntimeFor } from '../src/hosts/process';
 import type { EngineRuntime } from '../src/hosts/runtime';
 import { EngineRuntimes } from '../src/hosts/runtimes';
 import { SystemdCtl } from '../src/hosts/systemd';
@@ -58,7 +58,7 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
             ? process.env.GPUOPS_SANDBOX_SYSTEMD_DIR
             : resolve(node.tools.systemdUnitDir),
       }),
-    process: opts.processes ?? processRuntime(node, resolve),
+    process: opts.processes ?? processRuntimeFor(node, resolve),
   });
   const nvidiaSmi = opts.nvidiaSmi ?? new NvidiaSmi({ bin: node.tools.nvidiaSmi });
   const kernelLog = opts.kernelLog ?? new KernelLog({ bin: node.tools.dmesg });
@@ -82,18 +82,6 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
       ...(opts.configPath ? { configPath: opts.configPath } : {}),
     }),
   };
-}
-
-/** The keeper-run engines of a node (`runtime: process`), their state under `tools.processDir`. */
-export function processRuntime(node: NodeConfig, resolve: (p: string) => string = (p) => p): ProcessRuntime {
-  const specs = Object.fromEntries(
-    node.engines.flatMap((e) =>
-      e.runtime === 'process' && e.process
-        ? [[e.container, { ...e.process, ...(e.process.cwd ? { cwd: resolve(e.process.cwd) } : {}) }]]
-        : [],
-    ),
-  );
-  return new ProcessRuntime({ dir: resolve(node.tools.processDir), specs });
 }
 
 /** The node worker's activity object (workflows proxy this type). */

@@ -37,8 +37,8 @@ export function modelSource(engineType: EngineConfig['type'], model: string): st
   if (engineType === 'ollama') {
     const name = model.replace(/:[^:/]*$/, '');
     if (/^(?:hf\.co|huggingface\.co)\//.test(name)) return `huggingface.co/${name.replace(/^[^/]+\//, '')}`;
-    // A first path part with a dot, a port or "localhost" is a registry host, as Ollama reads model names.
-    if (/^(?:[^/]*[.:][^/]*|localhost)\//.test(name)) return name;
+    // host/namespace/model: Ollama reads a host only in a three-part name (two-part is namespace/model).
+    if (name.split('/').length === 3) return name;
     if (name.includes('/')) return `registry.ollama.ai/${name}`;
     return `registry.ollama.ai/library/${name}`;
   }
@@ -84,8 +84,8 @@ export function createPreflightActivities({
      */
     async preflightGpuMemory(input: { engine: string; model: string; memoryCapPct: number }): Promise<MemoryPreflight> {
       const engine = engineNamed(input.engine);
-      if (engine.gpus.length === 0) {
-        // A CPU engine (gpus: [] in gpuops.yaml, e.g. a llama-cpu container): GPU memory is not its budget.
+      if (engine.cpuOnly) {
+        // A CPU engine (cpuOnly in gpuops.yaml, e.g. a llama-cpu container): GPU memory is not its budget.
         return {
           fits: true,
           neededMiB: null,
@@ -93,7 +93,7 @@ export function createPreflightActivities({
           totalMiB: 0,
           capMiB: 0,
           afterPct: null,
-          detail: `${engine.name} is a CPU engine (no GPUs in gpuops.yaml): no GPU memory needed`,
+          detail: `${engine.name} is a CPU engine (cpuOnly in gpuops.yaml): no GPU memory needed`,
         };
       }
       const smi = await nvidiaSmi.queryGpus();
@@ -169,14 +169,14 @@ export function createPreflightActivities({
         };
       }
       const running = (await c.client.ps()).find((m) => sameOllamaModel(m.name, input.model));
-      if (running && engineNamed(input.engine).gpus.length === 0) {
+      if (running && engineNamed(input.engine).cpuOnly) {
         // Ollama on a CPU engine reports size_vram 0: all of it on the CPU is the design, not a silent offload.
         return {
           loaded: true,
           sizeBytes: running.size,
           vramBytes: running.size_vram,
           cpuPct: 0,
-          detail: `${input.engine} is a CPU engine (no GPUs in gpuops.yaml): ${input.model} runs on the CPU by design`,
+          detail: `${input.engine} is a CPU engine (cpuOnly in gpuops.yaml): ${input.model} runs on the CPU by design`,
         };
       }
       if (!running) {

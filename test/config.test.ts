@@ -151,3 +151,97 @@ describe('canary slots', () => {
     expect(slotPartnerOf(c.nodes[1]!, 'a')).toBeUndefined();
   });
 });
+
+describe('engine runtimes', () => {
+  type Draft = Record<string, unknown>;
+  const engine = (over: Draft): Draft => ({
+    name: 'e',
+    type: 'llamacpp',
+    url: 'http://127.0.0.1:8080',
+    container: 'e',
+    ...over,
+  });
+  const problems = (engines: Draft[], node: Draft = {}): string[] => {
+    try {
+      parseConfig(JSON.stringify({ nodes: [{ id: 'n1', engines, ...node }] }), 'inline');
+    } catch (e) {
+      if (e instanceof ValidationError) return e.problems;
+      throw e;
+    }
+    return [];
+  };
+
+  test.each<[string, Draft[], Draft, string[]]>([
+    [
+      'process without how to run it',
+      [engine({ runtime: 'process' })],
+      {},
+      ['nodes[0].engines[0].process: must say how to run the engine (runtime is process)'],
+    ],
+    [
+      'a relative binary',
+      [engine({ runtime: 'process', process: { command: 'llama-server' } })],
+      {},
+      ['nodes[0].engines[0].process.command: must be an absolute path to the engine binary'],
+    ],
+    [
+      'a process name that is a path',
+      [engine({ runtime: 'process', container: '../x', process: { command: '/bin/true' } })],
+      {},
+      [
+        'nodes[0].engines[0].container: must be a process name: letters, digits, _ . - (it names files in tools.processDir)',
+      ],
+    ],
+    [
+      'a unit that is not a service',
+      [engine({ runtime: 'systemd', container: 'ollama' })],
+      {},
+      [
+        'nodes[0].engines[0].container: must be a systemd service unit name such as ollama.service (runtime is systemd)',
+      ],
+    ],
+    [
+      'a container name that is a flag',
+      [engine({ container: '--rm' })],
+      {},
+      ['nodes[0].engines[0].container: must be a docker container name: [a-zA-Z0-9][a-zA-Z0-9_.-]*'],
+    ],
+    [
+      'one name under two runtimes',
+      [engine({}), engine({ name: 'f', runtime: 'process', process: { command: '/bin/true' } })],
+      {},
+      ['nodes[0].engines[1].container: "e" already runs e under docker: one name cannot be a process engine too'],
+    ],
+    [
+      'a real engine on a real node',
+      [engine({ runtime: 'process', process: { command: '/bin/true' }, real: {} })],
+      {},
+      ['nodes[0].engines[0].real: is only for sandbox nodes (sandbox: true)'],
+    ],
+    [
+      'a real docker engine beside the docker shim',
+      [engine({ real: { image: 'img' } })],
+      { sandbox: true },
+      [
+        'nodes[0].tools.docker: must be the absolute path of the real docker CLI on a sandbox node with real docker engines',
+      ],
+    ],
+  ])('refuses %s', (_what, engines, node, expected) => {
+    expect(problems(engines, node)).toEqual(expected);
+  });
+
+  test('accepts each runtime', () => {
+    expect(
+      problems([
+        engine({}),
+        engine({ name: 'u', runtime: 'systemd', container: 'ollama.service', type: 'ollama' }),
+        engine({
+          name: 'p',
+          runtime: 'process',
+          container: 'llama',
+          process: { command: '/opt/llama-server', args: ['-m', 'x.gguf'] },
+        }),
+      ]),
+    ).toEqual([]);
+  });
+});

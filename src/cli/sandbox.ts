@@ -29,7 +29,7 @@ function realEnginesOf(loaded: LoadedConfig, node: string): RealEngines | undefi
   if (!n) return undefined;
   return new RealEngines(n, {
     dockerBin: n.tools.docker,
-    processDir: resolveFrom(loaded.path, n.tools.processDir),
+    resolve: (p) => resolveFrom(loaded.path, p),
   });
 }
 

@@ -121,6 +121,7 @@ export async function upCommand(opts: UpOptions): Promise<void> {
         node,
         stateDir,
         bootSeconds: cfg.sandbox.bootSeconds,
+        configPath: loaded.path,
         workerCommand: { ...cmd, env: childEnv },
         log: (l) => log(`[sandbox ${node.id}] ${l}`),
       });

@@ -2,6 +2,7 @@
  * The gpuops.yaml schema. Every field is documented here: the docs flow into the exported JSON Schema, so
  * operators see them in their editor. Secrets are never values in this file, only file paths or env var names.
  */
+import path from 'node:path';
 import { z } from 'zod';
 import { DeployPolicySchema } from '../domain/deploy-policy';
 import { ID_PATTERN } from '../domain/schemas';
@@ -52,7 +53,10 @@ export const EngineSchema = z
       ),
     process: z
       .strictObject({
-        command: z.string().min(1).describe('Engine binary, e.g. /usr/local/bin/llama-server.'),
+        command: z
+          .string()
+          .regex(/^\//, { message: 'must be an absolute path to the engine binary' })
+          .describe('Engine binary, e.g. /usr/local/bin/llama-server.'),
         args: z.array(z.string()).default([]).describe('Its arguments (the model flags a canary slot rewrites).'),
         env: z.record(z.string(), z.string()).optional().describe('Extra environment (no secrets: use files).'),
         cwd: z.string().optional().describe('Working directory (default: the process state directory).'),
@@ -63,7 +67,7 @@ export const EngineSchema = z
       .strictObject({
         image: z
           .string()
-          .min(1)
+          .regex(/^[A-Za-z0-9][A-Za-z0-9._/:@-]*$/, { message: 'must be a docker image reference' })
           .optional()
           .describe('runtime docker: image the sandbox creates the container from (with --network host) when missing.'),
         args: z.array(z.string()).default([]).describe('runtime docker: the container command (engine arguments).'),
@@ -83,7 +87,14 @@ export const EngineSchema = z
         'Sandbox nodes only: run the real engine (llama-server, Ollama) under its runtime instead of simulating it. ' +
           'GPUs, Xid, ECC and Proxmox stay simulated.',
       ),
-    gpus: z.array(z.int().min(0)).default([]).describe('GPU indices the engine uses.'),
+    gpus: z.array(z.int().min(0)).default([]).describe('GPU indices the engine uses (none listed: all of the node’s).'),
+    cpuOnly: z
+      .boolean()
+      .default(false)
+      .describe(
+        'The engine runs on the CPU by design (e.g. a llama-cpu container): the GPU-memory pre-flight does not ' +
+          'apply and Ollama reporting size_vram 0 is not an offload.',
+      ),
     apiKeyFile: filePath.optional().describe('File holding the engine API key (vLLM --api-key), read on the node.'),
     insecureRegistries: z
       .array(z.string().regex(/^[A-Za-z0-9.-]+(:\d+)?$/, { message: 'must be host or host:port' }))
@@ -449,6 +460,17 @@ export const ConfigSchema = z
         (j) => ['nodes', i, 'engines', j, 'name'],
         'engine name',
       );
+      // Lifecycle calls find an engine's runtime by its container name: one name, one runtime.
+      n.engines.forEach((e, j) => {
+        const other = n.engines.find((x, k) => k < j && x.container === e.container && x.runtime !== e.runtime);
+        if (other) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['nodes', i, 'engines', j, 'container'],
+            message: `"${e.container}" already runs ${other.name} under ${other.runtime}: one name cannot be a ${e.runtime} engine too`,
+          });
+        }
+      });
       if (n.vm && !hv.has(n.vm.hypervisor)) {
         ctx.addIssue({
           code: 'custom',
@@ -483,12 +505,43 @@ export const ConfigSchema = z
             message: 'real sandbox engines run under docker or process',
           });
         }
+        if (e.real && e.runtime === 'docker' && !path.isAbsolute(n.tools.docker)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['nodes', i, 'tools', 'docker'],
+            message: 'must be the absolute path of the real docker CLI on a sandbox node with real docker engines',
+          });
+        }
+        if (!e.real && e.runtime === 'docker' && n.sandbox && n.engines.some((x) => x.real && x.runtime === 'docker')) {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('real'),
+            message: 'must be set: on a sandbox node either every docker engine is real or none is (one docker CLI)',
+          });
+        }
         if (e.real && e.runtime === 'docker' && !e.real.image) {
           ctx.addIssue({
             code: 'custom',
             path: at('real', 'image'),
             message: 'must name the image (runtime is docker)',
           });
+        }
+        if (e.runtime === 'process' && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(e.container)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('container'),
+            message: 'must be a process name: letters, digits, _ . - (it names files in tools.processDir)',
+          });
+        }
+        if (e.runtime === 'docker' && !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(e.container)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: at('container'),
+            message: 'must be a docker container name: [a-zA-Z0-9][a-zA-Z0-9_.-]*',
+          });
+        }
+        if (e.cpuOnly && e.gpus.length > 0) {
+          ctx.addIssue({ code: 'custom', path: at('gpus'), message: 'must be empty for a cpuOnly engine' });
         }
         if (e.runtime === 'systemd' && !/^[a-zA-Z0-9:_.\\@-]+\.service$/.test(e.container)) {
           ctx.addIssue({

@@ -180,7 +180,7 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
       add({
         kind: 'engine-hung',
         subject: e.name,
-        detail: `${e.type} at ${e.url} did not answer its health check${e.error ? ` (${e.error})` : ''}: frozen or wedged`,
+        detail: `${e.type} at ${e.url} did not answer its health check in time${e.error ? ` (${e.error})` : ''}, though nothing refused the connection: frozen, wedged or unreachable`,
         rung: 'restart-container',
         severity: 'critical',
       });

@@ -20,7 +20,7 @@ if (!dir || !name) {
 const file = (ext) => path.join(dir, `${name}.${ext}`);
 
 function writeState(state) {
-  const tmp = `${file('state.json')}.${process.pid}.tmp`;
+  const tmp = `${file('state.json')}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
   fs.writeFileSync(tmp, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
   fs.renameSync(tmp, file('state.json'));
 }
@@ -38,22 +38,41 @@ const previous = readState();
 if (fs.existsSync(file('log'))) fs.renameSync(file('log'), file('log.1'));
 const log = fs.openSync(file('log'), 'a', 0o600);
 const startedAt = new Date().toISOString();
+// The engine leads a process group of its own, so a stop reaches its children too (Ollama's runners hold memory and
+// ports of their own).
 const child = spawn(spec.command, spec.args, {
   cwd: spec.cwd || dir,
   env: { ...process.env, ...spec.env },
   stdio: ['ignore', log, log],
+  detached: true,
 });
+
+/** Start time of a process in clock ticks since boot (/proc/PID/stat field 22): with the PID, its identity. */
+function startTicks(pid) {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+  } catch {
+    return null;
+  }
+}
+
+/** Another keeper has taken over this engine since (a start raced this one): its state is not ours to write. */
+function superseded() {
+  const now = readState();
+  return now.keeperPid !== undefined && now.keeperPid !== process.pid;
+}
 const base = {
   name,
   keeperPid: process.pid,
   command: spec.command,
   args: spec.args,
   starts: (previous.starts || 0) + 1,
-  restarts: previous.restarts || 0,
   startedAt,
 };
 child.on('error', (err) => {
   fs.writeSync(log, `gpuops keeper: could not start ${spec.command}: ${err.message}\n`);
+  if (superseded()) process.exit(0);
   writeState({
     ...base,
     status: 'exited',
@@ -64,14 +83,17 @@ child.on('error', (err) => {
   });
   process.exit(0);
 });
-if (child.pid !== undefined) writeState({ ...base, status: 'running', pid: child.pid });
+if (child.pid !== undefined)
+  writeState({ ...base, status: 'running', pid: child.pid, pidStart: startTicks(child.pid) });
 child.on('exit', (code, signal) => {
   // 128 + signal number, as a shell (and docker's ExitCode) reports a signalled process.
   const signo = signal ? os.constants.signals[signal] || 0 : 0;
+  if (superseded()) process.exit(0);
   writeState({
     ...base,
     status: 'exited',
     pid: child.pid,
+    pidStart: null,
     exitCode: code === null ? 128 + signo : code,
     signal,
     finishedAt: new Date().toISOString(),
@@ -80,4 +102,12 @@ child.on('exit', (code, signal) => {
 });
 // The keeper passes a stop request on: the runtime signals the engine directly, but a keeper told to stop (its own
 // SIGTERM, e.g. a shutdown of the whole process group) must not leave the engine orphaned.
-for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(sig, () => child.kill(sig));
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
+  process.on(sig, () => {
+    try {
+      process.kill(-child.pid, sig);
+    } catch {
+      // already gone
+    }
+  });
+}

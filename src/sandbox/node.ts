@@ -9,6 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { freePort } from '../net';
 import path from 'node:path';
+import { resolveFrom } from '../config/load';
 import type { NodeConfig } from '../config/schema';
 import * as core from './bin/lib/core';
 import { EngineServer, writeManifest } from './engine-server';
@@ -56,6 +57,8 @@ export interface SandboxNodeOptions {
    * `tools.docker`, which a sandbox config with real docker engines sets to the real binary.
    */
   realDockerBin?: string;
+  /** gpuops.yaml's path: the real engines' relative paths resolve from its directory, as the node worker's do. */
+  configPath?: string;
 }
 
 export interface SandboxNodeStatus {
@@ -147,7 +150,7 @@ export class SandboxNode {
     this.simNode = simulatedPart(opts.node);
     this.real = new RealEngines(opts.node, {
       dockerBin: opts.realDockerBin ?? opts.node.tools.docker,
-      processDir: path.resolve(opts.node.tools.processDir),
+      ...(opts.configPath ? { resolve: (p: string) => resolveFrom(opts.configPath as string, p) } : {}),
       log: this.log,
     });
     this.paths = {
@@ -373,7 +376,7 @@ export class SandboxNode {
       this.engines.get(e.name)?.server.setFrozen(vm.hung);
     }
 
-    this.reconcileReal(up ? vm.bootId : null);
+    this.reconcileReal(up ? vm.bootId : null, up && vm.hung);
 
     const w = this.worker;
     if (w) {
@@ -407,14 +410,28 @@ export class SandboxNode {
 
   private realOp: Promise<void> = Promise.resolve();
   private realRetryAt = 0;
+  private realFrozen = false;
 
   /**
    * Real engines follow the guest: started once per boot, stopped while it is down. Runs beside the reconcile pass
    * (starting a real engine and seeding its models takes seconds), one operation at a time.
    */
-  private reconcileReal(boot: number | null): void {
-    if (!this.real.any || this.realBusy || boot === this.realBoot || Date.now() < this.realRetryAt) return;
+  private reconcileReal(boot: number | null, hung: boolean): void {
+    if (!this.real.any || this.realBusy || Date.now() < this.realRetryAt) return;
+    if (boot === this.realBoot) {
+      // A hung guest freezes its engines with it; when it is reset they are stopped and started with the new boot.
+      if (boot === null || hung === this.realFrozen) return;
+      this.realBusy = true;
+      this.realFrozen = hung;
+      this.realOp = (hung ? this.real.freezeAll() : this.real.clearAll().then(() => undefined))
+        .catch((err: unknown) => this.log(`sandbox ${this.id}: real engines: ${(err as Error).message}`))
+        .finally(() => {
+          this.realBusy = false;
+        });
+      return;
+    }
     this.realBusy = true;
+    this.realFrozen = false;
     const op =
       boot === null
         ? this.real.down()

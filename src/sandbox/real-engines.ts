@@ -12,7 +12,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { EngineConfig, NodeConfig } from '../config/schema';
 import { DockerCli } from '../hosts/docker';
 import { runTool, describeFailure } from '../hosts/exec';
-import { ProcessRuntime } from '../hosts/process';
+import path from 'node:path';
+import { processRuntimeFor, type ProcessRuntime } from '../hosts/process';
 import type { EngineRuntime } from '../hosts/runtime';
 
 /** Engines of a sandbox node that run for real. */
@@ -31,8 +32,8 @@ export type RealFaultKind = 'engine-hang' | 'container-exit';
 export interface RealEnginesOptions {
   /** The real docker CLI (never the sandbox's shim). */
   dockerBin: string;
-  /** Where runtime-process engines keep their state (the node's `tools.processDir`, resolved). */
-  processDir: string;
+  /** Resolves a path from the config (relative: from the config file's directory, as the node worker does). */
+  resolve?: (p: string) => string;
   log?: (line: string) => void;
 }
 
@@ -42,6 +43,7 @@ export class RealEngines {
   readonly processes: ProcessRuntime;
   private readonly engines: ReturnType<typeof realEngines>;
   private readonly log: (line: string) => void;
+  private readonly resolve: (p: string) => string;
 
   constructor(
     readonly node: NodeConfig,
@@ -49,12 +51,8 @@ export class RealEngines {
   ) {
     this.engines = realEngines(node);
     this.docker = new DockerCli({ bin: opts.dockerBin });
-    this.processes = new ProcessRuntime({
-      dir: opts.processDir,
-      specs: Object.fromEntries(
-        this.engines.flatMap((e) => (e.runtime === 'process' && e.process ? [[e.container, e.process]] : [])),
-      ),
-    });
+    this.resolve = opts.resolve ?? ((p) => path.resolve(p));
+    this.processes = processRuntimeFor(node, this.resolve);
     this.log = opts.log ?? (() => undefined);
   }
 
@@ -136,7 +134,7 @@ export class RealEngines {
     for (const m of e.real.seedModels) {
       const full = m.name.includes(':') ? m.name : `${m.name}:latest`;
       if (tags.includes(full)) continue;
-      const data = await readFile(m.gguf);
+      const data = await readFile(this.resolve(m.gguf));
       const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
       const put = await fetch(`${base}/api/blobs/${digest}`, { method: 'POST', body: data });
       if (!put.ok) throw new Error(`engine ${e.name}: blob upload of ${m.gguf} failed: HTTP ${put.status}`);
@@ -155,9 +153,10 @@ export class RealEngines {
   /** The PID of a process-runtime engine, or the container's main PID. */
   private async pid(e: EngineConfig): Promise<number> {
     const cmd = await this.runtimeOf(e).command(e.container);
-    if (e.runtime === 'process') return Number(cmd?.id);
-    const r = await runTool(this.opts.dockerBin, ['inspect', '--format', '{{.State.Pid}}', e.container]);
-    return Number(r.stdout.trim());
+    const pid = Number(cmd?.id);
+    // Never 0 or negative: process.kill(0 or -1, …) would signal this process's own group, or everything.
+    if (!Number.isInteger(pid) || pid <= 0) throw new Error(`engine ${e.name} is not running`);
+    return pid;
   }
 
   /**
@@ -175,7 +174,8 @@ export class RealEngines {
       return `docker ${kind === 'engine-hang' ? 'pause' : 'kill'} ${e.container}`;
     }
     const pid = await this.pid(e);
-    process.kill(pid, kind === 'engine-hang' ? 'SIGSTOP' : 'SIGKILL');
+    // The whole process group (the keeper makes the engine its leader): Ollama's runners freeze or die with it.
+    process.kill(-pid, kind === 'engine-hang' ? 'SIGSTOP' : 'SIGKILL');
     return `kill -${kind === 'engine-hang' ? 'STOP' : 'KILL'} ${pid} (${e.name})`;
   }
 
@@ -184,8 +184,16 @@ export class RealEngines {
     const state = await this.runtimeOf(e).inspectOne(e.container);
     if (state.status !== 'paused') return false;
     if (e.runtime === 'docker') await runTool(this.opts.dockerBin, ['unpause', e.container]);
-    else process.kill(await this.pid(e), 'SIGCONT');
+    else process.kill(-(await this.pid(e)), 'SIGCONT');
     return true;
+  }
+
+  /** Freeze every running real engine (the simulated guest hung): nothing on the node answers any more. */
+  async freezeAll(): Promise<void> {
+    for (const e of this.engines) {
+      const st = await this.runtimeOf(e).inspectOne(e.container);
+      if (st.status === 'running') await this.inject('engine-hang', e.name).catch(() => undefined);
+    }
   }
 
   /** Clear hangs on every real engine. */

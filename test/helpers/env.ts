@@ -184,6 +184,7 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
     node,
     stateDir: config.sandbox.stateDir,
     bootSeconds: config.sandbox.bootSeconds,
+    configPath,
     ...(opts.withWorker === false
       ? {}
       : {

@@ -95,6 +95,7 @@ export async function llamaEngine(opts: {
     container: opts.container ?? name,
     url: `http://127.0.0.1:${port}`,
     gpus: [],
+    cpuOnly: true,
     ...(opts.runtime === 'process'
       ? { process: { command: t.llamaServer, args }, real: {} }
       : { real: { image: t.images.llamaServer, args } }),
@@ -120,6 +121,7 @@ export async function ollamaEngine(opts: {
     container: opts.container ?? 'ollama',
     url: `http://127.0.0.1:${port}`,
     gpus: [],
+    cpuOnly: true,
     probeModel: opts.seed[0]?.name,
     ...(opts.runtime === 'process'
       ? { process: { command: t.ollama, args: ['serve'], env }, real: { seedModels: opts.seed } }
