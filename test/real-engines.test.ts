@@ -5,6 +5,7 @@
  * Faults are real: a hang is SIGSTOP / `docker pause`, an exit is SIGKILL / `docker kill`.
  */
 import path from 'node:path';
+import { clearFaults, injectFault } from '../src/sandbox/faults';
 import type { HealthReport } from '../src/domain/classify';
 import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/messages';
 import type { inspectNode } from '../workflows/inspect-node';
@@ -202,6 +203,14 @@ describe('runtime docker: real llama-server and Ollama in real containers on the
     if (!t.images.llamaServer || !t.images.ollama || !t.models.v1) return;
     s = await realSandbox(async () => [
       await llamaEngine({ runtime: 'docker', model: t.models.v1 as string, container: `gpuops-test-llama-${tag}` }),
+      // A 64k context: llama-server preallocates ~34 MiB of KV cache, enough working set to starve for a real OOM.
+      await llamaEngine({
+        name: 'llama-big',
+        runtime: 'docker',
+        model: t.models.v1 as string,
+        container: `gpuops-test-big-${tag}`,
+        ctx: 65536,
+      }),
       await ollamaEngine({
         runtime: 'docker',
         modelsDir: '/root/.ollama/models',
@@ -215,7 +224,7 @@ describe('runtime docker: real llama-server and Ollama in real containers on the
     const w = await controlWorker(env, s.loaded);
     await w.runUntil(async () => {
       const healthy = await untilHealthy(s);
-      expect(healthy.observation.containers.map((c) => c.status)).toEqual(['running', 'running']);
+      expect(healthy.observation.containers.map((c) => c.status)).toEqual(['running', 'running', 'running']);
       await withWatcher(s, async (h) => {
         expect(await s.sim.real.inject('engine-hang', 'llama')).toBe(`docker pause gpuops-test-llama-${tag}`);
         const detail = await watcherAction(h);
@@ -244,4 +253,41 @@ describe('runtime docker: real llama-server and Ollama in real containers on the
       });
     });
   }, 150_000);
+
+  it('a container restarted under too small a memory limit is OOM-killed by the kernel, and seen as such', async () => {
+    const w = await controlWorker(env, s.loaded);
+    const big = `gpuops-test-big-${tag}`;
+    await w.runUntil(async () => {
+      await untilHealthy(s);
+      expect(await s.sim.real.inject('oom-kill', 'llama-big')).toMatch(
+        new RegExp(`^docker update --memory \\d+ ${big}`),
+      );
+      const state = await s.sim.real.docker.inspectOne(big);
+      expect(state).toMatchObject({ status: 'exited', oomKilled: true, exitCode: 137, running: false });
+      const report = await inspect(s);
+      expect(report.problems.map((p) => [p.kind, p.subject])).toContainEqual(['container-oom-killed', big]);
+      expect(report.recommendedRung).toBe('restart-container');
+      // What an operator does once the limit is fixed: the container is recreated from its config, and serves.
+      expect(await s.sim.real.restoreDefinitions()).toEqual(['llama-big']);
+      await untilHealthy(s);
+    });
+  }, 150_000);
+
+  it('a hung simulated guest freezes its real engines with it, and they thaw when it comes back', async () => {
+    const llama = `gpuops-test-llama-${tag}`;
+    injectFault(s.sim.store, 'node-down');
+    try {
+      await s.sim.waitFor(() => true, 1000).catch(() => undefined);
+      for (let i = 0; i < 100 && (await s.sim.real.docker.inspectOne(llama)).status !== 'paused'; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect((await s.sim.real.docker.inspectOne(llama)).status).toBe('paused');
+    } finally {
+      clearFaults(s.sim.store);
+    }
+    for (let i = 0; i < 100 && (await s.sim.real.docker.inspectOne(llama)).status !== 'running'; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect((await s.sim.real.docker.inspectOne(llama)).status).toBe('running');
+  }, 60_000);
 });

@@ -12,13 +12,13 @@ import {
   listFaults,
   type SandboxFaultKind,
 } from '../sandbox/faults';
-import { RealEngines, type RealFaultKind } from '../sandbox/real-engines';
+import { REAL_FAULT_DESCRIPTIONS, RealEngines, type RealFaultKind } from '../sandbox/real-engines';
 import { SandboxStore } from '../sandbox/state';
 import type { GlobalOptions } from './context';
 import { printJson, table } from './output';
 
 const FaultArgs = z.strictObject({
-  kind: z.enum(FAULT_KINDS as [SandboxFaultKind, ...SandboxFaultKind[]]),
+  kind: z.enum(['oom-kill', ...FAULT_KINDS] as [SandboxFaultKind | 'oom-kill', ...(SandboxFaultKind | 'oom-kill')[]]),
   engine: z.string().min(1).optional(),
   gpu: z.coerce.number().int().min(0).optional(),
 });
@@ -33,7 +33,7 @@ function realEnginesOf(loaded: LoadedConfig, node: string): RealEngines | undefi
   });
 }
 
-const REAL_FAULTS: readonly string[] = ['engine-hang', 'container-exit'] satisfies RealFaultKind[];
+const REAL_FAULTS = Object.keys(REAL_FAULT_DESCRIPTIONS) as RealFaultKind[];
 
 function sandboxStore(loaded: LoadedConfig, node: string): SandboxStore {
   const n = loaded.config.nodes.find((x) => x.id === node);
@@ -53,12 +53,13 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
   const sandbox = program.command('sandbox').description('drive the simulated GPU node(s)');
   sandbox
     .command('fault <node> <kind>')
-    .description(`inject a fault: ${FAULT_KINDS.join(' | ')}`)
-    .option('--engine <name>', 'engine to affect (engine-hang, container-exit, cuda-oom); default the first')
+    .description(`inject a fault: ${[...FAULT_KINDS, 'oom-kill'].join(' | ')}`)
+    .option('--engine <name>', 'engine to affect (engine-hang, container-exit, cuda-oom, oom-kill); default the first')
     .option('--gpu <index>', "GPU to affect (xid-79, ecc); default the engine's first GPU")
     .addHelpText(
       'after',
-      `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(15)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}`,
+      `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(15)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}` +
+        `\n\nOn a real engine (engines[].real):\n${REAL_FAULTS.map((k) => `  ${k.padEnd(15)} ${REAL_FAULT_DESCRIPTIONS[k]}`).join('\n')}`,
     )
     .action(async (node: string, kind: string, opts: { engine?: string; gpu?: string }) => {
       const args = parseOrThrow(FaultArgs, { kind, ...opts }, 'arguments');
@@ -66,7 +67,7 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
       // A real engine gets a real fault: frozen (docker pause / SIGSTOP) or killed (docker kill / SIGKILL).
       const real = realEnginesOf(loaded, node);
       if (real?.has(args.engine)) {
-        if (!REAL_FAULTS.includes(args.kind)) {
+        if (!(REAL_FAULTS as string[]).includes(args.kind)) {
           throw new ValidationError('argument', [
             `kind: a real engine takes ${REAL_FAULTS.join(' or ')} (GPU faults go to the simulated GPUs; got "${args.kind}")`,
           ]);
@@ -75,6 +76,9 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
         if (globals().json) printJson({ kind: args.kind, node, engine: args.engine ?? null, real: true, action: done });
         else console.log(`injected ${args.kind} on ${node} (real engine): ${done}`);
         return;
+      }
+      if (args.kind === 'oom-kill') {
+        throw new ValidationError('argument', ['kind: oom-kill is a fault of a real docker engine (engines[].real)']);
       }
       const fault = injectFault(sandboxStore(loaded, node), args.kind, {
         ...(args.engine ? { engine: args.engine } : {}),
@@ -88,10 +92,13 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
     .description('clear every injected fault (as if an operator fixed the node by hand)')
     .action(async (node: string) => {
       const loaded = loadConfig(globals().config);
-      const thawed = (await realEnginesOf(loaded, node)?.clearAll()) ?? [];
+      const real = realEnginesOf(loaded, node);
+      const thawed = (await real?.clearAll()) ?? [];
+      const restored = (await real?.restoreDefinitions()) ?? [];
       const cleared = [
         ...clearFaults(sandboxStore(loaded, node)),
         ...thawed.map((engine) => ({ kind: 'engine-hang' as const, engine, real: true })),
+        ...restored.map((engine) => ({ kind: 'oom-kill' as const, engine, real: true })),
       ];
       if (globals().json) printJson(cleared);
       else

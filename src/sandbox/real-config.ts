@@ -30,7 +30,8 @@ export const REAL_REGISTRY = `127.0.0.1:${REAL_NODE.registryFrontPort}`;
 
 /**
  * The policy for the tiny models (`--policy tiny`): their answers are gibberish with a fixed shape, so the golden set
- * is structural; stable and canary share one CPU, so only a gross latency difference is a breach; the sandbox's own
+ * is structural; stable and canary share one CPU (their latency ratios swing several times over), so the canary is
+ * judged on errors and only a gross latency difference is a breach; the sandbox's own
  * registry is an allowed source.
  */
 export const TINY_POLICY = {
@@ -44,8 +45,8 @@ export const TINY_POLICY = {
   minSamples: 5,
   validationTtftP95Ms: 3000,
   validationMinTokensPerSecond: 1,
-  maxTtftP95Ratio: 4,
-  minTokensPerSecondRatio: 0.25,
+  maxTtftP95Ratio: 20,
+  minTokensPerSecondRatio: 0.02,
   allowedSources: [`${REAL_REGISTRY}/library/`],
   rollbackWindow: '2m',
 };

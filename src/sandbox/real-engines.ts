@@ -27,7 +27,16 @@ export function simulatedPart(node: NodeConfig): NodeConfig {
 }
 
 /** Real faults a real engine can be given. */
-export type RealFaultKind = 'engine-hang' | 'container-exit';
+export type RealFaultKind = 'engine-hang' | 'container-exit' | 'oom-kill';
+
+/** Real faults, with what each does, for the CLI's help. */
+export const REAL_FAULT_DESCRIPTIONS: Readonly<Record<RealFaultKind, string>> = {
+  'engine-hang': 'real engine frozen: docker pause / SIGSTOP to its process group (connections accepted, no answers)',
+  'container-exit': 'real engine killed: docker kill / SIGKILL to its process group',
+  'oom-kill':
+    'real docker engine restarted under a memory limit of half its working set: the kernel OOM-kills it ' +
+    '(OOMKilled, exit 137) at every start until `sandbox clear` recreates it from its config',
+};
 
 export interface RealEnginesOptions {
   /** The real docker CLI (never the sandbox's shim). */
@@ -168,6 +177,7 @@ export class RealEngines {
     if (!e) throw new Error(`node ${this.node.id} runs no real engine "${engineName ?? ''}"`);
     const state = await this.runtimeOf(e).inspectOne(e.container);
     if (!state.running) throw new Error(`engine ${e.name} is not running (${state.status})`);
+    if (kind === 'oom-kill') return this.oomKill(e);
     if (e.runtime === 'docker') {
       const r = await runTool(this.opts.dockerBin, [kind === 'engine-hang' ? 'pause' : 'kill', e.container]);
       if (r.exitCode !== 0) throw new Error(describeFailure(r));
@@ -177,6 +187,39 @@ export class RealEngines {
     // The whole process group (the keeper makes the engine its leader): Ollama's runners freeze or die with it.
     process.kill(-pid, kind === 'engine-hang' ? 'SIGSTOP' : 'SIGKILL');
     return `kill -${kind === 'engine-hang' ? 'STOP' : 'KILL'} ${pid} (${e.name})`;
+  }
+
+  /**
+   * A real OOM-kill: the container is stopped, given a memory limit of half what it uses now (cgroup v1 refuses a
+   * limit below the usage of a running container), and started: the engine's preallocated memory (llama-server's KV
+   * cache) no longer fits and the kernel's OOM killer ends it. docker inspect then says OOMKilled, exit 137.
+   */
+  private async oomKill(e: EngineConfig): Promise<string> {
+    if (e.runtime !== 'docker')
+      throw new Error(`oom-kill needs a docker engine (a memory limit); ${e.name} is ${e.runtime}`);
+    const docker = async (args: string[]): Promise<string> => {
+      const r = await runTool(this.opts.dockerBin, args, { timeoutMs: 60_000 });
+      if (r.exitCode !== 0) throw new Error(describeFailure(r));
+      return r.stdout.trim();
+    };
+    const usage = parseMemUsage(await docker(['stats', '--no-stream', '--format', '{{.MemUsage}}', e.container]));
+    const limit = Math.floor(usage / 2);
+    // Docker refuses limits under 6 MiB: an engine that small cannot be starved this way.
+    if (limit < 6 * 1024 * 1024) {
+      throw new Error(
+        `${e.name} uses ${(usage / 2 ** 20).toFixed(1)} MiB: too little to starve under docker's 6 MiB floor`,
+      );
+    }
+    await docker(['stop', '-t', '5', e.container]);
+    await docker(['update', '--memory', String(limit), '--memory-swap', String(limit), e.container]);
+    await docker(['start', e.container]);
+    // The kill lands once the engine allocates (llama-server: its KV cache, after loading the model).
+    const deadline = Date.now() + 20_000;
+    while (!(await this.docker.inspectOne(e.container)).oomKilled) {
+      if (Date.now() > deadline) throw new Error(`${e.name} still runs under a ${limit}-byte limit: not OOM-killed`);
+      await sleep(200);
+    }
+    return `docker update --memory ${limit} ${e.container} (half of its ${(usage / 2 ** 20).toFixed(1)} MiB) and restart: OOM-killed`;
   }
 
   /** Undo a hang by hand (docker unpause / SIGCONT), as an operator would. */
@@ -202,4 +245,49 @@ export class RealEngines {
     for (const e of this.engines) if (await this.clear(e)) cleared.push(e.name);
     return cleared;
   }
+
+  /**
+   * Fix by hand what a fault changed in a container's definition (an oom-kill's memory limit): recreate each real
+   * docker engine whose limit is not its config's, from the config, and start it. Returns the engines recreated.
+   */
+  async restoreDefinitions(): Promise<string[]> {
+    const fixed: string[] = [];
+    for (const e of this.engines) {
+      if (e.runtime !== 'docker') continue;
+      const entry = await this.docker.inspectEntry(e.container);
+      const memory = Number((entry?.HostConfig as { Memory?: number } | undefined)?.Memory ?? 0);
+      if (!entry || memory === parseDockerSize(e.real.memory)) continue;
+      await this.docker.remove(e.container, { force: true });
+      await this.ensureContainer(e);
+      await this.docker.start(e.container);
+      fixed.push(e.name);
+    }
+    return fixed;
+  }
+}
+
+/** Bytes in use from `docker stats --format {{.MemUsage}}` ("40.05MiB / 23.54GiB"). */
+export function parseMemUsage(text: string): number {
+  const m = /^\s*([\d.]+)\s*([KMGT]?i?B)/i.exec(text);
+  if (!m) throw new Error(`docker stats: cannot read the memory usage "${text}"`);
+  const units: Record<string, number> = {
+    b: 1,
+    kib: 2 ** 10,
+    mib: 2 ** 20,
+    gib: 2 ** 30,
+    tib: 2 ** 40,
+    kb: 1e3,
+    mb: 1e6,
+    gb: 1e9,
+    tb: 1e12,
+  };
+  return Number(m[1]) * (units[(m[2] ?? 'b').toLowerCase()] ?? 1);
+}
+
+/** Bytes of a docker memory size ("512m"; none: 0, docker's "no limit"). */
+export function parseDockerSize(size: string | undefined): number {
+  if (!size) return 0;
+  const m = /^(\d+)([bkmg]?)$/i.exec(size);
+  const mult: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 };
+  return m ? Number(m[1]) * (mult[(m[2] ?? '').toLowerCase()] ?? 1) : 0;
 }

@@ -78,6 +78,8 @@ export async function llamaEngine(opts: {
   runtime: 'process' | 'docker';
   model: string;
   container?: string;
+  /** Context size (-c): the KV cache llama-server preallocates for it is most of its memory. Default 512. */
+  ctx?: number;
   extra?: Record<string, unknown>;
 }): Promise<Record<string, unknown> & { name: string; url: string }> {
   const t = engineTools();
@@ -85,7 +87,8 @@ export async function llamaEngine(opts: {
   const name = opts.name ?? 'llama';
   // Inside the image the models live under /models; as a process, in the tool cache.
   const model = opts.runtime === 'docker' ? `/models/${path.basename(opts.model)}` : opts.model;
-  const args = ['-m', model, '--host', '127.0.0.1', '--port', String(port), '-c', '512', '-t', '1', '-np', '1'];
+  const args = ['-m', model, '--host', '127.0.0.1', '--port', String(port), '-c', String(opts.ctx ?? 512), '-t', '1'];
+  args.push('-np', '1');
   // The id /v1/models lists (and the router routes by): the file name, as a canary slot's recreate sets it too.
   args.push('--alias', path.basename(opts.model));
   return {
