@@ -201,3 +201,40 @@ describe('QmCli against a fake qm', () => {
     ]);
   });
 });
+
+describe('ProxmoxApi against real captured answers', () => {
+  let server: TestServer;
+  beforeAll(async () => {
+    server = await startServer((req, res) => {
+      if (req.url === '/api2/json/nodes/pve-root/qemu/8001/status/current') {
+        return sendJson(res, 200, JSON.parse(fixture('proxmox/real/status-current-stopped-template.json')));
+      }
+      // A nonexistent vmid is a 500 with the reason in the body, as real PVE answers.
+      res.statusMessage = "Configuration file 'nodes/pve-root/qemu-server/999.conf' does not exist";
+      return sendJson(res, 500, JSON.parse(fixture('proxmox/real/status-current-missing-vmid.json')));
+    });
+  });
+  afterAll(() => server.close());
+
+  const api = (): ProxmoxApi =>
+    new ProxmoxApi({ url: server.url, pveNode: 'pve-root', tokenId: TOKEN_ID, tokenSecretFile: secretFile() });
+
+  it("reads a stopped template's status (no pid, no running-* fields, template only when true)", async () => {
+    expect(await api().vmStatus(8001)).toEqual({
+      vmid: 8001,
+      status: 'stopped',
+      qmpstatus: 'stopped',
+      uptime: 0,
+      name: 'tpl-homecloud-base',
+      lock: null,
+    });
+  });
+
+  it("names the real reason of a nonexistent vmid's 500", async () => {
+    const err = await api()
+      .vmStatus(999)
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ProxmoxApiError);
+    expect((err as Error).message).toMatch(/500.*999\.conf' does not exist/);
+  });
+});
