@@ -18,7 +18,11 @@ import type { GlobalOptions } from './context';
 import { printJson, table } from './output';
 
 const FaultArgs = z.strictObject({
-  kind: z.enum(['oom-kill', ...FAULT_KINDS] as [SandboxFaultKind | 'oom-kill', ...(SandboxFaultKind | 'oom-kill')[]]),
+  // The simulated faults, then the real-engine-only one.
+  kind: z.enum([...FAULT_KINDS, 'oom-kill'] as unknown as [
+    SandboxFaultKind | 'oom-kill',
+    ...(SandboxFaultKind | 'oom-kill')[],
+  ]),
   engine: z.string().min(1).optional(),
   gpu: z.coerce.number().int().min(0).optional(),
 });
