@@ -6,14 +6,13 @@
  * `docker pause` / SIGSTOP (the port still accepts connections, nothing comes back), an exit is `docker kill` /
  * SIGKILL.
  */
-import { readFile } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { EngineConfig, NodeConfig } from '../config/schema';
 import { DockerCli } from '../hosts/docker';
 import { runTool, describeFailure } from '../hosts/exec';
 import path from 'node:path';
 import { processRuntimeFor, type ProcessRuntime } from '../hosts/process';
+import { createOllamaModel } from './registry';
 import type { EngineRuntime } from '../hosts/runtime';
 
 /** Engines of a sandbox node that run for real. */
@@ -143,18 +142,9 @@ export class RealEngines {
     for (const m of e.real.seedModels) {
       const full = m.name.includes(':') ? m.name : `${m.name}:latest`;
       if (tags.includes(full)) continue;
-      const data = await readFile(this.resolve(m.gguf));
-      const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
-      const put = await fetch(`${base}/api/blobs/${digest}`, { method: 'POST', body: data });
-      if (!put.ok) throw new Error(`engine ${e.name}: blob upload of ${m.gguf} failed: HTTP ${put.status}`);
-      const create = await fetch(`${base}/api/create`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ model: m.name, files: { 'model.gguf': digest }, stream: false }),
+      const digest = await createOllamaModel(base, m.name, this.resolve(m.gguf)).catch((err: unknown) => {
+        throw new Error(`engine ${e.name}: ${(err as Error).message}`);
       });
-      if (!create.ok) {
-        throw new Error(`engine ${e.name}: create ${m.name} failed: HTTP ${create.status} ${await create.text()}`);
-      }
       this.log(`sandbox ${this.node.id}: ${e.name} now has ${m.name} (${digest.slice(0, 19)}…)`);
     }
   }

@@ -125,6 +125,24 @@ export async function startRegistryFront(
 }
 
 /**
+ * Create a model in a running Ollama from a GGUF file, over its own API (`ollama create` does the same): upload the
+ * file as a blob, then create `name` from it. Returns the blob's digest.
+ */
+export async function createOllamaModel(baseUrl: string, name: string, gguf: string): Promise<string> {
+  const data = readFileSync(gguf);
+  const blob = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+  const up = await fetch(`${baseUrl}/api/blobs/${blob}`, { method: 'POST', body: data });
+  if (!up.ok) throw new Error(`blob upload of ${gguf}: HTTP ${up.status}`);
+  const r = await fetch(`${baseUrl}/api/create`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: name, files: { 'model.gguf': blob }, stream: false }),
+  });
+  if (!r.ok) throw new Error(`create ${name}: HTTP ${r.status} ${await r.text()}`);
+  return blob;
+}
+
+/**
  * Publish GGUFs to a registry as an operator does: a scratch Ollama (its own models dir under `dir`) creates each
  * model under the registry's name and pushes it with insecure: true. Returns each model's manifest digest as the
  * registry reports it (Docker-Content-Digest): what a deployment pins. Models already there are not pushed again.
@@ -160,18 +178,13 @@ export async function publishToRegistry(
   try {
     await until(() => answers(`${base}/api/version`), 30_000, 'the publishing Ollama');
     for (const m of todo) {
-      const data = readFileSync(m.gguf);
-      const blob = `sha256:${createHash('sha256').update(data).digest('hex')}`;
-      const up = await fetch(`${base}/api/blobs/${blob}`, { method: 'POST', body: data });
-      if (!up.ok) throw new Error(`blob upload of ${m.gguf}: HTTP ${up.status}`);
       const full = `${registryHost}/library/${m.name}`;
-      for (const [route, body] of [
-        ['/api/create', { model: full, files: { 'model.gguf': blob }, stream: false }],
-        ['/api/push', { model: full, insecure: true, stream: false }],
-      ] as const) {
-        const r = await fetch(`${base}${route}`, { method: 'POST', body: JSON.stringify(body) });
-        if (!r.ok) throw new Error(`${route} ${full}: HTTP ${r.status} ${await r.text()}`);
-      }
+      await createOllamaModel(base, full, m.gguf);
+      const r = await fetch(`${base}/api/push`, {
+        method: 'POST',
+        body: JSON.stringify({ model: full, insecure: true, stream: false }),
+      });
+      if (!r.ok) throw new Error(`push ${full}: HTTP ${r.status} ${await r.text()}`);
       const d = await manifestDigest(m.name);
       if (!d) throw new Error(`registry has no manifest for ${full} after the push`);
       digests[m.name] = d;

@@ -4,12 +4,12 @@
  * stopping it also ends the runners it spawned. Every engine started here is stopped by {@link stopEngines}.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, openSync, readFileSync, rmSync, closeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { freePort } from '../../src/net';
+import { createOllamaModel } from '../../src/sandbox/registry';
 
 /** One engine process started by a test. */
 export interface EngineProc {
@@ -112,17 +112,6 @@ export async function startOllama(bin: string, models: { name: string; gguf: str
   };
   started.push(proc);
   await waitUntil('ollama', proc, async () => (await fetch(`${proc.url}/api/version`)).ok);
-  for (const m of models) {
-    const data = readFileSync(m.gguf);
-    const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
-    const put = await fetch(`${proc.url}/api/blobs/${digest}`, { method: 'POST', body: data });
-    if (!put.ok) throw new Error(`ollama: blob upload of ${m.gguf}: HTTP ${put.status}`);
-    const create = await fetch(`${proc.url}/api/create`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ model: m.name, files: { 'model.gguf': digest }, stream: false }),
-    });
-    if (!create.ok) throw new Error(`ollama: create ${m.name}: HTTP ${create.status} ${await create.text()}`);
-  }
+  for (const m of models) await createOllamaModel(proc.url, m.name, m.gguf);
   return proc;
 }
