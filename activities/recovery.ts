@@ -6,7 +6,7 @@
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { slotPartnerOf, type Config } from '../src/config/schema';
-import { setMaintenanceUpdate, workflowIds, type SetMaintenanceInput } from '../src/messages';
+import { setMaintenanceUpdate, workflowIds, type SetMaintenanceInput } from '../src/contracts';
 
 export interface NodeFacts {
   id: string;

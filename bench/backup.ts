@@ -12,9 +12,9 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { privateDevServerOptions, startDevServer } from '../src/temporal/dev-server';
-import { nodeTaskQueue } from '../src/messages';
+import { nodeTaskQueue } from '../src/contracts';
 import { ResticCli } from '../src/hosts/restic';
-import type { RunBackupInput } from '../workflows/backup';
+import type { RunBackupInput } from '../src/contracts';
 import { controlWorker, openTestEnv, startTestSandbox, waitForPoller } from '../test/helpers/env';
 
 const MB = Math.min(2000, Math.max(1, Number(process.env.BENCH_BACKUP_MB ?? 64)));

@@ -35,12 +35,13 @@ import { parseConfig } from '../src/config/load';
 import { DockerCli } from '../src/hosts/docker';
 import { KernelLog } from '../src/hosts/kernel-log';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
-import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/messages';
+import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/contracts';
 import { injectFault, type SandboxFaultKind } from '../src/sandbox/faults';
 import { SandboxNode } from '../src/sandbox/node';
 import { freePort, privateDevServerOptions, startDevServer } from '../src/temporal/dev-server';
 import type { inspectNode } from '../workflows/inspect-node';
-import type { IncidentRecord, recoverNode, watchNode } from '../workflows/recovery';
+import type { recoverNode, watchNode } from '../workflows/recovery';
+import type { IncidentRecord } from '../src/contracts';
 import { createControlWorker } from '../workers/control';
 import {
   FAST_RECOVERY,

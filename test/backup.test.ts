@@ -9,11 +9,11 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { WorkflowFailedError, type Client } from '@temporalio/client';
 import { parseConfig, type LoadedConfig } from '../src/config/load';
-import { nodeTaskQueue, workflowIds } from '../src/messages';
+import { nodeTaskQueue, workflowIds } from '../src/contracts';
 import { ResticCli } from '../src/hosts/restic';
 import { syncSchedules, backupInputFor } from '../src/temporal/schedules';
 import { backupStatus, renderStatus, restorePlan } from '../src/cli/backup';
-import type { BackupRecord, RunBackupInput } from '../workflows/backup';
+import type { BackupRecord, RunBackupInput } from '../src/contracts';
 import { stringify, parse } from 'yaml';
 import {
   controlWorker,

@@ -5,7 +5,7 @@
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { CONTROL_TASK_QUEUE, nodeTaskQueue } from '../src/messages';
+import { CONTROL_TASK_QUEUE, nodeTaskQueue } from '../src/contracts';
 import { findTemporalCli } from '../src/temporal/cli';
 import { createControlWorker } from '../workers/control';
 import type { HealthReport } from '../src/domain/classify';

@@ -6,7 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
-import { SEARCH_ATTRIBUTE_TYPES } from '../src/messages';
+import { SEARCH_ATTRIBUTE_TYPES } from '../src/contracts';
 
 const ROOT = path.resolve(__dirname, '..');
 

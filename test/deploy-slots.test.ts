@@ -2,7 +2,7 @@
  * deployModel on vLLM: the canary runs in the engine's canary slot (the other half of a blue/green pair), on a real
  * Temporal dev server, a sandbox node whose real node worker drives the docker shim, and a real router.
  */
-import { approveDeploymentUpdate, workflowIds, type DeploymentStatus } from '../src/messages';
+import { approveDeploymentUpdate, workflowIds, type DeploymentStatus } from '../src/contracts';
 import type { RouterHandle } from '../src/router';
 import type { deployModel } from '../workflows/deploy';
 import {

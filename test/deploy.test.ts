@@ -28,7 +28,7 @@ import {
   promoteCanaryUpdate,
   rollbackDeploymentUpdate,
   workflowIds,
-} from '../src/messages';
+} from '../src/contracts';
 import type { RouterHandle } from '../src/router';
 import { SHIM_DIR } from '../src/sandbox/node';
 import { SandboxStore, defaultLibrary } from '../src/sandbox/state';

@@ -13,7 +13,7 @@ import {
   promoteCanaryUpdate,
   workflowIds,
   type DeploymentStatus,
-} from '../src/messages';
+} from '../src/contracts';
 import type { HealthReport } from '../src/domain/classify';
 import {
   controlWorker,

@@ -4,7 +4,7 @@
  */
 import { WorkflowFailedError } from '@temporalio/client';
 import { injectFault } from '../src/sandbox/faults';
-import { nodeTaskQueue } from '../src/messages';
+import { nodeTaskQueue } from '../src/contracts';
 import type { HealthReport } from '../src/domain/classify';
 import type { inspectNode } from '../workflows/inspect-node';
 import {

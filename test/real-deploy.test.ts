@@ -11,7 +11,7 @@ import {
   approveDeploymentUpdate,
   rollbackDeploymentUpdate,
   workflowIds,
-} from '../src/messages';
+} from '../src/contracts';
 import { pullProgress } from '../src/cli/deploy';
 import type { RouterHandle } from '../src/router';
 import type { deployModel } from '../workflows/deploy';
@@ -35,7 +35,7 @@ import {
   removeTempDirs,
   tempDir,
 } from './helpers/real-engines';
-import { nodeTaskQueue } from '../src/messages';
+import { nodeTaskQueue } from '../src/contracts';
 
 const it = realTest(['ollama', 'registry']);
 let env: TestEnv;

@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { clearFaults, injectFault } from '../src/sandbox/faults';
 import type { HealthReport } from '../src/domain/classify';
-import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/messages';
+import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/contracts';
 import type { inspectNode } from '../workflows/inspect-node';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import {

@@ -5,7 +5,7 @@
  * real router on real streamed traffic and promoted; the old half goes to standby.
  */
 import path from 'node:path';
-import { approveDeploymentUpdate, nodeTaskQueue, workflowIds } from '../src/messages';
+import { approveDeploymentUpdate, nodeTaskQueue, workflowIds } from '../src/contracts';
 import type { RouterHandle } from '../src/router';
 import type { deployModel } from '../workflows/deploy';
 import {

@@ -5,7 +5,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { injectFault } from '../src/sandbox/faults';
-import { nodeTaskQueue, workflowIds } from '../src/messages';
+import { nodeTaskQueue, workflowIds } from '../src/contracts';
 import type { recoverNode } from '../workflows/recovery';
 import {
   FAST_RECOVERY,

@@ -14,7 +14,7 @@ import {
   nodeTaskQueue,
   setMaintenanceUpdate,
   workflowIds,
-} from '../src/messages';
+} from '../src/contracts';
 import { ManagedProcess, tsxCommand } from '../src/cli/processes';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import { startRouter } from '../src/router';

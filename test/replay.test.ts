@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Worker } from '@temporalio/worker';
 import { historyFromJSON } from '@temporalio/common/lib/proto-utils';
-import { workflowIds } from '../src/messages';
+import { workflowIds } from '../src/contracts';
 import { workflowBundle } from './helpers/env';
 
 const dir = path.join(__dirname, 'histories');

@@ -7,7 +7,7 @@ import os from 'node:os';
 import { Worker, type NativeConnection, type WorkflowBundle } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
 import type { LoadedConfig } from '../src/config/load';
-import { CONTROL_TASK_QUEUE } from '../src/messages';
+import { CONTROL_TASK_QUEUE } from '../src/contracts';
 import { runWorkerMain } from '../src/temporal/worker-main';
 import { createControlActivities } from '../activities/control';
 

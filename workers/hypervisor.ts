@@ -7,7 +7,7 @@ import os from 'node:os';
 import { Worker, type NativeConnection } from '@temporalio/worker';
 import type { HypervisorConfig } from '../src/config/schema';
 import { ValidationError } from '../src/domain/validation';
-import { hypervisorTaskQueue } from '../src/messages';
+import { hypervisorTaskQueue } from '../src/contracts';
 import { runWorkerMain } from '../src/temporal/worker-main';
 import { createHypervisorActivities } from '../activities/hypervisor';
 

@@ -8,7 +8,7 @@ import os from 'node:os';
 import { Worker, type NativeConnection } from '@temporalio/worker';
 import type { NodeConfig } from '../src/config/schema';
 import { ValidationError } from '../src/domain/validation';
-import { nodeTaskQueue } from '../src/messages';
+import { nodeTaskQueue } from '../src/contracts';
 import { runWorkerMain } from '../src/temporal/worker-main';
 import { createNodeActivities } from '../activities/node';
 

@@ -18,19 +18,22 @@ import {
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import { z } from 'zod';
+import type { z } from 'zod';
 import type * as controlActivities from '../activities/control';
 import type * as deployActivities from '../activities/deploy';
 import type * as nodeActivities from '../activities/node';
 import { analyseCanary, type CanaryAnalysis } from '../src/domain/canary';
-import { DeployPolicySchema } from '../src/domain/deploy-policy';
 import { parseDuration } from '../src/domain/durations';
 import { assessRisk } from '../src/domain/risk';
 import { checkLatencySlos } from '../src/domain/slo';
-import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import { formatIssues, parseInput } from '../src/domain/validation';
 import type { AliasRoute, Variant } from '../src/router/routes';
 import {
+  ApproveDeploymentInput,
+  DeployModelInput,
+  OLLAMA_MODEL,
+  PromoteCanaryInput,
+  RollbackDeploymentInput,
   SEARCH_ATTRIBUTES,
   approveDeploymentUpdate,
   getDeploymentStatusQuery,
@@ -38,71 +41,14 @@ import {
   promoteCanaryUpdate,
   rollbackDeploymentUpdate,
   workflowIds,
-  type ApproveDeploymentInput,
   type DeploymentStatus,
-  type PromoteCanaryInput,
-  type RollbackDeploymentInput,
-} from '../src/messages';
+  type DeployStage,
+  type RollbackOutcome,
+} from '../src/contracts';
 
 type ControlActivities = ReturnType<typeof controlActivities.createControlActivities>;
 type NodeActivities = ReturnType<typeof nodeActivities.createNodeActivities>;
 type DeployActivities = ReturnType<typeof deployActivities.createDeployActivities>;
-
-const nodeId = gpuopsId('a node id');
-const duration = DurationSchema;
-
-/** The deployment policy (same schema as gpuops.yaml's `policies.<name>`): a config policy or overrides. */
-export const DeployPolicyInput = DeployPolicySchema;
-
-// name:tag, optionally under a registry host (`registry.example:5000/team/name:tag`), as Ollama itself accepts.
-const OLLAMA_MODEL = /^(?:[A-Za-z0-9.-]+(?::\d+)?\/)?[A-Za-z0-9][A-Za-z0-9._/-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/;
-
-export const DeployModelInput = z.strictObject({
-  node: nodeId,
-  /** Router alias whose `stable` variant the new version canaries against. */
-  alias: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/, { message: 'must be a router alias name' }),
-  /** Engine name on the node (Ollama: the canary is a second tag on it; vLLM / llama.cpp: its canary slot). */
-  engine: z.string().min(1, { message: 'must be an engine name from gpuops.yaml' }),
-  /** Ollama `name:tag`; vLLM an HF repo `org/name`; llama.cpp an HF repo or a .gguf file. */
-  model: z
-    .string()
-    .max(300)
-    .regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, { message: 'must be a model reference (name:tag, org/repo or a .gguf)' }),
-  /** HF revision (commit, branch or tag) for vLLM / llama.cpp; recorded as the digest. */
-  revision: z
-    .string()
-    .regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$/, { message: 'must be a git revision (commit, branch or tag)' })
-    .optional(),
-  /** Pin the digest (64 hex, optionally `sha256:`): a pulled model with another digest is rolled back. */
-  expectedDigest: z
-    .string()
-    .regex(/^(sha256:)?[0-9a-f]{64}$/, { message: 'must be a sha256 digest (64 hex)' })
-    .optional(),
-  policy: DeployPolicyInput.default(DeployPolicyInput.parse({})),
-  /** Run the safety probes (skipping them makes the risk at least medium). */
-  safetyProbes: z.boolean().default(true),
-  /** Who asked (CI job, user); shown in the audit record. */
-  requestedBy: z.string().min(1).max(200).default('unknown'),
-  /** How long a pull may take in all. */
-  pullTimeout: duration.default('2h'),
-  /** A pull (or slot load) that reports no progress for this long is retried; the retry resumes the download. */
-  pullHeartbeatTimeout: duration.default('30s'),
-  /** How long a node activity may wait for the node's worker to pick it up. */
-  pickupTimeout: duration.default('30s'),
-});
-export type DeployModelInput = z.input<typeof DeployModelInput>;
-
-const Who = z.string().trim().min(1, { message: 'must say who' }).max(200);
-const ApproveInput = z.strictObject({ by: Who, comment: z.string().max(2000).optional() });
-const PromoteInput = z.strictObject({
-  by: Who,
-  force: z.boolean().optional(),
-  comment: z.string().max(2000).optional(),
-});
-const RollbackInput = z.strictObject({
-  by: Who,
-  reason: z.string().trim().min(1, { message: 'must say why' }).max(2000),
-});
 
 class Rollback extends Error {
   constructor(
@@ -200,7 +146,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     },
     {
       validator: (a: ApproveDeploymentInput) => {
-        checkUpdateInput(ApproveInput, a, 'approve');
+        checkUpdateInput(ApproveDeploymentInput, a, 'approve');
         if (finished) refuse(`the deployment has finished (${status.outcome})`);
         if (status.stage !== 'awaiting-approval') refuse(`nothing awaits approval (stage ${status.stage})`);
       },
@@ -214,7 +160,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     },
     {
       validator: (p: PromoteCanaryInput) => {
-        checkUpdateInput(PromoteInput, p, 'promote');
+        checkUpdateInput(PromoteCanaryInput, p, 'promote');
         if (finished) refuse(`the deployment has finished (${status.outcome})`);
         if (rollbackAsked || status.stage === 'rolling-back') refuse('the deployment is rolling back');
         if (status.stage === 'rollback-window' || status.stage === 'promoting') refuse('already promoted');
@@ -236,14 +182,14 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     },
     {
       validator: (r: RollbackDeploymentInput) => {
-        checkUpdateInput(RollbackInput, r, 'rollback');
+        checkUpdateInput(RollbackDeploymentInput, r, 'rollback');
         if (finished) refuse(`the deployment has finished (${status.outcome})`);
         if (windowClosed) refuse('the rollback window has closed: deploy the old version again to go back');
       },
     },
   );
 
-  const stage = (s: string, details: string): void => {
+  const stage = (s: DeployStage, details: string): void => {
     status.stage = s;
     status.timings.stages.push({ stage: s, at: now() });
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.stage, value: s }]);
@@ -331,7 +277,7 @@ export async function deployModel(rawInput: DeployModelInput): Promise<Deploymen
     }
     undo.length = 0;
   };
-  const rollBack = (by: string, reason: string, outcome: 'rolled-back' | 'failed' | 'cancelled'): Promise<void> =>
+  const rollBack = (by: string, reason: string, outcome: RollbackOutcome): Promise<void> =>
     CancellationScope.nonCancellable(async () => {
       status.rollback = { by, reason };
       status.live = null;

@@ -4,28 +4,10 @@
  * tools (docker, nvidia-smi, kernel log, engine HTTP) → pure classification.
  */
 import { setCurrentDetails, upsertSearchAttributes } from '@temporalio/workflow';
-import { z } from 'zod';
-import { DurationSchema, gpuopsId } from '../src/domain/schemas';
 import type { HealthReport } from '../src/domain/classify';
 import { parseInput } from '../src/domain/validation';
-import { SEARCH_ATTRIBUTES, nodeTaskQueue } from '../src/messages';
+import { InspectNodeInput, SEARCH_ATTRIBUTES, nodeTaskQueue } from '../src/contracts';
 import { probeNode } from './probe';
-
-export const InspectNodeInput = z.strictObject({
-  /** Node id from gpuops.yaml. */
-  node: gpuopsId('a node id'),
-  /** Also run a tiny real generation on each engine (catches an engine that answers /health but hangs). */
-  generate: z.boolean().default(true),
-  /** GPUs the node should show; fewer means one fell off the bus. */
-  expectedGpus: z.int().min(0).optional(),
-  /** Only Xid events after this time (ISO) count; default: the last 10 minutes. */
-  xidSince: z.string().optional(),
-  /** How long the node worker has to pick up a probe before the node counts as unreachable. */
-  pickupTimeout: DurationSchema.default('30s'),
-  /** How long one probe may run once picked up. */
-  probeTimeout: DurationSchema.default('20s'),
-});
-export type InspectNodeInput = z.input<typeof InspectNodeInput>;
 
 /**
  * Probe a node and return its health report: engines, containers, GPUs, Xid events, disks, and the classified

@@ -7,7 +7,7 @@ import type * as nodeActivities from '../activities/node';
 import { classifyNode, type HealthReport } from '../src/domain/classify';
 import { parseDuration } from '../src/domain/durations';
 import type { NodeObservation } from '../src/domain/health';
-import { nodeTaskQueue } from '../src/messages';
+import { nodeTaskQueue } from '../src/contracts';
 
 type NodeActivities = ReturnType<typeof nodeActivities.createNodeActivities>;
 

@@ -9,9 +9,17 @@ import { loadConfig } from '../config/load';
 import type { BackupPlanConfig, Config } from '../config/schema';
 import { formatAge, rpoStatus, type RpoStatus } from '../domain/rpo';
 import { parseOrThrow, ValidationError } from '../domain/validation';
-import { CONTROL_TASK_QUEUE, workflowIds } from '../messages';
+import {
+  CONTROL_TASK_QUEUE,
+  backupReportWorkflow,
+  restoreBackupWorkflow,
+  runBackupWorkflow,
+  workflowIds,
+  type BackupRecord,
+  type RestoreRecord,
+} from '../contracts';
 import { backupInputFor, describeSync, syncSchedules, BACKUP_SCHEDULE_PREFIX } from '../temporal/schedules';
-import type { BackupRecord, BackupReport, RestoreRecord } from '../../workflows/backup';
+import { executeWorkflow, workflowHandle } from '../temporal/workflows';
 import { withClient, type GlobalOptions } from './context';
 import { printJson, table } from './output';
 
@@ -59,7 +67,7 @@ async function lastVerify(client: Client, plan: BackupPlanConfig): Promise<PlanS
     if (rest !== '' && !/^[-:]/.test(rest)) continue; // backup:a must not match backup:ab-…
     const at = (wf.closeTime ?? wf.startTime).toISOString();
     if (wf.status.name === 'COMPLETED') {
-      const r = (await client.workflow.getHandle(wf.workflowId, wf.runId).result()) as BackupRecord;
+      const r = await workflowHandle(client, runBackupWorkflow, wf.workflowId, wf.runId).result();
       if (r.verify) return { at, ok: r.verify.ok };
     } else if (wf.status.name === 'FAILED') {
       const h = await client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory();
@@ -78,10 +86,10 @@ export async function backupStatus(client: Client, config: Config, opts: BackupC
   return Promise.all(
     config.backups.map(async (plan) => {
       const input = backupInputFor(config, plan);
-      const report: BackupReport = await client.workflow.execute('backupReport', {
+      const reportInput = { plan: input.plan, timings: { pickupTimeout: opts.timings?.pickupTimeout ?? '20s' } };
+      const report = await executeWorkflow(client, backupReportWorkflow, reportInput, {
         taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
         workflowId: `backup-report:${plan.id}:${new Date(now).toISOString().replace(/[:.]/g, '-')}:${Math.random().toString(36).slice(2, 6)}`,
-        args: [{ plan: input.plan, timings: { pickupTimeout: opts.timings?.pickupTimeout ?? '20s' } }],
         staticSummary: `Backup report for plan ${plan.id}`,
         workflowExecutionTimeout: '3m',
       });
@@ -130,10 +138,10 @@ export async function runPlanNow(
   opts: BackupCliOptions = {},
 ): Promise<BackupRecord> {
   const p = requirePlan(config, plan);
-  return client.workflow.execute('runBackup', {
+  const input = { ...backupInputFor(config, p), ...(opts.timings ? { timings: opts.timings } : {}) };
+  return executeWorkflow(client, runBackupWorkflow, input, {
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
     workflowId: `${workflowIds.backupSchedule(p.id)}:manual-${new Date().toISOString().replace(/[:.]/g, '-')}`,
-    args: [{ ...backupInputFor(config, p), ...(opts.timings ? { timings: opts.timings } : {}) }],
     staticSummary: `Backup ${p.id} (manual run)`,
   });
 }
@@ -158,18 +166,16 @@ export async function restorePlan(
     'arguments',
   );
   const p = requirePlan(config, a.plan);
-  return client.workflow.execute('restoreBackup', {
+  const input = {
+    plan: backupInputFor(config, p).plan,
+    snapshot: a.snapshot,
+    target: a.target,
+    force: a.force,
+    ...(opts.timings ? { timings: opts.timings } : {}),
+  };
+  return executeWorkflow(client, restoreBackupWorkflow, input, {
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
     workflowId: workflowIds.restore(p.id, a.snapshot),
-    args: [
-      {
-        plan: backupInputFor(config, p).plan,
-        snapshot: a.snapshot,
-        target: a.target,
-        force: a.force,
-        ...(opts.timings ? { timings: opts.timings } : {}),
-      },
-    ],
     staticSummary: `Restore ${p.id} snapshot ${a.snapshot} to ${a.target}`,
   });
 }

@@ -18,7 +18,7 @@ import {
   rollbackDeploymentUpdate,
   workflowIds,
   type DeploymentStatus,
-} from '../messages';
+} from '../contracts';
 import { withClient, type GlobalOptions } from './context';
 import { printJson } from './output';
 import { requireNode } from './status';

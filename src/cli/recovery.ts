@@ -4,8 +4,15 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import type { Config } from '../config/schema';
 import { parseOrThrow } from '../domain/validation';
-import { CONTROL_TASK_QUEUE, setMaintenanceUpdate, workflowIds } from '../messages';
-import type { IncidentRecord } from '../../workflows/recovery';
+import {
+  recoverNodeWorkflow,
+  setMaintenanceUpdate,
+  watchNodeWorkflow,
+  workflowIds,
+  type IncidentRecord,
+  type RecoverNodeInput,
+} from '../contracts';
+import { startWorkflow, workflowHandle } from '../temporal/workflows';
 import { withClient, type GlobalOptions } from './context';
 import { printJson, table } from './output';
 import { requireNode } from './status';
@@ -46,11 +53,9 @@ export function watchInput(config: Config, node: string) {
 export async function startWatchers(client: Client, config: Config, nodes?: string[]): Promise<string[]> {
   const ids: string[] = [];
   for (const n of nodes ?? config.nodes.map((x) => x.id)) {
-    const h = await client.workflow.start('watchNode', {
-      taskQueue: CONTROL_TASK_QUEUE,
+    const h = await startWorkflow(client, watchNodeWorkflow, watchInput(config, n), {
       workflowId: workflowIds.watch(n),
       workflowIdConflictPolicy: 'USE_EXISTING',
-      args: [watchInput(config, n)],
       staticSummary: `Watch node ${n}`,
       staticDetails: 'Probes the node on its pinned queue and starts recoverNode when a fault persists.',
     });
@@ -82,20 +87,17 @@ export function registerRecoveryCommands(program: Command, globals: () => Global
       const args = parseOrThrow(RecoverArgs, opts, 'arguments');
       await withClient(globals(), async (client, loaded) => {
         requireNode(loaded.config, node);
-        const h = await client.workflow.start('recoverNode', {
-          taskQueue: CONTROL_TASK_QUEUE,
+        const input: RecoverNodeInput = {
+          node,
+          reason: args.reason,
+          trigger: { source: 'cli', detail: `gpuops recover by ${process.env.USER ?? 'unknown'}` },
+          maxRecoveries: loaded.config.recovery.maxRecoveriesPerHour,
+          verifyTimeout: loaded.config.recovery.verifyTimeout,
+          ...(args.rung ? { startRung: args.rung } : {}),
+        };
+        const h = await startWorkflow(client, recoverNodeWorkflow, input, {
           workflowId: workflowIds.recover(node),
           workflowIdConflictPolicy: 'USE_EXISTING',
-          args: [
-            {
-              node,
-              reason: args.reason,
-              trigger: { source: 'cli', detail: `gpuops recover by ${process.env.USER ?? 'unknown'}` },
-              maxRecoveries: loaded.config.recovery.maxRecoveriesPerHour,
-              verifyTimeout: loaded.config.recovery.verifyTimeout,
-              ...(args.rung ? { startRung: args.rung } : {}),
-            },
-          ],
           staticSummary: `Recover ${node} (gpuops recover)`,
         });
         if (!args.wait) {
@@ -103,7 +105,7 @@ export function registerRecoveryCommands(program: Command, globals: () => Global
           else console.log(`recovery ${h.workflowId} running (follow it in the UI, or: gpuops recover ${node} --wait)`);
           return;
         }
-        const incident = (await h.result()) as IncidentRecord;
+        const incident = await h.result();
         if (globals().json) printJson(incident);
         else console.log(renderIncident(incident));
       });
@@ -133,18 +135,21 @@ export function registerRecoveryCommands(program: Command, globals: () => Global
       const a = parseOrThrow(MaintenanceArgs, opts, 'arguments');
       await withClient(globals(), async (client, loaded) => {
         requireNode(loaded.config, node);
-        const windows = await client.workflow.getHandle(workflowIds.watch(node)).executeUpdate(setMaintenanceUpdate, {
-          args: [
-            {
-              reason: a.reason ?? 'cleared',
-              by: process.env.USER ?? 'gpuops CLI',
-              clear: a.clear,
-              ...(a.for ? { duration: a.for } : {}),
-              ...(a.until ? { until: a.until } : {}),
-              ...(a.engine ? { engine: a.engine } : {}),
-            },
-          ],
-        });
+        const windows = await workflowHandle(client, watchNodeWorkflow, workflowIds.watch(node)).executeUpdate(
+          setMaintenanceUpdate,
+          {
+            args: [
+              {
+                reason: a.reason ?? 'cleared',
+                by: process.env.USER ?? 'gpuops CLI',
+                clear: a.clear,
+                ...(a.for ? { duration: a.for } : {}),
+                ...(a.until ? { until: a.until } : {}),
+                ...(a.engine ? { engine: a.engine } : {}),
+              },
+            ],
+          },
+        );
         if (globals().json) printJson(windows);
         else if (windows.length === 0) console.log(`${node}: no maintenance`);
         else

@@ -2,7 +2,8 @@
 import type { Client } from '@temporalio/client';
 import type { HealthReport } from '../domain/classify';
 import type { Config } from '../config/schema';
-import { CONTROL_TASK_QUEUE, workflowIds } from '../messages';
+import { inspectNodeWorkflow, workflowIds } from '../contracts';
+import { executeWorkflow } from '../temporal/workflows';
 import { ValidationError } from '../domain/validation';
 import { runningDeployments } from './deploy';
 import { printJson, table } from './output';
@@ -17,14 +18,17 @@ export function requireNode(config: Config, node: string): void {
 
 export async function inspect(client: Client, config: Config, node: string, generate = true): Promise<HealthReport> {
   const n = config.nodes.find((x) => x.id === node);
-  return client.workflow.execute('inspectNode', {
-    taskQueue: CONTROL_TASK_QUEUE,
-    workflowId: workflowIds.inspect(node, new Date().toISOString().replace(/[:.]/g, '-')),
-    args: [{ node, generate, expectedGpus: n?.gpus.length }],
-    staticSummary: `Inspect node ${node}`,
-    staticDetails: "Started by `gpuops status`: one round of health probes on the node's pinned queue.",
-    workflowExecutionTimeout: '2m',
-  });
+  return executeWorkflow(
+    client,
+    inspectNodeWorkflow,
+    { node, generate, expectedGpus: n?.gpus.length },
+    {
+      workflowId: workflowIds.inspect(node, new Date().toISOString().replace(/[:.]/g, '-')),
+      staticSummary: `Inspect node ${node}`,
+      staticDetails: "Started by `gpuops status`: one round of health probes on the node's pinned queue.",
+      workflowExecutionTimeout: '2m',
+    },
+  );
 }
 
 /** Engines and containers that are standby halves of canary slot pairs (reports of older workers have none). */

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { Connection } from '@temporalio/client';
 import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
 import { slotPartnerOf, type HypervisorConfig } from '../config/schema';
-import { SEARCH_ATTRIBUTE_TYPES, CONTROL_TASK_QUEUE } from '../messages';
+import { SEARCH_ATTRIBUTE_TYPES, CONTROL_TASK_QUEUE } from '../contracts';
 import { ensureTemporalCli } from '../temporal/cli';
 import { connectClient, connectWorker, resolveTemporalTarget, type TemporalTarget } from '../temporal/connection';
 import { startDevServer } from '../temporal/dev-server';

@@ -12,7 +12,8 @@ import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { resolveFrom, type LoadedConfig } from '../config/load';
 import { parseDuration } from '../domain/durations';
 import { formatIssues } from '../domain/validation';
-import { CONTROL_TASK_QUEUE, workflowIds } from '../messages';
+import { CONTROL_TASK_QUEUE, recoverNodeWorkflow, workflowIds } from '../contracts';
+import { startWorkflow } from '../temporal/workflows';
 import {
   AlertmanagerPayloadSchema,
   alertKey,
@@ -119,10 +120,9 @@ export async function startHooksServer(opts: HooksServerOptions): Promise<HooksS
   async function recover(alert: AlertmanagerAlert, node: string): Promise<{ started: boolean } & DuplicateAlert> {
     const key = alertKey(alert);
     const workflowId = workflowIds.recover(node);
-    const handle = await client.workflow.start('recoverNode', {
+    const handle = await startWorkflow(client, recoverNodeWorkflow, recoverInput(alert, node), {
       taskQueue,
       workflowId,
-      args: [recoverInput(alert, node)],
       // One recovery at a time per node: an alert about a node under recovery joins that run. Once a run has
       // closed, a new firing may start a new one.
       workflowIdConflictPolicy: 'USE_EXISTING',

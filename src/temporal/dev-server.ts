@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { loadExeca } from '../hosts/exec';
 import { Connection } from '@temporalio/client';
-import { SEARCH_ATTRIBUTES, SEARCH_ATTRIBUTE_TYPES } from '../messages';
+import { SEARCH_ATTRIBUTES, SEARCH_ATTRIBUTE_TYPES } from '../contracts';
 import { freePort, portInUse } from '../net';
 import { TemporalCliMissing, findTemporalCli } from './cli';
 

@@ -13,8 +13,7 @@ import {
   type ScheduleOptionsStartWorkflowAction,
 } from '@temporalio/client';
 import type { BackupPlanConfig, Config } from '../config/schema';
-import { CONTROL_TASK_QUEUE, workflowIds } from '../messages';
-import type { RunBackupInput } from '../../workflows/backup';
+import { CONTROL_TASK_QUEUE, runBackupWorkflow, workflowIds, type RunBackupInput } from '../contracts';
 
 /** Prefix of every schedule gpuops owns. */
 export const BACKUP_SCHEDULE_PREFIX = 'backup:';
@@ -71,7 +70,12 @@ export function desiredSchedule(
       ...(s.jitter ? { jitter: s.jitter } : {}),
     },
     policies: { overlap: 'SKIP', catchupWindow: s.catchupWindow, pauseOnFailure: s.pauseOnFailure },
-    action: { workflowType: 'runBackup', taskQueue, workflowId: workflowIds.backupSchedule(plan.id), args: [input] },
+    action: {
+      workflowType: runBackupWorkflow.workflowType,
+      taskQueue,
+      workflowId: workflowIds.backupSchedule(plan.id),
+      args: [input],
+    },
   };
   const hash = createHash('sha256').update(JSON.stringify(definition)).digest('hex').slice(0, 16);
   return {
@@ -81,7 +85,7 @@ export function desiredSchedule(
       spec: definition.spec,
       action: {
         type: 'startWorkflow',
-        workflowType: 'runBackup',
+        workflowType: runBackupWorkflow.workflowType,
         taskQueue,
         // Temporal appends the scheduled time: runs are backup:<plan>-<time>.
         workflowId: workflowIds.backupSchedule(plan.id),

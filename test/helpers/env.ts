@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
-import { getDeploymentStatusQuery, type DeploymentStatus } from '../../src/messages';
+import { getDeploymentStatusQuery, type DeploymentStatus } from '../../src/contracts';
 import {
   DefaultLogger,
   NativeConnection,

@@ -4,7 +4,7 @@
  */
 import { startHooksServer, type HooksServer } from '../../src/hooks/server';
 import { signBody } from '../../src/hooks/auth';
-import { workflowIds } from '../../src/messages';
+import { workflowIds } from '../../src/contracts';
 import { finishRecoverySignal, recoverInputQuery } from './fake-recover-workflow';
 import {
   HMAC_SECRET,

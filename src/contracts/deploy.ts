@@ -1,0 +1,176 @@
+/**
+ * deployModel's contract: its input, Updates, Query, stages and outcomes, and the audit record it returns.
+ * Workflow-safe (zod and src/domain only): the workflow, the CLI and the hooks import it alike.
+ */
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { z } from 'zod';
+import type { CanaryAnalysis } from '../domain/canary';
+import { DeployPolicySchema } from '../domain/deploy-policy';
+import type { MemoryPreflight } from '../domain/preflight';
+import type { PromptResult, RiskReport, RiskTier } from '../domain/risk';
+import { DurationSchema, gpuopsId } from '../domain/schemas';
+import type { SloResult } from '../domain/slo';
+import { workflowContract } from './common';
+
+const nodeId = gpuopsId('a node id');
+const duration = DurationSchema;
+
+/** The deployment policy (same schema as gpuops.yaml's `policies.<name>`): a config policy or overrides. */
+export const DeployPolicyInput = DeployPolicySchema;
+
+// name:tag, optionally under a registry host (`registry.example:5000/team/name:tag`), as Ollama itself accepts.
+export const OLLAMA_MODEL = /^(?:[A-Za-z0-9.-]+(?::\d+)?\/)?[A-Za-z0-9][A-Za-z0-9._/-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+export const DeployModelInput = z.strictObject({
+  node: nodeId,
+  /** Router alias whose `stable` variant the new version canaries against. */
+  alias: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/, { message: 'must be a router alias name' }),
+  /** Engine name on the node (Ollama: the canary is a second tag on it; vLLM / llama.cpp: its canary slot). */
+  engine: z.string().min(1, { message: 'must be an engine name from gpuops.yaml' }),
+  /** Ollama `name:tag`; vLLM an HF repo `org/name`; llama.cpp an HF repo or a .gguf file. */
+  model: z
+    .string()
+    .max(300)
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, { message: 'must be a model reference (name:tag, org/repo or a .gguf)' }),
+  /** HF revision (commit, branch or tag) for vLLM / llama.cpp; recorded as the digest. */
+  revision: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$/, { message: 'must be a git revision (commit, branch or tag)' })
+    .optional(),
+  /** Pin the digest (64 hex, optionally `sha256:`): a pulled model with another digest is rolled back. */
+  expectedDigest: z
+    .string()
+    .regex(/^(sha256:)?[0-9a-f]{64}$/, { message: 'must be a sha256 digest (64 hex)' })
+    .optional(),
+  policy: DeployPolicyInput.default(DeployPolicyInput.parse({})),
+  /** Run the safety probes (skipping them makes the risk at least medium). */
+  safetyProbes: z.boolean().default(true),
+  /** Who asked (CI job, user); shown in the audit record. */
+  requestedBy: z.string().min(1).max(200).default('unknown'),
+  /** How long a pull may take in all. */
+  pullTimeout: duration.default('2h'),
+  /** A pull (or slot load) that reports no progress for this long is retried; the retry resumes the download. */
+  pullHeartbeatTimeout: duration.default('30s'),
+  /** How long a node activity may wait for the node's worker to pick it up. */
+  pickupTimeout: duration.default('30s'),
+});
+export type DeployModelInput = z.input<typeof DeployModelInput>;
+
+const Who = z.string().trim().min(1, { message: 'must say who' }).max(200);
+/** Input of the `approve` Update on deployModel: a human accepts a medium-risk version for canary. */
+export const ApproveDeploymentInput = z.strictObject({ by: Who, comment: z.string().max(2000).optional() });
+/** Input of the `promote` Update on deployModel: send 100% of the alias to the new version now (`force`: even though the last analysis did not pass). */
+export const PromoteCanaryInput = z.strictObject({
+  by: Who,
+  force: z.boolean().optional(),
+  comment: z.string().max(2000).optional(),
+});
+/** Input of the `rollback` Update on deployModel: abandon the deployment and restore the stable route. */
+export const RollbackDeploymentInput = z.strictObject({
+  by: Who,
+  reason: z.string().trim().min(1, { message: 'must say why' }).max(2000),
+});
+export type ApproveDeploymentInput = z.input<typeof ApproveDeploymentInput>;
+export type PromoteCanaryInput = z.input<typeof PromoteCanaryInput>;
+export type RollbackDeploymentInput = z.input<typeof RollbackDeploymentInput>;
+
+/** Stages of a deployment, in the order they can happen (the `GpuopsStage` search attribute holds one). */
+export const DEPLOY_STAGES = [
+  'starting',
+  'preflight',
+  'pulling',
+  'loading-canary-slot',
+  'validating',
+  'assessing-risk',
+  'awaiting-approval',
+  'canary',
+  'awaiting-promotion',
+  'promoting',
+  'rollback-window',
+  'promoted',
+  'rolling-back',
+  'rolled-back',
+  'failed',
+  'cancelled',
+] as const;
+export type DeployStage = (typeof DEPLOY_STAGES)[number];
+
+/** How a deployment ended (in-progress while it runs). */
+export const DEPLOY_OUTCOMES = ['in-progress', 'promoted', 'rolled-back', 'failed', 'cancelled'] as const;
+export type DeployOutcome = (typeof DEPLOY_OUTCOMES)[number];
+/** The outcomes a rollback ends in. */
+export type RollbackOutcome = Exclude<DeployOutcome, 'in-progress' | 'promoted'>;
+
+/** One canary step's analysis, as the audit record and the `status` query keep it. */
+export interface CanaryStepRecord {
+  step: number;
+  weight: number;
+  at: string;
+  window: string;
+  /** Synthetic requests sent through the router for this step (0 when real traffic sufficed). */
+  synthetic: number;
+  analysis: CanaryAnalysis;
+}
+
+/** The analysis of the running canary step, refreshed every analysisInterval. */
+export interface LiveCanaryAnalysis extends CanaryStepRecord {
+  /** Failing analyses in a row; policy.failureLimit of them roll back. */
+  consecutiveFailures: number;
+}
+
+/** What the `status` query on deployModel answers, and (finished) what deployModel returns: the audit record. */
+export interface DeploymentStatus {
+  workflowId: string;
+  node: string;
+  alias: string;
+  engine: string;
+  model: string;
+  /** HF revision (vLLM / llama.cpp), when given. */
+  revision: string | null;
+  stage: DeployStage;
+  outcome: DeployOutcome;
+  digest: string | null;
+  expectedDigest: string | null;
+  /** The model the alias served before (null until read from the router). */
+  stable: { model: string; engine: string } | null;
+  /** Where the new version runs: the engine (Ollama: the same one, second tag; vLLM / llama.cpp: the canary slot). */
+  canary: { engine: string; url: string; model: string } | null;
+  weights: { stable: number; canary: number };
+  pull: { resumedFromBytes: number; alreadyPresent: boolean; sizeBytes: number | null } | null;
+  preflight: {
+    disk: { ok: boolean; detail: string } | null;
+    memory: MemoryPreflight | null;
+    /** After the first load: share of the model Ollama runs on the CPU (refused when > 0). */
+    offload: { cpuPct: number; detail: string } | null;
+  };
+  validation: PromptResult[];
+  /** Validation latency SLOs over the golden prompts (TTFT p95, tokens/s). */
+  latency: SloResult | null;
+  riskTier: RiskTier | null;
+  risk: RiskReport | null;
+  /** The risk report as files (JSON + Markdown) on the control host. */
+  reports: { json: string; markdown: string } | null;
+  analyses: CanaryStepRecord[];
+  live: LiveCanaryAnalysis | null;
+  requestedBy: string;
+  approvedBy: string | null;
+  promotedBy: string | null;
+  /** While the old version stays loaded after promotion, ISO time; rollback until then is a route switch. */
+  rollbackWindowEndsAt: string | null;
+  /** Who or what rolled back, and why (a breach, a refused risk tier, an operator). */
+  rollback: { by: string; reason: string } | null;
+  /** Undo steps of the rollback saga, in the order they ran; ok false records what could not be undone. */
+  undo: { step: string; ok: boolean; detail: string }[];
+  /** Clean-up after the rollback window (old version unloaded, its route removed). */
+  cleanup: { step: string; ok: boolean; detail: string }[];
+  error: string | null;
+  timings: { startedAt: string; endedAt: string | null; stages: { stage: string; at: string }[] };
+}
+
+export const approveDeploymentUpdate = defineUpdate<DeploymentStatus, [ApproveDeploymentInput]>('approve');
+export const promoteCanaryUpdate = defineUpdate<DeploymentStatus, [PromoteCanaryInput]>('promote');
+export const rollbackDeploymentUpdate = defineUpdate<DeploymentStatus, [RollbackDeploymentInput]>('rollback');
+export const getDeploymentStatusQuery = defineQuery<DeploymentStatus>('status');
+
+/** deployModel, by typed reference. ID `deploy:<node>:<alias>` (workflowIds.deploy). */
+export const deployModelWorkflow = workflowContract<DeployModelInput, DeploymentStatus>('deployModel');

@@ -1,0 +1,178 @@
+/**
+ * recoverNode's and watchNode's contract: inputs, the incident record, the maintenance Update and the Queries.
+ * Workflow-safe (zod and src/domain only).
+ */
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { z } from 'zod';
+import type { Problem } from '../domain/classify';
+import type { Rung } from '../domain/rungs';
+import { DurationSchema, gpuopsId } from '../domain/schemas';
+import { workflowContract } from './common';
+
+const nodeId = gpuopsId('a node id');
+const duration = DurationSchema;
+
+export const RecoverNodeInput = z.strictObject({
+  node: nodeId,
+  /** Why recovery was asked for (shown in the record and the UI). */
+  reason: z.string().min(1).max(2000).default('recovery requested'),
+  trigger: z
+    .strictObject({
+      source: z.enum(['watcher', 'alertmanager', 'cli', 'ui']),
+      detail: z.string().max(4000).default(''),
+      /** Alertmanager fingerprint@startsAt, for tracing an incident back to its alert. */
+      alertKey: z.string().max(200).optional(),
+    })
+    .default({ source: 'ui', detail: '' }),
+  /** A fault name from the trigger (e.g. an alert's gpuops_fault label); informational. */
+  fault: z.string().max(200).optional(),
+  /** Start at this rung instead of the one the diagnosis calls for. */
+  startRung: z.enum(['restart-container', 'reset-gpu', 'restart-vm', 'escalate']).optional(),
+  /** Grace a container gets to stop before docker kills it (docker restart/stop -t). */
+  containerStopTimeout: duration.default('10s'),
+  /** How long to wait for health after a rung. */
+  verifyTimeout: duration.default('2m'),
+  /** Pause between verification probes. */
+  verifyInterval: duration.default('2s'),
+  /** How long a restarted VM may take until its node worker answers and the node is healthy. */
+  bootTimeout: duration.default('5m'),
+  /** How long a VM power task (reboot, reset) may run before it counts as failed. */
+  powerTimeout: duration.default('2m'),
+  pickupTimeout: duration.default('10s'),
+  probeTimeout: duration.default('15s'),
+  /** Recoveries of this node allowed per budget window; beyond it, escalate only (never a reboot loop). */
+  maxRecoveries: z.int().min(0).default(3),
+  budgetWindow: duration.default('1h'),
+  /** Run a tiny real generation in probes. */
+  generate: z.boolean().default(true),
+});
+export type RecoverNodeInput = z.input<typeof RecoverNodeInput>;
+
+export interface RungAttempt {
+  rung: Rung;
+  startedAt: string;
+  endedAt: string;
+  /** What was done, in order ("docker restart ollama", "Proxmox reboot VM 101: UPID:…"). */
+  actions: string[];
+  /** healthy: verified after this rung; still-faulty: verify timed out; skipped: rung not applicable. */
+  outcome: 'healthy' | 'still-faulty' | 'skipped' | 'failed';
+  detail: string;
+}
+
+export interface ProblemSummary {
+  at: string;
+  healthy: boolean;
+  reachable: boolean;
+  recommendedRung: Rung;
+  problems: Problem[];
+}
+
+/** The result of recoverNode: what was wrong, what was tried, what was seen, and how it ended. */
+export interface IncidentRecord {
+  node: string;
+  reason: string;
+  trigger: { source: string; detail: string; alertKey?: string | undefined };
+  startedAt: string;
+  endedAt: string | null;
+  outcome: 'recovered' | 'escalated' | 'no-fault-found' | 'in-progress';
+  budget: { used: number; max: number; window: string; exceeded: boolean };
+  /** The diagnosis that chose the first rung. */
+  initial: ProblemSummary | null;
+  /** Evidence: Xid events and failing probes seen at the start. */
+  evidence: { xids: { xid: number; message: string; time: string }[]; probes: string[] };
+  rungs: RungAttempt[];
+  final: ProblemSummary | null;
+  escalation: { notified: string[]; notifyFailed: string[]; drained: string[]; detail: string } | null;
+}
+
+/** Query `incident` on recoverNode: the record so far. */
+export const getIncidentQuery = defineQuery<IncidentRecord>('incident');
+
+export const WatchNodeInput = z.strictObject({
+  node: nodeId,
+  probeInterval: duration.default('5s'),
+  /** Consecutive failed probes before recovery starts (hysteresis: one blip never triggers recovery). */
+  failureThreshold: z.int().min(1).default(3),
+  pickupTimeout: duration.default('10s'),
+  probeTimeout: duration.default('15s'),
+  generate: z.boolean().default(true),
+  /** Options passed to the recoverNode it starts (timeouts, budget). */
+  recovery: RecoverNodeInput.omit({ node: true, reason: true, trigger: true, fault: true, startRung: true })
+    .partial()
+    .default({}),
+  /** Probes per run before continue-as-new (keeps history bounded). */
+  probesPerRun: z.int().min(1).default(500),
+  /** Carried across continue-as-new. */
+  state: z
+    .strictObject({
+      consecutiveFailures: z.int().min(0),
+      maintenance: z.array(
+        z.strictObject({
+          reason: z.string(),
+          engine: z.string().nullable(),
+          by: z.string().nullable(),
+          since: z.string(),
+          until: z.string(),
+        }),
+      ),
+    })
+    .optional(),
+});
+export type WatchNodeInput = z.input<typeof WatchNodeInput>;
+
+/** What the `maintenance` Update accepts (SetMaintenanceInput, checked). */
+export const MaintenanceInput = z
+  .strictObject({
+    reason: z.string().min(1, { message: 'is required' }).max(500),
+    duration: duration.optional(),
+    until: z.iso.datetime({ offset: true, message: 'must be an ISO 8601 time' }).optional(),
+    engine: z.string().min(1).optional(),
+    by: z.string().max(200).optional(),
+    clear: z.boolean().default(false),
+  })
+  .refine((m) => m.clear || (m.duration === undefined) !== (m.until === undefined), {
+    message: 'must set exactly one of duration or until (or clear: true)',
+  });
+
+/** Input of the `maintenance` Update on watchNode: pause recovery for the node (or one engine) until an expiry. */
+export interface SetMaintenanceInput {
+  /** Why (shown in the UI and the incident record). */
+  reason: string;
+  /** How long from now, e.g. "30m" (or `until`). */
+  duration?: string;
+  /** Absolute expiry, ISO 8601 (or `duration`). */
+  until?: string;
+  /** Only this engine (its name); the whole node when absent. */
+  engine?: string;
+  /** Who asked (user, CI job, deployModel). */
+  by?: string;
+  /** End the matching window(s) now instead of opening one. */
+  clear?: boolean;
+}
+
+export interface MaintenanceWindow {
+  reason: string;
+  engine: string | null;
+  by: string | null;
+  since: string;
+  until: string;
+}
+
+/** What `status` on watchNode answers. */
+export interface WatchStatus {
+  node: string;
+  probes: number;
+  consecutiveFailures: number;
+  lastReport: { at: string; healthy: boolean; recommendedRung: string; problems: string[] } | null;
+  maintenance: MaintenanceWindow[];
+  /** What the watcher did last time a fault crossed the threshold. */
+  lastAction: { at: string; action: string; detail: string } | null;
+}
+
+export const setMaintenanceUpdate = defineUpdate<MaintenanceWindow[], [SetMaintenanceInput]>('maintenance');
+export const getWatchStatusQuery = defineQuery<WatchStatus>('status');
+
+/** recoverNode, by typed reference. ID `recover:<node>` (workflowIds.recover). */
+export const recoverNodeWorkflow = workflowContract<RecoverNodeInput, IncidentRecord>('recoverNode');
+/** watchNode, by typed reference (it never returns). ID `watch:<node>` (workflowIds.watch). */
+export const watchNodeWorkflow = workflowContract<WatchNodeInput, never>('watchNode');
