@@ -1,0 +1,79 @@
+/**
+ * The backup workflows' activity proxies, one named profile per kind of work. restic runs on the plan's node queue;
+ * notifications and the Proxmox API on the control worker, which also runs these workflows.
+ */
+import { proxyActivities, workflowInfo } from '@temporalio/workflow';
+import type { BackupActivities } from '../../activities/backup';
+import type { NotifyActivities } from '../../activities/notify';
+import type { createVmConfigActivities } from '../../activities/vm-config';
+import { nodeTaskQueue, type RunBackupInput } from '../../src/contracts';
+import type { z } from 'zod';
+
+type VmConfigActivities = ReturnType<typeof createVmConfigActivities>;
+type Timings = z.output<typeof RunBackupInput>['timings'];
+
+/** Pre-checks, listings and test restores are safe to repeat; a few tries ride out a worker restart. */
+export function quickResticActivities(node: string, t: Timings) {
+  return proxyActivities<BackupActivities>({
+    taskQueue: nodeTaskQueue(node),
+    scheduleToStartTimeout: t.pickupTimeout,
+    startToCloseTimeout: '10m',
+    retry: { maximumAttempts: 4, initialInterval: '1s', backoffCoefficient: 2 },
+  });
+}
+
+/**
+ * Backup, forget and check: long, heartbeated. A killed node worker stops heartbeating: the attempt is retried on
+ * the restarted worker, which unlocks restic's stale locks and reuses or redoes the snapshot (resticBackup is
+ * idempotent per run).
+ */
+export function longResticActivities(node: string, t: Timings) {
+  return proxyActivities<BackupActivities>({
+    taskQueue: nodeTaskQueue(node),
+    scheduleToStartTimeout: t.pickupTimeout,
+    startToCloseTimeout: t.runTimeout,
+    heartbeatTimeout: t.heartbeatTimeout,
+    retry: { maximumAttempts: 5, initialInterval: '1s', backoffCoefficient: 2 },
+  });
+}
+
+/** A restore into the same target is repeatable; a non-empty target is refused, not retried. */
+export function restoreActivities(node: string, t: Timings) {
+  return proxyActivities<BackupActivities>({
+    taskQueue: nodeTaskQueue(node),
+    scheduleToStartTimeout: t.pickupTimeout,
+    startToCloseTimeout: t.runTimeout,
+    heartbeatTimeout: t.heartbeatTimeout,
+    retry: {
+      maximumAttempts: 3,
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      nonRetryableErrorTypes: ['TargetNotEmpty'],
+    },
+  });
+}
+
+/** Read-only listings for backupReport: two tries, two minutes. */
+export function reportActivities(node: string, pickupTimeout: string) {
+  return proxyActivities<BackupActivities>({
+    taskQueue: nodeTaskQueue(node),
+    scheduleToStartTimeout: pickupTimeout,
+    startToCloseTimeout: '2m',
+    retry: { maximumAttempts: 2 },
+  });
+}
+
+/** Notifications and the Proxmox API (VM config export), on the control worker that runs this workflow. */
+export function controlActivities() {
+  return proxyActivities<NotifyActivities & VmConfigActivities>({
+    taskQueue: workflowInfo().taskQueue,
+    startToCloseTimeout: '30s',
+    retry: { maximumAttempts: 3, initialInterval: '1s' },
+  });
+}
+
+/** The message of an activity failure (its cause), or of any error. */
+export function errMessage(err: unknown): string {
+  const e = err as { cause?: { message?: string }; message?: string };
+  return e.cause?.message ?? e.message ?? String(err);
+}
