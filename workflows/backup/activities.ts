@@ -2,7 +2,7 @@
  * The backup workflows' activity proxies, one named profile per kind of work. restic runs on the plan's node queue;
  * notifications and the Proxmox API on the control worker, which also runs these workflows.
  */
-import { proxyActivities, workflowInfo } from '@temporalio/workflow';
+import { proxyActivities, workflowInfo, type ActivityOptions } from '@temporalio/workflow';
 import type { BackupActivities } from '../../activities/backup';
 import type { NotifyActivities } from '../../activities/notify';
 import type { createVmConfigActivities } from '../../activities/vm-config';
@@ -12,36 +12,37 @@ import type { z } from 'zod';
 type VmConfigActivities = ReturnType<typeof createVmConfigActivities>;
 type Timings = z.output<typeof RunBackupInput>['timings'];
 
-/** Pre-checks, listings and test restores are safe to repeat; a few tries ride out a worker restart. */
-export function quickResticActivities(node: string, t: Timings) {
+/** restic on the plan's node: `options` on top of the node's queue and the pickup timeout. */
+function resticOn(node: string, pickupTimeout: string, options: Omit<ActivityOptions, 'taskQueue'>) {
   return proxyActivities<BackupActivities>({
     taskQueue: nodeTaskQueue(node),
-    scheduleToStartTimeout: t.pickupTimeout,
+    scheduleToStartTimeout: pickupTimeout,
+    ...options,
+  });
+}
+
+/** Pre-checks, listings and test restores are safe to repeat; a few tries ride out a worker restart. */
+export const quickResticActivities = (node: string, t: Timings) =>
+  resticOn(node, t.pickupTimeout, {
     startToCloseTimeout: '10m',
     retry: { maximumAttempts: 4, initialInterval: '1s', backoffCoefficient: 2 },
   });
-}
 
 /**
  * Backup, forget and check: long, heartbeated. A killed node worker stops heartbeating: the attempt is retried on
  * the restarted worker, which unlocks restic's stale locks and reuses or redoes the snapshot (resticBackup is
  * idempotent per run).
  */
-export function longResticActivities(node: string, t: Timings) {
-  return proxyActivities<BackupActivities>({
-    taskQueue: nodeTaskQueue(node),
-    scheduleToStartTimeout: t.pickupTimeout,
+export const longResticActivities = (node: string, t: Timings) =>
+  resticOn(node, t.pickupTimeout, {
     startToCloseTimeout: t.runTimeout,
     heartbeatTimeout: t.heartbeatTimeout,
     retry: { maximumAttempts: 5, initialInterval: '1s', backoffCoefficient: 2 },
   });
-}
 
 /** A restore into the same target is repeatable; a non-empty target is refused, not retried. */
-export function restoreActivities(node: string, t: Timings) {
-  return proxyActivities<BackupActivities>({
-    taskQueue: nodeTaskQueue(node),
-    scheduleToStartTimeout: t.pickupTimeout,
+export const restoreActivities = (node: string, t: Timings) =>
+  resticOn(node, t.pickupTimeout, {
     startToCloseTimeout: t.runTimeout,
     heartbeatTimeout: t.heartbeatTimeout,
     retry: {
@@ -51,17 +52,10 @@ export function restoreActivities(node: string, t: Timings) {
       nonRetryableErrorTypes: ['TargetNotEmpty'],
     },
   });
-}
 
 /** Read-only listings for backupReport: two tries, two minutes. */
-export function reportActivities(node: string, pickupTimeout: string) {
-  return proxyActivities<BackupActivities>({
-    taskQueue: nodeTaskQueue(node),
-    scheduleToStartTimeout: pickupTimeout,
-    startToCloseTimeout: '2m',
-    retry: { maximumAttempts: 2 },
-  });
-}
+export const reportActivities = (node: string, pickupTimeout: string) =>
+  resticOn(node, pickupTimeout, { startToCloseTimeout: '2m', retry: { maximumAttempts: 2 } });
 
 /** Notifications and the Proxmox API (VM config export), on the control worker that runs this workflow. */
 export function controlActivities() {
