@@ -5,9 +5,11 @@
  */
 import type { HypervisorConfig } from '../src/config/schema';
 import {
-  ProxmoxApi,
   ProxmoxApiError,
+  proxmoxApiPool,
   taskSucceeded,
+  type ProxmoxApi,
+  type ProxmoxApiPoolOptions,
   VM_POWER_ACTIONS,
   type QmCli,
   type QmPowerResult,
@@ -17,15 +19,9 @@ import {
 } from '../src/hosts/proxmox';
 import { cancellationSignal, heartbeat, nonRetryable, withHeartbeat } from './activity-context';
 
-type ApiHypervisor = Extract<HypervisorConfig, { type: 'proxmox-api' }>;
-
-/** What createProxmoxActivities needs. */
-export interface ProxmoxActivityDeps {
+/** What createProxmoxActivities needs: the hypervisors, and how to reach their APIs (see proxmoxApiPool). */
+export interface ProxmoxActivityDeps extends ProxmoxApiPoolOptions {
   hypervisors: readonly HypervisorConfig[];
-  /** Client factory (tests inject one); default: a ProxmoxApi per hypervisor, reused across calls. */
-  apiFor?: (h: ApiHypervisor) => ProxmoxApi;
-  /** Resolves secret/CA file paths (e.g. relative to the config file); default: as written. */
-  resolvePath?: (p: string) => string;
 }
 
 /** Input naming a VM on a hypervisor. */
@@ -85,8 +81,8 @@ function classify(err: unknown): never {
 }
 
 /** Proxmox API activities for the control worker. */
-export function createProxmoxActivities({ hypervisors, apiFor, resolvePath = (p) => p }: ProxmoxActivityDeps) {
-  const clients = new Map<string, ProxmoxApi>();
+export function createProxmoxActivities({ hypervisors, apiFor, resolvePath }: ProxmoxActivityDeps) {
+  const clientFor = proxmoxApiPool({ ...(apiFor ? { apiFor } : {}), ...(resolvePath ? { resolvePath } : {}) });
   const api = (id: string): ProxmoxApi => {
     const h = hypervisors.find((x) => x.id === id);
     if (!h) throw nonRetryable('UnknownHypervisor', `hypervisor "${id}" is not in gpuops.yaml`);
@@ -96,21 +92,7 @@ export function createProxmoxActivities({ hypervisors, apiFor, resolvePath = (p)
         `hypervisor "${id}" is of type ${h.type}: its VM actions run on queue gpuops-hypervisor-${id} (qmStatus/qmPower)`,
       );
     }
-    let c = clients.get(id);
-    if (!c) {
-      c = apiFor
-        ? apiFor(h)
-        : new ProxmoxApi({
-            url: h.url,
-            pveNode: h.pveNode,
-            tokenId: h.tokenId,
-            tokenSecretFile: resolvePath(h.tokenSecretFile),
-            ...(h.caFile ? { caFile: resolvePath(h.caFile) } : {}),
-            insecureSkipVerify: h.insecureSkipVerify,
-          });
-      clients.set(id, c);
-    }
-    return c;
+    return clientFor(h);
   };
 
   return {

@@ -3,20 +3,17 @@
  * side, never the node (a VM's definition lives on its host).
  */
 import type { HypervisorConfig } from '../src/config/schema';
-import { ProxmoxApi, ProxmoxApiError } from '../src/hosts/proxmox';
+import { ProxmoxApiError, proxmoxApiPool, type ProxmoxApiPoolOptions } from '../src/hosts/proxmox';
 import { nonRetryable } from './activity-context';
 
-type ApiHypervisor = Extract<HypervisorConfig, { type: 'proxmox-api' }>;
-
-/** What createVmConfigActivities needs. */
-export interface VmConfigActivityDeps {
+/** What createVmConfigActivities needs: the hypervisors, and how to reach their APIs (see proxmoxApiPool). */
+export interface VmConfigActivityDeps extends ProxmoxApiPoolOptions {
   hypervisors: readonly HypervisorConfig[];
-  resolvePath?: (p: string) => string;
-  apiFor?: (h: ApiHypervisor) => ProxmoxApi;
 }
 
 /** VM config activities for the control worker. */
-export function createVmConfigActivities({ hypervisors, resolvePath = (p) => p, apiFor }: VmConfigActivityDeps) {
+export function createVmConfigActivities({ hypervisors, resolvePath, apiFor }: VmConfigActivityDeps) {
+  const clientFor = proxmoxApiPool({ ...(apiFor ? { apiFor } : {}), ...(resolvePath ? { resolvePath } : {}) });
   return {
     /**
      * GET /nodes/{node}/qemu/{vmid}/config as a stable, sorted `key: value` text (the shape of
@@ -32,16 +29,7 @@ export function createVmConfigActivities({ hypervisors, resolvePath = (p) => p, 
           `vm-config backups need a proxmox-api hypervisor (${h.id} is ${h.type})`,
         );
       }
-      const api =
-        apiFor?.(h) ??
-        new ProxmoxApi({
-          url: h.url,
-          pveNode: h.pveNode,
-          tokenId: h.tokenId,
-          tokenSecretFile: resolvePath(h.tokenSecretFile),
-          ...(h.caFile ? { caFile: resolvePath(h.caFile) } : {}),
-          insecureSkipVerify: h.insecureSkipVerify,
-        });
+      const api = clientFor(h);
       try {
         const cfg = await api.vmConfig(input.vmid);
         const lines = Object.keys(cfg)

@@ -245,3 +245,130 @@ describe('engine runtimes', () => {
     ).toEqual([]);
   });
 });
+
+describe('backup schedule cron expressions', () => {
+  const problems = (schedule: Record<string, unknown>): string[] => {
+    try {
+      parseConfig(
+        JSON.stringify({
+          nodes: [{ id: 'n1' }],
+          backups: [
+            {
+              id: 'b1',
+              node: 'n1',
+              what: 'gpu-config',
+              repository: '/srv/restic',
+              passwordFile: '/etc/gpuops/restic-pw',
+              rpo: '1d',
+              schedule,
+            },
+          ],
+        }),
+        'inline',
+      );
+    } catch (e) {
+      if (e instanceof ValidationError) return e.problems;
+      throw e;
+    }
+    return [];
+  };
+  const at = 'backups[0].schedule.cron';
+
+  test.each([
+    '0 3 * * *',
+    '*/15 * * * *',
+    '30 2 1-31/2 * *',
+    '0 3,15 * * MON-FRI',
+    '0 4 * JUL-AUG 0',
+    '0 4 * * 7',
+    '@daily',
+    '@hourly',
+    '@weekly',
+    '@monthly',
+    '@yearly',
+  ])('accepts %s, as Temporal Schedules read it', (cron) => {
+    expect(problems({ cron })).toEqual([]);
+  });
+
+  test.each<[string, string, string[]]>([
+    [
+      'a minute out of range',
+      '60 3 * * *',
+      [`${at}: minute "60" must be 0-59, *, a range (a-b), a list (a,b) or a step (*/n)`],
+    ],
+    [
+      'an hour out of range',
+      '0 24 * * *',
+      [`${at}: hour "24" must be 0-23, *, a range (a-b), a list (a,b) or a step (*/n)`],
+    ],
+    [
+      'a day-of-month out of range',
+      '0 3 32 * *',
+      [`${at}: day-of-month "32" must be 1-31, *, a range (a-b), a list (a,b) or a step (*/n)`],
+    ],
+    [
+      'a month out of range',
+      '0 3 * 13 *',
+      [`${at}: month "13" must be 1-12 or JAN-DEC, *, a range (a-b), a list (a,b) or a step (*/n)`],
+    ],
+    [
+      'a backwards range and a bad day name, each named',
+      '5-1 3 * * sunday',
+      [
+        `${at}: minute "5-1" must be 0-59, *, a range (a-b), a list (a,b) or a step (*/n)`,
+        `${at}: day-of-week "sunday" must be 0-7 or SUN-SAT (0 and 7 are Sunday), *, a range (a-b), a list (a,b) or a step (*/n)`,
+      ],
+    ],
+    [
+      'a seconds field (Temporal reads a sixth field as the year)',
+      '0 0 3 * * *',
+      [
+        `${at}: must have 5 fields (minute hour day-of-month month day-of-week), got 6: Temporal reads a sixth field as the year, not as seconds first as some cron dialects do`,
+      ],
+    ],
+    [
+      'an nth weekday (Temporal starts a comment at #)',
+      '0 3 * * MON#1',
+      [
+        `${at}: "#" is not accepted: Temporal reads the rest as a comment (so an nth weekday such as MON#1 is not supported)`,
+      ],
+    ],
+    [
+      'L (last day), which Temporal does not support',
+      '0 3 L * *',
+      [
+        `${at}: day-of-month "L": L, W and ? are not supported by Temporal Schedules (must be 1-31, *, a range (a-b), a list (a,b) or a step (*/n))`,
+      ],
+    ],
+    [
+      'day-of-month with day-of-week (Temporal ANDs them, crontab ORs them)',
+      '0 3 1 * MON',
+      [
+        `${at}: sets both day-of-month "1" and day-of-week "MON": Temporal runs only on days matching both, not on either as crontab does; set one of them to * (or use two plans)`,
+      ],
+    ],
+    [
+      'a date that never comes',
+      '0 3 30 2 *',
+      [`${at}: never runs: no date matches its day-of-month and month (such as 30 February)`],
+    ],
+    [
+      '@every, which schedule.every says',
+      '@every 6h',
+      [`${at}: @every is not accepted in cron: set schedule.every instead (e.g. every: 6h)`],
+    ],
+    [
+      'a TZ= prefix, which schedule.timezone says',
+      'TZ=UTC 0 3 * * *',
+      [`${at}: a TZ= prefix is not accepted in cron: set schedule.timezone instead`],
+    ],
+    [
+      'an unknown macro',
+      '@reboot',
+      [`${at}: unknown macro "@reboot": use @hourly, @daily, @weekly, @monthly or @yearly`],
+    ],
+    ['an empty expression', '', [`${at}: must be a cron expression such as "0 3 * * *" (03:00 every day)`]],
+  ])('refuses %s with the field path and the rule', (_what, cron, expected) => {
+    expect(problems({ cron })).toEqual(expected);
+  });
+});

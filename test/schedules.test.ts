@@ -2,6 +2,7 @@
  * `gpuops schedules sync` against a real Temporal server: creates, updates and deletes the Temporal Schedules
  * backup:<plan> to match the config, idempotently, and never undoes an operator's pause.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ScheduleNotFoundError, ScheduleOverlapPolicy } from '@temporalio/client';
 import { parseConfig } from '../src/config/load';
 import type { Config } from '../src/config/schema';
@@ -105,11 +106,38 @@ test('after a config edit sync updates the schedule and keeps it paused; removin
   const deleted = new Set<string>();
   for (let i = 0; i < 50 && !deleted.has(`${prefix}-d`); i++) {
     (await sync(only)).deleted.forEach((d) => deleted.add(d));
-    if (!deleted.has(`${prefix}-d`)) await new Promise((r) => setTimeout(r, 200));
+    if (!deleted.has(`${prefix}-d`)) await sleep(200);
   }
   expect(deleted).toContain(`${prefix}-d`);
   await expect(env.client.schedule.getHandle(`${prefix}-d`).describe()).rejects.toBeInstanceOf(ScheduleNotFoundError);
   await expect(c.describe()).resolves.toBeDefined();
+});
+
+test('a change to an option sync sends outside the plan (the execution timeout) updates the existing schedule', async () => {
+  const c = config([{ id: 'opt', schedule: { cron: '0 5 * * *' } }]);
+  expect((await sync(c)).created).toEqual([`${prefix}-opt`]);
+  const h = env.client.schedule.getHandle(`${prefix}-opt`);
+  const before = await h.describe();
+  expect(before.action).toMatchObject({ type: 'startWorkflow', workflowExecutionTimeout: 86_400_000 });
+
+  const changed = await syncSchedules(env.client, c, {
+    idPrefix: prefix,
+    taskQueue: env.controlQueue,
+    executionTimeout: '2h',
+  });
+  expect(changed.updated).toEqual([`${prefix}-opt`]);
+  const after = await h.describe();
+  expect(after.action).toMatchObject({ type: 'startWorkflow', workflowExecutionTimeout: 2 * 3_600_000 });
+  // Nothing else moved, and the next sync with the same options finds it up to date.
+  expect(after.spec).toEqual(before.spec);
+  expect(after.policies).toEqual(before.policies);
+  const again = await syncSchedules(env.client, c, {
+    idPrefix: prefix,
+    taskQueue: env.controlQueue,
+    executionTimeout: '2h',
+  });
+  expect(again.unchanged).toContain(`${prefix}-opt`);
+  expect(again.updated).toEqual([]);
 });
 
 test('never touches schedules outside its prefix', async () => {

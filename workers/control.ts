@@ -36,8 +36,8 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
 }
 
 if (require.main === module) {
-  runWorkerMain('control', async (ctx) => {
-    const taskQueue = ctx.args.get('task-queue');
+  runWorkerMain('control', { 'task-queue': { value: 'queue' } }, async (ctx) => {
+    const taskQueue = ctx.flags['task-queue'];
     return createControlWorker({ ...ctx, client: await ctx.client(), ...(taskQueue ? { taskQueue } : {}) });
   });
 }

@@ -28,8 +28,8 @@ export async function createHypervisorWorker(opts: HypervisorWorkerOptions): Pro
 }
 
 if (require.main === module) {
-  runWorkerMain('hypervisor', async (ctx) => {
-    const id = ctx.args.get('hypervisor') || process.env.GPUOPS_HYPERVISOR;
+  runWorkerMain('hypervisor', { hypervisor: { value: 'id' } }, async (ctx) => {
+    const id = ctx.flags.hypervisor ?? process.env.GPUOPS_HYPERVISOR;
     const qmHosts = ctx.loaded.config.hypervisors.filter(
       (h): h is Extract<HypervisorConfig, { type: 'qm' }> => h.type === 'qm',
     );

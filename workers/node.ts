@@ -33,8 +33,8 @@ export async function createNodeWorker(opts: NodeWorkerOptions): Promise<Worker>
 }
 
 if (require.main === module) {
-  runWorkerMain('node', async (ctx) => {
-    const id = ctx.args.get('node') || process.env.GPUOPS_NODE;
+  runWorkerMain('node', { node: { value: 'id' } }, async (ctx) => {
+    const id = ctx.flags.node ?? process.env.GPUOPS_NODE;
     const node = ctx.loaded.config.nodes.find((n) => n.id === id);
     if (!node) {
       const known = ctx.loaded.config.nodes.map((n) => n.id).join(', ');

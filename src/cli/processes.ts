@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { PROJECT_ROOT } from '../config/load';
+import { LineSplitter } from '../hosts/streams';
 
 export interface ManagedProcessOptions {
   name: string;
@@ -32,11 +33,15 @@ export class ManagedProcess {
       detached: true,
     });
     this.child = child;
-    const prefix = (b: Buffer): void => {
-      for (const line of b.toString().split('\n')) if (line.trim()) this.opts.log(`[${this.opts.name}] ${line}`);
-    };
-    child.stdout?.on('data', prefix);
-    child.stderr?.on('data', prefix);
+    // One splitter per stream: a line that arrives in two chunks is logged once, whole, and stdout and stderr lines
+    // never interleave mid-line.
+    for (const stream of [child.stdout, child.stderr]) {
+      const lines = new LineSplitter((line) => {
+        if (line.trim()) this.opts.log(`[${this.opts.name}] ${line}`);
+      });
+      stream?.on('data', (b: Buffer) => lines.push(b));
+      stream?.on('end', () => lines.end());
+    }
     child.once('exit', (code, signal) => {
       if (this.stopping) return;
       this.opts.log(

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { DeployPolicySchema } from '../domain/deploy-policy';
 import { ID_PATTERN } from '../domain/schemas';
 import { ENGINE_RUNTIMES } from '../hosts/runtime';
+import { cronProblems } from './cron';
 
 const id = z.string().regex(ID_PATTERN, {
   message: 'must be lowercase letters, digits and dashes (max 63), starting with a letter or digit',
@@ -298,7 +299,17 @@ export const BackupPlanSchema = z
     passwordFile: filePath.describe('File holding the restic repository password.'),
     schedule: z
       .strictObject({
-        cron: z.string().optional().describe('Cron expression.'),
+        cron: z
+          .string()
+          .superRefine((expr, ctx) => {
+            for (const message of cronProblems(expr)) ctx.addIssue({ code: 'custom', message });
+          })
+          .optional()
+          .describe(
+            'Cron expression in `timezone`: five fields (minute hour day-of-month month day-of-week), e.g. ' +
+              '"0 3 * * *" for 03:00 daily, or @hourly, @daily, @weekly, @monthly, @yearly. Not accepted: seconds or ' +
+              'year fields, day-of-month together with day-of-week, L, W, ?, # (Temporal reads them differently).',
+          ),
         every: duration.optional().describe('Interval, instead of cron.'),
         timezone: z.string().default('UTC'),
         jitter: duration.optional(),

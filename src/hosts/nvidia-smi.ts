@@ -2,6 +2,7 @@
  * The nvidia-smi adapter: per-GPU health from `--query-gpu` CSV, compute processes, the `-q -x` XML snapshot (kept
  * raw for backups, with a few facts parsed out) and `--gpu-reset`. The parsers are pure and exported for tests.
  */
+import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import type { GpuStatus } from '../domain/health';
 import { describeFailure, firstLines, runTool, type ToolResult } from './exec';
 
@@ -233,47 +234,74 @@ export interface GpuSnapshot {
   gpus: GpuSnapshotFacts[];
 }
 
-function decodeXml(s: string): string {
-  return s
-    .replace(/&lt;/g, '<')
-    .replace(/&gt;/g, '>')
-    .replace(/&quot;/g, '"')
-    .replace(/&apos;/g, "'")
-    .replace(/&amp;/g, '&');
+/**
+ * `-q -x` as plain objects: every value a string (gpuops reads numbers with their units itself), `<gpu>` always an
+ * array, the `id` attribute as `@_id`, entities decoded.
+ */
+const smiXmlParser = new XMLParser({
+  ignoreAttributes: false,
+  parseTagValue: false,
+  parseAttributeValue: false,
+  trimValues: true,
+  isArray: (_name, jpath) => jpath === 'nvidia_smi_log.gpu',
+});
+
+/** An element of the parsed document: a text value, or an object of child elements. */
+type XmlNode = string | { [tag: string]: XmlNode | XmlNode[] | undefined };
+
+/** The element at `path` under `node` (the first of repeated elements), or undefined. */
+function child(node: XmlNode | undefined, ...path: string[]): XmlNode | undefined {
+  let cur = node;
+  for (const tag of path) {
+    if (cur === undefined || typeof cur === 'string') return undefined;
+    const next = cur[tag];
+    cur = Array.isArray(next) ? next[0] : next;
+  }
+  return cur;
 }
 
-/** Text of the first `<tag>…</tag>` in `xml` (exact tag name), or null. */
-function tagText(xml: string, tag: string): string | null {
-  const m = new RegExp(`<${tag}>([^<]*)</${tag}>`).exec(xml);
-  return m?.[1] === undefined ? null : decodeXml(m[1].trim());
+/** Text of the leaf element at `path`, null when absent, empty, not a leaf, or one of nvidia-smi's N/A markers. */
+function xmlText(node: XmlNode | undefined, ...path: string[]): string | null {
+  const v = child(node, ...path);
+  return typeof v === 'string' ? text(v) : null;
 }
 
-function section(xml: string, tag: string): string {
-  return new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`).exec(xml)?.[1] ?? '';
-}
-
-function xmlNum(xml: string, tag: string): number | null {
-  const t = tagText(xml, tag);
+/** A leaf such as "140.00 W" or "2100 MHz" as its number. */
+function xmlNum(node: XmlNode | undefined, ...path: string[]): number | null {
+  const t = xmlText(node, ...path);
   return t === null ? null : num(t.replace(/\s*(W|MHz|MiB|C|%)$/, ''));
 }
 
+/** Thrown when `nvidia-smi -q -x` printed something that is not a well-formed nvidia_smi_log document. */
+export class SmiXmlError extends Error {
+  constructor(detail: string) {
+    super(`nvidia-smi -q -x printed no valid XML: ${detail}`);
+    this.name = 'SmiXmlError';
+  }
+}
+
 /**
- * Parse the facts gpuops needs from `nvidia-smi -q -x`. A regex reader, not a general XML parser: the document is
- * machine-written, flat per GPU, and these tags are stable. Power limits live in `<gpu_power_readings>` (drivers
- * 535+, `current_power_limit`) or `<power_readings>` (older, `power_limit`).
+ * Parse the facts gpuops needs from `nvidia-smi -q -x`, with fast-xml-parser: each fact is read at its place in the
+ * document (`<gpu>` → `<clocks>` → `<sm_clock>`), never from whichever element of that name comes first. Power
+ * limits live in `<gpu_power_readings>` (drivers 535+, `current_power_limit`) or `<power_readings>` (older,
+ * `power_limit`). Throws SmiXmlError for a malformed or truncated document (a backup must not keep half of one).
  */
 export function parseSmiXml(xml: string): GpuSnapshot {
-  const gpus: GpuSnapshotFacts[] = [];
-  for (const m of xml.matchAll(/<gpu id="([^"]*)">([\s\S]*?)<\/gpu>/g)) {
-    const body = m[2] ?? '';
-    const power = section(body, 'gpu_power_readings') || section(body, 'power_readings');
-    const clocks = section(body, 'clocks');
-    const maxClocks = section(body, 'max_clocks');
-    gpus.push({
-      pciBusId: m[1] ?? '',
-      productName: tagText(body, 'product_name'),
-      uuid: tagText(body, 'uuid'),
-      persistenceMode: tagText(body, 'persistence_mode'),
+  const valid = XMLValidator.validate(xml);
+  if (valid !== true) throw new SmiXmlError(`line ${valid.err.line}: ${valid.err.msg}`);
+  const doc = child(smiXmlParser.parse(xml) as XmlNode, 'nvidia_smi_log');
+  if (doc === undefined) throw new SmiXmlError('no <nvidia_smi_log> element');
+  const gpuNodes = typeof doc === 'string' ? [] : ((doc.gpu ?? []) as XmlNode[]);
+  const gpus: GpuSnapshotFacts[] = gpuNodes.map((g) => {
+    const power = child(g, 'gpu_power_readings') ?? child(g, 'power_readings');
+    const clocks = child(g, 'clocks');
+    const maxClocks = child(g, 'max_clocks');
+    const id = typeof g === 'string' ? undefined : g['@_id'];
+    return {
+      pciBusId: typeof id === 'string' ? id : '',
+      productName: xmlText(g, 'product_name'),
+      uuid: xmlText(g, 'uuid'),
+      persistenceMode: xmlText(g, 'persistence_mode'),
       powerLimitW: xmlNum(power, 'current_power_limit') ?? xmlNum(power, 'power_limit'),
       defaultPowerLimitW: xmlNum(power, 'default_power_limit'),
       enforcedPowerLimitW: xmlNum(power, 'enforced_power_limit') ?? xmlNum(power, 'current_power_limit'),
@@ -287,12 +315,12 @@ export function parseSmiXml(xml: string): GpuSnapshot {
         smMHz: xmlNum(maxClocks, 'sm_clock'),
         memMHz: xmlNum(maxClocks, 'mem_clock'),
       },
-    });
-  }
+    };
+  });
   return {
     xml,
-    driverVersion: tagText(xml, 'driver_version'),
-    cudaVersion: tagText(xml, 'cuda_version'),
+    driverVersion: xmlText(doc, 'driver_version'),
+    cudaVersion: xmlText(doc, 'cuda_version'),
     gpus,
   };
 }

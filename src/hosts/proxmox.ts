@@ -5,6 +5,8 @@
 import { readFile } from 'node:fs/promises';
 import * as http from 'node:http';
 import * as https from 'node:https';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { HypervisorConfig } from '../config/schema';
 import { describeFailure, firstLines, runTool } from './exec';
 
 /** Power actions gpuops takes on a VM. */
@@ -316,18 +318,7 @@ export class ProxmoxApi {
       opts.onPoll?.(last);
       if (last.status === 'stopped') return last;
       if (Date.now() + pollMs > deadline) throw new ProxmoxTaskTimeoutError(upid, last);
-      await new Promise<void>((resolve, reject) => {
-        const onAbort = (): void => {
-          clearTimeout(t);
-          reject(opts.signal?.reason as Error);
-        };
-        // Remove the listener once the poll interval passes: a long wait must not pile up listeners on the signal.
-        const t = setTimeout(() => {
-          opts.signal?.removeEventListener('abort', onAbort);
-          resolve();
-        }, pollMs);
-        opts.signal?.addEventListener('abort', onAbort, { once: true });
-      });
+      await sleep(pollMs, undefined, opts.signal ? { signal: opts.signal } : {});
     }
   }
 
@@ -336,6 +327,52 @@ export class ProxmoxApi {
     this.agent?.destroy();
     this.agent = undefined;
   }
+}
+
+/** A hypervisor of type proxmox-api, as gpuops.yaml describes it. */
+export type ProxmoxApiHypervisor = Extract<HypervisorConfig, { type: 'proxmox-api' }>;
+
+/** How gpuops reaches the Proxmox API of its configured hypervisors. */
+export interface ProxmoxApiPoolOptions {
+  /** Client factory (tests inject one); default: proxmoxApiFromConfig. */
+  apiFor?: (h: ProxmoxApiHypervisor) => ProxmoxApi;
+  /** Resolves the secret and CA file paths (relative to the config file); default: as written. */
+  resolvePath?: (p: string) => string;
+}
+
+/**
+ * The ProxmoxApi for a configured hypervisor: its token secret file and CA bundle resolved with `resolvePath`
+ * (relative paths in gpuops.yaml are relative to the config file), TLS verification as configured. The one place
+ * config turns into a client, for every activity that calls the API.
+ */
+export function proxmoxApiFromConfig(
+  h: ProxmoxApiHypervisor,
+  resolvePath: (p: string) => string = (p) => p,
+): ProxmoxApi {
+  return new ProxmoxApi({
+    url: h.url,
+    pveNode: h.pveNode,
+    tokenId: h.tokenId,
+    tokenSecretFile: resolvePath(h.tokenSecretFile),
+    ...(h.caFile ? { caFile: resolvePath(h.caFile) } : {}),
+    insecureSkipVerify: h.insecureSkipVerify,
+  });
+}
+
+/**
+ * One client per hypervisor id, made on first use and then reused (with its kept-alive connections), by `apiFor`
+ * when given, else by proxmoxApiFromConfig.
+ */
+export function proxmoxApiPool(opts: ProxmoxApiPoolOptions = {}): (h: ProxmoxApiHypervisor) => ProxmoxApi {
+  const clients = new Map<string, ProxmoxApi>();
+  return (h) => {
+    let c = clients.get(h.id);
+    if (!c) {
+      c = opts.apiFor ? opts.apiFor(h) : proxmoxApiFromConfig(h, opts.resolvePath);
+      clients.set(h.id, c);
+    }
+    return c;
+  };
 }
 
 /** Parse `qm status <vmid>` output ("status: running"). */

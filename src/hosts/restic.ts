@@ -4,6 +4,7 @@
  * by RESTIC_PASSWORD_FILE. Written against restic 0.14 (Debian bookworm) and newer.
  */
 import { describeFailure, firstLines, runTool, ToolError, type ToolResult } from './exec';
+import { LineSplitter } from './streams';
 
 /** One snapshot as `restic snapshots --json` prints it. */
 export interface ResticSnapshot {
@@ -242,21 +243,15 @@ export class ResticCli {
       ...(o.signal ? { cancelSignal: o.signal } : {}),
       ...(this.opts.timeoutMs !== undefined ? { timeout: this.opts.timeoutMs } : {}),
     });
-    let buf = '';
-    proc.stdout?.on('data', (chunk: Buffer) => {
-      buf += chunk.toString('utf8');
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const msg = parseResticBackupLine(buf.slice(0, nl));
-        buf = buf.slice(nl + 1);
-        if (msg?.type === 'status') o.onProgress?.(msg.status);
-        else if (msg?.type === 'summary') summary = msg.summary;
-        else if (msg?.type === 'error' && warnings.length < 20) warnings.push(msg.error);
-      }
+    const lines = new LineSplitter((line) => {
+      const msg = parseResticBackupLine(line);
+      if (msg?.type === 'status') o.onProgress?.(msg.status);
+      else if (msg?.type === 'summary') summary = msg.summary;
+      else if (msg?.type === 'error' && warnings.length < 20) warnings.push(msg.error);
     });
+    proc.stdout?.on('data', (chunk: Buffer) => lines.push(chunk));
     const r = await proc;
-    const tail = parseResticBackupLine(buf);
-    if (tail?.type === 'summary') summary = tail.summary;
+    lines.end();
     const stderr = typeof r.stderr === 'string' ? r.stderr : '';
     const result: ToolResult = {
       command: ['restic', ...args].join(' '),

@@ -10,6 +10,7 @@ import type { ServerResponse } from 'node:http';
 import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import { formatIssues } from '../domain/validation';
+import { LineSplitter, SseSplitter, type StreamSplitter } from '../hosts/streams';
 import type { RouterMetrics } from './metrics';
 import { chooseVariant, eligibleVariants, stickyPoint, type RouteStore, type Variant } from './routes';
 import type { Outcome, Sample, StatsStore } from './stats';
@@ -150,7 +151,10 @@ export async function proxyGeneration(
   }
   headers['x-gpuops-variant'] = variant.name;
   headers['x-gpuops-engine'] = variant.engine;
-  const tap = new TokenTap(streaming);
+  // Framed as the engine says it sent it; without a content type, as the client API streams (OpenAI: SSE).
+  const contentType = upstream.headers['content-type'];
+  const sse = typeof contentType === 'string' ? /^text\/event-stream\b/i.test(contentType) : !isOllama(api);
+  const tap = new TokenTap(streaming, sse ? 'sse' : 'ndjson');
   let firstByteAt: number | undefined;
   try {
     res.writeHead(status, headers);
@@ -255,7 +259,7 @@ export function joinUrl(base: string, p: string): string {
   return `${base.replace(/\/+$/, '')}${p}`;
 }
 
-/** Longest partial line kept between chunks; a longer "line" is not a protocol line worth parsing. */
+/** Longest partial line (or unfinished event) kept between chunks; a longer one is not protocol worth parsing. */
 const MAX_LINE = 1 << 20;
 /** Largest non-streaming body copied for its usage field. */
 const MAX_BODY = 8 << 20;
@@ -264,11 +268,13 @@ const MAX_BODY = 8 << 20;
  * Reads the response as it passes, without changing it: output tokens from the engine's own count (OpenAI `usage`,
  * Ollama `eval_count` in the final object, else llama-server's `timings.predicted_n`) or else the number of content
  * chunks, and in-stream error objects (an engine that fails after sending 200 reports the error inside the stream).
- * Chunks are decoded as one UTF-8 stream, so a character split across chunks is read whole.
+ * A streamed answer is read as server-sent events (the OpenAI APIs) or NDJSON lines (Ollama's own, or any other body),
+ * with the shared splitters of src/hosts/streams: one UTF-8 stream, lines and events whole across chunks.
  */
 export class TokenTap {
-  private carry = '';
-  private readonly decoder = new TextDecoder();
+  private readonly splitter: StreamSplitter | undefined;
+  /** Set once the event buffer overflowed: the rest of the stream is not read. */
+  private overflowed = false;
   private body: Buffer[] = [];
   private bodyBytes = 0;
   private usage: number | undefined;
@@ -281,31 +287,40 @@ export class TokenTap {
   /** The stream carried an error object. */
   streamError = false;
 
-  constructor(private readonly streaming: boolean) {}
+  constructor(
+    private readonly streaming: boolean,
+    framing: 'sse' | 'ndjson' = 'sse',
+  ) {
+    if (!streaming) return;
+    this.splitter =
+      framing === 'sse'
+        ? new SseSplitter((e) => this.data(e.data), { maxBufferSize: MAX_LINE })
+        : new LineSplitter((line) => this.data(line), { maxLineLength: MAX_LINE });
+  }
 
   push(chunk: Buffer): void {
-    if (!this.streaming) {
+    if (!this.splitter) {
       if (this.bodyBytes + chunk.length <= MAX_BODY) this.body.push(chunk);
       this.bodyBytes += chunk.length;
       return;
     }
-    const text = this.carry + this.decoder.decode(chunk, { stream: true });
-    const lines = text.split('\n');
-    const rest = lines.pop() ?? '';
-    this.carry = rest.length > MAX_LINE ? '' : rest;
-    for (const line of lines) this.line(line);
+    if (this.overflowed) return;
+    try {
+      this.splitter.push(chunk);
+    } catch {
+      // Only an overflowing event buffer throws here; the tap never disturbs the stream it reads.
+      this.overflowed = true;
+    }
   }
 
   end(): void {
-    if (!this.streaming) {
+    if (!this.splitter) {
       if (this.bodyBytes > MAX_BODY) return;
       this.object(parseObject(Buffer.concat(this.body).toString('utf8')), false);
       this.body = [];
       return;
     }
-    this.carry += this.decoder.decode();
-    if (this.carry) this.line(this.carry);
-    this.carry = '';
+    if (!this.overflowed) this.splitter.end();
   }
 
   /** Engine-reported output tokens, else streamed content chunks; undefined when neither was seen. */
@@ -315,11 +330,10 @@ export class TokenTap {
     return this.streaming && this.chunks > 0 ? this.chunks : undefined;
   }
 
-  private line(raw: string): void {
-    const line = raw.trim();
-    if (line === '' || line.startsWith(':') || line.startsWith('event:')) return;
-    const json = line.startsWith('data:') ? line.slice(5).trim() : line;
-    if (json === '[DONE]') return;
+  /** One NDJSON line or one event's data. */
+  private data(raw: string): void {
+    const json = raw.trim();
+    if (json === '' || json === '[DONE]') return;
     this.object(parseObject(json), true);
   }
 

@@ -41,6 +41,11 @@ export interface SyncOptions {
   dryRun?: boolean;
   /** Extra workflow input fields (tests pass short timings). */
   inputOverrides?: Partial<RunBackupInput>;
+  /**
+   * Longest one scheduled run may take (its workflowExecutionTimeout, default 1d). A run is one attempt; the next
+   * scheduled one is the retry (and pauseOnFailure can stop the series).
+   */
+  executionTimeout?: string;
 }
 
 /** runBackup's input for a plan: the plan without its schedule, and the node's VM for vm-config plans. */
@@ -50,7 +55,11 @@ export function backupInputFor(config: Config, plan: BackupPlanConfig): RunBacku
   return { plan: rest, ...(plan.what === 'vm-config' && vm ? { vm } : {}) };
 }
 
-/** The schedule gpuops wants for a plan, with the hash of its definition. */
+/**
+ * The schedule gpuops wants for a plan, with its hash. The hash is taken over the very options create and update
+ * send (everything but the hash itself), so a change to any of them — spec, policies, the action's input, summary,
+ * timeouts, memo — reaches an existing schedule, with nothing to keep in step by hand.
+ */
 export function desiredSchedule(
   config: Config,
   plan: BackupPlanConfig,
@@ -61,49 +70,35 @@ export function desiredSchedule(
 } {
   const s = plan.schedule;
   const input: RunBackupInput = { ...backupInputFor(config, plan), ...opts.inputOverrides };
-  const taskQueue = opts.taskQueue ?? CONTROL_TASK_QUEUE;
-  const definition = {
+  const scheduleId = workflowIds.backupSchedule(plan.id);
+  const options = {
+    scheduleId,
     spec: {
       ...(s.cron ? { cronExpressions: [s.cron] } : {}),
       ...(s.every ? { intervals: [{ every: s.every }] } : {}),
       timezone: s.timezone,
       ...(s.jitter ? { jitter: s.jitter } : {}),
     },
-    policies: { overlap: 'SKIP', catchupWindow: s.catchupWindow, pauseOnFailure: s.pauseOnFailure },
     action: {
+      type: 'startWorkflow' as const,
       workflowType: runBackupWorkflow.workflowType,
-      taskQueue,
-      workflowId: workflowIds.backupSchedule(plan.id),
+      taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
+      // Temporal appends the scheduled time: runs are backup:<plan>-<time>.
+      workflowId: scheduleId,
       args: [input],
+      staticSummary: `Backup ${plan.id} (${plan.what}) of node ${plan.node}`,
+      workflowExecutionTimeout: opts.executionTimeout ?? '1d',
     },
-  };
-  const hash = createHash('sha256').update(JSON.stringify(definition)).digest('hex').slice(0, 16);
-  return {
-    hash,
-    options: {
-      scheduleId: workflowIds.backupSchedule(plan.id),
-      spec: definition.spec,
-      action: {
-        type: 'startWorkflow',
-        workflowType: runBackupWorkflow.workflowType,
-        taskQueue,
-        // Temporal appends the scheduled time: runs are backup:<plan>-<time>.
-        workflowId: workflowIds.backupSchedule(plan.id),
-        args: [input],
-        memo: { [HASH_MEMO]: hash },
-        staticSummary: `Backup ${plan.id} (${plan.what}) of node ${plan.node}`,
-        // A run is one attempt; the next scheduled one is the retry (and pauseOnFailure can stop the series).
-        workflowExecutionTimeout: '1d',
-      },
-      policies: {
-        // Never two runs of a plan at once: a run still going when the next is due makes that one skip.
-        overlap: ScheduleOverlapPolicy.SKIP,
-        catchupWindow: s.catchupWindow,
-        pauseOnFailure: s.pauseOnFailure,
-      },
-      memo: { gpuopsPlan: plan.id },
+    policies: {
+      // Never two runs of a plan at once: a run still going when the next is due makes that one skip.
+      overlap: ScheduleOverlapPolicy.SKIP,
+      catchupWindow: s.catchupWindow,
+      pauseOnFailure: s.pauseOnFailure,
     },
-  };
+    memo: { gpuopsPlan: plan.id },
+  } satisfies ScheduleOptions<ScheduleOptionsStartWorkflowAction<(i: RunBackupInput) => Promise<unknown>>>;
+  const hash = createHash('sha256').update(JSON.stringify(options)).digest('hex').slice(0, 16);
+  return { hash, options: { ...options, action: { ...options.action, memo: { [HASH_MEMO]: hash } } } };
 }
 
 /** Make the backup schedules match the config. Idempotent; never touches a schedule outside `idPrefix`. */
@@ -138,6 +133,8 @@ export async function syncSchedules(client: Client, config: Config, opts: SyncOp
       continue;
     }
     if (!opts.dryRun) {
+      // Everything create sent but the schedule's own memo, which Temporal sets at creation only (it holds the plan
+      // id, which the schedule id holds too, so it cannot differ).
       await handle.update((prev) => ({
         ...prev,
         spec: options.spec,

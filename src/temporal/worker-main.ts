@@ -3,31 +3,65 @@
  * SIGINT/SIGTERM (the SDK's Runtime drains in-flight activities before run() resolves), and exit codes.
  */
 import { DefaultLogger, Runtime, type LogLevel, type NativeConnection, type Worker } from '@temporalio/worker';
+import { parseArgs } from 'node:util';
 import { loadConfig, type LoadedConfig } from '../config/load';
 import { ValidationError } from '../domain/validation';
 import type { Client } from '@temporalio/client';
 import { connectClient, connectWorker, resolveTargetOrDev } from './connection';
 
-export interface WorkerContext {
+export interface WorkerContext<F extends WorkerFlags = WorkerFlags> {
   loaded: LoadedConfig;
   connection: NativeConnection;
   namespace: string;
-  args: Map<string, string>;
+  /** The worker's flags as given (each one it declares, when given). */
+  flags: { [K in keyof F]?: string };
   /** A Temporal client on its own connection (closed with the worker), for activities that query Temporal. */
   client(): Promise<Client>;
 }
 
-/** `--name value` / `--name=value` pairs; the worker CLIs are tiny, so no parser library. */
-export function parseFlags(argv: readonly string[]): Map<string, string> {
-  const out = new Map<string, string>();
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i] ?? '';
-    if (!a.startsWith('--')) continue;
-    const eq = a.indexOf('=');
-    if (eq > 0) out.set(a.slice(2, eq), a.slice(eq + 1));
-    else out.set(a.slice(2), argv[i + 1] ?? '');
+/** The flags a worker takes: each a `--name <value>` string, with the placeholder its usage shows. */
+export type WorkerFlags = Record<string, { value: string }>;
+
+/**
+ * A worker's flags, by node:util parseArgs: `--name value` or `--name=value`, each declared in `flags`. Anything
+ * else (an unknown or misspelt flag, a flag without its value, a stray argument) is a ValidationError naming it.
+ */
+export function parseWorkerFlags<F extends WorkerFlags>(
+  argv: readonly string[],
+  flags: F,
+): { [K in keyof F]?: string } {
+  const usage =
+    Object.entries(flags)
+      .map(([name, f]) => `--${name} <${f.value}>`)
+      .join(' ') || 'no flags';
+  // Non-strict, with tokens: every problem is found and named here, instead of parseArgs stopping at the first.
+  const { values, tokens } = parseArgs({
+    args: [...argv],
+    options: Object.fromEntries(Object.keys(flags).map((name) => [name, { type: 'string' as const }])),
+    strict: false,
+    allowPositionals: true,
+    tokens: true,
+  });
+  const problems: string[] = [];
+  /** The argument after an unknown flag: its value, most likely, and no second problem. */
+  let valueOfUnknown = -1;
+  for (const t of tokens) {
+    if (t.kind === 'option-terminator') continue;
+    if (t.kind === 'positional') {
+      if (t.index !== valueOfUnknown) problems.push(`"${t.value}": unexpected argument (this worker takes ${usage})`);
+    } else if (!Object.hasOwn(flags, t.name)) {
+      problems.push(`${t.rawName}: unknown flag (this worker takes ${usage})`);
+      if (t.inlineValue === undefined) valueOfUnknown = t.index + 1;
+    } else if (t.value === undefined || t.value === '') {
+      problems.push(`${t.rawName}: needs a value (${t.rawName} <${flags[t.name]?.value}>)`);
+    } else if (!t.inlineValue && t.value.startsWith('-')) {
+      problems.push(
+        `${t.rawName}: needs a value, got the flag-like "${t.value}" (write ${t.rawName}=${t.value} if it is one)`,
+      );
+    }
   }
-  return out;
+  if (problems.length > 0) throw new ValidationError('arguments', problems);
+  return values as { [K in keyof F]?: string };
 }
 
 /**
@@ -40,9 +74,15 @@ export function installRuntimeLogger(env: NodeJS.ProcessEnv = process.env): void
   Runtime.install({ logger: new DefaultLogger(level) });
 }
 
-export function runWorkerMain(name: string, build: (ctx: WorkerContext) => Promise<Worker>): void {
+export function runWorkerMain<F extends WorkerFlags>(
+  name: string,
+  flagSpec: F,
+  build: (ctx: WorkerContext<F>) => Promise<Worker>,
+): void {
   installRuntimeLogger();
   const run = async (): Promise<number> => {
+    // Flags first: a mistyped one fails at once, before the config is read or Temporal is dialled.
+    const flags = parseWorkerFlags(process.argv.slice(2), flagSpec);
     const loaded = loadConfig(process.env.GPUOPS_CONFIG);
     const target = resolveTargetOrDev(loaded.config);
     const connection = await connectWorker(target);
@@ -52,7 +92,7 @@ export function runWorkerMain(name: string, build: (ctx: WorkerContext) => Promi
         loaded,
         connection,
         namespace: target.namespace,
-        args: parseFlags(process.argv.slice(2)),
+        flags,
         client: async () => (client ??= await connectClient(target)),
       });
       console.log(

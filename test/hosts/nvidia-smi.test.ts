@@ -7,6 +7,7 @@ import {
   parseQueryGpuOutput,
   parseSmiXml,
   QUERY_GPU_FIELDS,
+  SmiXmlError,
 } from '../../src/hosts/nvidia-smi';
 import { fakeTool, fixture } from './fakes';
 
@@ -162,6 +163,14 @@ describe('parseSmiXml', () => {
       },
     ]);
     expect(s.xml).toContain('<nvidia_smi_log>');
+  });
+
+  it('refuses a truncated document instead of reading half of it (a backup must not keep it)', () => {
+    const xml = fixture('nvidia-smi/q-x-a4000.xml');
+    const truncated = xml.slice(0, xml.indexOf('<max_clocks>'));
+    expect(() => parseSmiXml(truncated)).toThrow(SmiXmlError);
+    expect(() => parseSmiXml(truncated)).toThrow(/^nvidia-smi -q -x printed no valid XML: line \d+: /);
+    expect(() => parseSmiXml('No devices were found\n')).toThrow(SmiXmlError);
   });
 
   it('reads the older <power_readings> layout', () => {

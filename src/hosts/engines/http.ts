@@ -1,6 +1,6 @@
 /**
- * HTTP plumbing shared by the engine clients: JSON calls with a hard timeout, NDJSON and SSE stream readers, and an
- * API key read from its file at call time (never cached in an error, never logged).
+ * HTTP plumbing shared by the engine clients: JSON calls with a hard timeout, the NDJSON and SSE stream readers (from
+ * ../streams), and an API key read from its file at call time (never cached in an error, never logged).
  */
 import { readFile } from 'node:fs/promises';
 
@@ -123,43 +123,5 @@ export class HttpEngineClient {
   }
 }
 
-/** Calls `onLine` with each parsed line of a newline-delimited JSON body, as bytes arrive. */
-export async function readNdjson(res: Response, onLine: (value: unknown) => void): Promise<void> {
-  await readLines(res, (line) => {
-    if (line.trim() !== '') onLine(JSON.parse(line));
-  });
-}
-
-/** Calls `onData` with the payload of each `data:` line of a server-sent-events body ("[DONE]" ends it). */
-export async function readSse(res: Response, onData: (value: unknown) => void): Promise<void> {
-  await readLines(res, (line) => {
-    const m = /^data:\s?(.*)$/.exec(line);
-    if (!m?.[1] || m[1] === '[DONE]') return;
-    onData(JSON.parse(m[1]));
-  });
-}
-
-async function readLines(res: Response, onLine: (line: string) => void): Promise<void> {
-  if (!res.body) return;
-  const decoder = new TextDecoder();
-  let buffered = '';
-  const reader = res.body.getReader();
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      buffered += decoder.decode(value, { stream: true });
-      let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        onLine(buffered.slice(0, nl).replace(/\r$/, ''));
-        buffered = buffered.slice(nl + 1);
-      }
-    }
-    buffered += decoder.decode();
-    if (buffered !== '') onLine(buffered);
-  } catch (err) {
-    // Stop the transfer when a line handler rejects the stream (an {"error"} line), instead of leaving it open.
-    await reader.cancel().catch(() => undefined);
-    throw err;
-  }
-}
+/** The NDJSON and SSE body readers live with the other stream framing; engine clients use them from here. */
+export { readNdjson, readSse } from '../streams';
