@@ -5,6 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Config } from '../src/config/schema';
+import { applyRouteOp, sameRoute, type RouteOp } from '../src/domain/route-ops';
 import type { AliasRoute } from '../src/router/routes';
 import type { AliasStats } from '../src/router/stats';
 
@@ -71,9 +72,13 @@ export function createRouterActivities({ config, resolvePath = (p) => p, timeout
     });
     const text = await res.text();
     if (res.ok) return JSON.parse(text) as T;
-    const type = { 409: 'RouteConflict', 400: 'InvalidRoutes', 404: 'UnknownAlias', 401: 'RouterUnauthorized' }[
-      res.status
-    ];
+    const type = {
+      409: 'RouteConflict',
+      412: 'RouteConflict',
+      400: 'InvalidRoutes',
+      404: 'UnknownAlias',
+      401: 'RouterUnauthorized',
+    }[res.status];
     const message = `router ${method} /admin${p}: HTTP ${res.status}: ${text.slice(0, 500)}`;
     if (type) throw ApplicationFailure.nonRetryable(message, type);
     throw new Error(message);
@@ -109,6 +114,33 @@ export function createRouterActivities({ config, resolvePath = (p) => p, timeout
         ifMatch: input.ifMatch,
         actor: input.actor,
       });
+    },
+
+    /**
+     * Apply one route operation (src/domain/route-ops) to an alias: read the table, apply `op`, PUT it back with
+     * If-Match. Idempotent: an operation already applied writes nothing. A concurrent change between the read and
+     * the write (the router answers 409; 412 too, as HTTP has it) fails *retryably* as RouteConflict, so the
+     * activity's retry policy reads again and applies `op` to the new table; nobody else's change is overwritten.
+     */
+    async changeRoute(input: { alias: string; op: RouteOp; actor: string }): Promise<RouteChange> {
+      const doc = await admin<RoutesDocument>('GET', '/routes');
+      const route = doc.routes[input.alias];
+      if (!route) throw ApplicationFailure.nonRetryable(`alias ${input.alias} is not in the router`, 'UnknownAlias');
+      const next = applyRouteOp(route, input.op);
+      if (next === null || sameRoute(next, route)) return { changed: false, version: doc.version };
+      try {
+        const put = await admin<RoutesDocument>('PUT', '/routes', {
+          body: { routes: { ...doc.routes, [input.alias]: next }, drained: doc.drained },
+          ifMatch: doc.etag,
+          actor: input.actor,
+        });
+        return { changed: true, version: put.version };
+      } catch (err) {
+        if (err instanceof ApplicationFailure && err.type === 'RouteConflict') {
+          throw ApplicationFailure.retryable(err.message, 'RouteConflict');
+        }
+        throw err;
+      }
     },
 
     /** Atomically set the named variants' weights of one alias (idempotent). */
@@ -186,4 +218,10 @@ export interface RoutesDocument {
   updatedAt: string;
   routes: Record<string, AliasRoute>;
   drained: string[];
+}
+
+/** What changeRoute did: whether it wrote the table, and the table's version after it. */
+export interface RouteChange {
+  changed: boolean;
+  version: number;
 }

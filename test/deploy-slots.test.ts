@@ -8,6 +8,7 @@ import type { deployModel } from '../workflows/deploy';
 import {
   controlWorker,
   openTestEnv,
+  recordHistory,
   startTestRouter,
   startTestSandbox,
   uniqueId,
@@ -93,6 +94,7 @@ async function deploy(alias: string, model: string): Promise<DeploymentStatus> {
 test('vLLM: a good version loads in the canary slot, passes the canary and is promoted; the old half goes to standby', async () => {
   const alias = newAlias();
   const record = await deploy(alias, GOOD);
+  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-route-ops-slot-promoted');
   expect(record.outcome).toBe('promoted');
   expect(record.canary).toEqual({ engine: 'vllm-green', url: url('vllm-green'), model: GOOD });
   expect(record.digest).toBe(COMMIT);

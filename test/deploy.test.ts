@@ -153,7 +153,7 @@ test('a good version (pinned digest) goes pre-flight → pull → validate → l
   const record = await withWorkers(async () =>
     (await start(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy: fastPolicy })).result(),
   );
-  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-promoted');
+  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-route-ops-promoted');
   expect(record.outcome).toBe('promoted');
   expect(record.digest).toBe(digest);
   expect(record.riskTier).toBe('low');
@@ -275,7 +275,7 @@ test('a bad version let through to canary breaches the error-rate delta mid-step
     expect(after.riskTier).toBe('medium');
     return h.result();
   }).finally(() => clearInterval(watch));
-  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-breach-rollback');
+  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-route-ops-breach-rollback');
   expect(record.outcome).toBe('rolled-back');
   expect(record.approvedBy).toBe('alice');
   expect(record.analyses).toHaveLength(1);
@@ -366,7 +366,7 @@ test('a CI job promotes a passed canary with `gpuops promote`; `gpuops rollback`
     expect(rb.code).toBe(0);
     return h.result();
   });
-  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-ci-promote-then-rollback');
+  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-route-ops-ci-promote-then-rollback');
   expect(record.outcome).toBe('rolled-back');
   expect(record.promotedBy).toBe('ci-pipeline-42');
   expect(record.rollback).toEqual({ by: 'oncall', reason: 'rollback requested: user complaints' });
@@ -383,6 +383,61 @@ test('a CI job promotes a passed canary with `gpuops promote`; `gpuops rollback`
   const late = await cli(['rollback', alias, '--node', s.nodeId, '--by', 'oncall', '--reason', 'again']);
   expect(late.code).toBe(1);
 }, 90_000);
+
+test("someone changing the route between a route change's read and its write is kept: the If-Match conflict is retried by the activity's retry policy and the deployment still ends right", async () => {
+  const alias = newAlias();
+  const digest = defaultLibrary()['qwen2.5:0.5b-good']?.digest ?? '';
+  // Before every other PUT of the route table, an operator changes this alias's route: the PUT's If-Match is stale.
+  const realFetch = globalThis.fetch;
+  let puts = 0;
+  let changes = 0;
+  globalThis.fetch = (async (url: string | URL | Request, init?: RequestInit) => {
+    if (init?.method === 'PUT' && String(url).endsWith('/admin/routes') && puts++ % 2 === 0) {
+      const cur = router.table.current;
+      const route = cur.routes[alias];
+      if (route) {
+        router.table.replace({
+          routes: { ...cur.routes, [alias]: { ...route, stickyHeader: `x-session-${++changes}` } },
+          drained: cur.drained,
+        });
+      }
+    }
+    return realFetch(url, init);
+  }) as typeof fetch;
+  // Judged on errors only: this is about the routes, and latency ratios swing on a loaded box.
+  const policy = { ...fastPolicy, maxTtftP95Ratio: 1000, minTokensPerSecondRatio: 0.001 };
+  const record = await withWorkers(async () =>
+    (await start(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy })).result(),
+  ).finally(() => {
+    globalThis.fetch = realFetch;
+  });
+  const id = workflowIds.deploy(s.nodeId, alias);
+  recordHistory(env, id, 'deploy-model-route-ops-concurrent-route-change');
+  expect([record.outcome, record.rollback]).toEqual(['promoted', null]);
+  // Each of the three route changes (canary in, promote, previous out) met one conflict and was written on a re-read.
+  expect(changes).toBe(3);
+  expect(puts).toBe(6);
+  // The operator's last change survived every write of the deployment.
+  expect(router.table.current.routes[alias]).toEqual({
+    stickyHeader: 'x-session-3',
+    variants: [expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-good', weight: 100 })],
+  });
+  // Retried by the activity's retry policy, not by a loop in the workflow: one changeRoute per operation, attempt 2.
+  const events = (await env.client.workflow.getHandle(id).fetchHistory()).events ?? [];
+  const typeOf = new Map(
+    events.flatMap((e) => {
+      const name = e.activityTaskScheduledEventAttributes?.activityType?.name;
+      return name ? [[String(e.eventId), name] as const] : [];
+    }),
+  );
+  expect([...typeOf.values()].filter((n) => n === 'changeRoute')).toHaveLength(3);
+  expect([...typeOf.values()]).not.toContain('putRoutes');
+  const changeRouteAttempts = events.flatMap((e) => {
+    const started = e.activityTaskStartedEventAttributes;
+    return started && typeOf.get(String(started.scheduledEventId)) === 'changeRoute' ? [started.attempt] : [];
+  });
+  expect(changeRouteAttempts).toEqual([2, 2, 2]);
+}, 60_000);
 
 test('pre-flight refuses a model that would push GPU memory over the 90% cap, and a pull the model stores have no room for', async () => {
   const store = SandboxStore.forNode(s.loaded.config.sandbox.stateDir, s.nodeId);
@@ -455,7 +510,7 @@ test('cancelling a deployment mid-canary runs the rollback saga anyway and ends 
     );
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect((await h.describe()).status.name).toBe('CANCELLED');
-    recordHistory(env, h.workflowId, 'deploy-model-cancelled');
+    recordHistory(env, h.workflowId, 'deploy-model-route-ops-cancelled');
     const st = await h.query(getDeploymentStatusQuery);
     expect(st.outcome).toBe('cancelled');
     expect(st.undo.map((u) => [u.step, u.ok])).toEqual([

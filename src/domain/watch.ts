@@ -1,0 +1,81 @@
+/**
+ * watchNode's pure decisions: maintenance windows (open, clear, expire, what they cover) and which problems count
+ * towards starting a recovery. Workflow-safe.
+ */
+import type { Problem } from './classify';
+import { parseDuration } from './durations';
+
+/** A maintenance window as watchNode keeps it (the contract's MaintenanceWindow). */
+export interface Window {
+  reason: string;
+  /** Only this engine (its name); null: the whole node. */
+  engine: string | null;
+  by: string | null;
+  since: string;
+  until: string;
+}
+
+/** A checked `maintenance` Update (the contract's MaintenanceInput, parsed). */
+export interface MaintenanceRequest {
+  reason: string;
+  duration?: string | undefined;
+  until?: string | undefined;
+  engine?: string | undefined;
+  by?: string | undefined;
+  clear: boolean;
+}
+
+/** The windows in force at `at`; expired ones drop out. */
+export function activeWindows<W extends Window>(windows: readonly W[], at: number): W[] {
+  return windows.filter((w) => Date.parse(w.until) > at);
+}
+
+/** Why a request names an engine the node does not have, or null when it names none or a known one. */
+export function unknownEngine(req: MaintenanceRequest, known: readonly string[]): string | null {
+  if (!req.engine || known.includes(req.engine)) return null;
+  return `invalid maintenance: engine: must be one of ${known.join(', ')} (got "${req.engine}")`;
+}
+
+/**
+ * The windows after a request at `at`: `clear` ends the windows of the engine it names (every window when it names
+ * none); otherwise a window opens until `until` or for `duration`. Expired windows drop out either way.
+ */
+export function applyMaintenance(windows: readonly Window[], req: MaintenanceRequest, at: number): Window[] {
+  if (req.clear) {
+    return activeWindows(
+      windows.filter((w) => (req.engine ? w.engine !== req.engine : false)),
+      at,
+    );
+  }
+  const until = req.until ?? new Date(at + parseDuration(req.duration ?? '0s')).toISOString();
+  const opened: Window = {
+    reason: req.reason,
+    engine: req.engine ?? null,
+    by: req.by ?? null,
+    since: new Date(at).toISOString(),
+    until,
+  };
+  return activeWindows([...windows, opened], at);
+}
+
+/** A problem is covered by maintenance when a node-wide window is open, or one for the engine it concerns. */
+export function coveredByMaintenance(
+  p: Problem,
+  windows: readonly Window[],
+  engines: readonly { name: string; container: string }[],
+): boolean {
+  return windows.some((w) => {
+    if (w.engine === null) return true;
+    const e = engines.find((x) => x.name === w.engine);
+    return p.subject === w.engine || (e !== undefined && p.subject === e.container);
+  });
+}
+
+/** The problems that count towards a recovery: critical ones that no open maintenance window covers. */
+export function actionableProblems(
+  problems: readonly Problem[],
+  windows: readonly Window[],
+  engines: readonly { name: string; container: string }[],
+): Problem[] {
+  return problems.filter((p) => p.severity === 'critical' && !coveredByMaintenance(p, windows, engines));
+}

@@ -1,0 +1,80 @@
+import type { Problem } from '../../src/domain/classify';
+import {
+  actionableProblems,
+  activeWindows,
+  applyMaintenance,
+  coveredByMaintenance,
+  unknownEngine,
+  type Window,
+} from '../../src/domain/watch';
+
+const at = Date.parse('2026-01-01T12:00:00Z');
+const win = (over: Partial<Window> = {}): Window => ({
+  reason: 'driver upgrade',
+  engine: null,
+  by: null,
+  since: '2026-01-01T11:00:00.000Z',
+  until: '2026-01-01T13:00:00.000Z',
+  ...over,
+});
+const problem = (over: Partial<Problem> = {}): Problem => ({
+  kind: 'engine-hung',
+  subject: 'ollama',
+  detail: 'x',
+  rung: 'restart-container',
+  severity: 'critical',
+  ...over,
+});
+const engines = [
+  { name: 'ollama', container: 'ollama-ctr' },
+  { name: 'vllm', container: 'vllm-ctr' },
+];
+
+test('expired windows drop out', () => {
+  const old = win({ until: '2026-01-01T11:59:59.000Z' });
+  expect(activeWindows([old, win()], at)).toEqual([win()]);
+});
+
+test('a request opens a window for a duration or until a time, noting who and since when', () => {
+  expect(applyMaintenance([], { reason: 'r', duration: '30m', by: 'ci', clear: false }, at)).toEqual([
+    { reason: 'r', engine: null, by: 'ci', since: '2026-01-01T12:00:00.000Z', until: '2026-01-01T12:30:00.000Z' },
+  ]);
+  const until = '2026-01-02T00:00:00.000Z';
+  expect(applyMaintenance([win()], { reason: 'r', until, engine: 'vllm', clear: false }, at)).toEqual([
+    win(),
+    { reason: 'r', engine: 'vllm', by: null, since: '2026-01-01T12:00:00.000Z', until },
+  ]);
+});
+
+test("clear ends the named engine's windows, or every window when it names none", () => {
+  const windows = [win(), win({ engine: 'vllm' }), win({ engine: 'ollama' })];
+  expect(applyMaintenance(windows, { reason: 'done', engine: 'vllm', clear: true }, at)).toEqual([
+    win(),
+    win({ engine: 'ollama' }),
+  ]);
+  expect(applyMaintenance(windows, { reason: 'done', clear: true }, at)).toEqual([]);
+});
+
+test('a request may only name one of the node’s engines', () => {
+  expect(unknownEngine({ reason: 'r', clear: false }, ['ollama'])).toBeNull();
+  expect(unknownEngine({ reason: 'r', engine: 'ollama', clear: false }, ['ollama'])).toBeNull();
+  expect(unknownEngine({ reason: 'r', engine: 'nope', clear: false }, ['ollama', 'vllm'])).toBe(
+    'invalid maintenance: engine: must be one of ollama, vllm (got "nope")',
+  );
+});
+
+test('a node-wide window covers every problem; an engine window covers its engine and its container only', () => {
+  expect(coveredByMaintenance(problem({ subject: 'gpu0' }), [win()], engines)).toBe(true);
+  const vllm = [win({ engine: 'vllm' })];
+  expect(coveredByMaintenance(problem({ subject: 'vllm' }), vllm, engines)).toBe(true);
+  expect(coveredByMaintenance(problem({ subject: 'vllm-ctr' }), vllm, engines)).toBe(true);
+  expect(coveredByMaintenance(problem({ subject: 'ollama-ctr' }), vllm, engines)).toBe(false);
+  expect(coveredByMaintenance(problem({}), [], engines)).toBe(false);
+});
+
+test('only critical problems outside maintenance count towards a recovery', () => {
+  const warn = problem({ kind: 'disk-low', subject: '/models', severity: 'warning' });
+  const hung = problem({ subject: 'ollama' });
+  const vllm = problem({ subject: 'vllm-ctr', kind: 'container-exited' });
+  expect(actionableProblems([warn, hung, vllm], [win({ engine: 'vllm' })], engines)).toEqual([hung]);
+});

@@ -1,0 +1,26 @@
+/**
+ * Undo and clean-up steps on engines that other routes may share: never stop an engine or unload a model that a
+ * route (read from the router at the time) still uses, e.g. after an earlier undo step failed.
+ */
+import { namesModel, sendsTrafficTo } from '../../../src/domain/route-ops';
+import type { Deployment } from '../deployment';
+import type { Engine } from './plan';
+
+/** Put a blue/green half in standby unless a route still sends it traffic. */
+export async function standbyUnlessRouted(dep: Deployment, engine: Engine): Promise<string> {
+  if (await dep.routed(sendsTrafficTo(engine.url))) return `kept: a route still sends traffic to ${engine.name}`;
+  await dep.acts.node.standbyEngine({ engine: engine.name });
+  return 'standby';
+}
+
+/** Unload a model from an engine unless a route still names it there; `kept` says why it stayed. */
+export async function unloadUnlessRouted(
+  dep: Deployment,
+  engine: Engine,
+  model: string,
+  kept: string,
+): Promise<string> {
+  if (await dep.routed(namesModel(engine.url, model))) return kept;
+  await dep.acts.node.unloadModel({ engine: engine.name, model });
+  return 'unloaded';
+}

@@ -1,0 +1,183 @@
+/**
+ * watchNode: probes a node forever (continue-as-new keeps its history bounded) and starts `recoverNode` when a fault
+ * persists outside maintenance. A small state class owns the watcher's status; the handlers and the loop call it.
+ */
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import {
+  ApplicationFailure,
+  ParentClosePolicy,
+  allHandlersFinished,
+  condition,
+  continueAsNew,
+  patched,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  sleep,
+  startChild,
+  upsertSearchAttributes,
+} from '@temporalio/workflow';
+import type { z } from 'zod';
+import type { NodeFacts } from '../../activities/recovery';
+import { restartLoopProblems, type HealthReport, type Problem } from '../../src/domain/classify';
+import { parseDuration } from '../../src/domain/durations';
+import { actionableProblems, activeWindows, applyMaintenance, unknownEngine } from '../../src/domain/watch';
+import { parseInput } from '../../src/domain/validation';
+import {
+  MaintenanceInput,
+  SEARCH_ATTRIBUTES,
+  WatchNodeInput,
+  getWatchStatusQuery,
+  setMaintenanceUpdate,
+  workflowIds,
+  type MaintenanceWindow,
+  type SetMaintenanceInput,
+  type WatchStatus,
+} from '../../src/contracts';
+import { probeNode, type ProbeOptions } from '../probe';
+import { watchFacts, type ControlActivities } from './activities';
+import { recoverNode } from './recover-node';
+
+type WatchInput = z.output<typeof WatchNodeInput>;
+
+/** The watcher's state: its status (the Query's answer), the node's facts, and restart counts between probes. */
+class NodeWatch {
+  readonly status: WatchStatus;
+  facts: NodeFacts | null = null;
+  private restartCounts: Record<string, number> = {};
+
+  constructor(private readonly input: WatchInput) {
+    this.status = {
+      node: input.node,
+      probes: 0,
+      consecutiveFailures: input.state?.consecutiveFailures ?? 0,
+      lastReport: null,
+      maintenance: activeWindows(input.state?.maintenance ?? [], Date.now()),
+      lastAction: null,
+    };
+  }
+
+  /** The status as of now (expired maintenance windows left out). */
+  snapshot(): WatchStatus {
+    return { ...this.status, maintenance: activeWindows(this.status.maintenance, Date.now()) };
+  }
+
+  /** The `maintenance` Update: open or clear a window; an engine must be one of the node's. */
+  async setMaintenance(m: SetMaintenanceInput): Promise<MaintenanceWindow[]> {
+    const req = MaintenanceInput.parse(m);
+    // The engine list comes from the node's config, fetched at start; an early update waits for it.
+    await condition(() => this.facts !== null);
+    const unknown = unknownEngine(req, this.facts?.engines.map((e) => e.name) ?? []);
+    if (unknown) throw ApplicationFailure.nonRetryable(unknown, 'ValidationError');
+    this.status.maintenance = applyMaintenance(this.status.maintenance, req, Date.now());
+    return this.status.maintenance;
+  }
+
+  probeOptions(facts: NodeFacts): ProbeOptions {
+    const probeMs = parseDuration(this.input.probeInterval);
+    return {
+      generate: this.input.generate,
+      expectedGpus: facts.gpus.length || undefined,
+      xidSince: new Date(Date.now() - Math.max(probeMs * 3, 60_000)).toISOString(),
+      pickupTimeout: this.input.pickupTimeout,
+      probeTimeout: this.input.probeTimeout,
+    };
+  }
+
+  /** Take in one probe's report; the problems that count towards a recovery (critical, outside maintenance). */
+  observe(report: HealthReport): Problem[] {
+    const s = this.status;
+    s.probes++;
+    s.maintenance = activeWindows(s.maintenance, Date.now());
+    // Added after the first release: histories recorded before it replay without the restart-loop check.
+    const loops = patched('restart-loop-detection')
+      ? restartLoopProblems(this.restartCounts, report.observation.containers)
+      : [];
+    this.restartCounts = Object.fromEntries(report.observation.containers.map((c) => [c.name, c.restartCount]));
+    const problems = [...report.problems, ...loops];
+    const actionable = actionableProblems(problems, s.maintenance, this.facts?.engines ?? []);
+    s.lastReport = {
+      at: report.observedAt,
+      healthy: report.healthy,
+      recommendedRung: report.recommendedRung,
+      problems: problems.map((p) => `${p.kind} ${p.subject}`),
+    };
+    s.consecutiveFailures = actionable.length ? s.consecutiveFailures + 1 : 0;
+    const health = report.healthy ? 'healthy' : `UNHEALTHY (${s.consecutiveFailures}/${this.input.failureThreshold})`;
+    const paused = s.maintenance.length ? ` — maintenance: ${s.maintenance.map((w) => w.reason).join('; ')}` : '';
+    setCurrentDetails(`Watching **${this.input.node}**: ${health}${paused}`);
+    return actionable;
+  }
+
+  /** Start recoverNode for persistent problems and wait for it; someone else's running recovery is joined, not doubled. */
+  async recover(actionable: Problem[]): Promise<void> {
+    const reason = actionable.map((p) => `${p.kind} (${p.subject}): ${p.detail}`).join('; ');
+    const action = { at: new Date(Date.now()).toISOString(), action: 'recover', detail: reason };
+    this.status.lastAction = action;
+    try {
+      const child = await startChild(recoverNode, {
+        workflowId: workflowIds.recover(this.input.node),
+        // The recovery must outlive this run's continue-as-new.
+        parentClosePolicy: ParentClosePolicy.ABANDON,
+        staticSummary: `Recover ${this.input.node}: ${actionable[0]?.kind ?? 'fault'} (watcher)`,
+        args: [
+          {
+            ...this.input.recovery,
+            node: this.input.node,
+            reason,
+            trigger: { source: 'watcher', detail: `${this.status.consecutiveFailures} consecutive failed probes` },
+          },
+        ],
+      });
+      const incident = await child.result();
+      action.detail = `${incident.outcome} after ${incident.rungs.map((r) => r.rung).join(' → ') || 'no action'}`;
+    } catch (err) {
+      // Someone else (Alertmanager, an operator) may already be recovering this node.
+      action.detail =
+        err instanceof WorkflowExecutionAlreadyStartedError
+          ? 'a recovery is already running'
+          : `recovery failed: ${(err as Error).message}`;
+    }
+    this.status.consecutiveFailures = 0;
+  }
+}
+
+/** The `maintenance` Update's validator: a malformed request is rejected before it reaches the history. */
+function validateMaintenance(m: SetMaintenanceInput): void {
+  const r = MaintenanceInput.safeParse(m);
+  if (!r.success) {
+    throw ApplicationFailure.nonRetryable(
+      `invalid maintenance: ${r.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')}`,
+      'ValidationError',
+    );
+  }
+}
+
+/**
+ * Watch a node: probe every interval on its pinned queue; after `failureThreshold` consecutive failed probes (and
+ * outside maintenance) start `recoverNode` and wait for it. ID `watch:<node>`. Messages: Update `maintenance`,
+ * Query `status`.
+ */
+export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
+  const input = parseInput(WatchNodeInput, rawInput, 'watchNode input');
+  upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.node, value: input.node }]);
+  const watch = new NodeWatch(input);
+  setHandler(getWatchStatusQuery, () => watch.snapshot());
+  setHandler(setMaintenanceUpdate, (m) => watch.setMaintenance(m), { validator: validateMaintenance });
+
+  // Handlers are registered before the first await so queries and updates work from the first moment.
+  const control = proxyActivities<ControlActivities>(watchFacts);
+  const facts = await control.nodeFacts({ node: input.node });
+  watch.facts = facts;
+  for (let i = 0; i < input.probesPerRun; i++) {
+    const actionable = watch.observe(await probeNode(input.node, watch.probeOptions(facts)));
+    if (watch.status.consecutiveFailures >= input.failureThreshold) await watch.recover(actionable);
+    await sleep(parseDuration(input.probeInterval));
+  }
+  // Wait for in-flight Update handlers, then start over with bounded history, carrying the state.
+  await condition(allHandlersFinished);
+  return continueAsNew<typeof watchNode>({
+    ...rawInput,
+    state: { consecutiveFailures: watch.status.consecutiveFailures, maintenance: watch.status.maintenance },
+  });
+}
