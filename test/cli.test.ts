@@ -143,8 +143,65 @@ test('`gpuops up` says what to install when TEMPORAL_CLI_PATH points nowhere, wi
   expect(r.stderr).not.toMatch(/\bat .*\.ts:\d+/);
 });
 
-test('`gpuops status` says clearly when Temporal is not reachable', async () => {
-  const r = await gpuops(['status'], { GPUOPS_CONFIG: sbx.loaded.path, TEMPORAL_ADDRESS: '127.0.0.1:1' });
+test('`gpuops status` says clearly when Temporal is not reachable; with --json as a JSON error on stderr', async () => {
+  const env = { GPUOPS_CONFIG: sbx.loaded.path, TEMPORAL_ADDRESS: '127.0.0.1:1' };
+  const r = await gpuops(['status'], env);
   expect(r.code).toBe(1);
   expect(r.stderr).toMatch(/cannot reach Temporal at 127\.0\.0\.1:1/);
+  const j = await gpuops(['status', '--json'], env);
+  expect(j.code).toBe(1);
+  expect(j.stdout).toBe('');
+  expect(JSON.parse(j.stderr)).toEqual({
+    error: expect.stringMatching(/^cannot reach Temporal at 127\.0\.0\.1:1 /) as unknown,
+    exitCode: 1,
+  });
+});
+
+test('with --json, invalid input is one JSON object on stderr naming the flag and the rule, exit 2', async () => {
+  const cfg = { GPUOPS_CONFIG: sbx.loaded.path };
+  // A value zod refuses, checked before any connection.
+  const rung = await gpuops(['--json', 'recover', sbx.nodeId, '--rung', 'reboot-everything'], cfg);
+  expect(rung.code).toBe(2);
+  expect(rung.stdout).toBe('');
+  expect(JSON.parse(rung.stderr)).toEqual({
+    error: 'invalid arguments',
+    problems: ['rung: must be one of "restart-container", "reset-gpu", "restart-vm", "escalate"'],
+    exitCode: 2,
+  });
+  // A flag commander requires: the same shape (its usage text is not printed with --json).
+  const node = await gpuops(['deploy', 'alias-x', 'qwen2.5:0.5b-good', '--json'], cfg);
+  expect(node.code).toBe(2);
+  expect(JSON.parse(node.stderr)).toEqual({
+    error: 'invalid arguments',
+    problems: ["required option '--node <id>' not specified"],
+    exitCode: 2,
+  });
+  // Without --json: commander's message and the usage, and the documented exit code for invalid input.
+  const text = await gpuops(['deploy', 'alias-x', 'qwen2.5:0.5b-good'], cfg);
+  expect(text.code).toBe(2);
+  expect(text.stderr).toMatch(/^error: required option '--node <id>' not specified\n\nUsage: gpuops deploy /);
+});
+
+test('`gpuops config validate` prints one line, or with --json one JSON document', async () => {
+  const cfg = { GPUOPS_CONFIG: sbx.loaded.path };
+  const { nodes, hypervisors, backups } = sbx.loaded.config;
+  const text = await gpuops(['config', 'validate'], cfg);
+  expect(text).toEqual({
+    code: 0,
+    stdout: `${sbx.loaded.path}: valid (${nodes.length} node(s), ${hypervisors.length} hypervisor(s), ${backups.length} backup plan(s))\n`,
+    stderr: '',
+  });
+  const json = await gpuops(['config', 'validate', '--json'], cfg);
+  expect(json.code).toBe(0);
+  expect(json.stdout).toBe(
+    `${JSON.stringify({ path: sbx.loaded.path, valid: true, nodes: nodes.map((n) => n.id) }, null, 2)}\n`,
+  );
+});
+
+test('`gpuops promote` of an alias with no deployment exits 1 naming the deployment it looked for', async () => {
+  const r = await gpuops(['promote', 'no-such-alias', '--node', sbx.nodeId, '--json'], {
+    GPUOPS_CONFIG: sbx.loaded.path,
+  });
+  expect(r.code).toBe(1);
+  expect(JSON.parse(r.stderr)).toEqual({ error: `no deployment deploy:${sbx.nodeId}:no-such-alias`, exitCode: 1 });
 });

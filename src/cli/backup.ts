@@ -3,7 +3,6 @@
  * arguments (exit 2 with the field named) and prints a table, or JSON with --json.
  */
 import type { Client } from '@temporalio/client';
-import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../config/load';
 import type { BackupPlanConfig, Config } from '../config/schema';
@@ -11,6 +10,7 @@ import { formatAge, rpoStatus, type RpoStatus } from '../domain/rpo';
 import { parseOrThrow, ValidationError } from '../domain/validation';
 import {
   CONTROL_TASK_QUEUE,
+  SEARCH_ATTRIBUTES,
   backupReportWorkflow,
   restoreBackupWorkflow,
   runBackupWorkflow,
@@ -20,8 +20,8 @@ import {
 } from '../contracts';
 import { backupInputFor, describeSync, syncSchedules, BACKUP_SCHEDULE_PREFIX } from '../temporal/schedules';
 import { executeWorkflow, workflowHandle } from '../temporal/workflows';
-import { withClient, type GlobalOptions } from './context';
-import { printJson, table } from './output';
+import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
+import { emit, table } from './output';
 
 /** One row of `gpuops backup status`. */
 export interface PlanStatus extends RpoStatus {
@@ -58,7 +58,7 @@ export interface BackupCliOptions {
 }
 
 async function lastVerify(client: Client, plan: BackupPlanConfig): Promise<PlanStatus['lastVerify']> {
-  const query = `WorkflowType = 'runBackup' AND GpuopsNode = '${plan.node}' AND ExecutionStatus != 'Running'`;
+  const query = `WorkflowType = '${runBackupWorkflow.workflowType}' AND ${SEARCH_ATTRIBUTES.node.name} = '${plan.node}' AND ExecutionStatus != 'Running'`;
   let n = 0;
   for await (const wf of client.workflow.list({ query })) {
     if (++n > 50) break;
@@ -70,7 +70,7 @@ async function lastVerify(client: Client, plan: BackupPlanConfig): Promise<PlanS
       const r = await workflowHandle(client, runBackupWorkflow, wf.workflowId, wf.runId).result();
       if (r.verify) return { at, ok: r.verify.ok };
     } else if (wf.status.name === 'FAILED') {
-      const h = await client.workflow.getHandle(wf.workflowId, wf.runId).fetchHistory();
+      const h = await workflowHandle(client, runBackupWorkflow, wf.workflowId, wf.runId).fetchHistory();
       const failed = (h.events ?? []).some((e) =>
         e.workflowExecutionFailedEventAttributes?.failure?.applicationFailureInfo?.type?.includes('BackupVerifyFailed'),
       );
@@ -181,29 +181,29 @@ export async function restorePlan(
 }
 
 /** Register `backup` and `schedules` on the gpuops command. */
-export function registerBackupCommands(program: Command, globals: () => GlobalOptions): void {
-  const json = (): boolean => globals().json ?? false;
+export function registerBackupCommands(program: Program): void {
+  const globals = (): GlobalOptions => program.opts();
   const backup = program.command('backup').description('backups: status against the RPO, run now, restore');
   backup
     .command('status')
     .description('per plan: last success and its age vs the RPO, last verify, snapshot count, repository size')
     .action(async () => {
       await withClient(globals(), async (client, loaded) => {
-        const rows = await backupStatus(client, loaded.config);
-        if (json()) printJson(rows);
-        else process.stdout.write(`${renderStatus(rows)}\n`);
+        await emit(globals(), await backupStatus(client, loaded.config), renderStatus);
       });
     });
   backup
     .command('run <plan>')
     .description('run a plan now and print its record')
-    .action(async (plan: string) => {
+    .action(async (plan) => {
       // Bad arguments exit 2 before any connection attempt.
       requirePlan(loadConfig(globals().config).config, plan);
       await withClient(globals(), async (client, loaded) => {
-        const r = await runPlanNow(client, loaded.config, plan);
-        if (json()) printJson(r);
-        else process.stdout.write(`${r.plan}: ${r.status}, snapshot ${r.snapshotId ?? '-'}, ${r.durationMs} ms\n`);
+        await emit(
+          globals(),
+          await runPlanNow(client, loaded.config, plan),
+          (r) => `${r.plan}: ${r.status}, snapshot ${r.snapshotId ?? '-'}, ${r.durationMs} ms`,
+        );
       });
     });
   backup
@@ -211,13 +211,14 @@ export function registerBackupCommands(program: Command, globals: () => GlobalOp
     .description('restore a snapshot (default latest) into --target on the plan node; refuses a non-empty target')
     .option('--target <dir>', 'directory on the node to restore into')
     .option('--force', 'restore into a non-empty target')
-    .action(async (plan: string, snapshot: string | undefined, o: { target?: string; force?: boolean }) => {
+    .action(async (plan, snapshot, o) => {
       requirePlan(loadConfig(globals().config).config, plan);
-      parseOrThrow(
-        RestoreArgs,
-        { plan, snapshot: snapshot ?? 'latest', target: o.target ?? '', force: o.force ?? false },
-        'arguments',
-      );
+      parseOptions(RestoreArgs, {
+        plan,
+        snapshot: snapshot ?? 'latest',
+        target: o.target ?? '',
+        force: o.force ?? false,
+      });
       await withClient(globals(), async (client, loaded) => {
         const r = await restorePlan(client, loaded.config, {
           plan,
@@ -225,12 +226,13 @@ export function registerBackupCommands(program: Command, globals: () => GlobalOp
           ...(o.target ? { target: o.target } : {}),
           force: o.force ?? false,
         });
-        if (json()) printJson(r);
-        else
-          process.stdout.write(
-            `restored ${r.plan} ${r.snapshotId} to ${r.target}: ${r.files} files, ${r.bytes} bytes, verified, ${r.durationMs} ms` +
-              `${r.rtoMs === null ? '' : ` (RTO ${r.rtoBreached ? 'BREACHED' : 'met'})`}\n`,
-          );
+        await emit(
+          globals(),
+          r,
+          (x) =>
+            `restored ${x.plan} ${x.snapshotId} to ${x.target}: ${x.files} files, ${x.bytes} bytes, verified, ${x.durationMs} ms` +
+            `${x.rtoMs === null ? '' : ` (RTO ${x.rtoBreached ? 'BREACHED' : 'met'})`}`,
+        );
       });
     });
 
@@ -239,11 +241,10 @@ export function registerBackupCommands(program: Command, globals: () => GlobalOp
     .command('sync')
     .description('create, update and delete schedules to match gpuops.yaml (idempotent)')
     .option('--dry-run', 'show what would change')
-    .action(async (o: { dryRun?: boolean }) => {
+    .action(async (o) => {
       await withClient(globals(), async (client, loaded) => {
         const r = await syncSchedules(client, loaded.config, { dryRun: o.dryRun ?? false });
-        if (json()) printJson(r);
-        else process.stdout.write(`${o.dryRun ? '(dry run) ' : ''}${describeSync(r)}\n`);
+        await emit(globals(), r, (x) => `${o.dryRun ? '(dry run) ' : ''}${describeSync(x)}`);
       });
     });
   schedules
@@ -261,14 +262,12 @@ export function registerBackupCommands(program: Command, globals: () => GlobalOp
             recent: s.info.recentActions.at(-1)?.takenAt.toISOString() ?? null,
           });
         }
-        if (json()) printJson(rows);
-        else
-          process.stdout.write(
-            `${table(
-              ['SCHEDULE', 'STATE', 'NEXT RUN', 'LAST RUN'],
-              rows.map((r) => [r.id, r.paused ? 'paused' : 'active', r.next, r.recent]),
-            )}\n`,
-          );
+        await emit(globals(), rows, (x) =>
+          table(
+            ['SCHEDULE', 'STATE', 'NEXT RUN', 'LAST RUN'],
+            x.map((r) => [r.id, r.paused ? 'paused' : 'active', r.next, r.recent]),
+          ),
+        );
       });
     });
   for (const [name, what] of [
@@ -279,7 +278,7 @@ export function registerBackupCommands(program: Command, globals: () => GlobalOp
     schedules
       .command(`${name} <plan>`)
       .description(what)
-      .action(async (plan: string) => {
+      .action(async (plan) => {
         requirePlan(loadConfig(globals().config).config, plan);
         await withClient(globals(), async (client, loaded) => {
           const p = requirePlan(loaded.config, plan);
@@ -288,8 +287,11 @@ export function registerBackupCommands(program: Command, globals: () => GlobalOp
           else if (name === 'resume') await h.unpause('resumed with gpuops schedules resume');
           // Trigger honours the overlap policy (SKIP): no second run while one is going.
           else await h.trigger();
-          if (json()) printJson({ schedule: h.scheduleId, action: name });
-          else process.stdout.write(`${h.scheduleId}: ${name === 'trigger' ? 'triggered' : `${name}d`}\n`);
+          await emit(
+            globals(),
+            { schedule: h.scheduleId, action: name },
+            (x) => `${x.schedule}: ${name === 'trigger' ? 'triggered' : `${name}d`}`,
+          );
         });
       });
   }

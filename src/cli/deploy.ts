@@ -7,21 +7,24 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
-import type { Command } from 'commander';
 import { z } from 'zod';
-import { ValidationError, parseOrThrow } from '../domain/validation';
+import { ValidationError } from '../domain/validation';
 import {
-  CONTROL_TASK_QUEUE,
   approveDeploymentUpdate,
+  deployModelWorkflow,
   getDeploymentStatusQuery,
   promoteCanaryUpdate,
   rollbackDeploymentUpdate,
   workflowIds,
   type DeploymentStatus,
+  type WorkflowOf,
 } from '../contracts';
-import { withClient, type GlobalOptions } from './context';
-import { printJson } from './output';
-import { requireNode } from './status';
+import { startWorkflow, workflowHandle } from '../temporal/workflows';
+import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
+import { requireNode } from './nodes';
+import { emit, progress } from './output';
+
+export { runningDeployments, type DeploymentRow } from './deployments';
 
 const DeployArgs = z.strictObject({
   node: z.string().min(1, { message: 'is required (--node)' }),
@@ -51,39 +54,6 @@ function line(s: DeploymentStatus): string {
 
 const MiB = 1024 * 1024;
 
-/** A running deployment as its search attributes show it (no worker needed to answer). */
-export interface DeploymentRow {
-  workflowId: string;
-  node: string;
-  alias: string;
-  model: string;
-  stage: string;
-  canaryWeight: number | null;
-  startedAt: string;
-}
-
-/** Running deployModel workflows (of one node, or all), from visibility. */
-export async function runningDeployments(client: Client, node?: string): Promise<DeploymentRow[]> {
-  const query =
-    `WorkflowType = 'deployModel' AND ExecutionStatus = 'Running'` +
-    (node ? ` AND GpuopsNode = '${node.replace(/'/g, '')}'` : '');
-  const rows: DeploymentRow[] = [];
-  for await (const w of client.workflow.list({ query })) {
-    const sa = w.searchAttributes as Record<string, unknown[] | undefined>;
-    const first = (k: string): unknown => sa[k]?.[0];
-    rows.push({
-      workflowId: w.workflowId,
-      node: String(first('GpuopsNode') ?? ''),
-      alias: String(first('GpuopsAlias') ?? ''),
-      model: String(first('GpuopsModel') ?? ''),
-      stage: String(first('GpuopsStage') ?? 'starting'),
-      canaryWeight: typeof first('GpuopsCanaryWeight') === 'number' ? (first('GpuopsCanaryWeight') as number) : null,
-      startedAt: w.startTime.toISOString(),
-    });
-  }
-  return rows;
-}
-
 /**
  * Progress of the running pull (or canary slot load), from the heartbeat details of the pending activity — what the
  * Temporal UI shows under Pending Activities. Null when none is running.
@@ -107,8 +77,10 @@ export async function pullProgress(h: WorkflowHandle): Promise<string | null> {
   return null;
 }
 
-async function handleFor(client: Client, node: string, alias: string): Promise<WorkflowHandle> {
-  const h = client.workflow.getHandle(workflowIds.deploy(node, alias));
+type DeploymentHandle = WorkflowHandle<WorkflowOf<typeof deployModelWorkflow>>;
+
+async function handleFor(client: Client, node: string, alias: string): Promise<DeploymentHandle> {
+  const h = workflowHandle(client, deployModelWorkflow, workflowIds.deploy(node, alias));
   try {
     await h.describe();
   } catch (err) {
@@ -118,8 +90,8 @@ async function handleFor(client: Client, node: string, alias: string): Promise<W
   return h;
 }
 
-/** Print the status every second (and the pull's progress) until the deployment ends; the audit record at the end. */
-async function follow(h: WorkflowHandle, json: boolean): Promise<void> {
+/** The status line (and the pull's progress) whenever it changes, until the deployment ends; its audit record. */
+async function follow(h: DeploymentHandle, globals: GlobalOptions): Promise<DeploymentStatus> {
   let last = '';
   const done = h.result().then(
     (r) => ({ ok: true as const, r }),
@@ -129,15 +101,13 @@ async function follow(h: WorkflowHandle, json: boolean): Promise<void> {
     const r = await Promise.race([done, new Promise<null>((res) => setTimeout(() => res(null), 1000))]);
     if (r) {
       if (!r.ok) throw r.e;
-      if (json) printJson(r.r);
-      else console.log(`finished: ${JSON.stringify(r.r, null, 2)}`);
-      return;
+      return r.r;
     }
     try {
       const s = await h.query(getDeploymentStatusQuery);
-      const progress = s.stage === 'pulling' || s.stage === 'loading-canary-slot' ? await pullProgress(h) : null;
-      const l = `${line(s)}${progress ? `  ${progress}` : ''}`;
-      if (l !== last && !json) console.log(l);
+      const pull = s.stage === 'pulling' || s.stage === 'loading-canary-slot' ? await pullProgress(h) : null;
+      const l = `${line(s)}${pull ? `  ${pull}` : ''}`;
+      if (l !== last) progress(globals, l);
       last = l;
     } catch {
       // The workflow may be between tasks; the next tick asks again.
@@ -145,7 +115,44 @@ async function follow(h: WorkflowHandle, json: boolean): Promise<void> {
   }
 }
 
-export function registerDeployCommands(program: Command, globals: () => GlobalOptions): void {
+type SteerName = 'promote' | 'approve' | 'rollback';
+
+/** Send the deployment its promote, approve or rollback Update and print the status it answers with. */
+async function steer(
+  globals: GlobalOptions,
+  name: SteerName,
+  alias: string,
+  opts: z.input<typeof SteerArgs>,
+): Promise<void> {
+  const a = parseOptions(SteerArgs, opts);
+  await withClient(globals, async (client, loaded) => {
+    requireNode(loaded.config, a.node);
+    const h = await handleFor(client, a.node, alias);
+    const by = who(a.by);
+    const update = (): Promise<DeploymentStatus> =>
+      name === 'promote'
+        ? h.executeUpdate(promoteCanaryUpdate, {
+            args: [{ by, force: a.force, ...(a.reason ? { comment: a.reason } : {}) }],
+          })
+        : name === 'approve'
+          ? h.executeUpdate(approveDeploymentUpdate, { args: [{ by, ...(a.reason ? { comment: a.reason } : {}) }] })
+          : h.executeUpdate(rollbackDeploymentUpdate, { args: [{ by, reason: a.reason ?? 'rollback requested' }] });
+    let status: DeploymentStatus;
+    try {
+      status = await update();
+    } catch (err) {
+      // A refusal by the Update's validator or handler carries the workflow's reason: say it, exit 1.
+      if (err instanceof WorkflowUpdateFailedError) {
+        throw new Error(`${name} refused: ${(err.cause as Error | undefined)?.message ?? err.message}`);
+      }
+      throw err;
+    }
+    await emit(globals, status, (st) => `${name} accepted: ${line(st)}`);
+  });
+}
+
+export function registerDeployCommands(program: Program): void {
+  const globals = (): GlobalOptions => program.opts();
   program
     .command('deploy <alias> <model>')
     .description('start deployModel: pull, validate, assess risk, canary through the router, promote or roll back')
@@ -159,8 +166,8 @@ export function registerDeployCommands(program: Command, globals: () => GlobalOp
     .option('--policy <name>', 'deployment policy from gpuops.yaml (default: "default", else built-in defaults)')
     .option('--no-safety-probes', 'skip the jailbreak / PII probes (risk becomes at least medium: needs approve)')
     .option('--follow', 'print progress until the deployment ends')
-    .action(async (alias: string, model: string, opts: Record<string, unknown>) => {
-      const a = parseOrThrow(DeployArgs, opts, 'arguments');
+    .action(async (alias, model, opts) => {
+      const a = parseOptions(DeployArgs, opts);
       await withClient(globals(), async (client, loaded) => {
         requireNode(loaded.config, a.node);
         const node = loaded.config.nodes.find((n) => n.id === a.node);
@@ -178,79 +185,56 @@ export function registerDeployCommands(program: Command, globals: () => GlobalOp
           ]);
         }
         const policy = loaded.config.policies[a.policy ?? 'default'];
-        const h = await client.workflow
-          .start('deployModel', {
-            taskQueue: CONTROL_TASK_QUEUE,
-            workflowId: workflowIds.deploy(a.node, alias),
-            workflowIdConflictPolicy: 'FAIL',
-            args: [
-              {
-                node: a.node,
-                alias,
-                engine,
-                model,
-                requestedBy: who(),
-                ...(a.digest ? { expectedDigest: a.digest } : {}),
-                ...(a.revision ? { revision: a.revision } : {}),
-                ...(policy ? { policy } : {}),
-                ...(a.safetyProbes === false ? { safetyProbes: false } : {}),
-              },
-            ],
-            staticSummary: `Deploy ${model} as ${alias} on ${a.node}`,
-          })
-          .catch((err: unknown) => {
-            if (err instanceof WorkflowExecutionAlreadyStartedError) {
-              const id = workflowIds.deploy(a.node, alias);
-              throw new Error(
-                `${id} is already running: one deployment per alias at a time (see it with gpuops status, end it with gpuops rollback ${alias} --node ${a.node})`,
-              );
-            }
-            throw err;
-          });
-        if (a.follow) await follow(h, globals().json ?? false);
-        else if (globals().json) printJson({ workflowId: h.workflowId, runId: h.firstExecutionRunId });
-        else console.log(`deployment ${h.workflowId} started (follow: gpuops deploy … --follow, or the UI)`);
+        const id = workflowIds.deploy(a.node, alias);
+        const input = {
+          node: a.node,
+          alias,
+          engine,
+          model,
+          requestedBy: who(),
+          ...(a.digest ? { expectedDigest: a.digest } : {}),
+          ...(a.revision ? { revision: a.revision } : {}),
+          ...(policy ? { policy } : {}),
+          ...(a.safetyProbes === false ? { safetyProbes: false } : {}),
+        };
+        const h = await startWorkflow(client, deployModelWorkflow, input, {
+          workflowId: id,
+          workflowIdConflictPolicy: 'FAIL',
+          staticSummary: `Deploy ${model} as ${alias} on ${a.node}`,
+        }).catch((err: unknown) => {
+          if (err instanceof WorkflowExecutionAlreadyStartedError) {
+            throw new Error(
+              `${id} is already running: one deployment per alias at a time (see it with gpuops status, end it with gpuops rollback ${alias} --node ${a.node})`,
+            );
+          }
+          throw err;
+        });
+        if (a.follow) {
+          await emit(globals(), await follow(h, globals()), (r) => `finished: ${JSON.stringify(r, null, 2)}`);
+        } else {
+          await emit(
+            globals(),
+            { workflowId: h.workflowId, runId: h.firstExecutionRunId },
+            (r) => `deployment ${r.workflowId} started (follow: gpuops deploy … --follow, or the UI)`,
+          );
+        }
       });
     });
 
-  const steer = (name: 'promote' | 'approve' | 'rollback', description: string): void => {
-    const cmd = program
+  const steerCommand = (name: SteerName, description: string) =>
+    program
       .command(`${name} <alias>`)
       .description(description)
       .requiredOption('--node <id>', 'node of the deployment')
       .option('--by <who>', 'who (default: CI actor or $USER)')
       .option('--reason <text>', 'why (rollback) or a comment');
-    if (name === 'promote') cmd.option('--force', 'promote even though the last analysis failed');
-    cmd.action(async (alias: string, opts: Record<string, unknown>) => {
-      const a = parseOrThrow(SteerArgs, opts, 'arguments');
-      await withClient(globals(), async (client, loaded) => {
-        requireNode(loaded.config, a.node);
-        const h = await handleFor(client, a.node, alias);
-        const by = who(a.by);
-        const update = (): Promise<DeploymentStatus> =>
-          name === 'promote'
-            ? h.executeUpdate(promoteCanaryUpdate, {
-                args: [{ by, force: a.force, ...(a.reason ? { comment: a.reason } : {}) }],
-              })
-            : name === 'approve'
-              ? h.executeUpdate(approveDeploymentUpdate, { args: [{ by, ...(a.reason ? { comment: a.reason } : {}) }] })
-              : h.executeUpdate(rollbackDeploymentUpdate, { args: [{ by, reason: a.reason ?? 'rollback requested' }] });
-        let status: DeploymentStatus;
-        try {
-          status = await update();
-        } catch (err) {
-          // A refusal by the Update's validator or handler carries the workflow's reason: say it, exit 1.
-          if (err instanceof WorkflowUpdateFailedError) {
-            throw new Error(`${name} refused: ${(err.cause as Error | undefined)?.message ?? err.message}`);
-          }
-          throw err;
-        }
-        if (globals().json) printJson(status);
-        else console.log(`${name} accepted: ${line(status)}`);
-      });
-    });
-  };
-  steer('promote', 'promote the canary to 100% (refused while the analysis is failing, unless --force)');
-  steer('approve', 'approve a medium-risk deployment that waits for a human');
-  steer('rollback', 'roll the deployment back now');
+  steerCommand('promote', 'promote the canary to 100% (refused while the analysis is failing, unless --force)')
+    .option('--force', 'promote even though the last analysis failed')
+    .action((alias, opts) => steer(globals(), 'promote', alias, opts));
+  steerCommand('approve', 'approve a medium-risk deployment that waits for a human').action((alias, opts) =>
+    steer(globals(), 'approve', alias, opts),
+  );
+  steerCommand('rollback', 'roll the deployment back now').action((alias, opts) =>
+    steer(globals(), 'rollback', alias, opts),
+  );
 }

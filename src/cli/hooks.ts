@@ -1,11 +1,10 @@
 /** `gpuops hooks`: run the Alertmanager webhook receiver until SIGINT/SIGTERM. */
-import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig } from '../config/load';
-import { ValidationError, parseOrThrow } from '../domain/validation';
+import { ValidationError } from '../domain/validation';
 import { ALERTMANAGER_PATH, startHooksServer } from '../hooks/server';
-import { withClient, type GlobalOptions } from './context';
-import { printJson } from './output';
+import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
+import { emit } from './output';
 
 const HooksArgs = z.strictObject({
   listen: z
@@ -27,13 +26,14 @@ function untilSignal(): Promise<NodeJS.Signals> {
   });
 }
 
-export function registerHooksCommand(program: Command, globals: () => GlobalOptions): void {
+export function registerHooksCommand(program: Program): void {
+  const globals = (): GlobalOptions => program.opts();
   program
     .command('hooks')
     .description(`run the Alertmanager webhook receiver (POST ${ALERTMANAGER_PATH}) that starts recoverNode runs`)
     .option('--listen <host:port>', 'listen address (default: hooks.listen, 127.0.0.1:9095)')
-    .action(async (opts: { listen?: string }) => {
-      const args = parseOrThrow(HooksArgs, opts, 'arguments');
+    .action(async (opts) => {
+      const args = parseOptions(HooksArgs, opts);
       // Checked before connecting to Temporal: a receiver without its section has no credentials to demand.
       const checked = loadConfig(globals().config);
       if (!checked.config.hooks)
@@ -49,11 +49,11 @@ export function registerHooksCommand(program: Command, globals: () => GlobalOpti
           log: (line) => console.error(line),
         });
         const auth = [hooks?.tokenFile && 'bearer', hooks?.hmacSecretFile && 'hmac'];
-        if (globals().json) printJson({ url: server.url, path: ALERTMANAGER_PATH });
-        else
-          console.log(
-            `gpuops hooks: listening on ${server.url}${ALERTMANAGER_PATH} (auth: ${auth.filter(Boolean).join(', ')})`,
-          );
+        await emit(
+          globals(),
+          { url: server.url, path: ALERTMANAGER_PATH },
+          (r) => `gpuops hooks: listening on ${r.url}${r.path} (auth: ${auth.filter(Boolean).join(', ')})`,
+        );
         await untilSignal();
         await server.close();
       });

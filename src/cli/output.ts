@@ -1,3 +1,12 @@
+/**
+ * The one place that knows `--json`: a command hands its result to `emit` with a text rendering, streams progress
+ * through `progress`, and `main` hands any error to `reportError`. With `--json` a command's result is one JSON
+ * document on stdout and a failure one JSON object on stderr; without it, the text an operator reads.
+ */
+import { CommanderError } from '@commander-js/extra-typings';
+import { ValidationError } from '../domain/validation';
+import type { GlobalOptions } from './context';
+
 /** Plain-text tables for the terminal; `--json` output bypasses these. */
 export function table(headers: string[], rows: (string | number | boolean | null | undefined)[][]): string {
   const cells = [headers, ...rows.map((r) => r.map((c) => (c === null || c === undefined ? '-' : String(c))))];
@@ -5,6 +14,72 @@ export function table(headers: string[], rows: (string | number | boolean | null
   return cells.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n');
 }
 
-export function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+function writeJson(stream: NodeJS.WritableStream, value: unknown): void {
+  stream.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+/**
+ * Print a command's result: the value as JSON with `--json`, else `renderText(value)` and a newline. The rendering
+ * runs only for text, so it may fetch what only the text shows (`status` lists the deployments in progress).
+ */
+export async function emit<T>(
+  globals: GlobalOptions,
+  value: T,
+  renderText: (value: T) => string | Promise<string>,
+): Promise<void> {
+  if (globals.json) writeJson(process.stdout, value);
+  else process.stdout.write(`${await renderText(value)}\n`);
+}
+
+/** A progress line for the operator watching (`deploy --follow`); none with `--json`, whose stdout is the result. */
+export function progress(globals: GlobalOptions, line: string): void {
+  if (!globals.json) process.stdout.write(`${line}\n`);
+}
+
+/** What a failed command reports: its exit code, a one-line summary and, for invalid input, one line per problem. */
+interface CliError {
+  error: string;
+  problems?: string[];
+  exitCode: number;
+}
+
+/** Exit codes (README): 0 success, 1 runtime failure, 2 invalid input (config, arguments). */
+function describe(err: unknown): CliError {
+  if (err instanceof ValidationError) return { error: `invalid ${err.what}`, problems: err.problems, exitCode: 2 };
+  if (err instanceof CommanderError) {
+    // Help asked for (0) or shown because no command was given (1) keeps commander's code; every other commander
+    // error is a usage error (unknown option, missing argument or required option): invalid input.
+    if (err.code === 'commander.help' || err.code === 'commander.helpDisplayed' || err.code === 'commander.version') {
+      return { error: err.exitCode === 0 ? '' : 'a command is required (see gpuops --help)', exitCode: err.exitCode };
+    }
+    return { error: 'invalid arguments', problems: [err.message.replace(/^error: /, '')], exitCode: 2 };
+  }
+  return { error: (err as Error | undefined)?.message ?? String(err), exitCode: 1 };
+}
+
+/**
+ * Report a failed command on stderr and return its exit code. With `--json`: `{ error, problems?, exitCode }`.
+ * Without: `gpuops: <message>` (commander has printed its own usage errors already), the stack with GPUOPS_DEBUG.
+ */
+export function reportError(globals: GlobalOptions, err: unknown): number {
+  const e = describe(err);
+  if (e.exitCode === 0) return 0;
+  if (globals.json) writeJson(process.stderr, e);
+  else if (!(err instanceof CommanderError)) {
+    console.error(`gpuops: ${(err as Error | undefined)?.message ?? String(err)}`);
+    if (process.env.GPUOPS_DEBUG && !(err instanceof ValidationError)) console.error(err);
+  }
+  return e.exitCode;
+}
+
+/**
+ * Commander's stderr: with `--json` its usage error (and the help after it) would be a second, non-JSON document
+ * there, so it is dropped and `reportError` reports the error as JSON instead.
+ */
+export function commanderErrorStream(globals: () => GlobalOptions): { writeErr: (s: string) => void } {
+  return {
+    writeErr: (s) => {
+      if (!globals().json) process.stderr.write(s);
+    },
+  };
 }

@@ -1,9 +1,7 @@
 /** `gpuops recover | watch | maintenance`: start and steer the failure-recovery workflows. */
 import type { Client } from '@temporalio/client';
-import type { Command } from 'commander';
 import { z } from 'zod';
 import type { Config } from '../config/schema';
-import { parseOrThrow } from '../domain/validation';
 import {
   recoverNodeWorkflow,
   setMaintenanceUpdate,
@@ -13,9 +11,9 @@ import {
   type RecoverNodeInput,
 } from '../contracts';
 import { startWorkflow, workflowHandle } from '../temporal/workflows';
-import { withClient, type GlobalOptions } from './context';
-import { printJson, table } from './output';
-import { requireNode } from './status';
+import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
+import { requireNode } from './nodes';
+import { emit, table } from './output';
 
 const RecoverArgs = z.strictObject({
   rung: z.enum(['restart-container', 'reset-gpu', 'restart-vm', 'escalate']).optional(),
@@ -76,15 +74,16 @@ export function renderIncident(i: IncidentRecord): string {
   ].join('\n');
 }
 
-export function registerRecoveryCommands(program: Command, globals: () => GlobalOptions): void {
+export function registerRecoveryCommands(program: Program): void {
+  const globals = (): GlobalOptions => program.opts();
   program
     .command('recover <node>')
     .description('start recoverNode for a node (joins a recovery already running)')
     .option('--rung <rung>', 'start at this rung: restart-container | reset-gpu | restart-vm | escalate')
     .option('--reason <text>', 'why (kept in the incident record)')
     .option('--wait', 'wait for the incident record and print it')
-    .action(async (node: string, opts: { rung?: string; reason?: string; wait?: boolean }) => {
-      const args = parseOrThrow(RecoverArgs, opts, 'arguments');
+    .action(async (node, opts) => {
+      const args = parseOptions(RecoverArgs, opts);
       await withClient(globals(), async (client, loaded) => {
         requireNode(loaded.config, node);
         const input: RecoverNodeInput = {
@@ -100,26 +99,24 @@ export function registerRecoveryCommands(program: Command, globals: () => Global
           workflowIdConflictPolicy: 'USE_EXISTING',
           staticSummary: `Recover ${node} (gpuops recover)`,
         });
-        if (!args.wait) {
-          if (globals().json) printJson({ workflowId: h.workflowId, runId: h.firstExecutionRunId });
-          else console.log(`recovery ${h.workflowId} running (follow it in the UI, or: gpuops recover ${node} --wait)`);
-          return;
-        }
-        const incident = await h.result();
-        if (globals().json) printJson(incident);
-        else console.log(renderIncident(incident));
+        if (args.wait) await emit(globals(), await h.result(), renderIncident);
+        else
+          await emit(
+            globals(),
+            { workflowId: h.workflowId, runId: h.firstExecutionRunId },
+            (r) => `recovery ${r.workflowId} running (follow it in the UI, or: gpuops recover ${node} --wait)`,
+          );
       });
     });
 
   program
     .command('watch [node]')
     .description('start the watchNode workflow for every node (or one); running watchers are kept')
-    .action(async (node: string | undefined) => {
+    .action(async (node) => {
       await withClient(globals(), async (client, loaded) => {
         if (node) requireNode(loaded.config, node);
         const ids = await startWatchers(client, loaded.config, node ? [node] : undefined);
-        if (globals().json) printJson(ids);
-        else console.log(`watching: ${ids.join(', ')}`);
+        await emit(globals(), ids, (x) => `watching: ${x.join(', ')}`);
       });
     });
 
@@ -131,8 +128,8 @@ export function registerRecoveryCommands(program: Command, globals: () => Global
     .option('--until <time>', 'until an ISO 8601 time')
     .option('--engine <name>', 'only this engine')
     .option('--clear', 'end maintenance now')
-    .action(async (node: string, opts: Record<string, unknown>) => {
-      const a = parseOrThrow(MaintenanceArgs, opts, 'arguments');
+    .action(async (node, opts) => {
+      const a = parseOptions(MaintenanceArgs, opts);
       await withClient(globals(), async (client, loaded) => {
         requireNode(loaded.config, node);
         const windows = await workflowHandle(client, watchNodeWorkflow, workflowIds.watch(node)).executeUpdate(
@@ -150,15 +147,14 @@ export function registerRecoveryCommands(program: Command, globals: () => Global
             ],
           },
         );
-        if (globals().json) printJson(windows);
-        else if (windows.length === 0) console.log(`${node}: no maintenance`);
-        else
-          console.log(
-            table(
-              ['REASON', 'ENGINE', 'BY', 'UNTIL'],
-              windows.map((w) => [w.reason, w.engine ?? '(node)', w.by, w.until]),
-            ),
-          );
+        await emit(globals(), windows, (w) =>
+          w.length === 0
+            ? `${node}: no maintenance`
+            : table(
+                ['REASON', 'ENGINE', 'BY', 'UNTIL'],
+                w.map((x) => [x.reason, x.engine ?? '(node)', x.by, x.until]),
+              ),
+        );
       });
     });
 }

@@ -3,14 +3,13 @@
  * router.adminTokenFile) until SIGINT/SIGTERM.
  */
 import { readFileSync } from 'node:fs';
-import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig, resolveFrom } from '../config/load';
-import { parseOrThrow, ValidationError } from '../domain/validation';
+import { ValidationError } from '../domain/validation';
 import type { RouteTableInput } from '../router/routes';
 import { startRouter } from '../router/server';
-import type { GlobalOptions } from './context';
-import { printJson } from './output';
+import { parseOptions, type GlobalOptions, type Program } from './context';
+import { emit } from './output';
 
 const RouterArgs = z.strictObject({
   listen: z
@@ -23,7 +22,8 @@ const RouterArgs = z.strictObject({
 });
 
 /** Register `gpuops router` on the program. */
-export function registerRouterCommand(program: Command, globals: () => GlobalOptions): void {
+export function registerRouterCommand(program: Program): void {
+  const globals = (): GlobalOptions => program.opts();
   program
     .command('router')
     .description('run the inference router (OpenAI/Ollama endpoint, admin API, /metrics) from gpuops.yaml')
@@ -31,8 +31,8 @@ export function registerRouterCommand(program: Command, globals: () => GlobalOpt
     .option('--routes <file>', 'JSON route table to start with when router.stateFile does not exist yet')
     .option('--headers-timeout <ms>', "longest wait for an engine's first byte (default 300000)")
     .option('--body-timeout <ms>', 'longest silence inside a stream (default 60000)')
-    .action(async (raw: Record<string, unknown>) => {
-      const args = parseOrThrow(RouterArgs, raw, 'arguments');
+    .action(async (opts) => {
+      const args = parseOptions(RouterArgs, opts);
       const loaded = loadConfig(globals().config);
       const cfg = loaded.config.router;
       const [host, port] = (args.listen ?? cfg.listen).split(':') as [string, string];
@@ -58,16 +58,14 @@ export function registerRouterCommand(program: Command, globals: () => GlobalOpt
         log: (line) => console.log(`${new Date().toISOString()} ${line}`),
       });
       const snap = router.table.current;
-      if (globals().json) printJson({ url: router.url, adminUrl: router.adminUrl, routesVersion: snap.version });
-      else {
-        console.log(
-          `gpuops router listening on ${router.url} (admin ${router.adminUrl}, metrics ${router.url}/metrics)`,
-        );
-        console.log(
-          `routes version ${snap.version}: ${Object.keys(snap.routes).join(', ') || 'no aliases yet'}` +
-            (cfg.adminTokenFile ? '' : '; admin API disabled (router.adminTokenFile not set)'),
-        );
-      }
+      await emit(
+        globals(),
+        { url: router.url, adminUrl: router.adminUrl, routesVersion: snap.version },
+        (r) =>
+          `gpuops router listening on ${r.url} (admin ${r.adminUrl}, metrics ${r.url}/metrics)\n` +
+          `routes version ${r.routesVersion}: ${Object.keys(snap.routes).join(', ') || 'no aliases yet'}` +
+          (cfg.adminTokenFile ? '' : '; admin API disabled (router.adminTokenFile not set)'),
+      );
       await new Promise<void>((resolve) => {
         const stop = (): void => {
           process.off('SIGINT', stop);

@@ -1,9 +1,8 @@
 /** `gpuops sandbox fault|clear|show`: drive the simulated node that `gpuops up` runs. */
 import { existsSync } from 'node:fs';
-import type { Command } from 'commander';
 import { z } from 'zod';
 import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
-import { ValidationError, parseOrThrow } from '../domain/validation';
+import { ValidationError } from '../domain/validation';
 import {
   FAULT_DESCRIPTIONS,
   FAULT_KINDS,
@@ -14,8 +13,8 @@ import {
 } from '../sandbox/faults';
 import { REAL_FAULT_DESCRIPTIONS, RealEngines, type RealFaultKind } from '../sandbox/real-engines';
 import { SandboxStore } from '../sandbox/state';
-import type { GlobalOptions } from './context';
-import { printJson, table } from './output';
+import { parseOptions, type GlobalOptions, type Program } from './context';
+import { emit, table } from './output';
 
 const FaultArgs = z.strictObject({
   // The simulated faults, then the real-engine-only one.
@@ -53,7 +52,8 @@ function sandboxStore(loaded: LoadedConfig, node: string): SandboxStore {
   return store;
 }
 
-export function registerSandboxCommands(program: Command, globals: () => GlobalOptions): void {
+export function registerSandboxCommands(program: Program): void {
+  const globals = (): GlobalOptions => program.opts();
   const sandbox = program.command('sandbox').description('drive the simulated GPU node(s)');
   sandbox
     .command('fault <node> <kind>')
@@ -65,8 +65,8 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
       `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(15)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}` +
         `\n\nOn a real engine (engines[].real):\n${REAL_FAULTS.map((k) => `  ${k.padEnd(15)} ${REAL_FAULT_DESCRIPTIONS[k]}`).join('\n')}`,
     )
-    .action(async (node: string, kind: string, opts: { engine?: string; gpu?: string }) => {
-      const args = parseOrThrow(FaultArgs, { kind, ...opts }, 'arguments');
+    .action(async (node, kind, opts) => {
+      const args = parseOptions(FaultArgs, { kind, ...opts });
       const loaded = loadConfig(globals().config);
       // A real engine gets a real fault: frozen (docker pause / SIGSTOP) or killed (docker kill / SIGKILL).
       const real = realEnginesOf(loaded, node);
@@ -77,24 +77,27 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
           ]);
         }
         const done = await real.inject(args.kind as RealFaultKind, args.engine);
-        if (globals().json) printJson({ kind: args.kind, node, engine: args.engine ?? null, real: true, action: done });
-        else console.log(`injected ${args.kind} on ${node} (real engine): ${done}`);
+        await emit(
+          globals(),
+          { kind: args.kind, node, engine: args.engine ?? null, real: true, action: done },
+          (r) => `injected ${r.kind} on ${node} (real engine): ${r.action}`,
+        );
         return;
       }
-      if (args.kind === 'oom-kill') {
+      const simulated = args.kind;
+      if (simulated === 'oom-kill') {
         throw new ValidationError('argument', ['kind: oom-kill is a fault of a real docker engine (engines[].real)']);
       }
-      const fault = injectFault(sandboxStore(loaded, node), args.kind, {
+      const fault = injectFault(sandboxStore(loaded, node), simulated, {
         ...(args.engine ? { engine: args.engine } : {}),
         ...(args.gpu !== undefined ? { gpu: args.gpu } : {}),
       });
-      if (globals().json) printJson(fault);
-      else console.log(`injected ${args.kind} on ${node}: ${FAULT_DESCRIPTIONS[args.kind]}`);
+      await emit(globals(), fault, () => `injected ${simulated} on ${node}: ${FAULT_DESCRIPTIONS[simulated]}`);
     });
   sandbox
     .command('clear <node>')
     .description('clear every injected fault (as if an operator fixed the node by hand)')
-    .action(async (node: string) => {
+    .action(async (node) => {
       const loaded = loadConfig(globals().config);
       const real = realEnginesOf(loaded, node);
       const thawed = (await real?.clearAll()) ?? [];
@@ -104,31 +107,25 @@ export function registerSandboxCommands(program: Command, globals: () => GlobalO
         ...thawed.map((engine) => ({ kind: 'engine-hang' as const, engine, real: true })),
         ...restored.map((engine) => ({ kind: 'oom-kill' as const, engine, real: true })),
       ];
-      if (globals().json) printJson(cleared);
-      else
-        console.log(
-          cleared.length ? `cleared on ${node}: ${cleared.map((f) => f.kind).join(', ')}` : `no faults on ${node}`,
-        );
+      await emit(globals(), cleared, (c) =>
+        c.length ? `cleared on ${node}: ${c.map((f) => f.kind).join(', ')}` : `no faults on ${node}`,
+      );
     });
   sandbox
     .command('show <node>')
     .description('print the simulated node: VM, containers, GPUs, active faults')
-    .action((node: string) => {
-      const loaded = loadConfig(globals().config);
-      const store = sandboxStore(loaded, node);
-      const state = store.read();
-      if (globals().json) {
-        printJson(state);
-        return;
-      }
-      console.log(`node ${state.node}: VM ${state.vm.vmid ?? '-'} ${state.vm.status} (${state.vm.phase})`);
-      console.log(
-        table(
-          ['CONTAINER', 'STATUS', 'EXIT', 'RESTARTS'],
-          Object.values(state.containers).map((c) => [c.name, c.status, c.exitCode, c.restartCount]),
-        ),
-      );
-      const faults = listFaults(store);
-      console.log(faults.length ? `faults: ${faults.map((f) => f.kind).join(', ')}` : 'faults: none');
+    .action(async (node) => {
+      const store = sandboxStore(loadConfig(globals().config), node);
+      await emit(globals(), store.read(), (state) => {
+        const faults = listFaults(store);
+        return [
+          `node ${state.node}: VM ${state.vm.vmid ?? '-'} ${state.vm.status} (${state.vm.phase})`,
+          table(
+            ['CONTAINER', 'STATUS', 'EXIT', 'RESTARTS'],
+            Object.values(state.containers).map((c) => [c.name, c.status, c.exitCode, c.restartCount]),
+          ),
+          faults.length ? `faults: ${faults.map((f) => f.kind).join(', ')}` : 'faults: none',
+        ].join('\n');
+      });
     });
 }

@@ -4,17 +4,10 @@ import type { HealthReport } from '../domain/classify';
 import type { Config } from '../config/schema';
 import { inspectNodeWorkflow, workflowIds } from '../contracts';
 import { executeWorkflow } from '../temporal/workflows';
-import { ValidationError } from '../domain/validation';
-import { runningDeployments } from './deploy';
-import { printJson, table } from './output';
-
-export function requireNode(config: Config, node: string): void {
-  if (!config.nodes.some((n) => n.id === node)) {
-    throw new ValidationError('argument', [
-      `node: must be one of ${config.nodes.map((n) => n.id).join(', ')} (got "${node}")`,
-    ]);
-  }
-}
+import { withClient, type GlobalOptions, type Program } from './context';
+import { runningDeployments, type DeploymentRow } from './deployments';
+import { requireNode } from './nodes';
+import { emit, table } from './output';
 
 export async function inspect(client: Client, config: Config, node: string, generate = true): Promise<HealthReport> {
   const n = config.nodes.find((x) => x.id === node);
@@ -136,44 +129,64 @@ function engineSummary(r: HealthReport): string {
   return standby.size > 0 ? `${ok}, ${standby.size} standby` : ok;
 }
 
-export async function statusCommand(
+/** Run inspectNode on every node (or one) at once; their reports in config order. */
+export async function inspectNodes(
   client: Client,
   config: Config,
-  opts: { node?: string; json?: boolean; generate?: boolean },
+  opts: { node?: string; generate?: boolean },
 ): Promise<HealthReport[]> {
   if (opts.node) requireNode(config, opts.node);
   const nodes = opts.node ? [opts.node] : config.nodes.map((n) => n.id);
-  const reports = await Promise.all(nodes.map((n) => inspect(client, config, n, opts.generate ?? true)));
-  if (opts.json) printJson(reports);
-  else {
-    process.stdout.write(
-      `${table(
-        ['NODE', 'HEALTH', 'ACTION', 'ENGINES', 'GPUS', 'PROBLEMS'],
-        reports.map((r) => [
-          r.node,
-          r.healthy ? 'healthy' : 'UNHEALTHY',
-          r.recommendedRung,
-          engineSummary(r),
-          r.observation.gpuError ? 'error' : `${r.observation.gpus.filter((g) => !g.lost).length} ok`,
-          r.problems.length,
+  return Promise.all(nodes.map((n) => inspect(client, config, n, opts.generate ?? true)));
+}
+
+/** The summary table, each node's report, then the deployments in progress (when there are any). */
+export function renderStatus(reports: HealthReport[], deployments: DeploymentRow[]): string {
+  const summary = table(
+    ['NODE', 'HEALTH', 'ACTION', 'ENGINES', 'GPUS', 'PROBLEMS'],
+    reports.map((r) => [
+      r.node,
+      r.healthy ? 'healthy' : 'UNHEALTHY',
+      r.recommendedRung,
+      engineSummary(r),
+      r.observation.gpuError ? 'error' : `${r.observation.gpus.filter((g) => !g.lost).length} ok`,
+      r.problems.length,
+    ]),
+  );
+  const out = [summary, '', reports.map(renderReport).join('\n\n')];
+  if (deployments.length > 0) {
+    out.push(
+      '',
+      'Deployments in progress',
+      table(
+        ['DEPLOYMENT', 'MODEL', 'STAGE', 'CANARY', 'STARTED'],
+        deployments.map((d) => [
+          d.workflowId,
+          d.model,
+          d.stage,
+          d.canaryWeight === null ? '-' : `${d.canaryWeight}%`,
+          d.startedAt,
         ]),
-      )}\n\n${reports.map(renderReport).join('\n\n')}\n`,
+      ),
     );
-    const deployments = await runningDeployments(client, opts.node);
-    if (deployments.length > 0) {
-      process.stdout.write(
-        `\nDeployments in progress\n${table(
-          ['DEPLOYMENT', 'MODEL', 'STAGE', 'CANARY', 'STARTED'],
-          deployments.map((d) => [
-            d.workflowId,
-            d.model,
-            d.stage,
-            d.canaryWeight === null ? '-' : `${d.canaryWeight}%`,
-            d.startedAt,
-          ]),
-        )}\n`,
-      );
-    }
   }
-  return reports;
+  return out.join('\n');
+}
+
+export function registerStatusCommand(program: Program): void {
+  const globals = (): GlobalOptions => program.opts();
+  program
+    .command('status [node]')
+    .description('probe nodes (inspectNode workflow) and print their health')
+    .option('--no-generate', 'skip the test generation on each engine')
+    .action(async (node, opts) => {
+      await withClient(globals(), async (client, loaded) => {
+        const reports = await inspectNodes(client, loaded.config, {
+          generate: opts.generate,
+          ...(node ? { node } : {}),
+        });
+        // The deployments in progress are part of the text only: --json prints the reports alone.
+        await emit(globals(), reports, async (r) => renderStatus(r, await runningDeployments(client, node)));
+      });
+    });
 }

@@ -17,14 +17,15 @@ import { startDevServer } from '../temporal/dev-server';
 import { installRuntimeLogger } from '../temporal/worker-main';
 import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandbox/node';
 import { initialSandboxModel } from '../sandbox/state';
-import { REAL_NODE, REAL_REGISTRY, startRealRegistry } from '../sandbox/real-config';
+import { REAL_NODE, REAL_REGISTRY, startRealRegistry, writeRealEnginesConfig } from '../sandbox/real-config';
 import { startRouter } from '../router';
 import type { RouteTableInput } from '../router/routes';
 import { createControlWorker } from '../../workers/control';
 import { ManagedProcess, tsxCommand } from './processes';
 import { describeSync, syncSchedules } from '../temporal/schedules';
+import { ValidationError } from '../domain/validation';
 import { startWatchers } from './recovery';
-import type { GlobalOptions } from './context';
+import type { GlobalOptions, Program } from './context';
 
 export interface UpOptions extends GlobalOptions {
   /** Run node/hypervisor workers here for non-sandbox hosts too (single-box installs). */
@@ -298,4 +299,30 @@ export async function upCommand(opts: UpOptions): Promise<void> {
     await stopAll();
     log('stopped');
   }
+}
+
+export function registerUpCommand(program: Program): void {
+  const globals = (): GlobalOptions => program.opts();
+  program
+    .command('up')
+    .description('run gpuops: embedded Temporal dev server (unless TEMPORAL_ADDRESS), workers, sandbox nodes')
+    .option('--local-node-workers', 'also run node/hypervisor workers here for non-sandbox nodes (single-box setups)')
+    .option('--no-sandbox', 'do not start simulated nodes')
+    .option(
+      '--real-engines',
+      'add sandbox-3, whose llama-server and Ollama are real (built by `npm run engines`), to the sandbox config',
+    )
+    .action(async (opts) => {
+      const g = globals();
+      if (opts.realEngines && g.config) {
+        throw new ValidationError('argument', ['--real-engines: uses the sandbox config; do not combine it with -c']);
+      }
+      const config = opts.realEngines ? writeRealEnginesConfig() : g.config;
+      await upCommand({
+        ...g,
+        ...(config ? { config } : {}),
+        localNodeWorkers: opts.localNodeWorkers ?? false,
+        sandbox: opts.sandbox,
+      });
+    });
 }
