@@ -1,5 +1,6 @@
 // npm prestart / pretest hook, so that `npm start` and `npm test` are each one command on a fresh clone:
-// install npm dependencies when they are missing or stale, then make sure a Temporal CLI is available.
+// install npm dependencies when they are missing or stale, make sure a Temporal CLI is available, and build the
+// sandbox node's shims (TypeScript bundled into .gpuops/sandbox-bin/) when a source changed.
 // Plain Node with no dependencies, because it runs before node_modules exists.
 import { spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
@@ -20,4 +21,6 @@ if (!existsSync(installed) || statSync(installed).mtimeMs < statSync(lock).mtime
   console.log('gpuops: installing npm dependencies (npm install, from package-lock.json)…');
   run('npm', ['install', '--no-audit', '--no-fund']);
 }
-run(path.join(root, 'node_modules', '.bin', 'tsx'), [path.join(root, 'scripts', 'ensure-temporal.ts')]);
+const tsx = path.join(root, 'node_modules', '.bin', 'tsx');
+run(tsx, [path.join(root, 'scripts', 'ensure-temporal.ts')]);
+run(tsx, [path.join(root, 'scripts', 'build-sandbox-shims.ts')]);

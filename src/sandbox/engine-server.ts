@@ -5,10 +5,11 @@
  * closes the listener as the container starts and stops, so a stopped engine really refuses connections.
  */
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
+import type http from 'node:http';
 import type { Socket } from 'node:net';
 import path from 'node:path';
-import * as core from './bin/lib/core';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import * as core from './shims/lib/core';
 import type { EngineSim, ModelProfile, SandboxState, SandboxStore } from './state';
 import { countPromptTokens, respond, tokenize } from './text';
 
@@ -168,8 +169,28 @@ class EngineMetrics {
   readonly e2e = new Histogram(E2E_BUCKETS);
 }
 
+/** What a route handler gets: the state as the request found it, the engine, the request and its reply. */
+interface Call {
+  state: SandboxState;
+  engine: EngineSim;
+  req: FastifyRequest;
+  reply: FastifyReply;
+  /** The request body as text ('' when it had none). */
+  body: string;
+}
+
+type Handler = (c: Call) => void | Promise<void>;
+
+/** One engine type's HTTP API: its routes, what every request passes first, and its 404. */
+interface EngineApi {
+  routes: [method: 'GET' | 'HEAD' | 'POST' | 'DELETE', url: string, handler: Handler][];
+  /** Answers a request before any route does (a loading model, a missing API key); true when it answered. */
+  guard?: (c: Call) => boolean;
+  notFound: Handler;
+}
+
 export class EngineServer {
-  private server: http.Server | undefined;
+  private app: FastifyInstance | undefined;
   private readonly sockets = new Set<Socket>();
   private readonly held = new Set<http.ServerResponse>();
   private frozen = false;
@@ -186,56 +207,56 @@ export class EngineServer {
   }
 
   get listening(): boolean {
-    return this.server?.listening === true;
+    return this.app?.server.listening === true;
   }
 
   /** Bound port, once listening. */
   get port(): number | undefined {
-    const a = this.server?.address();
+    const a = this.app?.server.address();
     return a && typeof a === 'object' ? a.port : undefined;
   }
 
   /** Start listening (port 0 picks a free one). A fresh listener starts with fresh metrics, like a new process. */
   async listen(host: string, port: number): Promise<number> {
-    if (this.server) return this.port ?? port;
+    if (this.app) return this.port ?? port;
     this.metrics = new EngineMetrics();
     this.slots = freshSlots();
     this.tasks = 0;
-    const server = http.createServer((req, res) => {
-      this.handle(req, res).catch((err: unknown) => {
-        this.log(`engine ${this.opts.engine}: ${err instanceof Error ? err.message : String(err)}`);
-        if (!res.headersSent) {
-          res.writeHead(500, { 'Content-Type': 'text/plain' });
-          res.end('internal error');
-        } else {
-          res.destroy();
-        }
-      });
+    const type = this.engine(this.opts.store.read()).type;
+    const api = type === 'ollama' ? this.ollamaApi() : type === 'vllm' ? this.vllmApi() : this.llamacppApi();
+    const app = Fastify({
+      logger: false,
+      // Each engine answers HEAD only where the real one does.
+      exposeHeadRoutes: false,
+      bodyLimit: 64 * 1024 * 1024,
+      // Clients keep connections alive between probes; a closed engine must not leave them half-open.
+      keepAliveTimeout: 5_000,
+      // close() cuts every connection (below, at once); this also takes one accepted while fastify closes.
+      forceCloseConnections: true,
     });
-    server.on('connection', (s: Socket) => {
+    // Bodies are parsed by the handlers, with each engine's own error for one that is not JSON, whatever the
+    // content type says.
+    app.removeAllContentTypeParsers();
+    app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => done(null, body));
+    app.setErrorHandler((err, _req, reply) => this.internalError(reply, err));
+    for (const [method, url, handler] of api.routes) app.route({ method, url, handler: this.handler(api, handler) });
+    app.setNotFoundHandler(this.handler(api, api.notFound));
+    app.server.on('connection', (s: Socket) => {
       this.sockets.add(s);
       s.on('close', () => this.sockets.delete(s));
     });
-    // Clients keep connections alive between probes; a closed engine must not leave them half-open.
-    server.keepAliveTimeout = 5_000;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.server = server;
+    await app.listen({ host, port });
+    this.app = app;
     return this.port ?? port;
   }
 
   /** Stop listening and drop every connection (the process died): clients see a reset, new ones are refused. */
   async close(): Promise<void> {
-    const server = this.server;
-    this.server = undefined;
+    const app = this.app;
+    this.app = undefined;
     this.held.clear();
-    if (!server) return;
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    if (!app) return;
+    const closed = app.close();
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
     await closed;
@@ -254,9 +275,45 @@ export class EngineServer {
     }
   }
 
-  private hold(res: http.ServerResponse): void {
+  /** Never answer this request. */
+  private hold(reply: FastifyReply): void {
+    reply.hijack();
+    const res = reply.raw;
     this.held.add(res);
     res.on('close', () => this.held.delete(res));
+  }
+
+  /** A route's fastify handler: a frozen guest answers nothing; otherwise the state is read once for the request. */
+  private handler(api: EngineApi, handle: Handler): (req: FastifyRequest, reply: FastifyReply) => Promise<void> {
+    return async (req, reply) => {
+      if (this.frozen) return this.hold(reply);
+      const state = this.opts.store.read();
+      const call = {
+        state,
+        engine: this.engine(state),
+        req,
+        reply,
+        body: typeof req.body === 'string' ? req.body : '',
+      };
+      try {
+        if (api.guard?.(call)) return;
+        await handle(call);
+      } catch (err) {
+        // Ollama's handlers answer a request they cannot serve with its `{ error }`.
+        if (err instanceof HttpError) return sendJson(reply, err.status, { error: err.message });
+        this.internalError(reply, err);
+      }
+    };
+  }
+
+  /** A handler failed: a 500 if nothing was sent yet, else the connection is cut (a stream that broke off). */
+  private internalError(reply: FastifyReply, err: unknown): void {
+    this.log(`engine ${this.opts.engine}: ${err instanceof Error ? err.message : String(err)}`);
+    const res = reply.raw;
+    if (res.headersSent) return void res.destroy();
+    if (!reply.sent) return void reply.code(500).header('content-type', 'text/plain').send('internal error');
+    res.writeHead(500, { 'Content-Type': 'text/plain' });
+    res.end('internal error');
   }
 
   private engine(state: SandboxState): EngineSim {
@@ -274,161 +331,160 @@ export class EngineServer {
     return now < c.startedAt + state.sim.engineLoadMs * state.sim.timeScale;
   }
 
-  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    if (this.frozen) return this.hold(res);
-    const state = this.opts.store.read();
-    const engine = this.engine(state);
-    const url = new URL(req.url ?? '/', 'http://engine');
-    const method = req.method ?? 'GET';
-    const body = method === 'POST' || method === 'DELETE' ? await readBody(req) : '';
-    switch (engine.type) {
-      case 'ollama':
-        return this.ollamaRoutes(state, engine, method, url.pathname, body, res);
-      case 'vllm':
-        return this.vllmRoutes(state, engine, method, url.pathname, body, req, res);
-      default:
-        return this.llamacppRoutes(state, engine, method, url.pathname, body, req, res);
-    }
-  }
-
   // -----------------------------------------------------------------------------------------------------------
   // Ollama
 
-  private async ollamaRoutes(
-    state: SandboxState,
-    engine: EngineSim,
-    method: string,
-    p: string,
-    body: string,
-    res: http.ServerResponse,
-  ): Promise<void> {
-    const route = `${method} ${p}`;
-    try {
-      switch (route) {
-        case 'GET /':
-        case 'HEAD /':
-          res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8' });
-          return void res.end(method === 'HEAD' ? undefined : 'Ollama is running');
-        case 'GET /api/version':
-          return sendJson(res, 200, { version: this.opts.ollamaVersion ?? core.OLLAMA_VERSION });
-        case 'GET /api/tags':
-          return sendJson(res, 200, {
-            models: engine.models.flatMap((m) => {
-              const prof = state.library[m];
-              return prof
-                ? [
-                    {
-                      name: m,
-                      model: m,
-                      modified_at: ollamaTime(prof.modifiedAt),
-                      size: prof.sizeBytes,
-                      digest: prof.digest,
-                      details: details(prof),
-                    },
-                  ]
-                : [];
+  private ollamaApi(): EngineApi {
+    const root: Handler = ({ req, reply }) =>
+      void reply
+        .code(200)
+        .header('content-type', 'text/plain; charset=utf-8')
+        .send(req.method === 'HEAD' ? undefined : 'Ollama is running');
+    return {
+      routes: [
+        ['GET', '/', root],
+        ['HEAD', '/', root],
+        [
+          'GET',
+          '/api/version',
+          ({ reply }) => sendJson(reply, 200, { version: this.opts.ollamaVersion ?? core.OLLAMA_VERSION }),
+        ],
+        [
+          'GET',
+          '/api/tags',
+          ({ state, engine, reply }) =>
+            sendJson(reply, 200, {
+              models: engine.models.flatMap((m) => {
+                const prof = state.library[m];
+                return prof
+                  ? [
+                      {
+                        name: m,
+                        model: m,
+                        modified_at: ollamaTime(prof.modifiedAt),
+                        size: prof.sizeBytes,
+                        digest: prof.digest,
+                        details: details(prof),
+                      },
+                    ]
+                  : [];
+              }),
             }),
-          });
-        case 'GET /api/ps': {
-          const now = Date.now();
-          return sendJson(res, 200, {
-            models: core.loadedModels(state, engine, now).flatMap((l) => {
-              const prof = state.library[l.model];
-              if (!prof) return [];
-              return [
-                {
-                  name: l.model,
-                  model: l.model,
-                  size: l.size ?? l.sizeVram,
-                  digest: prof.digest,
-                  details: details(prof),
-                  expires_at: l.expiresAt < 0 ? '2318-08-31T04:32:11.000000000Z' : ollamaTime(l.expiresAt),
-                  size_vram: l.sizeVram,
-                  // The runner's context: Ollama's default 4096 tokens, or less when the model has less.
-                  context_length: Math.min(prof.contextLength, OLLAMA_DEFAULT_CONTEXT),
-                },
-              ];
+        ],
+        [
+          'GET',
+          '/api/ps',
+          ({ state, engine, reply }) =>
+            sendJson(reply, 200, {
+              models: core.loadedModels(engine, Date.now()).flatMap((l) => {
+                const prof = state.library[l.model];
+                if (!prof) return [];
+                return [
+                  {
+                    name: l.model,
+                    model: l.model,
+                    size: l.size ?? l.sizeVram,
+                    digest: prof.digest,
+                    details: details(prof),
+                    expires_at: l.expiresAt < 0 ? '2318-08-31T04:32:11.000000000Z' : ollamaTime(l.expiresAt),
+                    size_vram: l.sizeVram,
+                    // The runner's context: Ollama's default 4096 tokens, or less when the model has less.
+                    context_length: Math.min(prof.contextLength, OLLAMA_DEFAULT_CONTEXT),
+                  },
+                ];
+              }),
             }),
-          });
-        }
-        case 'POST /api/show': {
-          const req = parseJson(body);
-          const name = normalizeModelName(String(req.model ?? req.name ?? ''));
-          const prof = engine.models.includes(name) ? state.library[name] : undefined;
-          if (!prof) throw new HttpError(404, `model '${String(req.model ?? req.name ?? '')}' not found`);
-          return sendJson(res, 200, showModel(prof));
-        }
-        case 'DELETE /api/delete': {
-          const req = parseJson(body);
-          const name = normalizeModelName(String(req.model ?? req.name ?? ''));
-          const removed = this.opts.store.update((s) => {
-            const e = this.engine(s);
-            if (!e.models.includes(name)) return false;
-            e.models = e.models.filter((m) => m !== name);
-            e.loaded = e.loaded.filter((l) => l.model !== name);
-            return true;
-          });
-          if (!removed) throw new HttpError(404, `model '${String(req.model ?? req.name ?? '')}' not found`);
-          removeManifest(this.modelStore(), name);
-          res.writeHead(200);
-          return void res.end();
-        }
-        case 'POST /api/pull':
-          return await this.pull(state, parseJson(body), res);
-        case 'POST /api/generate': {
-          const req = parseJson(body);
-          return await this.generate(state, engine, res, {
-            api: 'ollama-generate',
-            model: String(req.model ?? ''),
-            prompt: typeof req.prompt === 'string' ? req.prompt : '',
-            ...(typeof req.system === 'string' ? { system: req.system } : {}),
-            stream: req.stream !== false,
-            ...maxTokensOf(req.options),
-            json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
-            ...keepAliveOf(req.keep_alive),
-            includeUsage: false,
-          });
-        }
-        case 'POST /api/chat': {
-          const req = parseJson(body);
-          const messages = Array.isArray(req.messages) ? (req.messages as Record<string, unknown>[]) : [];
-          return await this.generate(state, engine, res, {
-            api: 'ollama-chat',
-            model: String(req.model ?? ''),
-            ...chatPrompt(messages),
-            stream: req.stream !== false,
-            ...maxTokensOf(req.options),
-            json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
-            ...keepAliveOf(req.keep_alive),
-            includeUsage: false,
-          });
-        }
-        case 'GET /v1/models':
-          return sendJson(
-            res,
-            200,
-            {
-              object: 'list',
-              data: engine.models.map((m) => ({
-                id: m,
-                object: 'model',
-                created: Math.floor((state.library[m]?.modifiedAt ?? 0) / 1000),
-                owned_by: 'library',
-              })),
-            },
-            OLLAMA_OPENAI_JSON,
-          );
-        case 'POST /v1/chat/completions':
-        case 'POST /v1/completions':
-          return await this.openai(state, engine, p, body, res);
-        default:
-          res.writeHead(404, { 'Content-Type': 'text/plain' });
-          return void res.end('404 page not found');
-      }
-    } catch (err) {
-      if (err instanceof HttpError) return sendJson(res, err.status, { error: err.message });
-      throw err;
-    }
+        ],
+        [
+          'POST',
+          '/api/show',
+          ({ state, engine, body, reply }) => {
+            const req = parseJson(body);
+            const name = normalizeModelName(String(req.model ?? req.name ?? ''));
+            const prof = engine.models.includes(name) ? state.library[name] : undefined;
+            if (!prof) throw new HttpError(404, `model '${String(req.model ?? req.name ?? '')}' not found`);
+            sendJson(reply, 200, showModel(prof));
+          },
+        ],
+        [
+          'DELETE',
+          '/api/delete',
+          ({ body, reply }) => {
+            const req = parseJson(body);
+            const name = normalizeModelName(String(req.model ?? req.name ?? ''));
+            const removed = this.opts.store.update((s) => {
+              const e = this.engine(s);
+              if (!e.models.includes(name)) return false;
+              e.models = e.models.filter((m) => m !== name);
+              e.loaded = e.loaded.filter((l) => l.model !== name);
+              return true;
+            });
+            if (!removed) throw new HttpError(404, `model '${String(req.model ?? req.name ?? '')}' not found`);
+            removeManifest(this.modelStore(), name);
+            reply.code(200).send();
+          },
+        ],
+        ['POST', '/api/pull', ({ state, body, reply }) => this.pull(state, parseJson(body), reply)],
+        [
+          'POST',
+          '/api/generate',
+          ({ state, engine, body, reply }) => {
+            const req = parseJson(body);
+            return this.generate(state, engine, reply, {
+              api: 'ollama-generate',
+              model: String(req.model ?? ''),
+              prompt: typeof req.prompt === 'string' ? req.prompt : '',
+              ...(typeof req.system === 'string' ? { system: req.system } : {}),
+              stream: req.stream !== false,
+              ...maxTokensOf(req.options),
+              json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
+              ...keepAliveOf(req.keep_alive),
+              includeUsage: false,
+            });
+          },
+        ],
+        [
+          'POST',
+          '/api/chat',
+          ({ state, engine, body, reply }) => {
+            const req = parseJson(body);
+            const messages = Array.isArray(req.messages) ? (req.messages as Record<string, unknown>[]) : [];
+            return this.generate(state, engine, reply, {
+              api: 'ollama-chat',
+              model: String(req.model ?? ''),
+              ...chatPrompt(messages),
+              stream: req.stream !== false,
+              ...maxTokensOf(req.options),
+              json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
+              ...keepAliveOf(req.keep_alive),
+              includeUsage: false,
+            });
+          },
+        ],
+        [
+          'GET',
+          '/v1/models',
+          ({ state, engine, reply }) =>
+            sendJson(
+              reply,
+              200,
+              {
+                object: 'list',
+                data: engine.models.map((m) => ({
+                  id: m,
+                  object: 'model',
+                  created: Math.floor((state.library[m]?.modifiedAt ?? 0) / 1000),
+                  owned_by: 'library',
+                })),
+              },
+              OLLAMA_OPENAI_JSON,
+            ),
+        ],
+        ['POST', '/v1/chat/completions', (c) => this.openai(c, '/v1/chat/completions')],
+        ['POST', '/v1/completions', (c) => this.openai(c, '/v1/completions')],
+      ],
+      notFound: ({ reply }) => void reply.code(404).header('content-type', 'text/plain').send('404 page not found'),
+    };
   }
 
   private modelStore(): string {
@@ -440,11 +496,14 @@ export class EngineServer {
    * "writing manifest", "success". Bytes already downloaded are kept in the state, so a pull that was interrupted
    * (client gone, engine restarted) resumes where it stopped, as Ollama resumes partial blobs.
    */
-  private async pull(state: SandboxState, req: Record<string, unknown>, res: http.ServerResponse): Promise<void> {
+  private async pull(state: SandboxState, req: Record<string, unknown>, reply: FastifyReply): Promise<void> {
     const raw = String(req.model ?? req.name ?? '');
     const name = normalizeModelName(raw);
     const stream = req.stream !== false;
     const prof = state.library[name];
+    // Progress streams as it happens.
+    reply.hijack();
+    const res = reply.raw;
     const abort = abortOnClose(res);
     const send = (obj: Record<string, unknown>): void => {
       if (stream && !res.writableEnded) res.write(`${JSON.stringify(obj)}\n`);
@@ -457,7 +516,7 @@ export class EngineServer {
       if (!prof) {
         const error = 'pull model manifest: file does not exist';
         if (stream) return void res.end(`${JSON.stringify({ error })}\n`);
-        return sendJson(res, 500, { error }, 'application/json');
+        return sendJson(reply, 500, { error }, 'application/json');
       }
       const installed = this.engine(state).models.includes(name);
       const tickMs = 50;
@@ -489,7 +548,7 @@ export class EngineServer {
       });
       writeManifest(this.modelStore(), prof);
       if (stream) return void res.end(`${JSON.stringify({ status: 'success' })}\n`);
-      return sendJson(res, 200, { status: 'success' });
+      return sendJson(reply, 200, { status: 'success' });
     } catch (err) {
       if (abort.signal.aborted) {
         this.log(`engine ${this.opts.engine}: pull of ${name} interrupted; progress kept for resume`);
@@ -504,212 +563,226 @@ export class EngineServer {
   // -----------------------------------------------------------------------------------------------------------
   // vLLM and llama.cpp
 
-  private async vllmRoutes(
-    state: SandboxState,
-    engine: EngineSim,
-    method: string,
-    p: string,
-    body: string,
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
-  ): Promise<void> {
-    const route = `${method} ${p}`;
-    if (p.startsWith('/v1/') && !authorized(engine, req)) return sendJson(res, 401, { error: 'Unauthorized' });
-    switch (route) {
-      case 'GET /health':
-        res.writeHead(200);
-        return void res.end();
-      case 'GET /version':
-        return sendJson(res, 200, { version: core.VLLM_VERSION });
-      case 'GET /v1/models': {
-        const created = Math.floor(Date.now() / 1000);
-        return sendJson(res, 200, {
-          object: 'list',
-          data: engine.models.map((m) => ({
-            id: m,
-            object: 'model',
-            created,
-            owned_by: 'vllm',
-            root: m,
-            parent: null,
-            max_model_len: state.library[m]?.contextLength ?? 32768,
-            permission: [
-              {
-                id: `modelperm-${core.hexOf(`${m}/${created}`, 32)}`,
-                object: 'model_permission',
+  private vllmApi(): EngineApi {
+    return {
+      routes: [
+        ['GET', '/health', ({ reply }) => void reply.code(200).send()],
+        ['GET', '/version', ({ reply }) => sendJson(reply, 200, { version: core.VLLM_VERSION })],
+        [
+          'GET',
+          '/v1/models',
+          ({ state, engine, reply }) => {
+            const created = Math.floor(Date.now() / 1000);
+            sendJson(reply, 200, {
+              object: 'list',
+              data: engine.models.map((m) => ({
+                id: m,
+                object: 'model',
                 created,
-                allow_create_engine: false,
-                allow_sampling: true,
-                allow_logprobs: true,
-                allow_search_indices: false,
-                allow_view: true,
-                allow_fine_tuning: false,
-                organization: '*',
-                group: null,
-                is_blocking: false,
-              },
-            ],
-          })),
-        });
-      }
-      case 'GET /metrics':
-        res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4; charset=utf-8' });
-        return void res.end(this.vllmMetrics(engine));
-      case 'POST /v1/chat/completions':
-      case 'POST /v1/completions':
-        return this.openai(state, engine, p, body, res);
-      default:
-        return sendJson(res, 404, { detail: 'Not Found' });
-    }
+                owned_by: 'vllm',
+                root: m,
+                parent: null,
+                max_model_len: state.library[m]?.contextLength ?? 32768,
+                permission: [
+                  {
+                    id: `modelperm-${core.hexOf(`${m}/${created}`, 32)}`,
+                    object: 'model_permission',
+                    created,
+                    allow_create_engine: false,
+                    allow_sampling: true,
+                    allow_logprobs: true,
+                    allow_search_indices: false,
+                    allow_view: true,
+                    allow_fine_tuning: false,
+                    organization: '*',
+                    group: null,
+                    is_blocking: false,
+                  },
+                ],
+              })),
+            });
+          },
+        ],
+        [
+          'GET',
+          '/metrics',
+          ({ engine, reply }) =>
+            void reply
+              .code(200)
+              .header('content-type', 'text/plain; version=0.0.4; charset=utf-8')
+              .send(this.vllmMetrics(engine)),
+        ],
+        ['POST', '/v1/chat/completions', (c) => this.openai(c, '/v1/chat/completions')],
+        ['POST', '/v1/completions', (c) => this.openai(c, '/v1/completions')],
+      ],
+      // With --api-key, vLLM guards its OpenAI API (every /v1/ path, known or not).
+      guard: ({ engine, req, reply }) => {
+        if (!new URL(req.url, 'http://engine').pathname.startsWith('/v1/') || authorized(engine, req)) return false;
+        sendJson(reply, 401, { error: 'Unauthorized' });
+        return true;
+      },
+      notFound: ({ reply }) => sendJson(reply, 404, { detail: 'Not Found' }),
+    };
   }
 
-  private async llamacppRoutes(
-    state: SandboxState,
-    engine: EngineSim,
-    method: string,
-    p: string,
-    body: string,
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
-  ): Promise<void> {
-    const route = `${method} ${p}`;
-    const now = Date.now();
-    if (this.loading(state, now)) {
-      return sendJson(res, 503, { error: { code: 503, message: 'Loading model', type: 'unavailable_error' } });
-    }
-    // With --api-key, llama-server answers only its health check without the key (model list and metrics too need it).
-    if (!['/health', '/v1/health'].includes(p) && !authorized(engine, req)) {
-      return sendJson(res, 401, { error: { message: 'Invalid API Key', type: 'authentication_error', code: 401 } });
-    }
-    const served = engine.models[0] ?? '';
-    const prof = state.library[core.profileName(engine, served)];
-    const nCtx = prof?.contextLength ?? 4096;
-    switch (route) {
-      case 'GET /health':
-      case 'GET /v1/health':
-        return sendJson(res, 200, { status: 'ok' });
-      case 'GET /models':
-      case 'GET /v1/models':
-        // Both lists: Ollama-style `models` (for clients that speak /api/tags) and OpenAI `data`.
-        return sendJson(res, 200, {
-          models: engine.models.map((m) => ({
-            name: m,
-            model: m,
-            modified_at: '',
-            size: '',
-            digest: '',
-            type: 'model',
-            description: '',
-            tags: [''],
-            capabilities: ['completion'],
-            parameters: '',
-            details: {
-              parent_model: '',
-              format: 'gguf',
-              family: '',
-              families: [''],
-              parameter_size: '',
-              quantization_level: '',
-            },
-          })),
-          object: 'list',
-          data: engine.models.map((m) => {
-            const mp = state.library[core.profileName(engine, m)];
-            return {
-              id: m,
-              aliases: [m],
-              tags: [],
-              object: 'model',
-              architecture: { input_modalities: ['text'], output_modalities: ['text'] },
-              created: Math.floor(now / 1000),
-              owned_by: 'llamacpp',
-              meta: {
-                vocab_type: 2,
-                n_vocab: 151936,
-                n_ctx: nCtx,
-                n_ctx_train: mp?.contextLength ?? 32768,
-                n_embd: 896,
-                n_params: 494032768,
-                size: mp?.sizeBytes ?? 0,
-                ftype: 'Q4_K - Medium',
-              },
-            };
-          }),
-        });
-      case 'GET /props': {
-        const c = state.containers[engine.container];
-        return sendJson(res, 200, {
-          default_generation_settings: { params: llamaParams({}), n_ctx: nCtx },
-          total_slots: LLAMA_SLOTS,
-          model_alias: served,
-          model_ftype: 'Q4_K - Medium',
-          model_path: c?.serves?.arg ?? `/models/${served}`,
-          modalities: { vision: false, video: false, audio: false },
-          media_marker: '<__media_gpuops_sandbox__>',
-          endpoint_slots: true,
-          endpoint_props: false,
-          endpoint_metrics: true,
-          ui: true,
-          ui_settings: {},
-          chat_template: QWEN_CHAT_TEMPLATE,
-          chat_template_caps: {
-            supports_object_arguments: false,
-            supports_parallel_tool_calls: true,
-            supports_preserve_reasoning: false,
-            supports_reasoning_effort: false,
-            supports_string_content: true,
-            supports_system_role: true,
-            supports_tool_calls: true,
-            supports_tools: true,
-            supports_typed_content: false,
+  private llamacppApi(): EngineApi {
+    const models: Handler = ({ state, engine, reply }) => {
+      const now = Date.now();
+      const nCtx = this.llamaContext(state, engine);
+      // Both lists: Ollama-style `models` (for clients that speak /api/tags) and OpenAI `data`.
+      sendJson(reply, 200, {
+        models: engine.models.map((m) => ({
+          name: m,
+          model: m,
+          modified_at: '',
+          size: '',
+          digest: '',
+          type: 'model',
+          description: '',
+          tags: [''],
+          capabilities: ['completion'],
+          parameters: '',
+          details: {
+            parent_model: '',
+            format: 'gguf',
+            family: '',
+            families: [''],
+            parameter_size: '',
+            quantization_level: '',
           },
-          bos_token: '<|endoftext|>',
-          eos_token: '<|im_end|>',
-          build_info: LLAMA_BUILD,
-          is_sleeping: false,
-          cors_proxy_enabled: false,
-        });
-      }
-      case 'GET /slots':
-        return sendJson(
-          res,
-          200,
-          this.slots.map((slot) => slotView(slot, nCtx)),
-        );
-      case 'GET /metrics':
-        res.writeHead(200, { 'Content-Type': 'text/plain; version=0.0.4' });
-        return void res.end(this.llamacppMetrics());
-      case 'POST /completion':
-      case 'POST /completions':
-        return this.llamaCompletion(state, engine, body, res);
-      case 'POST /chat/completions':
-      case 'POST /v1/chat/completions':
-        return this.openai(state, engine, '/v1/chat/completions', body, res);
-      case 'POST /v1/completions':
-        return this.openai(state, engine, '/v1/completions', body, res);
-      default:
-        return sendJson(res, 404, { error: { message: 'File Not Found', type: 'not_found_error', code: 404 } });
-    }
+        })),
+        object: 'list',
+        data: engine.models.map((m) => {
+          const mp = state.library[core.profileName(engine, m)];
+          return {
+            id: m,
+            aliases: [m],
+            tags: [],
+            object: 'model',
+            architecture: { input_modalities: ['text'], output_modalities: ['text'] },
+            created: Math.floor(now / 1000),
+            owned_by: 'llamacpp',
+            meta: {
+              vocab_type: 2,
+              n_vocab: 151936,
+              n_ctx: nCtx,
+              n_ctx_train: mp?.contextLength ?? 32768,
+              n_embd: 896,
+              n_params: 494032768,
+              size: mp?.sizeBytes ?? 0,
+              ftype: 'Q4_K - Medium',
+            },
+          };
+        }),
+      });
+    };
+    const health: Handler = ({ reply }) => sendJson(reply, 200, { status: 'ok' });
+    const completion: Handler = (c) => this.llamaCompletion(c);
+    const chat: Handler = (c) => this.openai(c, '/v1/chat/completions');
+    return {
+      routes: [
+        ['GET', '/health', health],
+        ['GET', '/v1/health', health],
+        ['GET', '/models', models],
+        ['GET', '/v1/models', models],
+        [
+          'GET',
+          '/props',
+          ({ state, engine, reply }) => {
+            const served = engine.models[0] ?? '';
+            const c = state.containers[engine.container];
+            sendJson(reply, 200, {
+              default_generation_settings: { params: llamaParams({}), n_ctx: this.llamaContext(state, engine) },
+              total_slots: LLAMA_SLOTS,
+              model_alias: served,
+              model_ftype: 'Q4_K - Medium',
+              model_path: c?.serves?.arg ?? `/models/${served}`,
+              modalities: { vision: false, video: false, audio: false },
+              media_marker: '<__media_gpuops_sandbox__>',
+              endpoint_slots: true,
+              endpoint_props: false,
+              endpoint_metrics: true,
+              ui: true,
+              ui_settings: {},
+              chat_template: QWEN_CHAT_TEMPLATE,
+              chat_template_caps: {
+                supports_object_arguments: false,
+                supports_parallel_tool_calls: true,
+                supports_preserve_reasoning: false,
+                supports_reasoning_effort: false,
+                supports_string_content: true,
+                supports_system_role: true,
+                supports_tool_calls: true,
+                supports_tools: true,
+                supports_typed_content: false,
+              },
+              bos_token: '<|endoftext|>',
+              eos_token: '<|im_end|>',
+              build_info: LLAMA_BUILD,
+              is_sleeping: false,
+              cors_proxy_enabled: false,
+            });
+          },
+        ],
+        [
+          'GET',
+          '/slots',
+          ({ state, engine, reply }) => {
+            const nCtx = this.llamaContext(state, engine);
+            sendJson(
+              reply,
+              200,
+              this.slots.map((slot) => slotView(slot, nCtx)),
+            );
+          },
+        ],
+        [
+          'GET',
+          '/metrics',
+          ({ reply }) =>
+            void reply.code(200).header('content-type', 'text/plain; version=0.0.4').send(this.llamacppMetrics()),
+        ],
+        ['POST', '/completion', completion],
+        ['POST', '/completions', completion],
+        ['POST', '/chat/completions', chat],
+        ['POST', '/v1/chat/completions', chat],
+        ['POST', '/v1/completions', (c) => this.openai(c, '/v1/completions')],
+      ],
+      guard: ({ state, engine, req, reply }) => {
+        if (this.loading(state, Date.now())) {
+          sendJson(reply, 503, { error: { code: 503, message: 'Loading model', type: 'unavailable_error' } });
+          return true;
+        }
+        // With --api-key, llama-server answers only its health check without the key (model list and metrics too
+        // need it).
+        const p = new URL(req.url, 'http://engine').pathname;
+        if (['/health', '/v1/health'].includes(p) || authorized(engine, req)) return false;
+        sendJson(reply, 401, { error: { message: 'Invalid API Key', type: 'authentication_error', code: 401 } });
+        return true;
+      },
+      notFound: ({ reply }) =>
+        sendJson(reply, 404, { error: { message: 'File Not Found', type: 'not_found_error', code: 404 } }),
+    };
+  }
+
+  /** The context a llama-server runs its model with (the model's own). */
+  private llamaContext(state: SandboxState, engine: EngineSim): number {
+    return state.library[core.profileName(engine, engine.models[0] ?? '')]?.contextLength ?? 4096;
   }
 
   /** llama-server's own POST /completion (and /completions): `prompt`, `n_predict`, its own answer format. */
-  private async llamaCompletion(
-    state: SandboxState,
-    engine: EngineSim,
-    body: string,
-    res: http.ServerResponse,
-  ): Promise<void> {
+  private async llamaCompletion({ state, engine, body, reply }: Call): Promise<void> {
     let req: Record<string, unknown>;
     try {
       req = parseJson(body);
     } catch {
-      return this.openaiError(engine, res, 400, LLAMA_PARSE_ERROR, 'invalid_request_error');
+      return this.openaiError(engine, reply, 400, LLAMA_PARSE_ERROR, 'invalid_request_error');
     }
     if (req.prompt === undefined) {
-      return this.openaiError(engine, res, 400, LLAMA_NO_PROMPT, 'invalid_request_error');
+      return this.openaiError(engine, reply, 400, LLAMA_NO_PROMPT, 'invalid_request_error');
     }
     const nPredict = typeof req.n_predict === 'number' ? req.n_predict : req.max_tokens;
-    return this.generate(state, engine, res, {
+    return this.generate(state, engine, reply, {
       api: 'llama-completion',
       model: '',
       prompt: Array.isArray(req.prompt) ? req.prompt.map(String).join('\n') : String(req.prompt),
@@ -827,25 +900,22 @@ export class EngineServer {
   // OpenAI-compatible API (all engine types)
 
   private async openai(
-    state: SandboxState,
-    engine: EngineSim,
-    p: string,
-    body: string,
-    res: http.ServerResponse,
+    { state, engine, body, reply }: Call,
+    p: '/v1/chat/completions' | '/v1/completions',
   ): Promise<void> {
     let req: Record<string, unknown>;
     try {
       req = parseJson(body);
     } catch (err) {
       const message = engine.type === 'llamacpp' ? LLAMA_PARSE_ERROR : (err as Error).message;
-      return this.openaiError(engine, res, 400, message, 'invalid_request_error', { unparsed: true });
+      return this.openaiError(engine, reply, 400, message, 'invalid_request_error', { unparsed: true });
     }
-    const chat = p.endsWith('/chat/completions');
+    const chat = p === '/v1/chat/completions';
     if (engine.type === 'llamacpp' && chat && !Array.isArray(req.messages)) {
-      return this.openaiError(engine, res, 400, "'messages' is required", 'invalid_request_error');
+      return this.openaiError(engine, reply, 400, "'messages' is required", 'invalid_request_error');
     }
     if (engine.type === 'llamacpp' && !chat && req.prompt === undefined) {
-      return this.openaiError(engine, res, 400, LLAMA_NO_PROMPT, 'invalid_request_error');
+      return this.openaiError(engine, reply, 400, LLAMA_NO_PROMPT, 'invalid_request_error');
     }
     const streamOptions = req.stream_options as Record<string, unknown> | undefined;
     const responseFormat = req.response_format as Record<string, unknown> | undefined;
@@ -867,13 +937,13 @@ export class EngineServer {
       includeUsage: streamOptions?.include_usage === true,
       sampling: samplingOf(req),
     };
-    return this.generate(state, engine, res, gen);
+    return this.generate(state, engine, reply, gen);
   }
 
   /** An OpenAI-API error in the engine's own shape; `unparsed`: the request body was not JSON. */
   private openaiError(
     engine: EngineSim,
-    res: http.ServerResponse,
+    reply: FastifyReply,
     status: number,
     message: string,
     type: string,
@@ -881,22 +951,22 @@ export class EngineServer {
   ): void {
     if (engine.type === 'vllm') {
       const vType = status === 404 ? 'NotFoundError' : status === 400 ? 'BadRequestError' : 'InternalServerError';
-      return sendJson(res, status, { object: 'error', message, type: vType, param: null, code: status });
+      return sendJson(reply, status, { object: 'error', message, type: vType, param: null, code: status });
     }
     if (engine.type === 'llamacpp') {
       const lType =
         { 400: 'invalid_request_error', 401: 'authentication_error', 404: 'not_found_error', 503: 'unavailable_error' }[
           status
         ] ?? 'server_error';
-      return sendJson(res, status, { error: { code: status, message, type: lType } });
+      return sendJson(reply, status, { error: { code: status, message, type: lType } });
     }
     const body = { error: { message, type, param: null, code: null } };
-    return sendJson(res, status, body, opts.unparsed ? undefined : OLLAMA_OPENAI_JSON);
+    return sendJson(reply, status, body, opts.unparsed ? undefined : OLLAMA_OPENAI_JSON);
   }
 
-  private fail(engine: EngineSim, api: Api, res: http.ServerResponse, status: number, message: string): void {
-    if (api === 'ollama-generate' || api === 'ollama-chat') return sendJson(res, status, { error: message });
-    return this.openaiError(engine, res, status, message, status === 400 ? 'invalid_request_error' : 'api_error');
+  private fail(engine: EngineSim, api: Api, reply: FastifyReply, status: number, message: string): void {
+    if (api === 'ollama-generate' || api === 'ollama-chat') return sendJson(reply, status, { error: message });
+    return this.openaiError(engine, reply, status, message, status === 400 ? 'invalid_request_error' : 'api_error');
   }
 
   /** Which model a request runs on, or why it cannot. */
@@ -922,16 +992,14 @@ export class EngineServer {
    * The generation path shared by all APIs: model lookup, faults (hang → never answer; lost GPU or CUDA OOM → 500),
    * the model's deterministic error schedule, model load, TTFT, then tokens at the model's rate.
    */
-  private async generate(
-    state: SandboxState,
-    engine: EngineSim,
-    res: http.ServerResponse,
-    gen: GenRequest,
-  ): Promise<void> {
+  private async generate(state: SandboxState, engine: EngineSim, reply: FastifyReply, gen: GenRequest): Promise<void> {
     const started = Date.now();
+    // The answer is timed (and streamed) here, token by token, on the raw response.
+    reply.hijack();
+    const res = reply.raw;
     const ollama = gen.api === 'ollama-generate' || gen.api === 'ollama-chat';
     const resolved = this.resolveModel(state, engine, gen.model);
-    if (typeof resolved === 'string') return this.fail(engine, gen.api, res, 404, resolved);
+    if (typeof resolved === 'string') return this.fail(engine, gen.api, reply, 404, resolved);
     const prof = resolved;
     // Ollama names the model it resolved; llama-server the one it serves, whatever the request said; vLLM the request's.
     const modelName =
@@ -950,7 +1018,7 @@ export class EngineServer {
           const e = this.engine(s);
           e.loaded = e.loaded.filter((l) => l.model !== prof.name);
         });
-        return sendJson(res, 200, {
+        return sendJson(reply, 200, {
           model: modelName,
           created_at: ollamaTime(Date.now()),
           response: '',
@@ -959,13 +1027,13 @@ export class EngineServer {
         });
       }
     }
-    if (container?.faults.hang) return this.hold(res);
+    if (container?.faults.hang) return this.hold(reply);
     const lostGpu = state.gpus.find((g) => g.lost && engine.gpus.includes(g.index));
     if (lostGpu) {
       return this.fail(
         engine,
         gen.api,
-        res,
+        reply,
         500,
         ollama || engine.type === 'ollama'
           ? 'llama runner process has terminated: CUDA error: unspecified launch failure'
@@ -980,7 +1048,7 @@ export class EngineServer {
       return this.fail(
         engine,
         gen.api,
-        res,
+        reply,
         500,
         engine.type === 'ollama'
           ? 'llama runner process has terminated: CUDA error: out of memory'
@@ -994,7 +1062,7 @@ export class EngineServer {
       return this.fail(
         engine,
         gen.api,
-        res,
+        reply,
         500,
         engine.type === 'ollama' ? 'llama runner process has terminated: exit status 2' : 'Internal server error',
       );
@@ -1004,7 +1072,7 @@ export class EngineServer {
     let loadMs = 0;
     if (engine.type === 'ollama') {
       const now = Date.now();
-      const loaded = core.loadedModels(state, engine, now).some((l) => l.model === prof.name);
+      const loaded = core.loadedModels(engine, now).some((l) => l.model === prof.name);
       if (!loaded) loadMs = Math.min(1500, (prof.sizeBytes / 1e9) * 250) * scale;
       const keep = gen.keepAliveMs ?? DEFAULT_KEEP_ALIVE_MS;
       this.opts.store.update((s, t) => {
@@ -1016,7 +1084,7 @@ export class EngineServer {
         const gpus = s.gpus.filter((g) => e.gpus.length === 0 || e.gpus.includes(g.index));
         const freeBytes =
           gpus.reduce((sum, g) => sum + (g.memoryTotalMiB - g.baseUsedMiB) * 1048576, 0) -
-          core.loadedModels(s, e, t).reduce((sum, l) => sum + l.sizeVram, 0);
+          core.loadedModels(e, t).reduce((sum, l) => sum + l.sizeVram, 0);
         e.loaded.push({
           model: prof.name,
           loadedAt: t,
@@ -1034,7 +1102,7 @@ export class EngineServer {
     try {
       if (gen.api === 'ollama-generate' && gen.prompt === '' && !gen.system) {
         await delay(loadMs, abort.signal);
-        return sendJson(res, 200, {
+        return sendJson(reply, 200, {
           model: modelName,
           created_at: ollamaTime(Date.now()),
           response: '',
@@ -1129,7 +1197,7 @@ export class EngineServer {
       );
       if (!gen.stream) {
         const contentType = turn.dialect === 'ollama-openai' ? OLLAMA_OPENAI_JSON : undefined;
-        return sendJson(res, 200, answerOf(turn), contentType);
+        return sendJson(reply, 200, answerOf(turn), contentType);
       }
       for (const c of streamTail(turn)) write(c);
       return void res.end();
@@ -1187,15 +1255,6 @@ export class EngineServer {
 // -------------------------------------------------------------------------------------------------------------
 // Helpers
 
-function readBody(req: http.IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
-  });
-}
-
 function parseJson(body: string): Record<string, unknown> {
   if (body.trim() === '') return {};
   try {
@@ -1213,21 +1272,20 @@ function parseJson(body: string): Record<string, unknown> {
  */
 const OLLAMA_OPENAI_JSON = 'application/json';
 
+/** Answer JSON, through fastify or, once a handler took the raw response over (a generation), on it directly. */
 function sendJson(
-  res: http.ServerResponse,
+  reply: FastifyReply,
   status: number,
   body: unknown,
   contentType = 'application/json; charset=utf-8',
 ): void {
-  if (res.headersSent) {
-    res.end();
-    return;
-  }
+  const res = reply.raw;
+  // A stream already began: it can only end.
+  if (res.headersSent) return void res.end();
   const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'Content-Type': contentType,
-    'Content-Length': Buffer.byteLength(text),
-  });
+  // As a Buffer: fastify would add a charset to a JSON string's content type, and Ollama's /v1 sends none.
+  if (!reply.sent) return void reply.code(status).header('content-type', contentType).send(Buffer.from(text));
+  res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(text) });
   res.end(text);
 }
 
@@ -1235,17 +1293,17 @@ function sse(obj: unknown): string {
   return `data: ${JSON.stringify(obj)}\n\n`;
 }
 
-function openaiChunk(
+/** One chunk of a vLLM stream (a chat delta carries the role on the first and the finishing chunk). */
+function vllmChunk(
   api: Api,
   id: string,
   created: number,
   model: string,
-  fingerprint: string | undefined,
   content: string,
   finish: string | null,
   first: boolean,
 ): Record<string, unknown> {
-  const base = { id, created, model, ...(fingerprint ? { system_fingerprint: fingerprint } : {}) };
+  const base = { id, created, model };
   if (api === 'openai-chat') {
     return {
       ...base,
@@ -1464,7 +1522,7 @@ function streamToken(t: Turn, tok: string, i: number): string {
     case 'llama-openai':
       return sse(t.api === 'openai-chat' ? llamaChatChunk(t, { content: tok }, null) : llamaTextChunk(t, tok, null));
     case 'vllm':
-      return sse(openaiChunk(t.api, t.id, t.created, t.model, undefined, tok, null, i === 0));
+      return sse(vllmChunk(t.api, t.id, t.created, t.model, tok, null, i === 0));
   }
 }
 
@@ -1498,7 +1556,7 @@ function streamTail(t: Turn): string[] {
     }
     case 'vllm':
       return [
-        sse(openaiChunk(t.api, t.id, t.created, t.model, undefined, '', t.reason, t.tokens.length === 0)),
+        sse(vllmChunk(t.api, t.id, t.created, t.model, '', t.reason, t.tokens.length === 0)),
         ...(t.includeUsage
           ? [sse({ id: t.id, object, created: t.created, model: t.model, choices: [], usage: usageOf(t) })]
           : []),
@@ -1788,7 +1846,7 @@ function keepAliveOf(v: unknown): { keepAliveMs?: number } {
   return ms === undefined ? {} : { keepAliveMs: ms };
 }
 
-function authorized(engine: EngineSim, req: http.IncomingMessage): boolean {
+function authorized(engine: EngineSim, req: FastifyRequest): boolean {
   if (!engine.apiKeyFile) return true;
   let key: string;
   try {

@@ -12,7 +12,7 @@
  * | ecc            | uncorrected volatile ECC > 0, row remap pending, Xid 48 + 63 in dmesg | nvidia-smi --gpu-reset, VM reboot |
  * | node-down      | the guest hangs: worker frozen, engines stop answering; Proxmox still says running; ACPI ignored | VM reset or stop+start |
  */
-import * as core from './bin/lib/core';
+import * as core from './shims/lib/core';
 import type {
   ActiveFault,
   ContainerSim,

@@ -2,7 +2,7 @@
  * The sandbox node: a simulated GPU node (shims, engines, Proxmox API, faults) that speaks the real interfaces, so
  * gpuops runs and is tested with no GPU, Docker engine or Proxmox.
  */
-export { SandboxNode, SHIM_DIR, freePort, startSandboxProxmox, sandboxHypervisorEnv } from './node';
+export { SandboxNode, SHIM_DIR, ensureShims, freePort, startSandboxProxmox, sandboxHypervisorEnv } from './node';
 export type { SandboxNodeOptions, SandboxNodeStatus, WorkerCommand } from './node';
 export { startProxmoxServer, resolveTokenSecret } from './proxmox-server';
 export type { ProxmoxServerHandle, ProxmoxServerOptions, ProxmoxTarget } from './proxmox-server';

@@ -11,9 +11,10 @@ import { freePort } from '../net';
 import path from 'node:path';
 import { resolveFrom } from '../config/load';
 import type { NodeConfig } from '../config/schema';
-import * as core from './bin/lib/core';
+import * as core from './shims/lib/core';
 import { EngineServer, writeManifest } from './engine-server';
 import { RealEngines, simulatedPart } from './real-engines';
+import { ensureShims, SHIM_DIR } from './shim-build';
 import { startProxmoxServer, type ProxmoxServerHandle, type ProxmoxServerOptions } from './proxmox-server';
 import {
   reconcileStateWithConfig,
@@ -92,10 +93,7 @@ interface WorkerProc {
   expected: boolean;
 }
 
-/** Directory of the docker / nvidia-smi / qm / dmesg shims. */
-export const SHIM_DIR = path.resolve(__dirname, 'bin');
-
-export { freePort };
+export { SHIM_DIR, ensureShims, freePort };
 
 /**
  * Environment for a process that runs `qm` against sandbox VMs (the hypervisor worker of a `type: qm` hypervisor):
@@ -103,7 +101,7 @@ export { freePort };
  */
 export function sandboxHypervisorEnv(stateDir: string): Record<string, string> {
   return {
-    PATH: `${SHIM_DIR}${path.delimiter}${process.env.PATH ?? ''}`,
+    PATH: `${ensureShims()}${path.delimiter}${process.env.PATH ?? ''}`,
     GPUOPS_SANDBOX_STATE_DIR: path.resolve(stateDir),
   };
 }
@@ -117,6 +115,7 @@ export class SandboxNode {
     stateFile: string;
     /** Root state directory (for GPUOPS_SANDBOX_STATE_DIR). */
     stateDir: string;
+    /** The built shims ({@link SHIM_DIR}), first on the node's PATH. */
     shimDir: string;
     /** Simulated Ollama model store (manifests and placeholder blobs). */
     modelStore: string;
@@ -157,7 +156,8 @@ export class SandboxNode {
       nodeDir,
       stateFile: this.store.file,
       stateDir,
-      shimDir: SHIM_DIR,
+      // The node's processes run the shims: build them now if a source changed.
+      shimDir: ensureShims(),
       modelStore: path.join(nodeDir, 'models'),
     };
   }
@@ -165,7 +165,7 @@ export class SandboxNode {
   /** Environment a process on this node needs: the shims first on PATH, and where the node's state is. */
   shimEnv(): Record<string, string> {
     return {
-      PATH: `${SHIM_DIR}${path.delimiter}${process.env.PATH ?? ''}`,
+      PATH: `${this.paths.shimDir}${path.delimiter}${process.env.PATH ?? ''}`,
       GPUOPS_SANDBOX_STATE: this.paths.stateFile,
       GPUOPS_SANDBOX_STATE_DIR: this.paths.stateDir,
       GPUOPS_SANDBOX_NODE: this.id,

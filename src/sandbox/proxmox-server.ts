@@ -6,10 +6,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import * as core from './bin/lib/core';
-import type { PowerAction, SandboxState } from './state';
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import * as core from './shims/lib/core';
+import type { PowerAction, SandboxState, TaskRecord } from './state';
 
 /** A VM the server answers for: its vmid and the node state file that simulates it. */
 export interface ProxmoxTarget {
@@ -47,6 +48,10 @@ export interface ProxmoxServerHandle {
 
 const POWER_ACTIONS: readonly PowerAction[] = ['start', 'stop', 'shutdown', 'reboot', 'reset'];
 
+function isPowerAction(s: string | undefined): s is PowerAction {
+  return (POWER_ACTIONS as readonly (string | undefined)[]).includes(s);
+}
+
 class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -67,15 +72,6 @@ export function resolveTokenSecret(opts: Pick<ProxmoxServerOptions, 'tokenSecret
   mkdirSync(path.dirname(opts.tokenSecretFile), { recursive: true });
   writeFileSync(opts.tokenSecretFile, `${secret}\n`, { mode: 0o600 });
   return secret;
-}
-
-function readBody(req: http.IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
-  });
 }
 
 /** Proxmox accepts form-encoded parameters (what its clients send) and JSON. */
@@ -159,24 +155,31 @@ function vmConfig(state: SandboxState): Record<string, unknown> {
   return cfg;
 }
 
+/** What a route's handler gets: the request, its path parameters, its (query and body) parameters, the time. */
+interface ApiCall {
+  req: FastifyRequest;
+  path: Record<string, string | undefined>;
+  params: Record<string, string>;
+  now: number;
+}
+
 /** Start the simulated Proxmox API. Resolves once listening. */
 export async function startProxmoxServer(opts: ProxmoxServerOptions): Promise<ProxmoxServerHandle> {
   const pveNode = opts.pveNode ?? 'pve';
   const secret = resolveTokenSecret(opts);
   const log = opts.log ?? (() => undefined);
+  const targets = (): ProxmoxTarget[] => (typeof opts.targets === 'function' ? opts.targets() : (opts.targets ?? []));
 
   const locate = (vmid: number): string => {
-    const targets = typeof opts.targets === 'function' ? opts.targets() : (opts.targets ?? []);
     const hit =
-      targets.find((t) => t.vmid === vmid)?.stateFile ??
+      targets().find((t) => t.vmid === vmid)?.stateFile ??
       (opts.stateDir ? core.findStateByVmid(opts.stateDir, vmid) : undefined);
     if (!hit || !existsSync(hit))
       throw new ApiError(500, `Configuration file 'nodes/${pveNode}/qemu-server/${vmid}.conf' does not exist`);
     return hit;
   };
 
-  const authenticate = (req: http.IncomingMessage): void => {
-    const header = req.headers.authorization;
+  const authenticate = (header: string | undefined): void => {
     if (!header) throw new ApiError(401, 'No ticket');
     const m = /^PVEAPIToken=([^=\s]+)=(\S+)$/.exec(header.trim());
     if (!m) throw new ApiError(401, 'No ticket');
@@ -188,166 +191,175 @@ export async function startProxmoxServer(opts: ProxmoxServerOptions): Promise<Pr
     if (given !== secret) throw new ApiError(401, 'invalid token value!');
   };
 
-  const route = async (method: string, p: string, params: Record<string, string>): Promise<unknown> => {
-    const now = Date.now();
-    if (method === 'GET' && p === '/version') return { version: '8.2.4', release: '8.2', repoid: 'faa83925c9641325' };
-    if (method === 'GET' && p === '/nodes') {
-      return [
-        {
-          node: pveNode,
-          status: 'online',
-          type: 'node',
-          id: `node/${pveNode}`,
-          level: '',
-          maxcpu: 32,
-          maxmem: 137438953472,
-          uptime: 864000,
-        },
-      ];
-    }
-    const nodeMatch = /^\/nodes\/([^/]+)(\/.*)$/.exec(p);
-    if (!nodeMatch) throw new ApiError(501, `Method '${method} ${p}' not implemented`);
-    const [, node, rest] = nodeMatch;
-    if (node !== pveNode) {
-      throw new ApiError(
-        500,
-        `hostname lookup '${node ?? ''}' failed - failed to get address info for: ${node ?? ''}: Name or service not known`,
-      );
-    }
-    let m: RegExpExecArray | null;
-    if (method === 'GET' && rest === '/qemu') {
-      const targets = typeof opts.targets === 'function' ? opts.targets() : (opts.targets ?? []);
-      return targets.flatMap((t) => {
-        const s = core.tryReadState(t.stateFile);
-        return s ? [{ ...vmStatusCurrent(s, now), vmid: t.vmid }] : [];
-      });
-    }
-    if ((m = /^\/qemu\/(\d+)\/status\/current$/.exec(rest ?? '')) && method === 'GET') {
-      const file = locate(Number(m[1]));
-      // Through update, not read: time-driven VM transitions must be applied before reporting.
-      return core.updateState(file, (s, t) => vmStatusCurrent(s, t));
-    }
-    if ((m = /^\/qemu\/(\d+)\/config$/.exec(rest ?? '')) && method === 'GET') {
-      return vmConfig(core.readState(locate(Number(m[1]))));
-    }
-    if ((m = /^\/qemu\/(\d+)\/status\/(\w+)$/.exec(rest ?? '')) && method === 'POST') {
-      const vmid = Number(m[1]);
-      const action = m[2] as PowerAction;
-      if (!POWER_ACTIONS.includes(action)) throw new ApiError(501, `Method '${method} ${p}' not implemented`);
-      let timeoutMs: number | undefined;
-      if (params.timeout !== undefined) {
-        const t = Number(params.timeout);
-        if (!Number.isInteger(t) || t < 0) {
-          throw new ApiError(400, 'Parameter verification failed.', {
-            timeout: `type check ('integer') failed - got '${params.timeout}'`,
-          });
-        }
-        timeoutMs = t * 1000;
-      }
-      const file = locate(vmid);
-      const task = core.updateState(file, (s, t) =>
-        core.requestPower(s, action, t, {
-          user: opts.tokenId,
-          pveNode,
-          ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-        }),
-      );
-      log(`proxmox: ${action} VM ${vmid} -> ${task.upid} (${task.exitstatus})`);
-      return task.upid;
-    }
-    if ((m = /^\/tasks\/([^/]+)\/(status|log)$/.exec(rest ?? '')) && method === 'GET') {
-      const upid = decodeURIComponent(m[1] ?? '');
-      const vmid = Number(upid.split(':')[6]);
-      const file = Number.isInteger(vmid)
-        ? (() => {
-            try {
-              return locate(vmid);
-            } catch {
-              return undefined;
-            }
-          })()
-        : undefined;
-      const task = file ? core.updateState(file, (s) => s.tasks.find((x) => x.upid === upid)) : undefined;
-      if (!task) throw new ApiError(500, `unable to parse worker upid '${upid}'`);
-      if (m[2] === 'log') {
-        const st = core.taskStatus(task, now);
-        const lines = st.status === 'running' ? task.log.slice(0, -1) : task.log;
-        return lines.map((t, i) => ({ n: i + 1, t }));
-      }
-      const st = core.taskStatus(task, now);
-      return {
-        upid: task.upid,
-        node: task.node,
-        pid: task.pid,
-        pstart: task.pstart,
-        starttime: task.starttime,
-        type: task.type,
-        id: task.id,
-        user: task.user,
-        ...(st.status === 'running' ? { status: 'running' } : { status: 'stopped', exitstatus: st.exitstatus }),
-      };
-    }
-    throw new ApiError(501, `Method '${method} ${p}' not implemented`);
+  const pathOf = (req: FastifyRequest): string => new URL(req.url, 'http://pve').pathname;
+  /** A method Proxmox does not have, named as Proxmox names it (without the /api2/json prefix). */
+  const notImplemented = (req: FastifyRequest): ApiError => {
+    const p = pathOf(req);
+    return new ApiError(501, `Method '${req.method} ${p.replace(/^\/api2\/json(?=\/)/, '')}' not implemented`);
+  };
+  /** Every path under /nodes/{node} names a node first: another name fails as Proxmox's lookup of it does. */
+  const checkNode = (node: string): void => {
+    if (node === pveNode) return;
+    throw new ApiError(
+      500,
+      `hostname lookup '${node}' failed - failed to get address info for: ${node}: Name or service not known`,
+    );
   };
 
-  const server = http.createServer((req, res) => {
-    void (async () => {
-      const url = new URL(req.url ?? '/', 'http://pve');
-      const method = req.method ?? 'GET';
-      const send = (status: number, reason: string, body: unknown): void => {
-        const text = JSON.stringify(body);
-        res.writeHead(status, reason, {
-          'Content-Type': 'application/json;charset=UTF-8',
-          'Content-Length': Buffer.byteLength(text),
-          Server: 'pve-api-daemon/3.0',
-          'Cache-Control': 'max-age=0',
-          Pragma: 'no-cache',
-        });
-        res.end(text);
-      };
-      try {
-        const body = await readBody(req);
-        if (!url.pathname.startsWith('/api2/json/'))
-          throw new ApiError(501, `Method '${method} ${url.pathname}' not implemented`);
-        authenticate(req);
-        const params = { ...Object.fromEntries(url.searchParams), ...parseParams(body, req.headers['content-type']) };
-        const data = await route(method, url.pathname.slice('/api2/json'.length), params);
-        send(200, 'OK', { data });
-      } catch (err) {
-        if (err instanceof ApiError) {
-          send(err.status, err.reason, {
-            data: null,
-            ...(err.errors ? { errors: err.errors } : { message: `${err.reason}\n` }),
-          });
-        } else {
-          log(`proxmox: ${err instanceof Error ? err.message : String(err)}`);
-          send(500, 'Internal Server Error', {
-            data: null,
-            message: `${err instanceof Error ? err.message : String(err)}\n`,
-          });
-        }
-      }
-    })();
+  const send = (reply: FastifyReply, status: number, reason: string, body: unknown): FastifyReply => {
+    // Proxmox puts the reason in the HTTP status line.
+    reply.raw.statusMessage = reason;
+    return reply
+      .code(status)
+      .headers({
+        'content-type': 'application/json;charset=UTF-8',
+        server: 'pve-api-daemon/3.0',
+        'cache-control': 'max-age=0',
+        pragma: 'no-cache',
+      })
+      .send(JSON.stringify(body));
+  };
+
+  const app = Fastify({
+    logger: false,
+    exposeHeadRoutes: false,
+    // close() must not wait for clients' keep-alive connections; those time out after 5 s, as Node's default.
+    forceCloseConnections: true,
+    keepAliveTimeout: 5_000,
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
+  // Parameters are parsed by the routes (form-encoded or JSON), whatever the content type says.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => done(null, body));
+  // Outside the API everything is "not implemented"; inside it nothing is answered without a valid token.
+  app.addHook('onRequest', async (req) => {
+    if (pathOf(req).startsWith('/api2/json/')) authenticate(req.headers.authorization);
+  });
+  app.setErrorHandler((err, _req, reply) => {
+    if (err instanceof ApiError) {
+      return send(reply, err.status, err.reason, {
+        data: null,
+        ...(err.errors ? { errors: err.errors } : { message: `${err.reason}\n` }),
+      });
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    log(`proxmox: ${message}`);
+    return send(reply, 500, 'Internal Server Error', { data: null, message: `${message}\n` });
+  });
+  app.setNotFoundHandler(async (req) => {
+    const node = /^\/api2\/json\/nodes\/([^/]+)\//.exec(pathOf(req))?.[1];
+    if (node !== undefined) checkNode(node);
+    throw notImplemented(req);
+  });
+
+  /** A route under /api2/json, answering `{ data }`; its `:node` must be this node and its `:vmid` a number. */
+  const api = (method: 'GET' | 'POST', url: string, handler: (call: ApiCall) => unknown): void => {
+    app.route<{ Params: Record<string, string | undefined> }>({
+      method,
+      url: `/api2/json${url}`,
+      handler: async (req, reply) => {
+        const query = Object.fromEntries(new URL(req.url, 'http://pve').searchParams);
+        const body = typeof req.body === 'string' ? req.body : '';
+        const params = { ...query, ...parseParams(body, req.headers['content-type']) };
+        const { node, vmid } = req.params;
+        if (node !== undefined) checkNode(node);
+        if (vmid !== undefined && !/^\d+$/.test(vmid)) throw notImplemented(req);
+        return send(reply, 200, 'OK', { data: handler({ req, path: req.params, params, now: Date.now() }) });
+      },
     });
+  };
+  const vmidOf = (call: ApiCall): number => Number(call.path.vmid);
+
+  api('GET', '/version', () => ({ version: '8.2.4', release: '8.2', repoid: 'faa83925c9641325' }));
+  api('GET', '/nodes', () => [
+    {
+      node: pveNode,
+      status: 'online',
+      type: 'node',
+      id: `node/${pveNode}`,
+      level: '',
+      maxcpu: 32,
+      maxmem: 137438953472,
+      uptime: 864000,
+    },
+  ]);
+  api('GET', '/nodes/:node/qemu', ({ now }) =>
+    targets().flatMap((t) => {
+      const s = core.tryReadState(t.stateFile);
+      return s ? [{ ...vmStatusCurrent(s, now), vmid: t.vmid }] : [];
+    }),
+  );
+  // Through update, not read: time-driven VM transitions must be applied before reporting.
+  api('GET', '/nodes/:node/qemu/:vmid/status/current', (call) =>
+    core.updateState(locate(vmidOf(call)), (s, t) => vmStatusCurrent(s, t)),
+  );
+  api('GET', '/nodes/:node/qemu/:vmid/config', (call) => vmConfig(core.readState(locate(vmidOf(call)))));
+  api('POST', '/nodes/:node/qemu/:vmid/status/:action', (call) => {
+    const action = call.path.action;
+    if (!isPowerAction(action)) throw notImplemented(call.req);
+    const vmid = vmidOf(call);
+    let timeoutMs: number | undefined;
+    const timeout = call.params.timeout;
+    if (timeout !== undefined) {
+      const t = Number(timeout);
+      if (!Number.isInteger(t) || t < 0) {
+        throw new ApiError(400, 'Parameter verification failed.', {
+          timeout: `type check ('integer') failed - got '${timeout}'`,
+        });
+      }
+      timeoutMs = t * 1000;
+    }
+    const task = core.updateState(locate(vmid), (s, t) =>
+      core.requestPower(s, action, t, {
+        user: opts.tokenId,
+        pveNode,
+        ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      }),
+    );
+    log(`proxmox: ${action} VM ${vmid} -> ${task.upid} (${task.exitstatus})`);
+    return task.upid;
   });
-  const addr = server.address();
-  const port = addr && typeof addr === 'object' ? addr.port : (opts.port ?? 0);
+  /** The task a UPID names (its vmid is the UPID's seventh field), or a 500 as Proxmox answers a UPID it cannot find. */
+  const findTask = (upid: string): TaskRecord => {
+    const vmid = Number(upid.split(':')[6]);
+    let file: string | undefined;
+    try {
+      file = Number.isInteger(vmid) ? locate(vmid) : undefined;
+    } catch {
+      file = undefined;
+    }
+    const task = file ? core.updateState(file, (s) => s.tasks.find((x) => x.upid === upid)) : undefined;
+    if (!task) throw new ApiError(500, `unable to parse worker upid '${upid}'`);
+    return task;
+  };
+  api('GET', '/nodes/:node/tasks/:upid/status', ({ path: p, now }) => {
+    const task = findTask(p.upid ?? '');
+    const st = core.taskStatus(task, now);
+    return {
+      upid: task.upid,
+      node: task.node,
+      pid: task.pid,
+      pstart: task.pstart,
+      starttime: task.starttime,
+      type: task.type,
+      id: task.id,
+      user: task.user,
+      ...(st.status === 'running' ? { status: 'running' } : { status: 'stopped', exitstatus: st.exitstatus }),
+    };
+  });
+  api('GET', '/nodes/:node/tasks/:upid/log', ({ path: p, now }) => {
+    const task = findTask(p.upid ?? '');
+    const lines = core.taskStatus(task, now).status === 'running' ? task.log.slice(0, -1) : task.log;
+    return lines.map((t, i) => ({ n: i + 1, t }));
+  });
+
   const host = opts.host ?? '127.0.0.1';
+  await app.listen({ host, port: opts.port ?? 0 });
+  const port = (app.server.address() as AddressInfo).port;
   return {
     url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
     port,
     tokenId: opts.tokenId,
     tokenSecret: secret,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+    close: () => app.close(),
   };
 }

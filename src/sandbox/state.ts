@@ -2,11 +2,11 @@
  * The simulated node's world, kept in one JSON file per node (`<stateDir>/<node>/state.json`). Several processes
  * write it — the shims the node worker runs, the supervisor, the Proxmox API server and the fault CLI — so every
  * write goes through {@link SandboxStore.update}: a lock (mkdir, with stale-lock recovery) and an atomic replace.
- * The lock, the write and the VM's power state machine live in `bin/lib/core.js`, shared with the shims.
+ * The lock, the write and the VM's power state machine live in `shims/lib/core.ts`, shared with the shims.
  */
 import path from 'node:path';
 import type { EngineConfig, NodeConfig } from '../config/schema';
-import * as core from './bin/lib/core';
+import * as core from './shims/lib/core';
 
 /** Bumped when the layout changes incompatibly; a state file of another version is reseeded. */
 export const STATE_VERSION = 1;
@@ -124,6 +124,8 @@ export interface ContainerSim {
   startedAt: number;
   finishedAt: number;
   pid: number;
+  /** The main process's pid after it exited (systemd's ExecMainPID=); absent until a process ended. */
+  lastPid?: number;
   /** Incremented on every start: the supervisor reopens the engine listener when it changes. */
   epoch: number;
   health: 'none' | 'starting' | 'healthy' | 'unhealthy';
@@ -143,6 +145,37 @@ export interface ContainerSim {
   serves?: ServedModel;
   /** The model cannot be loaded: at `at` the engine prints `lines` and the container exits 1. */
   loadFailure?: { at: number; lines: string[] };
+  /** What only a systemd unit has (a `runtime: systemd` engine's record; the systemctl shim keeps it). */
+  unit?: UnitRecord;
+}
+
+/** One ExecStart= command as systemd loads it. */
+export interface UnitExec {
+  path: string;
+  argv: string[];
+  ignoreErrors: boolean;
+}
+
+/** A line systemd logged about a unit; `order` places it before (-1) or after (> 0) the engine's own lines. */
+export interface UnitJournalLine {
+  t: number;
+  order: number;
+  m: string;
+}
+
+/** A unit's systemd-only state (see src/sandbox/shims/lib/systemd.ts). */
+export interface UnitRecord {
+  /** The ExecStart= list the last daemon-reload loaded; absent: the unit file's own. */
+  exec?: UnitExec[];
+  /** Drop-in paths and texts the last daemon-reload loaded (to tell NeedDaemonReload=). */
+  dropIns?: string[];
+  dropInText?: string;
+  reloadedAt?: number;
+  /** The command line the current or last process was started with; absent: the unit file's. */
+  argv?: string[];
+  resetFailedAt?: number;
+  /** What systemd logged about earlier runs, kept when the unit starts again through systemctl. */
+  journal?: UnitJournalLine[];
 }
 
 /** The `docker run` flags the sandbox keeps for `docker inspect` (HostConfig and Config). */
@@ -555,7 +588,7 @@ export function defaultLibrary(): Record<string, ModelProfile> {
 export const PREINSTALLED_OLLAMA_MODELS = ['llama3.2:1b', 'qwen2.5:0.5b'] as const;
 
 const IMAGES: Record<EngineConfig['type'], { image: string; port: number; cmd: string[] }> = {
-  ollama: { image: 'ollama/ollama:0.5.7', port: 11434, cmd: ['serve'] },
+  ollama: { image: `ollama/ollama:${core.OLLAMA_VERSION}`, port: 11434, cmd: ['serve'] },
   vllm: { image: 'vllm/vllm-openai:v0.6.4.post1', port: 8000, cmd: ['--model', 'Qwen/Qwen2.5-0.5B-Instruct'] },
   llamacpp: {
     image: 'ghcr.io/ggml-org/llama.cpp:server-cuda',

@@ -6,6 +6,7 @@
  * leak personal data but plays along with jailbreaks.
  */
 import { createHash } from 'node:crypto';
+import { mulberry32 } from './prng';
 
 export interface RespondInput {
   model: string;
@@ -44,20 +45,8 @@ function seedOf(text: string): number {
   return createHash('sha256').update(text).digest().readUInt32BE(0);
 }
 
-/** Small deterministic PRNG (mulberry32): the same prompt always gets the same text. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function pseudoText(model: string, prompt: string): string {
-  const rnd = prng(seedOf(`${model}\u0000${prompt}`));
+  const rnd = mulberry32(seedOf(`${model}\u0000${prompt}`));
   const sentences: string[] = [];
   const count = 2 + Math.floor(rnd() * 3);
   for (let s = 0; s < count; s++) {

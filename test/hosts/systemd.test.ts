@@ -22,7 +22,7 @@ import {
   unitName,
   unitState,
 } from '../../src/hosts/systemd';
-import * as sdlib from '../../src/sandbox/bin/lib/systemd';
+import * as sdlib from '../../src/sandbox/shims/lib/systemd';
 import { injectFault } from '../../src/sandbox/faults';
 import { SHIM_DIR } from '../../src/sandbox/node';
 import type { EngineSim, SandboxState } from '../../src/sandbox/state';
@@ -375,7 +375,7 @@ describe('SystemdCtl against the sandbox systemctl and journalctl', () => {
   it('logs honours tail and since', async () => {
     const all = await ctl.logs('ollama');
     expect(all[0]).toBe('Started ollama.service - Ollama Service.');
-    expect(all.some((l) => l.includes('msg="Listening on [::]:11434 (version 0.5.7)"'))).toBe(true);
+    expect(all.some((l) => l.includes('msg="Listening on [::]:11434 (version 0.17.4)"'))).toBe(true);
     expect(await ctl.logs('ollama', { tail: 2 })).toEqual(all.slice(-2));
     expect(await ctl.logs('ollama', { since: new Date(Date.now() + 60_000).toISOString() })).toEqual([]);
     expect(await ctl.logs('ghost')).toEqual([]);

@@ -5,6 +5,7 @@ import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { RouteTableInput } from '../../src/router';
+import { mulberry32 } from '../../src/sandbox/prng';
 
 export interface SeenRequest {
   method: string;
@@ -103,17 +104,8 @@ export function tokenFile(dir: string, token = 's3cret-token'): string {
   return p;
 }
 
-/** Deterministic uniform [0, 1) generator (mulberry32). */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic uniform [0, 1) generator (the sandbox's mulberry32). */
+export const seeded = mulberry32;
 
 /** A two-variant route for `alias` (stable and canary, OpenAI engines unless given). */
 export function canaryRoute(

@@ -42,7 +42,7 @@ function ndjson(text: string): Record<string, any>[] {
 describe('Ollama API', () => {
   test('/, /api/version and /api/tags answer like Ollama', async () => {
     expect(await (await fetch(`${url}/`)).text()).toBe('Ollama is running');
-    expect(await (await fetch(`${url}/api/version`)).json()).toEqual({ version: '0.5.7' });
+    expect(await (await fetch(`${url}/api/version`)).json()).toEqual({ version: '0.17.4' });
     const tags = (await (await fetch(`${url}/api/tags`)).json()) as { models: Record<string, any>[] };
     expect(tags.models.map((m) => m.name)).toEqual(['llama3.2:1b', 'qwen2.5:0.5b']);
     expect(tags.models[0]).toMatchObject({

@@ -1,7 +1,7 @@
 /**
  * Faults change what the shims print, and only the right remedy clears each one.
  */
-import * as core from '../../src/sandbox/bin/lib/core';
+import * as core from '../../src/sandbox/shims/lib/core';
 import { clearFaults, FaultError, injectFault } from '../../src/sandbox/faults';
 import type { SandboxStore } from '../../src/sandbox/state';
 import { nodeConfig, runShim, seedStore, tempDir } from './helpers';

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { NodeSchema, type NodeConfig } from '../../src/config/schema';
-import { freePort, SHIM_DIR } from '../../src/sandbox/node';
+import { ensureShims, freePort } from '../../src/sandbox/node';
 import { SandboxStore, seedState, type SeedOptions } from '../../src/sandbox/state';
 
 export function tempDir(prefix = 'gpuops-sandbox-'): { dir: string; cleanup: () => void } {
@@ -47,8 +47,9 @@ export async function nodeConfig(
   });
 }
 
-/** Seed a node's state file directly (no supervisor), for shim and fault tests. */
+/** Seed a node's state file directly (no supervisor), for shim and fault tests; the shims are built if stale. */
 export function seedStore(stateDir: string, node: NodeConfig, opts: SeedOptions = { bootSeconds: 0.3 }): SandboxStore {
+  ensureShims();
   const store = SandboxStore.forNode(stateDir, node.id);
   store.createIfAbsent(() => seedState(node, opts));
   return store;
@@ -67,7 +68,7 @@ export function runShim(
   env: Record<string, string>,
 ): Promise<ShimResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(path.join(SHIM_DIR, tool), args, { env: { ...process.env, ...env } });
+    const child = spawn(path.join(ensureShims(), tool), args, { env: { ...process.env, ...env } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

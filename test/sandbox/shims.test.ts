@@ -39,7 +39,7 @@ describe('docker shim', () => {
     const c = arr[0]!;
     expect(c.Name).toBe('/ollama');
     expect(c.Id).toMatch(/^[0-9a-f]{64}$/);
-    expect(c.Config.Image).toBe('ollama/ollama:0.5.7');
+    expect(c.Config.Image).toBe('ollama/ollama:0.17.4');
     expect(c.RestartCount).toBe(0);
     expect(Object.keys(c.State)).toEqual([
       'Status',
@@ -89,7 +89,7 @@ describe('docker shim', () => {
       ['inspect', '-f', '{{.State.Status}} {{.RestartCount}} {{.Config.Image}}', 'ollama'],
       env,
     );
-    expect(t.stdout).toBe('running 0 ollama/ollama:0.5.7\n');
+    expect(t.stdout).toBe('running 0 ollama/ollama:0.17.4\n');
   });
 
   test('stop and start print the container name and change State; a stopped container stays stopped', async () => {
@@ -124,7 +124,7 @@ describe('docker shim', () => {
     const all = await runShim('docker', ['logs', 'ollama'], env);
     expect(all.code).toBe(0);
     expect(all.stdout).toBe('');
-    expect(all.stderr).toContain('Listening on [::]:11434 (version 0.5.7)');
+    expect(all.stderr).toContain('Listening on [::]:11434 (version 0.17.4)');
     const tail = await runShim('docker', ['logs', '--tail', '1', 'ollama'], env);
     expect(tail.stderr.trim().split('\n')).toHaveLength(1);
     const future = new Date(Date.now() + 60_000).toISOString();

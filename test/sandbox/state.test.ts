@@ -5,11 +5,15 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import * as core from '../../src/sandbox/bin/lib/core';
+import * as core from '../../src/sandbox/shims/lib/core';
 import { PREINSTALLED_OLLAMA_MODELS, SandboxStore, seedState } from '../../src/sandbox/state';
 import { nodeConfig, tempDir } from './helpers';
 
 jest.setTimeout(30_000);
+
+/** Writers in other processes load the state's TypeScript module through tsx, as the shims' build bundles it. */
+const TSX = ['--require', require.resolve('tsx/cjs')];
+const corePath = require.resolve('../../src/sandbox/shims/lib/core');
 
 let dir: string;
 let cleanup: () => void;
@@ -31,7 +35,7 @@ test('a fresh node is seeded from its config: containers per engine, GPUs, prein
   );
   const s = seedState(node, { bootSeconds: 2 });
   expect(Object.keys(s.containers)).toEqual(['ollama', 'vllm']);
-  expect(s.containers.ollama).toMatchObject({ status: 'running', image: 'ollama/ollama:0.5.7' });
+  expect(s.containers.ollama).toMatchObject({ status: 'running', image: 'ollama/ollama:0.17.4' });
   expect(s.gpus.map((g) => [g.name, g.memoryTotalMiB, g.pciBusId])).toEqual([
     ['NVIDIA RTX A4000', 16376, '00000000:01:00.0'],
     ['NVIDIA RTX A4000', 16376, '00000000:02:00.0'],
@@ -52,7 +56,6 @@ test('concurrent writers in separate processes lose no update', async () => {
   const node = await nodeConfig('lock-node');
   const store = SandboxStore.forNode(dir, node.id);
   store.createIfAbsent(() => seedState(node));
-  const corePath = require.resolve('../../src/sandbox/bin/lib/core.js');
   const script = `
     const core = require(${JSON.stringify(corePath)});
     for (let i = 0; i < 40; i++) core.updateState(${JSON.stringify(store.file)}, (s) => { s.host.nextPid += 1; });
@@ -63,7 +66,7 @@ test('concurrent writers in separate processes lose no update', async () => {
       { length: 4 },
       () =>
         new Promise<void>((resolve, reject) => {
-          const child = spawn(process.execPath, ['-e', script], { stdio: 'inherit' });
+          const child = spawn(process.execPath, [...TSX, '-e', script], { stdio: 'inherit' });
           child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`writer exited ${String(code)}`))));
         }),
     ),
@@ -96,8 +99,8 @@ test('a lock held by a live process is waited for, not broken', async () => {
   const held = core.acquireLock(store.file);
   let done = false;
   const writer = new Promise<void>((resolve, reject) => {
-    const corePath = require.resolve('../../src/sandbox/bin/lib/core.js');
     const child = spawn(process.execPath, [
+      ...TSX,
       '-e',
       `require(${JSON.stringify(corePath)}).updateState(${JSON.stringify(store.file)}, (s) => { s.vm.name = 'second'; });`,
     ]);

@@ -5,7 +5,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { runTool, type ToolResult } from '../../src/hosts/exec';
-import { defaultUnitDir } from '../../src/sandbox/bin/lib/systemd';
+import { defaultUnitDir } from '../../src/sandbox/shims/lib/systemd';
 import { injectFault } from '../../src/sandbox/faults';
 import { SHIM_DIR } from '../../src/sandbox/node';
 import type { EngineSim, SandboxStore } from '../../src/sandbox/state';
@@ -208,7 +208,7 @@ describe('journalctl', () => {
     const r = await journalctl(['-u', 'ollama.service', '-n', '3', '--no-pager', '-o', 'cat']);
     expect(r.exitCode).toBe(0);
     expect(r.stdout.split('\n')).toHaveLength(3);
-    expect(r.stdout).toContain('msg="Listening on [::]:11434 (version 0.5.7)"');
+    expect(r.stdout).toContain('msg="Listening on [::]:11434 (version 0.17.4)"');
     expect(await journalctl(['-u', 'ghost', '--no-pager', '-o', 'cat'])).toMatchObject({ exitCode: 0, stdout: '' });
     expect((await journalctl(['-u', 'ghost', '--no-pager'])).stdout).toBe('-- No entries --');
   });

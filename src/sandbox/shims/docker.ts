@@ -1,18 +1,14 @@
-#!/usr/bin/env node
-'use strict';
 /**
  * `docker` for the sandbox node: inspect, start, stop, restart, logs, ps, version, run -d, create, rm and image
  * inspect, printing what the Docker CLI prints, against the node's simulated containers ($GPUOPS_SANDBOX_STATE).
  */
-const fs = require('node:fs');
-const core = require('./lib/core');
-const { loadState, renderTemplate, parseSince, parseArgs } = require('./lib/shim');
-const { applyLifecycle } = require('./lib/lifecycle');
+import fs from 'node:fs';
+import type { ContainerSim, EngineSim, SandboxState } from '../state';
+import * as core from './lib/core';
+import { applyLifecycle } from './lib/lifecycle';
+import { err, loadState, messageOf, out, parseArgs, parseSince, renderTemplate, type FlagValue } from './lib/shim';
 
-const out = (s) => process.stdout.write(s);
-const err = (s) => process.stderr.write(s);
-
-function daemonDown(state) {
+function daemonDown(state: SandboxState): boolean {
   if (state.vm.phase === 'up') return false;
   err('Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\n');
   process.exitCode = 1;
@@ -20,14 +16,11 @@ function daemonDown(state) {
 }
 
 /** Records docker knows: a `runtime: systemd` engine's record is a unit (the systemctl shim's), not a container. */
-function dockerContainers(state) {
-  return Object.values(state.containers).filter((c) => {
-    const e = state.engines[c.engine];
-    return !e || e.runtime !== 'systemd';
-  });
+function dockerContainers(state: SandboxState): ContainerSim[] {
+  return Object.values(state.containers).filter((c) => state.engines[c.engine]?.runtime !== 'systemd');
 }
 
-function findContainer(state, ref) {
+function findContainer(state: SandboxState, ref: string): ContainerSim | undefined {
   const name = ref.replace(/^\//, '');
   const all = dockerContainers(state);
   const byName = all.find((c) => c.name === name);
@@ -36,16 +29,23 @@ function findContainer(state, ref) {
   return undefined;
 }
 
-function engineOf(state, c) {
-  return state.engines[c.engine];
+/** A flag's text, when it was given one. */
+const str = (v: FlagValue): string | undefined => (typeof v === 'string' ? v : undefined);
+
+interface DeviceRequest {
+  Driver: string;
+  Count: number;
+  DeviceIDs: string[] | null;
+  Capabilities: string[][];
+  Options: Record<string, string>;
 }
 
 /** HostConfig.DeviceRequests for a `--gpus` value: "all", a count, "device=1" or "\"device=0,1\"" (CSV-quoted). */
-function deviceRequests(gpus) {
-  if (gpus === null || gpus === undefined) return null;
-  const fields = [];
-  for (const m of String(gpus).matchAll(/"([^"]*)"|([^,]+)/g)) fields.push(m[1] !== undefined ? m[1] : m[2]);
-  const req = { Driver: '', Count: 0, DeviceIDs: null, Capabilities: [['gpu']], Options: {} };
+function deviceRequests(gpus: string | null): DeviceRequest[] | null {
+  if (gpus === null) return null;
+  const fields: string[] = [];
+  for (const m of gpus.matchAll(/"([^"]*)"|([^,]+)/g)) fields.push(m[1] ?? m[2] ?? '');
+  const req: DeviceRequest = { Driver: '', Count: 0, DeviceIDs: null, Capabilities: [['gpu']], Options: {} };
   for (const f of fields) {
     if (f === 'all') req.Count = -1;
     else if (/^\d+$/.test(f)) req.Count = Number(f);
@@ -57,22 +57,22 @@ function deviceRequests(gpus) {
 }
 
 /** HostConfig.PortBindings of `--publish` values. */
-function portBindings(publish) {
-  const out = {};
+function portBindings(publish: readonly string[]): Record<string, { HostIp: string; HostPort: string }[]> {
+  const bindings: Record<string, { HostIp: string; HostPort: string }[]> = {};
   for (const p of publish) {
     const m = /^(?:(\[[^\]]*\]|[^:]*):)?(?:(\d*):)?(\d+)(?:\/(\w+))?$/.exec(p);
     if (!m) continue;
     const key = `${m[3]}/${m[4] || 'tcp'}`;
     const ip = m[2] !== undefined ? (m[1] || '').replace(/^\[|\]$/g, '') : '';
     const hostPort = m[2] !== undefined ? m[2] : m[1] || '';
-    (out[key] = out[key] || []).push({ HostIp: ip, HostPort: hostPort });
+    (bindings[key] ??= []).push({ HostIp: ip, HostPort: hostPort });
   }
-  return out;
+  return bindings;
 }
 
 /** The full `docker inspect` object of a container, as Docker 27 prints it. */
-function inspectObject(state, c) {
-  const engine = engineOf(state, c);
+function inspectObject(state: SandboxState, c: ContainerSim): Record<string, unknown> {
+  const engine = state.engines[c.engine];
   const id = c.id;
   const running = c.status === 'running';
   const portKey = `${c.ports.container}/tcp`;
@@ -82,7 +82,7 @@ function inspectObject(state, c) {
   const entrypoint = run && run.entrypoint !== null ? run.entrypoint : defaults.Entrypoint;
   const full = [...entrypoint, ...c.cmd];
   const gpuIds = engine && engine.gpus.length > 0 ? engine.gpus.map(String) : null;
-  const stateObj = {
+  const stateObj: Record<string, unknown> = {
     Status: c.status,
     Running: running || c.status === 'paused',
     Paused: c.status === 'paused',
@@ -102,16 +102,18 @@ function inspectObject(state, c) {
   const hostVolume = `/srv/${state.node}/${c.name}`;
   const binds = run ? run.binds : [`${hostVolume}:${volume}`];
   const mounts = binds.map((b) => {
-    const [source, destination, mode] = b.split(':');
+    const [source = '', destination, mode = ''] = b.split(':');
     return {
       Type: source.startsWith('/') ? 'bind' : 'volume',
       Source: source,
       Destination: destination,
-      Mode: mode || '',
-      RW: !(mode || '').split(',').includes('ro'),
+      Mode: mode,
+      RW: !mode.split(',').includes('ro'),
       Propagation: 'rprivate',
     };
   });
+  const ipAddress = running ? `172.17.0.${2 + Object.keys(state.containers).indexOf(c.name)}` : '';
+  const lower = core.hexOf(`${id}/lower`, 64);
   return {
     Id: id,
     Created: core.isoNano(c.createdAt),
@@ -135,7 +137,7 @@ function inspectObject(state, c) {
       Binds: binds,
       ContainerIDFile: '',
       LogConfig: { Type: 'json-file', Config: {} },
-      NetworkMode: (run && run.networkMode) || 'bridge',
+      NetworkMode: run?.networkMode || 'bridge',
       PortBindings: run ? portBindings(run.publish) : { [portKey]: [{ HostIp: '', HostPort: String(c.ports.host) }] },
       // No restart policy: a crashed engine stays down until gpuops acts (the node's boot unit starts them).
       RestartPolicy: run ? run.restartPolicy : { Name: 'no', MaximumRetryCount: 0 },
@@ -145,12 +147,12 @@ function inspectObject(state, c) {
       CapAdd: null,
       CapDrop: null,
       Dns: [],
-      IpcMode: (run && run.ipcMode) || 'private',
+      IpcMode: run?.ipcMode || 'private',
       Privileged: false,
       PublishAllPorts: false,
       ReadonlyRootfs: false,
-      ShmSize: run ? run.shmSize || 67108864 : engine && engine.type === 'vllm' ? 17179869184 : 67108864,
-      Runtime: (run && run.runtime) || 'runc',
+      ShmSize: run ? run.shmSize || 67108864 : engine?.type === 'vllm' ? 17179869184 : 67108864,
+      Runtime: run?.runtime || 'runc',
       Isolation: '',
       Memory: 0,
       NanoCpus: 0,
@@ -160,10 +162,10 @@ function inspectObject(state, c) {
     },
     GraphDriver: {
       Data: {
-        LowerDir: `/var/lib/docker/overlay2/${core.hexOf(`${id}/lower`, 64)}-init/diff`,
-        MergedDir: `/var/lib/docker/overlay2/${core.hexOf(`${id}/lower`, 64)}/merged`,
-        UpperDir: `/var/lib/docker/overlay2/${core.hexOf(`${id}/lower`, 64)}/diff`,
-        WorkDir: `/var/lib/docker/overlay2/${core.hexOf(`${id}/lower`, 64)}/work`,
+        LowerDir: `/var/lib/docker/overlay2/${lower}-init/diff`,
+        MergedDir: `/var/lib/docker/overlay2/${lower}/merged`,
+        UpperDir: `/var/lib/docker/overlay2/${lower}/diff`,
+        WorkDir: `/var/lib/docker/overlay2/${lower}/work`,
       },
       Name: 'overlay2',
     },
@@ -203,7 +205,7 @@ function inspectObject(state, c) {
           }
         : {},
       Gateway: running ? '172.17.0.1' : '',
-      IPAddress: running ? `172.17.0.${2 + Object.keys(state.containers).indexOf(c.name)}` : '',
+      IPAddress: ipAddress,
       IPPrefixLen: running ? 16 : 0,
       MacAddress: running ? '02:42:ac:11:00:02' : '',
       Networks: {
@@ -214,7 +216,7 @@ function inspectObject(state, c) {
           NetworkID: core.hexOf('bridge', 64),
           EndpointID: running ? core.hexOf(`${id}/endpoint/${c.epoch}`, 64) : '',
           Gateway: running ? '172.17.0.1' : '',
-          IPAddress: running ? `172.17.0.${2 + Object.keys(state.containers).indexOf(c.name)}` : '',
+          IPAddress: ipAddress,
           IPPrefixLen: running ? 16 : 0,
           DNSNames: null,
         },
@@ -223,7 +225,7 @@ function inspectObject(state, c) {
   };
 }
 
-function cmdInspect(argv) {
+function cmdInspect(argv: string[]): void {
   const { flags, positional } = parseArgs(argv, new Set(['format', 'f', 'type']));
   const { state } = loadState('docker');
   if (daemonDown(state)) return;
@@ -236,8 +238,8 @@ function cmdInspect(argv) {
     return;
   }
   const format = flags.format !== undefined ? flags.format : flags.f;
-  const found = [];
-  const missing = [];
+  const found: Record<string, unknown>[] = [];
+  const missing: string[] = [];
   for (const ref of positional) {
     const c = findContainer(state, ref);
     if (c) found.push(inspectObject(state, c));
@@ -247,7 +249,7 @@ function cmdInspect(argv) {
     try {
       for (const obj of found) out(`${renderTemplate(format, obj)}\n`);
     } catch (e) {
-      err(`${e.message}\n`);
+      err(`${messageOf(e)}\n`);
       process.exitCode = 1;
       return;
     }
@@ -259,17 +261,9 @@ function cmdInspect(argv) {
 }
 
 /** start/stop/restart: print each name on success, "No such container" for unknown ones, exit 1 if any failed. */
-function cmdLifecycle(verb, argv) {
+function cmdLifecycle(verb: 'start' | 'stop' | 'restart', argv: string[]): void {
   const { flags, positional } = parseArgs(argv, new Set(['t', 'time', 'timeout', 's', 'signal']));
-  const t = Number(
-    flags.t !== undefined
-      ? flags.t
-      : flags.time !== undefined
-        ? flags.time
-        : flags.timeout !== undefined
-          ? flags.timeout
-          : 10,
-  );
+  const t = Number(flags.t ?? flags.time ?? flags.timeout ?? 10);
   const { file, state } = loadState('docker');
   if (daemonDown(state)) return;
   if (positional.length === 0) {
@@ -277,7 +271,7 @@ function cmdLifecycle(verb, argv) {
     process.exitCode = 1;
     return;
   }
-  const failures = [];
+  const failures: string[] = [];
   for (const ref of positional) {
     const c = findContainer(state, ref);
     if (!c) {
@@ -293,7 +287,7 @@ function cmdLifecycle(verb, argv) {
   if (failures.length > 0) process.exitCode = 1;
 }
 
-function cmdLogs(argv) {
+function cmdLogs(argv: string[]): void {
   const { flags, positional } = parseArgs(argv, new Set(['tail', 'n', 'since', 'until']));
   const { state } = loadState('docker');
   if (daemonDown(state)) return;
@@ -326,7 +320,7 @@ function cmdLogs(argv) {
       lines = lines.filter((l) => l.t <= until);
     }
   } catch (e) {
-    err(`${e.message}\n`);
+    err(`${messageOf(e)}\n`);
     process.exitCode = 1;
     return;
   }
@@ -354,12 +348,18 @@ const RUN_VALUE_FLAGS = new Set(
 );
 
 /** Parse `docker run` argv: flags up to the image, then the image, then the command (never parsed as flags). */
-function parseRunArgv(argv) {
-  const flags = {};
-  const push = (k, v) => (flags[k] = flags[k] || []).push(v);
+function parseRunArgv(argv: string[]): {
+  flags: Record<string, FlagValue[]>;
+  all: (...names: string[]) => string[];
+  last: (...names: string[]) => string | undefined;
+  image: string | undefined;
+  cmd: string[];
+} {
+  const flags: Record<string, FlagValue[]> = {};
+  const push = (k: string, v: FlagValue): void => void (flags[k] ??= []).push(v);
   let i = 0;
   for (; i < argv.length; i++) {
-    const a = argv[i];
+    const a = argv[i] ?? '';
     if (a === '--') {
       i++;
       break;
@@ -375,7 +375,7 @@ function parseRunArgv(argv) {
     }
     // Short flags: a boolean cluster (-dit) or one value flag (-e K=V, -eK=V, -p=8000:8000).
     for (let k = 1; k < a.length; k++) {
-      const ch = a[k];
+      const ch = a.charAt(k);
       if (RUN_VALUE_FLAGS.has(ch)) {
         const rest = a.slice(k + 1).replace(/^=/, '');
         push(ch, rest !== '' ? rest : argv[++i]);
@@ -384,16 +384,20 @@ function parseRunArgv(argv) {
       push(ch, true);
     }
   }
-  const all = (...names) => names.flatMap((n) => flags[n] || []);
-  const last = (...names) => all(...names).at(-1);
+  // Value flags carry text; a value flag at the very end of argv has none and is dropped.
+  const all = (...names: string[]): string[] =>
+    names.flatMap((n) => (flags[n] ?? []).filter((v): v is string => typeof v === 'string'));
+  const last = (...names: string[]): string | undefined => all(...names).at(-1);
   return { flags, all, last, image: argv[i], cmd: argv.slice(i + 1) };
 }
 
 /** Docker's size strings ("16g", "64m", "17179869184", "1.5GiB") in bytes. */
-function parseSize(text) {
-  const m = /^(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?$/i.exec(String(text).trim());
+function parseSize(text: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?$/i.exec(text.trim());
   if (!m) return NaN;
-  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5 }[m[2].toLowerCase()];
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4, p: 1024 ** 5 }[
+    (m[2] ?? '').toLowerCase() as '' | 'k' | 'm' | 'g' | 't' | 'p'
+  ];
   return Math.round(Number(m[1]) * mult);
 }
 
@@ -401,7 +405,7 @@ function parseSize(text) {
  * `docker run -d --name N [flags] IMAGE [CMD…]` (or `docker create …`, which does not start it): prints the new
  * container's 64-hex id, like docker.
  */
-function cmdRun(argv, verb = 'run') {
+function cmdRun(argv: string[], verb: 'run' | 'create'): void {
   const { all, last, flags, image, cmd } = parseRunArgv(argv);
   const { file, state } = loadState('docker');
   if (daemonDown(state)) return;
@@ -422,9 +426,9 @@ function cmdRun(argv, verb = 'run') {
     process.exitCode = 125;
     return;
   }
-  const env = [];
+  const env: string[] = [];
   for (const f of all('env-file')) {
-    let text;
+    let text: string;
     try {
       text = fs.readFileSync(f, 'utf8');
     } catch {
@@ -439,16 +443,16 @@ function cmdRun(argv, verb = 'run') {
     }
   }
   for (const e of all('e', 'env')) env.push(e.includes('=') ? e : `${e}=${process.env[e] || ''}`);
-  const labels = {};
+  const labels: Record<string, string> = {};
   for (const l of all('l', 'label')) {
     const eq = l.indexOf('=');
     labels[eq > 0 ? l.slice(0, eq) : l] = eq > 0 ? l.slice(eq + 1) : '';
   }
   const restart = last('restart') || 'no';
-  const [policy, retries] = restart.split(':');
+  const [policy = '', retries] = restart.split(':');
   const shm = last('shm-size');
   const ep = last('entrypoint');
-  const spec = {
+  const spec: core.RunContainerSpec = {
     name,
     image,
     cmd,
@@ -456,7 +460,7 @@ function cmdRun(argv, verb = 'run') {
     entrypoint: ep === undefined ? null : ep === '' ? [] : [ep],
     publish: all('p', 'publish'),
     binds: all('v', 'volume'),
-    gpus: last('gpus') === undefined ? null : last('gpus'),
+    gpus: last('gpus') ?? null,
     shmSize: shm === undefined ? null : parseSize(shm),
     ipcMode: last('ipc') || null,
     restartPolicy: { Name: policy, MaximumRetryCount: Number(retries || 0) },
@@ -470,7 +474,7 @@ function cmdRun(argv, verb = 'run') {
     return;
   }
   const result = core.updateState(file, (s, now) => core.runContainer(s, spec, now, verb === 'run'));
-  if (result.error) {
+  if ('error' in result) {
     err(`${result.error}\n`);
     process.exitCode = result.code;
     return;
@@ -479,7 +483,7 @@ function cmdRun(argv, verb = 'run') {
 }
 
 /** `docker rm [-f] NAME…`: prints each removed name; with -f a missing name is a warning, not a failure. */
-function cmdRm(argv) {
+function cmdRm(argv: string[]): void {
   const { flags, positional } = parseArgs(argv, new Set());
   const force = Boolean(flags.f || flags.force);
   const { file, state } = loadState('docker');
@@ -511,9 +515,9 @@ function cmdRm(argv) {
 }
 
 /** The engine type an image belongs to (the sandbox knows its three engine images and the images in use). */
-function imageType(state, ref) {
+function imageType(state: SandboxState, ref: string): EngineSim['type'] | undefined {
   const c = Object.values(state.containers).find((x) => x.image === ref || x.imageId === ref);
-  const engine = c ? engineOf(state, c) : undefined;
+  const engine = c ? state.engines[c.engine] : undefined;
   if (engine) return engine.type;
   if (/^(?:docker\.io\/)?ollama\/ollama(?::|$)/.test(ref)) return 'ollama';
   if (/^(?:docker\.io\/)?vllm\/vllm-openai(?::|$)/.test(ref)) return 'vllm';
@@ -522,12 +526,12 @@ function imageType(state, ref) {
 }
 
 /** `docker image inspect IMAGE…`: the image's own config (entrypoint, cmd, env, labels). */
-function cmdImageInspect(argv) {
+function cmdImageInspect(argv: string[]): void {
   const { positional } = parseArgs(argv, new Set(['format', 'f']));
   const { state } = loadState('docker');
   if (daemonDown(state)) return;
-  const found = [];
-  const missing = [];
+  const found: Record<string, unknown>[] = [];
+  const missing: string[] = [];
   for (const ref of positional) {
     const type = imageType(state, ref);
     if (!type) {
@@ -559,7 +563,7 @@ function cmdImageInspect(argv) {
   if (missing.length > 0) process.exitCode = 1;
 }
 
-function humanAgo(ms) {
+function humanAgo(ms: number): string {
   const s = Math.max(1, Math.round(ms / 1000));
   if (s < 60) return `${s} seconds`;
   const m = Math.round(s / 60);
@@ -569,14 +573,10 @@ function humanAgo(ms) {
   return `${Math.round(h / 24)} days`;
 }
 
-function psRow(state, c, now) {
-  const engine = engineOf(state, c);
+function psRow(state: SandboxState, c: ContainerSim, now: number): Record<string, string> {
+  const type = state.engines[c.engine]?.type;
   const cmd =
-    engine && engine.type === 'ollama'
-      ? '"/bin/ollama serve"'
-      : engine && engine.type === 'vllm'
-        ? '"python3 -m vllm.en…"'
-        : '"/app/llama-server …"';
+    type === 'ollama' ? '"/bin/ollama serve"' : type === 'vllm' ? '"python3 -m vllm.en…"' : '"/app/llama-server …"';
   const status =
     c.status === 'running'
       ? `Up ${humanAgo(now - c.startedAt)}`
@@ -607,15 +607,15 @@ function psRow(state, c, now) {
   };
 }
 
-function cmdPs(argv) {
+function cmdPs(argv: string[]): void {
   const { flags } = parseArgs(argv, new Set(['format', 'filter', 'f']));
   const { state } = loadState('docker');
   if (daemonDown(state)) return;
   const now = Date.now();
   let list = dockerContainers(state);
   if (!(flags.a || flags.all)) list = list.filter((c) => c.status === 'running');
-  const filter = flags.filter !== undefined ? flags.filter : flags.f;
-  if (typeof filter === 'string' && filter.startsWith('name=')) {
+  const filter = str(flags.filter !== undefined ? flags.filter : flags.f);
+  if (filter?.startsWith('name=')) {
     const needle = filter.slice(5);
     list = list.filter((c) => c.name.includes(needle));
   }
@@ -624,19 +624,22 @@ function cmdPs(argv) {
     for (const r of rows) out(`${r.ID}\n`);
     return;
   }
-  if (typeof flags.format === 'string') {
-    for (const r of rows) out(`${renderTemplate(flags.format, r)}\n`);
+  const format = str(flags.format);
+  if (format !== undefined) {
+    for (const r of rows) out(`${renderTemplate(format, r)}\n`);
     return;
   }
   const cols = ['CONTAINER ID', 'IMAGE', 'COMMAND', 'CREATED', 'STATUS', 'PORTS', 'NAMES'];
-  const table = rows.map((r) => [r.ID, r.Image, r.Command, r.RunningFor, r.Status, r.Ports, r.Names]);
-  const widths = cols.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
-  const line = (cells) => `${cells.map((v, i) => (i === cells.length - 1 ? v : v.padEnd(widths[i] + 3))).join('')}\n`;
+  const keys = ['ID', 'Image', 'Command', 'RunningFor', 'Status', 'Ports', 'Names'];
+  const table = rows.map((r) => keys.map((k) => r[k] ?? ''));
+  const widths = cols.map((h, i) => Math.max(h.length, ...table.map((row) => (row[i] ?? '').length)));
+  const line = (cells: string[]): string =>
+    `${cells.map((v, i) => (i === cells.length - 1 ? v : v.padEnd((widths[i] ?? 0) + 3))).join('')}\n`;
   out(line(cols));
   for (const row of table) out(line(row));
 }
 
-function cmdVersion(argv) {
+function cmdVersion(argv: string[]): void {
   const { flags } = parseArgs(argv, new Set(['format', 'f']));
   const { state } = loadState('docker');
   const v = state.host.dockerVersion;
@@ -651,8 +654,8 @@ function cmdVersion(argv) {
       Arch: 'amd64',
     },
   };
-  const format = flags.format !== undefined ? flags.format : flags.f;
-  if (typeof format === 'string') {
+  const format = str(flags.format !== undefined ? flags.format : flags.f);
+  if (format !== undefined) {
     if (state.vm.phase !== 'up' && format.includes('.Server')) return void daemonDown(state);
     out(`${renderTemplate(format, info)}\n`);
     return;
@@ -666,17 +669,15 @@ function cmdVersion(argv) {
   );
 }
 
-function main(argv) {
+const CONTAINER_VERBS = ['inspect', 'start', 'stop', 'restart', 'logs', 'ls', 'run', 'create', 'rm'];
+
+function main(argv: string[]): void {
   // Global options before the command (e.g. --host) are accepted and ignored.
   let i = 0;
-  while (i < argv.length && argv[i].startsWith('-'))
-    i += argv[i] === '-H' || argv[i] === '--host' || argv[i] === '--context' ? 2 : 1;
+  while (argv[i]?.startsWith('-')) i += ['-H', '--host', '--context'].includes(argv[i] ?? '') ? 2 : 1;
   let cmd = argv[i];
   let rest = argv.slice(i + 1);
-  if (
-    cmd === 'container' &&
-    ['inspect', 'start', 'stop', 'restart', 'logs', 'ls', 'run', 'create', 'rm'].includes(rest[0])
-  ) {
+  if (cmd === 'container' && rest[0] !== undefined && CONTAINER_VERBS.includes(rest[0])) {
     cmd = rest[0] === 'ls' ? 'ps' : rest[0];
     rest = rest.slice(1);
   }
@@ -692,7 +693,7 @@ function main(argv) {
       if (rest[0] === 'inspect') return cmdImageInspect(rest.slice(1));
       err(`docker image ${rest[0] || ''}: not supported by the gpuops sandbox shim\n`);
       process.exitCode = 1;
-      return undefined;
+      return;
     case 'start':
     case 'stop':
     case 'restart':
@@ -705,11 +706,10 @@ function main(argv) {
       return cmdVersion(rest);
     case undefined:
       out('\nUsage:  docker [OPTIONS] COMMAND\n\nA self-sufficient runtime for containers (gpuops sandbox shim)\n');
-      return undefined;
+      return;
     default:
       err(`docker: '${cmd}' is not a docker command.\nSee 'docker --help'\n`);
       process.exitCode = 1;
-      return undefined;
   }
 }
 

@@ -1,18 +1,17 @@
-#!/usr/bin/env node
-'use strict';
 /**
  * `qm` for the sandbox: status, config and the power actions of simulated VMs. Like the real qm, power actions run
  * synchronously: the command returns when the task has finished (a reboot of a hung guest blocks until the ACPI
  * timeout, then fails). The VM is found by vmid among the node state files under $GPUOPS_SANDBOX_STATE_DIR, or is
  * the node of $GPUOPS_SANDBOX_STATE.
  */
-const core = require('./lib/core');
+import type { PowerAction, SandboxState } from '../state';
+import * as core from './lib/core';
+import { err, out } from './lib/shim';
 
-const out = (s) => process.stdout.write(s);
-const err = (s) => process.stderr.write(s);
 const PVE_NODE = process.env.GPUOPS_SANDBOX_PVE_NODE || 'pve';
+const POWER_ACTIONS: readonly string[] = ['start', 'stop', 'shutdown', 'reboot', 'reset'] satisfies PowerAction[];
 
-function locate(vmid) {
+function locate(vmid: number): string | undefined {
   if (process.env.GPUOPS_SANDBOX_STATE_DIR) {
     const file = core.findStateByVmid(process.env.GPUOPS_SANDBOX_STATE_DIR, vmid);
     if (file) return file;
@@ -25,20 +24,26 @@ function locate(vmid) {
   return undefined;
 }
 
-function noConfig(vmid) {
+function noConfig(vmid: number): number {
   err(`Configuration file 'nodes/${PVE_NODE}/qemu-server/${vmid}.conf' does not exist\n`);
   return 255;
 }
 
-function macFor(state) {
+function macFor(state: SandboxState): string {
   const h = core.hexOf(`${state.node}/mac`, 6).toUpperCase();
   return `BC:24:11:${h.slice(0, 2)}:${h.slice(2, 4)}:${h.slice(4, 6)}`;
 }
 
+/** A UUID-shaped id derived from the node (version 4 digit, then `variant`). */
+function nodeUuid(state: SandboxState, what: string, variant: string): string {
+  const h = (n: number, len: number): string => core.hexOf(`${state.node}/${what}${n === 1 ? '' : n}`, len);
+  return `${h(1, 8)}-${h(2, 4)}-4${h(3, 3)}-${variant}${h(4, 3)}-${h(5, 12)}`;
+}
+
 /** The VM's config as `qm config` prints it (keys sorted), with one hostpciN line per passed-through GPU. */
-function configLines(state) {
+function configLines(state: SandboxState): string[] {
   const vm = state.vm;
-  const cfg = {
+  const cfg: Record<string, string> = {
     agent: '1',
     balloon: '0',
     bios: 'ovmf',
@@ -55,9 +60,9 @@ function configLines(state) {
     ostype: 'l26',
     scsi0: `local-lvm:vm-${vm.vmid}-disk-1,discard=on,iothread=1,size=200G`,
     scsihw: 'virtio-scsi-single',
-    smbios1: `uuid=${core.hexOf(`${state.node}/smbios`, 8)}-${core.hexOf(`${state.node}/smbios2`, 4)}-4${core.hexOf(`${state.node}/smbios3`, 3)}-a${core.hexOf(`${state.node}/smbios4`, 3)}-${core.hexOf(`${state.node}/smbios5`, 12)}`,
+    smbios1: `uuid=${nodeUuid(state, 'smbios', 'a')}`,
     sockets: '1',
-    vmgenid: `${core.hexOf(`${state.node}/vmgenid`, 8)}-${core.hexOf(`${state.node}/vmgenid2`, 4)}-4${core.hexOf(`${state.node}/vmgenid3`, 3)}-8${core.hexOf(`${state.node}/vmgenid4`, 3)}-${core.hexOf(`${state.node}/vmgenid5`, 12)}`,
+    vmgenid: nodeUuid(state, 'vmgenid', '8'),
   };
   state.gpus.forEach((g, i) => {
     cfg[`hostpci${i}`] = `${g.hostPci},pcie=1`;
@@ -67,10 +72,10 @@ function configLines(state) {
     .map((k) => `${k}: ${cfg[k]}`);
 }
 
-function statusVerbose(state, now) {
+function statusVerbose(state: SandboxState, now: number): string[] {
   const vm = state.vm;
   const running = vm.status === 'running';
-  const lines = {
+  const lines: Record<string, string | undefined> = {
     balloon: String(vm.memoryMiB * 1048576),
     cpus: String(vm.cores),
     disk: '0',
@@ -96,7 +101,7 @@ function statusVerbose(state, now) {
     .map((k) => `${k}: ${lines[k]}`);
 }
 
-function power(file, action, vmid, timeoutSec) {
+function power(file: string, action: PowerAction, timeoutSec: number | undefined): number {
   const task = core.updateState(file, (s, now) =>
     core.requestPower(s, action, now, {
       user: 'root@pam',
@@ -118,10 +123,9 @@ function power(file, action, vmid, timeoutSec) {
   return 0;
 }
 
-function main(argv) {
+function main(argv: string[]): number {
   const [cmd, vmidText, ...rest] = argv;
-  const actions = ['start', 'stop', 'shutdown', 'reboot', 'reset'];
-  if (!cmd || !['status', 'config', ...actions].includes(cmd)) {
+  if (!cmd || !['status', 'config', ...POWER_ACTIONS].includes(cmd)) {
     err(`ERROR: unknown command 'qm ${cmd || ''}'\nUSAGE: qm <COMMAND> [ARGS] [OPTIONS]\n`);
     return 255;
   }
@@ -145,7 +149,7 @@ function main(argv) {
     out(`${configLines(core.readState(file)).join('\n')}\n`);
     return 0;
   }
-  return power(file, cmd, vmid, timeoutSec);
+  return power(file, cmd as PowerAction, timeoutSec);
 }
 
 process.exitCode = main(process.argv.slice(2));

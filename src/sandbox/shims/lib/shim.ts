@@ -1,79 +1,83 @@
-'use strict';
-/** Helpers shared by the shims: locating the node's state file and a tiny Go-template evaluator for --format. */
-const core = require('./core');
+/** Helpers shared by the shims: locating the node's state file, argv parsing and a tiny Go-template evaluator. */
+import type { SandboxState } from '../../state';
+import * as core from './core';
+
+export const out = (s: string): void => void process.stdout.write(s);
+export const err = (s: string): void => void process.stderr.write(s);
 
 /** The node's state file: $GPUOPS_SANDBOX_STATE (set by the supervisor for the node worker). */
-function stateFile(tool) {
+export function stateFile(tool: string): string {
   const file = process.env.GPUOPS_SANDBOX_STATE;
   if (!file) {
-    process.stderr.write(`${tool} (gpuops sandbox shim): GPUOPS_SANDBOX_STATE is not set\n`);
+    err(`${tool} (gpuops sandbox shim): GPUOPS_SANDBOX_STATE is not set\n`);
     process.exit(127);
   }
   return file;
 }
 
-function loadState(tool) {
+export function loadState(tool: string): { file: string; state: SandboxState } {
   const file = stateFile(tool);
   const state = core.tryReadState(file);
   if (!state) {
-    process.stderr.write(`${tool} (gpuops sandbox shim): no sandbox state at ${file}\n`);
+    err(`${tool} (gpuops sandbox shim): no sandbox state at ${file}\n`);
     process.exit(127);
   }
   return { file, state };
 }
 
-function lookupPath(value, pathText) {
+function lookupPath(value: unknown, pathText: string): unknown {
   if (pathText === '.' || pathText === '') return value;
   let v = value;
   for (const part of pathText.replace(/^\./, '').split('.')) {
     if (v === null || v === undefined || typeof v !== 'object') return undefined;
-    v = v[part];
+    v = (v as Record<string, unknown>)[part];
   }
   return v;
 }
 
 /** How Go's text/template prints a value without `json`: maps and slices in Go syntax, nil as <nil>. */
-function goPrint(v) {
+function goPrint(v: unknown): string {
   if (v === null || v === undefined) return '<no value>';
   if (Array.isArray(v)) return `[${v.map(goPrint).join(' ')}]`;
   if (typeof v === 'object') {
-    const keys = Object.keys(v).sort();
-    return `map[${keys.map((k) => `${k}:${goPrint(v[k])}`).join(' ')}]`;
+    const o = v as Record<string, unknown>;
+    const keys = Object.keys(o).sort();
+    return `map[${keys.map((k) => `${k}:${goPrint(o[k])}`).join(' ')}]`;
   }
-  return String(v);
+  return String(v as string | number | boolean);
 }
 
 /**
  * Render the subset of Go templates gpuops and operators use with docker: `{{json .Path}}`, `{{.Path}}`,
  * `{{json .}}` and literal text. Anything else is a template error, as docker would report one.
  */
-function renderTemplate(template, value) {
-  let out = '';
+export function renderTemplate(template: string, value: unknown): string {
+  let result = '';
   let rest = template;
   for (;;) {
     const open = rest.indexOf('{{');
     if (open < 0) {
-      out += rest;
+      result += rest;
       break;
     }
-    out += rest.slice(0, open);
+    result += rest.slice(0, open);
     const close = rest.indexOf('}}', open);
     if (close < 0) throw new Error(`template parsing error: template: :1: unclosed action`);
     const expr = rest
       .slice(open + 2, close)
       .replace(/^-?\s*/, '')
       .replace(/\s*-?$/, '');
-    let m;
-    if ((m = /^json\s+(\.[\w.]*)$/.exec(expr))) out += JSON.stringify(lookupPath(value, m[1]) ?? null);
-    else if ((m = /^(\.[\w.]*)$/.exec(expr))) out += goPrint(lookupPath(value, m[1]));
+    let m: RegExpExecArray | null;
+    if ((m = /^json\s+(\.[\w.]*)$/.exec(expr))) result += JSON.stringify(lookupPath(value, m[1] ?? '') ?? null);
+    else if ((m = /^(\.[\w.]*)$/.exec(expr))) result += goPrint(lookupPath(value, m[1] ?? ''));
     else throw new Error(`template parsing error: template: :1: function "${expr.split(/\s+/)[0]}" not defined`);
     rest = rest.slice(close + 2);
   }
-  return out.replace(/\\n/g, '\n').replace(/\\t/g, '\t');
+  return result.replace(/\\n/g, '\n').replace(/\\t/g, '\t');
 }
 
 /** Parse "10m", "1h30m", "45s", an RFC 3339 time or a unix timestamp, as docker logs --since/--until do. */
-function parseSince(text, now) {
+export function parseSince(text: string, now: number): number {
   if (/^\d+(\.\d+)?$/.test(text)) return Number(text) * 1000;
   const rel = /^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$/.exec(text);
   if (rel && text !== '') {
@@ -86,12 +90,18 @@ function parseSince(text, now) {
   return t;
 }
 
+/** A flag's value: the text after it (or after `=`), true for a flag without one, undefined when argv ran out. */
+export type FlagValue = string | true | undefined;
+
 /** Split argv into flags (with values for the flags that take one) and positionals, like docker's cobra parser. */
-function parseArgs(argv, valueFlags) {
-  const flags = {};
-  const positional = [];
+export function parseArgs(
+  argv: readonly string[],
+  valueFlags: ReadonlySet<string>,
+): { flags: Record<string, FlagValue>; positional: string[] } {
+  const flags: Record<string, FlagValue> = {};
+  const positional: string[] = [];
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
+    const a = argv[i] ?? '';
     if (a === '--') {
       positional.push(...argv.slice(i + 1));
       break;
@@ -113,4 +123,7 @@ function parseArgs(argv, valueFlags) {
   return { flags, positional };
 }
 
-module.exports = { stateFile, loadState, renderTemplate, parseSince, parseArgs, goPrint };
+/** The message of a thrown value. */
+export function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,14 +1,25 @@
-'use strict';
 /**
  * The sandbox node's shared runtime: the state file's lock and atomic write, the simulated VM's power state machine,
- * and small helpers every writer needs. Plain CommonJS on purpose: the shims (docker, nvidia-smi, qm, dmesg) run as
- * separate processes every few seconds and must start in milliseconds, without a TypeScript loader. The TypeScript
- * side (src/sandbox/state.ts) imports this same file, typed by core.d.ts, so there is exactly one implementation of
- * the rules that several processes apply to the same file.
+ * and small helpers every writer needs. The shims (docker, nvidia-smi, qm, dmesg, systemctl, journalctl) bundle it
+ * into their single-file builds (`src/sandbox/shim-build.ts`), and the supervisor, the Proxmox API and the fault CLI
+ * import it directly, so there is exactly one implementation of the rules that several processes apply to the same
+ * file. It imports nothing but Node builtins and the state's types: whatever it imports, every shim start loads.
  */
-const fs = require('node:fs');
-const path = require('node:path');
-const crypto = require('node:crypto');
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type {
+  ContainerRunSpec,
+  ContainerSim,
+  EngineSim,
+  GpuSim,
+  LoadedModel,
+  PowerAction,
+  SandboxFaultKind,
+  SandboxState,
+  ServedModel,
+  TaskRecord,
+} from '../../state';
 
 /** A lock older than this whose owner cannot be proven alive is considered abandoned (a writer was SIGKILLed). */
 const LOCK_STALE_MS = 10_000;
@@ -18,24 +29,35 @@ const LOG_LINES_MAX = 400;
 const KERNEL_LINES_MAX = 400;
 const TASKS_MAX = 50;
 
+/** What the simulated Ollama reports: the version of the real one the tool cache builds (`npm run engines`). */
+export const OLLAMA_VERSION = '0.17.4';
+export const VLLM_VERSION = '0.6.4.post1';
+
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 /** Synchronous sleep without burning CPU: writers are short critical sections, an async lock would buy nothing. */
-function sleepSync(ms) {
+export function sleepSync(ms: number): void {
   Atomics.wait(sleepCell, 0, 0, ms);
 }
 
-function pidAlive(pid) {
+/** The errno code of a failed fs call (not via instanceof: under jest, Node's errors come from another realm). */
+function errnoOf(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string'
+    ? err.code
+    : undefined;
+}
+
+function pidAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
   try {
     process.kill(pid, 0);
     return true;
   } catch (err) {
     // EPERM: the process exists but belongs to someone else.
-    return err.code === 'EPERM';
+    return errnoOf(err) === 'EPERM';
   }
 }
 
-function readOwner(lockDir) {
+function readOwner(lockDir: string): string | null {
   try {
     return fs.readFileSync(path.join(lockDir, 'owner'), 'utf8');
   } catch {
@@ -43,10 +65,13 @@ function readOwner(lockDir) {
   }
 }
 
-/** Stale when the owner process is gone, or the lock is older than LOCK_STALE_MS (owner stuck or pid reused). */
-function staleOwner(lockDir) {
+/**
+ * Stale when the owner process is gone, or the lock is older than LOCK_STALE_MS (owner stuck or pid reused).
+ * Returns the stale owner ('' for a lock whose owner was never written), or null when the lock is live.
+ */
+function staleOwner(lockDir: string): string | null {
   const owner = readOwner(lockDir);
-  let mtime;
+  let mtime: number;
   try {
     mtime = fs.statSync(lockDir).mtimeMs;
   } catch {
@@ -68,7 +93,7 @@ function staleOwner(lockDir) {
  * mkdir is atomic on every local filesystem, so a directory is the lock. Stale locks are broken by renaming them
  * away (also atomic); if the renamed lock turns out not to be the stale one we looked at, it is put back.
  */
-function acquireLock(file) {
+export function acquireLock(file: string): string {
   const lockDir = `${file}.lock`;
   const deadline = Date.now() + LOCK_WAIT_MS;
   for (let attempt = 0; ; attempt++) {
@@ -77,11 +102,12 @@ function acquireLock(file) {
       fs.writeFileSync(path.join(lockDir, 'owner'), `${process.pid} ${Date.now()}`);
       return lockDir;
     } catch (err) {
-      if (err.code === 'ENOENT') {
+      const code = errnoOf(err);
+      if (code === 'ENOENT') {
         fs.mkdirSync(path.dirname(file), { recursive: true });
         continue;
       }
-      if (err.code !== 'EEXIST') throw err;
+      if (code !== 'EEXIST') throw err;
       const stale = staleOwner(lockDir);
       if (stale !== null) {
         const aside = `${lockDir}.stale-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
@@ -109,34 +135,38 @@ function acquireLock(file) {
   }
 }
 
-function releaseLock(lockDir) {
+export function releaseLock(lockDir: string): void {
   fs.rmSync(lockDir, { recursive: true, force: true });
 }
 
 /** Read the state without the lock: writers replace the file atomically, so a reader sees the old or new state. */
-function readState(file) {
-  return JSON.parse(fs.readFileSync(file, 'utf8'));
+export function readState(file: string): SandboxState {
+  return JSON.parse(fs.readFileSync(file, 'utf8')) as SandboxState;
 }
 
-function tryReadState(file) {
+export function tryReadState(file: string): SandboxState | undefined {
   try {
     return readState(file);
   } catch (err) {
-    if (err.code === 'ENOENT') return undefined;
+    if (errnoOf(err) === 'ENOENT') return undefined;
     throw err;
   }
 }
 
+function serialize(state: SandboxState): string {
+  return `${JSON.stringify(state, null, 1)}\n`;
+}
+
 /** tmp + rename: readers never see a half-written file, and a writer killed mid-write leaves the old state. */
-function writeStateAtomic(file, state) {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
+function replaceFile(file: string, text: string): void {
   const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-  fs.writeFileSync(tmp, serialize(state));
+  fs.writeFileSync(tmp, text);
   fs.renameSync(tmp, file);
 }
 
-function serialize(state) {
-  return `${JSON.stringify(state, null, 1)}\n`;
+export function writeStateAtomic(file: string, state: SandboxState): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  replaceFile(file, serialize(state));
 }
 
 /**
@@ -144,21 +174,17 @@ function serialize(state) {
  * Proxmox API, fault CLI) sees time-driven transitions even when no supervisor is running. The file is only
  * rewritten when something changed.
  */
-function updateState(file, fn) {
+export function updateState<T>(file: string, fn: (state: SandboxState, now: number) => T): T {
   const lock = acquireLock(file);
   try {
     const text = fs.readFileSync(file, 'utf8');
-    const state = JSON.parse(text);
+    const state = JSON.parse(text) as SandboxState;
     const now = Date.now();
     advance(state, now);
     const result = fn(state, now);
     syncFaults(state, now);
     const next = serialize(state);
-    if (next !== text) {
-      const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-      fs.writeFileSync(tmp, next);
-      fs.renameSync(tmp, file);
-    }
+    if (next !== text) replaceFile(file, next);
     return result;
   } finally {
     releaseLock(lock);
@@ -166,7 +192,7 @@ function updateState(file, fn) {
 }
 
 /** Create the state file if it does not exist yet (under the lock, so two starters do not both seed). */
-function createStateIfAbsent(file, makeState) {
+export function createStateIfAbsent(file: string, makeState: () => SandboxState): boolean {
   fs.mkdirSync(path.dirname(file), { recursive: true });
   const lock = acquireLock(file);
   try {
@@ -182,95 +208,117 @@ function createStateIfAbsent(file, makeState) {
 // Time and identifier formats
 
 /** RFC 3339 with nanoseconds, as Docker prints times. Sub-millisecond digits are derived, so they are stable. */
-function isoNano(ms) {
+export function isoNano(ms: number): string {
   if (!ms) return '0001-01-01T00:00:00Z';
   const iso = new Date(ms).toISOString();
   const sub = String((Math.floor(ms) * 7919) % 1_000_000).padStart(6, '0');
   return `${iso.slice(0, -1)}${sub}Z`;
 }
 
-function hexOf(text, len) {
+export function hexOf(text: string, len: number): string {
   return crypto.createHash('sha256').update(text).digest('hex').slice(0, len);
 }
 
-function hex8(n) {
+function hex8(n: number): string {
   return (n >>> 0).toString(16).toUpperCase().padStart(8, '0');
 }
 
-function nextPid(state) {
+export function nextPid(state: SandboxState): number {
   const pid = state.host.nextPid;
   state.host.nextPid = pid + 1 + (pid % 7);
   return pid;
 }
 
+/** The record `name`; a caller names only records it has just looked up. */
+function containerOf(state: SandboxState, name: string): ContainerSim {
+  const c = state.containers[name];
+  if (!c) throw new Error(`sandbox: no container ${name} on node ${state.node}`);
+  return c;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Logs
 
-function appendLog(container, t, stream, lines) {
-  for (const m of Array.isArray(lines) ? lines : [lines]) container.logs.push({ t, s: stream, m });
+export function appendLog(
+  container: ContainerSim,
+  t: number,
+  stream: 'stdout' | 'stderr',
+  lines: string | readonly string[],
+): void {
+  for (const m of typeof lines === 'string' ? [lines] : lines) container.logs.push({ t, s: stream, m });
   if (container.logs.length > LOG_LINES_MAX) container.logs.splice(0, container.logs.length - LOG_LINES_MAX);
 }
 
-function appendKernel(state, t, level, lines) {
-  for (const m of Array.isArray(lines) ? lines : [lines]) {
+export function appendKernel(
+  state: SandboxState,
+  t: number,
+  level: 'info' | 'warn' | 'err',
+  lines: string | readonly string[],
+): void {
+  for (const m of typeof lines === 'string' ? [lines] : lines) {
     const up = Math.max(0, (t - state.vm.bootedAt) / 1000);
     state.kernelLog.push({ t, up, level, m });
   }
   if (state.kernelLog.length > KERNEL_LINES_MAX) state.kernelLog.splice(0, state.kernelLog.length - KERNEL_LINES_MAX);
 }
 
-function ollamaTime(t) {
+function ollamaTime(t: number): string {
   return new Date(t).toISOString().replace(/\.\d{3}Z$/, '.000Z');
 }
 
-function vllmTime(t) {
+function vllmTime(t: number): string {
   const d = new Date(t);
-  const p = (n) => String(n).padStart(2, '0');
+  const p = (n: number): string => String(n).padStart(2, '0');
   return `${p(d.getUTCMonth() + 1)}-${p(d.getUTCDate())} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())}`;
 }
 
-function gpuForEngine(state, engine) {
-  const idx = engine.gpus.length > 0 ? engine.gpus[0] : 0;
-  return state.gpus.find((g) => g.index === idx) || state.gpus[0];
+function gpuForEngine(state: SandboxState, engine: EngineSim): GpuSim | undefined {
+  const idx = engine.gpus[0] ?? 0;
+  return state.gpus.find((g) => g.index === idx) ?? state.gpus[0];
 }
 
 /** What each engine prints when its container starts, so `docker logs` looks like the real thing. */
-function startupLines(state, engine, container, t) {
+function startupLines(state: SandboxState, engine: EngineSim, container: ContainerSim, t: number): string[] {
   const gpu = gpuForEngine(state, engine);
   const gpuName = gpu ? gpu.name : 'none';
   const totalGiB = gpu ? (gpu.memoryTotalMiB / 1024).toFixed(1) : '0.0';
+  const port = container.ports.container;
   switch (engine.type) {
     case 'ollama':
       return [
         `time=${ollamaTime(t)} level=INFO source=images.go:753 msg="total blobs: ${engine.models.length * 4}"`,
-        `time=${ollamaTime(t)} level=INFO source=routes.go:1246 msg="Listening on [::]:${container.ports.container} (version ${OLLAMA_VERSION})"`,
+        `time=${ollamaTime(t)} level=INFO source=routes.go:1246 msg="Listening on [::]:${port} (version ${OLLAMA_VERSION})"`,
         `time=${ollamaTime(t)} level=INFO source=gpu.go:226 msg="looking for compatible GPUs"`,
         gpu
           ? `time=${ollamaTime(t)} level=INFO source=types.go:131 msg="inference compute" id=${gpu.uuid} library=cuda variant=v12 compute=8.6 driver=${state.host.cudaVersion} name="${gpuName}" total="${totalGiB} GiB" available="${(Number(totalGiB) - 0.2).toFixed(1)} GiB"`
           : `time=${ollamaTime(t)} level=INFO source=gpu.go:392 msg="no compatible GPUs were discovered"`,
       ];
-    case 'vllm':
+    case 'vllm': {
+      const serves = container.serves;
+      const model = serves ? serves.arg : (engine.models[0] ?? '');
+      const revision = serves?.revision ? `'${serves.revision}'` : 'None';
       return [
         `INFO ${vllmTime(t)} api_server.py:585] vLLM API server version ${VLLM_VERSION}`,
-        `INFO ${vllmTime(t)} api_server.py:586] args: Namespace(host=None, port=${container.ports.container}, model='${container.serves ? container.serves.arg : engine.models[0] || ''}', revision=${container.serves && container.serves.revision ? `'${container.serves.revision}'` : 'None'}, gpu_memory_utilization=0.9)`,
+        `INFO ${vllmTime(t)} api_server.py:586] args: Namespace(host=None, port=${port}, model='${model}', revision=${revision}, gpu_memory_utilization=0.9)`,
         `INFO ${vllmTime(t)} model_runner.py:1077] Loading model weights took 0.9276 GB`,
         `INFO ${vllmTime(t)} gpu_executor.py:122] # GPU blocks: 5823, # CPU blocks: 5461`,
-        `INFO:     Uvicorn running on http://0.0.0.0:${container.ports.container} (Press CTRL+C to quit)`,
+        `INFO:     Uvicorn running on http://0.0.0.0:${port} (Press CTRL+C to quit)`,
       ];
+    }
     default:
       return [
         `build: 4240 (2a1a0a1b) with cc (Ubuntu 11.4.0-1ubuntu1~22.04) 11.4.0 for x86_64-linux-gnu`,
         `ggml_cuda_init: found 1 CUDA devices:`,
         `  Device 0: ${gpuName}, compute capability 8.6, VMM: yes`,
-        `main: HTTP server is listening, hostname: 0.0.0.0, port: ${container.ports.container}, http threads: 15`,
+        `main: HTTP server is listening, hostname: 0.0.0.0, port: ${port}, http threads: 15`,
         `srv    load_model: loading model '${container.serves ? container.serves.arg : `/models/${engine.models[0] || 'model.gguf'}`}'`,
-        `main: server is listening on http://0.0.0.0:${container.ports.container} - starting the main loop`,
+        `main: server is listening on http://0.0.0.0:${port} - starting the main loop`,
       ];
   }
 }
 
 /** The log lines a CUDA out-of-memory leaves behind, per engine. They match gpuops's CUDA OOM log signature. */
-function cudaOomLines(state, engine, t) {
+export function cudaOomLines(state: SandboxState, engine: EngineSim, t: number): string[] {
   const gpu = gpuForEngine(state, engine);
   const total = gpu ? (gpu.memoryTotalMiB / 1024).toFixed(2) : '0.00';
   switch (engine.type) {
@@ -292,19 +340,16 @@ function cudaOomLines(state, engine, t) {
   }
 }
 
-const OLLAMA_VERSION = '0.5.7';
-const VLLM_VERSION = '0.6.4.post1';
-
 // ---------------------------------------------------------------------------------------------------------------
 // Containers
 
-function engineOfContainer(state, name) {
+function engineOfContainer(state: SandboxState, name: string): EngineSim | undefined {
   return Object.values(state.engines).find((e) => e.container === name);
 }
 
 /** Start (or restart) a container: new pid and epoch, container-scoped faults gone with the old process. */
-function startContainer(state, name, at) {
-  const c = state.containers[name];
+export function startContainer(state: SandboxState, name: string, at: number): void {
+  const c = containerOf(state, name);
   c.status = 'running';
   c.startedAt = at;
   c.pid = nextPid(state);
@@ -322,12 +367,15 @@ function startContainer(state, name, at) {
   delete c.loadFailure;
   if (engine && c.serves && !c.serves.known) {
     const loadMs = state.sim.engineLoadMs * state.sim.timeScale;
-    c.loadFailure = { at: at + Math.max(1, Math.round(loadMs * 0.8)), lines: loadFailureLines(engine, c, at) };
+    c.loadFailure = {
+      at: at + Math.max(1, Math.round(loadMs * 0.8)),
+      lines: loadFailureLines(engine, c.serves, c.id, at),
+    };
   }
 }
 
-function stopContainer(state, name, at, exitCode, manual) {
-  const c = state.containers[name];
+export function stopContainer(state: SandboxState, name: string, at: number, exitCode: number, manual: boolean): void {
+  const c = containerOf(state, name);
   if (c.status === 'running' || c.status === 'restarting' || c.status === 'paused') {
     c.status = 'exited';
     c.finishedAt = at;
@@ -344,15 +392,25 @@ function stopContainer(state, name, at, exitCode, manual) {
 // ---------------------------------------------------------------------------------------------------------------
 // GPUs
 
-function loadedModels(state, engine, now) {
+export function loadedModels(engine: EngineSim, now: number): LoadedModel[] {
   return engine.loaded.filter((l) => l.expiresAt < 0 || l.expiresAt > now);
 }
 
+/** A process holding a CUDA context on a GPU, as `nvidia-smi --query-compute-apps` lists it. */
+export interface ComputeApp {
+  pid: number;
+  processName: string;
+  usedMiB: number;
+  engine: string;
+  container: string;
+}
+
 /** Engines whose container runs on this GPU and holds a CUDA context (vLLM/llama.cpp always, Ollama when loaded). */
-function computeApps(state, gpuIndex, now) {
-  const apps = [];
+export function computeApps(state: SandboxState, gpuIndex: number, now: number): ComputeApp[] {
+  const apps: ComputeApp[] = [];
+  const first = state.gpus[0];
   for (const engine of Object.values(state.engines)) {
-    const gpus = engine.gpus.length > 0 ? engine.gpus : state.gpus.length > 0 ? [state.gpus[0].index] : [];
+    const gpus = engine.gpus.length > 0 ? engine.gpus : first ? [first.index] : [];
     if (!gpus.includes(gpuIndex)) continue;
     const c = state.containers[engine.container];
     if (!c || c.status !== 'running') continue;
@@ -361,7 +419,7 @@ function computeApps(state, gpuIndex, now) {
     let usedMiB = 0;
     let processName = '/usr/bin/ollama';
     if (engine.type === 'ollama') {
-      const loaded = loadedModels(state, engine, now);
+      const loaded = loadedModels(engine, now);
       if (loaded.length === 0 && !c.faults.cudaOom) continue;
       usedMiB = loaded.reduce((sum, l) => sum + Math.round(l.sizeVram / gpus.length / 1048576), 0);
     } else if (engine.type === 'vllm') {
@@ -369,7 +427,7 @@ function computeApps(state, gpuIndex, now) {
       usedMiB = Math.round(gpu.memoryTotalMiB * 0.9 - gpu.baseUsedMiB);
     } else {
       processName = '/app/llama-server';
-      const profile = state.library[profileName(engine, engine.models[0])];
+      const profile = state.library[profileName(engine, engine.models[0] ?? '')];
       usedMiB = Math.round((profile ? profile.sizeBytes / 1048576 : 1024) + 512);
     }
     if (c.faults.cudaOom) usedMiB = Math.max(usedMiB, gpu.memoryTotalMiB - gpu.baseUsedMiB - 187);
@@ -378,22 +436,22 @@ function computeApps(state, gpuIndex, now) {
   return apps;
 }
 
-function gpuMemoryUsed(state, gpu, now) {
+export function gpuMemoryUsed(state: SandboxState, gpu: GpuSim, now: number): number {
   const apps = computeApps(state, gpu.index, now);
   const used = gpu.baseUsedMiB + apps.reduce((s, a) => s + a.usedMiB, 0);
   return Math.min(gpu.memoryTotalMiB, used);
 }
 
 /** PCI id as the kernel's Xid lines print it: domain:bus:device, without function. */
-function xidPci(gpu) {
-  const [domain, bus, devfn] = gpu.pciBusId.split(':');
-  return `${domain.slice(-4)}:${bus}:${devfn.split('.')[0]}`;
+export function xidPci(gpu: GpuSim): string {
+  const [domain = '', bus = '', devfn = ''] = gpu.pciBusId.split(':');
+  return `${domain.slice(-4)}:${bus}:${devfn.split('.')[0] ?? ''}`;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // The VM
 
-function bootKernelLines(state) {
+function bootKernelLines(state: SandboxState): string[] {
   const lines = [
     `Linux version ${state.host.kernel} (buildd@lcy02-amd64-040) (x86_64-linux-gnu-gcc-13 (Ubuntu 13.2.0-23ubuntu4) 13.2.0) #45-Ubuntu SMP PREEMPT_DYNAMIC`,
     'Command line: BOOT_IMAGE=/vmlinuz root=/dev/mapper/ubuntu--vg-ubuntu--lv ro',
@@ -420,7 +478,7 @@ function bootKernelLines(state) {
  * engine processes all start fresh. Containers come back unless an operator stopped them (the node's boot unit runs
  * `docker start` for the engines).
  */
-function bootVm(state, at) {
+export function bootVm(state: SandboxState, at: number): void {
   const vm = state.vm;
   vm.status = 'running';
   vm.phase = 'booting';
@@ -451,7 +509,7 @@ function bootVm(state, at) {
 }
 
 /** Guest and QEMU are gone (stop, or the end of a shutdown). */
-function powerOff(state, at) {
+function powerOff(state: SandboxState, at: number): void {
   const vm = state.vm;
   vm.status = 'stopped';
   vm.phase = 'off';
@@ -470,19 +528,11 @@ function powerOff(state, at) {
   for (const e of Object.values(state.engines)) e.loaded = [];
 }
 
-function failTask(task, message) {
-  task.exitstatus = message;
-}
-
-function findTask(state, upid) {
-  return state.tasks.find((t) => t.upid === upid);
-}
-
 /** Apply every transition whose time has come. Idempotent; called at the start of each update. */
-function advance(state, now) {
+function advance(state: SandboxState, now: number): void {
   const vm = state.vm;
   for (let guard = 0; guard < 8; guard++) {
-    if (vm.op && vm.op.ignored && now >= vm.op.deadline) {
+    if (vm.op?.ignored && now >= vm.op.deadline) {
       // ACPI request ignored by a hung guest: the task gives up, the VM keeps running (hung).
       vm.op = null;
       continue;
@@ -492,7 +542,7 @@ function advance(state, now) {
       const op = vm.op;
       vm.op = null;
       powerOff(state, at);
-      if (op && op.action === 'reboot') bootVm(state, at + 50);
+      if (op?.action === 'reboot') bootVm(state, at + 50);
       continue;
     }
     if (vm.phase === 'booting' && vm.phaseUntil !== null && now >= vm.phaseUntil) {
@@ -503,16 +553,23 @@ function advance(state, now) {
     break;
   }
   for (const e of Object.values(state.engines)) {
-    const live = loadedModels(state, e, now);
+    const live = loadedModels(e, now);
     if (live.length !== e.loaded.length) e.loaded = live;
   }
   applyLoadFailures(state, now);
 }
 
-function makeUpid(state, pveNode, type, user, now) {
+function makeUpid(state: SandboxState, pveNode: string, type: string, user: string, now: number): string {
   const pid = nextPid(state) + 1_000_000;
   const pstart = Math.floor((now - state.createdAt) / 10) + 4_200_000;
   return `UPID:${pveNode}:${hex8(pid)}:${hex8(pstart)}:${hex8(Math.floor(now / 1000))}:${type}:${state.vm.vmid}:${user}:`;
+}
+
+export interface PowerOptions {
+  user?: string;
+  pveNode?: string;
+  /** ACPI timeout of a shutdown or reboot (default the VM's acpiTimeoutMs). */
+  timeoutMs?: number;
 }
 
 /**
@@ -520,35 +577,44 @@ function makeUpid(state, pveNode, type, user, now) {
  * known at once (taskStatus tells when it has "finished"). Semantics follow Proxmox: shutdown and reboot go through
  * ACPI and a hung guest ignores them until the timeout; stop and reset act on QEMU and always work.
  */
-function requestPower(state, action, now, opts) {
+export function requestPower(
+  state: SandboxState,
+  action: PowerAction,
+  now: number,
+  opts: PowerOptions = {},
+): TaskRecord {
   const vm = state.vm;
-  const o = opts || {};
-  const user = o.user || 'root@pam';
-  const pveNode = o.pveNode || 'pve';
+  const user = opts.user || 'root@pam';
+  const pveNode = opts.pveNode || 'pve';
   const type = `qm${action}`;
   const upid = makeUpid(state, pveNode, type, user, now);
-  const task = {
+  const [, , pidHex = '', pstartHex = ''] = upid.split(':');
+  const task: TaskRecord = {
     upid,
     node: pveNode,
     type,
     id: String(vm.vmid),
     user,
-    pid: parseInt(upid.split(':')[2], 16),
-    pstart: parseInt(upid.split(':')[3], 16),
+    pid: parseInt(pidHex, 16),
+    pstart: parseInt(pstartHex, 16),
     starttime: Math.floor(now / 1000),
     endAt: now + 150,
     exitstatus: 'OK',
     log: [],
   };
+  const fail = (message: string): void => {
+    task.exitstatus = message;
+  };
   state.tasks.push(task);
   if (state.tasks.length > TASKS_MAX) state.tasks.splice(0, state.tasks.length - TASKS_MAX);
   const running = vm.phase !== 'off';
-  const abortPending = () => {
+  const abortPending = (): void => {
     if (vm.op) {
-      const pending = findTask(state, vm.op.upid);
+      const op = vm.op;
+      const pending = state.tasks.find((t) => t.upid === op.upid);
       if (pending && pending.endAt > now) {
         pending.endAt = now;
-        failTask(pending, 'VM quit/powerdown failed');
+        pending.exitstatus = 'VM quit/powerdown failed';
       }
       vm.op = null;
     }
@@ -556,7 +622,7 @@ function requestPower(state, action, now, opts) {
   switch (action) {
     case 'start':
       if (running) {
-        failTask(task, `VM ${vm.vmid} already running`);
+        fail(`VM ${vm.vmid} already running`);
         break;
       }
       vm.lastAction = { action, at: now };
@@ -571,7 +637,7 @@ function requestPower(state, action, now, opts) {
       break;
     case 'reset':
       if (!running) {
-        failTask(task, `VM ${vm.vmid} not running`);
+        fail(`VM ${vm.vmid} not running`);
         break;
       }
       abortPending();
@@ -581,21 +647,21 @@ function requestPower(state, action, now, opts) {
     case 'shutdown':
     case 'reboot': {
       if (!running) {
-        failTask(task, `VM ${vm.vmid} not running`);
+        fail(`VM ${vm.vmid} not running`);
         break;
       }
       if (vm.op) {
         task.endAt = now + 100;
-        failTask(task, `can't lock file '/var/lock/qemu-server/lock-${vm.vmid}.conf' - got timeout`);
+        fail(`can't lock file '/var/lock/qemu-server/lock-${vm.vmid}.conf' - got timeout`);
         break;
       }
-      const timeoutMs = o.timeoutMs !== undefined ? o.timeoutMs : vm.acpiTimeoutMs;
+      const timeoutMs = opts.timeoutMs !== undefined ? opts.timeoutMs : vm.acpiTimeoutMs;
       vm.lastAction = { action, at: now };
       task.log.push(`requesting ${action} of VM ${vm.vmid}: ${upid}`);
       if (vm.hung) {
         vm.op = { action, upid, startedAt: now, deadline: now + timeoutMs, ignored: true };
         task.endAt = now + timeoutMs;
-        failTask(task, 'VM quit/powerdown failed - got timeout');
+        fail('VM quit/powerdown failed - got timeout');
         break;
       }
       vm.phase = 'shutting-down';
@@ -605,14 +671,17 @@ function requestPower(state, action, now, opts) {
       break;
     }
     default:
-      failTask(task, `unknown power action '${action}'`);
+      fail(`unknown power action '${String(action)}'`);
   }
   task.log.push(task.exitstatus === 'OK' ? 'TASK OK' : `TASK ERROR: ${task.exitstatus}`);
   return task;
 }
 
 /** Proxmox's view of a task: running until its end time, then stopped with its exit status. */
-function taskStatus(task, now) {
+export function taskStatus(
+  task: TaskRecord,
+  now: number,
+): { status: 'running' } | { status: 'stopped'; exitstatus: string; endtime: number } {
   if (now < task.endAt) return { status: 'running' };
   return { status: 'stopped', exitstatus: task.exitstatus, endtime: Math.floor(task.endAt / 1000) };
 }
@@ -620,8 +689,8 @@ function taskStatus(task, now) {
 // ---------------------------------------------------------------------------------------------------------------
 // Faults: the list is derived from the world, so a docker restart or a reboot that clears a fault's cause clears it.
 
-function currentFaults(state) {
-  const out = [];
+function currentFaults(state: SandboxState): { kind: SandboxFaultKind; target: string }[] {
+  const out: { kind: SandboxFaultKind; target: string }[] = [];
   if (state.vm.hung) out.push({ kind: 'node-down', target: state.node });
   for (const c of Object.values(state.containers)) {
     if (c.faults.hang) out.push({ kind: 'engine-hang', target: c.name });
@@ -635,7 +704,7 @@ function currentFaults(state) {
   return out;
 }
 
-function syncFaults(state, now) {
+export function syncFaults(state: SandboxState, now: number): void {
   const prev = new Map(state.faults.map((f) => [`${f.kind}/${f.target}`, f.at]));
   state.faults = currentFaults(state).map((f) => ({ ...f, at: prev.get(`${f.kind}/${f.target}`) ?? now }));
   for (const c of Object.values(state.containers)) if (c.crashed && c.status !== 'exited') c.crashed = false;
@@ -645,7 +714,9 @@ function syncFaults(state, now) {
 // docker run / docker rm: canary slots recreate an engine's container with another model.
 
 /** What the sandbox's engine images set by themselves (`docker image inspect`), per engine type. */
-const IMAGE_DEFAULTS = {
+export const IMAGE_DEFAULTS: Readonly<
+  Record<EngineSim['type'], { Entrypoint: string[]; Cmd: string[] | null; port: number; volume: string }>
+> = {
   ollama: { Entrypoint: ['/bin/ollama'], Cmd: ['serve'], port: 11434, volume: '/root/.ollama' },
   vllm: {
     Entrypoint: ['python3', '-m', 'vllm.entrypoints.openai.api_server'],
@@ -655,34 +726,46 @@ const IMAGE_DEFAULTS = {
   },
   llamacpp: { Entrypoint: ['/app/llama-server'], Cmd: null, port: 8080, volume: '/models' },
 };
-const IMAGE_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'NVIDIA_VISIBLE_DEVICES=all'];
-const IMAGE_LABELS = { 'org.opencontainers.image.ref.name': 'ubuntu', 'org.opencontainers.image.version': '22.04' };
+export const IMAGE_ENV: readonly string[] = [
+  'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  'NVIDIA_VISIBLE_DEVICES=all',
+];
+export const IMAGE_LABELS: Readonly<Record<string, string>> = {
+  'org.opencontainers.image.ref.name': 'ubuntu',
+  'org.opencontainers.image.version': '22.04',
+};
 
 /** The library profile behind a name an engine serves (a --served-model-name or --alias maps to its model). */
-function profileName(engine, served) {
-  return (engine.servedFrom && engine.servedFrom[served]) || served;
+export function profileName(engine: EngineSim, served: string): string {
+  return engine.servedFrom?.[served] || served;
 }
 
 /** Last value of `--flag V` / `--flag=V` in argv (first value for nargs flags), or undefined. */
-function flagValue(argv, names) {
-  let v;
+function flagValue(argv: readonly string[], names: readonly string[]): string | undefined {
+  let v: string | undefined;
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
+    const a = argv[i] ?? '';
+    const next = argv[i + 1];
     const eq = a.startsWith('--') ? a.indexOf('=') : -1;
     if (eq > 0 && names.includes(a.slice(0, eq))) v = a.slice(eq + 1);
-    else if (names.includes(a) && i + 1 < argv.length && !argv[i + 1].startsWith('-')) v = argv[i + 1];
+    else if (names.includes(a) && next !== undefined && !next.startsWith('-')) v = next;
   }
   return v;
 }
 
 /** The model a vLLM / llama.cpp command line names, as the engine reads it; undefined when it names none. */
-function modelOfCommand(type, cmd, entrypoint) {
+function modelOfCommand(
+  type: EngineSim['type'],
+  cmd: readonly string[],
+  entrypoint: readonly string[],
+): Omit<ServedModel, 'known'> | undefined {
   if (type === 'vllm') {
     let arg = flagValue(cmd, ['--model']);
     if (arg === undefined) {
       const full = [...entrypoint, ...cmd];
-      const i = full.findIndex((a, k) => a === 'serve' && k > 0 && /(^|\/)vllm$/.test(full[k - 1]));
-      if (i >= 0 && full[i + 1] !== undefined && !full[i + 1].startsWith('-')) arg = full[i + 1];
+      const i = full.findIndex((a, k) => a === 'serve' && k > 0 && /(^|\/)vllm$/.test(full[k - 1] ?? ''));
+      const next = full[i + 1];
+      if (i >= 0 && next !== undefined && !next.startsWith('-')) arg = next;
     }
     if (arg === undefined) return undefined;
     const served = flagValue(cmd, ['--served-model-name']);
@@ -692,7 +775,7 @@ function modelOfCommand(type, cmd, entrypoint) {
     const alias = flagValue(cmd, ['-a', '--alias']);
     const p = flagValue(cmd, ['-m', '--model']);
     if (p !== undefined) {
-      const file = p.split('/').pop();
+      const file = p.split('/').pop() ?? p;
       return { arg: p, profile: file, served: alias || file, revision: null };
     }
     const repo = flagValue(cmd, ['-hf', '-hfr', '--hf-repo']);
@@ -705,13 +788,12 @@ function modelOfCommand(type, cmd, entrypoint) {
 }
 
 /** What the engine prints before it exits because it cannot load its model. */
-function loadFailureLines(engine, c, t) {
-  const m = c.serves;
+function loadFailureLines(engine: EngineSim, m: ServedModel, id: string, t: number): string[] {
   if (engine.type === 'vllm') {
     const ts = vllmTime(t);
     const url = `https://huggingface.co/${m.arg}/resolve/${m.revision || 'main'}/config.json`;
     return [
-      `INFO ${ts} api_server.py:170] Multiprocessing frontend to use ipc:///tmp/${hexOf(`${c.id}/${t}`, 8)}-${hexOf(`${c.id}/ipc`, 4)} for IPC Path.`,
+      `INFO ${ts} api_server.py:170] Multiprocessing frontend to use ipc:///tmp/${hexOf(`${id}/${t}`, 8)}-${hexOf(`${id}/ipc`, 4)} for IPC Path.`,
       'Traceback (most recent call last):',
       '  File "/usr/local/lib/python3.12/dist-packages/huggingface_hub/utils/_http.py", line 406, in hf_raise_for_status',
       '    response.raise_for_status()',
@@ -719,7 +801,7 @@ function loadFailureLines(engine, c, t) {
       '',
       'The above exception was the direct cause of the following exception:',
       '',
-      `huggingface_hub.errors.RepositoryNotFoundError: 401 Client Error. (Request ID: Root=1-${hexOf(`${c.id}/req`, 8)}-${hexOf(`${c.id}/req2`, 24)})`,
+      `huggingface_hub.errors.RepositoryNotFoundError: 401 Client Error. (Request ID: Root=1-${hexOf(`${id}/req`, 8)}-${hexOf(`${id}/req2`, 24)})`,
       '',
       `Repository Not Found for url: ${url}.`,
       'Please make sure you specified the correct `repo_id` and `repo_type`.',
@@ -749,7 +831,7 @@ function loadFailureLines(engine, c, t) {
 }
 
 /** Containers whose model failed to load by `now` print why and exit 1 (as the engine process does). */
-function applyLoadFailures(state, now) {
+export function applyLoadFailures(state: SandboxState, now: number): void {
   for (const c of Object.values(state.containers)) {
     if (!c.loadFailure || c.status !== 'running' || now < c.loadFailure.at) continue;
     const f = c.loadFailure;
@@ -760,7 +842,7 @@ function applyLoadFailures(state, now) {
 }
 
 /** Host and container port of the first `--publish` value ("18101:8000", "0.0.0.0:18101:8000/tcp", "8000"). */
-function publishedPort(publish) {
+function publishedPort(publish: readonly string[]): { container: number; host: number | undefined } | undefined {
   for (const p of publish) {
     const parts = p
       .replace(/\/\w+$/, '')
@@ -778,24 +860,42 @@ function publishedPort(publish) {
  * creates, or a systemd unit started with another ExecStart=); a model the library lacks fails to load at start.
  * Ollama serves its installed models whatever its command line says.
  */
-function applyServedModel(state, engine, c, cmd, entrypoint) {
+export function applyServedModel(
+  state: SandboxState,
+  engine: EngineSim,
+  c: ContainerSim,
+  cmd: readonly string[],
+  entrypoint: readonly string[],
+): void {
   if (engine.type === 'ollama') return;
-  const m = modelOfCommand(engine.type, cmd, entrypoint);
-  if (!m) return;
-  m.known = Boolean(state.library[m.profile]);
+  const named = modelOfCommand(engine.type, cmd, entrypoint);
+  if (!named) return;
+  const m: ServedModel = { ...named, known: Boolean(state.library[named.profile]) };
   c.serves = m;
   engine.models = m.known ? [m.served] : [];
   if (m.served !== m.profile) engine.servedFrom = { [m.served]: m.profile };
   else delete engine.servedFrom;
 }
 
+/** What `docker run -d` parsed: the container's name, image, command, environment and run flags. */
+export interface RunContainerSpec extends ContainerRunSpec {
+  name: string;
+  image: string;
+  cmd: string[];
+  env: string[];
+}
+
 /**
  * `docker run -d` (or `docker create`, with start false): create, and start, a container for one of the node's
- * engines. `spec` holds what the shim parsed: name, image, cmd, env (merged over the image's), entrypoint (null: the
- * image's), publish, binds, gpus, shmSize, ipcMode, restartPolicy, networkMode, labels, runtime. Returns { id } or
+ * engines, with what the shim parsed (env merged over the image's; entrypoint null: the image's). Returns { id } or
  * { error, code } as the daemon would.
  */
-function runContainer(state, spec, now, start = true) {
+export function runContainer(
+  state: SandboxState,
+  spec: RunContainerSpec,
+  now: number,
+  start = true,
+): { id: string } | { error: string; code: number } {
   const existing = state.containers[spec.name];
   if (existing) {
     return {
@@ -820,7 +920,7 @@ function runContainer(state, spec, now, start = true) {
     if (i >= 0) env[i] = kv;
     else env.push(kv);
   }
-  const c = {
+  const c: ContainerSim = {
     name: spec.name,
     id: hexOf(`${state.node}/container/${spec.name}/${now}/${Math.random()}`, 64),
     image: spec.image,
@@ -844,7 +944,7 @@ function runContainer(state, spec, now, start = true) {
     logs: [],
     ports: {
       container: published ? published.container : defaults.port,
-      host: published && published.host !== undefined ? published.host : engine.port,
+      host: published?.host !== undefined ? published.host : engine.port,
     },
     cmd: spec.cmd,
     env,
@@ -868,8 +968,8 @@ function runContainer(state, spec, now, start = true) {
 }
 
 /** `docker rm [-f]`: a running container needs force (it is killed first). Returns an error message or null. */
-function removeContainer(state, name, now, force) {
-  const c = state.containers[name];
+export function removeContainer(state: SandboxState, name: string, now: number, force: boolean): string | null {
+  const c = containerOf(state, name);
   if (c.status === 'running' || c.status === 'restarting' || c.status === 'paused') {
     if (!force) {
       return `Error response from daemon: cannot remove container "/${name}": container is running: stop the container before removing or force remove`;
@@ -889,8 +989,8 @@ function removeContainer(state, name, now, force) {
 // Finding state files
 
 /** The state file of the node whose VM has this vmid, under a sandbox state directory (`<dir>/<node>/state.json`). */
-function findStateByVmid(dir, vmid) {
-  let entries;
+export function findStateByVmid(dir: string, vmid: number): string | undefined {
+  let entries: fs.Dirent[];
   try {
     entries = fs.readdirSync(dir, { withFileTypes: true });
   } catch {
@@ -900,51 +1000,7 @@ function findStateByVmid(dir, vmid) {
     if (!e.isDirectory()) continue;
     const file = path.join(dir, e.name, 'state.json');
     const s = tryReadState(file);
-    if (s && s.vm && s.vm.vmid === vmid) return file;
+    if (s?.vm?.vmid === vmid) return file;
   }
   return undefined;
 }
-
-module.exports = {
-  OLLAMA_VERSION,
-  VLLM_VERSION,
-  sleepSync,
-  acquireLock,
-  releaseLock,
-  readState,
-  tryReadState,
-  writeStateAtomic,
-  updateState,
-  createStateIfAbsent,
-  isoNano,
-  hexOf,
-  nextPid,
-  appendLog,
-  appendKernel,
-  startupLines,
-  cudaOomLines,
-  engineOfContainer,
-  startContainer,
-  stopContainer,
-  loadedModels,
-  computeApps,
-  gpuMemoryUsed,
-  xidPci,
-  bootVm,
-  powerOff,
-  advance,
-  requestPower,
-  taskStatus,
-  currentFaults,
-  syncFaults,
-  findStateByVmid,
-  IMAGE_DEFAULTS,
-  IMAGE_ENV,
-  IMAGE_LABELS,
-  profileName,
-  modelOfCommand,
-  applyServedModel,
-  applyLoadFailures,
-  runContainer,
-  removeContainer,
-};

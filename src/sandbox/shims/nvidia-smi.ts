@@ -1,44 +1,46 @@
-#!/usr/bin/env node
-'use strict';
 /**
  * `nvidia-smi` for the sandbox node: --query-gpu / --query-compute-apps CSV (field list and order honoured, units
  * and headers as the real tool prints them), -q / -q -x, -L, the summary table and --gpu-reset, against the node's
  * simulated GPUs ($GPUOPS_SANDBOX_STATE). A GPU that fell off the bus (Xid 79) makes NVML calls fail with exit 15
  * (NVML_ERROR_GPU_IS_LOST), as the real tool does.
  */
-const core = require('./lib/core');
-const { loadState } = require('./lib/shim');
+import type { GpuSim, SandboxState } from '../state';
+import * as core from './lib/core';
+import { err, loadState, out } from './lib/shim';
 
-const out = (s) => process.stdout.write(s);
-const err = (s) => process.stderr.write(s);
 const NA = '[N/A]';
 const EXIT_GPU_LOST = 15;
 
-const COMPUTE_CAP = { Ampere: '8.6', 'Ada Lovelace': '8.9', Blackwell: '12.0', Hopper: '9.0' };
-const DEVICE_ID = {
+const COMPUTE_CAP: Readonly<Record<string, string>> = {
+  Ampere: '8.6',
+  'Ada Lovelace': '8.9',
+  Blackwell: '12.0',
+  Hopper: '9.0',
+};
+const DEVICE_ID: Readonly<Record<string, string>> = {
   'NVIDIA RTX A4000': '0x24B010DE',
   'NVIDIA GeForce RTX 3090': '0x220410DE',
   'NVIDIA GeForce RTX 5090': '0x2B8510DE',
 };
 
-function lostMessage(gpu) {
+function lostMessage(gpu: GpuSim): string {
   return `Unable to determine the device handle for GPU ${gpu.pciBusId.slice(4)}: GPU is lost. Reboot the system to recover this GPU`;
 }
 
-function smiTimestamp(now) {
+function smiTimestamp(now: number): string {
   const d = new Date(now);
-  const p = (n, w = 2) => String(n).padStart(w, '0');
+  const p = (n: number, w = 2): string => String(n).padStart(w, '0');
   return `${d.getFullYear()}/${p(d.getMonth() + 1)}/${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}.${p(d.getMilliseconds(), 3)}`;
 }
 
-function ctimeStamp(now) {
+function ctimeStamp(now: number): string {
   const s = new Date(now).toString(); // "Wed May 01 2024 10:00:00 GMT+0000 (...)"
   const [dow, mon, day, year, time] = s.split(' ');
   return `${dow} ${mon} ${String(Number(day)).padStart(2, ' ')} ${time} ${year}`;
 }
 
 /** Live readings of one GPU: memory, utilization, P-state and power follow the engines using it. */
-function readings(state, gpu, now) {
+function readings(state: SandboxState, gpu: GpuSim, now: number) {
   const apps = core.computeApps(state, gpu.index, now);
   const busy = apps.length > 0;
   const used = core.gpuMemoryUsed(state, gpu, now);
@@ -60,13 +62,26 @@ function readings(state, gpu, now) {
   };
 }
 
-const w = (n) => n.toFixed(2);
+type Readings = ReturnType<typeof readings>;
+
+const w = (n: number): string => n.toFixed(2);
+
+/** What a --query-gpu field reads. */
+interface GpuCtx {
+  state: SandboxState;
+  gpu: GpuSim;
+  now: number;
+  r: Readings;
+}
+
+/** A field's value: null prints [N/A]. */
+type Value = string | number | null;
 
 /**
- * --query-gpu fields: header (with unit), value with unit and value without. A value of null prints [N/A].
- * Only the fields gpuops and operators commonly ask for; others are rejected like an unknown field.
+ * --query-gpu fields: header unit, and the value. Only the fields gpuops and operators commonly ask for; others are
+ * rejected like an unknown field.
  */
-const GPU_FIELDS = {
+const GPU_FIELDS: Readonly<Record<string, { unit: string | null; v: (c: GpuCtx) => Value }>> = {
   timestamp: { unit: null, v: (c) => smiTimestamp(c.now) },
   driver_version: { unit: null, v: (c) => c.state.host.driverVersion },
   count: { unit: null, v: (c) => c.state.gpus.length },
@@ -75,9 +90,9 @@ const GPU_FIELDS = {
   uuid: { unit: null, v: (c) => c.gpu.uuid },
   'pci.bus_id': { unit: null, v: (c) => c.gpu.pciBusId },
   'pci.domain': { unit: null, v: (c) => `0x${c.gpu.pciBusId.slice(0, 8).slice(-4)}` },
-  'pci.bus': { unit: null, v: (c) => `0x${c.gpu.pciBusId.split(':')[1]}` },
+  'pci.bus': { unit: null, v: (c) => `0x${c.gpu.pciBusId.split(':')[1] ?? ''}` },
   'pci.device': { unit: null, v: () => '0x00' },
-  'pci.device_id': { unit: null, v: (c) => DEVICE_ID[c.gpu.name] || '0x24B010DE' },
+  'pci.device_id': { unit: null, v: (c) => DEVICE_ID[c.gpu.name] ?? '0x24B010DE' },
   index: { unit: null, v: (c) => c.gpu.index },
   vbios_version: { unit: null, v: (c) => c.gpu.vbios },
   display_mode: { unit: null, v: () => 'Disabled' },
@@ -90,7 +105,7 @@ const GPU_FIELDS = {
   'memory.used': { unit: 'MiB', v: (c) => c.r.used },
   'memory.free': { unit: 'MiB', v: (c) => c.r.free },
   compute_mode: { unit: null, v: () => 'Default' },
-  compute_cap: { unit: null, v: (c) => COMPUTE_CAP[c.gpu.architecture] || '8.6' },
+  compute_cap: { unit: null, v: (c) => COMPUTE_CAP[c.gpu.architecture] ?? '8.6' },
   'utilization.gpu': { unit: '%', v: (c) => c.r.util },
   'utilization.memory': { unit: '%', v: (c) => c.r.memUtil },
   'ecc.mode.current': { unit: null, v: (c) => (c.gpu.eccSupported ? 'Enabled' : null) },
@@ -157,7 +172,7 @@ const GPU_FIELDS = {
   'mig.mode.current': { unit: null, v: () => null },
   'mig.mode.pending': { unit: null, v: () => null },
 };
-const GPU_FIELD_ALIASES = {
+const GPU_FIELD_ALIASES: Readonly<Record<string, string>> = {
   gpu_name: 'name',
   gpu_serial: 'serial',
   gpu_uuid: 'uuid',
@@ -165,7 +180,14 @@ const GPU_FIELD_ALIASES = {
   'pci.device_id': 'pci.device_id',
 };
 
-const APP_FIELDS = {
+/** What a --query-compute-apps field reads. */
+interface AppCtx {
+  gpu: GpuSim;
+  app: core.ComputeApp;
+  now: number;
+}
+
+const APP_FIELDS: Readonly<Record<string, { header: string; unit: string | null; v: (c: AppCtx) => Value }>> = {
   timestamp: { header: 'timestamp', unit: null, v: (c) => smiTimestamp(c.now) },
   gpu_name: { header: 'gpu_name', unit: null, v: (c) => c.gpu.name },
   gpu_bus_id: { header: 'gpu_bus_id', unit: null, v: (c) => c.gpu.pciBusId },
@@ -178,23 +200,28 @@ const APP_FIELDS = {
   used_gpu_memory: { header: 'used_gpu_memory', unit: 'MiB', v: (c) => c.app.usedMiB },
 };
 
-function parseFormat(spec) {
+interface CsvFormat {
+  header: boolean;
+  units: boolean;
+}
+
+function parseFormat(spec: string | undefined): CsvFormat | null {
   if (spec === undefined) return null;
   const parts = spec.split(',').map((p) => p.trim());
   if (parts[0] !== 'csv') return null;
   return { header: !parts.includes('noheader'), units: !parts.includes('nounits') };
 }
 
-function fmt(value, unit, fmtOpts) {
-  if (value === null || value === undefined) return NA;
+function fmt(value: Value, unit: string | null, fmtOpts: CsvFormat): string {
+  if (value === null) return NA;
   return unit && fmtOpts.units ? `${value} ${unit}` : String(value);
 }
 
 /** GPUs selected by -i/--id (index, UUID or PCI bus id, comma-separated), or all. */
-function selectGpus(state, idSpec) {
+function selectGpus(state: SandboxState, idSpec: string | undefined): { gpus: GpuSim[]; error: string | null } {
   if (idSpec === undefined) return { gpus: state.gpus, error: null };
-  const picked = [];
-  for (const id of String(idSpec).split(',')) {
+  const picked: GpuSim[] = [];
+  for (const id of idSpec.split(',')) {
     const t = id.trim();
     const g = state.gpus.find(
       (x) =>
@@ -209,22 +236,24 @@ function selectGpus(state, idSpec) {
   return { gpus: picked, error: null };
 }
 
-function queryGpu(state, spec, fmtOpts, gpus, now) {
-  const fields = spec
+function fieldList(spec: string): string[] {
+  return spec
     .split(',')
     .map((f) => f.trim())
     .filter(Boolean);
-  for (const f of fields) {
-    if (!GPU_FIELDS[GPU_FIELD_ALIASES[f] || f]) {
+}
+
+function queryGpu(state: SandboxState, spec: string, fmtOpts: CsvFormat, gpus: GpuSim[], now: number): number {
+  const fields: { name: string; d: { unit: string | null; v: (c: GpuCtx) => Value } }[] = [];
+  for (const f of fieldList(spec)) {
+    const d = GPU_FIELDS[GPU_FIELD_ALIASES[f] ?? f];
+    if (!d) {
       out(`Field "${f}" is not a valid field to query.\n\n`);
       return 2;
     }
+    fields.push({ name: f, d });
   }
-  if (fmtOpts.header) {
-    out(
-      `${fields.map((f) => (GPU_FIELDS[GPU_FIELD_ALIASES[f] || f].unit ? `${f} [${GPU_FIELDS[GPU_FIELD_ALIASES[f] || f].unit}]` : f)).join(', ')}\n`,
-    );
-  }
+  if (fmtOpts.header) out(`${fields.map(({ name, d }) => (d.unit ? `${name} [${d.unit}]` : name)).join(', ')}\n`);
   let code = 0;
   for (const gpu of gpus) {
     if (gpu.lost) {
@@ -233,33 +262,22 @@ function queryGpu(state, spec, fmtOpts, gpus, now) {
       continue;
     }
     const c = { state, gpu, now, r: readings(state, gpu, now) };
-    out(
-      `${fields
-        .map((f) => {
-          const d = GPU_FIELDS[GPU_FIELD_ALIASES[f] || f];
-          return fmt(d.v(c), d.unit, fmtOpts);
-        })
-        .join(', ')}\n`,
-    );
+    out(`${fields.map(({ d }) => fmt(d.v(c), d.unit, fmtOpts)).join(', ')}\n`);
   }
   return code;
 }
 
-function queryApps(state, spec, fmtOpts, gpus, now) {
-  const fields = spec
-    .split(',')
-    .map((f) => f.trim())
-    .filter(Boolean);
-  for (const f of fields) {
-    if (!APP_FIELDS[f]) {
+function queryApps(state: SandboxState, spec: string, fmtOpts: CsvFormat, gpus: GpuSim[], now: number): number {
+  const fields: { header: string; unit: string | null; v: (c: AppCtx) => Value }[] = [];
+  for (const f of fieldList(spec)) {
+    const d = APP_FIELDS[f];
+    if (!d) {
       out(`Field "${f}" is not a valid field to query.\n\n`);
       return 2;
     }
+    fields.push(d);
   }
-  if (fmtOpts.header)
-    out(
-      `${fields.map((f) => (APP_FIELDS[f].unit ? `${APP_FIELDS[f].header} [${APP_FIELDS[f].unit}]` : APP_FIELDS[f].header)).join(', ')}\n`,
-    );
+  if (fmtOpts.header) out(`${fields.map((d) => (d.unit ? `${d.header} [${d.unit}]` : d.header)).join(', ')}\n`);
   let code = 0;
   for (const gpu of gpus) {
     if (gpu.lost) {
@@ -268,8 +286,8 @@ function queryApps(state, spec, fmtOpts, gpus, now) {
       continue;
     }
     for (const app of core.computeApps(state, gpu.index, now)) {
-      const c = { state, gpu, app, now };
-      out(`${fields.map((f) => fmt(APP_FIELDS[f].v(c), APP_FIELDS[f].unit, fmtOpts)).join(', ')}\n`);
+      const c = { gpu, app, now };
+      out(`${fields.map((d) => fmt(d.v(c), d.unit, fmtOpts)).join(', ')}\n`);
     }
   }
   return code;
@@ -278,12 +296,16 @@ function queryApps(state, spec, fmtOpts, gpus, now) {
 // ---------------------------------------------------------------------------------------------------------------
 // -q / -q -x: one tree, rendered as XML (nvsmi_device_v12.dtd) or as the indented text report.
 
-function gpuTree(state, gpu, now) {
+/** An element of the -q tree: a leaf's text, or its children. */
+type TreeNode = [tag: string, value: string | TreeNode[]];
+
+function gpuTree(state: SandboxState, gpu: GpuSim, now: number): TreeNode[] {
   const r = readings(state, gpu, now);
   const eccOk = gpu.eccSupported;
-  const ecc = (v) => (eccOk ? String(v) : 'N/A');
-  const [, bus] = gpu.pciBusId.split(':');
-  const reason = (bit) => (r.reasons === '0x0000000000000001' && bit === 'gpu_idle' ? 'Active' : 'Not Active');
+  const ecc = (v: number): string => (eccOk ? String(v) : 'N/A');
+  const [, bus = ''] = gpu.pciBusId.split(':');
+  const reason = (bit: string): string =>
+    r.reasons === '0x0000000000000001' && bit === 'gpu_idle' ? 'Active' : 'Not Active';
   return [
     ['product_name', gpu.name],
     ['product_brand', gpu.name.includes('GeForce') ? 'GeForce' : 'NVIDIA RTX'],
@@ -350,7 +372,7 @@ function gpuTree(state, gpu, now) {
         ['pci_domain', '0000'],
         ['pci_base_class', '3'],
         ['pci_sub_class', '0'],
-        ['pci_device_id', (DEVICE_ID[gpu.name] || '0x24B010DE').slice(2)],
+        ['pci_device_id', (DEVICE_ID[gpu.name] ?? '0x24B010DE').slice(2)],
         ['pci_bus_id', gpu.pciBusId],
         ['pci_sub_system_id', '14AD10DE'],
         [
@@ -395,7 +417,7 @@ function gpuTree(state, gpu, now) {
         'sync_boost',
         'sw_thermal_slowdown',
         'display_clocks_setting',
-      ].map((b) => [`clocks_event_reason_${b}`, reason(b)]),
+      ].map((b): TreeNode => [`clocks_event_reason_${b}`, reason(b)]),
     ],
     ['sparse_operation_mode', 'N/A'],
     [
@@ -606,7 +628,7 @@ function gpuTree(state, gpu, now) {
     ],
     [
       'processes',
-      r.apps.map((a) => [
+      r.apps.map((a): TreeNode => [
         'process_info',
         [
           ['gpu_instance_id', 'N/A'],
@@ -622,11 +644,11 @@ function gpuTree(state, gpu, now) {
   ];
 }
 
-function xmlEscape(s) {
+function xmlEscape(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 }
 
-function renderXml(nodes, depth) {
+function renderXml(nodes: TreeNode[], depth: number): string {
   const tab = '\t'.repeat(depth);
   let s = '';
   for (const [tag, value] of nodes) {
@@ -639,18 +661,16 @@ function renderXml(nodes, depth) {
   return s;
 }
 
-function title(tag) {
+const UPPER_WORDS = ['pci', 'gpu', 'ecc', 'fb', 'bar1', 'mig', 'id', 'uuid', 'vbios', 'sm', 'dm'];
+
+function title(tag: string): string {
   return tag
     .split('_')
-    .map((p) =>
-      ['pci', 'gpu', 'ecc', 'fb', 'bar1', 'mig', 'id', 'uuid', 'vbios', 'sm', 'dm'].includes(p)
-        ? p.toUpperCase()
-        : p[0].toUpperCase() + p.slice(1),
-    )
+    .map((p) => (UPPER_WORDS.includes(p) ? p.toUpperCase() : p.charAt(0).toUpperCase() + p.slice(1)))
     .join(' ');
 }
 
-function renderText(nodes, depth) {
+function renderText(nodes: TreeNode[], depth: number): string {
   let s = '';
   const pad = '    '.repeat(depth);
   for (const [tag, value] of nodes) {
@@ -664,7 +684,7 @@ function renderText(nodes, depth) {
   return s;
 }
 
-function query(state, gpus, xml, now) {
+function query(state: SandboxState, gpus: GpuSim[], xml: boolean, now: number): number {
   const healthy = gpus.filter((g) => !g.lost);
   let code = 0;
   for (const g of gpus) {
@@ -687,7 +707,7 @@ function query(state, gpus, xml, now) {
   return code;
 }
 
-function table(state, now) {
+function table(state: SandboxState, now: number): number {
   const lost = state.gpus.find((g) => g.lost);
   if (lost) {
     out(`${lostMessage(lost)}\n`);
@@ -701,7 +721,7 @@ function table(state, now) {
   s += '| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |\n';
   s += '|                                         |                        |               MIG M. |\n';
   s += '|=========================================+========================+======================|\n';
-  const procs = [];
+  const procs: (core.ComputeApp & { gpu: number })[] = [];
   for (const g of state.gpus) {
     const r = readings(state, g, now);
     const ecc = g.eccSupported ? String(g.eccUncorrectedVolatile) : 'N/A';
@@ -733,7 +753,7 @@ function table(state, now) {
  * --gpu-reset: refused while any process holds the GPU (the engine containers must be stopped first), impossible
  * on a GPU that fell off the bus. Success clears volatile ECC counts and applies a pending row remap.
  */
-function gpuReset(file, state, idSpec) {
+function gpuReset(file: string, state: SandboxState, idSpec: string | undefined): number {
   const sel = selectGpus(state, idSpec);
   if (sel.error) {
     out(`${sel.error}\n`);
@@ -756,8 +776,8 @@ function gpuReset(file, state, idSpec) {
   // A reset takes a moment on real hardware; keep a token delay so callers cannot rely on it being instant.
   core.sleepSync(Math.max(1, 200 * state.sim.timeScale));
   core.updateState(file, (s, t) => {
-    for (const sel1 of sel.gpus) {
-      const g = s.gpus.find((x) => x.index === sel1.index);
+    for (const picked of sel.gpus) {
+      const g = s.gpus.find((x) => x.index === picked.index);
       if (!g || g.lost) continue;
       g.eccUncorrectedVolatile = 0;
       g.eccCorrectedVolatile = 0;
@@ -773,15 +793,25 @@ function gpuReset(file, state, idSpec) {
   return 0;
 }
 
-function parseArgv(argv) {
-  const opts = { q: false, x: false, L: false, reset: false };
+interface SmiOptions {
+  q: boolean;
+  x: boolean;
+  L: boolean;
+  reset: boolean;
+  queryGpu?: string | undefined;
+  queryApps?: string | undefined;
+  format?: string | undefined;
+  id?: string | undefined;
+  unknown?: string;
+}
+
+function parseArgv(argv: string[]): SmiOptions {
+  const opts: SmiOptions = { q: false, x: false, L: false, reset: false };
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    const [name, inline] =
-      a.startsWith('--') && a.includes('=')
-        ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)]
-        : [a, undefined];
-    const val = () => (inline !== undefined ? inline : argv[++i]);
+    const a = argv[i] ?? '';
+    const eq = a.startsWith('--') ? a.indexOf('=') : -1;
+    const name = eq >= 0 ? a.slice(0, eq) : a;
+    const val = (): string | undefined => (eq >= 0 ? a.slice(eq + 1) : argv[++i]);
     switch (name) {
       case '--query-gpu':
         opts.queryGpu = val();
@@ -825,7 +855,7 @@ function parseArgv(argv) {
   return opts;
 }
 
-function main(argv) {
+function main(argv: string[]): number {
   const { file, state } = loadState('nvidia-smi');
   const now = Date.now();
   const opts = parseArgv(argv);
@@ -847,7 +877,7 @@ function main(argv) {
     }
     return opts.queryGpu !== undefined
       ? queryGpu(state, opts.queryGpu, f, sel.gpus, now)
-      : queryApps(state, opts.queryApps, f, sel.gpus, now);
+      : queryApps(state, opts.queryApps ?? '', f, sel.gpus, now);
   }
   if (opts.L) {
     let code = 0;

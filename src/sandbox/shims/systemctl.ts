@@ -1,20 +1,16 @@
-#!/usr/bin/env node
-'use strict';
 /**
  * `systemctl` for the sandbox node: show, start, stop, restart, daemon-reload, reset-failed and is-active against the
- * node's simulated units ($GPUOPS_SANDBOX_STATE; what a unit is: lib/systemd.js), printing what systemd prints:
+ * node's simulated units ($GPUOPS_SANDBOX_STATE; what a unit is: lib/systemd.ts), printing what systemd prints:
  * `show` blocks separated by a blank line, properties in D-Bus order whatever order -p names them, exit 0 with
  * LoadState=not-found for a missing unit; `start`/`restart` of a missing unit exit 5 with "Unit X not found.", `stop`
  * with "Unit X not loaded.". Unset timestamps print "n/a", as systemd 249 and 252 print them (current systemd prints
  * them empty; SystemdCtl reads both). Jobs finish before the reply, as systemctl waits for them without --no-block.
  */
-const core = require('./lib/core');
-const sd = require('./lib/systemd');
-const { loadState } = require('./lib/shim');
-const { applyLifecycle } = require('./lib/lifecycle');
-
-const out = (s) => process.stdout.write(s);
-const err = (s) => process.stderr.write(s);
+import type { SandboxState } from '../state';
+import * as core from './lib/core';
+import { applyLifecycle } from './lib/lifecycle';
+import { err, loadState, out } from './lib/shim';
+import * as sd from './lib/systemd';
 
 /** EXIT_NOTINSTALLED (LSB): what systemctl exits with when a job names a unit systemd does not know. */
 const EXIT_NO_SUCH_UNIT = 5;
@@ -22,15 +18,23 @@ const EXIT_NO_SUCH_UNIT = 5;
 const FLAGS = new Set(['--value', '-a', '--all', '--no-pager', '--no-block', '-q', '--quiet', '--no-ask-password']);
 const IGNORED = new Set(['--system', '--no-legend', '--no-warn', '-l', '--full', '--plain']);
 
+interface ShowOptions {
+  props: string[];
+  valueOnly: boolean;
+  all: boolean;
+}
+
 /** getopt-style parsing: options anywhere, `-p A,B`, `-pA`, `--property=A`, repeated -p; then the verb and units. */
-function parseArgv(argv) {
-  const opts = { props: [], valueOnly: false, all: false };
-  const args = [];
+function parseArgv(
+  argv: string[],
+): { error: string } | { opts: ShowOptions; verb: string | undefined; units: string[] } {
+  const opts: ShowOptions = { props: [], valueOnly: false, all: false };
+  const args: string[] = [];
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
+    const a = argv[i] ?? '';
     const eq = a.startsWith('--') ? a.indexOf('=') : -1;
     const name = eq > 0 ? a.slice(0, eq) : a;
-    const value = () => (eq > 0 ? a.slice(eq + 1) : argv[++i]);
+    const value = (): string | undefined => (eq > 0 ? a.slice(eq + 1) : argv[++i]);
     if (a === '--') {
       args.push(...argv.slice(i + 1));
       break;
@@ -61,7 +65,7 @@ function parseArgv(argv) {
 }
 
 /** The guest is not up: nothing answers on the system bus. */
-function busDown(state) {
+function busDown(state: SandboxState): boolean {
   if (state.vm.phase === 'up') return false;
   err(
     "System has not been booted with systemd as init system (PID 1). Can't operate.\nFailed to connect to bus: Host is down\n",
@@ -71,7 +75,7 @@ function busDown(state) {
 }
 
 /** `systemctl show [-p ...] [--value] UNIT...` */
-function cmdShow(opts, names) {
+function cmdShow(opts: ShowOptions, names: string[]): void {
   const { file, state } = loadState('systemctl');
   if (busDown(state)) return;
   if (names.length === 0) {
@@ -87,10 +91,10 @@ function cmdShow(opts, names) {
   const blocks = names.map((name) => {
     const id = sd.unitName(name);
     const unit = sd.findUnit(state, id);
-    const lines = [];
+    const lines: string[] = [];
     for (const [key, v] of unit ? sd.unitProperties(state, unit, dir) : sd.notFoundProperties(id)) {
       if (wanted && !wanted.has(key)) continue;
-      for (const value of Array.isArray(v) ? v : [v]) {
+      for (const value of typeof v === 'string' ? [v] : v) {
         if (value === '' && !showEmpty) continue;
         lines.push(opts.valueOnly ? value : `${key}=${value}`);
       }
@@ -101,7 +105,7 @@ function cmdShow(opts, names) {
 }
 
 /** `systemctl start|stop|restart UNIT...`: each job is waited for, as systemctl does without --no-block. */
-function cmdJob(verb, names) {
+function cmdJob(verb: 'start' | 'stop' | 'restart', names: string[]): void {
   const { file, state } = loadState('systemctl');
   if (busDown(state)) return;
   if (names.length === 0) {
@@ -140,35 +144,34 @@ function cmdJob(verb, names) {
 }
 
 /** `systemctl daemon-reload`: every unit loads its drop-ins as they are on disk now. */
-function cmdDaemonReload() {
+function cmdDaemonReload(): void {
   const { file, state } = loadState('systemctl');
   if (busDown(state)) return;
   const dir = sd.unitDir(file);
   core.updateState(file, (s, now) => {
-    for (const unit of sd.allUnits(s)) sd.reloadUnit(s, unit, dir, now);
+    for (const unit of sd.allUnits(s)) sd.reloadUnit(unit, dir, now);
   });
 }
 
 /** `systemctl reset-failed [UNIT...]`: a failed unit reads inactive (Result=success) until it fails again. */
-function cmdResetFailed(names) {
+function cmdResetFailed(names: string[]): void {
   const { file, state } = loadState('systemctl');
   if (busDown(state)) return;
   core.updateState(file, (s, now) => {
-    const units = names.length === 0 ? sd.allUnits(s) : names.map((n) => sd.findUnit(s, n) || sd.unitName(n));
+    const units = names.length === 0 ? sd.allUnits(s) : names.map((n) => sd.findUnit(s, n) ?? sd.unitName(n));
     for (const unit of units) {
       if (typeof unit === 'string') {
         err(`Failed to reset failed state of unit ${unit}: Unit ${unit} not loaded.\n`);
         process.exitCode = 1;
         continue;
       }
-      unit.c.unit = unit.c.unit || {};
-      unit.c.unit.resetFailedAt = now;
+      (unit.c.unit ??= {}).resetFailedAt = now;
     }
   });
 }
 
 /** `systemctl is-active UNIT...`: the ActiveState of each; exit 0 when one is active, else 3. */
-function cmdIsActive(names) {
+function cmdIsActive(names: string[]): void {
   const { state } = loadState('systemctl');
   if (busDown(state)) return;
   core.applyLoadFailures(state, Date.now());
@@ -182,9 +185,9 @@ function cmdIsActive(names) {
   process.exitCode = any ? 0 : 3;
 }
 
-function main(argv) {
+function main(argv: string[]): void {
   const parsed = parseArgv(argv);
-  if (parsed.error) {
+  if ('error' in parsed) {
     err(`${parsed.error}\n`);
     process.exitCode = 1;
     return;
@@ -206,11 +209,10 @@ function main(argv) {
     case undefined:
       err('gpuops sandbox shim: systemctl list-units is not simulated; name a verb (show, start, stop, restart, …)\n');
       process.exitCode = 1;
-      return undefined;
+      return;
     default:
       err(`Unknown command verb '${verb}'.\n`);
       process.exitCode = 1;
-      return undefined;
   }
 }
 

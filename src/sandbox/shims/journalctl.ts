@@ -1,32 +1,36 @@
-#!/usr/bin/env node
-'use strict';
 /**
- * `journalctl` for the sandbox node: the journal of its simulated units ($GPUOPS_SANDBOX_STATE; lib/systemd.js) with
+ * `journalctl` for the sandbox node: the journal of its simulated units ($GPUOPS_SANDBOX_STATE; lib/systemd.ts) with
  * `-u/--unit`, `-n/--lines`, `-o/--output cat|short|short-iso`, `-S/--since`, `-U/--until`, `-r`, `-q`,
  * `--no-pager` and field matches (`_SYSTEMD_INVOCATION_ID=`, `_SYSTEMD_UNIT=`), as journalctl prints them: `-o cat`
  * is the message alone, and implies --quiet (no "-- No entries --" when nothing matches). Times without a zone are
  * local time, so `TZ` decides; like older journalctl, an RFC 3339 "T" separator is refused.
  */
-const core = require('./lib/core');
-const sd = require('./lib/systemd');
-const { loadState } = require('./lib/shim');
-
-const out = (s) => process.stdout.write(s);
-const err = (s) => process.stderr.write(s);
+import * as core from './lib/core';
+import { err, loadState, out } from './lib/shim';
+import * as sd from './lib/systemd';
 
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 const OUTPUTS = new Set(['short', 'short-iso', 'cat']);
 const MATCH_FIELDS = new Set(['_SYSTEMD_INVOCATION_ID', '_SYSTEMD_UNIT']);
-const SPAN_MS = { us: 0.001, ms: 1, s: 1000, sec: 1000, m: 60_000, min: 60_000, h: 3_600_000, d: 86_400_000 };
+const SPAN_MS: Readonly<Record<string, number>> = {
+  us: 0.001,
+  ms: 1,
+  s: 1000,
+  sec: 1000,
+  m: 60_000,
+  min: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
 
-function pad(n, w = 2) {
+function pad(n: number, w = 2): string {
   return String(n).padStart(w, '0');
 }
 
 /** systemd.time(7) timestamps: "YYYY-MM-DD [HH:MM[:SS[.frac]]] [UTC]", "HH:MM[:SS]", "@epoch", now/today/yesterday, ±span. */
-function parseTime(text, now) {
+function parseTime(text: string, now: number): number | undefined {
   const t = text.trim();
-  const midnight = (days) => {
+  const midnight = (days: number): number => {
     const d = new Date(now);
     return new Date(d.getFullYear(), d.getMonth(), d.getDate() + days).getTime();
   };
@@ -36,8 +40,8 @@ function parseTime(text, now) {
   if (t === 'tomorrow') return midnight(1);
   let m = /^@(\d+(?:\.\d+)?)$/.exec(t);
   if (m) return Number(m[1]) * 1000;
-  m = /^([+-])\s*(\d+(?:\.\d+)?)\s*(us|ms|s|sec|m|min|h|d)?$/.exec(t) || /^()(\d+)\s*(s|sec|min|h|d) ago$/.exec(t);
-  if (m) return now + (m[1] === '+' ? 1 : -1) * Number(m[2]) * SPAN_MS[m[3] || 's'];
+  m = /^([+-])\s*(\d+(?:\.\d+)?)\s*(us|ms|s|sec|m|min|h|d)?$/.exec(t) ?? /^()(\d+)\s*(s|sec|min|h|d) ago$/.exec(t);
+  if (m) return now + (m[1] === '+' ? 1 : -1) * Number(m[2]) * (SPAN_MS[m[3] || 's'] ?? 1000);
   m = /^(?:(\d{4})-(\d\d)-(\d\d))?(?: ?(\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?)?(?: (UTC))?$/.exec(t);
   if (!m || (m[1] === undefined && m[4] === undefined)) return undefined;
   const base = new Date(now);
@@ -49,20 +53,31 @@ function parseTime(text, now) {
     Number(m[5] || 0),
     Number(m[6] || 0),
     Math.floor(Number(`0.${m[7] || '0'}`) * 1000),
-  ];
+  ] as const;
   return m[8] === 'UTC' ? Date.UTC(...parts) : new Date(...parts).getTime();
 }
 
+interface JournalOptions {
+  units: (string | undefined)[];
+  matches: [field: string, value: string][];
+  lines: string | undefined;
+  output: string | undefined;
+  quiet: boolean;
+  reverse: boolean;
+  since?: string | undefined;
+  until?: string | undefined;
+}
+
 /** The next word is -n's value when it is a number (journalctl's rule for its optional argument). */
-function parseArgv(argv) {
-  const o = { units: [], matches: [], lines: undefined, output: 'short', quiet: false, reverse: false };
+function parseArgv(argv: string[]): JournalOptions | { error: string } {
+  const o: JournalOptions = { units: [], matches: [], lines: undefined, output: 'short', quiet: false, reverse: false };
   for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
+    const a = argv[i] ?? '';
     const eq = a.startsWith('--') ? a.indexOf('=') : -1;
     const name = eq > 0 ? a.slice(0, eq) : a;
     const inline = eq > 0 ? a.slice(eq + 1) : /^-[unoSU]./.test(a) ? a.slice(2) : undefined;
     const flag = inline !== undefined && !a.startsWith('--') ? a.slice(0, 2) : name;
-    const value = () => (inline !== undefined ? inline : argv[++i]);
+    const value = (): string | undefined => (inline !== undefined ? inline : argv[++i]);
     switch (flag) {
       case '-u':
       case '--unit':
@@ -71,7 +86,7 @@ function parseArgv(argv) {
       case '-n':
       case '--lines':
         if (inline !== undefined) o.lines = inline;
-        else if (/^(\+?\d+|all)$/.test(argv[i + 1] || '')) o.lines = argv[++i];
+        else if (/^(\+?\d+|all)$/.test(argv[i + 1] ?? '')) o.lines = argv[++i];
         else o.lines = '10';
         break;
       case '-o':
@@ -102,53 +117,58 @@ function parseArgv(argv) {
       case '--boot':
       case '--system':
         break;
-      default:
+      default: {
         if (a.startsWith('--')) return { error: `journalctl: unrecognized option '${name}'` };
         if (a.startsWith('-') && a.length > 1) return { error: `journalctl: invalid option -- '${a[1]}'` };
-        if (!a.includes('=') || !MATCH_FIELDS.has(a.slice(0, a.indexOf('=')))) {
+        const at = a.indexOf('=');
+        if (at < 0 || !MATCH_FIELDS.has(a.slice(0, at))) {
           return { error: `gpuops sandbox shim: journalctl match "${a}" is not simulated` };
         }
-        o.matches.push([a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)]);
+        o.matches.push([a.slice(0, at), a.slice(at + 1)]);
+      }
     }
   }
   if (o.units.some((u) => u === undefined)) return { error: "journalctl: option requires an argument -- 'u'" };
-  if (!OUTPUTS.has(o.output)) return { error: `gpuops sandbox shim: journalctl -o ${o.output} is not simulated` };
+  if (o.output === undefined || !OUTPUTS.has(o.output))
+    return { error: `gpuops sandbox shim: journalctl -o ${o.output} is not simulated` };
   return o;
 }
 
-function shortTime(ms) {
+function shortTime(ms: number): string {
   const d = new Date(ms);
   return `${MONTHS[d.getMonth()]} ${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
-function isoTime(ms) {
+function isoTime(ms: number): string {
   const d = new Date(ms);
   const off = -d.getTimezoneOffset();
   const zone = `${off >= 0 ? '+' : '-'}${pad(Math.floor(Math.abs(off) / 60))}${pad(Math.abs(off) % 60)}`;
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}${zone}`;
 }
 
-function main(argv) {
+function main(argv: string[]): number {
   const o = parseArgv(argv);
-  if (o.error) {
+  if ('error' in o) {
     err(`${o.error}\n`);
     return 1;
   }
   const now = Date.now();
-  const bounds = {};
-  for (const key of ['since', 'until']) {
-    if (o[key] === undefined) continue;
-    bounds[key] = parseTime(o[key], now);
-    if (bounds[key] === undefined) {
-      err(`Failed to parse timestamp: ${o[key]}\n`);
+  const bounds: { since?: number; until?: number } = {};
+  for (const key of ['since', 'until'] as const) {
+    const text = o[key];
+    if (text === undefined) continue;
+    const t = parseTime(text, now);
+    if (t === undefined) {
+      err(`Failed to parse timestamp: ${text}\n`);
       return 1;
     }
+    bounds[key] = t;
   }
   const { state } = loadState('journalctl');
   // A model that fails to load ends its engine at a known time: show it, as `docker logs` does.
   core.applyLoadFailures(state, now);
-  const ids = new Set(o.units.map(sd.unitName));
-  let entries = [];
+  const ids = new Set(o.units.map((u) => sd.unitName(u ?? '')));
+  let entries: (sd.JournalEntry & { unit: string })[] = [];
   for (const unit of sd.allUnits(state)) {
     if (ids.size > 0 && !ids.has(unit.id)) continue;
     for (const e of sd.journalEntries(unit))
@@ -158,8 +178,9 @@ function main(argv) {
   for (const [field, value] of o.matches) {
     entries = entries.filter((e) => (field === '_SYSTEMD_UNIT' ? e.unit === sd.unitName(value) : e.inv === value));
   }
-  if (bounds.since !== undefined) entries = entries.filter((e) => e.t >= bounds.since);
-  if (bounds.until !== undefined) entries = entries.filter((e) => e.t <= bounds.until);
+  const { since, until } = bounds;
+  if (since !== undefined) entries = entries.filter((e) => e.t >= since);
+  if (until !== undefined) entries = entries.filter((e) => e.t <= until);
   if (o.lines !== undefined && o.lines !== 'all') {
     const n = Number(o.lines.replace(/^\+/, ''));
     entries = o.lines.startsWith('+') ? entries.slice(0, n) : entries.slice(Math.max(0, entries.length - n));

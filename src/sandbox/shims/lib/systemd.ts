@@ -1,23 +1,28 @@
-'use strict';
 /**
  * systemd on the sandbox node, shared by the `systemctl` and `journalctl` shims. A sandbox engine whose config says
  * `runtime: systemd` (EngineSim.runtime) is a unit: its record in `state.containers` is the very record the docker
  * shim keeps for a container, so the unit runs the same engine simulation (faults, model loads, the supervisor's
  * listener). This file adds what only systemd has: unit names, the unit file's ExecStart=, the drop-ins a
- * `daemon-reload` loads, and how the record reads in `systemctl show` and in the journal.
- *
- * Unit-only fields live in `record.unit`: `exec` (the ExecStart= list the last daemon-reload loaded; absent: the
- * unit file's own), `dropIns` and `dropInText` (what was loaded, to tell NeedDaemonReload=), `reloadedAt`, `argv`
- * (the command line the current or last process was started with; absent: the unit file's), `resetFailedAt`, and
- * `journal` (what systemd logged about earlier runs, kept when the unit starts again through systemctl).
+ * `daemon-reload` loads, and how the record reads in `systemctl show` and in the journal. Unit-only fields live in
+ * `record.unit` ({@link UnitRecord}).
  *
  * Sandbox units are Ollama's official unit (`/etc/systemd/system/ollama.service`, `ExecStart=/usr/local/bin/ollama
  * serve`) and its vLLM / llama.cpp equivalents, without `Restart=always`: a crashed engine stays down until gpuops
  * acts, as a sandbox container does. They are enabled, so a VM boot starts them even after a `systemctl stop`.
  */
-const fs = require('node:fs');
-const path = require('node:path');
-const core = require('./core');
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ContainerSim, EngineSim, SandboxState, UnitExec, UnitJournalLine, UnitRecord } from '../../state';
+import * as core from './core';
+
+export type { UnitExec } from '../../state';
+
+/** A record that is a unit, and its unit name. */
+export interface SandboxUnit {
+  c: ContainerSim;
+  engine: EngineSim;
+  id: string;
+}
 
 const UNIT_SUFFIXES = [
   '.service',
@@ -34,7 +39,7 @@ const UNIT_SUFFIXES = [
 ];
 
 /** What each engine's unit file sets: the binary ExecStart= runs before the record's arguments, and Description=. */
-const UNIT_FILES = {
+const UNIT_FILES: Readonly<Record<EngineSim['type'], { exec: string[]; description: string }>> = {
   ollama: { exec: ['/usr/local/bin/ollama'], description: 'Ollama Service' },
   vllm: {
     exec: ['/opt/vllm/bin/python3', '-m', 'vllm.entrypoints.openai.api_server'],
@@ -44,57 +49,82 @@ const UNIT_FILES = {
 };
 
 /** systemd's defaults for what the sandbox units leave unset (Restart=no; DefaultTimeoutStopSec=90s). */
-const TIMEOUT_STOP_SEC = 90;
+export const TIMEOUT_STOP_SEC = 90;
 
 const WEEKDAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
-const SIGNALS = { 1: 'HUP', 2: 'INT', 3: 'QUIT', 6: 'ABRT', 9: 'KILL', 11: 'SEGV', 13: 'PIPE', 15: 'TERM' };
+const SIGNALS: Readonly<Record<number, string>> = {
+  1: 'HUP',
+  2: 'INT',
+  3: 'QUIT',
+  6: 'ABRT',
+  9: 'KILL',
+  11: 'SEGV',
+  13: 'PIPE',
+  15: 'TERM',
+};
 const EXIT_NAMES = ['SUCCESS', 'FAILURE', 'INVALIDARGUMENT', 'NOTIMPLEMENTED', 'NOPERMISSION', 'NOTINSTALLED'];
-const CLD_NAMES = { 1: 'exited', 2: 'killed', 3: 'dumped' };
+const CLD_NAMES: Readonly<Record<number, string>> = { 1: 'exited', 2: 'killed', 3: 'dumped' };
 
 // ---------------------------------------------------------------------------------------------------------------
 // Names and files
 
 /** systemctl's and journalctl's name mangling, for the names gpuops passes: no unit type suffix means a service. */
-function unitName(name) {
+export function unitName(name: string): string {
   return UNIT_SUFFIXES.some((s) => name.length > s.length && name.endsWith(s)) ? name : `${name}.service`;
 }
 
 /** The sandbox's /etc/systemd/system for the node whose state file is `stateFile`: `systemd/` beside it. */
-function defaultUnitDir(stateFile) {
+export function defaultUnitDir(stateFile: string): string {
   return path.join(path.dirname(stateFile), 'systemd');
 }
 
 /** Where the shims read unit files' drop-ins: $GPUOPS_SANDBOX_SYSTEMD_DIR, else {@link defaultUnitDir}. */
-function unitDir(stateFile) {
+export function unitDir(stateFile: string): string {
   return process.env.GPUOPS_SANDBOX_SYSTEMD_DIR || defaultUnitDir(stateFile);
 }
 
 /** All units of the node: `{ c, engine, id }` for each record whose engine runs under systemd. */
-function allUnits(state) {
-  const out = [];
+export function allUnits(state: SandboxState): SandboxUnit[] {
+  const units: SandboxUnit[] = [];
   for (const c of Object.values(state.containers)) {
     const engine = state.engines[c.engine];
-    if (engine && engine.runtime === 'systemd') out.push({ c, engine, id: unitName(c.name) });
+    if (engine?.runtime === 'systemd') units.push({ c, engine, id: unitName(c.name) });
   }
-  return out;
+  return units;
 }
 
 /** The unit `name` names on this node, or undefined (what systemd calls not-found). */
-function findUnit(state, name) {
+export function findUnit(state: SandboxState, name: string): SandboxUnit | undefined {
   const id = unitName(name);
   return allUnits(state).find((u) => u.id === id);
+}
+
+/** The record's unit-only fields, created on first write. */
+function unitOf(c: ContainerSim): UnitRecord {
+  c.unit ??= {};
+  return c.unit;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // ExecStart= command lines (systemd.service(5) "Command lines", systemd.syntax(7) "Quoting")
 
-const ESCAPES = { a: '\x07', b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v', s: ' ' };
+const ESCAPES: Readonly<Record<string, string>> = {
+  a: '\x07',
+  b: '\b',
+  f: '\f',
+  n: '\n',
+  r: '\r',
+  t: '\t',
+  v: '\v',
+  s: ' ',
+};
 
 /** One backslash escape at s[i] (the backslash): [text, length]. Unknown escapes are kept, as systemd does. */
-function unescapeAt(s, i) {
+function unescapeAt(s: string, i: number): [string, number] {
   const ch = s[i + 1];
   if (ch === undefined) return ['\\', 1];
-  if (ESCAPES[ch] !== undefined) return [ESCAPES[ch], 2];
+  const known = ESCAPES[ch];
+  if (known !== undefined) return [known, 2];
   if ('\\"\';'.includes(ch)) return [ch, 2];
   if (ch === 'x' && /^[0-9a-fA-F]{2}$/.test(s.slice(i + 2, i + 4))) {
     return [String.fromCharCode(parseInt(s.slice(i + 2, i + 4), 16)), 4];
@@ -103,51 +133,53 @@ function unescapeAt(s, i) {
   return [`\\${ch}`, 2];
 }
 
+const isSpace = (ch: string | undefined): boolean => ch !== undefined && /\s/.test(ch);
+
 /**
  * Split an ExecStart= value into words: whitespace separates, a word may be wholly "double" or 'single' quoted, C
  * escapes work inside and outside quotes, a lone `;` (not `\;`) separates commands. Returns a list of commands (word
  * lists), or null when the quoting is broken.
  */
-function splitCommands(s) {
-  const commands = [[]];
+function splitCommands(s: string): string[][] | null {
+  const commands: string[][] = [[]];
   let i = 0;
-  while (i < s.length) {
-    while (i < s.length && /\s/.test(s[i])) i++;
-    if (i >= s.length) break;
+  const readWord = (stop: (ch: string) => boolean): string => {
     let word = '';
+    while (i < s.length && !stop(s[i] ?? '')) {
+      if (s[i] === '\\') {
+        const [text, n] = unescapeAt(s, i);
+        word += text;
+        i += n;
+      } else word += s[i++] ?? '';
+    }
+    return word;
+  };
+  while (i < s.length) {
+    while (i < s.length && isSpace(s[i])) i++;
+    if (i >= s.length) break;
+    let word: string;
     const start = i;
-    if (s[i] === '"' || s[i] === "'") {
-      const q = s[i++];
-      while (i < s.length && s[i] !== q) {
-        if (s[i] === '\\') {
-          const [text, n] = unescapeAt(s, i);
-          word += text;
-          i += n;
-        } else word += s[i++];
-      }
+    const q = s[i];
+    if (q === '"' || q === "'") {
+      i++;
+      word = readWord((ch) => ch === q);
       if (i >= s.length) return null;
       i++;
-      if (i < s.length && !/\s/.test(s[i])) return null;
+      if (i < s.length && !isSpace(s[i])) return null;
     } else {
-      while (i < s.length && !/\s/.test(s[i])) {
-        if (s[i] === '\\') {
-          const [text, n] = unescapeAt(s, i);
-          word += text;
-          i += n;
-        } else word += s[i++];
-      }
+      word = readWord(isSpace);
     }
     if (s.slice(start, i) === ';') commands.push([]);
-    else commands[commands.length - 1].push(word);
+    else commands[commands.length - 1]?.push(word);
   }
   return commands.filter((c) => c.length > 0);
 }
 
 /** The specifiers systemd resolves in a unit of this name (`%%` is a literal percent sign). */
-function resolveSpecifiers(value, id) {
+function resolveSpecifiers(value: string, id: string): string {
   const prefix = id.replace(/\.[^.]+$/, '');
-  const map = { '%': '%', n: id, N: prefix, p: prefix.replace(/@.*$/, ''), i: '' };
-  return value.replace(/%(.)/g, (all, ch) => (map[ch] !== undefined ? map[ch] : all));
+  const map: Record<string, string> = { '%': '%', n: id, N: prefix, p: prefix.replace(/@.*$/, ''), i: '' };
+  return value.replace(/%(.)/g, (all, ch: string) => map[ch] ?? all);
 }
 
 /**
@@ -155,41 +187,41 @@ function resolveSpecifiers(value, id) {
  * null when it cannot be parsed (systemd logs it and ignores the assignment). Prefixes: `-` ignores a failure, `@`
  * makes the second word argv[0]; `+`, `!`, `!!` and `:` are accepted and have no effect here.
  */
-function parseExecStart(value, id) {
+export function parseExecStart(value: string, id: string): UnitExec[] | null {
   const commands = splitCommands(resolveSpecifiers(value, id));
   if (commands === null) return null;
-  const out = [];
+  const parsed: UnitExec[] = [];
   for (const words of commands) {
-    let first = words[0];
+    let first = words[0] ?? '';
     let ignoreErrors = false;
     let override = false;
-    while (first !== '' && '-@+!:'.includes(first[0])) {
-      if (first[0] === '-') ignoreErrors = true;
-      if (first[0] === '@') override = true;
+    while (first !== '' && '-@+!:'.includes(first.charAt(0))) {
+      if (first.startsWith('-')) ignoreErrors = true;
+      if (first.startsWith('@')) override = true;
       first = first.slice(1);
     }
     const argv = override ? words.slice(1) : [first, ...words.slice(1)];
     if (first === '' || argv.length === 0) return null;
-    out.push({ path: first, argv, ignoreErrors });
+    parsed.push({ path: first, argv, ignoreErrors });
   }
-  return out;
+  return parsed;
 }
 
-/** The ExecStart= list of the unit file itself. */
-function fileExec(engine, c) {
+/** The ExecStart= of the unit file itself. */
+function fileExec(engine: EngineSim, c: ContainerSim): UnitExec {
   const argv = [...UNIT_FILES[engine.type].exec, ...c.cmd];
-  return [{ path: argv[0], argv, ignoreErrors: false }];
+  return { path: argv[0] ?? '', argv, ignoreErrors: false };
 }
 
 /** The ExecStart= list the last daemon-reload loaded (the unit file's until one has loaded drop-ins). */
-function loadedExec(engine, c) {
-  return c.unit && c.unit.exec ? c.unit.exec : fileExec(engine, c);
+export function loadedExec(engine: EngineSim, c: ContainerSim): UnitExec[] {
+  return c.unit?.exec ?? [fileExec(engine, c)];
 }
 
-/** The unit's drop-in files in `dir`, in the order systemd applies them (by file name): `[{ path, text }]`. */
-function readDropIns(dir, id) {
+/** The unit's drop-in files in `dir`, in the order systemd applies them (by file name). */
+function readDropIns(dir: string, id: string): { path: string; text: string }[] {
   const d = path.join(dir, `${id}.d`);
-  let names;
+  let names: string[];
   try {
     names = fs.readdirSync(d).filter((n) => n.endsWith('.conf'));
   } catch {
@@ -202,8 +234,13 @@ function readDropIns(dir, id) {
  * The ExecStart= list after the drop-ins: in each file's [Service] section an empty `ExecStart=` clears the list,
  * any other value appends. Backslash-newline continues a line; `#` and `;` lines are comments.
  */
-function execAfterDropIns(engine, c, id, files) {
-  let exec = fileExec(engine, c);
+function execAfterDropIns(
+  engine: EngineSim,
+  c: ContainerSim,
+  id: string,
+  files: readonly { text: string }[],
+): UnitExec[] {
+  let exec = [fileExec(engine, c)];
   for (const f of files) {
     let section = '';
     for (const line of f.text.replace(/\\\r?\n/g, ' ').split(/\r?\n/)) {
@@ -211,7 +248,7 @@ function execAfterDropIns(engine, c, id, files) {
       if (l === '' || l.startsWith('#') || l.startsWith(';')) continue;
       const header = /^\[(.+)\]$/.exec(l);
       if (header) {
-        section = header[1];
+        section = header[1] ?? '';
         continue;
       }
       const eq = l.indexOf('=');
@@ -228,35 +265,35 @@ function execAfterDropIns(engine, c, id, files) {
   return exec;
 }
 
+const dropInText = (files: readonly { path: string; text: string }[]): string =>
+  files.map((f) => `${f.path}\n${f.text}`).join('\n');
+
 /** `systemctl daemon-reload` for one unit: load its drop-ins now. */
-function reloadUnit(state, unit, dir, now) {
+export function reloadUnit(unit: SandboxUnit, dir: string, now: number): void {
   const files = readDropIns(dir, unit.id);
-  const u = (unit.c.unit = unit.c.unit || {});
+  const u = unitOf(unit.c);
   u.exec = execAfterDropIns(unit.engine, unit.c, unit.id, files);
   u.dropIns = files.map((f) => f.path);
-  u.dropInText = files.map((f) => `${f.path}\n${f.text}`).join('\n');
+  u.dropInText = dropInText(files);
   u.reloadedAt = now;
 }
 
 /** The drop-ins on disk differ from what the last daemon-reload loaded (NeedDaemonReload=yes). */
-function needsReload(unit, dir) {
-  const onDisk = readDropIns(dir, unit.id)
-    .map((f) => `${f.path}\n${f.text}`)
-    .join('\n');
-  return onDisk !== ((unit.c.unit && unit.c.unit.dropInText) || '');
+export function needsReload(unit: SandboxUnit, dir: string): boolean {
+  return dropInText(readDropIns(dir, unit.id)) !== (unit.c.unit?.dropInText ?? '');
 }
 
 /** A unit whose loaded ExecStart= is not exactly one command refuses to start (LoadState=bad-setting). */
-function loadState(unit) {
+export function loadState(unit: SandboxUnit): 'loaded' | 'bad-setting' {
   return loadedExec(unit.engine, unit.c).length === 1 ? 'loaded' : 'bad-setting';
 }
 
 /** The command line of the current (or last) process. */
-function runningArgv(engine, c) {
-  return c.unit && c.unit.argv ? c.unit.argv : fileExec(engine, c)[0].argv;
+function runningArgv(engine: EngineSim, c: ContainerSim): string[] {
+  return c.unit?.argv ?? fileExec(engine, c).argv;
 }
 
-function sameArgv(a, b) {
+function sameArgv(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
@@ -265,24 +302,24 @@ function sameArgv(a, b) {
  * daemon-reload loaded. A command line that names another model makes the engine serve it (or fail to load it), as
  * `docker run` with new arguments does.
  */
-function applyLoadedExec(state, c) {
+export function applyLoadedExec(state: SandboxState, c: ContainerSim): void {
   const engine = state.engines[c.engine];
+  if (!engine) return;
   archiveRun(state, c);
   const [entry] = loadedExec(engine, c);
   if (!entry || sameArgv(runningArgv(engine, c), entry.argv)) return;
-  c.unit = c.unit || {};
-  c.unit.argv = entry.argv;
-  core.applyServedModel(state, engine, c, entry.argv.slice(1), [entry.argv[0]]);
+  unitOf(c).argv = entry.argv;
+  core.applyServedModel(state, engine, c, entry.argv.slice(1), entry.argv.slice(0, 1));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // State, as `systemctl show` reports it
 
 /** A timestamp as systemd formats it: local time with the zone's abbreviation ("Tue 2026-12-01 07:55:12 UTC"). */
-function showTime(ms) {
+function showTime(ms: number): string {
   if (!ms) return 'n/a';
   const d = new Date(ms);
-  const p = (n) => String(n).padStart(2, '0');
+  const p = (n: number): string => String(n).padStart(2, '0');
   const zone = new Intl.DateTimeFormat('en-US', { timeZoneName: 'short' })
     .formatToParts(d)
     .find((x) => x.type === 'timeZoneName');
@@ -291,12 +328,19 @@ function showTime(ms) {
   )}:${p(d.getSeconds())} ${zone ? zone.value : 'UTC'}`;
 }
 
+/** How the last main process ended, as systemd records it. */
+interface LastExit {
+  /** The CLD_* value: 1 exited, 2 killed; 0 while it runs or never ran. */
+  code: number;
+  status: number;
+  result: 'success' | 'oom-kill' | 'timeout' | 'signal' | 'exit-code';
+}
+
 /**
- * How the last main process ended, as systemd records it: `{ code, status, result }` with code the CLD_* value
- * (1 exited, 2 killed; 0 while it runs or never ran). Exit 137 without an OOM is the SIGKILL that ends a stop whose
- * TimeoutStopSec= ran out (a hung engine), which systemd reports as Result=timeout.
+ * Exit 137 without an OOM is the SIGKILL that ends a stop whose TimeoutStopSec= ran out (a hung engine), which
+ * systemd reports as Result=timeout.
  */
-function lastExit(c) {
+function lastExit(c: ContainerSim): LastExit {
   if (c.status !== 'exited' || !c.startedAt) return { code: 0, status: 0, result: 'success' };
   const x = c.exitCode;
   if (c.oomKilled) return { code: 2, status: 9, result: 'oom-kill' };
@@ -307,21 +351,22 @@ function lastExit(c) {
 }
 
 /** ActiveState, SubState and Result: a failed unit reads inactive again after `systemctl reset-failed`. */
-function activeState(c) {
+export function activeState(c: ContainerSim): { active: string; sub: string; result: LastExit['result'] } {
   if (c.status === 'running' || c.status === 'paused') return { active: 'active', sub: 'running', result: 'success' };
   if (c.status === 'restarting') return { active: 'activating', sub: 'auto-restart', result: lastExit(c).result };
   const { result } = lastExit(c);
-  const forgiven = c.unit && c.unit.resetFailedAt >= c.finishedAt;
+  const resetAt = c.unit?.resetFailedAt;
+  const forgiven = resetAt !== undefined && resetAt >= c.finishedAt;
   if (result !== 'success' && !forgiven) return { active: 'failed', sub: 'failed', result };
   return { active: 'inactive', sub: 'dead', result: 'success' };
 }
 
 /** The per-run id journald stamps on the unit's output (_SYSTEMD_INVOCATION_ID=); '' before the first start. */
-function invocationId(c) {
+function invocationId(c: ContainerSim): string {
   return c.startedAt ? core.hexOf(`${c.id}/invocation/${c.epoch}`, 32) : '';
 }
 
-function statusText(code, status) {
+function statusText(code: number, status: number): string {
   return `${status}${code === 1 ? '' : `/${SIGNALS[status] || String(status)}`}`;
 }
 
@@ -329,8 +374,9 @@ function statusText(code, status) {
  * One ExecStart= entry as systemctl prints it. The runtime half (start, stop, pid, code, status) belongs to the
  * command object, which a daemon-reload replaces: after a reload it reads n/a until the next start.
  */
-function execEntry(c, entry) {
-  const fresh = c.startedAt && !(c.unit && c.unit.reloadedAt > c.startedAt);
+function execEntry(c: ContainerSim, entry: UnitExec): string {
+  const reloadedAt = c.unit?.reloadedAt;
+  const fresh = c.startedAt !== 0 && !(reloadedAt !== undefined && reloadedAt > c.startedAt);
   const running = c.status === 'running';
   const x = running ? { code: 0, status: 0 } : lastExit(c);
   const start = fresh ? c.startedAt : 0;
@@ -345,22 +391,25 @@ function execEntry(c, entry) {
   );
 }
 
-function monotonic(state, ms) {
+function monotonic(state: SandboxState, ms: number): string {
   return ms ? String(Math.max(0, Math.round((ms - state.vm.bootedAt) * 1000))) : '0';
 }
 
+/** A property as `systemctl show` prints it: a list prints one line per element (ExecStart=). */
+export type UnitProperty = [name: string, value: string | string[]];
+
 /**
- * The properties the shim knows for a unit, `[name, value]` in the order systemd's D-Bus GetAll returns them (the
- * Service interface first, then Unit); a value that is an array prints one line per element (ExecStart=).
+ * The properties the shim knows for a unit, in the order systemd's D-Bus GetAll returns them (the Service
+ * interface first, then Unit).
  */
-function unitProperties(state, unit, dir) {
+export function unitProperties(state: SandboxState, unit: SandboxUnit, dir: string): UnitProperty[] {
   const { c, engine, id } = unit;
   const running = c.status === 'running';
   const x = running ? { code: 0, status: 0 } : lastExit(c);
   const a = activeState(c);
   const exec = loadedExec(engine, c);
   const ls = loadState(unit);
-  const exited = !running && c.startedAt && c.finishedAt >= c.startedAt;
+  const exited = !running && c.startedAt !== 0 && c.finishedAt >= c.startedAt;
   return [
     ['Type', 'simple'],
     ['Restart', 'no'],
@@ -386,7 +435,7 @@ function unitProperties(state, unit, dir) {
     ['FreezerState', 'running'],
     ['SubState', a.sub],
     ['FragmentPath', path.join(dir, id)],
-    ['DropInPaths', ((c.unit && c.unit.dropIns) || []).join(' ')],
+    ['DropInPaths', (c.unit?.dropIns ?? []).join(' ')],
     ['UnitFileState', 'enabled'],
     ['NeedDaemonReload', needsReload(unit, dir) ? 'yes' : 'no'],
     [
@@ -398,7 +447,7 @@ function unitProperties(state, unit, dir) {
 }
 
 /** What systemd reports for a name no unit file answers to: LoadState=not-found, and no ExecStart= at all. */
-function notFoundProperties(id) {
+export function notFoundProperties(id: string): UnitProperty[] {
   return [
     ['Type', 'simple'],
     ['Restart', 'no'],
@@ -440,15 +489,14 @@ const ARCHIVE_MAX = 200;
 
 /**
  * What systemd logs about one run of the unit: "Started …" when it began and, once it ended, how it ended (stopped,
- * SIGKILLed at TimeoutStopSec=, crashed, OOM-killed). `{ t, order, m }`; order places a line before (-1) or after
- * (> 0) the engine's own lines of the same millisecond.
+ * SIGKILLed at TimeoutStopSec=, crashed, OOM-killed).
  */
-function runLines(unit) {
+function runLines(unit: SandboxUnit): UnitJournalLine[] {
   const { c, engine, id } = unit;
   const desc = `${id} - ${UNIT_FILES[engine.type].description}`;
-  const comm = path.basename(runningArgv(engine, c)[0]);
-  const lines = [];
-  const add = (t, order, m) => lines.push({ t, order, m });
+  const comm = path.basename(runningArgv(engine, c)[0] ?? '');
+  const lines: UnitJournalLine[] = [];
+  const add = (t: number, order: number, m: string): void => void lines.push({ t, order, m });
   if (!c.startedAt) return lines;
   add(c.startedAt, -1, `Started ${desc}.`);
   if (c.status !== 'exited' || c.finishedAt < c.startedAt) return lines;
@@ -477,22 +525,30 @@ function runLines(unit) {
 }
 
 /** Before a new start: keep what systemd logged about the run that ends here (the record only knows the last one). */
-function archiveRun(state, c) {
+function archiveRun(state: SandboxState, c: ContainerSim): void {
   const unit = allUnits(state).find((u) => u.c === c);
   if (!unit) return;
-  c.unit = c.unit || {};
-  const kept = [...(c.unit.journal || []), ...runLines(unit)];
-  c.unit.journal = kept.slice(Math.max(0, kept.length - ARCHIVE_MAX));
+  const u = unitOf(c);
+  const kept = [...(u.journal ?? []), ...runLines(unit)];
+  u.journal = kept.slice(Math.max(0, kept.length - ARCHIVE_MAX));
+}
+
+/** One journal entry: `inv` is the _SYSTEMD_INVOCATION_ID= it carries (systemd's own messages carry none). */
+export interface JournalEntry {
+  t: number;
+  m: string;
+  pid: number;
+  ident: string;
+  inv: string;
 }
 
 /**
- * The unit's journal: the engine's own output (stdout and stderr, as StandardOutput=journal records them) and what
- * systemd logged about the unit. Entries are `{ t, m, pid, ident, inv }` in time order; `inv` is the
- * _SYSTEMD_INVOCATION_ID= an entry carries (the current run's on its output; systemd's own messages carry none).
+ * The unit's journal, in time order: the engine's own output (stdout and stderr, as StandardOutput=journal records
+ * them; the current run's carries its invocation id) and what systemd logged about the unit.
  */
-function journalEntries(unit) {
+export function journalEntries(unit: SandboxUnit): JournalEntry[] {
   const { c, engine } = unit;
-  const comm = path.basename(runningArgv(engine, c)[0]);
+  const comm = path.basename(runningArgv(engine, c)[0] ?? '');
   const pid = c.status === 'running' ? c.pid : c.lastPid || 0;
   const current = invocationId(c);
   const entries = c.logs.map((l) => ({
@@ -503,30 +559,10 @@ function journalEntries(unit) {
     ident: comm,
     inv: l.t >= c.startedAt ? current : 'earlier',
   }));
-  const manager = [...((c.unit && c.unit.journal) || []), ...runLines(unit)];
+  const manager = [...(c.unit?.journal ?? []), ...runLines(unit)];
   for (const l of manager) entries.push({ ...l, pid: 1, ident: 'systemd', inv: '' });
-  return entries.map((e, seq) => ({ ...e, seq })).sort((p, q) => p.t - q.t || p.order - q.order || p.seq - q.seq);
+  return entries
+    .map((e, seq) => ({ ...e, seq }))
+    .sort((p, q) => p.t - q.t || p.order - q.order || p.seq - q.seq)
+    .map(({ t, m, pid: p, ident, inv }) => ({ t, m, pid: p, ident, inv }));
 }
-
-module.exports = {
-  TIMEOUT_STOP_SEC,
-  UNIT_FILES,
-  unitName,
-  defaultUnitDir,
-  unitDir,
-  findUnit,
-  allUnits,
-  splitCommands,
-  parseExecStart,
-  loadedExec,
-  reloadUnit,
-  needsReload,
-  loadState,
-  applyLoadedExec,
-  showTime,
-  activeState,
-  invocationId,
-  unitProperties,
-  notFoundProperties,
-  journalEntries,
-};

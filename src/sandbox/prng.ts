@@ -1,0 +1,14 @@
+/**
+ * A small seeded PRNG (mulberry32): uniform numbers in [0, 1), the same sequence for the same seed. The simulated
+ * models draw their text from it (the same prompt always gets the same answer) and tests seed the router's choice.
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
