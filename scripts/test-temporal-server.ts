@@ -2,11 +2,19 @@
  * Runs one Temporal dev server for a jest run (started by test/global-setup.ts as a child process, so it loads
  * execa with Node's own ESM support rather than through jest's transform). Prints `READY <address>` and stops the
  * server on SIGTERM or when stdin closes.
+ *
+ * With TEMPORAL_TARGET=production (jest.production.config.mjs) it runs the production target instead: the
+ * PostgreSQL-backed temporal-server that docker-compose.yaml runs (src/temporal/production-server.ts).
  */
 import { privateDevServerOptions, startDevServer } from '../src/temporal/dev-server';
+import { startProductionTarget } from '../src/temporal/production-server';
 
 async function main(): Promise<void> {
-  const server = await startDevServer(await privateDevServerOptions(process.argv[2] ?? '.'));
+  const dir = process.argv[2] ?? '.';
+  const server =
+    process.env.TEMPORAL_TARGET === 'production'
+      ? await startProductionTarget({ dir, log: (line) => process.stderr.write(`${line}\n`) })
+      : await startDevServer(await privateDevServerOptions(dir));
   process.stdout.write(`READY ${server.address}\n`);
   let stopping = false;
   const stop = (): void => {

@@ -7,6 +7,14 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse } from 'yaml';
 import { SEARCH_ATTRIBUTE_TYPES } from '../src/contracts';
+import {
+  DEFAULT_DATABASES,
+  DYNAMIC_CONFIG_FILE,
+  NAMESPACE_RETENTION,
+  TEMPORAL_SERVER_VERSION,
+  schemaToolEnvironment,
+  serverEnvironment,
+} from '../src/temporal/production-server';
 
 const ROOT = path.resolve(__dirname, '..');
 
@@ -248,5 +256,81 @@ describe('docker-compose.yaml', () => {
       .split('\n')
       .map((l) => l.trim());
     expect(ignored).toEqual(expect.arrayContaining(['node_modules', 'secrets', '.env']));
+  });
+});
+
+/**
+ * The production target CI tests (npm run test:production: src/temporal/production-server.ts) is this file's
+ * Temporal without Docker. These hold the two together: change one, and the other must follow.
+ */
+describe('docker-compose.yaml and the tested production target', () => {
+  const pg = { host: 'postgresql', port: 5432, user: 'temporal', password: 'pw' };
+  const ports = {
+    frontend: 7233,
+    frontendHttp: 7243,
+    frontendMembership: 6933,
+    history: 7234,
+    historyMembership: 6934,
+    matching: 7235,
+    matchingMembership: 6935,
+    worker: 7239,
+    workerMembership: 6939,
+  };
+  const target = serverEnvironment({ pg, ip: '0.0.0.0', ports, databases: DEFAULT_DATABASES });
+  /** Set on both sides, to values that depend on the host: the seeds, the secret, the file path. */
+  const hostSpecific = new Set(['POSTGRES_PWD', 'DYNAMIC_CONFIG_FILE_PATH']);
+  /** Set only by the target: its free ports (compose keeps the defaults in its own network) and its log level. */
+  const targetOnly = /^((FRONTEND|HISTORY|MATCHING|WORKER)_\w+_PORT|LOG_LEVEL)$/;
+
+  /** The default of a `${VAR:-default}` image tag. */
+  const tagDefault = (image: string | undefined): string | undefined =>
+    /:\$\{[A-Z_]+:-([^}]+)\}$/.exec(image ?? '')?.[1];
+
+  it('runs the server release the target builds, with admin tools of the same release', () => {
+    expect(tagDefault(service('temporal').image)).toBe(TEMPORAL_SERVER_VERSION);
+    expect(tagDefault(service('temporal-schema').image)).toBe(TEMPORAL_SERVER_VERSION);
+    expect(tagDefault(service('temporal-admin-tools').image)).toBe(TEMPORAL_SERVER_VERSION);
+  });
+
+  it('gives the server the environment the target gives it', () => {
+    const composed = environment(service('temporal'));
+    for (const [key, value] of Object.entries(composed)) {
+      expect({ key, inTarget: key in target }).toEqual({ key, inTarget: true });
+      if (!hostSpecific.has(key)) expect({ key, value: target[key] }).toEqual({ key, value });
+    }
+    for (const key of Object.keys(target)) {
+      if (!targetOnly.test(key)) expect({ key, inCompose: key in composed }).toEqual({ key, inCompose: true });
+    }
+  });
+
+  it('mounts the dynamic config file the target starts the server with', () => {
+    const rel = path.relative(ROOT, DYNAMIC_CONFIG_FILE);
+    const mount = (service('temporal').volumes ?? []).find(
+      (v): v is string => typeof v === 'string' && v.startsWith(`./${path.dirname(rel)}:`),
+    );
+    expect(mount).toBeDefined();
+    const inContainer = mount?.split(':')[1] ?? '';
+    // DYNAMIC_CONFIG_FILE_PATH is relative to the image's working directory, /etc/temporal.
+    const file = environment(service('temporal')).DYNAMIC_CONFIG_FILE_PATH ?? '';
+    expect(path.posix.resolve('/etc/temporal', file)).toBe(path.posix.join(inContainer, path.basename(rel)));
+  });
+
+  it('creates and migrates the same databases, with the same temporal-sql-tool commands and SQL_* environment', () => {
+    const job = service('temporal-schema');
+    expect(Object.keys(environment(job)).sort()).toEqual(Object.keys(schemaToolEnvironment(pg)).sort());
+    expect(environment(job).SQL_PLUGIN).toBe(schemaToolEnvironment(pg).SQL_PLUGIN);
+    const script = commandText(job);
+    expect(script).toContain(
+      `for db in ${DEFAULT_DATABASES.temporal}:temporal ${DEFAULT_DATABASES.visibility}:visibility; do`,
+    );
+    expect(script).toContain('schema=/etc/temporal/schema/postgresql/v12');
+    for (const cmd of ['create', 'setup-schema -v 0.0', 'update-schema -d "$$schema/$$dir/versioned"'])
+      expect(script).toContain(`temporal-sql-tool --db "$$name" ${cmd}`);
+  });
+
+  it('creates the namespace with the target’s retention', () => {
+    expect(environment(service('temporal-admin-tools')).NAMESPACE_RETENTION).toBe(
+      `\${TEMPORAL_NAMESPACE_RETENTION:-${NAMESPACE_RETENTION}}`,
+    );
   });
 });

@@ -4,11 +4,12 @@
  * Run: `tsx workers/control.ts` (gpuops up runs it in-process).
  */
 import os from 'node:os';
-import { Worker, type NativeConnection, type WorkflowBundle } from '@temporalio/worker';
+import { Worker, type NativeConnection, type WorkerDeploymentOptions, type WorkflowBundle } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
 import type { LoadedConfig } from '../src/config/load';
 import { CONTROL_TASK_QUEUE } from '../src/contracts';
 import { runWorkerMain } from '../src/temporal/worker-main';
+import { workerDeploymentFromEnv } from '../src/temporal/versioning';
 import { createControlActivities } from '../activities/control';
 
 export interface ControlWorkerOptions {
@@ -20,6 +21,11 @@ export interface ControlWorkerOptions {
   taskQueue?: string;
   /** For activities that query Temporal itself (the recovery budget counts recent recoverNode runs). */
   client?: Client;
+  /**
+   * Poll as one version of a worker deployment (Worker Versioning), so new code rolls out while workflows run;
+   * unversioned when absent. The entrypoint takes it from GPUOPS_WORKER_DEPLOYMENT / GPUOPS_WORKER_BUILD_ID.
+   */
+  workerDeploymentOptions?: WorkerDeploymentOptions;
 }
 
 export async function createControlWorker(opts: ControlWorkerOptions): Promise<Worker> {
@@ -32,12 +38,19 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
       ? { workflowBundle: opts.workflowBundle }
       : { workflowsPath: require.resolve('../workflows') }),
     activities: createControlActivities(opts.loaded, opts.client ? { client: opts.client } : {}),
+    ...(opts.workerDeploymentOptions ? { workerDeploymentOptions: opts.workerDeploymentOptions } : {}),
   });
 }
 
 if (require.main === module) {
   runWorkerMain('control', { 'task-queue': { value: 'queue' } }, async (ctx) => {
     const taskQueue = ctx.flags['task-queue'];
-    return createControlWorker({ ...ctx, client: await ctx.client(), ...(taskQueue ? { taskQueue } : {}) });
+    const workerDeploymentOptions = workerDeploymentFromEnv();
+    return createControlWorker({
+      ...ctx,
+      client: await ctx.client(),
+      ...(taskQueue ? { taskQueue } : {}),
+      ...(workerDeploymentOptions ? { workerDeploymentOptions } : {}),
+    });
   });
 }

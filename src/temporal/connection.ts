@@ -1,7 +1,8 @@
 /**
  * How gpuops reaches Temporal. With no address anywhere, gpuops runs its own embedded dev server; with
  * TEMPORAL_ADDRESS (or temporal.address in gpuops.yaml) it connects to that server, with optional mTLS and API
- * key. Secrets (key files, API keys) are read here, at connect time, and never logged.
+ * key. Secrets (key files, API keys) are read here, at connect time, and never logged: errors name the variable or
+ * field and the file's path, never what is in it.
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
@@ -20,6 +21,8 @@ const EnvSchema = z.object({
   TEMPORAL_TLS_KEY: z.string().min(1).optional(),
   TEMPORAL_TLS_CA: z.string().min(1).optional(),
   TEMPORAL_TLS_SERVER_NAME: z.string().min(1).optional(),
+  /** TLS with the system's CAs and no files (a server with a publicly trusted certificate); the CLI's name. */
+  TEMPORAL_TLS: z.enum(['true', 'false', '1', '0']).optional(),
   TEMPORAL_API_KEY_FILE: z.string().min(1).optional(),
 });
 
@@ -27,6 +30,7 @@ export interface TemporalTarget {
   /** host:port, or null when gpuops should run its embedded dev server. */
   address: string | null;
   namespace: string;
+  /** TLS to the frontend: present means on. Files are paths (read at connect time), never their contents. */
   tls?: { certFile?: string; keyFile?: string; caFile?: string; serverName?: string };
   /** Where the API key lives (never the key itself). */
   apiKey?: { env: string } | { file: string };
@@ -47,7 +51,14 @@ export function resolveTemporalTarget(config: Config, env: NodeJS.ProcessEnv = p
   if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
     throw new Error('temporal.tls: certFile and keyFile must be set together (TEMPORAL_TLS_CERT / TEMPORAL_TLS_KEY)');
   }
-  const hasTls = Object.values(tls).some((v) => v !== undefined);
+  const tlsFlag = e.TEMPORAL_TLS === undefined ? undefined : e.TEMPORAL_TLS === 'true' || e.TEMPORAL_TLS === '1';
+  const hasFiles = Object.values(tls).some((v) => v !== undefined);
+  if (tlsFlag === false && hasFiles) {
+    throw new Error(
+      'TEMPORAL_TLS=false contradicts the TLS files set (TEMPORAL_TLS_* or temporal.tls): unset one or the other',
+    );
+  }
+  const hasTls = tlsFlag ?? hasFiles;
   const apiKey = e.TEMPORAL_API_KEY_FILE
     ? { file: e.TEMPORAL_API_KEY_FILE }
     : t.apiKeyFile
@@ -65,12 +76,41 @@ export function resolveTemporalTarget(config: Config, env: NodeJS.ProcessEnv = p
   };
 }
 
-interface ConnectOptions {
+export interface ConnectOptions {
   address: string;
   tls?:
     | { serverNameOverride?: string; serverRootCACertificate?: Buffer; clientCertPair?: { crt: Buffer; key: Buffer } }
     | true;
   apiKey?: string;
+}
+
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/;
+const PEM_KEY =
+  /-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----[\s\S]+?-----END (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----/;
+/** What each TLS file must hold. The messages never quote the file: a key is a secret. */
+const TlsFileContent = {
+  certFile: z.string().regex(PEM_CERT, { message: 'is not a PEM certificate (-----BEGIN CERTIFICATE-----)' }),
+  keyFile: z
+    .string()
+    .regex(PEM_KEY, { message: 'is not a PEM private key (-----BEGIN … PRIVATE KEY-----)' })
+    .refine((k) => !k.includes('ENCRYPTED'), { message: 'is an encrypted private key: gpuops needs it unencrypted' }),
+  caFile: z.string().regex(PEM_CERT, { message: 'is not a PEM certificate bundle (-----BEGIN CERTIFICATE-----)' }),
+} as const;
+const TLS_VARIABLE = { certFile: 'TEMPORAL_TLS_CERT', keyFile: 'TEMPORAL_TLS_KEY', caFile: 'TEMPORAL_TLS_CA' } as const;
+
+/** Read one TLS file, checked: a missing, unreadable or non-PEM file is named (variable and path), its text never. */
+function readTlsFile(kind: keyof typeof TlsFileContent, file: string): Buffer {
+  const where = `${TLS_VARIABLE[kind]} / temporal.tls.${kind} (${file})`;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new Error(`${where}: ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'not readable' : code}`);
+  }
+  const r = TlsFileContent[kind].safeParse(text);
+  if (!r.success) throw new Error(`${where}: ${r.error.issues.map((i) => i.message).join('; ')}`);
+  return Buffer.from(text);
 }
 
 function connectOptions(target: TemporalTarget & { address: string }): ConnectOptions {
@@ -79,8 +119,10 @@ function connectOptions(target: TemporalTarget & { address: string }): ConnectOp
     const { certFile, keyFile, caFile, serverName } = target.tls;
     opts.tls = {
       ...(serverName ? { serverNameOverride: serverName } : {}),
-      ...(caFile ? { serverRootCACertificate: readFileSync(caFile) } : {}),
-      ...(certFile && keyFile ? { clientCertPair: { crt: readFileSync(certFile), key: readFileSync(keyFile) } } : {}),
+      ...(caFile ? { serverRootCACertificate: readTlsFile('caFile', caFile) } : {}),
+      ...(certFile && keyFile
+        ? { clientCertPair: { crt: readTlsFile('certFile', certFile), key: readTlsFile('keyFile', keyFile) } }
+        : {}),
     };
   }
   if (target.apiKey) {
@@ -95,6 +137,14 @@ function connectOptions(target: TemporalTarget & { address: string }): ConnectOp
     opts.tls ??= true;
   }
   return opts;
+}
+
+/**
+ * The SDK connection options for a target (TLS files read and checked, API key read): for code that dials
+ * Temporal with its own Connection (e.g. to register search attributes) and must honour the same TLS settings.
+ */
+export function temporalConnectOptions(target: TemporalTarget): ConnectOptions {
+  return connectOptions(requireAddress(target));
 }
 
 function requireAddress(target: TemporalTarget): TemporalTarget & { address: string } {
