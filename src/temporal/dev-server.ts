@@ -5,6 +5,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { loadExeca } from '../hosts/exec';
 import { Connection } from '@temporalio/client';
 import { SEARCH_ATTRIBUTES, SEARCH_ATTRIBUTE_TYPES } from '../contracts';
@@ -52,7 +53,7 @@ export async function waitForTemporal(address: string, timeoutMs: number, isDead
       }
     } catch (err) {
       last = err;
-      await new Promise((r) => setTimeout(r, 250));
+      await sleep(250);
     }
   }
   throw new Error(`Temporal at ${address} not ready after ${timeoutMs} ms: ${(last as Error)?.message ?? 'no answer'}`);
