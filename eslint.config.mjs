@@ -9,15 +9,7 @@ const builtins = builtinModules.flatMap((m) => [m, `node:${m}`]);
 
 export default tseslint.config(
   {
-    ignores: [
-      'node_modules/',
-      'dist/',
-      '.gpuops/',
-      'coverage/',
-      'jest.config.js',
-      'bench/out/',
-      'src/sandbox/bin/{docker,nvidia-smi,qm,dmesg}',
-    ],
+    ignores: ['node_modules/', 'dist/', '.gpuops/', 'coverage/', 'jest.config.js', 'bench/out/'],
   },
   js.configs.recommended,
   ...tseslint.configs.recommended,
@@ -64,8 +56,8 @@ export default tseslint.config(
     languageOptions: { ...tseslint.configs.disableTypeChecked.languageOptions, globals: { ...globals.node } },
   },
   {
-    // The sandbox shims and the process keeper are plain CommonJS executables (fast start, no TypeScript loader).
-    files: ['src/sandbox/bin/**/*.js', 'src/hosts/keeper.cjs'],
+    // The process keeper is a plain CommonJS executable (fast start, no TypeScript loader).
+    files: ['src/hosts/keeper.cjs'],
     languageOptions: { sourceType: 'commonjs' },
     rules: { '@typescript-eslint/no-require-imports': 'off', 'no-redeclare': ['error', { builtinGlobals: false }] },
   },
