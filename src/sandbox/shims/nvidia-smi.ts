@@ -303,6 +303,14 @@ function gpuTree(state: SandboxState, gpu: GpuSim, now: number): TreeNode[] {
   const r = readings(state, gpu, now);
   const eccOk = gpu.eccSupported;
   const ecc = (v: number): string => (eccOk ? String(v) : 'N/A');
+  /** One ECC counter set (volatile or aggregate): SRAM clean, DRAM as the simulated GPU counts it. */
+  const eccCounters = (corrected: number, uncorrected: number): TreeNode[] => [
+    ['sram_correctable', ecc(0)],
+    ['sram_uncorrectable_parity', ecc(0)],
+    ['sram_uncorrectable_secded', ecc(0)],
+    ['dram_correctable', ecc(corrected)],
+    ['dram_uncorrectable', ecc(uncorrected)],
+  ];
   const [, bus = ''] = gpu.pciBusId.split(':');
   const reason = (bit: string): string =>
     r.reasons === '0x0000000000000001' && bit === 'gpu_idle' ? 'Active' : 'Not Active';
@@ -483,26 +491,8 @@ function gpuTree(state: SandboxState, gpu: GpuSim, now: number): TreeNode[] {
     [
       'ecc_errors',
       [
-        [
-          'volatile',
-          [
-            ['sram_correctable', ecc(0)],
-            ['sram_uncorrectable_parity', ecc(0)],
-            ['sram_uncorrectable_secded', ecc(0)],
-            ['dram_correctable', ecc(gpu.eccCorrectedVolatile)],
-            ['dram_uncorrectable', ecc(gpu.eccUncorrectedVolatile)],
-          ],
-        ],
-        [
-          'aggregate',
-          [
-            ['sram_correctable', ecc(0)],
-            ['sram_uncorrectable_parity', ecc(0)],
-            ['sram_uncorrectable_secded', ecc(0)],
-            ['dram_correctable', ecc(gpu.eccCorrectedVolatile)],
-            ['dram_uncorrectable', ecc(gpu.eccUncorrectedAggregate)],
-          ],
-        ],
+        ['volatile', eccCounters(gpu.eccCorrectedVolatile, gpu.eccUncorrectedVolatile)],
+        ['aggregate', eccCounters(gpu.eccCorrectedVolatile, gpu.eccUncorrectedAggregate)],
       ],
     ],
     [

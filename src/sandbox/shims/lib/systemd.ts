@@ -398,6 +398,15 @@ function monotonic(state: SandboxState, ms: number): string {
 /** A property as `systemctl show` prints it: a list prints one line per element (ExecStart=). */
 export type UnitProperty = [name: string, value: string | string[]];
 
+/** The service settings every simulated unit shares (systemd's defaults for a `Type=simple` unit). */
+const SERVICE_DEFAULTS: UnitProperty[] = [
+  ['Type', 'simple'],
+  ['Restart', 'no'],
+  ['RestartUSec', '100ms'],
+  ['TimeoutStartUSec', '1min 30s'],
+  ['TimeoutStopUSec', '1min 30s'],
+];
+
 /**
  * The properties the shim knows for a unit, in the order systemd's D-Bus GetAll returns them (the Service
  * interface first, then Unit).
@@ -411,11 +420,7 @@ export function unitProperties(state: SandboxState, unit: SandboxUnit, dir: stri
   const ls = loadState(unit);
   const exited = !running && c.startedAt !== 0 && c.finishedAt >= c.startedAt;
   return [
-    ['Type', 'simple'],
-    ['Restart', 'no'],
-    ['RestartUSec', '100ms'],
-    ['TimeoutStartUSec', '1min 30s'],
-    ['TimeoutStopUSec', '1min 30s'],
+    ...SERVICE_DEFAULTS,
     ['MainPID', String(running ? c.pid : 0)],
     ['Result', a.result],
     ['NRestarts', String(c.restartCount)],
@@ -449,11 +454,7 @@ export function unitProperties(state: SandboxState, unit: SandboxUnit, dir: stri
 /** What systemd reports for a name no unit file answers to: LoadState=not-found, and no ExecStart= at all. */
 export function notFoundProperties(id: string): UnitProperty[] {
   return [
-    ['Type', 'simple'],
-    ['Restart', 'no'],
-    ['RestartUSec', '100ms'],
-    ['TimeoutStartUSec', '1min 30s'],
-    ['TimeoutStopUSec', '1min 30s'],
+    ...SERVICE_DEFAULTS,
     ['MainPID', '0'],
     ['Result', 'success'],
     ['NRestarts', '0'],
