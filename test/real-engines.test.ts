@@ -67,6 +67,20 @@ function inspect(s: TestSandbox): Promise<HealthReport> {
   });
 }
 
+/** The process's status once it reads `want`, or the last one read when `ms` ran out. */
+async function statusWithin(
+  s: { sim: { real: { processes: { inspectOne(n: string): Promise<{ status: string }> } } } },
+  name: string,
+  want: string,
+  ms: number,
+): Promise<string> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const { status } = await s.sim.real.processes.inspectOne(name);
+    if (status === want || Date.now() > end) return status;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+}
 /** Inspect until the node is healthy (real engines take a moment to load their model after a start). */
 async function untilHealthy(s: TestSandbox, timeoutMs = 60_000): Promise<HealthReport> {
   const end = Date.now() + timeoutMs;
@@ -162,7 +176,8 @@ describe('runtime process: real llama-server and real Ollama as keeper-run proce
       const before = await s.sim.real.processes.command('llama');
       await withWatcher(s, async (h) => {
         expect(await s.sim.real.inject('engine-hang', 'llama')).toMatch(/^kill -STOP \d+ \(llama\)$/);
-        expect((await s.sim.real.processes.inspectOne('llama')).status).toBe('paused');
+        // SIGSTOP reaches the process group asynchronously: the kernel shows it stopped a moment later.
+        expect(await statusWithin(s, 'llama', 'paused', 5_000)).toBe('paused');
         const detail = await watcherAction(h);
         expect(detail).toMatch(/^recovered after restart-container/);
         const incident = await lastIncident(s);
