@@ -281,7 +281,9 @@ test('a bad version let through to canary breaches the error-rate delta mid-step
   expect(record.analyses).toHaveLength(1);
   const analysis = record.analyses[0]?.analysis;
   expect(analysis?.verdict).toBe('fail');
-  expect(analysis?.reasons.join('\n')).toMatch(/error rate .* delta .* > 2%/);
+  // Against stable when stable had minSamples in the window, or on its own when it had not (a loaded machine can
+  // starve stable's share of the traffic generator); both are the error-rate rule firing.
+  expect(analysis?.reasons.join('\n')).toMatch(/error rate .*(delta .* > 2%|exceeds 2% on its own)/);
   expect(record.rollback?.by).toBe('canary analysis');
   expect(breachAt).toBeGreaterThan(0);
   expect(zeroAt).toBeGreaterThanOrEqual(breachAt);
