@@ -10,38 +10,20 @@
  * private cluster under --dir; prints `READY <address>` once the namespace and search attributes are usable and runs
  * until SIGTERM/SIGINT (or stdin closing, with --stdin), then stops the server and a private cluster in order.
  */
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
   ProductionTargetError,
   ensureServerBuild,
-  makeTlsFiles,
+  ensureTlsFiles,
   startProductionServer,
-  type ServerTls,
 } from '../src/temporal/production-server';
 
 const log = (line: string): void => {
   process.stderr.write(`${line}\n`);
 };
-
-async function tlsFrom(dir: string): Promise<{ tls: ServerTls; client: { cert: string; key: string } }> {
-  const want = ['ca.pem', 'server.pem', 'server.key', 'client.pem', 'client.key'].map((n) => path.join(dir, n));
-  if (!want.every((p) => existsSync(p))) {
-    log(`TLS: no certificates in ${dir}; making a private CA, server and client certificate there (openssl)`);
-    await makeTlsFiles(dir);
-  }
-  return {
-    tls: {
-      caCert: path.join(dir, 'ca.pem'),
-      serverCert: path.join(dir, 'server.pem'),
-      serverKey: path.join(dir, 'server.key'),
-      serverName: 'localhost',
-    },
-    client: { cert: path.join(dir, 'client.pem'), key: path.join(dir, 'client.key') },
-  };
-}
 
 async function main(): Promise<number> {
   const { positionals, values } = parseArgs({
@@ -74,25 +56,21 @@ async function main(): Promise<number> {
   const port = values.port === undefined ? undefined : Number(values.port);
   if (port !== undefined && !(Number.isInteger(port) && port > 0 && port < 65536))
     throw new ProductionTargetError(`--port ${values.port}: not a TCP port`);
-  const tls = values['tls-dir'] ? await tlsFrom(path.resolve(values['tls-dir'])) : undefined;
+  const tls = values['tls-dir'] ? await ensureTlsFiles(path.resolve(values['tls-dir']), log) : undefined;
   const build = await ensureServerBuild({ log });
   const server = await startProductionServer(build, {
     dir,
     ...(port ? { port } : {}),
     ...(values.ip ? { ip: values.ip } : {}),
     ...(values.namespace ? { namespace: values.namespace } : {}),
-    ...(tls
-      ? {
-          tls: tls.tls,
-          clientCert: { cert: readFileSync(tls.client.cert), key: readFileSync(tls.client.key) },
-        }
-      : {}),
+    ...tls?.server,
     log,
   });
   if (tls) {
     log(
-      `clients: TEMPORAL_ADDRESS=${server.address} TEMPORAL_TLS_CA=${tls.tls.caCert} ` +
-        `TEMPORAL_TLS_CERT=${tls.client.cert} TEMPORAL_TLS_KEY=${tls.client.key} TEMPORAL_TLS_SERVER_NAME=localhost`,
+      `clients: TEMPORAL_ADDRESS=${server.address} TEMPORAL_TLS_CA=${tls.files.caCert} ` +
+        `TEMPORAL_TLS_CERT=${tls.files.clientCert} TEMPORAL_TLS_KEY=${tls.files.clientKey} ` +
+        `TEMPORAL_TLS_SERVER_NAME=${tls.files.serverName}`,
     );
   } else {
     log(`clients: TEMPORAL_ADDRESS=${server.address}`);

@@ -24,6 +24,7 @@ import {
   FAST_RECOVERY,
   controlWorker,
   openTestEnv,
+  recordHistory,
   startTestSandbox,
   testAddress,
   uniqueId,
@@ -401,6 +402,8 @@ test('watchNode continues as new with its maintenance windows, and goes on probi
       await new Promise((r) => setTimeout(r, 100));
     }
   });
+  // The first run, which ends in continue-as-new (recorded once, with the code of its day; never re-recorded).
+  recordHistory(env, workflowIds.watch(s.nodeId), 'watch-node-continued-as-new', firstRun);
   // A new control worker (the old one is gone) picks the watcher up where the history says it is.
   await withControl(s, async () => {
     const before = (await h.query(getWatchStatusQuery)).probes;

@@ -12,7 +12,13 @@ import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
 import { slotPartnerOf, type HypervisorConfig } from '../config/schema';
 import { SEARCH_ATTRIBUTE_TYPES, CONTROL_TASK_QUEUE } from '../contracts';
 import { ensureTemporalCli } from '../temporal/cli';
-import { connectClient, connectWorker, resolveTemporalTarget, type TemporalTarget } from '../temporal/connection';
+import {
+  connectClient,
+  connectWorker,
+  resolveTemporalTarget,
+  temporalConnectOptions,
+  type TemporalTarget,
+} from '../temporal/connection';
 import { startDevServer } from '../temporal/dev-server';
 import { installRuntimeLogger } from '../temporal/worker-main';
 import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandbox/node';
@@ -40,7 +46,8 @@ const log = (line: string): void => {
 
 /** On a server gpuops did not start, make sure its search attributes exist (idempotent). */
 async function registerSearchAttributes(target: TemporalTarget & { address: string }): Promise<void> {
-  const conn = await Connection.connect({ address: target.address });
+  // The same TLS and API key as every other connection to this server (an mTLS frontend refuses plaintext).
+  const conn = await Connection.connect(temporalConnectOptions(target));
   try {
     const existing = await conn.operatorService.listSearchAttributes({ namespace: target.namespace });
     const missing = Object.entries(SEARCH_ATTRIBUTE_TYPES).filter(([k]) => !(k in (existing.customAttributes ?? {})));

@@ -453,6 +453,12 @@ export async function makeTlsFiles(dir: string): Promise<TlsFiles> {
       f(`${name}.ext`),
     ]);
   }
+  return tlsFilesIn(dir);
+}
+
+/** The file names makeTlsFiles writes in a directory (what `--tls-dir` and the test target read). */
+export function tlsFilesIn(dir: string): TlsFiles {
+  const f = (n: string): string => path.join(dir, n);
   return {
     caCert: f('ca.pem'),
     serverCert: f('server.pem'),
@@ -460,6 +466,34 @@ export async function makeTlsFiles(dir: string): Promise<TlsFiles> {
     clientCert: f('client.pem'),
     clientKey: f('client.key'),
     serverName: 'localhost',
+  };
+}
+
+/**
+ * The certificates in `dir` (makeTlsFiles' names), made there first when any is missing, as the server options
+ * (frontend mTLS, and the client certificate its start-up checks present) and the client's files.
+ */
+export async function ensureTlsFiles(
+  dir: string,
+  log: Log = () => undefined,
+): Promise<{ files: TlsFiles; server: Pick<ProductionServerOptions, 'tls' | 'clientCert'> }> {
+  let files = tlsFilesIn(dir);
+  const { serverName: _name, ...paths } = files;
+  if (!Object.values(paths).every((p) => existsSync(p))) {
+    log(`TLS: no certificates in ${dir}; making a private CA, server and client certificate there (openssl)`);
+    files = await makeTlsFiles(dir);
+  }
+  return {
+    files,
+    server: {
+      tls: {
+        caCert: files.caCert,
+        serverCert: files.serverCert,
+        serverKey: files.serverKey,
+        serverName: files.serverName,
+      },
+      clientCert: { cert: readFileSync(files.clientCert), key: readFileSync(files.clientKey) },
+    },
   };
 }
 

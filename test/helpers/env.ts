@@ -11,7 +11,7 @@ import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
 import { getDeploymentStatusQuery, type DeploymentStatus } from '../../src/contracts';
 import {
   DefaultLogger,
-  NativeConnection,
+  type NativeConnection,
   Runtime,
   bundleWorkflowCode,
   type WorkflowBundle,
@@ -22,6 +22,8 @@ import { parseConfig, type LoadedConfig } from '../../src/config/load';
 import { SandboxNode, freePort, sandboxHypervisorEnv, startSandboxProxmox } from '../../src/sandbox/node';
 import { ManagedProcess, tsxCommand } from '../../src/cli/processes';
 import { createControlWorker } from '../../workers/control';
+import { connectWorker, temporalConnectOptions, type TemporalTarget } from '../../src/temporal/connection';
+import { tlsFilesIn } from '../../src/temporal/production-server';
 import { startRouter, type RouterHandle } from '../../src/router';
 
 // Worker state changes are logged at INFO; tests want only warnings and errors.
@@ -31,6 +33,22 @@ export function testAddress(): string {
   const a = process.env.TEMPORAL_TEST_ADDRESS;
   if (!a) throw new Error('TEMPORAL_TEST_ADDRESS is not set: run tests through jest (test/global-setup.ts)');
   return a;
+}
+
+/**
+ * The run-wide server as a gpuops target: on the production target (mTLS, test/global-setup.ts) with the client
+ * certificate, CA and server name it was started with, so every client, worker and child process of the run goes
+ * through gpuops's own TLS connection code; another address (a test's own server) is plaintext.
+ */
+export function testTarget(address = testAddress()): TemporalTarget & { address: string } {
+  const dir = process.env.TEMPORAL_TEST_TLS_DIR;
+  if (!dir || address !== process.env.TEMPORAL_TEST_ADDRESS) return { address, namespace: 'default' };
+  const f = tlsFilesIn(dir);
+  return {
+    address,
+    namespace: 'default',
+    tls: { certFile: f.clientCert, keyFile: f.clientKey, caFile: f.caCert, serverName: f.serverName },
+  };
 }
 
 export function uniqueId(prefix: string): string {
@@ -75,8 +93,9 @@ export interface TestEnv {
 }
 
 export async function openTestEnv(address = testAddress()): Promise<TestEnv> {
-  const conn = await Connection.connect({ address });
-  const connection = await NativeConnection.connect({ address });
+  const target = testTarget(address);
+  const conn = await Connection.connect(temporalConnectOptions(target));
+  const connection = await connectWorker(target);
   return {
     client: new Client({ connection: conn, namespace: 'default' }),
     connection,
@@ -116,6 +135,11 @@ export interface TestSandboxOptions {
    * by a free one.
    */
   hardware?: { gpus: Record<string, unknown>[]; engines: (Record<string, unknown> & { name: string })[] };
+  /**
+   * Write the run-wide server's TLS files into the node's gpuops.yaml (temporal.tls) when it runs mTLS (default);
+   * false leaves them out, for a test that gives them through TEMPORAL_TLS_* instead.
+   */
+  configTls?: boolean;
   /** The node's `tools` (e.g. the real docker CLI and a process directory for real engines). */
   tools?: Record<string, unknown>;
 }
@@ -128,9 +152,10 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
   const pvePort = opts.proxmox ? await freePort() : 0;
   const vmid = 1000 + Math.floor(Math.random() * 8000);
   const qmId = uniqueId('qm');
+  const { tls } = opts.configTls === false ? { tls: undefined } : testTarget(address);
   const raw = {
     ...opts.extra,
-    temporal: { address },
+    temporal: { address, ...(tls ? { tls } : {}) },
     ...(opts.proxmox
       ? {
           hypervisors: [
@@ -265,12 +290,11 @@ export function writeTemp(dir: string, name: string, text: string): string {
  * With GPUOPS_RECORD_HISTORIES=1, save a finished workflow's history (as `temporal workflow show --output json`
  * prints it) to test/histories/<name>.json, for test/replay.test.ts. Otherwise does nothing.
  */
-export function recordHistory(env: TestEnv, workflowId: string, name: string): void {
+export function recordHistory(env: TestEnv, workflowId: string, name: string, runId?: string): void {
   if (process.env.GPUOPS_RECORD_HISTORIES !== '1') return;
   const cli = process.env.TEMPORAL_CLI_PATH ?? 'temporal';
-  const out = execFileSync(cli, ['workflow', 'show', '--address', env.address, '-w', workflowId, '--output', 'json'], {
-    maxBuffer: 64 * 1024 * 1024,
-  });
+  const args = ['workflow', 'show', '--address', env.address, '-w', workflowId, ...(runId ? ['-r', runId] : [])];
+  const out = execFileSync(cli, [...args, '--output', 'json'], { maxBuffer: 64 * 1024 * 1024 });
   writeFileSync(path.join(__dirname, '..', 'histories', `${name}.json`), out);
 }
 

@@ -1,8 +1,9 @@
 /**
- * mTLS on the production server's frontend: a server of its own (the same build, PostgreSQL and environment as the
- * run-wide one, plus TEMPORAL_TLS_*), certificates made here with openssl. gpuops connects through its own
- * connection code from TEMPORAL_TLS_CERT/KEY/CA, the real node worker (a child process) included; a client or worker
- * without a certificate from the server's CA is refused.
+ * mTLS on the production server's frontend. The run-wide server (test/global-setup.ts) runs with mTLS from
+ * certificates made at the run's start (the same build, PostgreSQL and environment as compose, plus TEMPORAL_TLS_*),
+ * and the whole production suite connects over it. Here: gpuops connects through its own connection code from
+ * TEMPORAL_TLS_CERT/KEY/CA, the real node worker (a child process) included; a client or worker without a
+ * certificate from the server's CA is refused.
  */
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -13,41 +14,35 @@ import { parseConfig } from '../../src/config/load';
 import { nodeTaskQueue } from '../../src/contracts';
 import type { HealthReport } from '../../src/domain/classify';
 import { connectClient, connectWorker, resolveTemporalTarget } from '../../src/temporal/connection';
-import {
-  makeTlsFiles,
-  startProductionTarget,
-  type ProductionServer,
-  type TlsFiles,
-} from '../../src/temporal/production-server';
+import { makeTlsFiles, tlsFilesIn, type TlsFiles } from '../../src/temporal/production-server';
 import { createControlWorker } from '../../workers/control';
-import { startTestSandbox, uniqueId, waitForPoller, workflowBundle, type TestSandbox } from '../helpers/env';
+import {
+  startTestSandbox,
+  testAddress,
+  uniqueId,
+  waitForPoller,
+  workflowBundle,
+  type TestSandbox,
+} from '../helpers/env';
 
-let server: ProductionServer;
 let certs: TlsFiles;
 let other: TlsFiles;
 let dir: string;
 const minimal = parseConfig('nodes:\n  - id: n1\n', 'inline');
 
 beforeAll(async () => {
+  const runTls = process.env.TEMPORAL_TEST_TLS_DIR;
+  if (!runTls) throw new Error('TEMPORAL_TEST_TLS_DIR is not set: run through npm run test:production');
+  certs = tlsFilesIn(runTls);
   dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-tls-'));
-  certs = await makeTlsFiles(path.join(dir, 'tls'));
   // A second CA: its client certificate is well formed but not one the server trusts.
   other = await makeTlsFiles(path.join(dir, 'other-ca'));
-  server = await startProductionTarget({
-    dir: path.join(dir, 'server'),
-    tls: { caCert: certs.caCert, serverCert: certs.serverCert, serverKey: certs.serverKey, serverName: 'localhost' },
-    clientCert: { cert: readFileSync(certs.clientCert), key: readFileSync(certs.clientKey) },
-  });
-}, 240_000);
-
-afterAll(async () => {
-  await server?.stop();
-});
+}, 60_000);
 
 /** The variables an operator sets (deploy/systemd/gpuops.env.example), pointing at this test's certificates. */
 function tlsEnv(files: TlsFiles = certs): Record<string, string> {
   return {
-    TEMPORAL_ADDRESS: server.address,
+    TEMPORAL_ADDRESS: testAddress(),
     TEMPORAL_TLS_CERT: files.clientCert,
     TEMPORAL_TLS_KEY: files.clientKey,
     TEMPORAL_TLS_CA: certs.caCert,
@@ -73,7 +68,8 @@ test('gpuops runs inspectNode over mTLS from TEMPORAL_TLS_CERT/KEY/CA: its clien
   try {
     client = await connectClient(target);
     connection = await connectWorker(target);
-    sbx = await startTestSandbox({ address: server.address });
+    // Its config names only the address: the node worker takes TLS from the variables, as an operator sets them.
+    sbx = await startTestSandbox({ configTls: false });
     await waitForPoller(client, nodeTaskQueue(sbx.nodeId));
     const taskQueue = uniqueId('gpuops-control-tls');
     const worker = await createControlWorker({
@@ -104,7 +100,7 @@ test('gpuops runs inspectNode over mTLS from TEMPORAL_TLS_CERT/KEY/CA: its clien
 
 /** Connect and make one call: the SDK may connect lazily, the call is what must be refused. */
 async function callWith(opts: Pick<ConnectionOptions, 'tls'>): Promise<void> {
-  const conn = await Connection.connect({ connectTimeout: 5000, ...opts, address: server.address });
+  const conn = await Connection.connect({ connectTimeout: 5000, ...opts, address: testAddress() });
   try {
     await conn.workflowService.getSystemInfo({});
   } finally {
@@ -114,33 +110,25 @@ async function callWith(opts: Pick<ConnectionOptions, 'tls'>): Promise<void> {
 
 test('a client or worker without a client certificate from the server CA is refused', async () => {
   const ca = readFileSync(certs.caCert);
+  const pair = (f: TlsFiles) => ({ crt: readFileSync(f.clientCert), key: readFileSync(f.clientKey) });
   // The control: the server's CA and a certificate it issued are accepted.
   await expect(
-    callWith({
-      tls: {
-        serverRootCACertificate: ca,
-        serverNameOverride: 'localhost',
-        clientCertPair: { crt: readFileSync(certs.clientCert), key: readFileSync(certs.clientKey) },
-      },
-    }),
+    callWith({ tls: { serverRootCACertificate: ca, serverNameOverride: 'localhost', clientCertPair: pair(certs) } }),
   ).resolves.toBeUndefined();
-  // TLS without a client certificate.
-  await expect(callWith({ tls: { serverRootCACertificate: ca, serverNameOverride: 'localhost' } })).rejects.toThrow();
-  // A client certificate from a CA the server does not trust.
-  await expect(
-    callWith({
-      tls: {
-        serverRootCACertificate: ca,
-        serverNameOverride: 'localhost',
-        clientCertPair: { crt: readFileSync(other.clientCert), key: readFileSync(other.clientKey) },
-      },
-    }),
-  ).rejects.toThrow();
-  // Plaintext.
-  await expect(callWith({})).rejects.toThrow();
+  const refused: [string, Pick<ConnectionOptions, 'tls'>][] = [
+    ['TLS without a client certificate', { tls: { serverRootCACertificate: ca, serverNameOverride: 'localhost' } }],
+    [
+      'a client certificate from a CA the server does not trust',
+      { tls: { serverRootCACertificate: ca, serverNameOverride: 'localhost', clientCertPair: pair(other) } },
+    ],
+    ['plaintext', {}],
+  ];
+  for (const [what, opts] of refused) {
+    await expect(callWith(opts).then(() => `${what}: accepted`)).rejects.toThrow();
+  }
   // gpuops's own client and worker connection with only the CA set (no TEMPORAL_TLS_CERT/KEY).
   const noCert = resolveTemporalTarget(minimal, {
-    TEMPORAL_ADDRESS: server.address,
+    TEMPORAL_ADDRESS: testAddress(),
     TEMPORAL_TLS_CA: certs.caCert,
     TEMPORAL_TLS_SERVER_NAME: 'localhost',
   });

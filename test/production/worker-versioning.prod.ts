@@ -2,7 +2,7 @@
  * Upgrading the control worker while workflows run, with Worker Versioning on the production server: version A runs
  * a watchNode and a deployModel waiting for approval; version B (a changed deployModel that cannot replay A's
  * histories) is rolled out and made current. The waiting deployment finishes on A, a new one runs on B, and the
- * watcher goes on probing on A.
+ * watcher continues as new onto B by itself and goes on probing there.
  */
 import { Worker, bundleWorkflowCode, type WorkerDeploymentOptions } from '@temporalio/worker';
 import { approveDeploymentUpdate, getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../../src/contracts';
@@ -103,7 +103,7 @@ test('GPUOPS_WORKER_DEPLOYMENT/BUILD_ID give the control worker its version; one
   );
 });
 
-test('rolling out version B while A runs a watcher and a waiting deployment: the old ones finish on A, new ones run B', async () => {
+test('rolling out version B while A runs a watcher and a waiting deployment: the deployment finishes on A, new ones and the watcher run B', async () => {
   const queue = uniqueId('gpuops-control-versioned');
   const deploymentName = uniqueId('gpuops-control');
   const version = (buildId: string): WorkerDeploymentOptions => ({
@@ -190,16 +190,30 @@ test('rolling out version B while A runs a watcher and a waiting deployment: the
     });
     expect(await hasBMarker(newDeploy.workflowId)).toBe(true);
 
-    // The watcher never stopped: still pinned to A (across continue-as-new too), still probing after the rollout.
-    const before = (await watch.query(getWatchStatusQuery)).lastReport?.at ?? '';
-    const deadline = Date.now() + 30_000;
-    let after = await watch.query(getWatchStatusQuery);
-    while ((after.lastReport?.at ?? '') <= before && Date.now() < deadline) {
+    // The watcher never stopped, and moved to B by itself: its run on A learnt that B is current and continued as
+    // new onto it (AUTO_UPGRADE for the new run's first task) long before its 500 probes were up, carrying its state.
+    const deadline = Date.now() + 60_000;
+    while ((await executionBuildId(env.client, watch.workflowId)) !== 'B' && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(await executionBuildId(env.client, watch.workflowId)).toBe('B');
+    const onB = (await watch.describe()).runId;
+    expect(onB).not.toBe(watch.firstExecutionRunId);
+    expect(await executionBuildId(env.client, watch.workflowId, watch.firstExecutionRunId)).toBe('A');
+    // The run on A ended in continue-as-new after far fewer than its 500 probe intervals (one timer each).
+    const watchOnA =
+      (await env.client.workflow.getHandle(watch.workflowId, watch.firstExecutionRunId).fetchHistory()).events ?? [];
+    expect(watchOnA[watchOnA.length - 1]?.workflowExecutionContinuedAsNewEventAttributes).toBeTruthy();
+    expect(watchOnA.filter((e) => e.timerStartedEventAttributes).length).toBeLessThan(500);
+    const before = await watch.query(getWatchStatusQuery);
+    let after = before;
+    while (after.probes <= before.probes && Date.now() < deadline + 30_000) {
       await new Promise((r) => setTimeout(r, 250));
       after = await watch.query(getWatchStatusQuery);
     }
-    expect((after.lastReport?.at ?? '') > before).toBe(true);
-    expect(await executionBuildId(env.client, watch.workflowId)).toBe('A');
+    expect(after.probes).toBeGreaterThan(before.probes);
+    expect(after.lastReport?.healthy).toBe(true);
+    expect((await watch.describe()).runId).toBe(onB);
     await watch.terminate('test done');
   } finally {
     workerA.shutdown();

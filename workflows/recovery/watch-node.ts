@@ -8,7 +8,7 @@ import {
   ParentClosePolicy,
   allHandlersFinished,
   condition,
-  continueAsNew,
+  makeContinueAsNewFunc,
   patched,
   proxyActivities,
   setCurrentDetails,
@@ -16,6 +16,7 @@ import {
   sleep,
   startChild,
   upsertSearchAttributes,
+  workflowInfo,
 } from '@temporalio/workflow';
 import type { z } from 'zod';
 import type { NodeFacts } from '../../activities/recovery';
@@ -173,10 +174,15 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
     const actionable = watch.observe(await probeNode(input.node, watch.probeOptions(facts)));
     if (watch.status.consecutiveFailures >= input.failureThreshold) await watch.recover(actionable);
     await sleep(parseDuration(input.probeInterval));
+    // Under Worker Versioning a run stays pinned to the control-worker version it started on; when a newer one is
+    // current, move to it now rather than after this run's remaining probes (README: upgrading while workflows run).
+    if (workflowInfo().targetWorkerDeploymentVersionChanged && patched('watch-upgrade-on-continue-as-new')) break;
   }
-  // Wait for in-flight Update handlers, then start over with bounded history, carrying the state.
+  // Wait for in-flight Update handlers, then start over with bounded history, carrying the state. The next run's
+  // first task goes to the deployment's current version (AUTO_UPGRADE), so a watcher that runs forever still picks
+  // up new code at its next run; unversioned workers ignore the option.
   await condition(allHandlersFinished);
-  return continueAsNew<typeof watchNode>({
+  return makeContinueAsNewFunc<typeof watchNode>({ initialVersioningBehavior: 'AUTO_UPGRADE' })({
     ...rawInput,
     state: { consecutiveFailures: watch.status.consecutiveFailures, maintenance: watch.status.maintenance },
   });
