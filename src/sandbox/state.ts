@@ -587,7 +587,11 @@ export function defaultLibrary(): Record<string, ModelProfile> {
 /** Models an Ollama engine has installed on a fresh node. */
 export const PREINSTALLED_OLLAMA_MODELS = ['llama3.2:1b', 'qwen2.5:0.5b'] as const;
 
-const IMAGES: Record<EngineConfig['type'], { image: string; port: number; cmd: string[] }> = {
+/**
+ * Each engine type's container on a freshly seeded node: its image, the port it listens on inside, and its command
+ * (a vLLM container's command names its served model instead).
+ */
+export const SEED_CONTAINERS: Record<EngineConfig['type'], { image: string; port: number; cmd: string[] }> = {
   ollama: { image: `ollama/ollama:${core.OLLAMA_VERSION}`, port: 11434, cmd: ['serve'] },
   vllm: { image: 'vllm/vllm-openai:v0.6.4.post1', port: 8000, cmd: ['--model', 'Qwen/Qwen2.5-0.5B-Instruct'] },
   llamacpp: {
@@ -677,7 +681,7 @@ function engineSim(node: NodeConfig, e: EngineConfig, state: Pick<SandboxState, 
 }
 
 function containerSim(node: NodeConfig, e: EngineConfig, engine: EngineSim, at: number): ContainerSim {
-  const img = IMAGES[e.type];
+  const img = SEED_CONTAINERS[e.type];
   return {
     name: e.container,
     id: core.hexOf(`${node.id}/container/${e.container}`, 64),

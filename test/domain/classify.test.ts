@@ -2,19 +2,8 @@ import { classifyNode, restartLoopProblems } from '../../src/domain/classify';
 import type { ContainerState, EngineProbe, GpuStatus, NodeObservation } from '../../src/domain/health';
 import { rungForXid } from '../../src/domain/xid';
 import { maxRung } from '../../src/domain/rungs';
+import { containerState } from '../helpers/hosts';
 
-const container = (over: Partial<ContainerState> = {}): ContainerState => ({
-  name: 'ollama',
-  exists: true,
-  status: 'running',
-  running: true,
-  exitCode: 0,
-  oomKilled: false,
-  restartCount: 0,
-  health: 'none',
-  logSignals: [],
-  ...over,
-});
 const engine = (over: Partial<EngineProbe> = {}): EngineProbe => ({
   name: 'ollama',
   type: 'ollama',
@@ -55,7 +44,7 @@ const obs = (over: Partial<NodeObservation> = {}): NodeObservation => ({
   node: 'n1',
   observedAt: '2026-11-22T00:00:00Z',
   reachable: true,
-  containers: [container()],
+  containers: [containerState()],
   gpus: [gpu()],
   gpuError: null,
   xids: [],
@@ -78,7 +67,7 @@ describe('classifyNode', () => {
   test('an exited container and an unreachable engine call for a container restart', () => {
     const r = classifyNode(
       obs({
-        containers: [container({ status: 'exited', running: false, exitCode: 2 })],
+        containers: [containerState({ status: 'exited', running: false, exitCode: 2 })],
         engines: [engine({ reachable: false, healthy: false, error: 'ECONNREFUSED' })],
       }),
     );
@@ -101,7 +90,7 @@ describe('classifyNode', () => {
     const r = classifyNode(
       obs({
         containers: [
-          container({ logSignals: ['torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'] }),
+          containerState({ logSignals: ['torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB'] }),
         ],
       }),
     );
@@ -110,7 +99,7 @@ describe('classifyNode', () => {
 
   test('OOM-killed container is reported as such, not as a plain exit', () => {
     const r = classifyNode(
-      obs({ containers: [container({ status: 'exited', running: false, oomKilled: true, exitCode: 137 })] }),
+      obs({ containers: [containerState({ status: 'exited', running: false, oomKilled: true, exitCode: 137 })] }),
     );
     expect(r.problems.map((p) => p.kind)).toEqual(['container-oom-killed']);
   });
@@ -215,8 +204,8 @@ describe('canary slot pairs: standby halves', () => {
   ) =>
     obs({
       containers: [
-        container({ name: 'vllm-fast', engine: 'vllm-fast', slotPartner: 'vllm-deep', ...fast }),
-        container({ name: 'vllm-deep', engine: 'vllm-deep', slotPartner: 'vllm-fast', ...deep }),
+        containerState({ name: 'vllm-fast', engine: 'vllm-fast', slotPartner: 'vllm-deep', ...fast }),
+        containerState({ name: 'vllm-deep', engine: 'vllm-deep', slotPartner: 'vllm-fast', ...deep }),
       ],
       engines: [
         engine({ name: 'vllm-fast', type: 'vllm', url: 'http://127.0.0.1:8000' }),
@@ -280,7 +269,7 @@ describe('canary slot pairs: standby halves', () => {
 
 describe('restartLoopProblems', () => {
   test('flags a container whose restart count climbed since the last probe', () => {
-    const p = restartLoopProblems({ ollama: 2 }, [container({ restartCount: 4 })]);
+    const p = restartLoopProblems({ ollama: 2 }, [containerState({ restartCount: 4 })]);
     expect(p).toEqual([
       expect.objectContaining({ kind: 'container-restarting', subject: 'ollama', rung: 'restart-container' }),
     ]);
@@ -288,7 +277,7 @@ describe('restartLoopProblems', () => {
   });
 
   test('is quiet on the first probe and when the count is steady', () => {
-    expect(restartLoopProblems({}, [container({ restartCount: 9 })])).toEqual([]);
-    expect(restartLoopProblems({ ollama: 9 }, [container({ restartCount: 9 })])).toEqual([]);
+    expect(restartLoopProblems({}, [containerState({ restartCount: 9 })])).toEqual([]);
+    expect(restartLoopProblems({ ollama: 9 }, [containerState({ restartCount: 9 })])).toEqual([]);
   });
 });

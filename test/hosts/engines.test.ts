@@ -181,26 +181,23 @@ describe('OllamaClient', () => {
 });
 
 describe('OpenAI-compatible clients', () => {
-  it('parses vLLM metrics, including the pre-V1 KV cache gauge name', () => {
-    const m = vllmMetrics(parsePrometheusText(fixture('vllm/metrics.txt')));
-    expect(m).toMatchObject({
-      requestsRunning: 3,
-      requestsWaiting: 1,
-      kvCacheUsage: 0.4172,
-      promptTokensTotal: 1284431,
-      generationTokensTotal: 402117,
-    });
-  });
-
-  it('parses llama-server metrics', () => {
-    const m = llamaCppMetrics(parsePrometheusText(fixture('llamacpp/metrics.txt')));
-    expect(m).toMatchObject({
-      requestsRunning: 2,
-      requestsWaiting: 0,
-      kvCacheUsage: 0.21875,
-      promptTokensTotal: 88213,
-      generationTokensTotal: 30918,
-    });
+  it.each([
+    {
+      what: 'vLLM metrics, including the pre-V1 KV cache gauge name',
+      read: vllmMetrics,
+      file: 'vllm/metrics.txt',
+      gauges: { requestsRunning: 3, requestsWaiting: 1, kvCacheUsage: 0.4172 },
+      counters: { promptTokensTotal: 1284431, generationTokensTotal: 402117 },
+    },
+    {
+      what: 'llama-server metrics',
+      read: llamaCppMetrics,
+      file: 'llamacpp/metrics.txt',
+      gauges: { requestsRunning: 2, requestsWaiting: 0, kvCacheUsage: 0.21875 },
+      counters: { promptTokensTotal: 88213, generationTokensTotal: 30918 },
+    },
+  ])('parses $what', ({ read, file, gauges, counters }) => {
+    expect(read(parsePrometheusText(fixture(file)))).toMatchObject({ ...gauges, ...counters });
   });
 
   it('parses Prometheus labels with escapes and +Inf buckets', () => {

@@ -79,21 +79,12 @@ describe('llama.cpp', () => {
   const cmd = ['-m', '/models/qwen2.5-0.5b-instruct-q4_k_m.gguf', '--host', '0.0.0.0', '--port', '8080', '-ngl', '99'];
 
   test('a bare .gguf name is a file beside the current model; --alias makes /v1/models list the model', () => {
-    const r = withModel('llamacpp', cmd, { model: 'qwen2.5-0.5b-instruct-good-q4_k_m.gguf' });
-    expect(r.cmd).toEqual([
-      '-m',
-      '/models/qwen2.5-0.5b-instruct-good-q4_k_m.gguf',
-      '--alias',
-      'qwen2.5-0.5b-instruct-good-q4_k_m.gguf',
-      '--host',
-      '0.0.0.0',
-      '--port',
-      '8080',
-      '-ngl',
-      '99',
-    ]);
-    expect(r.servedModel).toBe('qwen2.5-0.5b-instruct-good-q4_k_m.gguf');
-    expect(servesModel('llamacpp', r.cmd, { model: 'qwen2.5-0.5b-instruct-good-q4_k_m.gguf' })).toBe(true);
+    const good = 'qwen2.5-0.5b-instruct-good-q4_k_m.gguf';
+    const r = withModel('llamacpp', cmd, { model: good });
+    // `-m PATH` is replaced in place and `--alias` follows it; every other argument stays as it was.
+    expect(r.cmd).toEqual(['-m', `/models/${good}`, '--alias', good, ...cmd.slice(2)]);
+    expect(r.servedModel).toBe(good);
+    expect(servesModel('llamacpp', r.cmd, { model: good })).toBe(true);
   });
 
   test('a Hugging Face repo[:quant] replaces -m, or -hf with its --hf-file, and an old alias', () => {

@@ -11,6 +11,7 @@ import {
   parseSmiXml,
   QUERY_GPU_FIELDS,
 } from '../../src/hosts/nvidia-smi';
+import { idleAmpereGpu } from '../helpers/hosts';
 import { fixture } from './fakes';
 
 const splitRow = (line: string): string[] => line.split(', ');
@@ -130,17 +131,15 @@ describe('parseSmiXml on real captures', () => {
       ['00000000:81:00.0', 'GPU-12345678-aaaa-bbbb-cccc-0123456789ab'],
       ['00000000:C1:00.0', 'GPU-12345678-aaaa-bbbb-cccc-0123456789cd'],
     ]);
-    expect(s.gpus[1]).toEqual({
-      pciBusId: '00000000:C1:00.0',
-      productName: 'NVIDIA RTX A5000',
-      uuid: 'GPU-12345678-aaaa-bbbb-cccc-0123456789cd',
-      persistenceMode: 'Enabled',
-      powerLimitW: 230,
-      defaultPowerLimitW: 230,
-      enforcedPowerLimitW: 230,
-      clocks: { graphicsMHz: 210, smMHz: 210, memMHz: 405 },
-      maxClocks: { graphicsMHz: 2100, smMHz: 2100, memMHz: 8001 },
-    });
+    expect(s.gpus[1]).toEqual(
+      idleAmpereGpu({
+        pciBusId: '00000000:C1:00.0',
+        productName: 'NVIDIA RTX A5000',
+        uuid: 'GPU-12345678-aaaa-bbbb-cccc-0123456789cd',
+        powerLimitW: 230,
+        maxMemMHz: 8001,
+      }),
+    );
   });
 
   it('reads an A100 in MIG mode on 510 (schema v11, power_readings) and not a MIG device for the GPU', () => {

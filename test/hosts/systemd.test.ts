@@ -25,8 +25,9 @@ import {
 import * as sdlib from '../../src/sandbox/shims/lib/systemd';
 import { injectFault } from '../../src/sandbox/faults';
 import { SHIM_DIR } from '../../src/sandbox/node';
-import type { EngineSim, SandboxState } from '../../src/sandbox/state';
+import { SEED_CONTAINERS, type EngineSim, type SandboxState } from '../../src/sandbox/state';
 import type { SandboxStore } from '../../src/sandbox/state';
+import { containerState } from '../helpers/hosts';
 import { nodeConfig, seedStore, sleep, tempDir } from '../sandbox/helpers';
 import { fakeTool, fixture } from './fakes';
 
@@ -35,19 +36,9 @@ const blocksOf = (file: string) => parseShowBlocks(fixture(`systemd/${file}`));
 describe('parsing systemctl show', () => {
   it('reads a running unit: state, main PID start time in UTC, unit file as image', () => {
     const [block] = blocksOf('show-ollama-running.txt');
-    expect(unitState(block!, 'ollama')).toEqual({
-      name: 'ollama',
-      exists: true,
-      status: 'running',
-      running: true,
-      exitCode: 0,
-      oomKilled: false,
-      restartCount: 0,
-      health: 'none',
-      image: '/etc/systemd/system/ollama.service',
-      startedAt: '2026-12-01T07:55:12.000Z',
-      logSignals: [],
-    });
+    expect(unitState(block!, 'ollama')).toEqual(
+      containerState({ image: '/etc/systemd/system/ollama.service', startedAt: '2026-12-01T07:55:12.000Z' }),
+    );
   });
 
   it('splits one block per unit at blank lines, in the order asked, and a not-found unit is missing', () => {
@@ -64,17 +55,7 @@ describe('parsing systemctl show', () => {
     });
     // Result=oom-kill: the main process was SIGKILLed (ExecMainCode=2 killed, status 9) → docker's 137.
     expect(vllm).toMatchObject({ status: 'exited', exitCode: 137, oomKilled: true });
-    expect(gone).toEqual({
-      name: 'gone',
-      exists: false,
-      status: 'missing',
-      running: false,
-      exitCode: 0,
-      oomKilled: false,
-      restartCount: 0,
-      health: 'none',
-      logSignals: [],
-    });
+    expect(gone).toEqual(containerState({ name: 'gone', exists: false, status: 'missing', running: false }));
     // The not-found block has no ExecStart= line at all (an empty exec list prints nothing, even with -p).
     expect(blocks[2]!.has('ExecStart')).toBe(false);
     expect(blocks[2]!.get('FragmentPath')).toEqual(['']);
@@ -392,17 +373,7 @@ describe('SystemdCtl against the sandbox systemctl and journalctl', () => {
     const c = await ctl.command('llama');
     expect(c).toEqual({
       entrypoint: ['/usr/local/bin/llama-server'],
-      cmd: [
-        '-m',
-        '/models/qwen2.5-0.5b-instruct-q4_k_m.gguf',
-        '--host',
-        '0.0.0.0',
-        '--port',
-        '8080',
-        '-ngl',
-        '99',
-        '--metrics',
-      ],
+      cmd: SEED_CONTAINERS.llamacpp.cmd,
       running: true,
       id: String(unit(store.read(), 'llama').pid),
     });
