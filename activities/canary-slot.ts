@@ -5,6 +5,7 @@
  * old half ("standby") once the rollback window has passed. These activities run on the node's queue and drive the
  * docker CLI and the engine's HTTP API; they only touch engines that are half of a configured pair.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ApplicationFailure } from '@temporalio/common';
 import type { EngineConfig, NodeConfig } from '../src/config/schema';
 import { slotPartnerOf } from '../src/config/schema';
@@ -89,21 +90,6 @@ function redactLog(line: string): string {
     .replace(/\b(api_key|hf_token|token|password|secret)(\s*[=:]\s*)('[^']*'|"[^"]*"|[^\s,)]+)/gi, '$1$2<redacted>')
     .replace(/(--(?:api-key|hf-token)[= ])\S+/g, '$1<redacted>')
     .slice(0, 500);
-}
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason as Error);
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = (): void => {
-      clearTimeout(t);
-      reject(signal?.reason as Error);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 /** Canary slot activities over an injected DockerCli and engine clients. */
@@ -200,7 +186,8 @@ export function createCanarySlotActivities({ node, runtimes, clientFor, pollMs =
           { engine: e.name, model: opts.what, lastLines: lines },
         );
       }
-      await sleep(pollMs, signal);
+      // Cancellation rejects with an AbortError, which the SDK reports as the activity cancelled.
+      await sleep(pollMs, undefined, signal ? { signal } : {});
     }
   }
 

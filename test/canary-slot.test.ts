@@ -146,6 +146,41 @@ test('a retry finds the model already loaded: nothing is recreated, the first at
   });
 });
 
+test('cancelled while it waits between polls for the engine, loadCanarySlot stops then, not at the next poll', async () => {
+  // A 10 s poll interval: a cancel that waited for the next poll would take that long.
+  const slow = createCanarySlotActivities({
+    node,
+    runtimes: new EngineRuntimes(node, { docker }),
+    clientFor: (e) => createEngineClient(e),
+    pollMs: 10_000,
+  });
+  const env = new MockActivityEnvironment();
+  const waiting = new Promise<void>((resolve) =>
+    env.on('heartbeat', (d: SlotProgress) => d.phase !== 'recreating' && resolve()),
+  );
+  sn.store.update((s) => {
+    s.sim.engineLoadMs = 30_000;
+  });
+  try {
+    const run = env.run(slow.loadCanarySlot, { engine: 'vllm-deep', model: BAD, revision: 'main' });
+    await waiting;
+    const cancelledAt = Date.now();
+    env.cancel();
+    const err = await run.then(
+      () => null,
+      (e: unknown) => e as Error,
+    );
+    // An AbortError is what the SDK reports as the activity cancelled.
+    expect(err?.name).toBe('AbortError');
+    expect(Date.now() - cancelledAt).toBeLessThan(5_000);
+  } finally {
+    sn.store.update((s) => {
+      s.sim.engineLoadMs = 2_000;
+    });
+    await slots.loadCanarySlot({ engine: 'vllm-deep', model: GOOD, revision: 'main' });
+  }
+});
+
 test('a model vLLM cannot load fails without retry, quoting the engine’s last log lines', async () => {
   const f = await nonRetryableOf(slots.loadCanarySlot({ engine: 'vllm-deep', model: 'gpuops-sandbox/no-such-repo' }));
   expect(f.type).toBe('ModelLoadFailed');

@@ -1,4 +1,5 @@
 /** `gpuops deploy | promote | approve | rollback`: start and steer deployModel (ID deploy:<node>:<alias>). */
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
@@ -98,7 +99,8 @@ async function follow(h: DeploymentHandle, globals: GlobalOptions): Promise<Depl
     (e: unknown) => ({ ok: false as const, e }),
   );
   for (;;) {
-    const r = await Promise.race([done, new Promise<null>((res) => setTimeout(() => res(null), 1000))]);
+    // An unref'd tick: once the deployment is done nothing is left waiting on a timer.
+    const r = await Promise.race([done, sleep(1000, null, { ref: false })]);
     if (r) {
       if (!r.ok) throw r.e;
       return r.r;
