@@ -11,10 +11,8 @@ import { defaultPayloadConverter } from '@temporalio/common';
 import type { temporal } from '@temporalio/proto';
 import { injectFault } from '../../src/sandbox/faults';
 import { approveDeploymentUpdate, nodeTaskQueue, workflowIds } from '../../src/contracts';
-import { defaultLibrary } from '../../src/sandbox/state';
 import { tsxCommand } from '../../src/cli/processes';
 import type { RouterHandle } from '../../src/router';
-import type { deployModel } from '../../workflows/deploy';
 import type { recoverNode } from '../../workflows/recovery';
 import {
   FAST_RECOVERY,
@@ -28,6 +26,7 @@ import {
   type TestEnv,
   type TestSandbox,
 } from '../helpers/env';
+import { routedAlias, startHeldDeployment } from './fixtures/deployments';
 
 let env: TestEnv;
 const cleanup: (() => Promise<void>)[] = [];
@@ -153,35 +152,11 @@ test('SIGKILL of the control worker holding a deployment that waits for approval
   const { router, config: routerConfig } = await startTestRouter();
   cleanup.push(() => (router as RouterHandle).close());
   const s = await sandbox({ extra: routerConfig });
-  const engineUrl = s.loaded.config.nodes[0]?.engines[0]?.url ?? '';
-  const alias = uniqueId('chat');
-  router.table.replace({
-    routes: {
-      [alias]: {
-        variants: [{ name: 'stable', engine: engineUrl, engineType: 'ollama', model: 'llama3.2:1b', weight: 100 }],
-      },
-    },
-    drained: router.table.current.drained,
-  });
+  const alias = routedAlias(router, s);
   const queue = uniqueId('gpuops-control-pair');
   const workers = [spawnControl(queue, s.loaded.path), spawnControl(queue, s.loaded.path)];
   await waitForPollers(env.client, queue, 2);
-  const digest = defaultLibrary()['qwen2.5:0.5b-lax']?.digest ?? '';
-  const h = await env.client.workflow.start<typeof deployModel>('deployModel', {
-    taskQueue: queue,
-    workflowId: workflowIds.deploy(s.nodeId, alias),
-    args: [
-      {
-        node: s.nodeId,
-        alias,
-        engine: 'ollama',
-        requestedBy: 'jest',
-        model: 'qwen2.5:0.5b-lax',
-        expectedDigest: digest,
-        policy: { canarySteps: [50], stepDuration: '2s', analysisInterval: '1s', minSamples: 10, rollbackWindow: '1s' },
-      },
-    ],
-  });
+  const h = await startHeldDeployment(env.client, queue, s, alias);
   await waitForDeployment(h, (x) => x.stage === 'awaiting-approval', 90_000);
   const victim = await killHolder(h.workflowId, workers);
   const survivor = workers.find((w) => w !== victim);

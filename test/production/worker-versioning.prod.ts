@@ -6,9 +6,7 @@
  */
 import { Worker, bundleWorkflowCode, type WorkerDeploymentOptions } from '@temporalio/worker';
 import { approveDeploymentUpdate, getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../../src/contracts';
-import { defaultLibrary } from '../../src/sandbox/state';
 import { executionBuildId, setCurrentVersion, workerDeploymentFromEnv } from '../../src/temporal/versioning';
-import type { deployModel } from '../../workflows/deploy';
 import type { watchNode } from '../../workflows/recovery';
 import { createControlWorker } from '../../workers/control';
 import {
@@ -25,6 +23,7 @@ import {
   type TestRouter,
   type TestSandbox,
 } from '../helpers/env';
+import { routedAlias, startHeldDeployment } from './fixtures/deployments';
 
 let env: TestEnv;
 let s: TestSandbox;
@@ -42,40 +41,6 @@ afterAll(async () => {
   await testRouter?.router.close();
   await env?.close();
 });
-
-/** A fresh alias served by `stable` (each deployment its own, so one's cleanup cannot unload the other's stable). */
-function newAlias(stable: string): string {
-  const alias = uniqueId('chat');
-  const engine = s.loaded.config.nodes[0]?.engines[0]?.url ?? '';
-  const cur = testRouter.router.table.current;
-  testRouter.router.table.replace({
-    routes: {
-      ...cur.routes,
-      [alias]: { variants: [{ name: 'stable', engine, engineType: 'ollama', model: stable, weight: 100 }] },
-    },
-    drained: cur.drained,
-  });
-  return alias;
-}
-
-/** A deployment the risk assessment holds for approval (medium risk), so it waits as long as we like. */
-function startDeployment(queue: string, alias: string) {
-  return env.client.workflow.start<typeof deployModel>('deployModel', {
-    taskQueue: queue,
-    workflowId: workflowIds.deploy(s.nodeId, alias),
-    args: [
-      {
-        node: s.nodeId,
-        alias,
-        engine: 'ollama',
-        requestedBy: 'jest',
-        model: 'qwen2.5:0.5b-lax',
-        expectedDigest: defaultLibrary()['qwen2.5:0.5b-lax']?.digest ?? '',
-        policy: { canarySteps: [50], stepDuration: '2s', analysisInterval: '1s', minSamples: 10, rollbackWindow: '1s' },
-      },
-    ],
-  });
-}
 
 /** Whether the run's history has version B's marker (a 1 ms timer before anything else). */
 async function hasBMarker(workflowId: string): Promise<boolean> {
@@ -148,7 +113,7 @@ test('rolling out version B while A runs a watcher and a waiting deployment: the
         },
       ],
     });
-    const oldDeploy = await startDeployment(queue, newAlias('llama3.2:1b'));
+    const oldDeploy = await startHeldDeployment(env.client, queue, s, routedAlias(testRouter.router, s, 'llama3.2:1b'));
     await waitForDeployment(oldDeploy, (x) => x.stage === 'awaiting-approval', 90_000);
     expect(await executionBuildId(env.client, oldDeploy.workflowId)).toBe('A');
     expect(await executionBuildId(env.client, watch.workflowId)).toBe('A');
@@ -159,7 +124,12 @@ test('rolling out version B while A runs a watcher and a waiting deployment: the
     await setCurrentVersion(env.client, deploymentName, 'B');
 
     // A new deployment runs B's code.
-    const newDeploy = await startDeployment(queue, newAlias('qwen2.5:0.5b'));
+    const newDeploy = await startHeldDeployment(
+      env.client,
+      queue,
+      s,
+      routedAlias(testRouter.router, s, 'qwen2.5:0.5b'),
+    );
     await waitForDeployment(newDeploy, (x) => x.stage === 'awaiting-approval', 90_000);
     expect(await executionBuildId(env.client, newDeploy.workflowId)).toBe('B');
 
