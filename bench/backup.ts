@@ -8,23 +8,23 @@
  *   BENCH_BACKUP_MB=200 npx tsx bench/backup.ts
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { privateDevServerOptions, startDevServer } from '../src/temporal/dev-server';
 import { nodeTaskQueue } from '../src/contracts';
 import { ResticCli } from '../src/hosts/restic';
 import type { RunBackupInput } from '../src/contracts';
-import { controlWorker, openTestEnv, startTestSandbox, waitForPoller } from '../test/helpers/env';
+import { controlWorker, startTestSandbox, waitForPoller } from '../test/helpers/env';
+import { runIfMain, withBenchServer, type BenchServer } from './harness';
 
 const MB = Math.min(2000, Math.max(1, Number(process.env.BENCH_BACKUP_MB ?? 64)));
 
 /** Run the benchmark and print its ratios. */
 export async function run(): Promise<void> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-bench-backup-'));
-  const server = await startDevServer(await privateDevServerOptions(dir));
+  await withBenchServer('backup', backupVsBareRestic);
+}
+
+async function backupVsBareRestic({ dir, server, env }: BenchServer): Promise<void> {
   const sbx = await startTestSandbox({ address: server.address });
-  const env = await openTestEnv(server.address);
   try {
     await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
     const data = path.join(dir, 'models');
@@ -88,16 +88,8 @@ export async function run(): Promise<void> {
       );
     }
   } finally {
-    await env.close();
     await sbx.stop();
-    await server.stop();
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
-if (require.main === module) {
-  run().catch((err: unknown) => {
-    console.error(err);
-    process.exitCode = 1;
-  });
-}
+runIfMain(module, run);

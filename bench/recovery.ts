@@ -38,7 +38,7 @@ import { NvidiaSmi } from '../src/hosts/nvidia-smi';
 import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/contracts';
 import { injectFault, type SandboxFaultKind } from '../src/sandbox/faults';
 import { SandboxNode } from '../src/sandbox/node';
-import { freePort, privateDevServerOptions, startDevServer } from '../src/temporal/dev-server';
+import { freePort } from '../src/temporal/dev-server';
 import type { inspectNode } from '../workflows/inspect-node';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import type { IncidentRecord } from '../src/contracts';
@@ -46,12 +46,12 @@ import { createControlWorker } from '../workers/control';
 import {
   FAST_RECOVERY,
   controlWorker,
-  openTestEnv,
   startTestSandbox,
   waitForPoller,
   workflowBundle,
   type TestEnv,
 } from '../test/helpers/env';
+import { runIfMain, withBenchServer } from './harness';
 
 const FAULTS = intEnv('BENCH_RECOVERY_FAULTS', 8, 1, 100);
 const NODES = intEnv('BENCH_WATCH_NODES', 10, 1, 200);
@@ -417,25 +417,10 @@ async function cpuBench(env: TestEnv, address: string, serverPids: number[]): Pr
 
 /** Run both parts and print their results. */
 export async function run(): Promise<void> {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-bench-recovery-'));
-  const serverOpts = await privateDevServerOptions(dir);
-  const dbFile = serverOpts.dbFile;
-  const server = await startDevServer(serverOpts);
-  let env: TestEnv | undefined;
-  try {
-    env = await openTestEnv(server.address);
+  await withBenchServer('recovery', async ({ server, dbFile, env }) => {
     await latencyBench(env, server.address);
     await cpuBench(env, server.address, await pidsMatching(dbFile));
-  } finally {
-    await env?.close();
-    await server.stop();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-if (require.main === module) {
-  run().catch((err: unknown) => {
-    console.error(err);
-    process.exitCode = 1;
   });
 }
+
+runIfMain(module, run);

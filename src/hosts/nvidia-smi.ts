@@ -113,6 +113,32 @@ export function detectRunFailure(output: string): string | null {
   return null;
 }
 
+type QueryGpuField = (typeof QUERY_GPU_FIELDS)[number];
+
+/** The numeric GpuStatus properties, each with the --query-gpu field it is read from. */
+const NUMBER_COLUMNS = {
+  memoryTotalMiB: 'memory.total',
+  memoryUsedMiB: 'memory.used',
+  memoryFreeMiB: 'memory.free',
+  utilizationGpuPct: 'utilization.gpu',
+  temperatureC: 'temperature.gpu',
+  powerDrawW: 'power.draw',
+  powerLimitW: 'power.limit',
+  eccUncorrectedVolatile: 'ecc.errors.uncorrected.volatile.total',
+} as const satisfies Partial<Record<keyof GpuStatus, QueryGpuField>>;
+
+/** The Yes/No GpuStatus properties, each with the --query-gpu field it is read from. */
+const YES_NO_COLUMNS = {
+  retiredPagesPending: 'retired_pages.pending',
+  remappedRowsPending: 'remapped_rows.pending',
+  remappedRowsFailure: 'remapped_rows.failure',
+} as const satisfies Partial<Record<keyof GpuStatus, QueryGpuField>>;
+
+/** Each property of `columns` read from its field. */
+function readColumns<K extends string, T>(columns: Record<K, string>, read: (field: string) => T): Record<K, T> {
+  return Object.fromEntries(Object.entries<string>(columns).map(([k, field]) => [k, read(field)])) as Record<K, T>;
+}
+
 /**
  * Parse `--query-gpu=<QUERY_GPU_FIELDS> --format=csv,noheader,nounits` output: one row per GPU, ", "-separated.
  * Rows whose values read ERR! / [Unknown Error] / [GPU is lost] come back with `lost: true`. Lines that are not rows
@@ -135,17 +161,8 @@ export function parseQueryGpuCsv(csv: string, fields: readonly string[] = QUERY_
       name: get('name') ?? '',
       pciBusId: get('pci.bus_id') ?? '',
       driverVersion: text(get('driver_version')),
-      memoryTotalMiB: num(get('memory.total')),
-      memoryUsedMiB: num(get('memory.used')),
-      memoryFreeMiB: num(get('memory.free')),
-      utilizationGpuPct: num(get('utilization.gpu')),
-      temperatureC: num(get('temperature.gpu')),
-      powerDrawW: num(get('power.draw')),
-      powerLimitW: num(get('power.limit')),
-      eccUncorrectedVolatile: num(get('ecc.errors.uncorrected.volatile.total')),
-      retiredPagesPending: yesNo(get('retired_pages.pending')),
-      remappedRowsPending: yesNo(get('remapped_rows.pending')),
-      remappedRowsFailure: yesNo(get('remapped_rows.failure')),
+      ...readColumns(NUMBER_COLUMNS, (f) => num(get(f))),
+      ...readColumns(YES_NO_COLUMNS, (f) => yesNo(get(f))),
       clocksEventReasons: decodeClocksEventReasons(reasons),
       lost: cols.some(isLostValue),
     });

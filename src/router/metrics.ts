@@ -10,6 +10,8 @@ import { ERROR_OUTCOMES, type Sample } from './stats';
 const TTFT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const DURATION_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 const TPS_BUCKETS = [5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500];
+/** The labels of the per-variant families. */
+const BY_VARIANT = ['alias', 'variant'] as const;
 
 /** The router's metric families. */
 export class RouterMetrics {
@@ -26,57 +28,56 @@ export class RouterMetrics {
 
   constructor() {
     const registers = [this.registry];
-    this.requests = new Counter({
-      name: 'gpuops_router_requests_total',
-      help: 'Proxied requests by alias, variant and outcome.',
-      labelNames: ['alias', 'variant', 'outcome'],
-      registers,
-    });
-    this.errors = new Counter({
-      name: 'gpuops_router_errors_total',
-      help: 'Requests that failed on the variant (upstream 5xx, timeout, connect, broken stream).',
-      labelNames: ['alias', 'variant', 'kind'],
-      registers,
-    });
-    this.ttft = new Histogram({
-      name: 'gpuops_router_time_to_first_token_seconds',
-      help: 'Time from request to the first response body byte from the engine (completed requests).',
-      labelNames: ['alias', 'variant'],
-      buckets: TTFT_BUCKETS,
-      registers,
-    });
-    this.duration = new Histogram({
-      name: 'gpuops_router_request_duration_seconds',
-      help: 'Time from request to the end of the response (completed requests).',
-      labelNames: ['alias', 'variant'],
-      buckets: DURATION_BUCKETS,
-      registers,
-    });
-    this.tokens = new Counter({
-      name: 'gpuops_router_output_tokens_total',
-      help: 'Output tokens (engine usage / eval_count, else streamed chunks).',
-      labelNames: ['alias', 'variant'],
-      registers,
-    });
-    this.tps = new Histogram({
-      name: 'gpuops_router_output_tokens_per_second',
-      help: 'Output tokens per second of generation, per request.',
-      labelNames: ['alias', 'variant'],
-      buckets: TPS_BUCKETS,
-      registers,
-    });
-    this.inflight = new Gauge({
-      name: 'gpuops_router_inflight_requests',
-      help: 'Requests being proxied now.',
-      labelNames: ['alias'],
-      registers,
-    });
-    this.weight = new Gauge({
-      name: 'gpuops_router_route_weight',
-      help: 'Configured weight of each variant (0 when its engine is drained).',
-      labelNames: ['alias', 'variant'],
-      registers,
-    });
+    const counter = <L extends string>(name: string, help: string, labelNames: readonly L[]): Counter<L> =>
+      new Counter({ name, help, labelNames, registers });
+    const histogram = <L extends string>(
+      name: string,
+      help: string,
+      labelNames: readonly L[],
+      buckets: number[],
+    ): Histogram<L> => new Histogram({ name, help, labelNames, buckets, registers });
+    const gauge = <L extends string>(name: string, help: string, labelNames: readonly L[]): Gauge<L> =>
+      new Gauge({ name, help, labelNames, registers });
+
+    this.requests = counter('gpuops_router_requests_total', 'Proxied requests by alias, variant and outcome.', [
+      'alias',
+      'variant',
+      'outcome',
+    ]);
+    this.errors = counter(
+      'gpuops_router_errors_total',
+      'Requests that failed on the variant (upstream 5xx, timeout, connect, broken stream).',
+      ['alias', 'variant', 'kind'],
+    );
+    this.ttft = histogram(
+      'gpuops_router_time_to_first_token_seconds',
+      'Time from request to the first response body byte from the engine (completed requests).',
+      BY_VARIANT,
+      TTFT_BUCKETS,
+    );
+    this.duration = histogram(
+      'gpuops_router_request_duration_seconds',
+      'Time from request to the end of the response (completed requests).',
+      BY_VARIANT,
+      DURATION_BUCKETS,
+    );
+    this.tokens = counter(
+      'gpuops_router_output_tokens_total',
+      'Output tokens (engine usage / eval_count, else streamed chunks).',
+      BY_VARIANT,
+    );
+    this.tps = histogram(
+      'gpuops_router_output_tokens_per_second',
+      'Output tokens per second of generation, per request.',
+      BY_VARIANT,
+      TPS_BUCKETS,
+    );
+    this.inflight = gauge('gpuops_router_inflight_requests', 'Requests being proxied now.', ['alias']);
+    this.weight = gauge(
+      'gpuops_router_route_weight',
+      'Configured weight of each variant (0 when its engine is drained).',
+      BY_VARIANT,
+    );
     this.version = new Gauge({ name: 'gpuops_router_routes_version', help: 'Route table version.', registers });
   }
 

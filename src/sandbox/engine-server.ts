@@ -430,17 +430,15 @@ export class EngineServer {
           '/api/generate',
           ({ state, engine, body, reply }) => {
             const req = parseJson(body);
-            return this.generate(state, engine, reply, {
-              api: 'ollama-generate',
-              model: String(req.model ?? ''),
-              prompt: typeof req.prompt === 'string' ? req.prompt : '',
-              ...(typeof req.system === 'string' ? { system: req.system } : {}),
-              stream: req.stream !== false,
-              ...maxTokensOf(req.options),
-              json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
-              ...keepAliveOf(req.keep_alive),
-              includeUsage: false,
-            });
+            return this.generate(
+              state,
+              engine,
+              reply,
+              ollamaGenRequest('ollama-generate', req, {
+                prompt: typeof req.prompt === 'string' ? req.prompt : '',
+                ...(typeof req.system === 'string' ? { system: req.system } : {}),
+              }),
+            );
           },
         ],
         [
@@ -449,16 +447,7 @@ export class EngineServer {
           ({ state, engine, body, reply }) => {
             const req = parseJson(body);
             const messages = Array.isArray(req.messages) ? (req.messages as Record<string, unknown>[]) : [];
-            return this.generate(state, engine, reply, {
-              api: 'ollama-chat',
-              model: String(req.model ?? ''),
-              ...chatPrompt(messages),
-              stream: req.stream !== false,
-              ...maxTokensOf(req.options),
-              json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
-              ...keepAliveOf(req.keep_alive),
-              includeUsage: false,
-            });
+            return this.generate(state, engine, reply, ollamaGenRequest('ollama-chat', req, chatPrompt(messages)));
           },
         ],
         [
@@ -1010,6 +999,17 @@ export class EngineServer {
           : gen.model || prof.name;
     const container = state.containers[engine.container];
     const scale = state.sim.timeScale;
+    /** A fault or the error schedule: a 500 in the API's own error format. */
+    const serverError = (message: string): void => this.fail(engine, gen.api, reply, 500, message);
+    /** Ollama's answer to a request with no prompt: the model was loaded or unloaded, nothing generated. */
+    const loadAnswer = (doneReason: 'load' | 'unload'): void =>
+      sendJson(reply, 200, {
+        model: modelName,
+        created_at: ollamaTime(Date.now()),
+        response: '',
+        done: true,
+        done_reason: doneReason,
+      });
 
     // Ollama: an empty prompt only loads (or, with keep_alive 0, unloads) the model.
     if (gen.api === 'ollama-generate' && gen.prompt === '' && !gen.system) {
@@ -1018,23 +1018,13 @@ export class EngineServer {
           const e = this.engine(s);
           e.loaded = e.loaded.filter((l) => l.model !== prof.name);
         });
-        return sendJson(reply, 200, {
-          model: modelName,
-          created_at: ollamaTime(Date.now()),
-          response: '',
-          done: true,
-          done_reason: 'unload',
-        });
+        return loadAnswer('unload');
       }
     }
     if (container?.faults.hang) return this.hold(reply);
     const lostGpu = state.gpus.find((g) => g.lost && engine.gpus.includes(g.index));
     if (lostGpu) {
-      return this.fail(
-        engine,
-        gen.api,
-        reply,
-        500,
+      return serverError(
         ollama || engine.type === 'ollama'
           ? 'llama runner process has terminated: CUDA error: unspecified launch failure'
           : 'CUDA error: unspecified launch failure',
@@ -1045,11 +1035,7 @@ export class EngineServer {
         const c = s.containers[engine.container];
         if (c) core.appendLog(c, now, 'stderr', core.cudaOomLines(s, this.engine(s), now));
       });
-      return this.fail(
-        engine,
-        gen.api,
-        reply,
-        500,
+      return serverError(
         engine.type === 'ollama'
           ? 'llama runner process has terminated: CUDA error: out of memory'
           : 'CUDA out of memory. Tried to allocate 2.00 GiB.',
@@ -1059,11 +1045,7 @@ export class EngineServer {
     this.counters.set(prof.name, n + 1);
     const rate = prof.latency.errorRate;
     if (rate > 0 && Math.floor((n + 1) * rate) > Math.floor(n * rate)) {
-      return this.fail(
-        engine,
-        gen.api,
-        reply,
-        500,
+      return serverError(
         engine.type === 'ollama' ? 'llama runner process has terminated: exit status 2' : 'Internal server error',
       );
     }
@@ -1102,13 +1084,7 @@ export class EngineServer {
     try {
       if (gen.api === 'ollama-generate' && gen.prompt === '' && !gen.system) {
         await delay(loadMs, abort.signal);
-        return sendJson(reply, 200, {
-          model: modelName,
-          created_at: ollamaTime(Date.now()),
-          response: '',
-          done: true,
-          done_reason: 'load',
-        });
+        return loadAnswer('load');
       }
       const full = respond({
         model: prof.name,
@@ -1574,19 +1550,13 @@ function answerOf(t: Turn): Record<string, unknown> {
     case 'llama':
       return llamaFinal(t, t.text);
     case 'ollama-openai':
-      return {
-        id: t.id,
-        object: chat ? 'chat.completion' : 'text_completion',
-        created: t.created,
-        model: t.model,
-        system_fingerprint: 'fp_ollama',
-        choices: [
-          chat
-            ? { index: 0, message: { role: 'assistant', content: t.text }, finish_reason: t.reason }
-            : { text: t.text, index: 0, finish_reason: t.reason },
-        ],
-        usage: usageOf(t),
-      };
+      return openaiAnswer(
+        t,
+        { system_fingerprint: 'fp_ollama' },
+        chat
+          ? { index: 0, message: { role: 'assistant', content: t.text }, finish_reason: t.reason }
+          : { text: t.text, index: 0, finish_reason: t.reason },
+      );
     case 'llama-openai':
       return {
         choices: [
@@ -1603,19 +1573,34 @@ function answerOf(t: Turn): Record<string, unknown> {
         timings: llamaTimings(t),
       };
     case 'vllm':
-      return {
-        id: t.id,
-        object: chat ? 'chat.completion' : 'text_completion',
-        created: t.created,
-        model: t.model,
-        choices: [
-          chat
-            ? { index: 0, message: { role: 'assistant', content: t.text }, logprobs: null, finish_reason: t.reason }
-            : { index: 0, text: t.text, logprobs: null, finish_reason: t.reason },
-        ],
-        usage: usageOf(t),
-      };
+      return openaiAnswer(
+        t,
+        {},
+        chat
+          ? { index: 0, message: { role: 'assistant', content: t.text }, logprobs: null, finish_reason: t.reason }
+          : { index: 0, text: t.text, logprobs: null, finish_reason: t.reason },
+      );
   }
+}
+
+/**
+ * A non-streaming OpenAI-format answer laid out as Ollama and vLLM lay it out: id, object, created, model, then the
+ * engine's own top-level `extra` fields, the one choice, usage. (llama-server orders its keys its own way.)
+ */
+function openaiAnswer(
+  t: Turn,
+  extra: Record<string, unknown>,
+  choice: Record<string, unknown>,
+): Record<string, unknown> {
+  return {
+    id: t.id,
+    object: t.api === 'openai-chat' ? 'chat.completion' : 'text_completion',
+    created: t.created,
+    model: t.model,
+    ...extra,
+    choices: [choice],
+    usage: usageOf(t),
+  };
 }
 
 // -------------------------------------------------------------------------------------------------------------
@@ -1832,6 +1817,27 @@ function chatPrompt(messages: Record<string, unknown>[]): { prompt: string; syst
     .join('\n');
   const lastUser = [...messages].reverse().find((m) => m.role === 'user');
   return { prompt: textOf(lastUser?.content), ...(system ? { system } : {}) };
+}
+
+/**
+ * A generation request of Ollama's own API (/api/generate, /api/chat): both read model, stream, options.num_predict,
+ * format and keep_alive the same way; only where the prompt comes from differs.
+ */
+function ollamaGenRequest(
+  api: 'ollama-generate' | 'ollama-chat',
+  req: Record<string, unknown>,
+  prompt: { prompt: string; system?: string },
+): GenRequest {
+  return {
+    api,
+    model: String(req.model ?? ''),
+    ...prompt,
+    stream: req.stream !== false,
+    ...maxTokensOf(req.options),
+    json: req.format === 'json' || (typeof req.format === 'object' && req.format !== null),
+    ...keepAliveOf(req.keep_alive),
+    includeUsage: false,
+  };
 }
 
 function maxTokensOf(options: unknown): { maxTokens?: number } {

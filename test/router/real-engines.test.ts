@@ -144,18 +144,21 @@ function engineTokens(objs: Record<string, unknown>[]): number {
   return reported ?? predicted ?? pieces(objs).length;
 }
 
+/** The OpenAI-style chat request of the cases, to either engine: 24 greedy tokens, streamed. */
+const OPENAI_CHAT = {
+  messages: [{ role: 'user', content: 'hello there' }],
+  max_tokens: 24,
+  temperature: 0,
+  seed: 1,
+  stream: true,
+};
+
 const cases: { name: string; alias: string; path: string; body: Record<string, unknown>; framing: Framing }[] = [
   {
     name: 'llama-server OpenAI chat (SSE)',
     alias: 'tiny-llama',
     path: '/v1/chat/completions',
-    body: {
-      messages: [{ role: 'user', content: 'hello there' }],
-      max_tokens: 24,
-      temperature: 0,
-      seed: 1,
-      stream: true,
-    },
+    body: OPENAI_CHAT,
     framing: 'sse',
   },
   {
@@ -186,14 +189,7 @@ const cases: { name: string; alias: string; path: string; body: Record<string, u
     name: 'Ollama OpenAI-compatible chat (SSE, usage chunk)',
     alias: 'tiny-ollama',
     path: '/v1/chat/completions',
-    body: {
-      messages: [{ role: 'user', content: 'hello there' }],
-      max_tokens: 24,
-      temperature: 0,
-      seed: 1,
-      stream: true,
-      stream_options: { include_usage: true },
-    },
+    body: { ...OPENAI_CHAT, stream_options: { include_usage: true } },
     framing: 'sse',
   },
 ];

@@ -305,6 +305,26 @@ const chat =
     temperature: 0,
     ...extra,
   });
+const completion =
+  (extra: Record<string, unknown> = {}) =>
+  (model: string) => ({ model, prompt: PROMPT, max_tokens: 6, temperature: 0, ...extra });
+
+/** The OpenAI-compatible generations, asked of both engines alike: plain, streaming, streaming with usage. */
+const openaiProbes: { completions: Probe[]; chat: Probe[] } = {
+  completions: [
+    { name: 'POST /v1/completions', path: '/v1/completions', body: completion() },
+    { name: 'POST /v1/completions streaming', path: '/v1/completions', body: completion({ stream: true }) },
+  ],
+  chat: [
+    { name: 'POST /v1/chat/completions', path: '/v1/chat/completions', body: chat() },
+    { name: 'POST /v1/chat/completions streaming', path: '/v1/chat/completions', body: chat({ stream: true }) },
+    {
+      name: 'POST /v1/chat/completions streaming with usage',
+      path: '/v1/chat/completions',
+      body: chat({ stream: true, stream_options: { include_usage: true } }),
+    },
+  ],
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // llama.cpp
@@ -320,23 +340,8 @@ const llamaProbes: Probe[] = [
     path: '/completion',
     body: () => ({ prompt: PROMPT, n_predict: 6, temperature: 0, stream: true }),
   },
-  {
-    name: 'POST /v1/completions',
-    path: '/v1/completions',
-    body: (model) => ({ model, prompt: PROMPT, max_tokens: 6, temperature: 0 }),
-  },
-  {
-    name: 'POST /v1/completions streaming',
-    path: '/v1/completions',
-    body: (model) => ({ model, prompt: PROMPT, max_tokens: 6, temperature: 0, stream: true }),
-  },
-  { name: 'POST /v1/chat/completions', path: '/v1/chat/completions', body: chat() },
-  { name: 'POST /v1/chat/completions streaming', path: '/v1/chat/completions', body: chat({ stream: true }) },
-  {
-    name: 'POST /v1/chat/completions streaming with usage',
-    path: '/v1/chat/completions',
-    body: chat({ stream: true, stream_options: { include_usage: true } }),
-  },
+  ...openaiProbes.completions,
+  ...openaiProbes.chat,
   // llama-server serves the one model it loaded, whatever name the request gives.
   { name: 'POST /v1/chat/completions of an unknown model', path: '/v1/chat/completions', body: () => chat()('nosuch') },
   { name: 'POST /v1/chat/completions without messages', path: '/v1/chat/completions', body: (model) => ({ model }) },
@@ -426,23 +431,8 @@ const ollamaProbes: Probe[] = [
   { name: 'POST /api/pull of a missing model, streaming', path: '/api/pull', body: () => ({ model: 'nosuch:1b' }) },
   { name: 'POST /api/pull of a missing model', path: '/api/pull', body: () => ({ model: 'nosuch:1b', stream: false }) },
   { name: 'GET /v1/models', path: '/v1/models' },
-  { name: 'POST /v1/chat/completions', path: '/v1/chat/completions', body: chat() },
-  { name: 'POST /v1/chat/completions streaming', path: '/v1/chat/completions', body: chat({ stream: true }) },
-  {
-    name: 'POST /v1/chat/completions streaming with usage',
-    path: '/v1/chat/completions',
-    body: chat({ stream: true, stream_options: { include_usage: true } }),
-  },
-  {
-    name: 'POST /v1/completions',
-    path: '/v1/completions',
-    body: (model) => ({ model, prompt: PROMPT, max_tokens: 6, temperature: 0 }),
-  },
-  {
-    name: 'POST /v1/completions streaming',
-    path: '/v1/completions',
-    body: (model) => ({ model, prompt: PROMPT, max_tokens: 6, temperature: 0, stream: true }),
-  },
+  ...openaiProbes.chat,
+  ...openaiProbes.completions,
   { name: 'POST /v1/chat/completions of a missing model', path: '/v1/chat/completions', body: () => chat()('nosuch') },
   { name: 'POST /v1/chat/completions with a bad body', path: '/v1/chat/completions', body: () => '{bad' },
   { name: 'GET of an unknown path', path: '/nope' },

@@ -77,11 +77,30 @@ interface GpuCtx {
 /** A field's value: null prints [N/A]. */
 type Value = string | number | null;
 
+/** A --query-* field: the unit its header names, and how it reads its value from the row's context. */
+interface Field<C> {
+  unit: string | null;
+  v: (c: C) => Value;
+}
+
+/** A CSV column of a --query-* run: a field under its header. */
+interface Column<C> extends Field<C> {
+  header: string;
+}
+
+/** A --query-gpu field that only GPUs with ECC have: [N/A] on the others. */
+function withEcc(read: (gpu: GpuSim) => Value): Field<GpuCtx> {
+  return { unit: null, v: (c) => (c.gpu.eccSupported ? read(c.gpu) : null) };
+}
+
+/** How nvidia-smi prints a flag. */
+const yesNo = (b: boolean): string => (b ? 'Yes' : 'No');
+
 /**
  * --query-gpu fields: header unit, and the value. Only the fields gpuops and operators commonly ask for; others are
  * rejected like an unknown field.
  */
-const GPU_FIELDS: Readonly<Record<string, { unit: string | null; v: (c: GpuCtx) => Value }>> = {
+const GPU_FIELDS: Readonly<Record<string, Field<GpuCtx>>> = {
   timestamp: { unit: null, v: (c) => smiTimestamp(c.now) },
   driver_version: { unit: null, v: (c) => c.state.host.driverVersion },
   count: { unit: null, v: (c) => c.state.gpus.length },
@@ -108,41 +127,20 @@ const GPU_FIELDS: Readonly<Record<string, { unit: string | null; v: (c: GpuCtx) 
   compute_cap: { unit: null, v: (c) => COMPUTE_CAP[c.gpu.architecture] ?? '8.6' },
   'utilization.gpu': { unit: '%', v: (c) => c.r.util },
   'utilization.memory': { unit: '%', v: (c) => c.r.memUtil },
-  'ecc.mode.current': { unit: null, v: (c) => (c.gpu.eccSupported ? 'Enabled' : null) },
-  'ecc.mode.pending': { unit: null, v: (c) => (c.gpu.eccSupported ? 'Enabled' : null) },
-  'ecc.errors.corrected.volatile.total': {
-    unit: null,
-    v: (c) => (c.gpu.eccSupported ? c.gpu.eccCorrectedVolatile : null),
-  },
-  'ecc.errors.uncorrected.volatile.total': {
-    unit: null,
-    v: (c) => (c.gpu.eccSupported ? c.gpu.eccUncorrectedVolatile : null),
-  },
-  'ecc.errors.corrected.aggregate.total': {
-    unit: null,
-    v: (c) => (c.gpu.eccSupported ? c.gpu.eccCorrectedVolatile : null),
-  },
-  'ecc.errors.uncorrected.aggregate.total': {
-    unit: null,
-    v: (c) => (c.gpu.eccSupported ? c.gpu.eccUncorrectedAggregate : null),
-  },
+  'ecc.mode.current': withEcc(() => 'Enabled'),
+  'ecc.mode.pending': withEcc(() => 'Enabled'),
+  'ecc.errors.corrected.volatile.total': withEcc((g) => g.eccCorrectedVolatile),
+  'ecc.errors.uncorrected.volatile.total': withEcc((g) => g.eccUncorrectedVolatile),
+  'ecc.errors.corrected.aggregate.total': withEcc((g) => g.eccCorrectedVolatile),
+  'ecc.errors.uncorrected.aggregate.total': withEcc((g) => g.eccUncorrectedAggregate),
   // Ampere and later replaced page retirement with row remapping: the retired_pages fields read [N/A].
   'retired_pages.single_bit_ecc.count': { unit: null, v: () => null },
   'retired_pages.double_bit.count': { unit: null, v: () => null },
   'retired_pages.pending': { unit: null, v: () => null },
-  'remapped_rows.correctable': { unit: null, v: (c) => (c.gpu.eccSupported ? 0 : null) },
-  'remapped_rows.uncorrectable': {
-    unit: null,
-    v: (c) => (c.gpu.eccSupported ? c.gpu.remappedRowsUncorrectable : null),
-  },
-  'remapped_rows.pending': {
-    unit: null,
-    v: (c) => (c.gpu.eccSupported ? (c.gpu.remappedRowsPending ? 'Yes' : 'No') : null),
-  },
-  'remapped_rows.failure': {
-    unit: null,
-    v: (c) => (c.gpu.eccSupported ? (c.gpu.remappedRowsFailure ? 'Yes' : 'No') : null),
-  },
+  'remapped_rows.correctable': withEcc(() => 0),
+  'remapped_rows.uncorrectable': withEcc((g) => g.remappedRowsUncorrectable),
+  'remapped_rows.pending': withEcc((g) => yesNo(g.remappedRowsPending)),
+  'remapped_rows.failure': withEcc((g) => yesNo(g.remappedRowsFailure)),
   'temperature.gpu': { unit: null, v: (c) => c.r.temp },
   'temperature.memory': { unit: null, v: () => null },
   'power.management': { unit: null, v: () => 'Enabled' },
@@ -187,7 +185,7 @@ interface AppCtx {
   now: number;
 }
 
-const APP_FIELDS: Readonly<Record<string, { header: string; unit: string | null; v: (c: AppCtx) => Value }>> = {
+const APP_FIELDS: Readonly<Record<string, Column<AppCtx>>> = {
   timestamp: { header: 'timestamp', unit: null, v: (c) => smiTimestamp(c.now) },
   gpu_name: { header: 'gpu_name', unit: null, v: (c) => c.gpu.name },
   gpu_bus_id: { header: 'gpu_bus_id', unit: null, v: (c) => c.gpu.pciBusId },
@@ -243,17 +241,28 @@ function fieldList(spec: string): string[] {
     .filter(Boolean);
 }
 
-function queryGpu(state: SandboxState, spec: string, fmtOpts: CsvFormat, gpus: GpuSim[], now: number): number {
-  const fields: { name: string; d: { unit: string | null; v: (c: GpuCtx) => Value } }[] = [];
+/**
+ * A --query-gpu or --query-compute-apps run: an unknown field fails the whole query (exit 2) as the real tool does;
+ * then the header, if asked for, and each selected GPU's rows. A lost GPU prints its error on stderr instead of rows
+ * and the run exits 15.
+ */
+function queryCsv<C>(
+  spec: string,
+  fmtOpts: CsvFormat,
+  gpus: GpuSim[],
+  column: (field: string) => Column<C> | undefined,
+  rows: (gpu: GpuSim) => C[],
+): number {
+  const columns: Column<C>[] = [];
   for (const f of fieldList(spec)) {
-    const d = GPU_FIELDS[GPU_FIELD_ALIASES[f] ?? f];
+    const d = column(f);
     if (!d) {
       out(`Field "${f}" is not a valid field to query.\n\n`);
       return 2;
     }
-    fields.push({ name: f, d });
+    columns.push(d);
   }
-  if (fmtOpts.header) out(`${fields.map(({ name, d }) => (d.unit ? `${name} [${d.unit}]` : name)).join(', ')}\n`);
+  if (fmtOpts.header) out(`${columns.map((d) => (d.unit ? `${d.header} [${d.unit}]` : d.header)).join(', ')}\n`);
   let code = 0;
   for (const gpu of gpus) {
     if (gpu.lost) {
@@ -261,36 +270,34 @@ function queryGpu(state: SandboxState, spec: string, fmtOpts: CsvFormat, gpus: G
       code = EXIT_GPU_LOST;
       continue;
     }
-    const c = { state, gpu, now, r: readings(state, gpu, now) };
-    out(`${fields.map(({ d }) => fmt(d.v(c), d.unit, fmtOpts)).join(', ')}\n`);
+    for (const c of rows(gpu)) out(`${columns.map((d) => fmt(d.v(c), d.unit, fmtOpts)).join(', ')}\n`);
   }
   return code;
 }
 
+/** --query-gpu: one row per GPU; the header names each field as it was asked for (an alias stays an alias). */
+function queryGpu(state: SandboxState, spec: string, fmtOpts: CsvFormat, gpus: GpuSim[], now: number): number {
+  return queryCsv<GpuCtx>(
+    spec,
+    fmtOpts,
+    gpus,
+    (f) => {
+      const d = GPU_FIELDS[GPU_FIELD_ALIASES[f] ?? f];
+      return d && { header: f, ...d };
+    },
+    (gpu) => [{ state, gpu, now, r: readings(state, gpu, now) }],
+  );
+}
+
+/** --query-compute-apps: one row per process holding memory on a GPU. */
 function queryApps(state: SandboxState, spec: string, fmtOpts: CsvFormat, gpus: GpuSim[], now: number): number {
-  const fields: { header: string; unit: string | null; v: (c: AppCtx) => Value }[] = [];
-  for (const f of fieldList(spec)) {
-    const d = APP_FIELDS[f];
-    if (!d) {
-      out(`Field "${f}" is not a valid field to query.\n\n`);
-      return 2;
-    }
-    fields.push(d);
-  }
-  if (fmtOpts.header) out(`${fields.map((d) => (d.unit ? `${d.header} [${d.unit}]` : d.header)).join(', ')}\n`);
-  let code = 0;
-  for (const gpu of gpus) {
-    if (gpu.lost) {
-      err(`${lostMessage(gpu)}\n`);
-      code = EXIT_GPU_LOST;
-      continue;
-    }
-    for (const app of core.computeApps(state, gpu.index, now)) {
-      const c = { gpu, app, now };
-      out(`${fields.map((d) => fmt(d.v(c), d.unit, fmtOpts)).join(', ')}\n`);
-    }
-  }
-  return code;
+  return queryCsv<AppCtx>(
+    spec,
+    fmtOpts,
+    gpus,
+    (f) => APP_FIELDS[f],
+    (gpu) => core.computeApps(state, gpu.index, now).map((app) => ({ gpu, app, now })),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -522,8 +529,8 @@ function gpuTree(state: SandboxState, gpu: GpuSim, now: number): TreeNode[] {
         ? [
             ['remapped_row_corr', '0'],
             ['remapped_row_unc', String(gpu.remappedRowsUncorrectable)],
-            ['remapped_row_pending', gpu.remappedRowsPending ? 'Yes' : 'No'],
-            ['remapped_row_failure', gpu.remappedRowsFailure ? 'Yes' : 'No'],
+            ['remapped_row_pending', yesNo(gpu.remappedRowsPending)],
+            ['remapped_row_failure', yesNo(gpu.remappedRowsFailure)],
           ]
         : 'N/A',
     ],
