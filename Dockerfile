@@ -5,10 +5,10 @@ FROM node:20-slim
 WORKDIR /opt/gpuops
 
 # Dependencies first, so editing source does not re-run the install. gpuops runs TypeScript directly with tsx,
-# which is a devDependency, so this is a full `npm install` (from package-lock.json) rather than `--omit=dev`; NODE_ENV stays unset here
-# because NODE_ENV=production would make npm skip devDependencies.
+# which is a devDependency, so this is a full `npm ci` (exactly package-lock.json) rather than `--omit=dev`; NODE_ENV stays
+# unset here because NODE_ENV=production would make npm skip devDependencies.
 COPY package.json package-lock.json ./
-RUN npm install --no-audit --no-fund && npm cache clean --force
+RUN npm ci --no-audit --no-fund && npm cache clean --force
 
 COPY . .
 

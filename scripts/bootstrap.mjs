@@ -16,10 +16,10 @@ const run = (cmd, args) => {
 const installed = path.join(root, 'node_modules', '.package-lock.json');
 const lock = path.join(root, 'package-lock.json');
 if (!existsSync(installed) || statSync(installed).mtimeMs < statSync(lock).mtimeMs) {
-  // `npm install` honours package-lock.json; npm 11's `npm ci` refuses lockfiles that record only this platform's
-  // optional binaries (@swc/core-*), which is what npm itself writes here.
-  console.log('gpuops: installing npm dependencies (npm install, from package-lock.json)…');
-  run('npm', ['install', '--no-audit', '--no-fund']);
+  // Exactly the committed lockfile (it records every platform's optional binaries, so `npm ci` works anywhere and
+  // leaves the clone clean; .ci/run fails when a fresh resolution would change it).
+  console.log('gpuops: installing npm dependencies (npm ci, from package-lock.json)…');
+  run('npm', ['ci', '--no-audit', '--no-fund']);
 }
 const tsx = path.join(root, 'node_modules', '.bin', 'tsx');
 run(tsx, [path.join(root, 'scripts', 'ensure-temporal.ts')]);
