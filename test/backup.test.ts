@@ -9,24 +9,23 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { WorkflowFailedError, type Client } from '@temporalio/client';
 import { parseConfig, type LoadedConfig } from '../src/config/load';
-import { nodeTaskQueue, workflowIds } from '../src/contracts';
+import { workflowIds } from '../src/contracts';
 import { ResticCli } from '../src/hosts/restic';
 import { syncSchedules, backupInputFor } from '../src/temporal/schedules';
 import { backupStatus, renderStatus, restorePlan } from '../src/cli/backup';
 import type { BackupRecord, RunBackupInput } from '../src/contracts';
 import { stringify, parse } from 'yaml';
-import {
-  controlWorker,
-  openTestEnv,
-  startTestSandbox,
-  uniqueId,
-  waitForPoller,
-  type TestEnv,
-  type TestSandbox,
-} from './helpers/env';
+import { controlWorker, uniqueId, useSandboxEnv } from './helpers/env';
 
-let env: TestEnv;
-let sbx: TestSandbox;
+const ctx = useSandboxEnv({
+  sandbox: {},
+  async beforeStop() {
+    for await (const s of ctx.env.client.schedule.list()) {
+      if (s.scheduleId.startsWith(`backup:${tag}`)) await ctx.env.client.schedule.getHandle(s.scheduleId).delete();
+    }
+    await new Promise((r) => hook?.close(r));
+  },
+});
 let loaded: LoadedConfig;
 let hook: http.Server;
 const received: { title: string; severity: string }[] = [];
@@ -45,12 +44,13 @@ function writeModelStore(root: string): void {
 }
 
 function restic(name: string): ResticCli {
-  return new ResticCli({ repository: path.join(sbx.dir, `repo-${name}`), passwordFile: path.join(sbx.dir, 'pw') });
+  return new ResticCli({
+    repository: path.join(ctx.sbx.dir, `repo-${name}`),
+    passwordFile: path.join(ctx.sbx.dir, 'pw'),
+  });
 }
 
 beforeAll(async () => {
-  env = await openTestEnv();
-  sbx = await startTestSandbox();
   hook = http.createServer((req, res) => {
     let body = '';
     req.on('data', (c: Buffer) => (body += c.toString()));
@@ -60,17 +60,17 @@ beforeAll(async () => {
     });
   });
   await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
-  writeFileSync(path.join(sbx.dir, 'hook-url'), `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook\n`);
-  writeFileSync(path.join(sbx.dir, 'pw'), 'test-repo-password\n');
-  writeModelStore(path.join(sbx.dir, 'models'));
-  mkdirSync(path.join(sbx.dir, 'big'));
-  writeFileSync(path.join(sbx.dir, 'big', 'weights.bin'), randomBytes(1_500_000));
-  writeFileSync(path.join(sbx.dir, 'small'), 'tiny\n');
+  writeFileSync(path.join(ctx.sbx.dir, 'hook-url'), `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook\n`);
+  writeFileSync(path.join(ctx.sbx.dir, 'pw'), 'test-repo-password\n');
+  writeModelStore(path.join(ctx.sbx.dir, 'models'));
+  mkdirSync(path.join(ctx.sbx.dir, 'big'));
+  writeFileSync(path.join(ctx.sbx.dir, 'big', 'weights.bin'), randomBytes(1_500_000));
+  writeFileSync(path.join(ctx.sbx.dir, 'small'), 'tiny\n');
 
-  const raw = parse(readFileSync(sbx.loaded.path, 'utf8')) as Record<string, unknown>;
+  const raw = parse(readFileSync(ctx.sbx.loaded.path, 'utf8')) as Record<string, unknown>;
   const base = {
-    node: sbx.nodeId,
-    passwordFile: path.join(sbx.dir, 'pw'),
+    node: ctx.sbx.nodeId,
+    passwordFile: path.join(ctx.sbx.dir, 'pw'),
     schedule: { cron: '0 3 1 1 *' },
     rpo: '1h',
   };
@@ -79,8 +79,8 @@ beforeAll(async () => {
       ...base,
       id: plan('models'),
       what: 'model-store',
-      paths: [path.join(sbx.dir, 'models')],
-      repository: path.join(sbx.dir, 'repo-models'),
+      paths: [path.join(ctx.sbx.dir, 'models')],
+      repository: path.join(ctx.sbx.dir, 'repo-models'),
       retention: { keepLast: 5 },
       verify: { readDataSubset: '100%', testRestore: true },
       rto: '10m',
@@ -89,31 +89,21 @@ beforeAll(async () => {
       ...base,
       id: plan('big'),
       what: 'model-store',
-      paths: [path.join(sbx.dir, 'big')],
-      repository: path.join(sbx.dir, 'repo-big'),
+      paths: [path.join(ctx.sbx.dir, 'big')],
+      repository: path.join(ctx.sbx.dir, 'repo-big'),
     },
     {
       ...base,
       id: plan('gpu'),
       what: 'gpu-config',
-      repository: path.join(sbx.dir, 'repo-corrupt'),
+      repository: path.join(ctx.sbx.dir, 'repo-corrupt'),
       verify: { readDataSubset: '100%' },
     },
-    { ...base, id: plan('old'), what: 'gpuops-config', repository: path.join(sbx.dir, 'repo-old') },
+    { ...base, id: plan('old'), what: 'gpuops-config', repository: path.join(ctx.sbx.dir, 'repo-old') },
   ];
-  raw.notifications = [{ type: 'webhook', name: 'ops', urlFile: path.join(sbx.dir, 'hook-url') }];
-  writeFileSync(sbx.loaded.path, stringify(raw));
-  loaded = { path: sbx.loaded.path, config: parseConfig(stringify(raw), sbx.loaded.path) };
-  await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
-});
-
-afterAll(async () => {
-  for await (const s of env.client.schedule.list()) {
-    if (s.scheduleId.startsWith(`backup:${tag}`)) await env.client.schedule.getHandle(s.scheduleId).delete();
-  }
-  await new Promise((r) => hook?.close(r));
-  await sbx?.stop();
-  await env?.close();
+  raw.notifications = [{ type: 'webhook', name: 'ops', urlFile: path.join(ctx.sbx.dir, 'hook-url') }];
+  writeFileSync(ctx.sbx.loaded.path, stringify(raw));
+  loaded = { path: ctx.sbx.loaded.path, config: parseConfig(stringify(raw), ctx.sbx.loaded.path) };
 });
 
 function planConfig(name: string) {
@@ -124,7 +114,7 @@ function planConfig(name: string) {
 
 function runNow(client: Client, name: string, extra: Partial<RunBackupInput> = {}): Promise<BackupRecord> {
   return client.workflow.execute('runBackup', {
-    taskQueue: env.controlQueue,
+    taskQueue: ctx.env.controlQueue,
     workflowId: `${workflowIds.backupSchedule(plan(name))}:${uniqueId('t')}`,
     args: [{ ...backupInputFor(loaded.config, planConfig(name)), timings, ...extra }],
   });
@@ -144,15 +134,15 @@ async function triggerAndWait(client: Client, name: string, seen: number): Promi
 }
 
 test('a plan runs from its schedule (triggered), makes a real restic snapshot tagged with plan, node and model digest; a second run is incremental', async () => {
-  await syncSchedules(env.client, loaded.config, {
-    taskQueue: env.controlQueue,
+  await syncSchedules(ctx.env.client, loaded.config, {
+    taskQueue: ctx.env.controlQueue,
     idPrefix: `backup:${tag}`,
     inputOverrides: { timings },
   });
-  const worker = await controlWorker(env, loaded);
+  const worker = await controlWorker(ctx.env, loaded);
   const [first, second] = await worker.runUntil(async () => {
-    const a = await triggerAndWait(env.client, 'models', 0);
-    const b = await triggerAndWait(env.client, 'models', 1);
+    const a = await triggerAndWait(ctx.env.client, 'models', 0);
+    const b = await triggerAndWait(ctx.env.client, 'models', 1);
     return [a, b];
   });
   expect(first.status).toBe('ok');
@@ -169,7 +159,7 @@ test('a plan runs from its schedule (triggered), makes a real restic snapshot ta
   expect(snaps[0]?.tags).toEqual(
     expect.arrayContaining([
       `plan:${plan('models')}`,
-      `node:${sbx.nodeId}`,
+      `node:${ctx.sbx.nodeId}`,
       expect.stringMatching(/^model:tiny:latest@[0-9a-f]{12}$/),
     ]),
   );
@@ -177,17 +167,17 @@ test('a plan runs from its schedule (triggered), makes a real restic snapshot ta
 });
 
 test('a restore reproduces the files byte for byte, skips partial downloads, and refuses a non-empty target unless forced', async () => {
-  const worker = await controlWorker(env, loaded);
-  const target = path.join(sbx.dir, 'restored');
+  const worker = await controlWorker(ctx.env, loaded);
+  const target = path.join(ctx.sbx.dir, 'restored');
   await worker.runUntil(async () => {
     const r = await restorePlan(
-      env.client,
+      ctx.env.client,
       loaded.config,
       { plan: plan('models'), target },
-      { taskQueue: env.controlQueue, timings },
+      { taskQueue: ctx.env.controlQueue, timings },
     );
     expect(r).toMatchObject({ files: 2, verified: true, rtoMs: 600_000, rtoBreached: false });
-    const src = path.join(sbx.dir, 'models');
+    const src = path.join(ctx.sbx.dir, 'models');
     const restoredRoot = path.join(target, src);
     for (const rel of ['blobs/sha256-aaaa', 'manifests/registry.ollama.ai/library/tiny/latest']) {
       expect(readFileSync(path.join(restoredRoot, rel)).equals(readFileSync(path.join(src, rel)))).toBe(true);
@@ -196,10 +186,10 @@ test('a restore reproduces the files byte for byte, skips partial downloads, and
 
     // The workflow ID is restore:<plan>:<snapshot>; a second restore of the same snapshot runs as a new execution.
     const again = await restorePlan(
-      env.client,
+      ctx.env.client,
       loaded.config,
       { plan: plan('models'), target },
-      { taskQueue: env.controlQueue, timings },
+      { taskQueue: ctx.env.controlQueue, timings },
     ).catch((e: unknown) => e);
     expect(again).toBeInstanceOf(WorkflowFailedError);
     const activityFailure = (again as WorkflowFailedError).cause;
@@ -208,19 +198,19 @@ test('a restore reproduces the files byte for byte, skips partial downloads, and
       message: expect.stringMatching(/not empty/),
     });
     const forced = await restorePlan(
-      env.client,
+      ctx.env.client,
       loaded.config,
       { plan: plan('models'), target, force: true },
-      { taskQueue: env.controlQueue, timings },
+      { taskQueue: ctx.env.controlQueue, timings },
     );
     expect(forced.sha256).toBe(r.sha256);
   });
 });
 
 test('a corrupted repository makes verify fail and notifies', async () => {
-  const worker = await controlWorker(env, loaded);
+  const worker = await controlWorker(ctx.env, loaded);
   await worker.runUntil(async () => {
-    const ok = await runNow(env.client, 'gpu');
+    const ok = await runNow(ctx.env.client, 'gpu');
     expect(ok.status).toBe('ok');
     // The GPU config snapshot holds nvidia-smi -q -x and the facts parsed from it.
     const files = (await restic('corrupt').run(['ls', 'latest'])).stdout;
@@ -228,7 +218,7 @@ test('a corrupted repository makes verify fail and notifies', async () => {
     expect(files).toMatch(/facts\.json/);
 
     // Damage every data pack: restic check --read-data-subset 100% must notice.
-    const dataDir = path.join(sbx.dir, 'repo-corrupt', 'data');
+    const dataDir = path.join(ctx.sbx.dir, 'repo-corrupt', 'data');
     for (const sub of readdirSync(dataDir)) {
       for (const f of readdirSync(path.join(dataDir, sub))) {
         const p = path.join(dataDir, sub, f);
@@ -238,7 +228,7 @@ test('a corrupted repository makes verify fail and notifies', async () => {
       }
     }
     received.length = 0;
-    const err = await runNow(env.client, 'gpu').catch((e: unknown) => e);
+    const err = await runNow(ctx.env.client, 'gpu').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
     const cause = (err as WorkflowFailedError).cause as Error & { type?: string };
     expect(cause.type).toBe('BackupVerifyFailed');
@@ -249,10 +239,10 @@ test('a corrupted repository makes verify fail and notifies', async () => {
 });
 
 test('killing the node worker mid-backup and restarting it completes the run (stale restic lock removed on retry)', async () => {
-  const worker = await controlWorker(env, loaded);
+  const worker = await controlWorker(ctx.env, loaded);
   await worker.runUntil(async () => {
-    const handle = await env.client.workflow.start('runBackup', {
-      taskQueue: env.controlQueue,
+    const handle = await ctx.env.client.workflow.start('runBackup', {
+      taskQueue: ctx.env.controlQueue,
       workflowId: `${workflowIds.backupSchedule(plan('big'))}:${uniqueId('kill')}`,
       // 1.5 MB at 400 KiB/s keeps restic busy for ~4 s: long enough to kill the worker in the middle.
       args: [{ ...backupInputFor(loaded.config, planConfig('big')), timings, limitUploadKiB: 400 }],
@@ -265,9 +255,9 @@ test('killing the node worker mid-backup and restarting it completes the run (st
       if (Date.now() > deadline) throw new Error('resticBackup never started');
       await new Promise((r) => setTimeout(r, 100));
     }
-    await sbx.sim.killWorker('SIGKILL');
+    await ctx.sbx.sim.killWorker('SIGKILL');
     await new Promise((r) => setTimeout(r, 500));
-    await sbx.sim.startWorker();
+    await ctx.sbx.sim.startWorker();
     const record = (await handle.result()) as BackupRecord;
     expect(record.status).toBe('ok');
     expect(record.backup?.unlocked).toBe(true);
@@ -286,9 +276,11 @@ test('backup status marks a plan whose last success is older than its RPO', asyn
   const old = restic('old');
   await old.init();
   const twoHoursAgo = new Date(Date.now() - 2 * 3_600_000).toISOString().slice(0, 19).replace('T', ' ');
-  await old.backup([path.join(sbx.dir, 'small')], { time: twoHoursAgo, tags: [`plan:${plan('old')}`] });
-  const worker = await controlWorker(env, loaded);
-  const rows = await worker.runUntil(backupStatus(env.client, loaded.config, { taskQueue: env.controlQueue, timings }));
+  await old.backup([path.join(ctx.sbx.dir, 'small')], { time: twoHoursAgo, tags: [`plan:${plan('old')}`] });
+  const worker = await controlWorker(ctx.env, loaded);
+  const rows = await worker.runUntil(
+    backupStatus(ctx.env.client, loaded.config, { taskQueue: ctx.env.controlQueue, timings }),
+  );
   const byPlan = new Map(rows.map((r) => [r.plan, r]));
   expect(byPlan.get(plan('old'))).toMatchObject({ breached: true, snapshots: 1, error: null });
   expect(byPlan.get(plan('models'))).toMatchObject({ breached: false, snapshots: 2, error: null });

@@ -3,35 +3,17 @@
  * Temporal dev server, a sandbox node whose real node worker drives the docker shim, and a real router.
  */
 import { approveDeploymentUpdate, workflowIds, type DeploymentStatus } from '../src/contracts';
-import type { RouterHandle } from '../src/router';
 import type { deployModel } from '../workflows/deploy';
-import {
-  controlWorker,
-  openTestEnv,
-  recordHistory,
-  startTestRouter,
-  startTestSandbox,
-  uniqueId,
-  waitForDeployment,
-  type TestEnv,
-  type TestRouter,
-  type TestSandbox,
-} from './helpers/env';
+import { controlWorker, recordHistory, uniqueId, useSandboxEnv, waitForDeployment } from './helpers/env';
 
-let env: TestEnv;
-let s: TestSandbox;
-let router: RouterHandle;
 const STABLE = 'Qwen/Qwen2.5-0.5B-Instruct';
 const GOOD = 'gpuops-sandbox/Qwen2.5-0.5B-Instruct-good';
 const BAD = 'gpuops-sandbox/Qwen2.5-0.5B-Instruct-bad';
 const COMMIT = '7ae557604adf67be50417f59c2c2f167def9a775';
 
-beforeAll(async () => {
-  env = await openTestEnv();
-  let routerConfig: TestRouter['config'];
-  ({ router, config: routerConfig } = await startTestRouter());
-  s = await startTestSandbox({
-    extra: routerConfig,
+const ctx = useSandboxEnv({
+  router: true,
+  sandbox: {
     hardware: {
       gpus: [
         { index: 0, model: 'NVIDIA GeForce RTX 3090', memoryMiB: 24576 },
@@ -42,24 +24,19 @@ beforeAll(async () => {
         { name: 'vllm-green', type: 'vllm', container: 'vllm-green', gpus: [1] },
       ],
     },
-  });
-}, 60_000);
-
-afterAll(async () => {
-  await router?.close();
-  await s?.stop();
-  await env?.close();
+  },
 });
 
-const url = (engine: string): string => s.loaded.config.nodes[0]?.engines.find((e) => e.name === engine)?.url ?? '';
-const variants = (alias: string) => router.table.current.routes[alias]?.variants ?? [];
-const containerStatus = (name: string): string | undefined => s.sim.store.read().containers[name]?.status;
+const url = (engine: string): string =>
+  ctx.sbx.loaded.config.nodes[0]?.engines.find((e) => e.name === engine)?.url ?? '';
+const variants = (alias: string) => ctx.router.table.current.routes[alias]?.variants ?? [];
+const containerStatus = (name: string): string | undefined => ctx.sbx.sim.store.read().containers[name]?.status;
 
 function newAlias(): string {
   const alias = uniqueId('vchat');
-  router.table.replace({
+  ctx.router.table.replace({
     routes: {
-      ...router.table.current.routes,
+      ...ctx.router.table.current.routes,
       [alias]: {
         variants: [{ name: 'stable', engine: url('vllm-blue'), engineType: 'vllm', model: STABLE, weight: 100 }],
       },
@@ -72,13 +49,15 @@ function newAlias(): string {
 const policy = { canarySteps: [50], stepDuration: '2s', analysisInterval: '1s', minSamples: 10, rollbackWindow: '1s' };
 
 async function deploy(alias: string, model: string): Promise<DeploymentStatus> {
-  const control = await controlWorker(env, s.loaded);
+  const control = await controlWorker(ctx.env, ctx.sbx.loaded);
   return control.runUntil(async () => {
-    const h = await env.client.workflow.start<typeof deployModel>('deployModel', {
-      taskQueue: env.controlQueue,
-      workflowId: workflowIds.deploy(s.nodeId, alias),
+    const h = await ctx.env.client.workflow.start<typeof deployModel>('deployModel', {
+      taskQueue: ctx.env.controlQueue,
+      workflowId: workflowIds.deploy(ctx.sbx.nodeId, alias),
       workflowIdConflictPolicy: 'FAIL',
-      args: [{ node: s.nodeId, alias, engine: 'vllm-blue', model, revision: COMMIT, policy, requestedBy: 'jest' }],
+      args: [
+        { node: ctx.sbx.nodeId, alias, engine: 'vllm-blue', model, revision: COMMIT, policy, requestedBy: 'jest' },
+      ],
     });
     // No license in an HF repo's metadata as the engine reports it: medium risk, a human approves.
     const st = await waitForDeployment(
@@ -94,7 +73,7 @@ async function deploy(alias: string, model: string): Promise<DeploymentStatus> {
 test('vLLM: a good version loads in the canary slot, passes the canary and is promoted; the old half goes to standby', async () => {
   const alias = newAlias();
   const record = await deploy(alias, GOOD);
-  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-route-ops-slot-promoted');
+  recordHistory(ctx.env, workflowIds.deploy(ctx.sbx.nodeId, alias), 'deploy-model-route-ops-slot-promoted');
   expect(record.outcome).toBe('promoted');
   expect(record.canary).toEqual({ engine: 'vllm-green', url: url('vllm-green'), model: GOOD });
   expect(record.digest).toBe(COMMIT);
@@ -137,9 +116,9 @@ test('vLLM: a good version loads in the canary slot, passes the canary and is pr
 test('vLLM: a bad version in the (now blue) slot breaches the canary and is rolled back: route back, slot stopped', async () => {
   // After the first test green serves; this alias's stable points at green, so blue is the slot.
   const alias = uniqueId('vchat');
-  router.table.replace({
+  ctx.router.table.replace({
     routes: {
-      ...router.table.current.routes,
+      ...ctx.router.table.current.routes,
       [alias]: {
         variants: [{ name: 'stable', engine: url('vllm-green'), engineType: 'vllm', model: GOOD, weight: 100 }],
       },
@@ -153,7 +132,11 @@ test('vLLM: a bad version in the (now blue) slot breaches the canary and is roll
   expect(record.undo.slice(-2)).toEqual([
     { step: 'stop the canary slot vllm-blue', ok: true, detail: 'standby' },
     // No watcher runs in this test: there was no window to open or end.
-    { step: "end the watcher's maintenance window on vllm-blue", ok: true, detail: `no watch:${s.nodeId} running` },
+    {
+      step: "end the watcher's maintenance window on vllm-blue",
+      ok: true,
+      detail: `no watch:${ctx.sbx.nodeId} running`,
+    },
   ]);
   expect(variants(alias)).toEqual([
     expect.objectContaining({ name: 'stable', engine: url('vllm-green'), model: GOOD }),

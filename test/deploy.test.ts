@@ -29,50 +29,33 @@ import {
   rollbackDeploymentUpdate,
   workflowIds,
 } from '../src/contracts';
-import type { RouterHandle } from '../src/router';
 import { SHIM_DIR } from '../src/sandbox/node';
 import { SandboxStore, defaultLibrary } from '../src/sandbox/state';
 import type { deployModel } from '../workflows/deploy';
 import {
   controlWorker,
-  openTestEnv,
   recordHistory,
-  startTestRouter,
   startTestSandbox,
   uniqueId,
+  useSandboxEnv,
   waitForDeployment,
-  type TestEnv,
-  type TestRouter,
-  type TestSandbox,
 } from './helpers/env';
 
-let env: TestEnv;
 const run = promisify(execFile);
 const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
-let s: TestSandbox;
-let router: RouterHandle;
+// The node worker runs in-process below (with the deploy activities), so the sandbox starts none of its own.
+const ctx = useSandboxEnv({ router: true, sandbox: { withWorker: false } });
 let engineUrl: string;
-let routerConfig: TestRouter['config'];
 
-beforeAll(async () => {
-  env = await openTestEnv();
-  ({ router, config: routerConfig } = await startTestRouter());
-  // The node worker runs in-process below (with the deploy activities), so the sandbox starts none of its own.
-  s = await startTestSandbox({ withWorker: false, extra: routerConfig });
-  engineUrl = s.loaded.config.nodes[0]?.engines[0]?.url ?? '';
-}, 60_000);
-
-afterAll(async () => {
-  await router?.close();
-  await s?.stop();
-  await env?.close();
+beforeAll(() => {
+  engineUrl = ctx.sbx.loaded.config.nodes[0]?.engines[0]?.url ?? '';
 });
 
 /** A fresh alias served by the stable llama3.2:1b on the sandbox engine. */
 function newAlias(url = engineUrl, opts: { alone?: boolean } = {}): string {
   const alias = uniqueId('chat');
-  const cur = router.table.current;
-  router.table.replace({
+  const cur = ctx.router.table.current;
+  ctx.router.table.replace({
     routes: {
       ...(opts.alone ? {} : cur.routes),
       [alias]: {
@@ -96,10 +79,10 @@ const fastPolicy = {
 function start(
   alias: string,
   args: Omit<Parameters<typeof deployModel>[0], 'node' | 'alias' | 'engine'>,
-  node = s.nodeId,
+  node = ctx.sbx.nodeId,
 ) {
-  return env.client.workflow.start<typeof deployModel>('deployModel', {
-    taskQueue: env.controlQueue,
+  return ctx.env.client.workflow.start<typeof deployModel>('deployModel', {
+    taskQueue: ctx.env.controlQueue,
     workflowId: workflowIds.deploy(node, alias),
     workflowIdConflictPolicy: 'FAIL',
     args: [{ node, alias, engine: 'ollama', requestedBy: 'jest', ...args }],
@@ -107,7 +90,7 @@ function start(
 }
 
 /** The CLI as an operator or CI job runs it; exit code and output. */
-function cli(args: string[], configPath = s.loaded.path) {
+function cli(args: string[], configPath = ctx.sbx.loaded.path) {
   return run(GPUOPS, args, { env: { ...process.env, GPUOPS_CONFIG: configPath } }).then(
     (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
     (e: { code?: number; stdout?: string; stderr?: string }) => ({
@@ -125,27 +108,27 @@ async function loadedModels(url = engineUrl): Promise<{ name: string; expires_at
 
 /** Control worker (workflows, router activities) and node worker (engine + deploy activities) around `fn`. */
 async function withWorkers<T>(fn: () => Promise<T>): Promise<T> {
-  const node = s.loaded.config.nodes[0];
+  const node = ctx.sbx.loaded.config.nodes[0];
   if (!node) throw new Error('no node');
   const nodeWorker = await Worker.create({
-    connection: env.connection,
+    connection: ctx.env.connection,
     namespace: 'default',
-    taskQueue: nodeTaskQueue(s.nodeId),
+    taskQueue: nodeTaskQueue(ctx.sbx.nodeId),
     activities: {
       // In process, so the node's tools are the sandbox shims, pointed at this node's state.
       ...createNodeActivities(node, {
-        configPath: s.loaded.path,
-        nvidiaSmi: new NvidiaSmi({ bin: path.join(SHIM_DIR, 'nvidia-smi'), env: s.sim.shimEnv() }),
-        docker: new DockerCli({ bin: path.join(SHIM_DIR, 'docker'), env: s.sim.shimEnv() }),
+        configPath: ctx.sbx.loaded.path,
+        nvidiaSmi: new NvidiaSmi({ bin: path.join(SHIM_DIR, 'nvidia-smi'), env: ctx.sbx.sim.shimEnv() }),
+        docker: new DockerCli({ bin: path.join(SHIM_DIR, 'docker'), env: ctx.sbx.sim.shimEnv() }),
       }),
       ...createDeployActivities({ node }),
     },
   });
-  const control = await controlWorker(env, s.loaded);
+  const control = await controlWorker(ctx.env, ctx.sbx.loaded);
   return nodeWorker.runUntil(control.runUntil(fn()));
 }
 
-const variants = (alias: string) => router.table.current.routes[alias]?.variants ?? [];
+const variants = (alias: string) => ctx.router.table.current.routes[alias]?.variants ?? [];
 
 test('a good version (pinned digest) goes pre-flight → pull → validate → low risk → canary 50% → promoted; the old version is unloaded after the rollback window', async () => {
   const alias = newAlias();
@@ -153,7 +136,7 @@ test('a good version (pinned digest) goes pre-flight → pull → validate → l
   const record = await withWorkers(async () =>
     (await start(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy: fastPolicy })).result(),
   );
-  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-route-ops-promoted');
+  recordHistory(ctx.env, workflowIds.deploy(ctx.sbx.nodeId, alias), 'deploy-model-route-ops-promoted');
   expect(record.outcome).toBe('promoted');
   expect(record.digest).toBe(digest);
   expect(record.riskTier).toBe('low');
@@ -197,7 +180,7 @@ test('a good version (pinned digest) goes pre-flight → pull → validate → l
   // The report exists as files, linked from the record.
   expect(record.reports && existsSync(record.reports.json) && existsSync(record.reports.markdown)).toBe(true);
   // The canary really served traffic through the router during the step.
-  expect(router.stats.query(alias, 60_000).variants.canary?.requests).toBeGreaterThanOrEqual(10);
+  expect(ctx.router.stats.query(alias, 60_000).variants.canary?.requests).toBeGreaterThanOrEqual(10);
 }, 60_000);
 
 test('a bad version that leaks PII and plays along with jailbreaks is high risk and rolled back before any traffic', async () => {
@@ -263,7 +246,7 @@ test('a bad version let through to canary breaches the error-rate delta mid-step
     const canary = variants(alias).find((v) => v.name === 'canary');
     if (!canaryAt && canary && canary.weight > 0) canaryAt = Date.now();
     if (canaryAt && !breachAt) {
-      const st = router.stats.query(alias, Date.now() - canaryAt + 1);
+      const st = ctx.router.stats.query(alias, Date.now() - canaryAt + 1);
       if (analyseCanary(st.variants.stable, st.variants.canary, thresholds).verdict === 'fail') breachAt = Date.now();
     }
     if (canaryAt && !zeroAt && (!canary || canary.weight === 0)) zeroAt = Date.now();
@@ -275,7 +258,7 @@ test('a bad version let through to canary breaches the error-rate delta mid-step
     expect(after.riskTier).toBe('medium');
     return h.result();
   }).finally(() => clearInterval(watch));
-  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-route-ops-breach-rollback');
+  recordHistory(ctx.env, workflowIds.deploy(ctx.sbx.nodeId, alias), 'deploy-model-route-ops-breach-rollback');
   expect(record.outcome).toBe('rolled-back');
   expect(record.approvedBy).toBe('alice');
   expect(record.analyses).toHaveLength(1);
@@ -320,7 +303,7 @@ test('promote during a failing analysis is refused with the reason (update and C
         ),
       },
     });
-    const viaCli = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci']);
+    const viaCli = await cli(['promote', alias, '--node', ctx.sbx.nodeId, '--by', 'ci']);
     expect(viaCli.code).toBe(1);
     expect(viaCli.err).toMatch(/promote refused: the canary analysis is failing \(error rate/);
     expect((await h.query(getDeploymentStatusQuery)).stage).toBe('canary');
@@ -343,12 +326,13 @@ test('promote during a failing analysis is refused with the reason (update and C
 test('a CI job promotes a passed canary with `gpuops promote`; `gpuops rollback` inside the rollback window restores the old version by a route switch', async () => {
   // Alone in the router: no other alias keeps the new version loaded, so the rollback unloads it.
   const alias = newAlias(engineUrl, { alone: true });
+  const node = ctx.sbx.nodeId;
   const digest = defaultLibrary()['qwen2.5:0.5b-good']?.digest ?? '';
   const policy = { ...fastPolicy, autoPromote: false, rollbackWindow: '10m' };
   const record = await withWorkers(async () => {
     const h = await start(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy });
     await waitForDeployment(h, (x) => x.stage === 'awaiting-promotion');
-    const promote = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci-pipeline-42']);
+    const promote = await cli(['promote', alias, '--node', node, '--by', 'ci-pipeline-42']);
     expect(promote.err).toBe('');
     expect(promote.code).toBe(0);
     const inWindow = await waitForDeployment(h, (x) => x.stage === 'rollback-window');
@@ -361,14 +345,14 @@ test('a CI job promotes a passed canary with `gpuops promote`; `gpuops rollback`
     const old = (await loadedModels()).find((m) => m.name === 'llama3.2:1b');
     expect(old && new Date(old.expires_at).getTime()).toBeGreaterThan(Date.now() + 365 * 86_400_000);
     // A second promote is refused: it is done.
-    const again = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci-pipeline-43']);
+    const again = await cli(['promote', alias, '--node', node, '--by', 'ci-pipeline-43']);
     expect(again.code).toBe(1);
     expect(again.err).toContain('promote refused: already promoted');
-    const rb = await cli(['rollback', alias, '--node', s.nodeId, '--by', 'oncall', '--reason', 'user complaints']);
+    const rb = await cli(['rollback', alias, '--node', node, '--by', 'oncall', '--reason', 'user complaints']);
     expect(rb.code).toBe(0);
     return h.result();
   });
-  recordHistory(env, workflowIds.deploy(s.nodeId, alias), 'deploy-model-route-ops-ci-promote-then-rollback');
+  recordHistory(ctx.env, workflowIds.deploy(node, alias), 'deploy-model-route-ops-ci-promote-then-rollback');
   expect(record.outcome).toBe('rolled-back');
   expect(record.promotedBy).toBe('ci-pipeline-42');
   expect(record.rollback).toEqual({ by: 'oncall', reason: 'rollback requested: user complaints' });
@@ -382,7 +366,7 @@ test('a CI job promotes a passed canary with `gpuops promote`; `gpuops rollback`
   ]);
   expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
   // After the workflow ends, its updates are refused.
-  const late = await cli(['rollback', alias, '--node', s.nodeId, '--by', 'oncall', '--reason', 'again']);
+  const late = await cli(['rollback', alias, '--node', node, '--by', 'oncall', '--reason', 'again']);
   expect(late.code).toBe(1);
 }, 90_000);
 
@@ -395,10 +379,10 @@ test("someone changing the route between a route change's read and its write is 
   let changes = 0;
   globalThis.fetch = (async (url: string | URL | Request, init?: RequestInit) => {
     if (init?.method === 'PUT' && String(url).endsWith('/admin/routes') && puts++ % 2 === 0) {
-      const cur = router.table.current;
+      const cur = ctx.router.table.current;
       const route = cur.routes[alias];
       if (route) {
-        router.table.replace({
+        ctx.router.table.replace({
           routes: { ...cur.routes, [alias]: { ...route, stickyHeader: `x-session-${++changes}` } },
           drained: cur.drained,
         });
@@ -413,19 +397,19 @@ test("someone changing the route between a route change's read and its write is 
   ).finally(() => {
     globalThis.fetch = realFetch;
   });
-  const id = workflowIds.deploy(s.nodeId, alias);
-  recordHistory(env, id, 'deploy-model-route-ops-concurrent-route-change');
+  const id = workflowIds.deploy(ctx.sbx.nodeId, alias);
+  recordHistory(ctx.env, id, 'deploy-model-route-ops-concurrent-route-change');
   expect([record.outcome, record.rollback]).toEqual(['promoted', null]);
   // Each of the three route changes (canary in, promote, previous out) met one conflict and was written on a re-read.
   expect(changes).toBe(3);
   expect(puts).toBe(6);
   // The operator's last change survived every write of the deployment.
-  expect(router.table.current.routes[alias]).toEqual({
+  expect(ctx.router.table.current.routes[alias]).toEqual({
     stickyHeader: 'x-session-3',
     variants: [expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-good', weight: 100 })],
   });
   // Retried by the activity's retry policy, not by a loop in the workflow: one changeRoute per operation, attempt 2.
-  const events = (await env.client.workflow.getHandle(id).fetchHistory()).events ?? [];
+  const events = (await ctx.env.client.workflow.getHandle(id).fetchHistory()).events ?? [];
   const typeOf = new Map(
     events.flatMap((e) => {
       const name = e.activityTaskScheduledEventAttributes?.activityType?.name;
@@ -442,7 +426,7 @@ test("someone changing the route between a route change's read and its write is 
 }, 60_000);
 
 test('pre-flight refuses a model that would push GPU memory over the 90% cap, and a pull the model stores have no room for', async () => {
-  const store = SandboxStore.forNode(s.loaded.config.sandbox.stateDir, s.nodeId);
+  const store = SandboxStore.forNode(ctx.sbx.loaded.config.sandbox.stateDir, ctx.sbx.nodeId);
   const speed = store.read().sim.bytesPerSec;
   store.update((st) => {
     st.sim.bytesPerSec = 200 * 1024 ** 3;
@@ -476,7 +460,7 @@ test('pre-flight refuses a model that would push GPU memory over the 90% cap, an
 }, 90_000);
 
 test('Ollama running part of a model on the CPU is measured after the load (checkModelOffload)', async () => {
-  const node = s.loaded.config.nodes[0];
+  const node = ctx.sbx.loaded.config.nodes[0];
   if (!node) throw new Error('no node');
   const client = new OllamaClient(engineUrl);
   // Fill the GPU with three small models, then load one that no longer fits in what is left.
@@ -512,7 +496,7 @@ test('cancelling a deployment mid-canary runs the rollback saga anyway and ends 
     );
     expect(err).toBeInstanceOf(WorkflowFailedError);
     expect((await h.describe()).status.name).toBe('CANCELLED');
-    recordHistory(env, h.workflowId, 'deploy-model-route-ops-cancelled');
+    recordHistory(ctx.env, h.workflowId, 'deploy-model-route-ops-cancelled');
     const st = await h.query(getDeploymentStatusQuery);
     expect(st.outcome).toBe('cancelled');
     expect(st.undo.map((u) => [u.step, u.ok])).toEqual([
@@ -535,7 +519,7 @@ test('a second deployModel for the same alias is refused while one runs; promote
     // `gpuops status` lists it from its search attributes.
     let row;
     for (let i = 0; i < 50 && row?.stage !== 'awaiting-approval'; i++) {
-      row = (await runningDeployments(env.client, s.nodeId)).find((d) => d.workflowId === h.workflowId);
+      row = (await runningDeployments(ctx.env.client, ctx.sbx.nodeId)).find((d) => d.workflowId === h.workflowId);
       await new Promise((r) => setTimeout(r, 100));
     }
     expect(row).toMatchObject({ alias, model: 'qwen2.5:0.5b-good', stage: 'awaiting-approval', canaryWeight: 0 });
@@ -545,13 +529,13 @@ test('a second deployModel for the same alias is refused while one runs; promote
       cause: { message: 'no canary is running (stage awaiting-approval)' },
     });
     // The same refusal through the CLI a CI job runs: exit 1 with the workflow's reason.
-    const promote = await cli(['promote', alias, '--node', s.nodeId, '--by', 'ci']);
+    const promote = await cli(['promote', alias, '--node', ctx.sbx.nodeId, '--by', 'ci']);
     expect(promote.code).toBe(1);
     expect(promote.err).toContain('promote refused: no canary is running (stage awaiting-approval)');
-    const second = await cli(['deploy', alias, 'qwen2.5:0.5b-good', '--node', s.nodeId]);
+    const second = await cli(['deploy', alias, 'qwen2.5:0.5b-good', '--node', ctx.sbx.nodeId]);
     expect(second.code).toBe(1);
     expect(second.err).toContain(`${h.workflowId} is already running: one deployment per alias at a time`);
-    const rb = await cli(['rollback', alias, '--node', s.nodeId, '--by', 'bob', '--reason', 'changed my mind']);
+    const rb = await cli(['rollback', alias, '--node', ctx.sbx.nodeId, '--by', 'bob', '--reason', 'changed my mind']);
     expect(rb.code).toBe(0);
     return h.result();
   });
@@ -562,7 +546,7 @@ test('a second deployModel for the same alias is refused while one runs; promote
 }, 60_000);
 
 test('killing the node worker during the pull and starting it again completes the deployment (the pull resumes)', async () => {
-  const sb = await startTestSandbox({ withWorker: true, extra: routerConfig });
+  const sb = await startTestSandbox({ withWorker: true, extra: ctx.routerConfig });
   try {
     const url = sb.loaded.config.nodes[0]?.engines[0]?.url ?? '';
     const alias = newAlias(url);
@@ -572,7 +556,7 @@ test('killing the node worker during the pull and starting it again completes th
       st.sim.bytesPerSec = 40 * 1024 ** 2;
     });
     const digest = defaultLibrary()['qwen2.5:0.5b-good']?.digest ?? '';
-    const control = await controlWorker(env, sb.loaded);
+    const control = await controlWorker(ctx.env, sb.loaded);
     const record = await control.runUntil(async () => {
       const h = await start(
         alias,
@@ -610,11 +594,17 @@ test('killing the node worker during the pull and starting it again completes th
 test('bad input fails at once with the field and the rule; redeploying the tag that already serves the alias is refused', async () => {
   const alias = newAlias();
   await withWorkers(async () => {
-    const bad = await env.client.workflow.start('deployModel', {
-      taskQueue: env.controlQueue,
-      workflowId: workflowIds.deploy(s.nodeId, alias),
+    const bad = await ctx.env.client.workflow.start('deployModel', {
+      taskQueue: ctx.env.controlQueue,
+      workflowId: workflowIds.deploy(ctx.sbx.nodeId, alias),
       args: [
-        { node: s.nodeId, alias, engine: 'ollama', model: 'qwen2.5:0.5b-good', policy: { canarySteps: [50, 25] } },
+        {
+          node: ctx.sbx.nodeId,
+          alias,
+          engine: 'ollama',
+          model: 'qwen2.5:0.5b-good',
+          policy: { canarySteps: [50, 25] },
+        },
       ],
     });
     const err = await bad.result().then(

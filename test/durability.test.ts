@@ -5,6 +5,7 @@
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { Worker } from '@temporalio/worker';
 import { privateDevServerOptions, startDevServer, type DevServer } from '../src/temporal/dev-server';
 import {
   approveDeploymentUpdate,
@@ -35,74 +36,90 @@ afterAll(async () => {
   await server?.stop();
 });
 
+/**
+ * A private dev server on a SQLite file of its own (after any earlier test's server and sandbox are stopped), a
+ * sandbox node on it, and a control queue of this rig's that outlives the restarts, so the control worker started
+ * after a restart takes the workflow started before it.
+ */
+async function restartRig(extra?: Record<string, unknown>) {
+  await server?.stop();
+  await sbx?.stop();
+  const serverOpts = await privateDevServerOptions(mkdtempSync(path.join(os.tmpdir(), 'gpuops-restart-')));
+  server = await startDevServer(serverOpts);
+  const s = await startTestSandbox({ address: server.address, extra });
+  sbx = s;
+  const queue = uniqueId('gpuops-control-test');
+  return {
+    sbx: s,
+    queue,
+    /** Stop the server and start it again on the same SQLite file. */
+    async restart(): Promise<void> {
+      await server?.stop();
+      server = await startDevServer(serverOpts);
+    },
+    /** Run `body` with a fresh connection to the server as it is now and a control worker on the rig's queue. */
+    async withControl<T>(body: (env: TestEnv, worker: Worker) => Promise<T>): Promise<T> {
+      const env = await openTestEnv(server?.address);
+      try {
+        env.controlQueue = queue;
+        return await body(env, await controlWorker(env, s.loaded));
+      } finally {
+        await env.close();
+      }
+    },
+  };
+}
+
 test('inspectNode survives a Temporal server restart mid-run and completes on the restarted server', async () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-restart-'));
-  const serverOpts = await privateDevServerOptions(dir);
-  server = await startDevServer(serverOpts);
-
-  sbx = await startTestSandbox({ address: server.address });
+  const rig = await restartRig();
+  const s = rig.sbx;
   // The node worker is down while the server restarts, so the workflow's probes are pending across the restart.
-  await sbx.sim.killWorker('SIGKILL');
+  await s.sim.killWorker('SIGKILL');
 
-  let env: TestEnv = await openTestEnv(server.address);
   const workflowId = uniqueId('inspect-restart');
-  let worker = await controlWorker(env, sbx.loaded);
-  const queue = env.controlQueue;
-  const runId = await worker.runUntil(async () => {
-    const handle = await env.client.workflow.start('inspectNode', {
-      taskQueue: queue,
-      workflowId,
-      args: [{ node: sbx?.nodeId, pickupTimeout: '2m', generate: false }],
-    });
-    let pending = 0;
-    for (let i = 0; i < 100 && pending < 5; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      pending = ((await handle.describe()).raw.pendingActivities ?? []).length;
-    }
-    expect(pending).toBe(5); // all five probes scheduled, none picked up
-    return handle.firstExecutionRunId;
-  });
-  await env.close();
+  const runId = await rig.withControl((env, worker) =>
+    worker.runUntil(async () => {
+      const handle = await env.client.workflow.start('inspectNode', {
+        taskQueue: rig.queue,
+        workflowId,
+        args: [{ node: s.nodeId, pickupTimeout: '2m', generate: false }],
+      });
+      let pending = 0;
+      for (let i = 0; i < 100 && pending < 5; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        pending = ((await handle.describe()).raw.pendingActivities ?? []).length;
+      }
+      expect(pending).toBe(5); // all five probes scheduled, none picked up
+      return handle.firstExecutionRunId;
+    }),
+  );
 
-  await server.stop();
-  server = await startDevServer(serverOpts);
-
-  env = await openTestEnv(server.address);
-  try {
-    env.controlQueue = queue;
-    worker = await controlWorker(env, sbx.loaded);
-    await sbx.sim.startWorker();
-    await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
+  await rig.restart();
+  await rig.withControl(async (env, worker) => {
+    await s.sim.startWorker();
+    await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
     const handle = env.client.workflow.getHandle<() => Promise<HealthReport>>(workflowId);
     const report = await worker.runUntil(handle.result());
     expect((await handle.describe()).runId).toBe(runId);
-    expect(report.node).toBe(sbx.nodeId);
+    expect(report.node).toBe(s.nodeId);
     expect(report.observation.reachable).toBe(true);
     expect(report.healthy).toBe(true);
-  } finally {
-    await env.close();
-  }
+  });
 }, 120_000);
 
 test('deployModel survives a Temporal server restart while its canary waits for promote, and promotes after it', async () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-restart-deploy-'));
-  const serverOpts = await privateDevServerOptions(dir);
-  await server?.stop();
-  await sbx?.stop();
-  server = await startDevServer(serverOpts);
   const { router, config: routerConfig } = await startTestRouter();
-  sbx = await startTestSandbox({ address: server.address, extra: routerConfig });
   try {
-    const engine = sbx.loaded.config.nodes[0]?.engines[0]?.url ?? '';
+    const rig = await restartRig(routerConfig);
+    const s = rig.sbx;
+    const engine = s.loaded.config.nodes[0]?.engines[0]?.url ?? '';
     router.table.replace({
       routes: {
         chat: { variants: [{ name: 'stable', engine, engineType: 'ollama', model: 'llama3.2:1b', weight: 100 }] },
       },
       drained: [],
     });
-    let env: TestEnv = await openTestEnv(server.address);
-    const queue = env.controlQueue;
-    const workflowId = workflowIds.deploy(sbx.nodeId, 'chat');
+    const workflowId = workflowIds.deploy(s.nodeId, 'chat');
     const policy = {
       canarySteps: [50],
       stepDuration: '2s',
@@ -111,46 +128,39 @@ test('deployModel survives a Temporal server restart while its canary waits for 
       autoPromote: false,
       rollbackWindow: '1s',
     };
-    await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
-    let worker = await controlWorker(env, sbx.loaded);
-    await worker.runUntil(async () => {
-      const h = await env.client.workflow.start('deployModel', {
-        taskQueue: queue,
-        workflowId,
-        args: [
-          { node: sbx?.nodeId, alias: 'chat', engine: 'ollama', model: 'qwen2.5:0.5b-lax', policy, safetyProbes: true },
-        ],
+    await rig.withControl(async (env, worker) => {
+      await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
+      await worker.runUntil(async () => {
+        const h = await env.client.workflow.start('deployModel', {
+          taskQueue: rig.queue,
+          workflowId,
+          args: [
+            { node: s.nodeId, alias: 'chat', engine: 'ollama', model: 'qwen2.5:0.5b-lax', policy, safetyProbes: true },
+          ],
+        });
+        // Medium risk (no pinned digest): it waits for approve; approve, then wait for the canary to pass.
+        await waitForDeployment(h, (st) => st.stage === 'awaiting-approval');
+        await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
+        await waitForDeployment(h, (st) => st.stage === 'awaiting-promotion');
       });
-      // Medium risk (no pinned digest): it waits for approve; approve, then wait for the canary to pass.
-      await waitForDeployment(h, (st) => st.stage === 'awaiting-approval');
-      await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
-      await waitForDeployment(h, (st) => st.stage === 'awaiting-promotion');
     });
-    await env.close();
 
-    await server.stop();
-    server = await startDevServer(serverOpts);
-
-    env = await openTestEnv(server.address);
-    try {
-      env.controlQueue = queue;
-      worker = await controlWorker(env, sbx.loaded);
+    await rig.restart();
+    const record = await rig.withControl((env, worker) => {
       const h = env.client.workflow.getHandle<() => Promise<DeploymentStatus>>(workflowId);
-      const record = await worker.runUntil(async () => {
+      return worker.runUntil(async () => {
         const st = await h.query(getDeploymentStatusQuery);
         expect(st.stage).toBe('awaiting-promotion');
         expect(st.approvedBy).toBe('alice');
         await h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'ci-after-restart' }] });
         return h.result();
       });
-      expect(record.outcome).toBe('promoted');
-      expect(record.promotedBy).toBe('ci-after-restart');
-      expect(router.table.current.routes.chat?.variants).toEqual([
-        expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-lax', weight: 100 }),
-      ]);
-    } finally {
-      await env.close();
-    }
+    });
+    expect(record.outcome).toBe('promoted');
+    expect(record.promotedBy).toBe('ci-after-restart');
+    expect(router.table.current.routes.chat?.variants).toEqual([
+      expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-lax', weight: 100 }),
+    ]);
   } finally {
     await router.close();
   }

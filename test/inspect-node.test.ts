@@ -7,41 +7,21 @@ import { injectFault } from '../src/sandbox/faults';
 import { nodeTaskQueue } from '../src/contracts';
 import type { HealthReport } from '../src/domain/classify';
 import type { inspectNode } from '../workflows/inspect-node';
-import {
-  controlWorker,
-  openTestEnv,
-  startTestSandbox,
-  uniqueId,
-  waitForPoller,
-  type TestEnv,
-  type TestSandbox,
-} from './helpers/env';
+import { controlWorker, uniqueId, useSandboxEnv, waitForPoller } from './helpers/env';
 
-let env: TestEnv;
-let sbx: TestSandbox;
-
-beforeAll(async () => {
-  env = await openTestEnv();
-  sbx = await startTestSandbox();
-  await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
-});
-
-afterAll(async () => {
-  await sbx?.stop();
-  await env?.close();
-});
+const ctx = useSandboxEnv({ sandbox: {} });
 
 function run(input: Record<string, unknown>): Promise<HealthReport> {
-  return env.client.workflow.execute('inspectNode', {
-    taskQueue: env.controlQueue,
+  return ctx.env.client.workflow.execute('inspectNode', {
+    taskQueue: ctx.env.controlQueue,
     workflowId: uniqueId('inspect'),
     args: [input],
   });
 }
 
 test('reports a healthy sandbox node: engine answers a real generation, container running, GPU read from nvidia-smi', async () => {
-  const worker = await controlWorker(env, sbx.loaded);
-  const report = await worker.runUntil(run({ node: sbx.nodeId, expectedGpus: 1 }));
+  const worker = await controlWorker(ctx.env, ctx.sbx.loaded);
+  const report = await worker.runUntil(run({ node: ctx.sbx.nodeId, expectedGpus: 1 }));
   expect(report.healthy).toBe(true);
   expect(report.recommendedRung).toBe('none');
   expect(report.problems).toEqual([]);
@@ -56,35 +36,35 @@ test('reports a healthy sandbox node: engine answers a real generation, containe
 });
 
 test('classifies Xid 79 (GPU fell off the bus) as needing a VM restart', async () => {
-  injectFault(sbx.sim.store, 'xid-79');
+  injectFault(ctx.sbx.sim.store, 'xid-79');
   try {
-    const worker = await controlWorker(env, sbx.loaded);
-    const report = await worker.runUntil(run({ node: sbx.nodeId, expectedGpus: 1 }));
+    const worker = await controlWorker(ctx.env, ctx.sbx.loaded);
+    const report = await worker.runUntil(run({ node: ctx.sbx.nodeId, expectedGpus: 1 }));
     expect(report.healthy).toBe(false);
     expect(report.recommendedRung).toBe('restart-vm');
     expect(report.observation.xids.map((x) => x.xid)).toContain(79);
     expect(report.problems.map((p) => p.kind)).toEqual(expect.arrayContaining(['gpu-xid', 'gpu-lost']));
     expect(report.observation.gpuError).toMatch(/GPU is lost/);
   } finally {
-    sbx.sim.store.update((s) => {
+    ctx.sbx.sim.store.update((s) => {
       s.faults = [];
     });
-    await sbx.sim.reset();
-    await sbx.sim.waitFor((s) => s.vm.phase === 'up' && s.worker.running, 30_000, 'VM back up after reset');
+    await ctx.sbx.sim.reset();
+    await ctx.sbx.sim.waitFor((s) => s.vm.phase === 'up' && s.worker.running, 30_000, 'VM back up after reset');
   }
 });
 
 test('classifies a hung engine (health answers, generation does not) as needing a container restart', async () => {
-  injectFault(sbx.sim.store, 'engine-hang');
+  injectFault(ctx.sbx.sim.store, 'engine-hang');
   try {
-    const worker = await controlWorker(env, sbx.loaded);
-    const report = await worker.runUntil(run({ node: sbx.nodeId, probeTimeout: '4s' }));
+    const worker = await controlWorker(ctx.env, ctx.sbx.loaded);
+    const report = await worker.runUntil(run({ node: ctx.sbx.nodeId, probeTimeout: '4s' }));
     expect(report.recommendedRung).toBe('restart-container');
     expect(report.problems).toEqual([
       expect.objectContaining({ kind: 'engine-hung', subject: 'ollama', rung: 'restart-container' }),
     ]);
   } finally {
-    sbx.sim.store.update((s) => {
+    ctx.sbx.sim.store.update((s) => {
       for (const c of Object.values(s.containers)) c.faults.hang = false;
       s.faults = s.faults.filter((f) => f.kind !== 'engine-hang');
     });
@@ -93,14 +73,14 @@ test('classifies a hung engine (health answers, generation does not) as needing 
 
 test('survives the node worker being killed with SIGKILL mid-activity: the probe is retried on the restarted worker', async () => {
   // A hung engine keeps probeEngines running long enough to kill the worker in the middle of it.
-  injectFault(sbx.sim.store, 'engine-hang');
-  const worker = await controlWorker(env, sbx.loaded);
+  injectFault(ctx.sbx.sim.store, 'engine-hang');
+  const worker = await controlWorker(ctx.env, ctx.sbx.loaded);
   try {
     await worker.runUntil(async () => {
-      const handle = await env.client.workflow.start<typeof inspectNode>('inspectNode', {
-        taskQueue: env.controlQueue,
+      const handle = await ctx.env.client.workflow.start<typeof inspectNode>('inspectNode', {
+        taskQueue: ctx.env.controlQueue,
         workflowId: uniqueId('inspect-kill'),
-        args: [{ node: sbx.nodeId, probeTimeout: '4s' }],
+        args: [{ node: ctx.sbx.nodeId, probeTimeout: '4s' }],
       });
       // Wait until probeEngines has been picked up by the node worker.
       const deadline = Date.now() + 20_000;
@@ -113,11 +93,11 @@ test('survives the node worker being killed with SIGKILL mid-activity: the probe
         if (Date.now() > deadline) throw new Error('probeEngines never started');
         await new Promise((r) => setTimeout(r, 100));
       }
-      const pidBefore = sbx.sim.status().worker.pid;
-      await sbx.sim.killWorker('SIGKILL');
-      expect(sbx.sim.status().worker.running).toBe(false);
-      await sbx.sim.startWorker();
-      expect(sbx.sim.status().worker.pid).not.toBe(pidBefore);
+      const pidBefore = ctx.sbx.sim.status().worker.pid;
+      await ctx.sbx.sim.killWorker('SIGKILL');
+      expect(ctx.sbx.sim.status().worker.running).toBe(false);
+      await ctx.sbx.sim.startWorker();
+      expect(ctx.sbx.sim.status().worker.pid).not.toBe(pidBefore);
 
       const report = await handle.result();
       expect(report.observation.reachable).toBe(true);
@@ -130,7 +110,7 @@ test('survives the node worker being killed with SIGKILL mid-activity: the probe
       expect(Math.max(...attempts)).toBeGreaterThanOrEqual(2);
     });
   } finally {
-    sbx.sim.store.update((s) => {
+    ctx.sbx.sim.store.update((s) => {
       for (const c of Object.values(s.containers)) c.faults.hang = false;
       s.faults = s.faults.filter((f) => f.kind !== 'engine-hang');
     });
@@ -138,20 +118,20 @@ test('survives the node worker being killed with SIGKILL mid-activity: the probe
 }, 90_000);
 
 test('reports the node unreachable when no node worker picks up the probes in time', async () => {
-  await sbx.sim.killWorker('SIGKILL');
+  await ctx.sbx.sim.killWorker('SIGKILL');
   try {
-    const worker = await controlWorker(env, sbx.loaded);
-    const report = await worker.runUntil(run({ node: sbx.nodeId, pickupTimeout: '2s' }));
+    const worker = await controlWorker(ctx.env, ctx.sbx.loaded);
+    const report = await worker.runUntil(run({ node: ctx.sbx.nodeId, pickupTimeout: '2s' }));
     expect(report.observation.reachable).toBe(false);
     expect(report.problems).toEqual([expect.objectContaining({ kind: 'node-unreachable', rung: 'restart-vm' })]);
   } finally {
-    await sbx.sim.startWorker();
-    await waitForPoller(env.client, nodeTaskQueue(sbx.nodeId));
+    await ctx.sbx.sim.startWorker();
+    await waitForPoller(ctx.env.client, nodeTaskQueue(ctx.sbx.nodeId));
   }
 });
 
 test('fails at once with a field-named, non-retryable error on bad input', async () => {
-  const worker = await controlWorker(env, sbx.loaded);
+  const worker = await controlWorker(ctx.env, ctx.sbx.loaded);
   const err = await worker.runUntil(run({ node: 'Not A Node', probeTimeout: 'soon' }).catch((e: unknown) => e));
   expect(err).toBeInstanceOf(WorkflowFailedError);
   const cause = (err as WorkflowFailedError).cause as Error & { type?: string; nonRetryable?: boolean };

@@ -7,19 +7,10 @@
 import path from 'node:path';
 import { clearFaults, injectFault } from '../src/sandbox/faults';
 import type { HealthReport } from '../src/domain/classify';
-import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/contracts';
+import { getWatchStatusQuery, workflowIds } from '../src/contracts';
 import type { inspectNode } from '../workflows/inspect-node';
 import type { recoverNode, watchNode } from '../workflows/recovery';
-import {
-  FAST_RECOVERY,
-  controlWorker,
-  openTestEnv,
-  startTestSandbox,
-  uniqueId,
-  waitForPoller,
-  type TestEnv,
-  type TestSandbox,
-} from './helpers/env';
+import { FAST_RECOVERY, controlWorker, uniqueId, useSandboxEnv, type TestSandbox } from './helpers/env';
 import {
   engineTools,
   llamaEngine,
@@ -30,38 +21,24 @@ import {
   tempDir,
 } from './helpers/real-engines';
 
-let env: TestEnv;
-const sandboxes: TestSandbox[] = [];
-
-beforeAll(async () => {
-  env = await openTestEnv();
-});
-afterAll(async () => {
-  for (const s of sandboxes) {
-    await s.stop();
-    await s.sim.real.remove();
-  }
-  await env?.close();
-  removeTempDirs();
-});
+const ctx = useSandboxEnv();
+afterAll(removeTempDirs);
 
 async function realSandbox(
   build: (dir: string) => Promise<(Record<string, unknown> & { name: string })[]>,
 ): Promise<TestSandbox> {
   const dir = tempDir('node');
-  const s = await startTestSandbox({
+  const s = await ctx.sandbox({
     hardware: { gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }], engines: await build(dir) },
     tools: { docker: realDockerBin(), processDir: path.join(dir, 'processes') },
   });
-  sandboxes.push(s);
-  await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
   await s.sim.waitFor(() => true, 1000).catch(() => undefined);
   return s;
 }
 
 function inspect(s: TestSandbox): Promise<HealthReport> {
-  return env.client.workflow.execute<typeof inspectNode>('inspectNode', {
-    taskQueue: env.controlQueue,
+  return ctx.env.client.workflow.execute<typeof inspectNode>('inspectNode', {
+    taskQueue: ctx.env.controlQueue,
     workflowId: uniqueId('inspect'),
     args: [{ node: s.nodeId }],
   });
@@ -106,8 +83,8 @@ async function withWatcher(
 }
 
 function startWatcher(s: TestSandbox) {
-  return env.client.workflow.start<typeof watchNode>('watchNode', {
-    taskQueue: env.controlQueue,
+  return ctx.env.client.workflow.start<typeof watchNode>('watchNode', {
+    taskQueue: ctx.env.controlQueue,
     workflowId: workflowIds.watch(s.nodeId),
     args: [
       {
@@ -134,7 +111,7 @@ async function watcherAction(h: Awaited<ReturnType<typeof startWatcher>>, timeou
 }
 
 async function lastIncident(s: TestSandbox) {
-  return env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId)).result();
+  return ctx.env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId)).result();
 }
 
 describe('runtime process: real llama-server and real Ollama as keeper-run processes', () => {
@@ -155,7 +132,7 @@ describe('runtime process: real llama-server and real Ollama as keeper-run proce
   }, 120_000);
 
   it('inspectNode sees both real engines healthy, each answering a real test generation', async () => {
-    const w = await controlWorker(env, s.loaded);
+    const w = await controlWorker(ctx.env, s.loaded);
     const report = await w.runUntil(untilHealthy(s));
     const byName = Object.fromEntries(report.observation.engines.map((e) => [e.name, e]));
     expect(byName.llama).toMatchObject({ type: 'llamacpp', reachable: true, healthy: true });
@@ -170,7 +147,7 @@ describe('runtime process: real llama-server and real Ollama as keeper-run proce
   }, 120_000);
 
   it('a SIGSTOPped llama-server (port still open) is detected as hung and restarted by the watcher', async () => {
-    const w = await controlWorker(env, s.loaded);
+    const w = await controlWorker(ctx.env, s.loaded);
     await w.runUntil(async () => {
       await untilHealthy(s);
       const before = await s.sim.real.processes.command('llama');
@@ -191,7 +168,7 @@ describe('runtime process: real llama-server and real Ollama as keeper-run proce
   }, 150_000);
 
   it('a SIGKILLed Ollama is seen exited and brought back by recovery, its model still there', async () => {
-    const w = await controlWorker(env, s.loaded);
+    const w = await controlWorker(ctx.env, s.loaded);
     await w.runUntil(async () => {
       await untilHealthy(s);
       await withWatcher(s, async (h) => {
@@ -236,7 +213,7 @@ describe('runtime docker: real llama-server and Ollama in real containers on the
   }, 120_000);
 
   it('a paused llama-server container is detected as hung and recovered by a real docker restart', async () => {
-    const w = await controlWorker(env, s.loaded);
+    const w = await controlWorker(ctx.env, s.loaded);
     await w.runUntil(async () => {
       const healthy = await untilHealthy(s);
       expect(healthy.observation.containers.map((c) => c.status)).toEqual(['running', 'running', 'running']);
@@ -254,7 +231,7 @@ describe('runtime docker: real llama-server and Ollama in real containers on the
   }, 150_000);
 
   it('a killed Ollama container is started again by recovery', async () => {
-    const w = await controlWorker(env, s.loaded);
+    const w = await controlWorker(ctx.env, s.loaded);
     await w.runUntil(async () => {
       await untilHealthy(s);
       await withWatcher(s, async (h) => {
@@ -270,7 +247,7 @@ describe('runtime docker: real llama-server and Ollama in real containers on the
   }, 150_000);
 
   it('a container restarted under too small a memory limit is OOM-killed by the kernel, and seen as such', async () => {
-    const w = await controlWorker(env, s.loaded);
+    const w = await controlWorker(ctx.env, s.loaded);
     const big = `gpuops-test-big-${tag}`;
     await w.runUntil(async () => {
       await untilHealthy(s);

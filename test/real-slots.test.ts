@@ -1,46 +1,17 @@
 /**
  * deployModel on real llama.cpp `llama-server`: the canary slot is the other half of a blue/green pair, recreated by
- * gpuops with the new GGUF — from `docker inspect` of the real container (image, host network, env, command kept)
+ * gpuops with the new GGUF — from `docker inspect` of the real container (image, host network, ctx.env, command kept)
  * under the docker runtime, from the keeper's spec under the process runtime — then validated, canaried through the
  * real router on real streamed traffic and promoted; the old half goes to standby.
  */
 import path from 'node:path';
-import { approveDeploymentUpdate, nodeTaskQueue, workflowIds } from '../src/contracts';
-import type { RouterHandle } from '../src/router';
+import { approveDeploymentUpdate, workflowIds } from '../src/contracts';
 import type { deployModel } from '../workflows/deploy';
-import {
-  controlWorker,
-  openTestEnv,
-  startTestRouter,
-  startTestSandbox,
-  uniqueId,
-  waitForDeployment,
-  waitForPoller,
-  type TestEnv,
-  type TestSandbox,
-} from './helpers/env';
+import { controlWorker, uniqueId, useSandboxEnv, waitForDeployment, type TestSandbox } from './helpers/env';
 import { engineTools, llamaEngine, realDockerBin, realTest, removeTempDirs, tempDir } from './helpers/real-engines';
 
-let env: TestEnv;
-let router: RouterHandle;
-let routerConfig: Record<string, unknown>;
-const sandboxes: TestSandbox[] = [];
-
-beforeAll(async () => {
-  env = await openTestEnv();
-  const r = await startTestRouter();
-  router = r.router;
-  routerConfig = r.config;
-});
-afterAll(async () => {
-  for (const s of sandboxes) {
-    await s.stop();
-    await s.sim.real.remove();
-  }
-  await router?.close();
-  await env?.close();
-  removeTempDirs();
-});
+const ctx = useSandboxEnv({ router: true });
+afterAll(removeTempDirs);
 
 const policy = {
   golden: [{ id: 'answers', prompt: 'Tell me a story.', check: { kind: 'regex' as const, pattern: '\\S' } }],
@@ -61,8 +32,7 @@ async function slotPair(runtime: 'docker' | 'process'): Promise<TestSandbox> {
   const t = engineTools();
   const tag = uniqueId('s');
   const dir = tempDir('slots');
-  const s = await startTestSandbox({
-    extra: routerConfig,
+  const s = await ctx.sandbox({
     hardware: {
       gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
       engines: [
@@ -83,16 +53,14 @@ async function slotPair(runtime: 'docker' | 'process'): Promise<TestSandbox> {
     },
     tools: { docker: realDockerBin(), processDir: path.join(dir, 'processes') },
   });
-  sandboxes.push(s);
-  await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
   return s;
 }
 
 async function deploySlot(s: TestSandbox, alias: string, model: string) {
   const blue = s.loaded.config.nodes[0]?.engines.find((e) => e.name === 'llama-blue');
-  router.table.replace({
+  ctx.router.table.replace({
     routes: {
-      ...router.table.current.routes,
+      ...ctx.router.table.current.routes,
       [alias]: {
         variants: [
           {
@@ -107,10 +75,10 @@ async function deploySlot(s: TestSandbox, alias: string, model: string) {
     },
     drained: [],
   });
-  const w = await controlWorker(env, s.loaded);
+  const w = await controlWorker(ctx.env, s.loaded);
   return w.runUntil(async () => {
-    const h = await env.client.workflow.start<typeof deployModel>('deployModel', {
-      taskQueue: env.controlQueue,
+    const h = await ctx.env.client.workflow.start<typeof deployModel>('deployModel', {
+      taskQueue: ctx.env.controlQueue,
       workflowId: workflowIds.deploy(s.nodeId, alias),
       args: [{ node: s.nodeId, alias, engine: 'llama-blue', model, policy, safetyProbes: false, requestedBy: 'jest' }],
     });
@@ -124,7 +92,7 @@ async function deploySlot(s: TestSandbox, alias: string, model: string) {
 const pairs = (cmd: string[]): string[][] => cmd.flatMap((a, i) => (a.startsWith('-') ? [[a, cmd[i + 1] ?? '']] : []));
 const withoutModelFlags = (cmd: string[]): string[][] => pairs(cmd).filter(([f]) => f !== '-m' && f !== '--alias');
 
-const stable = (alias: string) => router.table.current.routes[alias]?.variants.find((v) => v.name === 'stable');
+const stable = (alias: string) => ctx.router.table.current.routes[alias]?.variants.find((v) => v.name === 'stable');
 
 describe('runtime docker', () => {
   const it = realTest(['llamaServer', 'docker']);
@@ -150,7 +118,7 @@ describe('runtime docker', () => {
         ['--alias', 'gpuops-tiny-v2.gguf'],
       ]),
     );
-    expect(stable(Object.keys(router.table.current.routes).at(-1) ?? '')).toMatchObject({
+    expect(stable(Object.keys(ctx.router.table.current.routes).at(-1) ?? '')).toMatchObject({
       engine: green?.url,
       model: 'gpuops-tiny-v2.gguf',
     });

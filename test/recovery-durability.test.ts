@@ -5,43 +5,24 @@
  */
 import type { WorkflowHandle } from '@temporalio/client';
 import { injectFault } from '../src/sandbox/faults';
-import { nodeTaskQueue, workflowIds, type IncidentRecord, type RecoverNodeInput } from '../src/contracts';
+import { workflowIds, type IncidentRecord, type RecoverNodeInput } from '../src/contracts';
 import type { recoverNode } from '../workflows/recovery';
-import {
-  FAST_RECOVERY,
-  controlWorker,
-  openTestEnv,
-  recordHistory,
-  startTestSandbox,
-  waitForPoller,
-  type TestEnv,
-  type TestSandbox,
-} from './helpers/env';
+import { FAST_RECOVERY, controlWorker, recordHistory, useSandboxEnv, type TestSandbox } from './helpers/env';
 
-let env: TestEnv;
-const sandboxes: TestSandbox[] = [];
-
-beforeAll(async () => {
-  env = await openTestEnv();
-});
-afterAll(async () => {
-  for (const s of sandboxes) await s.stop();
-  await env?.close();
-});
-
-async function sandbox(opts: Parameters<typeof startTestSandbox>[0] = {}): Promise<TestSandbox> {
-  const s = await startTestSandbox(opts);
-  sandboxes.push(s);
-  await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
-  return s;
-}
+const ctx = useSandboxEnv();
 
 function startRecovery(s: TestSandbox, extra: Partial<RecoverNodeInput> = {}) {
-  return env.client.workflow.start<typeof recoverNode>('recoverNode', {
-    taskQueue: env.controlQueue,
+  return ctx.env.client.workflow.start<typeof recoverNode>('recoverNode', {
+    taskQueue: ctx.env.controlQueue,
     workflowId: workflowIds.recover(s.nodeId),
     args: [{ node: s.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...FAST_RECOVERY, ...extra }],
   });
+}
+
+/** Run recoverNode on `s` to its end under a control worker of its own. */
+async function recoverToEnd(s: TestSandbox, extra: Partial<RecoverNodeInput> = {}): Promise<IncidentRecord> {
+  const w = await controlWorker(ctx.env, s.loaded);
+  return w.runUntil(async () => (await startRecovery(s, extra)).result());
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -81,9 +62,9 @@ const containerStatus = (s: TestSandbox, container = 'ollama'): string | undefin
   s.sim.store.read().containers[container]?.status;
 
 test('ECC errors → the GPU is reset with its engine stopped around it, and the node is verified healthy', async () => {
-  const s = await sandbox();
+  const s = await ctx.sandbox();
   injectFault(s.sim.store, 'ecc');
-  const incident = await (await controlWorker(env, s.loaded)).runUntil(async () => (await startRecovery(s)).result());
+  const incident = await recoverToEnd(s);
   expect(incident.outcome).toBe('recovered');
   expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([['reset-gpu', 'healthy']]);
   expect(incident.rungs[0]?.actions.slice(0, 3)).toEqual([
@@ -92,13 +73,13 @@ test('ECC errors → the GPU is reset with its engine stopped around it, and the
     'docker start ollama',
   ]);
   expect(containerStatus(s)).toBe('running');
-  recordHistory(env, workflowIds.recover(s.nodeId), 'recover-node-ecc-gpu-reset');
+  recordHistory(ctx.env, workflowIds.recover(s.nodeId), 'recover-node-ecc-gpu-reset');
 }, 90_000);
 
 test('a recoverNode cancelled during its GPU reset still starts the engines it stopped for the reset', async () => {
-  const s = await sandbox();
+  const s = await ctx.sandbox();
   injectFault(s.sim.store, 'ecc');
-  const w = await controlWorker(env, s.loaded);
+  const w = await controlWorker(ctx.env, s.loaded);
   const outcome = await w.runUntil(async () => {
     const h = await startRecovery(s);
     await untilPending(h, 'stopContainer', false);
@@ -122,13 +103,13 @@ test('a recoverNode cancelled during its GPU reset still starts the engines it s
   });
   expect(outcome).toBe('WorkflowFailedError: CancelledFailure');
   expect(containerStatus(s)).toBe('running');
-  recordHistory(env, workflowIds.recover(s.nodeId), 'recover-node-gpu-reset-cancelled');
+  recordHistory(ctx.env, workflowIds.recover(s.nodeId), 'recover-node-gpu-reset-cancelled');
 }, 120_000);
 
 test('a node worker killed during an engine restart is noticed by its heartbeat timeout, and the restart is retried', async () => {
-  const s = await sandbox();
+  const s = await ctx.sandbox();
   injectFault(s.sim.store, 'engine-hang');
-  const w = await controlWorker(env, s.loaded);
+  const w = await controlWorker(ctx.env, s.loaded);
   // A hung engine ignores SIGTERM: docker waits out the whole stop grace, so the restart runs for ~8 s.
   const incident: IncidentRecord = await w.runUntil(async () => {
     const h = await startRecovery(s, { containerStopTimeout: '8s' });
@@ -163,7 +144,7 @@ function restartScheduled(events: HistoryEvent[], started: HistoryEvent): boolea
 
 /** A hung guest whose ACPI reboot times out after 2 s (Proxmox: "VM quit/powerdown failed - got timeout"). */
 async function hungGuest(bootMs?: number): Promise<TestSandbox> {
-  const s = await sandbox({ proxmox: true, bootSeconds: 1 });
+  const s = await ctx.sandbox({ proxmox: true, bootSeconds: 1 });
   s.sim.store.update((st) => {
     st.vm.acpiTimeoutMs = 2000;
     if (bootMs !== undefined) st.vm.bootMs = bootMs;
@@ -178,7 +159,7 @@ const resets = (incident: IncidentRecord): string[] =>
 test('a hung guest that ignores its reboot gets a hard reset and recovers', async () => {
   const s = await hungGuest();
   const bootBefore = s.sim.status().vm.bootId;
-  const incident = await (await controlWorker(env, s.loaded)).runUntil(async () => (await startRecovery(s)).result());
+  const incident = await recoverToEnd(s);
   expect(incident.outcome).toBe('recovered');
   expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([['restart-vm', 'healthy']]);
   const actions = incident.rungs[0]?.actions ?? [];
@@ -191,14 +172,12 @@ test('a hung guest that ignores its reboot gets a hard reset and recovers', asyn
 test('a hung guest still unreachable after its hard reset is not reset again: the ladder escalates', async () => {
   // The reset works, but the guest takes a minute to boot: longer than the rung waits for it.
   const s = await hungGuest(60_000);
-  const incident = await (
-    await controlWorker(env, s.loaded)
-  ).runUntil(async () => (await startRecovery(s, { bootTimeout: '5s' })).result());
+  const incident = await recoverToEnd(s, { bootTimeout: '5s' });
   expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([
     ['restart-vm', 'still-faulty'],
     ['escalate', 'skipped'],
   ]);
   expect(resets(incident)).toHaveLength(1);
   expect(incident.outcome).toBe('escalated');
-  recordHistory(env, workflowIds.recover(s.nodeId), 'recover-node-hung-guest-one-reset');
+  recordHistory(ctx.env, workflowIds.recover(s.nodeId), 'recover-node-hung-guest-one-reset');
 }, 120_000);

@@ -5,24 +5,12 @@
  */
 import { spawnSync } from 'node:child_process';
 import { injectFault } from '../src/sandbox/faults';
-import { nodeTaskQueue, workflowIds } from '../src/contracts';
+import { workflowIds } from '../src/contracts';
 import type { recoverNode } from '../workflows/recovery';
-import {
-  FAST_RECOVERY,
-  controlWorker,
-  openTestEnv,
-  startTestSandbox,
-  waitForPoller,
-  type TestEnv,
-  type TestSandbox,
-} from './helpers/env';
+import { FAST_RECOVERY, controlWorker, useSandboxEnv } from './helpers/env';
 
-let env: TestEnv;
-let s: TestSandbox;
-
-beforeAll(async () => {
-  env = await openTestEnv();
-  s = await startTestSandbox({
+const ctx = useSandboxEnv({
+  sandbox: {
     hardware: {
       gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
       engines: [
@@ -36,24 +24,18 @@ beforeAll(async () => {
         },
       ],
     },
-  });
-  await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
-}, 60_000);
-
-afterAll(async () => {
-  await s?.stop();
-  await env?.close();
+  },
 });
 
 test('a hung engine under systemd is restarted with systemctl restart and verified healthy', async () => {
-  const before = s.sim.store.read().containers['ollama.service'];
-  injectFault(s.sim.store, 'engine-hang');
-  const w = await controlWorker(env, s.loaded);
+  const before = ctx.sbx.sim.store.read().containers['ollama.service'];
+  injectFault(ctx.sbx.sim.store, 'engine-hang');
+  const w = await controlWorker(ctx.env, ctx.sbx.loaded);
   const incident = await w.runUntil(async () => {
-    const h = await env.client.workflow.start<typeof recoverNode>('recoverNode', {
-      taskQueue: env.controlQueue,
-      workflowId: workflowIds.recover(s.nodeId),
-      args: [{ node: s.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...FAST_RECOVERY }],
+    const h = await ctx.env.client.workflow.start<typeof recoverNode>('recoverNode', {
+      taskQueue: ctx.env.controlQueue,
+      workflowId: workflowIds.recover(ctx.sbx.nodeId),
+      args: [{ node: ctx.sbx.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...FAST_RECOVERY }],
     });
     return h.result();
   });
@@ -63,7 +45,7 @@ test('a hung engine under systemd is restarted with systemctl restart and verifi
   expect(incident.rungs[0]?.actions).toContain('systemctl restart ollama.service');
   // The unit really went through a restart: a new main PID. (systemd's NRestarts counts only its own automatic
   // restarts, not `systemctl restart`, and the shim keeps that rule.)
-  const after = s.sim.store.read().containers['ollama.service'];
+  const after = ctx.sbx.sim.store.read().containers['ollama.service'];
   expect(after?.status).toBe('running');
   expect(after?.pid).not.toBe(before?.pid);
   expect(after?.restartCount).toBe(before?.restartCount);
@@ -71,7 +53,7 @@ test('a hung engine under systemd is restarted with systemctl restart and verifi
 }, 90_000);
 
 test('a systemd engine is a unit to systemctl and no container to docker', () => {
-  const env = { ...process.env, ...s.sim.shimEnv() };
+  const env = { ...process.env, ...ctx.sbx.sim.shimEnv() };
   const show = spawnSync('systemctl', ['show', '-p', 'LoadState,ActiveState', 'ollama.service'], {
     env,
     encoding: 'utf8',

@@ -8,13 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Worker } from '@temporalio/worker';
 import { injectFault, clearFaults } from '../src/sandbox/faults';
-import {
-  getWatchStatusQuery,
-  hypervisorTaskQueue,
-  nodeTaskQueue,
-  setMaintenanceUpdate,
-  workflowIds,
-} from '../src/contracts';
+import { getWatchStatusQuery, hypervisorTaskQueue, setMaintenanceUpdate, workflowIds } from '../src/contracts';
 import { ManagedProcess, tsxCommand } from '../src/cli/processes';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import { startRouter } from '../src/router';
@@ -23,42 +17,27 @@ import { freePort } from '../src/sandbox/node';
 import {
   FAST_RECOVERY,
   controlWorker,
-  openTestEnv,
   recordHistory,
-  startTestSandbox,
   testAddress,
   uniqueId,
+  useSandboxEnv,
   waitForPoller,
-  type TestEnv,
   type TestSandbox,
 } from './helpers/env';
 
-let env: TestEnv;
-const sandboxes: TestSandbox[] = [];
-
-beforeAll(async () => {
-  env = await openTestEnv();
-});
 const routers: { close(): Promise<void> }[] = [];
-afterAll(async () => {
-  for (const r of routers) await r.close();
-  for (const s of sandboxes) await s.stop();
-  await env?.close();
+const ctx = useSandboxEnv({
+  async beforeStop() {
+    for (const r of routers) await r.close();
+  },
 });
-
-async function sandbox(opts: Parameters<typeof startTestSandbox>[0] = {}): Promise<TestSandbox> {
-  const s = await startTestSandbox(opts);
-  sandboxes.push(s);
-  await waitForPoller(env.client, nodeTaskQueue(s.nodeId));
-  return s;
-}
 
 /** Timings that keep a test in seconds; production defaults are minutes. */
 const fast = FAST_RECOVERY;
 
 function startRecovery(s: TestSandbox, extra: Record<string, unknown> = {}) {
-  return env.client.workflow.start<typeof recoverNode>('recoverNode', {
-    taskQueue: env.controlQueue,
+  return ctx.env.client.workflow.start<typeof recoverNode>('recoverNode', {
+    taskQueue: ctx.env.controlQueue,
     workflowId: workflowIds.recover(s.nodeId),
     workflowIdConflictPolicy: 'USE_EXISTING',
     args: [{ node: s.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...fast, ...extra }],
@@ -67,8 +46,8 @@ function startRecovery(s: TestSandbox, extra: Record<string, unknown> = {}) {
 
 /** A watcher probing every 300 ms with fast recovery timings. */
 function startWatcher(s: TestSandbox, failureThreshold: number) {
-  return env.client.workflow.start<typeof watchNode>('watchNode', {
-    taskQueue: env.controlQueue,
+  return ctx.env.client.workflow.start<typeof watchNode>('watchNode', {
+    taskQueue: ctx.env.controlQueue,
     workflowId: workflowIds.watch(s.nodeId),
     args: [
       {
@@ -84,12 +63,12 @@ function startWatcher(s: TestSandbox, failureThreshold: number) {
 }
 
 async function withControl<T>(s: TestSandbox, fn: (w: Worker) => Promise<T>): Promise<T> {
-  const w = await controlWorker(env, s.loaded);
+  const w = await controlWorker(ctx.env, s.loaded);
   return w.runUntil(fn(w));
 }
 
 test('engine hang → the container is restarted → the node is verified healthy', async () => {
-  const s = await sandbox();
+  const s = await ctx.sandbox();
   injectFault(s.sim.store, 'engine-hang');
   const incident = await withControl(s, async () => (await startRecovery(s)).result());
   expect(incident.outcome).toBe('recovered');
@@ -101,7 +80,7 @@ test('engine hang → the container is restarted → the node is verified health
 });
 
 test('Xid 79 → the VM is rebooted through the Proxmox API; the node worker and engine stop, come back, and the same workflow finishes healthy', async () => {
-  const s = await sandbox({ proxmox: true, bootSeconds: 1 });
+  const s = await ctx.sandbox({ proxmox: true, bootSeconds: 1 });
   injectFault(s.sim.store, 'xid-79');
   const bootBefore = s.sim.status().vm.bootId;
   const startsBefore = s.sim.status().worker.starts;
@@ -143,7 +122,7 @@ test('a fault no rung can fix ends in drain + notification, and the record says 
     const routerPort = await freePort();
     const router = await startRouter({ port: routerPort, adminTokenFile: tokenFile });
     routers.push(router);
-    const s = await sandbox({
+    const s = await ctx.sandbox({
       extra: {
         notifications: [{ type: 'webhook', name: 'oncall', urlFile }],
         router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile },
@@ -175,7 +154,7 @@ test('a fault no rung can fix ends in drain + notification, and the record says 
 }, 90_000);
 
 test('the budget stops a fourth recovery within the hour and escalates instead', async () => {
-  const s = await sandbox();
+  const s = await ctx.sandbox();
   const outcomes = await withControl(s, async () => {
     const out: string[] = [];
     for (let i = 0; i < 4; i++) {
@@ -190,14 +169,14 @@ test('the budget stops a fourth recovery within the hour and escalates instead',
 }, 120_000);
 
 test('a healthy node is not touched: recoverNode records no-fault-found and does not spend the budget', async () => {
-  const s = await sandbox();
+  const s = await ctx.sandbox();
   const incident = await withControl(s, async () => (await startRecovery(s)).result());
   expect(incident.outcome).toBe('no-fault-found');
   expect(incident.rungs).toEqual([]);
 });
 
 test('watchNode: a single failed probe never triggers recovery; persistent failures do', async () => {
-  const s = await sandbox();
+  const s = await ctx.sandbox();
   await withControl(s, async () => {
     const h = await startWatcher(s, 3);
     // One blip: the engine hangs for a single probe, then recovers by itself.
@@ -217,7 +196,9 @@ test('watchNode: a single failed probe never triggers recovery; persistent failu
     const st = await h.query(getWatchStatusQuery);
     expect(st.consecutiveFailures).toBe(0);
     expect(st.lastAction).toBeNull();
-    await expect(env.client.workflow.getHandle(workflowIds.recover(s.nodeId)).describe()).rejects.toThrow(/not found/i);
+    await expect(ctx.env.client.workflow.getHandle(workflowIds.recover(s.nodeId)).describe()).rejects.toThrow(
+      /not found/i,
+    );
 
     // A fault that persists crosses the threshold and is recovered.
     injectFault(s.sim.store, 'engine-hang');
@@ -238,7 +219,7 @@ test('watchNode: a single failed probe never triggers recovery; persistent failu
 }, 90_000);
 
 test('watchNode: a fault during maintenance is not recovered; bad maintenance input is refused with a reason', async () => {
-  const s = await sandbox();
+  const s = await ctx.sandbox();
   await withControl(s, async () => {
     const h = await startWatcher(s, 2);
     await expect(
@@ -258,14 +239,16 @@ test('watchNode: a fault during maintenance is not recovered; bad maintenance in
     expect(st.lastReport?.healthy).toBe(false);
     expect(st.consecutiveFailures).toBe(0);
     expect(st.lastAction).toBeNull();
-    await expect(env.client.workflow.getHandle(workflowIds.recover(s.nodeId)).describe()).rejects.toThrow(/not found/i);
+    await expect(ctx.env.client.workflow.getHandle(workflowIds.recover(s.nodeId)).describe()).rejects.toThrow(
+      /not found/i,
+    );
     await h.terminate('test done');
     clearFaults(s.sim.store);
   });
 }, 60_000);
 
 test('killing the control worker mid-recovery and restarting it finishes the recovery without repeating the reboot', async () => {
-  const s = await sandbox({ proxmox: true, bootSeconds: 4 });
+  const s = await ctx.sandbox({ proxmox: true, bootSeconds: 4 });
   injectFault(s.sim.store, 'xid-79');
   const bootBefore = s.sim.status().vm.bootId;
   const queue = uniqueId('gpuops-control-kill');
@@ -280,7 +263,7 @@ test('killing the control worker mid-recovery and restarting it finishes the rec
     });
   let control = spawnControl();
   control.start();
-  const h = await env.client.workflow.start<typeof recoverNode>('recoverNode', {
+  const h = await ctx.env.client.workflow.start<typeof recoverNode>('recoverNode', {
     taskQueue: queue,
     workflowId: workflowIds.recover(s.nodeId),
     args: [{ node: s.nodeId, reason: 'test', trigger: { source: 'cli', detail: 'jest' }, ...fast }],
@@ -304,16 +287,16 @@ test('killing the control worker mid-recovery and restarting it finishes the rec
 }, 150_000);
 
 test('Alertmanager → real recoverNode: an Xid 79 alert delivered three times reboots the VM once and recovers', async () => {
-  const s = await sandbox({ proxmox: true, bootSeconds: 1 });
+  const s = await ctx.sandbox({ proxmox: true, bootSeconds: 1 });
   const tokenFile = path.join(s.dir, 'hook-token');
   writeFileSync(tokenFile, 'alert-token\n');
   const hooks = await startHooksServer({
     loaded: s.loaded,
-    client: env.client,
+    client: ctx.env.client,
     listen: '127.0.0.1:0',
     tokenFile,
     stateFile: path.join(s.dir, 'hooks-seen.json'),
-    taskQueue: env.controlQueue,
+    taskQueue: ctx.env.controlQueue,
   });
   try {
     injectFault(s.sim.store, 'xid-79');
@@ -349,7 +332,7 @@ test('Alertmanager → real recoverNode: an Xid 79 alert delivered three times r
     expect((await post(null)).status).toBe(401);
     const incident = await withControl(s, async () => {
       for (let i = 0; i < 3; i++) expect((await post('Bearer alert-token')).status).toBe(200);
-      return env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId)).result();
+      return ctx.env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId)).result();
     });
     expect(incident.trigger).toMatchObject({
       source: 'alertmanager',
@@ -357,7 +340,7 @@ test('Alertmanager → real recoverNode: an Xid 79 alert delivered three times r
     });
     expect(incident.outcome).toBe('recovered');
     expect(s.sim.status().vm.bootId).toBe(bootBefore + 1);
-    const runs = await env.client.workflow.count(`WorkflowId = '${workflowIds.recover(s.nodeId)}'`);
+    const runs = await ctx.env.client.workflow.count(`WorkflowId = '${workflowIds.recover(s.nodeId)}'`);
     expect(runs.count).toBe(1);
   } finally {
     await hooks.close();
@@ -365,9 +348,9 @@ test('Alertmanager → real recoverNode: an Xid 79 alert delivered three times r
 }, 120_000);
 
 test('Xid 79 on a VM behind a qm hypervisor: the reboot runs on the hypervisor worker, and the node recovers', async () => {
-  const s = await sandbox({ qm: true, bootSeconds: 1 });
+  const s = await ctx.sandbox({ qm: true, bootSeconds: 1 });
   const hv = s.loaded.config.hypervisors[0]?.id ?? '';
-  await waitForPoller(env.client, hypervisorTaskQueue(hv));
+  await waitForPoller(ctx.env.client, hypervisorTaskQueue(hv));
   injectFault(s.sim.store, 'xid-79');
   const bootBefore = s.sim.status().vm.bootId;
   const incident = await withControl(s, async () => (await startRecovery(s)).result());
@@ -378,9 +361,9 @@ test('Xid 79 on a VM behind a qm hypervisor: the reboot runs on the hypervisor w
 }, 120_000);
 
 test('watchNode continues as new with its maintenance windows, and goes on probing after its worker is replaced', async () => {
-  const s = await sandbox();
-  const h = await env.client.workflow.start<typeof watchNode>('watchNode', {
-    taskQueue: env.controlQueue,
+  const s = await ctx.sandbox();
+  const h = await ctx.env.client.workflow.start<typeof watchNode>('watchNode', {
+    taskQueue: ctx.env.controlQueue,
     workflowId: workflowIds.watch(s.nodeId),
     args: [
       {
@@ -403,7 +386,7 @@ test('watchNode continues as new with its maintenance windows, and goes on probi
     }
   });
   // The first run, which ends in continue-as-new (recorded once, with the code of its day; never re-recorded).
-  recordHistory(env, workflowIds.watch(s.nodeId), 'watch-node-continued-as-new', firstRun);
+  recordHistory(ctx.env, workflowIds.watch(s.nodeId), 'watch-node-continued-as-new', firstRun);
   // A new control worker (the old one is gone) picks the watcher up where the history says it is.
   await withControl(s, async () => {
     const before = (await h.query(getWatchStatusQuery)).probes;

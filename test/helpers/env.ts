@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Client, Connection, type WorkflowHandle } from '@temporalio/client';
-import { getDeploymentStatusQuery, type DeploymentStatus } from '../../src/contracts';
+import { getDeploymentStatusQuery, nodeTaskQueue, type DeploymentStatus } from '../../src/contracts';
 import {
   DefaultLogger,
   type NativeConnection,
@@ -311,6 +311,85 @@ export async function startTestRouter(): Promise<TestRouter> {
   const port = await freePort();
   const router = await startRouter({ port, adminTokenFile });
   return { router, config: { router: { listen: `127.0.0.1:${port}`, adminTokenFile } } };
+}
+
+/** What `useSandboxEnv` holds for a test file; its getters are live once the file's beforeAll has run. */
+export interface SandboxEnv {
+  /** The connection to the run-wide dev server and this file's control queue. */
+  readonly env: TestEnv;
+  /** The file's own sandbox node, started in beforeAll (only with the `sandbox` option). */
+  readonly sbx: TestSandbox;
+  /** The real router (only with `router: true`). */
+  readonly router: RouterHandle;
+  /** The gpuops.yaml `router` block that points at `router`; every sandbox started here has it in its config. */
+  readonly routerConfig: TestRouter['config'];
+  /**
+   * Start a sandbox node that lives until the file ends (stopped, its real engines removed, in afterAll), and return
+   * once its node worker polls its queue (at once when it has no worker).
+   */
+  sandbox(opts?: TestSandboxOptions): Promise<TestSandbox>;
+}
+
+export interface SandboxEnvOptions {
+  /** Start the file's own sandbox node (`sbx`) in beforeAll with these options; without it tests call `sandbox()`. */
+  sandbox?: TestSandboxOptions;
+  /** Start a real router (`router`) before any sandbox node, and put its `router` block in each node's config. */
+  router?: boolean;
+  /**
+   * Clean-up that still needs the env and the sandbox nodes: the first thing this afterAll does (an afterAll the file
+   * declares after calling useSandboxEnv runs once the env is closed).
+   */
+  beforeStop?: () => Promise<void>;
+}
+
+/**
+ * Registers the beforeAll and afterAll of a workflow test file: open the test env, start the router and the file's
+ * sandbox node as asked, and tear them all down, whatever started, in the reverse order.
+ */
+export function useSandboxEnv(opts: SandboxEnvOptions = {}): SandboxEnv {
+  let env: TestEnv | undefined;
+  let own: TestSandbox | undefined;
+  let router: TestRouter | undefined;
+  const sandboxes: TestSandbox[] = [];
+  const live = <T>(value: T | undefined, what: string): T => {
+    if (value === undefined) throw new Error(`useSandboxEnv: no ${what} (not asked for, or read before beforeAll)`);
+    return value;
+  };
+  const ctx: SandboxEnv = {
+    get env() {
+      return live(env, 'env');
+    },
+    get sbx() {
+      return live(own, 'sandbox');
+    },
+    get router() {
+      return live(router, 'router').router;
+    },
+    get routerConfig() {
+      return live(router, 'router').config;
+    },
+    async sandbox(sopts = {}) {
+      const s = await startTestSandbox(router ? { ...sopts, extra: { ...router.config, ...sopts.extra } } : sopts);
+      sandboxes.push(s);
+      if (sopts.withWorker !== false) await waitForPoller(ctx.env.client, nodeTaskQueue(s.nodeId));
+      return s;
+    },
+  };
+  beforeAll(async () => {
+    env = await openTestEnv();
+    if (opts.router) router = await startTestRouter();
+    if (opts.sandbox) own = await ctx.sandbox(opts.sandbox);
+  });
+  afterAll(async () => {
+    if (env) await opts.beforeStop?.();
+    for (const s of sandboxes) {
+      await s.stop();
+      await s.sim.real.remove();
+    }
+    await router?.router.close();
+    await env?.close();
+  });
+  return ctx;
 }
 
 /** Poll a deployModel's status query until `pred` holds; fail at once if the deployment ends first. */
