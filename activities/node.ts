@@ -20,6 +20,7 @@ import { createGpuActivities } from './gpu';
 import { createModelStoreActivities } from './model-store';
 import { createDeployActivities } from './deploy';
 import { createPreflightActivities } from './preflight';
+import { findTool } from '../src/hosts/local-tools';
 
 /** Optional overrides: injected clients (tests) and the config file path relative paths are resolved against. */
 export interface NodeActivityOptions {
@@ -67,6 +68,8 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
     ((e: EngineConfig): EngineClient =>
       createEngineClient(e.apiKeyFile ? { ...e, apiKeyFile: resolve(e.apiKeyFile) } : e));
   const modelStore = createModelStoreActivities({ node, resolvePath: resolve });
+  // restic on PATH, or the one `gpuops up` installed for the sandbox under .gpuops/tools/bin.
+  const restic = findTool('restic');
   return {
     ...createDockerActivities({ node, runtimes }),
     ...createGpuActivities({ node, nvidiaSmi, kernelLog }),
@@ -79,6 +82,7 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
       node,
       nvidiaSmi,
       resolvePath: resolve,
+      ...(restic ? { resticBin: restic } : {}),
       ...(opts.configPath ? { configPath: opts.configPath } : {}),
     }),
   };

