@@ -177,8 +177,20 @@ test('a good version (pinned digest) goes pre-flight → pull → validate → l
     expect.objectContaining({ name: 'stable', model: 'qwen2.5:0.5b-good', weight: 100 }),
   ]);
   expect((await loadedModels()).map((m) => m.name)).not.toContain('llama3.2:1b');
-  // The report exists as files, linked from the record.
-  expect(record.reports && existsSync(record.reports.json) && existsSync(record.reports.markdown)).toBe(true);
+  // The reports exist as files, linked from the record: the risk report, and the deployment page written at the end.
+  const { json, markdown, html } = record.reports ?? {};
+  expect([json, markdown, html].map((f) => f !== undefined && existsSync(f))).toEqual([true, true, true]);
+  expect(path.dirname(html ?? '')).toBe(path.dirname(markdown ?? ''));
+  const page = readFileSync(html ?? '', 'utf8');
+  // A canary point per analysis round where the canary had that value (none before its first request), and the
+  // promotion marked on each of the three charts.
+  expect(record.rounds.at(-1)).toMatchObject({ step: 1, weight: 50, verdict: 'pass' });
+  const measured = record.rounds.flatMap((r) => [r.canary?.ttftP95Ms, r.canary?.tokensPerSecond, r.canary?.errorRate]);
+  expect(page.match(/<circle [^>]*data-series="canary"/g)).toHaveLength(
+    measured.filter((v) => v !== null && v !== undefined).length,
+  );
+  expect(page.match(/data-marker="promoted"/g)).toHaveLength(3);
+  expect(page).toContain('data-outcome="promoted"');
   // The canary really served traffic through the router during the step.
   expect(ctx.router.stats.query(alias, 60_000).variants.canary?.requests).toBeGreaterThanOrEqual(10);
 }, 60_000);
@@ -282,6 +294,11 @@ test('a bad version let through to canary breaches the error-rate delta mid-step
   ]);
   expect(record.weights).toEqual({ stable: 100, canary: 0 });
   expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
+  // The deployment page marks the breach at the round that rolled back, on each chart.
+  const last = record.rounds.at(-1);
+  expect(last?.verdict).toBe('fail');
+  const page = readFileSync(record.reports?.html ?? '', 'utf8');
+  expect(page.match(new RegExp(`data-marker="breach" data-round="${record.rounds.length}"`, 'g'))).toHaveLength(3);
 }, 90_000);
 
 test('promote during a failing analysis is refused with the reason (update and CLI); force is the override; rollback ends it', async () => {
@@ -504,6 +521,8 @@ test('cancelling a deployment mid-canary runs the rollback saga anyway and ends 
       ['route: remove the canary variant, stable back to 100', true],
       ['unload qwen2.5:0.5b-good from ollama', true],
     ]);
+    // A cancelled deployment gets its page too (written after the saga, outside the cancelled scope).
+    expect(readFileSync(st.reports?.html ?? '', 'utf8')).toContain('data-outcome="cancelled"');
   });
   expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: 'llama3.2:1b', weight: 100 })]);
 }, 60_000);

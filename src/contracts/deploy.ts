@@ -4,7 +4,7 @@
  */
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
 import { z } from 'zod';
-import type { CanaryAnalysis } from '../domain/canary';
+import type { CanaryAnalysis, CanaryVerdict, VariantMeasure } from '../domain/canary';
 import { DeployPolicySchema } from '../domain/deploy-policy';
 import type { MemoryPreflight } from '../domain/preflight';
 import type { PromptResult, RiskReport, RiskTier } from '../domain/risk';
@@ -112,6 +112,22 @@ export interface CanaryStepRecord {
   analysis: CanaryAnalysis;
 }
 
+/** One analysis round of a canary step (every analysisInterval): what each side measured and the verdict. */
+export interface CanaryRound {
+  /** 1-based across the deployment; a record keeps the last MAX_CANARY_ROUNDS, so the first kept may be > 1. */
+  n: number;
+  step: number;
+  weight: number;
+  at: string;
+  verdict: CanaryVerdict;
+  /** Null when the variant had no request in the window. */
+  stable: VariantMeasure | null;
+  canary: VariantMeasure | null;
+}
+
+/** Rounds a record keeps (the newest): a long step analysed every few seconds must not grow the record unbounded. */
+export const MAX_CANARY_ROUNDS = 500;
+
 /** The analysis of the running canary step, refreshed every analysisInterval. */
 export interface LiveCanaryAnalysis extends CanaryStepRecord {
   /** Failing analyses in a row; policy.failureLimit of them roll back. */
@@ -148,9 +164,15 @@ export interface DeploymentStatus {
   latency: SloResult | null;
   riskTier: RiskTier | null;
   risk: RiskReport | null;
-  /** The risk report as files (JSON + Markdown) on the control host. */
-  reports: { json: string; markdown: string } | null;
+  /**
+   * Report files on the control host: the risk report (JSON + Markdown, once the risk was assessed) and the
+   * deployment page (HTML: canary vs stable per round, stages, risk findings; written when the deployment ends).
+   */
+  reports: { json?: string; markdown?: string; html?: string } | null;
+  /** The last analysis of each canary step (the one that settled it). */
   analyses: CanaryStepRecord[];
+  /** Every analysis round of the canary, oldest first (the newest MAX_CANARY_ROUNDS); the deployment page charts them. */
+  rounds: CanaryRound[];
   live: LiveCanaryAnalysis | null;
   requestedBy: string;
   approvedBy: string | null;

@@ -37,6 +37,25 @@ export interface CanaryAnalysis {
   samples: { stable: number; canary: number };
 }
 
+/** What the router measured for one variant over an analysis round's window (null where it had no value). */
+export interface VariantMeasure {
+  requests: number;
+  errorRate: number;
+  ttftP95Ms: number | null;
+  tokensPerSecond: number | null;
+}
+
+/** The part of a variant's window the record keeps per analysis round (null: no request in the window). */
+export function measure(w: VariantWindow | undefined): VariantMeasure | null {
+  if (!w) return null;
+  return {
+    requests: w.requests,
+    errorRate: w.errorRate,
+    ttftP95Ms: w.ttftMs.p95,
+    tokensPerSecond: w.tokensPerSecond.mean,
+  };
+}
+
 const round = (x: number): number => Math.round(x * 1000) / 1000;
 
 /**

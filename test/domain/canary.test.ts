@@ -1,4 +1,5 @@
-import { analyseCanary, type CanaryThresholds, type VariantWindow } from '../../src/domain/canary';
+import { analyseCanary, type CanaryThresholds } from '../../src/domain/canary';
+import { win as w } from '../helpers/deployment-record';
 
 const t: CanaryThresholds = {
   minSamples: 10,
@@ -6,16 +7,6 @@ const t: CanaryThresholds = {
   maxTtftP95Ratio: 1.2,
   minTokensPerSecondRatio: 0.8,
 };
-
-function w(requests: number, errors: number, ttftP95: number | null, tps: number | null): VariantWindow {
-  return {
-    requests,
-    errors,
-    errorRate: requests ? errors / requests : 0,
-    ttftMs: { p95: ttftP95 },
-    tokensPerSecond: { mean: tps },
-  };
-}
 
 test('passes a canary within every threshold and says which checks held', () => {
   const a = analyseCanary(w(20, 0, 120, 90), w(20, 0, 70, 150), t);

@@ -9,6 +9,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  log,
   patched,
   setCurrentDetails,
   setHandler,
@@ -47,6 +48,9 @@ export type DeployInput = z.output<typeof DeployModelInput>;
  * from before it read the table (getRoutes) and wrote it (putRoutes) from the workflow, re-reading on a conflict.
  */
 export const ROUTE_OPS_PATCH = 'deploy-route-ops-activity';
+
+/** Deployments from before it end without writing the HTML deployment page (no activity after the outcome). */
+export const HTML_REPORT_PATCH = 'deploy-html-report';
 
 /** A rollback the deployment decided on (a breach, a refused check, an operator): the saga undoes what was done. */
 export class Rollback extends Error {
@@ -287,12 +291,39 @@ export class Deployment {
     });
   }
 
-  /** The end: Updates are refused from now on. A cancelled deployment ends Cancelled, after its saga ran. */
-  finish(): DeploymentStatus {
+  /**
+   * The end: Updates are refused from now on; the deployment page is written (HTML_REPORT_PATCH). A cancelled
+   * deployment ends Cancelled, after its saga ran.
+   */
+  async finish(): Promise<DeploymentStatus> {
     this.finished = true;
     this.status.timings.endedAt = now();
+    if (patched(HTML_REPORT_PATCH)) await this.writePage();
     if (this.cancelled) throw this.cancelled;
     return this.status;
+  }
+
+  /**
+   * Write the deployment page beside the risk report and link it from `status.reports`. Non-cancellable: a
+   * cancelled deployment gets its page too. A page that cannot be written is logged; it does not change the outcome.
+   */
+  private writePage(): Promise<void> {
+    const { workflowId, runId } = workflowInfo();
+    const { minSamples, maxErrorRateDelta, maxTtftP95Ratio, minTokensPerSecondRatio, failureLimit } = this.policy;
+    const thresholds = { minSamples, maxErrorRateDelta, maxTtftP95Ratio, minTokensPerSecondRatio, failureLimit };
+    return CancellationScope.nonCancellable(async () => {
+      try {
+        const page = await this.acts.control.writeDeploymentReport({
+          workflowId,
+          runId,
+          status: this.status,
+          thresholds,
+        });
+        this.status.reports = { ...this.status.reports, html: page.html };
+      } catch (err) {
+        log.warn('deployment page not written', { error: failureMessage(err) });
+      }
+    });
   }
 }
 
@@ -319,6 +350,7 @@ function newRecord(workflowId: string, input: DeployInput): DeploymentStatus {
     risk: null,
     reports: null,
     analyses: [],
+    rounds: [],
     live: null,
     requestedBy: input.requestedBy,
     approvedBy: null,

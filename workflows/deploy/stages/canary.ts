@@ -3,12 +3,12 @@
  * every analysisInterval until it passes (a breach rolls back at the next analysis, not at the end of the step),
  * topped up with synthetic requests from the golden set while real traffic is too thin. A promote ends the steps.
  */
-import { analyseCanary, type CanaryAnalysis } from '../../../src/domain/canary';
+import { analyseCanary, measure, type CanaryAnalysis } from '../../../src/domain/canary';
 import { parseDuration } from '../../../src/domain/durations';
 import { addCanary, removeCanary } from '../../../src/domain/route-ops';
 import type { PromptResult } from '../../../src/domain/risk';
 import type { Variant } from '../../../src/router/routes';
-import type { CanaryStepRecord } from '../../../src/contracts';
+import { MAX_CANARY_ROUNDS, type CanaryRound, type CanaryStepRecord } from '../../../src/contracts';
 import { Rollback, now, type Deployment } from '../deployment';
 import type { Plan } from './plan';
 
@@ -102,7 +102,22 @@ async function analyse(dep: Deployment, step: Step, start: number, rounds: Round
   rounds.failures = analysis.verdict === 'fail' ? rounds.failures + 1 : 0;
   const record = { step: step.n, weight: step.weight, at: now(), window, synthetic: rounds.synthetic, analysis };
   dep.status.live = { ...record, consecutiveFailures: rounds.failures };
+  keepRound(dep.status.rounds, {
+    n: (dep.status.rounds.at(-1)?.n ?? 0) + 1,
+    step: step.n,
+    weight: step.weight,
+    at: record.at,
+    verdict: analysis.verdict,
+    stable: measure(stats.variants.stable),
+    canary: measure(stats.variants.canary),
+  });
   return record;
+}
+
+/** Append a round, dropping the oldest beyond MAX_CANARY_ROUNDS. */
+function keepRound(kept: CanaryRound[], round: CanaryRound): void {
+  kept.push(round);
+  if (kept.length > MAX_CANARY_ROUNDS) kept.splice(0, kept.length - MAX_CANARY_ROUNDS);
 }
 
 /** The step's verdict: its last analysis joins the record. */
