@@ -136,7 +136,7 @@ test('a good version (pinned digest) goes pre-flight → pull → validate → l
   const record = await withWorkers(async () =>
     (await start(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: digest, policy: fastPolicy })).result(),
   );
-  recordHistory(ctx.env, workflowIds.deploy(ctx.sbx.nodeId, alias), 'deploy-model-route-ops-promoted');
+  recordHistory(ctx.env, workflowIds.deploy(ctx.sbx.nodeId, alias), 'deploy-model-html-report-promoted');
   expect(record.outcome).toBe('promoted');
   expect(record.digest).toBe(digest);
   expect(record.riskTier).toBe('low');
