@@ -4,6 +4,8 @@
  */
 import { asyncLocalStorage } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
+import { gpuopsMetrics } from '../src/metrics/definitions';
+import { recordOnRuntime } from '../src/metrics/runtime';
 
 /** Heartbeat with progress details, when running inside an activity. */
 export function heartbeat(details?: unknown): void {
@@ -18,6 +20,19 @@ export function cancellationSignal(): AbortSignal | undefined {
 /** Details of the last heartbeat of a previous attempt (for resuming long activities), if any. */
 export function lastHeartbeatDetails<T>(): T | undefined {
   return asyncLocalStorage.getStore()?.info.heartbeatDetails as T | undefined;
+}
+
+/**
+ * gpuops's metric families, recorded on the worker's Runtime meter (its /metrics) with the activity's namespace,
+ * task_queue and activity_type; nowhere outside an activity.
+ */
+export function activityMetrics(): ReturnType<typeof gpuopsMetrics> {
+  const info = asyncLocalStorage.getStore()?.info;
+  return gpuopsMetrics((key, labels, value) => {
+    if (!info) return;
+    const sdkTags = { namespace: info.namespace, task_queue: info.taskQueue, activity_type: info.activityType };
+    recordOnRuntime(key, labels, value, sdkTags);
+  });
 }
 
 /** Warn through the activity logger when inside an activity, else to stderr. */

@@ -21,7 +21,7 @@ import {
   type ResticSnapshot,
   type ResticStats,
 } from '../src/hosts/restic';
-import { cancellationSignal, heartbeat, nonRetryable, warn, withHeartbeat } from './activity-context';
+import { activityMetrics, cancellationSignal, heartbeat, nonRetryable, warn, withHeartbeat } from './activity-context';
 
 /** Partial downloads never make a useful backup: Ollama's `-partial` blobs, HF's `.incomplete`, curl/wget leftovers. */
 export const PARTIAL_DOWNLOAD_EXCLUDES = ['*-partial', '*-partial-*', '*.partial', '*.incomplete', '*.part', '*.tmp'];
@@ -170,6 +170,39 @@ function localRepoPath(repository: string): string | null {
 }
 
 /** Node-side backup activities. */
+/** The restic operations timed into gpuops_restic_duration_seconds, by the `operation` label each records. */
+const TIMED_OPERATIONS = {
+  resticBackup: 'backup',
+  resticForget: 'forget',
+  resticCheck: 'check',
+  resticTestRestore: 'test-restore',
+  resticRestore: 'restore',
+} as const;
+
+/** The same activities, each timed operation recording its wall time by plan and outcome (ok or failed). */
+function timedOperations<A extends Record<keyof typeof TIMED_OPERATIONS, (input: never) => Promise<unknown>>>(
+  acts: A,
+): A {
+  const timed = { ...acts };
+  for (const [key, operation] of Object.entries(TIMED_OPERATIONS) as [keyof typeof TIMED_OPERATIONS, string][]) {
+    // Every timed operation's input names its plan (RepoInput).
+    const work = acts[key] as unknown as (input: { plan: string }) => Promise<unknown>;
+    timed[key] = (async (input: { plan: string }) => {
+      const started = performance.now();
+      let outcome = 'failed';
+      try {
+        const r = await work(input);
+        outcome = 'ok';
+        return r;
+      } finally {
+        const seconds = (performance.now() - started) / 1000;
+        activityMetrics().observe('resticDuration', { plan: input.plan, operation, outcome }, seconds);
+      }
+    }) as A[typeof key];
+  }
+  return timed;
+}
+
 export function createBackupActivities(deps: BackupActivityDeps) {
   const resolve = deps.resolvePath ?? ((p: string): string => p);
   const stagingRoot = deps.stagingRoot ?? path.join(os.tmpdir(), 'gpuops-staging');
@@ -225,7 +258,7 @@ export function createBackupActivities(deps: BackupActivityDeps) {
     }
   };
 
-  return {
+  return timedOperations({
     /**
      * Pre-check a plan's repository: reachable and opened with the password, created on first use, and (for a local
      * repository) enough free space. Idempotent: a second run finds the repository and creates nothing.
@@ -332,6 +365,9 @@ export function createBackupActivities(deps: BackupActivityDeps) {
           })
           .catch(failOnTool);
         const s = r.summary;
+        const bytes = activityMetrics();
+        bytes.add('resticBytes', { plan: input.plan, kind: 'processed' }, s.total_bytes_processed);
+        bytes.add('resticBytes', { plan: input.plan, kind: 'added' }, s.data_added);
         return {
           snapshotId: s.snapshot_id,
           filesNew: s.files_new,
@@ -437,6 +473,7 @@ export function createBackupActivities(deps: BackupActivityDeps) {
         all.update(`${path.relative(target, f)}\0${await sha256File(f)}\n`);
         bytes += (await stat(f)).size;
       }
+      activityMetrics().add('resticBytes', { plan: input.plan, kind: 'restored' }, bytes);
       return { snapshotId: snap.short_id, files: files.length, bytes, sha256: all.digest('hex') };
     },
 
@@ -451,7 +488,7 @@ export function createBackupActivities(deps: BackupActivityDeps) {
     async resticStats(input: RepoInput): Promise<ResticStats> {
       return restic(input).stats().catch(failOnTool);
     },
-  };
+  });
 }
 
 /** The node-side backup activity object. */

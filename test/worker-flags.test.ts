@@ -60,6 +60,6 @@ test('a worker started with a bad flag exits 2 at once, naming the flag', () => 
   });
   expect(r.status).toBe(2);
   expect(r.stderr).toContain(
-    'gpuops node worker: invalid arguments:\n  --nod: unknown flag (this worker takes --node <id>)',
+    'gpuops node worker: invalid arguments:\n  --nod: unknown flag (this worker takes --node <id> --metrics-listen <ip:port|off>)',
   );
 });

@@ -10,6 +10,7 @@ import type { LoadedConfig } from '../src/config/load';
 import { CONTROL_TASK_QUEUE } from '../src/contracts';
 import { runWorkerMain } from '../src/temporal/worker-main';
 import { workerDeploymentFromEnv } from '../src/temporal/versioning';
+import { workflowMetricSinks } from '../src/metrics/runtime';
 import { createControlActivities } from '../activities/control';
 
 export interface ControlWorkerOptions {
@@ -38,6 +39,8 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
       ? { workflowBundle: opts.workflowBundle }
       : { workflowsPath: require.resolve('../workflows') }),
     activities: createControlActivities(opts.loaded, opts.client ? { client: opts.client } : {}),
+    // Workflows' gpuops metrics reach the Runtime's exporter (when one is configured) through this sink.
+    sinks: workflowMetricSinks(),
     ...(opts.workerDeploymentOptions ? { workerDeploymentOptions: opts.workerDeploymentOptions } : {}),
   });
 }

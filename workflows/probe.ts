@@ -8,6 +8,7 @@ import { classifyNode, type HealthReport } from '../src/domain/classify';
 import { parseDuration } from '../src/domain/durations';
 import type { NodeObservation } from '../src/domain/health';
 import { nodeTaskQueue } from '../src/contracts';
+import { workflowMetrics } from './metrics';
 
 type NodeActivities = ReturnType<typeof nodeActivities.createNodeActivities>;
 
@@ -76,5 +77,10 @@ export async function probeNode(node: string, opts: ProbeOptions): Promise<Healt
     engines,
     disks,
   };
-  return classifyNode(observation, opts.expectedGpus === undefined ? {} : { expectedGpus: opts.expectedGpus });
+  const report = classifyNode(observation, opts.expectedGpus === undefined ? {} : { expectedGpus: opts.expectedGpus });
+  // Metrics go to the worker's exporter, not into history: no command, and nothing is recorded on replay.
+  const metrics = workflowMetrics();
+  metrics.add('probeRounds', { node, outcome: !reachable ? 'unreachable' : report.healthy ? 'healthy' : 'unhealthy' });
+  for (const p of report.problems) metrics.add('probeProblems', { node, kind: p.kind });
+  return report;
 }

@@ -24,6 +24,22 @@ const duration = z
   .regex(/^\d+(ms|s|m|h|d)$/, { message: 'must be a duration such as 500ms, 30s, 5m, 1h or 7d' })
   .describe('Duration: a number and a unit (ms, s, m, h, d).');
 
+/**
+ * An IP address and port to bind, `127.0.0.1:9464` or `[::]:9464`: the SDK's exporter binds a socket address, so a
+ * host name is refused here rather than when the worker starts.
+ */
+export const SocketAddressSchema = z.string().refine(
+  (s) => {
+    const m = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(s);
+    if (!m) return false;
+    const host = m[1] ?? m[2] ?? '';
+    const port = Number(m[3]);
+    const ip = m[1] !== undefined ? z.ipv6() : z.ipv4();
+    return ip.safeParse(host).success && port >= 1 && port <= 65535;
+  },
+  { message: 'must be an IP address and a port 1-65535, e.g. 127.0.0.1:9464 or [::]:9464 (not a host name)' },
+);
+
 export const GpuSchema = z
   .strictObject({
     index: z.int().min(0).describe('nvidia-smi index of the GPU inside the node.'),
@@ -422,6 +438,18 @@ export const ConfigSchema = z
       .describe('Where deployModel writes its risk reports (JSON + Markdown), relative to this file.'),
     backups: z.array(BackupPlanSchema).default([]).describe('Backup plans; each becomes a Temporal Schedule.'),
     notifications: z.array(NotifierSchema).default([]).describe('Where escalations and failures are sent.'),
+    metrics: z
+      .strictObject({
+        control: SocketAddressSchema.optional().describe('Where the control worker serves /metrics.'),
+        node: SocketAddressSchema.optional().describe(
+          'Where each node worker serves /metrics, on its node (one node worker per host; a second one on the same host takes --metrics-listen).',
+        ),
+        hypervisor: SocketAddressSchema.optional().describe('Where each hypervisor worker serves /metrics.'),
+      })
+      .default({})
+      .describe(
+        "Prometheus /metrics of the worker processes (the Temporal SDK's metrics and gpuops's), per worker kind; a worker's --metrics-listen <ip:port|off> overrides. Off when unset.",
+      ),
     sandbox: z
       .strictObject({
         stateDir: z.string().default('.gpuops/sandbox').describe('Where the simulated nodes keep their state.'),

@@ -8,6 +8,7 @@ import { loadConfig, type LoadedConfig } from '../config/load';
 import { ValidationError } from '../domain/validation';
 import type { Client } from '@temporalio/client';
 import { connectClient, connectWorker, resolveTargetOrDev } from './connection';
+import { METRICS_LISTEN_FLAG, metricsListenFor, prometheusExporter, type WorkerKind } from '../metrics/runtime';
 
 export interface WorkerContext<F extends WorkerFlags = WorkerFlags> {
   loaded: LoadedConfig;
@@ -65,25 +66,44 @@ export function parseWorkerFlags<F extends WorkerFlags>(
 }
 
 /**
- * The SDK logs every worker state change at INFO; operators want warnings and errors unless they ask for more
- * (GPUOPS_LOG_LEVEL=INFO|DEBUG|TRACE).
+ * Install the SDK's process-wide Runtime. The SDK logs every worker state change at INFO; operators want warnings
+ * and errors unless they ask for more (GPUOPS_LOG_LEVEL=INFO|DEBUG|TRACE). With `metricsListen` the Runtime serves
+ * Prometheus /metrics there (src/metrics/runtime.ts); an address it cannot bind is a ValidationError naming it.
  */
-export function installRuntimeLogger(env: NodeJS.ProcessEnv = process.env): void {
+export function installRuntimeLogger(env: NodeJS.ProcessEnv = process.env, metricsListen?: string): void {
   const wanted = (env.GPUOPS_LOG_LEVEL ?? 'WARN').toUpperCase();
   const level: LogLevel = (['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'] as const).find((l) => l === wanted) ?? 'WARN';
-  Runtime.install({ logger: new DefaultLogger(level) });
+  const logger = new DefaultLogger(level);
+  if (metricsListen === undefined) {
+    Runtime.install({ logger });
+    return;
+  }
+  try {
+    Runtime.install({ logger, telemetryOptions: { metrics: prometheusExporter(metricsListen) } });
+    // The exporter binds when the Runtime is created: do it now, so a taken port fails here and not mid-connect.
+    Runtime.instance();
+  } catch (err) {
+    throw new ValidationError('metrics', [`listen ${metricsListen}: ${(err as Error).message}`]);
+  }
 }
 
 export function runWorkerMain<F extends WorkerFlags>(
-  name: string,
+  kind: WorkerKind,
   flagSpec: F,
   build: (ctx: WorkerContext<F>) => Promise<Worker>,
 ): void {
-  installRuntimeLogger();
   const run = async (): Promise<number> => {
     // Flags first: a mistyped one fails at once, before the config is read or Temporal is dialled.
-    const flags = parseWorkerFlags(process.argv.slice(2), flagSpec);
+    const metricsFlag = { [METRICS_LISTEN_FLAG]: { value: 'ip:port|off' } };
+    const { [METRICS_LISTEN_FLAG]: metricsListen, ...flags } = parseWorkerFlags(process.argv.slice(2), {
+      ...flagSpec,
+      ...metricsFlag,
+    });
     const loaded = loadConfig(process.env.GPUOPS_CONFIG);
+    // Nothing has touched the Runtime yet: it is installed once the metrics address is known.
+    const listen = metricsListenFor(kind, loaded.config, metricsListen);
+    installRuntimeLogger(process.env, listen);
+    if (listen) console.log(`${kind} worker metrics on http://${listen}/metrics`);
     const target = resolveTargetOrDev(loaded.config);
     const connection = await connectWorker(target);
     let client: Client | undefined;
@@ -92,14 +112,14 @@ export function runWorkerMain<F extends WorkerFlags>(
         loaded,
         connection,
         namespace: target.namespace,
-        flags,
+        flags: flags as { [K in keyof F]?: string },
         client: async () => (client ??= await connectClient(target)),
       });
       console.log(
-        `${name} worker polling ${worker.options.taskQueue} on ${target.address} (namespace ${target.namespace})`,
+        `${kind} worker polling ${worker.options.taskQueue} on ${target.address} (namespace ${target.namespace})`,
       );
       await worker.run();
-      console.log(`${name} worker stopped`);
+      console.log(`${kind} worker stopped`);
       return 0;
     } finally {
       await client?.connection.close();
@@ -111,7 +131,7 @@ export function runWorkerMain<F extends WorkerFlags>(
       process.exitCode = code;
     },
     (err: unknown) => {
-      console.error(`gpuops ${name} worker: ${(err as Error).message}`);
+      console.error(`gpuops ${kind} worker: ${(err as Error).message}`);
       process.exitCode = err instanceof ValidationError ? 2 : 1;
     },
   );

@@ -3,6 +3,7 @@ import { upsertSearchAttributes } from '@temporalio/workflow';
 import { parseInput } from '../../src/domain/validation';
 import { BackupReportInput, SEARCH_ATTRIBUTES, type BackupReport } from '../../src/contracts';
 import { errMessage, reportActivities } from './activities';
+import { recordBackupStanding } from './run-backup';
 
 /** Read a plan's snapshots and repository size on its node (for `gpuops backup status`). Read-only. */
 export async function backupReport(rawInput: BackupReportInput): Promise<BackupReport> {
@@ -14,6 +15,7 @@ export async function backupReport(rawInput: BackupReportInput): Promise<BackupR
   try {
     const snaps = await acts.resticSnapshots(repo);
     const stats = await acts.resticStats(repo);
+    if (snaps.length > 0) recordBackupStanding(plan.id, plan.rpo, Math.max(...snaps.map((s) => Date.parse(s.time))));
     return {
       plan: plan.id,
       snapshots: snaps.map((s) => ({ id: s.short_id, time: s.time })),

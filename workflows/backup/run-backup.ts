@@ -6,11 +6,23 @@ import { ApplicationFailure, setCurrentDetails, upsertSearchAttributes, workflow
 import type { z } from 'zod';
 import type { BackupOutcome } from '../../activities/backup';
 import { parseInput } from '../../src/domain/validation';
+import { parseDuration } from '../../src/domain/durations';
+import { workflowMetrics } from '../metrics';
 import { RunBackupInput, SEARCH_ATTRIBUTES, type BackupRecord, type BackupStep } from '../../src/contracts';
 import { controlActivities, errMessage, longResticActivities, quickResticActivities } from './activities';
 
 type Input = z.output<typeof RunBackupInput>;
 type Step = BackupStep['step'];
+
+/**
+ * A plan's standing against its RPO, as gauges: the newest good backup's time and the RPO (the dashboard compares
+ * time() minus the one with the other). Set by runBackup when it succeeds and by backupReport from the snapshots.
+ */
+export function recordBackupStanding(plan: string, rpo: string, lastSuccessMs: number): void {
+  const metrics = workflowMetrics();
+  metrics.set('backupLastSuccess', { plan }, lastSuccessMs / 1000);
+  metrics.set('backupRpo', { plan }, parseDuration(rpo) / 1000);
+}
 
 /** The state of one run: its input, its activities and the record it returns (or fails with). */
 class BackupRun {
@@ -55,6 +67,10 @@ class BackupRun {
   finish(): BackupRecord {
     this.record.finishedAt = new Date(Date.now()).toISOString();
     this.record.durationMs = Date.now() - this.startedAt;
+    const plan = this.plan.id;
+    const metrics = workflowMetrics();
+    metrics.add('backupRuns', { plan, outcome: this.record.status });
+    if (this.record.status !== 'failed') recordBackupStanding(plan, this.plan.rpo, this.startedAt);
     return this.record;
   }
 

@@ -36,6 +36,7 @@ import {
   type DeployStage,
   type RollbackOutcome,
 } from '../../src/contracts';
+import { workflowMetrics } from '../metrics';
 import { Saga, failureMessage } from '../saga';
 import { deploymentActivities, type DeploymentActivities } from './activities';
 import { legacyChangeRoute } from './legacy';
@@ -298,6 +299,11 @@ export class Deployment {
   async finish(): Promise<DeploymentStatus> {
     this.finished = true;
     this.status.timings.endedAt = now();
+    const { node, alias, outcome, timings } = this.status;
+    // The stage it reached: the last one before rolling back (or promoted itself).
+    const reached = [...timings.stages].reverse().find((s) => s.stage !== 'rolling-back' && s.stage !== outcome);
+    const stage = outcome === 'promoted' ? 'promoted' : (reached?.stage ?? 'starting');
+    workflowMetrics().add('deployments', { node, alias, stage, outcome });
     if (patched(HTML_REPORT_PATCH)) await this.writePage();
     if (this.cancelled) throw this.cancelled;
     return this.status;

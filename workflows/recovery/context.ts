@@ -18,6 +18,7 @@ import { parseDuration } from '../../src/domain/durations';
 import { budgetWindowStart, incidentEvidence, recoveryBudget, summarizeReport } from '../../src/domain/incident';
 import type { LadderRung } from '../../src/domain/rungs';
 import { SEARCH_ATTRIBUTES, type IncidentRecord, type RecoverNodeInput, type RungAttempt } from '../../src/contracts';
+import { workflowMetrics } from '../metrics';
 import { probeNode } from '../probe';
 import { recoveryActivities, type RecoveryActivities } from './activities';
 
@@ -197,6 +198,9 @@ export class RecoveryContext {
     r.endedAt = this.now();
     if (r.outcome === 'no-fault-found') this.stage('no-fault-found', 'no fault found; nothing done');
     else this.stage(r.outcome, `${r.outcome} after ${r.rungs.map((a) => a.rung).join(' → ')}`);
+    const metrics = workflowMetrics();
+    metrics.add('recoveries', { node: r.node, outcome: r.outcome });
+    for (const a of r.rungs) metrics.add('recoveryRungs', { node: r.node, rung: a.rung, outcome: a.outcome });
     return r;
   }
 }
