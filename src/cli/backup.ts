@@ -2,7 +2,7 @@
  * `gpuops backup status|run|restore` and `gpuops schedules sync|list|pause|resume|trigger`. Each validates its
  * arguments (exit 2 with the field named) and prints a table, or JSON with --json.
  */
-import type { Client } from '@temporalio/client';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import { z } from 'zod';
 import { loadConfig } from '../config/load';
 import type { BackupPlanConfig, Config } from '../config/schema';
@@ -12,16 +12,19 @@ import {
   CONTROL_TASK_QUEUE,
   SEARCH_ATTRIBUTES,
   backupReportWorkflow,
+  getBackupRecordQuery,
   restoreBackupWorkflow,
   runBackupWorkflow,
   workflowIds,
   type BackupRecord,
   type RestoreRecord,
+  type WorkflowOf,
 } from '../contracts';
 import { backupInputFor, describeSync, syncSchedules, BACKUP_SCHEDULE_PREFIX } from '../temporal/schedules';
-import { executeWorkflow, workflowHandle } from '../temporal/workflows';
+import { executeWorkflow, startWorkflow, workflowHandle } from '../temporal/workflows';
 import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
-import { emit, table } from './output';
+import { followToEnd, pendingActivities, TransferMeter } from './follow';
+import { emit, FollowOutput, table } from './output';
 
 /** One row of `gpuops backup status`. */
 export interface PlanStatus extends RpoStatus {
@@ -57,14 +60,20 @@ export interface BackupCliOptions {
   timings?: { pickupTimeout?: string; heartbeatTimeout?: string };
 }
 
+/** Is `workflowId` a run of `plan`: its schedule's (`backup:<plan>-<time>`) or a manual one (`backup:<plan>:manual-…`)? */
+function isRunOf(plan: string, workflowId: string): boolean {
+  const prefix = workflowIds.backupSchedule(plan);
+  if (!workflowId.startsWith(prefix)) return false;
+  const rest = workflowId.slice(prefix.length);
+  return rest === '' || /^[-:]/.test(rest); // backup:a must not match backup:ab-…
+}
+
 async function lastVerify(client: Client, plan: BackupPlanConfig): Promise<PlanStatus['lastVerify']> {
   const query = `WorkflowType = '${runBackupWorkflow.workflowType}' AND ${SEARCH_ATTRIBUTES.node.name} = '${plan.node}' AND ExecutionStatus != 'Running'`;
   let n = 0;
   for await (const wf of client.workflow.list({ query })) {
     if (++n > 50) break;
-    if (!wf.workflowId.startsWith(workflowIds.backupSchedule(plan.id))) continue;
-    const rest = wf.workflowId.slice(workflowIds.backupSchedule(plan.id).length);
-    if (rest !== '' && !/^[-:]/.test(rest)) continue; // backup:a must not match backup:ab-…
+    if (!isRunOf(plan.id, wf.workflowId)) continue;
     const at = (wf.closeTime ?? wf.startTime).toISOString();
     if (wf.status.name === 'COMPLETED') {
       const r = await workflowHandle(client, runBackupWorkflow, wf.workflowId, wf.runId).result();
@@ -130,20 +139,69 @@ export function renderStatus(rows: PlanStatus[]): string {
   );
 }
 
-/** Run a plan now (outside its schedule) and wait for its record. */
-export async function runPlanNow(
+type BackupHandle = WorkflowHandle<WorkflowOf<typeof runBackupWorkflow>>;
+
+/** Start a run of a plan now (outside its schedule). */
+export async function startPlanNow(
   client: Client,
   config: Config,
   plan: string,
   opts: BackupCliOptions = {},
-): Promise<BackupRecord> {
+): Promise<BackupHandle> {
   const p = requirePlan(config, plan);
   const input = { ...backupInputFor(config, p), ...(opts.timings ? { timings: opts.timings } : {}) };
-  return executeWorkflow(client, runBackupWorkflow, input, {
+  return startWorkflow(client, runBackupWorkflow, input, {
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
     workflowId: `${workflowIds.backupSchedule(p.id)}:manual-${new Date().toISOString().replace(/[:.]/g, '-')}`,
     staticSummary: `Backup ${p.id} (manual run)`,
   });
+}
+
+/** The running run of a plan (its schedule's or a manual one), from visibility; a clear error when none runs. */
+export async function runningBackup(client: Client, config: Config, plan: string): Promise<BackupHandle> {
+  const p = requirePlan(config, plan);
+  // Not by GpuopsNode: a run no worker has picked up yet has not set it. Running backups are few.
+  const query = `WorkflowType = '${runBackupWorkflow.workflowType}' AND ExecutionStatus = 'Running'`;
+  for await (const wf of client.workflow.list({ query })) {
+    if (isRunOf(p.id, wf.workflowId)) return workflowHandle(client, runBackupWorkflow, wf.workflowId, wf.runId);
+  }
+  throw new Error(`no backup of plan ${p.id} is running (start one with gpuops backup run ${p.id} --follow)`);
+}
+
+/** A run's record, the way `backup run` prints it. */
+const renderRecord = (r: BackupRecord): string =>
+  `${r.plan}: ${r.status}, snapshot ${r.snapshotId ?? '-'}, ${r.durationMs} ms`;
+
+/**
+ * Follow a backup run to its end: each step as it is done, restic's progress as a bar (percent and ETA; restic's
+ * heartbeat carries no byte counts), then the record. A failed run exits 1 with its reason.
+ */
+async function followBackup(h: BackupHandle, globals: GlobalOptions): Promise<void> {
+  const out = new FollowOutput(globals);
+  const meter = new TransferMeter();
+  out.once('attach', { event: 'following', workflowId: h.workflowId }, [
+    `following ${h.workflowId} (Ctrl-C stops following; the backup goes on)`,
+  ]);
+  const show = (r: BackupRecord): void =>
+    r.steps.forEach((st, n) =>
+      out.once(`step:${n}`, { event: 'step', ...st }, [`${st.ok ? 'ok' : 'FAILED'} ${st.step}: ${st.detail}`]),
+    );
+  let record: BackupRecord;
+  try {
+    record = await followToEnd(h, async () => {
+      show(await h.query(getBackupRecordQuery));
+      const a = (await pendingActivities(h)).find((x) => x.type === 'resticBackup');
+      if (!a) return out.transfer(null);
+      const view = { label: `restic backup${a.attempt > 1 ? ` (attempt ${a.attempt})` : ''}`, total: 1, bytes: false };
+      out.transfer(
+        meter.line('backup', { ...view, done: Number(a.details.percent ?? 0) }, a.heartbeatAt ?? Date.now()),
+      );
+    });
+    show(record);
+  } finally {
+    out.close();
+  }
+  await emit(globals, record, renderRecord, { line: true });
 }
 
 const RestoreArgs = z.strictObject({
@@ -195,15 +253,23 @@ export function registerBackupCommands(program: Program): void {
   backup
     .command('run <plan>')
     .description('run a plan now and print its record')
-    .action(async (plan) => {
+    .option('--follow', "print each step and restic's progress while it runs")
+    .action(async (plan, o) => {
       // Bad arguments exit 2 before any connection attempt.
       requirePlan(loadConfig(globals().config).config, plan);
       await withClient(globals(), async (client, loaded) => {
-        await emit(
-          globals(),
-          await runPlanNow(client, loaded.config, plan),
-          (r) => `${r.plan}: ${r.status}, snapshot ${r.snapshotId ?? '-'}, ${r.durationMs} ms`,
-        );
+        const h = await startPlanNow(client, loaded.config, plan);
+        if (o.follow) await followBackup(h, globals());
+        else await emit(globals(), await h.result(), renderRecord);
+      });
+    });
+  backup
+    .command('follow <plan>')
+    .description('attach to the running backup of a plan (scheduled or manual) and follow it to its end')
+    .action(async (plan) => {
+      requirePlan(loadConfig(globals().config).config, plan);
+      await withClient(globals(), async (client, loaded) => {
+        await followBackup(await runningBackup(client, loaded.config, plan), globals());
       });
     });
   backup

@@ -1,5 +1,4 @@
 /** `gpuops deploy | promote | approve | rollback`: start and steer deployModel (ID deploy:<node>:<alias>). */
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
@@ -7,7 +6,6 @@ import {
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
-import { defaultPayloadConverter } from '@temporalio/common';
 import { z } from 'zod';
 import { ValidationError } from '../domain/validation';
 import {
@@ -23,7 +21,16 @@ import {
 import { startWorkflow, workflowHandle } from '../temporal/workflows';
 import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
 import { requireNode } from './nodes';
-import { emit, progress } from './output';
+import {
+  followToEnd,
+  gpuopsCommand,
+  pendingActivities,
+  requireRunning,
+  TransferMeter,
+  type PendingActivity,
+} from './follow';
+import { emit, FollowOutput } from './output';
+import { formatDuration } from './progress-bar';
 
 export { runningDeployments, type DeploymentRow } from './deployments';
 
@@ -36,6 +43,7 @@ const DeployArgs = z.strictObject({
   follow: z.boolean().default(false),
   safetyProbes: z.boolean().default(true),
 });
+const FollowArgs = z.strictObject({ node: z.string().min(1, { message: 'is required (--node)' }) });
 const SteerArgs = z.strictObject({
   node: z.string().min(1, { message: 'is required (--node)' }),
   by: z.string().min(1).max(200).optional(),
@@ -55,27 +63,82 @@ function line(s: DeploymentStatus): string {
 
 const MiB = 1024 * 1024;
 
+/** The pending pull or canary slot load (its heartbeats), if one runs. */
+async function pendingLoad(h: WorkflowHandle): Promise<PendingActivity | null> {
+  return (await pendingActivities(h)).find((a) => a.type === 'pullModel' || a.type === 'loadCanarySlot') ?? null;
+}
+
+const attemptOf = (a: PendingActivity): string => (a.attempt > 1 ? ` (attempt ${a.attempt})` : '');
+
+/** A canary slot load as one line: phase, time so far, the engine's last log line. */
+function slotProgress(a: PendingActivity): string {
+  const beat = a.details;
+  return `canary slot ${String(beat.phase ?? 'starting')} ${Math.round(Number(beat.elapsedMs ?? 0) / 1000)}s${attemptOf(a)}${beat.lastLog ? `: ${String(beat.lastLog)}` : ''}`;
+}
+
 /**
  * Progress of the running pull (or canary slot load), from the heartbeat details of the pending activity — what the
  * Temporal UI shows under Pending Activities. Null when none is running.
  */
 export async function pullProgress(h: WorkflowHandle): Promise<string | null> {
-  const d = await h.describe();
-  for (const a of d.raw.pendingActivities ?? []) {
-    const type = a.activityType?.name;
-    if (type !== 'pullModel' && type !== 'loadCanarySlot') continue;
-    const payload = a.heartbeatDetails?.payloads?.[0];
-    const beat = payload ? (defaultPayloadConverter.fromPayload(payload) as Record<string, unknown>) : {};
-    const attempt = a.attempt && a.attempt > 1 ? ` (attempt ${a.attempt})` : '';
-    if (type === 'pullModel') {
-      const done = Number(beat.completedBytes ?? 0);
-      const total = Number(beat.totalBytes ?? 0);
-      const pct = total > 0 ? ` ${((done / total) * 100).toFixed(1)}%` : '';
-      return `pull ${String(beat.status ?? 'starting')}:${pct} ${(done / MiB).toFixed(0)}/${(total / MiB).toFixed(0)} MiB${attempt}`;
-    }
-    return `canary slot ${String(beat.phase ?? 'starting')} ${Math.round(Number(beat.elapsedMs ?? 0) / 1000)}s${attempt}${beat.lastLog ? `: ${String(beat.lastLog)}` : ''}`;
+  const a = await pendingLoad(h);
+  if (!a) return null;
+  if (a.type === 'loadCanarySlot') return slotProgress(a);
+  const done = Number(a.details.completedBytes ?? 0);
+  const total = Number(a.details.totalBytes ?? 0);
+  const pct = total > 0 ? ` ${((done / total) * 100).toFixed(1)}%` : '';
+  return `pull ${String(a.details.status ?? 'starting')}:${pct} ${(done / MiB).toFixed(0)}/${(total / MiB).toFixed(0)} MiB${attemptOf(a)}`;
+}
+
+/** What a waiting deployment waits for, until when, what happens then, and the commands that continue or stop it. */
+export interface Waiting {
+  for: string;
+  why: string;
+  /** ISO time the wait ends (null from a deployment started by an older gpuops, whose status does not say). */
+  until: string | null;
+  then: string;
+  commands: { what: string; command: string }[];
+}
+
+/** The wait of a deployment in awaiting-approval, awaiting-promotion or its rollback window; null in other stages. */
+export function waitingFor(s: DeploymentStatus, globals: GlobalOptions): Waiting | null {
+  const run = (verb: SteerName): string => gpuopsCommand(globals, [verb, s.alias, '--node', s.node]);
+  const stop = { what: 'stop', command: run('rollback') };
+  // A status from before waitingUntil existed has no such field.
+  const until = (s.waitingUntil as string | null | undefined) ?? null;
+  // Both gates: the Update continues, rollback stops, and without either it rolls back at `until`.
+  const gate = (verb: 'approve' | 'promote', why: string): Waiting => ({
+    for: verb,
+    why,
+    until,
+    then: 'it rolls back',
+    commands: [{ what: 'continue', command: run(verb) }, stop],
+  });
+  if (s.stage === 'awaiting-approval') {
+    const findings = (s.risk?.findings ?? []).filter((f) => f.tier === 'medium').map((f) => f.detail);
+    return gate('approve', `risk ${s.riskTier ?? 'medium'}${findings.length ? ` (${findings.join('; ')})` : ''}`);
+  }
+  if (s.stage === 'awaiting-promotion') return gate('promote', `the canary passed at ${s.weights.canary}%`);
+  if (s.stage === 'rollback-window') {
+    return {
+      for: 'the rollback window to close',
+      why: `${s.model} serves 100%; ${s.stable?.model ?? 'the old version'} stays loaded for a rollback`,
+      until: until ?? s.rollbackWindowEndsAt,
+      then: 'the old version is unloaded and the deployment ends promoted',
+      commands: [{ what: 'go back', command: run('rollback') }],
+    };
   }
   return null;
+}
+
+/** The wait as the lines under the status line; "N from now" as of `nowMs`. */
+export function renderWaiting(w: Waiting, nowMs: number): string[] {
+  const left = w.until ? ` (${formatDuration((Date.parse(w.until) - nowMs) / 1000)} from now)` : '';
+  return [
+    `  waiting for ${w.for}: ${w.why}`,
+    `  until ${w.until ?? '(not known: the deployment was started by an older gpuops)'}${left}; then ${w.then}`,
+    ...w.commands.map((c) => `  ${`${c.what}:`.padEnd(10)} ${c.command}`),
+  ];
 }
 
 type DeploymentHandle = WorkflowHandle<WorkflowOf<typeof deployModelWorkflow>>;
@@ -91,30 +154,57 @@ async function handleFor(client: Client, node: string, alias: string): Promise<D
   return h;
 }
 
-/** The status line (and the pull's progress) whenever it changes, until the deployment ends; its audit record. */
-async function follow(h: DeploymentHandle, globals: GlobalOptions): Promise<DeploymentStatus> {
-  let last = '';
-  const done = h.result().then(
-    (r) => ({ ok: true as const, r }),
-    (e: unknown) => ({ ok: false as const, e }),
-  );
-  for (;;) {
-    // An unref'd tick: once the deployment is done nothing is left waiting on a timer.
-    const r = await Promise.race([done, sleep(1000, null, { ref: false })]);
-    if (r) {
-      if (!r.ok) throw r.e;
-      return r.r;
-    }
-    try {
+/**
+ * Follow a deployment to its end: the status line whenever it changes (with what a waiting stage waits for, until
+ * when, and the commands that continue or stop it), the pull as a progress bar; then the audit record. Exits 1
+ * (after printing the record) unless it was promoted.
+ */
+async function follow(h: DeploymentHandle, globals: GlobalOptions): Promise<void> {
+  const out = new FollowOutput(globals);
+  const pull = new TransferMeter();
+  const id = h.workflowId;
+  out.once('attach', { event: 'following', workflowId: id }, [
+    `following ${id} (Ctrl-C stops following; the deployment goes on)`,
+  ]);
+  const show = (s: DeploymentStatus, load: PendingActivity | null): void => {
+    const slot = load?.type === 'loadCanarySlot' ? slotProgress(load) : null;
+    const w = waitingFor(s, globals);
+    const event = {
+      event: 'status',
+      workflowId: id,
+      stage: s.stage,
+      outcome: s.outcome,
+      riskTier: s.riskTier,
+      weights: s.weights,
+      live: s.live ? { step: s.live.step, verdict: s.live.analysis.verdict, samples: s.live.analysis.samples } : null,
+      ...(slot ? { slot } : {}),
+      waiting: w,
+    };
+    out.change(event, [`${line(s)}${slot ? `  ${slot}` : ''}`, ...(w ? renderWaiting(w, Date.now()) : [])]);
+    if (load?.type !== 'pullModel') return out.transfer(null);
+    const status = String(load.details.status ?? 'starting');
+    const total = Number(load.details.totalBytes ?? 0);
+    const view = {
+      label: `pull ${status}${attemptOf(load)}`,
+      done: Number(load.details.completedBytes ?? 0),
+      total: total > 0 ? total : null,
+      bytes: true,
+    };
+    out.transfer(pull.line(`pull ${status}`, view, load.heartbeatAt ?? Date.now()));
+  };
+  let record: DeploymentStatus;
+  try {
+    record = await followToEnd(h, async () => {
       const s = await h.query(getDeploymentStatusQuery);
-      const pull = s.stage === 'pulling' || s.stage === 'loading-canary-slot' ? await pullProgress(h) : null;
-      const l = `${line(s)}${pull ? `  ${pull}` : ''}`;
-      if (l !== last) progress(globals, l);
-      last = l;
-    } catch {
-      // The workflow may be between tasks; the next tick asks again.
-    }
+      show(s, s.stage === 'pulling' || s.stage === 'loading-canary-slot' ? await pendingLoad(h) : null);
+    });
+    show(record, null); // the final stage, which the workflow enters as it ends
+  } finally {
+    out.close();
   }
+  const why = record.rollback ? `: ${record.rollback.reason}` : record.error ? `: ${record.error}` : '';
+  await emit(globals, record, (r) => `${JSON.stringify(r, null, 2)}\nfinished: ${r.outcome}${why}`, { line: true });
+  if (record.outcome !== 'promoted') throw new Error(`${id} ${record.outcome}${why}`);
 }
 
 type SteerName = 'promote' | 'approve' | 'rollback';
@@ -167,7 +257,10 @@ export function registerDeployCommands(program: Program): void {
     .option('--revision <rev>', 'HF revision (commit, branch or tag) for vLLM; a 40-hex commit counts as pinned')
     .option('--policy <name>', 'deployment policy from gpuops.yaml (default: "default", else built-in defaults)')
     .option('--no-safety-probes', 'skip the jailbreak / PII probes (risk becomes at least medium: needs approve)')
-    .option('--follow', 'print progress until the deployment ends')
+    .option(
+      '--follow',
+      'print progress, what a waiting stage waits for, until the deployment ends (exit 1 unless promoted)',
+    )
     .action(async (alias, model, opts) => {
       const a = parseOptions(DeployArgs, opts);
       await withClient(globals(), async (client, loaded) => {
@@ -206,20 +299,34 @@ export function registerDeployCommands(program: Program): void {
         }).catch((err: unknown) => {
           if (err instanceof WorkflowExecutionAlreadyStartedError) {
             throw new Error(
-              `${id} is already running: one deployment per alias at a time (see it with gpuops status, end it with gpuops rollback ${alias} --node ${a.node})`,
+              `${id} is already running: one deployment per alias at a time (follow it with ${gpuopsCommand(globals(), ['follow', alias, '--node', a.node])}, end it with ${gpuopsCommand(globals(), ['rollback', alias, '--node', a.node])})`,
             );
           }
           throw err;
         });
-        if (a.follow) {
-          await emit(globals(), await follow(h, globals()), (r) => `finished: ${JSON.stringify(r, null, 2)}`);
-        } else {
+        if (a.follow) await follow(h, globals());
+        else {
+          const followIt = gpuopsCommand(globals(), ['follow', alias, '--node', a.node]);
           await emit(
             globals(),
             { workflowId: h.workflowId, runId: h.firstExecutionRunId },
-            (r) => `deployment ${r.workflowId} started (follow: gpuops deploy … --follow, or the UI)`,
+            (r) => `deployment ${r.workflowId} started (follow it: ${followIt}, or in the UI)`,
           );
         }
+      });
+    });
+
+  program
+    .command('follow <alias>')
+    .description('attach to the running deployment of an alias and follow it to its end (exit 1 unless promoted)')
+    .requiredOption('--node <id>', 'node of the deployment')
+    .action(async (alias, opts) => {
+      const a = parseOptions(FollowArgs, opts);
+      await withClient(globals(), async (client, loaded) => {
+        requireNode(loaded.config, a.node);
+        const h = workflowHandle(client, deployModelWorkflow, workflowIds.deploy(a.node, alias));
+        await requireRunning(h, `deployment of ${alias} on ${a.node}`);
+        await follow(h, globals());
       });
     });
 

@@ -1,7 +1,8 @@
 /**
- * The one place that knows `--json`: a command hands its result to `emit` with a text rendering, streams progress
- * through `progress`, and `main` hands any error to `reportError`. With `--json` a command's result is one JSON
- * document on stdout and a failure one JSON object on stderr; without it, the text an operator reads.
+ * The one place that knows `--json`: a command hands its result to `emit` with a text rendering, a `--follow`
+ * streams what changes through `FollowOutput`, and `main` hands any error to `reportError`. With `--json` a
+ * command's result is one JSON document on stdout (a `--follow`: JSON Lines) and a failure one JSON object on stderr;
+ * without it, the text an operator reads.
  */
 import { CommanderError } from '@commander-js/extra-typings';
 import { ValidationError } from '../domain/validation';
@@ -21,19 +22,94 @@ function writeJson(stream: NodeJS.WritableStream, value: unknown): void {
 /**
  * Print a command's result: the value as JSON with `--json`, else `renderText(value)` and a newline. The rendering
  * runs only for text, so it may fetch what only the text shows (`status` lists the deployments in progress).
+ * `line`: the JSON on one line (the last line of a `--follow` stream, whose every line is one JSON object).
  */
 export async function emit<T>(
   globals: GlobalOptions,
   value: T,
   renderText: (value: T) => string | Promise<string>,
+  opts: { line?: boolean } = {},
 ): Promise<void> {
-  if (globals.json) writeJson(process.stdout, value);
+  if (globals.json && opts.line) process.stdout.write(`${JSON.stringify(value)}\n`);
+  else if (globals.json) writeJson(process.stdout, value);
   else process.stdout.write(`${await renderText(value)}\n`);
 }
 
-/** A progress line for the operator watching (`deploy --follow`); none with `--json`, whose stdout is the result. */
-export function progress(globals: GlobalOptions, line: string): void {
-  if (!globals.json) process.stdout.write(`${line}\n`);
+/** A transfer for {@link FollowOutput.transfer}: the view and its rendering with and without a terminal width. */
+export interface TransferLine {
+  event: Record<string, unknown>;
+  render: (width?: number) => string;
+}
+
+const CLEAR_LINE = '\r\x1b[2K';
+
+/**
+ * What `--follow` prints while a workflow runs. Text: the lines of each change, and a transfer as a bar redrawn in
+ * place when stdout is a terminal, else one plain line whenever it moves. `--json`: one JSON object per line for
+ * each change and each move of a transfer (JSON Lines); the final record follows as the last line (`emit` with
+ * `line`).
+ */
+export class FollowOutput {
+  private last: string | null = null;
+  private readonly seen = new Set<string>();
+  private lastTransfer: string | null = null;
+  private barShown = false;
+
+  constructor(
+    private readonly globals: GlobalOptions,
+    private readonly out: NodeJS.WriteStream = process.stdout,
+  ) {}
+
+  /** A bar only on a terminal, never with --json. */
+  private get tty(): boolean {
+    return !this.globals.json && this.out.isTTY;
+  }
+
+  private write(event: Record<string, unknown>, lines: string[]): void {
+    if (this.globals.json) {
+      this.out.write(`${JSON.stringify(event)}\n`);
+      return;
+    }
+    if (this.barShown) this.out.write('\n'); // the bar's last state stays above what follows
+    this.barShown = false;
+    for (const l of lines) this.out.write(`${l}\n`);
+  }
+
+  /** The state now: printed when it differs (by `key`, default the event) from the last state printed. */
+  change(event: Record<string, unknown>, lines: string[], key = JSON.stringify(event)): void {
+    if (key === this.last) return;
+    this.last = key;
+    this.write(event, lines);
+  }
+
+  /** A milestone (a rung reached, a step done): printed once per key. */
+  once(key: string, event: Record<string, unknown>, lines: string[]): void {
+    if (this.seen.has(key)) return;
+    this.seen.add(key);
+    this.write(event, lines);
+  }
+
+  /** The running transfer (null: none runs now). */
+  transfer(t: TransferLine | null): void {
+    if (t === null) {
+      if (this.barShown) this.out.write('\n');
+      this.barShown = false;
+      this.lastTransfer = null;
+      return;
+    }
+    const plain = t.render();
+    if (plain === this.lastTransfer) return;
+    this.lastTransfer = plain;
+    if (this.tty) {
+      this.out.write(`${CLEAR_LINE}${t.render(this.out.columns || 80)}`);
+      this.barShown = true;
+    } else this.write(t.event, [plain]);
+  }
+
+  /** End the stream: a bar still shown gets its newline. */
+  close(): void {
+    this.transfer(null);
+  }
 }
 
 /** What a failed command reports: its exit code, a one-line summary and, for invalid input, one line per problem. */

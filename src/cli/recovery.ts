@@ -1,24 +1,28 @@
 /** `gpuops recover | watch | maintenance`: start and steer the failure-recovery workflows. */
-import type { Client } from '@temporalio/client';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import { z } from 'zod';
 import type { Config } from '../config/schema';
 import {
+  getIncidentQuery,
   recoverNodeWorkflow,
   setMaintenanceUpdate,
   watchNodeWorkflow,
   workflowIds,
   type IncidentRecord,
   type RecoverNodeInput,
+  type WorkflowOf,
 } from '../contracts';
 import { startWorkflow, workflowHandle } from '../temporal/workflows';
 import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
 import { requireNode } from './nodes';
-import { emit, table } from './output';
+import { followToEnd, gpuopsCommand, requireRunning } from './follow';
+import { emit, FollowOutput, table } from './output';
 
 const RecoverArgs = z.strictObject({
   rung: z.enum(['restart-container', 'reset-gpu', 'restart-vm', 'escalate']).optional(),
   reason: z.string().min(1).max(2000).default('requested from the gpuops CLI'),
   wait: z.boolean().default(false),
+  follow: z.boolean().default(false),
 });
 
 const MaintenanceArgs = z
@@ -74,6 +78,81 @@ export function renderIncident(i: IncidentRecord): string {
   ].join('\n');
 }
 
+/** One thing that happened in an incident, printed once as `--follow` sees it (`event` with --json). */
+export interface IncidentMilestone {
+  key: string;
+  event: Record<string, unknown>;
+  text: string;
+}
+
+/**
+ * What the incident record shows so far, in order: the diagnosis, each rung as it starts and once it is judged (and
+ * done acting: the next rung began or the incident ended), the escalation.
+ */
+export function incidentMilestones(i: IncidentRecord): IncidentMilestone[] {
+  const out: IncidentMilestone[] = [];
+  if (i.initial) {
+    const problems = i.initial.problems.map((p) => `${p.kind} ${p.subject}: ${p.detail}`);
+    out.push({
+      key: 'diagnosis',
+      event: {
+        event: 'diagnosis',
+        node: i.node,
+        healthy: i.initial.healthy,
+        rung: i.initial.recommendedRung,
+        problems,
+      },
+      text: `diagnosis: ${i.initial.healthy ? 'healthy' : problems.join('; ')} → ${i.initial.recommendedRung}`,
+    });
+  }
+  i.rungs.forEach((r, n) => {
+    const base = { event: 'rung', node: i.node, index: n + 1, rung: r.rung };
+    out.push({ key: `rung:${n}`, event: { ...base, state: 'started' }, text: `rung ${n + 1}: ${r.rung} started` });
+    // A judged rung may still act (a healthy one undrains the engines): its line waits until the incident moves on.
+    if (!r.endedAt || (n === i.rungs.length - 1 && !i.endedAt)) return;
+    const actions = r.actions.length ? ` (${r.actions.join('; ')})` : '';
+    out.push({
+      key: `rung:${n}:end`,
+      event: { ...base, state: r.outcome, detail: r.detail, actions: r.actions },
+      text: `rung ${n + 1}: ${r.rung} ${r.outcome}${r.detail ? `: ${r.detail}` : ''}${actions}`,
+    });
+  });
+  if (i.escalation) {
+    const e = i.escalation;
+    out.push({
+      key: 'escalation',
+      event: { event: 'escalation', node: i.node, ...e },
+      text: `escalated: ${e.detail} (notified ${e.notified.join(', ') || 'nobody'}; drained ${e.drained.join(', ') || 'nothing'})`,
+    });
+  }
+  return out;
+}
+
+type RecoveryHandle = WorkflowHandle<WorkflowOf<typeof recoverNodeWorkflow>>;
+
+/**
+ * Follow a recovery to its end: the diagnosis and each rung as it is reached and judged, then the incident record.
+ * Exits 1 (after the record) when it escalated: a human must act.
+ */
+async function followRecovery(h: RecoveryHandle, globals: GlobalOptions): Promise<void> {
+  const out = new FollowOutput(globals);
+  out.once('attach', { event: 'following', workflowId: h.workflowId }, [
+    `following ${h.workflowId} (Ctrl-C stops following; the recovery goes on)`,
+  ]);
+  const show = (i: IncidentRecord): void => {
+    for (const m of incidentMilestones(i)) out.once(m.key, m.event, [m.text]);
+  };
+  let record: IncidentRecord;
+  try {
+    record = await followToEnd(h, async () => show(await h.query(getIncidentQuery)));
+    show(record); // what happened since the last look
+  } finally {
+    out.close();
+  }
+  await emit(globals, record, renderIncident, { line: true });
+  if (record.outcome === 'escalated') throw new Error(`${h.workflowId} escalated: a human must act`);
+}
+
 export function registerRecoveryCommands(program: Program): void {
   const globals = (): GlobalOptions => program.opts();
   program
@@ -82,6 +161,7 @@ export function registerRecoveryCommands(program: Program): void {
     .option('--rung <rung>', 'start at this rung: restart-container | reset-gpu | restart-vm | escalate')
     .option('--reason <text>', 'why (kept in the incident record)')
     .option('--wait', 'wait for the incident record and print it')
+    .option('--follow', 'print the diagnosis and each rung as it is reached, then the record (exit 1 if escalated)')
     .action(async (node, opts) => {
       const args = parseOptions(RecoverArgs, opts);
       await withClient(globals(), async (client, loaded) => {
@@ -99,13 +179,30 @@ export function registerRecoveryCommands(program: Program): void {
           workflowIdConflictPolicy: 'USE_EXISTING',
           staticSummary: `Recover ${node} (gpuops recover)`,
         });
-        if (args.wait) await emit(globals(), await h.result(), renderIncident);
-        else
+        if (args.follow) await followRecovery(h, globals());
+        else if (args.wait) await emit(globals(), await h.result(), renderIncident);
+        else {
+          const followIt = gpuopsCommand(globals(), ['recovery', 'follow', node]);
           await emit(
             globals(),
             { workflowId: h.workflowId, runId: h.firstExecutionRunId },
-            (r) => `recovery ${r.workflowId} running (follow it in the UI, or: gpuops recover ${node} --wait)`,
+            (r) => `recovery ${r.workflowId} running (follow it: ${followIt}, or in the UI)`,
           );
+        }
+      });
+    });
+
+  program
+    .command('recovery')
+    .description('the running recovery of a node')
+    .command('follow <node>')
+    .description('attach to the running recovery of a node and follow it to its end (exit 1 if escalated)')
+    .action(async (node) => {
+      await withClient(globals(), async (client, loaded) => {
+        requireNode(loaded.config, node);
+        const h = workflowHandle(client, recoverNodeWorkflow, workflowIds.recover(node));
+        await requireRunning(h, `recovery of ${node}`);
+        await followRecovery(h, globals());
       });
     });
 

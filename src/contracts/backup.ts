@@ -2,6 +2,7 @@
  * The backup workflows' contract: runBackup (what a plan's Schedule starts), restoreBackup and backupReport, their
  * inputs and records. Workflow-safe (zod and src/domain only).
  */
+import { defineQuery } from '@temporalio/workflow';
 import { z } from 'zod';
 import type { BackupOutcome } from '../../activities/backup';
 import { DurationSchema, gpuopsId } from '../domain/schemas';
@@ -148,6 +149,8 @@ export interface BackupReport {
   error: string | null;
 }
 
+/** Query `record` on runBackup: the record so far (the steps done, the backup's outcome once it is in). */
+export const getBackupRecordQuery = defineQuery<BackupRecord>('record');
 /** runBackup, by typed reference (a plan's Schedule `backup:<plan>` starts it). */
 export const runBackupWorkflow = workflowContract<RunBackupInput, BackupRecord>('runBackup');
 /** restoreBackup, by typed reference. ID `restore:<plan>:<snapshot>` (workflowIds.restore). */

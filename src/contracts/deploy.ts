@@ -179,6 +179,11 @@ export interface DeploymentStatus {
   promotedBy: string | null;
   /** While the old version stays loaded after promotion, ISO time; rollback until then is a route switch. */
   rollbackWindowEndsAt: string | null;
+  /**
+   * While the deployment waits (awaiting-approval, awaiting-promotion: for the Update, else it rolls back;
+   * rollback-window: for the window to close), when the wait ends, ISO time; null in every other stage.
+   */
+  waitingUntil: string | null;
   /** Who or what rolled back, and why (a breach, a refused risk tier, an operator). */
   rollback: { by: string; reason: string } | null;
   /** Undo steps of the rollback saga, in the order they ran; ok false records what could not be undone. */

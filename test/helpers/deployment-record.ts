@@ -118,6 +118,7 @@ export function deploymentRecord(
     engine: 'ollama',
     model: 'qwen2.5:0.5b-new',
     revision: null,
+    waitingUntil: null,
     stage: promoted ? 'promoted' : 'rolled-back',
     outcome: end.outcome,
     digest: 'sha256:ab',

@@ -2,13 +2,25 @@
  * runBackup: one run of a backup plan, started by its Temporal Schedule `backup:<plan>`. A `BackupRun` owns the
  * record; each step is one `attempt()` that records what happened, and any failure notifies and fails the run.
  */
-import { ApplicationFailure, setCurrentDetails, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import {
+  ApplicationFailure,
+  setCurrentDetails,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { z } from 'zod';
 import type { BackupOutcome } from '../../activities/backup';
 import { parseInput } from '../../src/domain/validation';
 import { parseDuration } from '../../src/domain/durations';
 import { workflowMetrics } from '../metrics';
-import { RunBackupInput, SEARCH_ATTRIBUTES, type BackupRecord, type BackupStep } from '../../src/contracts';
+import {
+  RunBackupInput,
+  SEARCH_ATTRIBUTES,
+  getBackupRecordQuery,
+  type BackupRecord,
+  type BackupStep,
+} from '../../src/contracts';
 import { controlActivities, errMessage, longResticActivities, quickResticActivities } from './activities';
 
 type Input = z.output<typeof RunBackupInput>;
@@ -216,6 +228,7 @@ export async function runBackup(rawInput: RunBackupInput): Promise<BackupRecord>
     { key: SEARCH_ATTRIBUTES.stage, value: 'backup' },
   ]);
   const run = new BackupRun(input);
+  setHandler(getBackupRecordQuery, () => run.record);
   const vmConfig = await prepare(run);
   const outcome = await backUp(run, vmConfig);
   await applyRetention(run);

@@ -18,6 +18,7 @@ import {
 } from '@temporalio/workflow';
 import type { Duration } from '@temporalio/common';
 import type { z } from 'zod';
+import { parseDuration } from '../../src/domain/durations';
 import { aliasesWhere, weightsAfter, type RouteOp } from '../../src/domain/route-ops';
 import { formatIssues, parseInput } from '../../src/domain/validation';
 import type { Variant } from '../../src/router/routes';
@@ -81,6 +82,9 @@ const HONOURS_ROLLBACK: ReadonlySet<DeployStage> = new Set<DeployStage>([
 
 /** The workflow's clock as an ISO time, for the record. */
 export const now = (): string => new Date(Date.now()).toISOString();
+
+/** The workflow's clock `d` (a duration such as "24h") from now, as an ISO time: when a wait of `d` ends. */
+export const fromNow = (d: string): string => new Date(Date.now() + parseDuration(d)).toISOString();
 
 const refuse = (message: string): never => {
   throw ApplicationFailure.nonRetryable(message, 'Refused');
@@ -195,9 +199,13 @@ export class Deployment {
     if (this.windowClosed) refuse('the rollback window has closed: deploy the old version again to go back');
   }
 
-  /** Enter a stage (record, timing, GpuopsStage, the UI's details); then honour a requested rollback. */
-  stage(s: DeployStage, details: string): void {
+  /**
+   * Enter a stage (record, timing, GpuopsStage, the UI's details); then honour a requested rollback. `waitingUntil`:
+   * for a stage that waits, when its wait ends (the status shows it; entering any other stage clears it).
+   */
+  stage(s: DeployStage, details: string, waitingUntil: string | null = null): void {
     this.status.stage = s;
+    this.status.waitingUntil = waitingUntil;
     this.status.timings.stages.push({ stage: s, at: now() });
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.stage, value: s }]);
     const { model, alias, node } = this.input;
@@ -333,7 +341,8 @@ export class Deployment {
   }
 }
 
-function newRecord(workflowId: string, input: DeployInput): DeploymentStatus {
+/** A deployment's record as it starts: stage `starting`, nothing done yet. */
+export function newRecord(workflowId: string, input: DeployInput): DeploymentStatus {
   return {
     workflowId,
     node: input.node,
@@ -362,6 +371,7 @@ function newRecord(workflowId: string, input: DeployInput): DeploymentStatus {
     approvedBy: null,
     promotedBy: null,
     rollbackWindowEndsAt: null,
+    waitingUntil: null,
     rollback: null,
     undo: [],
     cleanup: [],

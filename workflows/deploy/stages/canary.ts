@@ -9,7 +9,7 @@ import { addCanary, removeCanary } from '../../../src/domain/route-ops';
 import type { PromptResult } from '../../../src/domain/risk';
 import type { Variant } from '../../../src/router/routes';
 import { MAX_CANARY_ROUNDS, type CanaryRound, type CanaryStepRecord } from '../../../src/contracts';
-import { Rollback, now, type Deployment } from '../deployment';
+import { Rollback, fromNow, now, type Deployment } from '../deployment';
 import type { Plan } from './plan';
 
 /** How one canary step ended. */
@@ -155,7 +155,11 @@ async function topUp(dep: Deployment, step: Step, analysis: CanaryAnalysis, roun
 export async function awaitPromotion(dep: Deployment): Promise<void> {
   const { autoPromote, approvalTimeout } = dep.policy;
   if (dep.promotion || autoPromote) return;
-  dep.stage('awaiting-promotion', `canary passed at ${dep.status.weights.canary}%: waiting for promote`);
+  dep.stage(
+    'awaiting-promotion',
+    `canary passed at ${dep.status.weights.canary}%: waiting for promote`,
+    fromNow(approvalTimeout),
+  );
   const promoted = await dep.waitFor(() => dep.promotion !== null, approvalTimeout);
   if (!promoted) throw new Rollback('deployModel', `no promote within ${approvalTimeout}`);
 }

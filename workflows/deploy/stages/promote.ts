@@ -51,6 +51,7 @@ export async function rollbackWindow(dep: Deployment, plan: Plan): Promise<void>
   dep.stage(
     'rollback-window',
     `${dep.input.model} serves 100%; ${old.model} stays loaded until ${endsAt} for a rollback`,
+    endsAt,
   );
   // Cancelling during the window ends it early: the promotion stands (send rollback to go back).
   await dep.waitFor(() => false, windowMs, { cancelEndsWait: true });

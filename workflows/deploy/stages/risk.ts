@@ -4,7 +4,7 @@
  */
 import { workflowInfo } from '@temporalio/workflow';
 import { assessRisk as rate, type RiskTier } from '../../../src/domain/risk';
-import { Rollback, type Deployment } from '../deployment';
+import { Rollback, fromNow, type Deployment } from '../deployment';
 import type { Plan } from './plan';
 import type { Checks } from './validate';
 
@@ -51,7 +51,13 @@ export async function assessRisk(dep: Deployment, plan: Plan, checks: Checks): P
 async function approvalGate(dep: Deployment, tier: RiskTier): Promise<void> {
   const { approvalTimeout } = dep.policy;
   const needed = tier === 'medium';
-  if (needed) dep.stage('awaiting-approval', `medium risk: waiting up to ${approvalTimeout} for approve`);
+  if (needed) {
+    dep.stage(
+      'awaiting-approval',
+      `medium risk: waiting up to ${approvalTimeout} for approve`,
+      fromNow(approvalTimeout),
+    );
+  }
   const approved = await dep.waitFor(() => !needed || dep.approval !== null, approvalTimeout);
   if (!approved) throw new Rollback('deployModel', `no approve within ${approvalTimeout} for a medium-risk version`);
   if (needed) dep.status.approvedBy = dep.approval?.by ?? null;
