@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse, stringify } from 'yaml';
 import { parseConfig } from '../src/config/load';
@@ -170,9 +170,12 @@ test('`gpuops follow` attached to a medium-risk deployment prints the pull progr
 
   expect(approve.code).toBe(0);
   expect(approve.stdout).toMatch(/^approve accepted: deploy:\S+ stage=awaiting-approval risk=medium/);
-  // The follow ended with the outcome, exit 0 for promoted, and said so last.
+  // The follow ended with the outcome, exit 0 for promoted, and said so last, with the deployment page's path.
   expect(status.code).toBe(0);
-  expect(status.stdout.trimEnd().split('\n').at(-1)).toBe('finished: promoted');
+  const [finished, report] = status.stdout.trimEnd().split('\n').slice(-2);
+  expect(finished).toBe('finished: promoted');
+  expect(report).toMatch(/^report: \/.*\/deployment\.html$/);
+  expect(existsSync(report?.slice('report: '.length) ?? '')).toBe(true);
   // One plain line per move of the pull (stdout is a pipe, not a terminal): bytes, then rate and ETA.
   const pulls = status.stdout.split('\n').filter((l) => l.startsWith('pull '));
   expect(pulls.length).toBeGreaterThanOrEqual(2);

@@ -203,7 +203,10 @@ async function follow(h: DeploymentHandle, globals: GlobalOptions): Promise<void
     out.close();
   }
   const why = record.rollback ? `: ${record.rollback.reason}` : record.error ? `: ${record.error}` : '';
-  await emit(globals, record, (r) => `${JSON.stringify(r, null, 2)}\nfinished: ${r.outcome}${why}`, { line: true });
+  const page = record.reports?.html ? `\nreport: ${record.reports.html}` : '';
+  await emit(globals, record, (r) => `${JSON.stringify(r, null, 2)}\nfinished: ${r.outcome}${why}${page}`, {
+    line: true,
+  });
   if (record.outcome !== 'promoted') throw new Error(`${id} ${record.outcome}${why}`);
 }
 
