@@ -41,6 +41,7 @@ async function sandboxConfigIn(dir: string): Promise<string> {
     stateFile: at(doc.router.stateFile),
     adminTokenFile: at(doc.router.adminTokenFile),
   };
+  doc.metrics = { control: `127.0.0.1:${await port()}` };
   for (const b of doc.backups) {
     b.repository = at(b.repository);
     b.passwordFile = at(b.passwordFile);
@@ -154,5 +155,13 @@ describe('npm start, then the backup commands it prints', () => {
       out: expect.stringMatching(/^restored sandbox-1-models [0-9a-f]+ to .*verified/),
     });
     expect(readdirSync(target, { recursive: true }).length).toBeGreaterThan(0);
+
+    // gpuops up's in-process control worker serves metrics.control: the SDK's series and the backups it ran.
+    const listen = (parse(readFileSync(cfg, 'utf8')) as { metrics: { control: string } }).metrics.control;
+    expect(out).toContain(`control worker metrics on http://${listen}/metrics`);
+    const metrics = await (await fetch(`http://${listen}/metrics`)).text();
+    expect(metrics).toMatch(/^temporal_workflow_completed_total\{/m);
+    for (const plan of ['sandbox-1-models', 'sandbox-2-gpu-config'])
+      expect(metrics).toMatch(new RegExp(`^gpuops_backup_runs_total\\{[^}]*plan="${plan}"[^}]*\\} 1$`, 'm'));
   }, 240_000);
 });

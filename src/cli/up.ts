@@ -87,9 +87,11 @@ async function registerSearchAttributes(target: TemporalTarget & { address: stri
 }
 
 export async function upCommand(opts: UpOptions): Promise<void> {
-  installRuntimeLogger();
   const loaded: LoadedConfig = loadConfig(opts.config);
   const cfg = loaded.config;
+  // The in-process control worker serves the same /metrics a separate one would (metrics.control).
+  installRuntimeLogger(process.env, cfg.metrics.control);
+  if (cfg.metrics.control) log(`control worker metrics on http://${cfg.metrics.control}/metrics`);
   const configured = resolveTemporalTarget(cfg);
   const teardown: { name: string; fn: () => Promise<void> }[] = [];
   const stopAll = async (): Promise<void> => {
