@@ -6,6 +6,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -104,9 +105,12 @@ describe('npm start, then the backup commands it prints', () => {
   beforeAll(async () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-quickstart-'));
     cfg = await sandboxConfigIn(dir);
-    up = spawn(GPUOPS, ['-c', cfg, 'up'], {
-      env: { ...process.env, TEMPORAL_ADDRESS: '' },
+    // `npm start` itself, in a process group of its own as a terminal runs it, so Ctrl-C can be sent the same way.
+    up = spawn('npm', ['start'], {
+      cwd: ROOT,
+      env: { ...process.env, TEMPORAL_ADDRESS: '', GPUOPS_CONFIG: cfg },
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
     });
     up.stdout?.on('data', (b: Buffer) => (out += b.toString()));
     up.stderr?.on('data', (b: Buffer) => (out += b.toString()));
@@ -118,13 +122,15 @@ describe('npm start, then the backup commands it prints', () => {
     }
   }, 180_000);
 
-  afterAll(async () => {
-    if (up && up.exitCode === null) {
-      const exited = new Promise((r) => up.once('exit', r));
-      up.kill('SIGTERM');
-      await exited;
+  afterAll(() => {
+    // Only when a test failed before Ctrl-C: nothing of the group may outlive the file.
+    if (!up?.pid || up.exitCode !== null || up.signalCode !== null) return;
+    try {
+      process.kill(-up.pid, 'SIGKILL');
+    } catch {
+      // already gone
     }
-  }, 60_000);
+  });
 
   test('up made the password, synced both plans to Schedules and prints the backup commands under Try', () => {
     expect(out).toContain(`sandbox backups: made a restic password in ${path.join(dir, 'backups', 'restic-password')}`);
@@ -164,4 +170,35 @@ describe('npm start, then the backup commands it prints', () => {
     for (const plan of ['sandbox-1-models', 'sandbox-2-gpu-config'])
       expect(metrics).toMatch(new RegExp(`^gpuops_backup_runs_total\\{[^}]*plan="${plan}"[^}]*\\} 1$`, 'm'));
   }, 240_000);
+
+  test('Ctrl-C (SIGINT to the whole process group) stops everything in order: no process is left behind', async () => {
+    const pid = up.pid ?? 0;
+    const exited = new Promise<number | null>((resolve) => up.once('exit', (code) => resolve(code)));
+    process.kill(-pid, 'SIGINT');
+    await exited;
+    // The last of the group (workers, the dev server, the hypervisor worker) may take a moment after npm.
+    const deadline = Date.now() + 30_000;
+    const alive = (): boolean => {
+      try {
+        process.kill(-pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    while (alive() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+    expect({ groupAlive: alive(), stopped: /control worker stopped; shutting down/.test(out) }).toEqual({
+      groupAlive: false,
+      stopped: true,
+    });
+    expect(out).toMatch(/\d\d:\d\d:\d\d stopped\s*$/);
+    // The dev server was in a group of its own (so Ctrl-C reaches the workers first): gpuops stopped it.
+    const port = (parse(readFileSync(cfg, 'utf8')) as { temporal: { dev: { port: number } } }).temporal.dev.port;
+    const open = await new Promise<boolean>((resolve) => {
+      const sock = net.connect(port, '127.0.0.1');
+      sock.once('connect', () => (sock.destroy(), resolve(true)));
+      sock.once('error', () => resolve(false));
+    });
+    expect(open).toBe(false);
+  }, 60_000);
 });
