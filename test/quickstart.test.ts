@@ -1,8 +1,8 @@
 /**
- * The quick start's backups, as a newcomer runs them: `gpuops up` on the default sandbox config (examples/sandbox.yaml,
+ * The quick start, as a newcomer runs it: `npm start` on the default sandbox config (examples/sandbox.yaml,
  * moved to free ports and a temp dir so it cannot meet a running gpuops), which makes the restic password on its first
  * start and lists the backup commands under "Try"; then those commands, run as printed: a backup now, the status
- * against the RPO, and a restore of the latest snapshot.
+ * against the RPO, and a restore of the latest snapshot; then Ctrl-C, which must stop everything it started.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
