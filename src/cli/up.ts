@@ -41,6 +41,13 @@ export interface UpOptions extends GlobalOptions {
   sandbox: boolean;
 }
 
+/**
+ * The node and hypervisor workers `gpuops up` runs here share one host and one gpuops.yaml: metrics.node /
+ * metrics.hypervisor name one address per host, which only the first of them could bind. Their metrics are for
+ * workers run as services on their own hosts; these run without (the control worker's metrics.control still serves).
+ */
+const LOCAL_WORKER_METRICS = ['--metrics-listen', 'off'];
+
 const log = (line: string): void => {
   process.stdout.write(`${new Date().toISOString().slice(11, 19)} ${line}\n`);
 };
@@ -151,7 +158,7 @@ export async function upCommand(opts: UpOptions): Promise<void> {
     const sims: SandboxNode[] = [];
     const stateDir = resolveFrom(loaded.path, cfg.sandbox.stateDir);
     for (const node of sandboxNodes) {
-      const cmd = tsxCommand('workers/node.ts', ['--node', node.id]);
+      const cmd = tsxCommand('workers/node.ts', ['--node', node.id, ...LOCAL_WORKER_METRICS]);
       const sim = new SandboxNode({
         node,
         stateDir,
@@ -244,7 +251,7 @@ export async function upCommand(opts: UpOptions): Promise<void> {
       const simulated = sandboxHv.has(hv.id);
       if (!simulated && !opts.localNodeWorkers) continue;
       const env = { ...childEnv, ...(simulated ? sandboxHypervisorEnv(stateDir) : {}) };
-      const cmd = tsxCommand('workers/hypervisor.ts', ['--hypervisor', hv.id]);
+      const cmd = tsxCommand('workers/hypervisor.ts', ['--hypervisor', hv.id, ...LOCAL_WORKER_METRICS]);
       const proc = new ManagedProcess({ name: `hypervisor ${hv.id}`, ...cmd, env, log });
       proc.start();
       teardown.push({ name: `hypervisor worker ${hv.id}`, fn: () => proc.stop() });
@@ -253,7 +260,7 @@ export async function upCommand(opts: UpOptions): Promise<void> {
 
     if (opts.localNodeWorkers) {
       for (const node of cfg.nodes.filter((n) => !n.sandbox)) {
-        const cmd = tsxCommand('workers/node.ts', ['--node', node.id]);
+        const cmd = tsxCommand('workers/node.ts', ['--node', node.id, ...LOCAL_WORKER_METRICS]);
         const proc = new ManagedProcess({ name: `node ${node.id}`, ...cmd, env: childEnv, log });
         proc.start();
         teardown.push({ name: `node worker ${node.id}`, fn: () => proc.stop() });
