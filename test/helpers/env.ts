@@ -381,13 +381,23 @@ export function useSandboxEnv(opts: SandboxEnvOptions = {}): SandboxEnv {
     if (opts.sandbox) own = await ctx.sandbox(opts.sandbox);
   });
   afterAll(async () => {
-    if (env) await opts.beforeStop?.();
-    for (const s of sandboxes) {
-      await s.stop();
-      await s.sim.real.remove();
+    // Every step runs even when one before it fails (a sandbox that cannot stop must not leave the rest running);
+    // the first failure is then the hook's.
+    const steps: (() => Promise<unknown> | undefined)[] = [
+      () => (env ? opts.beforeStop?.() : undefined),
+      ...sandboxes.flatMap((s) => [() => s.stop(), () => s.sim.real.remove()]),
+      () => router?.router.close(),
+      () => env?.close(),
+    ];
+    let first: unknown;
+    for (const step of steps) {
+      try {
+        await step(); // in order: the env closes last
+      } catch (err) {
+        first ??= err;
+      }
     }
-    await router?.router.close();
-    await env?.close();
+    if (first !== undefined) throw first;
   });
   return ctx;
 }
