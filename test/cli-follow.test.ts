@@ -220,6 +220,37 @@ test('`gpuops follow` attached to a medium-risk deployment prints the pull progr
   );
 }, 120_000);
 
+test('`gpuops follow` exits 1 when the deployment does not promote, after the record and the reason', async () => {
+  const alias = routedAlias(router, sbx);
+  const pinned = `sha256:${'0'.repeat(64)}`;
+  const h = await env.client.workflow.start<typeof deployModel>('deployModel', {
+    taskQueue: env.controlQueue,
+    workflowId: workflowIds.deploy(sbx.nodeId, alias),
+    workflowIdConflictPolicy: 'FAIL',
+    // A pin that the pulled model cannot match: the pre-flight rolls it back.
+    args: [
+      {
+        node: sbx.nodeId,
+        alias,
+        engine: 'ollama',
+        model: 'qwen2.5:0.5b-good',
+        expectedDigest: pinned,
+        requestedBy: 'jest',
+      },
+    ],
+  });
+  const text = gpuops(['follow', alias, '--node', sbx.nodeId]);
+  await text.waitFor(/^following deploy:\S+ /m);
+  const control = await controlWorker(env, sbx.loaded);
+  const ended = await control.runUntil(async () => {
+    await h.result();
+    return text.exited;
+  });
+  expect(ended.code).toBe(1);
+  expect(ended.stdout).toMatch(new RegExp(`^finished: rolled-back: digest \\S+ is not the pinned ${pinned}$`, 'm'));
+  expect(ended.stderr).toContain(`rolled-back: digest`);
+}, 120_000);
+
 test('`gpuops recover --follow` joins the running recovery and prints the diagnosis and each rung until the incident record', async () => {
   injectFault(sbx.sim.store, 'engine-hang');
   await env.client.workflow.start<typeof recoverNode>('recoverNode', {
