@@ -4,7 +4,7 @@
  * hypervisor, a hung guest getting one hard reset; escalate to a human. What a rung needs of the node, and how long
  * its verification waits, are pure rules in src/domain/rungs.ts.
  */
-import { CancellationScope, isCancellation, patched } from '@temporalio/workflow';
+import { ActivityFailure, CancellationScope, TimeoutFailure, isCancellation, patched } from '@temporalio/workflow';
 import type { NodeFacts } from '../../activities/recovery';
 import type { HealthReport } from '../../src/domain/classify';
 import { parseDuration } from '../../src/domain/durations';
@@ -111,9 +111,20 @@ async function resetOneGpu(ctx: RecoveryContext, attempt: RungAttempt, index: nu
 const ONE_HARD_RESET = 'hung-guest-one-hard-reset';
 
 /**
+ * A reboot whose activity timed out (the control worker running it died, or its answer was lost) may well have
+ * happened: runs since this patch wait for the node instead of hard-resetting at once, and the boot-timeout check
+ * still resets a guest that does not come back. Runs begun before it reset at once; their histories replay that way.
+ */
+const REBOOT_UNKNOWN_WAITS = 'reboot-timeout-waits-for-boot';
+
+/** The activity timed out: whatever it asked for may or may not have been done. */
+const outcomeUnknown = (err: unknown): boolean => err instanceof ActivityFailure && err.cause instanceof TimeoutFailure;
+
+/**
  * Restart the VM through its hypervisor and wait for the node to come back. The hung-guest rule (hardResetDue) is
- * asked twice, here only: after the reboot (refused or timed out: hard reset) and after the boot timeout (still
- * unreachable and not reset yet: hard reset) — one hard reset, never a loop.
+ * asked twice, here only: after the reboot (refused, or its task timed out: hard reset; its activity timed out, so it
+ * may have happened: wait) and after the boot timeout (still unreachable and not reset yet: hard reset) — one hard
+ * reset, never a loop.
  */
 const restartVm: RungPlay = async (ctx, attempt) => {
   const vm = ctx.facts.vm;
@@ -124,11 +135,13 @@ const restartVm: RungPlay = async (ctx, attempt) => {
     await power(ctx, attempt, vm, 'reset');
   };
   await ctx.actions(attempt, async () => {
+    let unknown = false;
     guest.rebootOk = await power(ctx, attempt, vm, 'reboot').catch((err: unknown) => {
       if (isCancellation(err)) throw err;
+      unknown = outcomeUnknown(err) && patched(REBOOT_UNKNOWN_WAITS);
       return false;
     });
-    if (hardResetDue(guest, null)) await hardReset();
+    if (!unknown && hardResetDue(guest, null)) await hardReset();
     return true;
   });
   let report = await verifyAfter(ctx, attempt, 'restart-vm');
