@@ -72,6 +72,16 @@ afterAll(async () => {
   await env?.close();
 });
 
+/** deployModel of `alias` on the sandbox's Ollama, on this file's control queue (no worker runs it until a test says). */
+function startDeployment(alias: string, input: Omit<Parameters<typeof deployModel>[0], 'node' | 'alias' | 'engine'>) {
+  return env.client.workflow.start<typeof deployModel>('deployModel', {
+    taskQueue: env.controlQueue,
+    workflowId: workflowIds.deploy(sbx.nodeId, alias),
+    workflowIdConflictPolicy: 'FAIL',
+    args: [{ node: sbx.nodeId, alias, engine: 'ollama', ...input }],
+  });
+}
+
 interface Cli {
   /** What it printed on stdout so far. */
   out(): string;
@@ -115,29 +125,19 @@ test('`gpuops follow` attached to a medium-risk deployment prints the pull progr
   SandboxStore.forNode(sbx.loaded.config.sandbox.stateDir, sbx.nodeId).update((st) => {
     st.sim.bytesPerSec = 80 * 1024 ** 2;
   });
-  const h = await env.client.workflow.start<typeof deployModel>('deployModel', {
-    taskQueue: env.controlQueue,
-    workflowId: workflowIds.deploy(sbx.nodeId, alias),
-    workflowIdConflictPolicy: 'FAIL',
-    args: [
-      {
-        node: sbx.nodeId,
-        alias,
-        engine: 'ollama',
-        model: 'qwen2.5:0.5b-lax',
-        expectedDigest: defaultLibrary()['qwen2.5:0.5b-lax']?.digest ?? '',
-        requestedBy: 'jest',
-        pullHeartbeatTimeout: '2s',
-        policy: {
-          canarySteps: [50],
-          stepDuration: '2s',
-          analysisInterval: '1s',
-          minSamples: 10,
-          rollbackWindow: '1s',
-          approvalTimeout: '10m',
-        },
-      },
-    ],
+  const h = await startDeployment(alias, {
+    model: 'qwen2.5:0.5b-lax',
+    expectedDigest: defaultLibrary()['qwen2.5:0.5b-lax']?.digest ?? '',
+    requestedBy: 'jest',
+    pullHeartbeatTimeout: '2s',
+    policy: {
+      canarySteps: [50],
+      stepDuration: '2s',
+      analysisInterval: '1s',
+      minSamples: 10,
+      rollbackWindow: '1s',
+      approvalTimeout: '10m',
+    },
   });
   // Attached before any worker runs it, so nothing is missed; a second follower streams JSON Lines.
   const text = gpuops(['follow', alias, '--node', sbx.nodeId]);
@@ -223,22 +223,8 @@ test('`gpuops follow` attached to a medium-risk deployment prints the pull progr
 test('`gpuops follow` exits 1 when the deployment does not promote, after the record and the reason', async () => {
   const alias = routedAlias(router, sbx);
   const pinned = `sha256:${'0'.repeat(64)}`;
-  const h = await env.client.workflow.start<typeof deployModel>('deployModel', {
-    taskQueue: env.controlQueue,
-    workflowId: workflowIds.deploy(sbx.nodeId, alias),
-    workflowIdConflictPolicy: 'FAIL',
-    // A pin that the pulled model cannot match: the pre-flight rolls it back.
-    args: [
-      {
-        node: sbx.nodeId,
-        alias,
-        engine: 'ollama',
-        model: 'qwen2.5:0.5b-good',
-        expectedDigest: pinned,
-        requestedBy: 'jest',
-      },
-    ],
-  });
+  // A pin that the pulled model cannot match: the pre-flight rolls it back.
+  const h = await startDeployment(alias, { model: 'qwen2.5:0.5b-good', expectedDigest: pinned, requestedBy: 'jest' });
   const text = gpuops(['follow', alias, '--node', sbx.nodeId]);
   await text.waitFor(/^following deploy:\S+ /m);
   const control = await controlWorker(env, sbx.loaded);
