@@ -7,7 +7,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Worker } from '@temporalio/worker';
 import { historyFromJSON } from '@temporalio/common/lib/proto-utils';
+import { randomBytes } from 'node:crypto';
 import { workflowIds } from '../src/contracts';
+import { EncryptionCodec, dataConverterWith } from '../src/temporal/codec';
 import { workflowBundle } from './helpers/env';
 
 const dir = path.join(__dirname, 'histories');
@@ -48,3 +50,18 @@ test.each(files)('replays %s without nondeterminism', async (file) => {
     Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, history, workflowId),
   ).resolves.toBeUndefined();
 });
+
+test.each(files.filter((f) => /^(deploy-model-promoted|run-backup-ok|recover-node-xid79-reboot)\.json$/.test(f)))(
+  'replays %s through a worker with the payload codec (its plaintext payloads pass through)',
+  async (file) => {
+    const json = JSON.parse(readFileSync(path.join(dir, file), 'utf8')) as StartedHistoryJson;
+    const codec = new EncryptionCodec(new Map([['k1', randomBytes(32)]]), 'k1');
+    await expect(
+      Worker.runReplayHistory(
+        { workflowBundle: await workflowBundle(), dataConverter: dataConverterWith(codec) },
+        historyFromJSON(json),
+        workflowIdFor(file, json),
+      ),
+    ).resolves.toBeUndefined();
+  },
+);

@@ -6,6 +6,8 @@
 import os from 'node:os';
 import { Worker, type NativeConnection, type WorkerDeploymentOptions, type WorkflowBundle } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
+import { gpuopsDataConverter } from '../src/temporal/codec';
 import type { LoadedConfig } from '../src/config/load';
 import { CONTROL_TASK_QUEUE } from '../src/contracts';
 import { runWorkerMain } from '../src/temporal/worker-main';
@@ -17,7 +19,10 @@ export interface ControlWorkerOptions {
   connection: NativeConnection;
   namespace: string;
   loaded: LoadedConfig;
-  /** A prebuilt bundle (tests build it once per file); otherwise workflows/ is bundled at start. */
+  /**
+   * A prebuilt bundle (tests build it once per file); otherwise workflows/ is bundled at start. With encryption, build
+   * it with the data converter's failureConverterPath, or failures raised by workflow code are stored in clear.
+   */
   workflowBundle?: WorkflowBundle;
   taskQueue?: string;
   /** For activities that query Temporal itself (the recovery budget counts recent recoverNode runs). */
@@ -27,9 +32,12 @@ export interface ControlWorkerOptions {
    * unversioned when absent. The entrypoint takes it from GPUOPS_WORKER_DEPLOYMENT / GPUOPS_WORKER_BUILD_ID.
    */
   workerDeploymentOptions?: WorkerDeploymentOptions;
+  /** The payload codec and failure converter; default the config's (gpuopsDataConverter). */
+  dataConverter?: DataConverter | undefined;
 }
 
 export async function createControlWorker(opts: ControlWorkerOptions): Promise<Worker> {
+  const dataConverter = opts.dataConverter ?? gpuopsDataConverter(opts.loaded);
   return Worker.create({
     connection: opts.connection,
     namespace: opts.namespace,
@@ -42,6 +50,7 @@ export async function createControlWorker(opts: ControlWorkerOptions): Promise<W
     // Workflows' gpuops metrics reach the Runtime's exporter (when one is configured) through this sink.
     sinks: workflowMetricSinks(),
     ...(opts.workerDeploymentOptions ? { workerDeploymentOptions: opts.workerDeploymentOptions } : {}),
+    ...(dataConverter ? { dataConverter } : {}),
   });
 }
 

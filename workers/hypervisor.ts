@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import { Worker, type NativeConnection } from '@temporalio/worker';
+import type { DataConverter } from '@temporalio/common';
 import type { HypervisorConfig } from '../src/config/schema';
 import { ValidationError } from '../src/domain/validation';
 import { hypervisorTaskQueue } from '../src/contracts';
@@ -14,6 +15,8 @@ import { createHypervisorActivities } from '../activities/hypervisor';
 export interface HypervisorWorkerOptions {
   connection: NativeConnection;
   namespace: string;
+  /** The config's payload codec (gpuopsDataConverter) when temporal.encryption is set. */
+  dataConverter?: DataConverter | undefined;
   hypervisor: Extract<HypervisorConfig, { type: 'qm' }>;
 }
 
@@ -24,6 +27,7 @@ export async function createHypervisorWorker(opts: HypervisorWorkerOptions): Pro
     taskQueue: hypervisorTaskQueue(opts.hypervisor.id),
     identity: `gpuops-hypervisor-${opts.hypervisor.id}@${os.hostname()}:${process.pid}`,
     activities: createHypervisorActivities(opts.hypervisor),
+    ...(opts.dataConverter ? { dataConverter: opts.dataConverter } : {}),
   });
 }
 
@@ -39,6 +43,11 @@ if (require.main === module) {
         `--hypervisor: must be the id of a hypervisor of type qm (${qmHosts.map((h) => h.id).join(', ') || 'none configured'}; got ${id ? `"${id}"` : 'nothing'})`,
       ]);
     }
-    return createHypervisorWorker({ connection: ctx.connection, namespace: ctx.namespace, hypervisor: hv });
+    return createHypervisorWorker({
+      connection: ctx.connection,
+      namespace: ctx.namespace,
+      dataConverter: ctx.dataConverter,
+      hypervisor: hv,
+    });
   });
 }

@@ -6,6 +6,7 @@
  */
 import os from 'node:os';
 import { Worker, type NativeConnection } from '@temporalio/worker';
+import type { DataConverter } from '@temporalio/common';
 import type { NodeConfig } from '../src/config/schema';
 import { ValidationError } from '../src/domain/validation';
 import { nodeTaskQueue } from '../src/contracts';
@@ -15,6 +16,8 @@ import { createNodeActivities } from '../activities/node';
 export interface NodeWorkerOptions {
   connection: NativeConnection;
   namespace: string;
+  /** The config's payload codec (gpuopsDataConverter) when temporal.encryption is set. */
+  dataConverter?: DataConverter | undefined;
   node: NodeConfig;
   /** gpuops.yaml path: relative paths in the node's config resolve from its directory. */
   configPath?: string;
@@ -29,6 +32,7 @@ export async function createNodeWorker(opts: NodeWorkerOptions): Promise<Worker>
     activities: createNodeActivities(opts.node, opts.configPath ? { configPath: opts.configPath } : {}),
     // Probes and container actions are short; a node has few cores to spare next to its engines.
     maxConcurrentActivityTaskExecutions: 16,
+    ...(opts.dataConverter ? { dataConverter: opts.dataConverter } : {}),
   });
 }
 
@@ -43,6 +47,7 @@ if (require.main === module) {
     return createNodeWorker({
       connection: ctx.connection,
       namespace: ctx.namespace,
+      dataConverter: ctx.dataConverter,
       node,
       configPath: ctx.loaded.path,
     });

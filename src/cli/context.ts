@@ -5,6 +5,7 @@ import type { z } from 'zod';
 import { loadConfig, type LoadedConfig } from '../config/load';
 import { parseOrThrow } from '../domain/validation';
 import { connectClient, resolveTargetOrDev } from '../temporal/connection';
+import { gpuopsDataConverter } from '../temporal/codec';
 
 /** The options every command takes (`gpuops -c FILE --json …`). */
 export interface GlobalOptions {
@@ -43,10 +44,12 @@ export async function withClient<T>(
 ): Promise<T> {
   const loaded = loadConfig(opts.config);
   const target = resolveTargetOrDev(loaded.config);
+  // Key files are read before dialling: a bad one is named as such, not as an unreachable server.
+  const dataConverter = gpuopsDataConverter(loaded);
   let client: Client;
   try {
     // An operator waiting on a dead server wants to know in seconds, not after the SDK's 10 s default.
-    client = await connectClient(target, { connectTimeoutMs: 3000 });
+    client = await connectClient(target, { connectTimeoutMs: 3000, dataConverter });
     await client.connection.workflowService.getSystemInfo({});
   } catch (err) {
     throw new Error(

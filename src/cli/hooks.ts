@@ -14,7 +14,7 @@ const HooksArgs = z.strictObject({
 });
 
 /** Resolves on the first SIGINT or SIGTERM, and stops listening for both. */
-function untilSignal(): Promise<NodeJS.Signals> {
+export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
     const on = (sig: NodeJS.Signals): void => {
       process.off('SIGINT', on);

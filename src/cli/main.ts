@@ -5,6 +5,7 @@
  */
 import { createProgram, type Program } from './context';
 import { registerBackupCommands } from './backup';
+import { registerCodecServerCommand } from './codec-server';
 import { registerConfigCommands } from './config';
 import { registerDeployCommands } from './deploy';
 import { registerHooksCommand } from './hooks';
@@ -29,6 +30,7 @@ export function buildProgram(): Program {
   registerBackupCommands(program);
   registerRouterCommand(program);
   registerHooksCommand(program);
+  registerCodecServerCommand(program);
   return program;
 }
 

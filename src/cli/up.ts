@@ -21,6 +21,8 @@ import {
   type TemporalTarget,
 } from '../temporal/connection';
 import { startDevServer } from '../temporal/dev-server';
+import { gpuopsDataConverter } from '../temporal/codec';
+import { startConfiguredCodecServer } from '../temporal/codec-server';
 import { installRuntimeLogger } from '../temporal/worker-main';
 import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandbox/node';
 import { initialSandboxModel } from '../sandbox/state';
@@ -113,6 +115,16 @@ export async function upCommand(opts: UpOptions): Promise<void> {
 
   try {
     log(`config: ${loaded.path}`);
+    // Key files are read now: a bad one stops gpuops before anything starts.
+    const dataConverter = gpuopsDataConverter(loaded);
+    // With encryption.codecServer set, the codec server runs here and the embedded UI decodes through it. The UI
+    // is reached as localhost: the codec server is given to it by that name, so its login cookie is same-site.
+    let codecUrl: string | undefined;
+    if (cfg.temporal.encryption?.codecServer) {
+      const codec = await startConfiguredCodecServer(loaded, {}, log);
+      teardown.push({ name: 'codec server', fn: () => codec.close() });
+      codecUrl = codec.url.replace(/^http:\/\/127\.0\.0\.1:/, 'http://localhost:');
+    }
     let target: TemporalTarget & { address: string };
     let uiUrl: string | null = null;
     if (configured.address === null) {
@@ -126,6 +138,7 @@ export async function upCommand(opts: UpOptions): Promise<void> {
         dbFile,
         logFile: path.join(path.dirname(dbFile), 'temporal.log'),
         namespace: configured.namespace,
+        ...(codecUrl ? { uiCodecEndpoint: codecUrl } : {}),
       });
       teardown.push({ name: 'Temporal dev server', fn: () => server.stop() });
       target = { ...configured, address: server.address };
@@ -269,10 +282,17 @@ export async function upCommand(opts: UpOptions): Promise<void> {
     }
     const remote = cfg.nodes.filter((n) => !n.sandbox && !opts.localNodeWorkers);
 
-    const client = await connectClient(target);
+    const client = await connectClient(target, { dataConverter });
     teardown.push({ name: 'Temporal client', fn: () => client.connection.close() });
-    const worker = await createControlWorker({ connection, namespace: target.namespace, loaded, client });
+    const worker = await createControlWorker({
+      connection,
+      namespace: target.namespace,
+      loaded,
+      client,
+      dataConverter,
+    });
     started.unshift(`control worker on ${CONTROL_TASK_QUEUE} (all workflows)`);
+    if (codecUrl) started.push(`codec server ${codecUrl} (payloads encrypted; browsers log in at ${codecUrl}/login)`);
     // Backup plans become Temporal Schedules backup:<plan>; a failure here must not keep gpuops from starting.
     try {
       log(`backup schedules: ${describeSync(await syncSchedules(client, cfg))}`);

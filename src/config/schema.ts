@@ -212,6 +212,59 @@ export const HypervisorSchema = z
   ])
   .describe('A Proxmox host.');
 
+/** A key id: visible in every encrypted payload's metadata (encryption-key-id), so never a secret. */
+const keyId = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, { message: 'must be 1-64 letters, digits, ".", "_" or "-"' });
+
+export const EncryptionSchema = z
+  .strictObject({
+    keys: z
+      .array(
+        z.strictObject({
+          id: keyId.describe('Key id, stored in clear in each payload it encrypts (metadata encryption-key-id).'),
+          file: filePath.describe(
+            'File holding the AES-256 key: 32 random bytes, base64 (`openssl rand -base64 32`); relative to this file. Read by each process, never logged.',
+          ),
+        }),
+      )
+      .min(1, { message: 'must list at least one key' })
+      .describe('Every key that may decode; keep a retired key here until no history needs it.'),
+    encryptWith: keyId.describe('Id of the key new payloads are encrypted with (one of keys).'),
+    codecServer: z
+      .strictObject({
+        listen: z
+          .string()
+          .regex(/^[^:\s]+:\d+$/, { message: 'must be host:port' })
+          .default('127.0.0.1:8888')
+          .describe('Where `gpuops codec-server` (and `gpuops up`) serves /encode and /decode.'),
+        corsOrigins: z
+          .array(httpUrl.refine((u) => new URL(u).origin === u, { message: 'must be an origin (scheme://host:port)' }))
+          .default(['http://localhost:8233'])
+          .describe('Web UI origins allowed to call it from a browser (exact scheme://host:port).'),
+        tokenFile: filePath.describe('File holding the bearer token callers must present; relative to this file.'),
+      })
+      .optional()
+      .describe('The codec server for the Temporal UI and CLI; `gpuops up` starts it when set.'),
+  })
+  .superRefine((e, ctx) => {
+    const seen = new Set<string>();
+    e.keys.forEach((k, i) => {
+      if (seen.has(k.id))
+        ctx.addIssue({ code: 'custom', path: ['keys', i, 'id'], message: `duplicate key id "${k.id}"` });
+      seen.add(k.id);
+    });
+    if (!seen.has(e.encryptWith))
+      ctx.addIssue({
+        code: 'custom',
+        path: ['encryptWith'],
+        message: `must be the id of one of keys (${[...seen].join(', ')}); got "${e.encryptWith}"`,
+      });
+  })
+  .describe(
+    'Payload encryption (AES-256-GCM) of every workflow input, result, signal, update, query, memo and failure message gpuops stores in Temporal. Search attributes stay plaintext.',
+  );
+
 export const TemporalSchema = z
   .strictObject({
     address: z
@@ -229,6 +282,7 @@ export const TemporalSchema = z
       .optional(),
     apiKeyEnv: envName.optional().describe('Env var holding a Temporal Cloud API key.'),
     apiKeyFile: filePath.optional().describe('File holding a Temporal Cloud API key.'),
+    encryption: EncryptionSchema.optional(),
     dev: z
       .strictObject({
         port: z.int().min(1).max(65535).default(7233).describe('Embedded dev server frontend port.'),

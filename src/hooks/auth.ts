@@ -15,7 +15,7 @@ export interface HookSecrets {
 }
 
 /** Read a secret file; trailing newlines (as `echo … > file` leaves) are not part of the secret. */
-function readSecret(file: string, what: string): Buffer {
+export function readSecret(file: string, what: string): Buffer {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
@@ -42,7 +42,7 @@ export function loadHookSecrets(files: { tokenFile?: string; hmacSecretFile?: st
  * Compare two secrets in time independent of where they differ. Both sides are hashed first so that
  * timingSafeEqual gets equal lengths and the comparison does not even leak the expected length.
  */
-function sameSecret(given: Buffer, expected: Buffer): boolean {
+export function sameSecret(given: Buffer, expected: Buffer): boolean {
   const a = createHash('sha256').update(given).digest();
   const b = createHash('sha256').update(expected).digest();
   return timingSafeEqual(a, b);

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { Connection, Client } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
+import type { DataConverter } from '@temporalio/common';
 import type { Config } from '../config/schema';
 import { parseOrThrow } from '../domain/validation';
 
@@ -164,12 +165,23 @@ export function resolveTargetOrDev(
   return { ...t, address: t.address ?? `127.0.0.1:${config.temporal.dev.port}` };
 }
 
-export async function connectClient(target: TemporalTarget, opts: { connectTimeoutMs?: number } = {}): Promise<Client> {
+/**
+ * A client of the target. `dataConverter` is the config's (gpuopsDataConverter in ./codec): with temporal.encryption
+ * set, every gpuops client must encode with it, or workers could not read what it starts.
+ */
+export async function connectClient(
+  target: TemporalTarget,
+  opts: { connectTimeoutMs?: number; dataConverter?: DataConverter | undefined } = {},
+): Promise<Client> {
   const connection = await Connection.connect({
     ...connectOptions(requireAddress(target)),
     ...(opts.connectTimeoutMs ? { connectTimeout: opts.connectTimeoutMs } : {}),
   });
-  return new Client({ connection, namespace: target.namespace });
+  return new Client({
+    connection,
+    namespace: target.namespace,
+    ...(opts.dataConverter ? { dataConverter: opts.dataConverter } : {}),
+  });
 }
 
 export async function connectWorker(target: TemporalTarget): Promise<NativeConnection> {

@@ -25,6 +25,8 @@ export interface DevServerOptions {
   namespace?: string;
   headless?: boolean;
   readyTimeoutMs?: number;
+  /** The Web UI's remote codec endpoint (`--ui-codec-endpoint`): gpuops's codec server, with encryption on. */
+  uiCodecEndpoint?: string;
 }
 
 export interface DevServer {
@@ -90,6 +92,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     '--log-level',
     'warn',
     ...(opts.headless ? ['--headless'] : ['--ui-port', String(opts.uiPort)]),
+    ...(opts.uiCodecEndpoint && !opts.headless ? ['--ui-codec-endpoint', opts.uiCodecEndpoint] : []),
     ...saArgs,
   ];
   const { execa } = await loadExeca();

@@ -7,6 +7,8 @@ import { parseArgs } from 'node:util';
 import { loadConfig, type LoadedConfig } from '../config/load';
 import { ValidationError } from '../domain/validation';
 import type { Client } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
+import { gpuopsDataConverter } from './codec';
 import { connectClient, connectWorker, resolveTargetOrDev } from './connection';
 import { METRICS_LISTEN_FLAG, metricsListenFor, prometheusExporter, type WorkerKind } from '../metrics/runtime';
 
@@ -16,6 +18,8 @@ export interface WorkerContext<F extends WorkerFlags = WorkerFlags> {
   namespace: string;
   /** The worker's flags as given (each one it declares, when given). */
   flags: { [K in keyof F]?: string };
+  /** The config's data converter (the payload codec when temporal.encryption is set): the worker must use it. */
+  dataConverter: DataConverter | undefined;
   /** A Temporal client on its own connection (closed with the worker), for activities that query Temporal. */
   client(): Promise<Client>;
 }
@@ -105,6 +109,7 @@ export function runWorkerMain<F extends WorkerFlags>(
     installRuntimeLogger(process.env, listen);
     if (listen) console.log(`${kind} worker metrics on http://${listen}/metrics`);
     const target = resolveTargetOrDev(loaded.config);
+    const dataConverter = gpuopsDataConverter(loaded);
     const connection = await connectWorker(target);
     let client: Client | undefined;
     try {
@@ -113,7 +118,8 @@ export function runWorkerMain<F extends WorkerFlags>(
         connection,
         namespace: target.namespace,
         flags: flags as { [K in keyof F]?: string },
-        client: async () => (client ??= await connectClient(target)),
+        dataConverter,
+        client: async () => (client ??= await connectClient(target, { dataConverter })),
       });
       console.log(
         `${kind} worker polling ${worker.options.taskQueue} on ${target.address} (namespace ${target.namespace})`,

@@ -155,7 +155,8 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
   const { tls } = opts.configTls === false ? { tls: undefined } : testTarget(address);
   const raw = {
     ...opts.extra,
-    temporal: { address, ...(tls ? { tls } : {}) },
+    // extra.temporal (e.g. encryption) is kept; the address and TLS are the run's.
+    temporal: { ...(opts.extra?.temporal as object | undefined), address, ...(tls ? { tls } : {}) },
     ...(opts.proxmox
       ? {
           hypervisors: [
