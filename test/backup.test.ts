@@ -16,6 +16,7 @@ import { backupStatus, renderStatus, restorePlan } from '../src/cli/backup';
 import type { BackupRecord, RunBackupInput } from '../src/contracts';
 import { stringify, parse } from 'yaml';
 import { controlWorker, uniqueId, useSandboxEnv } from './helpers/env';
+import { testSecret, writeSecretFile, writeTestSecret } from './helpers/secrets';
 
 const ctx = useSandboxEnv({
   sandbox: {},
@@ -60,8 +61,9 @@ beforeAll(async () => {
     });
   });
   await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
-  writeFileSync(path.join(ctx.sbx.dir, 'hook-url'), `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook\n`);
-  writeFileSync(path.join(ctx.sbx.dir, 'pw'), 'test-repo-password\n');
+  const hookUrl = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook/${testSecret('notifier-url-token')}`;
+  writeSecretFile(path.join(ctx.sbx.dir, 'hook-url'), 'notifier-url', hookUrl);
+  writeTestSecret(path.join(ctx.sbx.dir, 'pw'), 'restic-password');
   writeModelStore(path.join(ctx.sbx.dir, 'models'));
   mkdirSync(path.join(ctx.sbx.dir, 'big'));
   writeFileSync(path.join(ctx.sbx.dir, 'big', 'weights.bin'), randomBytes(1_500_000));

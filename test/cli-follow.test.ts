@@ -30,6 +30,7 @@ import {
   type TestEnv,
   type TestSandbox,
 } from './helpers/env';
+import { writeTestSecret } from './helpers/secrets';
 
 const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
 const PLAN = 'follow-models';
@@ -47,7 +48,7 @@ beforeAll(async () => {
   const store = path.join(sbx.dir, 'store');
   mkdirSync(store);
   writeFileSync(path.join(store, 'weights.bin'), randomBytes(256 * 1024));
-  writeFileSync(path.join(sbx.dir, 'pw'), 'test-repo-password\n');
+  writeTestSecret(path.join(sbx.dir, 'pw'), 'restic-password');
   const raw = parse(readFileSync(sbx.loaded.path, 'utf8')) as Record<string, unknown>;
   raw.backups = [
     {

@@ -5,7 +5,7 @@
  * against the RPO, and a restore of the latest snapshot; then Ctrl-C, which must stop everything it started.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -54,17 +54,20 @@ async function sandboxConfigIn(dir: string): Promise<string> {
   return file;
 }
 
+/** Run the gpuops CLI as printed; its output is also kept in `cli.log` next to the config, for the secret scan. */
 async function gpuops(cfg: string, args: string[]): Promise<{ code: number; out: string }> {
-  try {
-    const r = await run(GPUOPS, ['-c', cfg, ...args], {
-      timeout: 120_000,
-      env: { ...process.env, TEMPORAL_ADDRESS: '' },
-    });
-    return { code: 0, out: r.stdout + r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` };
-  }
+  const result = await run(GPUOPS, ['-c', cfg, ...args], {
+    timeout: 120_000,
+    env: { ...process.env, TEMPORAL_ADDRESS: '' },
+  }).then(
+    (r) => ({ code: 0, out: r.stdout + r.stderr }),
+    (err: unknown) => {
+      const e = err as { code?: number; stdout?: string; stderr?: string };
+      return { code: typeof e.code === 'number' ? e.code : -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+    },
+  );
+  appendFileSync(path.join(path.dirname(cfg), 'cli.log'), `$ gpuops ${args.join(' ')}\n${result.out}\n`);
+  return result;
 }
 
 test('a sandbox plan gets a random restic password file on the first start, a real node’s plan never', () => {
@@ -123,6 +126,8 @@ describe('npm start, then the backup commands it prints', () => {
   }, 180_000);
 
   afterAll(() => {
+    // Everything `npm start` printed is its log: keep it for the secret scan (test/global-teardown.ts).
+    if (dir) writeFileSync(path.join(dir, 'up.log'), out);
     // Only when a test failed before Ctrl-C: nothing of the group may outlive the file.
     if (!up?.pid || up.exitCode !== null || up.signalCode !== null) return;
     try {

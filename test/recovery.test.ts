@@ -3,7 +3,7 @@
  * process, VM reboots go through the simulated Proxmox API and really stop and restart that worker.
  */
 import http from 'node:http';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Worker } from '@temporalio/worker';
@@ -14,6 +14,7 @@ import type { recoverNode, watchNode } from '../workflows/recovery';
 import { startRouter } from '../src/router';
 import { startHooksServer } from '../src/hooks/server';
 import { freePort } from '../src/sandbox/node';
+import { testSecret, writeSecretFile, writeTestSecret } from './helpers/secrets';
 import {
   FAST_RECOVERY,
   controlWorker,
@@ -116,9 +117,9 @@ test('a fault no rung can fix ends in drain + notification, and the record says 
     // No vm in the config: a GPU that fell off the bus cannot be fixed by gpuops, only escalated.
     const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-hook-'));
     const urlFile = path.join(dir, 'hook-url');
-    writeFileSync(urlFile, `http://127.0.0.1:${port}/alert`);
+    writeSecretFile(urlFile, 'notifier-url', `http://127.0.0.1:${port}/alert/${testSecret('notifier-url-token')}`);
     const tokenFile = path.join(dir, 'router-token');
-    writeFileSync(tokenFile, 'router-admin-secret\n');
+    writeTestSecret(tokenFile, 'router-admin-token');
     const routerPort = await freePort();
     const router = await startRouter({ port: routerPort, adminTokenFile: tokenFile });
     routers.push(router);
@@ -290,7 +291,7 @@ test('killing the control worker mid-recovery and restarting it finishes the rec
 test('Alertmanager → real recoverNode: an Xid 79 alert delivered three times reboots the VM once and recovers', async () => {
   const s = await ctx.sandbox({ proxmox: true, bootSeconds: 1 });
   const tokenFile = path.join(s.dir, 'hook-token');
-  writeFileSync(tokenFile, 'alert-token\n');
+  const token = writeTestSecret(tokenFile, 'hooks-token');
   const hooks = await startHooksServer({
     loaded: s.loaded,
     client: ctx.env.client,
@@ -332,7 +333,7 @@ test('Alertmanager → real recoverNode: an Xid 79 alert delivered three times r
       });
     expect((await post(null)).status).toBe(401);
     const incident = await withControl(s, async () => {
-      for (let i = 0; i < 3; i++) expect((await post('Bearer alert-token')).status).toBe(200);
+      for (let i = 0; i < 3; i++) expect((await post(`Bearer ${token}`)).status).toBe(200);
       return ctx.env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId)).result();
     });
     expect(incident.trigger).toMatchObject({

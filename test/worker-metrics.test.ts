@@ -19,6 +19,7 @@ import { ManagedProcess, tsxCommand } from '../src/cli/processes';
 import { freePort } from '../src/sandbox/node';
 import { backupInputFor } from '../src/temporal/schedules';
 import * as helpers from './helpers/env';
+import { writeTestSecret } from './helpers/secrets';
 import { dashboardQueries, metricNames } from './helpers/dashboard';
 import { parsePrometheusText, type PromSample } from '../src/hosts/engines/openai-compat';
 import { promtoolLint, samplesOf } from './helpers/prometheus';
@@ -53,7 +54,7 @@ function one(samples: PromSample[], name: string, labels: Record<string, string>
 
 beforeAll(async () => {
   env = await helpers.openTestEnv();
-  writeFileSync(path.join(repoDir, 'pw'), 'metrics-test-password\n');
+  writeTestSecret(path.join(repoDir, 'pw'), 'restic-password');
   nodeListen = `127.0.0.1:${await freePort()}`;
   controlListen = `127.0.0.1:${await freePort()}`;
   sbx = await helpers.startTestSandbox({ extra: { metrics: { node: nodeListen } } });

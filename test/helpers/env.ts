@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
  * Shared plumbing for workflow tests: a client and worker connection to the run-wide Temporal dev server, a
  * workflow bundle built once per test file, and sandbox nodes whose real node worker runs as a child process.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -25,6 +25,7 @@ import { createControlWorker } from '../../workers/control';
 import { connectWorker, temporalConnectOptions, type TemporalTarget } from '../../src/temporal/connection';
 import { tlsFilesIn } from '../../src/temporal/production-server';
 import { startRouter, type RouterHandle } from '../../src/router';
+import { writeTestSecret } from './secrets';
 
 // Worker state changes are logged at INFO; tests want only warnings and errors.
 Runtime.install({ logger: new DefaultLogger('WARN') });
@@ -200,13 +201,19 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
     ],
     sandbox: { stateDir: path.join(dir, 'sandbox'), bootSeconds: opts.bootSeconds ?? 1 },
   };
+  // The Proxmox API token secret is a UUID, as Proxmox makes them; the sandbox API reads it from this file.
+  if (opts.proxmox) writeTestSecret(path.join(dir, 'pve-token'), 'proxmox-token-secret', 'uuid');
   const configPath = path.join(dir, 'gpuops.yaml');
   writeFileSync(configPath, stringify(raw));
   const config = parseConfig(stringify(raw), configPath);
   const node = config.nodes[0];
   if (!node) throw new Error('no node');
   const cmd = tsxCommand('workers/node.ts', ['--node', nodeId]);
+  // The node's log (its worker's output, the simulated VM's events) and its hypervisor's, as `gpuops up` prints them:
+  // kept in the sandbox's dir for the secret scan (test/global-teardown.ts).
+  const log = (line: string): void => appendFileSync(path.join(dir, 'sandbox.log'), `${line}\n`);
   const sim = new SandboxNode({
+    log,
     node,
     stateDir: config.sandbox.stateDir,
     bootSeconds: config.sandbox.bootSeconds,
@@ -228,6 +235,7 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
         pveNode: 'pve',
         tokenId: 'root@pam!gpuops',
         tokenSecretFile: path.join(dir, 'pve-token'),
+        log: (l) => log(`[proxmox] ${l}`),
       })
     : undefined;
   let hv: ManagedProcess | undefined;
@@ -237,7 +245,7 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
       name: `hypervisor ${qmId}`,
       ...tsxCommand('workers/hypervisor.ts', ['--hypervisor', qmId]),
       env: { ...sandboxHypervisorEnv(config.sandbox.stateDir), TEMPORAL_ADDRESS: address, GPUOPS_CONFIG: configPath },
-      log: () => undefined,
+      log,
     });
     hv.start();
   }
@@ -308,7 +316,7 @@ export interface TestRouter {
 export async function startTestRouter(): Promise<TestRouter> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-router-'));
   const adminTokenFile = path.join(dir, 'router-token');
-  writeFileSync(adminTokenFile, `${randomUUID()}\n`);
+  writeTestSecret(adminTokenFile, 'router-admin-token');
   const port = await freePort();
   const router = await startRouter({ port, adminTokenFile });
   return { router, config: { router: { listen: `127.0.0.1:${port}`, adminTokenFile } } };

@@ -14,11 +14,12 @@ import { ALERTMANAGER_PATH } from '../../src/hooks/server';
 
 // ../helpers/env installs the quiet (WARN) runtime logger for every test file that uses it.
 import { openTestEnv, quietLogger, uniqueId } from '../helpers/env';
+import { testSecret, writeSecretFile } from '../helpers/secrets';
 
 export { uniqueId };
 
-export const TOKEN = 'test-bearer-token-5c1f';
-export const HMAC_SECRET = 'test-hmac-secret-9ab2';
+export const TOKEN = testSecret('hooks-token');
+export const HMAC_SECRET = testSecret('hooks-hmac-key');
 
 export interface Temporal {
   client: Client;
@@ -67,8 +68,8 @@ export function fixture(count = 2): Fixture {
   const tokenFile = path.join(dir, 'hooks-token');
   const hmacSecretFile = path.join(dir, 'hooks-hmac');
   // A trailing newline, as `echo secret > file` leaves: it must not be part of the secret.
-  writeFileSync(tokenFile, `${TOKEN}\n`);
-  writeFileSync(hmacSecretFile, `${HMAC_SECRET}\n`);
+  writeSecretFile(tokenFile, 'hooks-token', TOKEN);
+  writeSecretFile(hmacSecretFile, 'hooks-hmac-key', HMAC_SECRET);
   const nodes = Array.from({ length: count }, () => uniqueId('n'));
   const raw = {
     nodes: nodes.map((id) => ({ id })),

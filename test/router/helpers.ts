@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { RouteTableInput } from '../../src/router';
 import { mulberry32 } from '../../src/sandbox/prng';
+import { registerSecret } from '../helpers/secrets';
 
 export interface SeenRequest {
   method: string;
@@ -101,6 +102,7 @@ export function tempDir(): { dir: string; cleanup: () => void } {
 export function tokenFile(dir: string, token = 's3cret-token'): string {
   const p = path.join(dir, 'admin.token');
   writeFileSync(p, `${token}\n`, { mode: 0o600 });
+  registerSecret({ name: 'router-admin-token', value: token, file: p });
   return p;
 }
 
