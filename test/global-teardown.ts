@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs';
 import { exportHistories, type ExportResult } from './helpers/history-export';
 import { discoverConfigSecrets, formatReport, readRegistry, scanFiles } from './helpers/secret-scan';
 import { REGISTRY_FILE, RUN_DIR_ENV } from './helpers/secrets';
+import { discoverRunKeys, RunKeysDecoder } from './helpers/run-keys';
 import { findTemporalCli } from '../src/temporal/cli';
 import { tlsFilesIn } from '../src/temporal/production-server';
 
@@ -36,7 +37,7 @@ function target(address: string): { options: Parameters<typeof Connection.connec
   };
 }
 
-async function exportRunHistories(runDir: string): Promise<ExportResult> {
+async function exportRunHistories(runDir: string, decoder: RunKeysDecoder): Promise<ExportResult> {
   const address = process.env.TEMPORAL_TEST_ADDRESS;
   if (!address) throw new Error('TEMPORAL_TEST_ADDRESS is not set');
   const t = target(address);
@@ -48,6 +49,7 @@ async function exportRunHistories(runDir: string): Promise<ExportResult> {
       outDir: path.join(runDir, 'histories'),
       ...(cli ? { cli: { path: cli, args: t.cliArgs } } : {}),
       cliSample: Number(process.env.GPUOPS_SECRET_SCAN_CLI_SAMPLE ?? 5),
+      codecs: [decoder],
     });
   } finally {
     await connection.close();
@@ -69,15 +71,18 @@ export default async function globalTeardown(): Promise<void> {
   const runDir = process.env[RUN_DIR_ENV];
   let exported: ExportResult | undefined;
   let exportError: unknown;
+  // Histories a test encrypted (temporal.encryption) are decoded with the run's own keys before the scan.
+  const keys = runDir ? discoverRunKeys(runDir) : [];
+  const decoder = new RunKeysDecoder(keys);
   if (runDir && globalThis.__gpuopsTemporal?.exitCode === null) {
-    exported = await exportRunHistories(runDir).catch((err: unknown) => void (exportError = err));
+    exported = await exportRunHistories(runDir, decoder).catch((err: unknown) => void (exportError = err));
   }
   await stopServer();
   if (!runDir) return;
   const scanStarted = Date.now();
   const registered = readRegistry(runDir);
   const discovered = discoverConfigSecrets(runDir);
-  const secrets = [...registered, ...discovered];
+  const secrets = [...registered, ...discovered, ...keys.map((k) => k.secret)];
   const report = scanFiles({
     roots: [runDir],
     secrets,
@@ -87,6 +92,7 @@ export default async function globalTeardown(): Promise<void> {
     ? [
         `${exported.histories} histories (${exported.events} events, ${exported.namespaces.length} namespaces; ` +
           `${exported.cliExports} also by temporal workflow show) exported in ${s(exported.sdkMs)} + ${s(exported.cliMs)} s`,
+        `${decoder.undecodable} encrypted payloads no key of the run opened`,
       ]
     : [];
   extra.push(`scanned in ${s(Date.now() - scanStarted)} s`);

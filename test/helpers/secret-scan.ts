@@ -170,7 +170,8 @@ export interface ScanOptions {
   prefix?: string | null;
 }
 
-function* walk(p: string): Generator<string> {
+/** Every regular file under `p`, sorted; symbolic links are not followed. */
+export function* walk(p: string): Generator<string> {
   const st = lstatSync(p, { throwIfNoEntry: false });
   if (!st || st.isSymbolicLink()) return;
   if (st.isFile()) yield p;
