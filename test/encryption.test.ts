@@ -25,6 +25,7 @@ import { createControlWorker } from '../workers/control';
 import type { deployModel } from '../workflows/deploy';
 import { routedAlias } from './production/fixtures/deployments';
 import { quietLogger, testAddress, uniqueId, useSandboxEnv } from './helpers/env';
+import { writeSecretFile, writeTestSecret } from './helpers/secrets';
 
 const run = promisify(execFile);
 const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
@@ -33,13 +34,12 @@ const UI = 'http://localhost:8233';
 const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-enc-'));
 const keyFile = (name: string): string => {
   const f = path.join(dir, name);
-  writeFileSync(f, `${randomBytes(32).toString('base64')}\n`, { mode: 0o600 });
+  writeSecretFile(f, `encryption key ${name}`, randomBytes(32).toString('base64'));
   return f;
 };
 const keyA = keyFile('a.key');
 const keyB = keyFile('b.key');
-const token = randomBytes(24).toString('base64url');
-writeFileSync(path.join(dir, 'codec-token'), `${token}\n`);
+const token = writeTestSecret(path.join(dir, 'codec-token'), 'codec server token');
 const encryption = {
   keys: [{ id: 'key-a', file: keyA }],
   encryptWith: 'key-a',
@@ -136,7 +136,7 @@ beforeAll(async () => {
   const store = path.join(ctx.sbx.dir, 'store');
   mkdirSync(store);
   writeFileSync(path.join(store, 'weights.bin'), randomBytes(64 * 1024));
-  writeFileSync(path.join(ctx.sbx.dir, 'pw'), 'test-repo-password\n');
+  writeTestSecret(path.join(ctx.sbx.dir, 'pw'), 'restic password (encrypted backup plan)');
   const raw = parse(readFileSync(ctx.sbx.loaded.path, 'utf8')) as Record<string, unknown>;
   raw.backups = [
     {
