@@ -68,7 +68,8 @@ describe('canary slots', () => {
     name,
     type: 'vllm',
     url: `http://127.0.0.1:${port}`,
-    container: name,
+    // Docker names are 2 characters at least.
+    container: `${name}-ctr`,
     ...over,
   });
   /** A second node (nodes[1]) whose engines are under test, so errors name nodes[1]. */
@@ -127,8 +128,8 @@ describe('canary slots', () => {
     ],
     [
       'an engine sharing its container',
-      [vllm('a', 1, { canarySlot: 'b' }), vllm('b', 2, { container: 'a' })],
-      ['nodes[1].engines[0].canarySlot: must name an engine with a container of its own ("b" also runs in "a")'],
+      [vllm('a', 1, { canarySlot: 'b' }), vllm('b', 2, { container: 'a-ctr' })],
+      ['nodes[1].engines[0].canarySlot: must name an engine with a container of its own ("b" also runs in "a-ctr")'],
     ],
     [
       'an engine already in another pair',
@@ -158,7 +159,7 @@ describe('engine runtimes', () => {
     name: 'e',
     type: 'llamacpp',
     url: 'http://127.0.0.1:8080',
-    container: 'e',
+    container: 'eng',
     ...over,
   });
   const problems = (engines: Draft[], node: Draft = {}): string[] => {
@@ -189,7 +190,7 @@ describe('engine runtimes', () => {
       [engine({ runtime: 'process', container: '../x', process: { command: '/bin/true' } })],
       {},
       [
-        'nodes[0].engines[0].container: must be a process name: letters, digits, _ . - (it names files in tools.processDir)',
+        'nodes[0].engines[0].container: must be a process name: a letter or digit, then letters, digits, _ . - (max 128; it names files) (runtime is process)',
       ],
     ],
     [
@@ -197,20 +198,23 @@ describe('engine runtimes', () => {
       [engine({ runtime: 'systemd', container: 'ollama' })],
       {},
       [
-        'nodes[0].engines[0].container: must be a systemd service unit name such as ollama.service (runtime is systemd)',
+        'nodes[0].engines[0].container: must be a systemd service unit name: [A-Za-z0-9:_.\\-]+ then .service, or a template instance name@instance.service (runtime is systemd)',
       ],
     ],
     [
       'a container name that is a flag',
       [engine({ container: '--rm' })],
       {},
-      ['nodes[0].engines[0].container: must be a docker container name: [a-zA-Z0-9][a-zA-Z0-9_.-]*'],
+      [
+        'nodes[0].engines[0].container: must not start with "-" (it is passed to a command, which would read it as an option)',
+        'nodes[0].engines[0].container: must be a Docker container name: [a-zA-Z0-9][a-zA-Z0-9_.-]+ (2 characters at least, as dockerd checks) (runtime is docker)',
+      ],
     ],
     [
       'one name under two runtimes',
       [engine({}), engine({ name: 'f', runtime: 'process', process: { command: '/bin/true' } })],
       {},
-      ['nodes[0].engines[1].container: "e" already runs e under docker: one name cannot be a process engine too'],
+      ['nodes[0].engines[1].container: "eng" already runs e under docker: one name cannot be a process engine too'],
     ],
     [
       'a real engine on a real node',

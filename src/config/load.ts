@@ -32,7 +32,14 @@ export function parseConfig(text: string, source: string): Config {
       doc.errors.map((e) => `YAML: ${e.message.split('\n')[0] ?? e.message}`),
     );
   }
-  const r = ConfigSchema.safeParse(doc.toJS() ?? {});
+  let value: unknown;
+  try {
+    value = doc.toJS();
+  } catch (err) {
+    // yaml refuses an alias bomb ("billion laughs") here with a ReferenceError; it is still just a bad file.
+    throw new ValidationError(`config ${source}`, [`YAML: ${(err as Error).message}`]);
+  }
+  const r = ConfigSchema.safeParse(value ?? {});
   if (!r.success) throw new ValidationError(`config ${source}`, formatIssues(r.error));
   return r.data;
 }

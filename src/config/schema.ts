@@ -5,7 +5,15 @@
 import path from 'node:path';
 import { z } from 'zod';
 import { DeployPolicySchema } from '../domain/deploy-policy';
-import { ID_PATTERN } from '../domain/schemas';
+import {
+  DockerContainerNameSchema,
+  ID_PATTERN,
+  ProcessNameSchema,
+  ReadDataSubsetSchema,
+  SystemdServiceUnitSchema,
+  commandArg,
+  hasControlChars,
+} from '../domain/schemas';
 import { ENGINE_RUNTIMES } from '../hosts/runtime';
 import { cronProblems } from './cron';
 
@@ -15,7 +23,14 @@ const id = z.string().regex(ID_PATTERN, {
 const httpUrl = z
   .string()
   .refine((s) => /^https?:\/\/[^\s/]+/.test(s) && URL.canParse(s), { message: 'must be an http(s) URL' });
-const filePath = z.string().min(1, { message: 'must be a file path' });
+const filePath = z
+  .string()
+  .min(1, { message: 'must be a file path' })
+  .refine((s) => !s.includes('\u0000'), { message: 'must not contain NUL' });
+/** A path, binary or name that is passed to a command (see commandArg). */
+const arg = (what = 'must not be empty') => commandArg(z.string().min(1, { message: what }));
+/** A binary gpuops runs, by name (looked up on PATH) or path. */
+const binary = (name: string) => arg('must be a binary name or path').default(name);
 const envName = z
   .string()
   .regex(/^[A-Z_][A-Z0-9_]*$/, { message: 'must be an environment variable name (A-Z, 0-9, _)' });
@@ -40,6 +55,21 @@ export const SocketAddressSchema = z.string().refine(
   { message: 'must be an IP address and a port 1-65535, e.g. 127.0.0.1:9464 or [::]:9464 (not a host name)' },
 );
 
+/** What each runtime accepts as the engine's `container`: its own naming rule. */
+const CONTAINER_NAME: Record<(typeof ENGINE_RUNTIMES)[number], z.ZodType<string>> = {
+  docker: DockerContainerNameSchema,
+  systemd: SystemdServiceUnitSchema,
+  process: ProcessNameSchema,
+};
+
+/**
+ * Whether a value passed its own rule, so a cross-check may quote it. A value that broke its rule is already reported
+ * on its field, and is never echoed: it may be anything, a pasted secret included.
+ */
+const isId = (s: string): boolean => ID_PATTERN.test(s);
+const isContainerName = (e: { runtime: (typeof ENGINE_RUNTIMES)[number]; container: string }): boolean =>
+  CONTAINER_NAME[e.runtime].safeParse(e.container).success;
+
 export const GpuSchema = z
   .strictObject({
     index: z.int().min(0).describe('nvidia-smi index of the GPU inside the node.'),
@@ -61,30 +91,28 @@ export const EngineSchema = z
           "process (a plain process kept by gpuops's keeper, from `process`). Recovery's restart rung, standby " +
           'halves and canary slots work for each.',
       ),
-    container: z
-      .string()
-      .min(1)
-      .describe(
-        'What the runtime calls the engine: the Docker container name (docker), the unit name such as ' +
-          'ollama.service (systemd), or the process name (process).',
-      ),
+    container: arg().describe(
+      'What the runtime calls the engine: the Docker container name (docker), the unit name such as ' +
+        'ollama.service (systemd), or the process name (process).',
+    ),
     process: z
       .strictObject({
         command: z
           .string()
           .regex(/^\//, { message: 'must be an absolute path to the engine binary' })
+          .refine((s) => !hasControlChars(s), { message: 'must not contain control characters' })
           .describe('Engine binary, e.g. /usr/local/bin/llama-server.'),
         args: z.array(z.string()).default([]).describe('Its arguments (the model flags a canary slot rewrites).'),
         env: z.record(z.string(), z.string()).optional().describe('Extra environment (no secrets: use files).'),
-        cwd: z.string().optional().describe('Working directory (default: the process state directory).'),
+        cwd: arg().optional().describe('Working directory (default: the process state directory).'),
       })
       .optional()
       .describe('How to run the engine when runtime is process.'),
     real: z
       .strictObject({
-        image: z
-          .string()
-          .regex(/^[A-Za-z0-9][A-Za-z0-9._/:@-]*$/, { message: 'must be a docker image reference' })
+        image: commandArg(
+          z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/:@-]*$/, { message: 'must be a docker image reference' }),
+        )
           .optional()
           .describe('runtime docker: image the sandbox creates the container from (with --network host) when missing.'),
         args: z.array(z.string()).default([]).describe('runtime docker: the container command (engine arguments).'),
@@ -149,23 +177,18 @@ export const NodeSchema = z
       })
       .optional()
       .describe('The VM this node runs in; required for the restart-vm recovery rung.'),
-    modelStores: z
-      .array(z.string().min(1))
-      .default([])
-      .describe('Model store paths on the node (Ollama models dir, HF cache).'),
+    modelStores: z.array(arg()).default([]).describe('Model store paths on the node (Ollama models dir, HF cache).'),
     tools: z
       .strictObject({
-        docker: z.string().default('docker').describe('docker binary.'),
-        nvidiaSmi: z.string().default('nvidia-smi').describe('nvidia-smi binary.'),
-        dmesg: z.string().default('dmesg').describe('dmesg binary (Xid events are read from the kernel log).'),
-        systemctl: z.string().default('systemctl').describe('systemctl binary (engines with runtime systemd).'),
-        journalctl: z.string().default('journalctl').describe('journalctl binary (logs of runtime systemd engines).'),
-        systemdUnitDir: z
-          .string()
+        docker: binary('docker').describe('docker binary.'),
+        nvidiaSmi: binary('nvidia-smi').describe('nvidia-smi binary.'),
+        dmesg: binary('dmesg').describe('dmesg binary (Xid events are read from the kernel log).'),
+        systemctl: binary('systemctl').describe('systemctl binary (engines with runtime systemd).'),
+        journalctl: binary('journalctl').describe('journalctl binary (logs of runtime systemd engines).'),
+        systemdUnitDir: arg()
           .default('/etc/systemd/system')
           .describe("Where a canary slot writes a systemd engine's drop-in (<dir>/<unit>.d/gpuops-model.conf)."),
-        processDir: z
-          .string()
+        processDir: arg()
           .default('/var/lib/gpuops/processes')
           .describe('State, specs and logs of runtime process engines (relative: from the config file).'),
       })
@@ -207,7 +230,7 @@ export const HypervisorSchema = z
     z.strictObject({
       id,
       type: z.literal('qm').describe('A gpuops hypervisor worker on the Proxmox host runs qm.'),
-      qm: z.string().default('qm').describe('qm binary on the host.'),
+      qm: binary('qm').describe('qm binary on the host.'),
     }),
   ])
   .describe('A Proxmox host.');
@@ -364,9 +387,9 @@ export const BackupPlanSchema = z
     id: id.describe('Plan id; its Temporal Schedule is backup:<id>.'),
     node: id.describe('Node whose worker runs the backup.'),
     what: z.enum(['model-store', 'vm-config', 'gpu-config', 'gpuops-config']).describe('What the plan backs up.'),
-    paths: z.array(z.string().min(1)).default([]).describe('Paths for model-store plans.'),
-    repository: z.string().min(1).describe('restic repository: a path, sftp:, s3: or rest: URL.'),
-    passwordFile: filePath.describe('File holding the restic repository password.'),
+    paths: z.array(arg()).default([]).describe('Paths for model-store plans.'),
+    repository: arg().describe('restic repository: a path, sftp:, s3: or rest: URL.'),
+    passwordFile: arg('must be a file path').describe('File holding the restic repository password.'),
     schedule: z
       .strictObject({
         cron: z
@@ -399,7 +422,7 @@ export const BackupPlanSchema = z
     rto: duration.optional().describe('Recovery time objective for restores.'),
     verify: z
       .strictObject({
-        readDataSubset: z.string().default('5%').describe('restic check --read-data-subset value.'),
+        readDataSubset: ReadDataSubsetSchema.default('5%').describe('restic check --read-data-subset value.'),
         testRestore: z.boolean().default(false),
       })
       .default({ readDataSubset: '5%', testRestore: false }),
@@ -432,7 +455,7 @@ function checkCanarySlots(
   const byName = new Map(n.engines.map((e) => [e.name, e]));
   const pairedWith = new Map<string, string>();
   n.engines.forEach((e, j) => {
-    if (e.canarySlot === undefined) return;
+    if (e.canarySlot === undefined || !isId(e.canarySlot)) return;
     const path = ['nodes', i, 'engines', j, 'canarySlot'];
     if (e.type === 'ollama') {
       issue(path, 'Ollama canaries are a second tag on the same engine: canarySlot is for vllm and llamacpp engines');
@@ -443,7 +466,7 @@ function checkCanarySlots(
       issue(path, `must name another ${e.type} engine on node ${n.id} (got "${e.canarySlot}")`);
       return;
     }
-    if (slot.container === e.container) {
+    if (slot.container === e.container && isContainerName(e)) {
       issue(path, `must name an engine with a container of its own ("${slot.name}" also runs in "${e.container}")`);
       return;
     }
@@ -522,7 +545,8 @@ export const ConfigSchema = z
       const seen = new Set<string>();
       items.forEach((it, i) => {
         const k = key(it);
-        if (seen.has(k)) ctx.addIssue({ code: 'custom', path: path(i), message: `duplicate ${what} "${k}"` });
+        if (seen.has(k) && isId(k))
+          ctx.addIssue({ code: 'custom', path: path(i), message: `duplicate ${what} "${k}"` });
         seen.add(k);
       });
     };
@@ -556,7 +580,7 @@ export const ConfigSchema = z
       // Lifecycle calls find an engine's runtime by its container name: one name, one runtime.
       n.engines.forEach((e, j) => {
         const other = n.engines.find((x, k) => k < j && x.container === e.container && x.runtime !== e.runtime);
-        if (other) {
+        if (other && isContainerName(other)) {
           ctx.addIssue({
             code: 'custom',
             path: ['nodes', i, 'engines', j, 'container'],
@@ -564,7 +588,7 @@ export const ConfigSchema = z
           });
         }
       });
-      if (n.vm && !hv.has(n.vm.hypervisor)) {
+      if (n.vm && isId(n.vm.hypervisor) && !hv.has(n.vm.hypervisor)) {
         ctx.addIssue({
           code: 'custom',
           path: ['nodes', i, 'vm', 'hypervisor'],
@@ -619,29 +643,16 @@ export const ConfigSchema = z
             message: 'must name the image (runtime is docker)',
           });
         }
-        if (e.runtime === 'process' && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(e.container)) {
+        // The container field names what the runtime knows the engine by, by that runtime's own naming rules.
+        for (const issue of CONTAINER_NAME[e.runtime].safeParse(e.container).error?.issues ?? []) {
           ctx.addIssue({
             code: 'custom',
             path: at('container'),
-            message: 'must be a process name: letters, digits, _ . - (it names files in tools.processDir)',
-          });
-        }
-        if (e.runtime === 'docker' && !/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(e.container)) {
-          ctx.addIssue({
-            code: 'custom',
-            path: at('container'),
-            message: 'must be a docker container name: [a-zA-Z0-9][a-zA-Z0-9_.-]*',
+            message: `${issue.message} (runtime is ${e.runtime})`,
           });
         }
         if (e.cpuOnly && e.gpus.length > 0) {
           ctx.addIssue({ code: 'custom', path: at('gpus'), message: 'must be empty for a cpuOnly engine' });
-        }
-        if (e.runtime === 'systemd' && !/^[a-zA-Z0-9:_.\\@-]+\.service$/.test(e.container)) {
-          ctx.addIssue({
-            code: 'custom',
-            path: at('container'),
-            message: 'must be a systemd service unit name such as ollama.service (runtime is systemd)',
-          });
         }
         e.gpus.forEach((g, k) => {
           if (n.gpus.length > 0 && !gpuIdx.has(g)) {
@@ -656,7 +667,7 @@ export const ConfigSchema = z
       checkCanarySlots(n, i, (path, message) => ctx.addIssue({ code: 'custom', path, message }));
     });
     cfg.backups.forEach((b, i) => {
-      if (!nodes.has(b.node))
+      if (isId(b.node) && !nodes.has(b.node))
         ctx.addIssue({
           code: 'custom',
           path: ['backups', i, 'node'],

@@ -5,7 +5,7 @@
 import { defineQuery } from '@temporalio/workflow';
 import { z } from 'zod';
 import type { BackupOutcome } from '../../activities/backup';
-import { DurationSchema, gpuopsId } from '../domain/schemas';
+import { DurationSchema, ReadDataSubsetSchema, commandArg, gpuopsId } from '../domain/schemas';
 import { workflowContract } from './common';
 
 const id = gpuopsId('an id');
@@ -17,15 +17,14 @@ export const BackupPlanInput = z.strictObject({
   id,
   node: id,
   what: z.enum(['model-store', 'vm-config', 'gpu-config', 'gpuops-config']),
-  paths: z.array(z.string().min(1)).default([]),
-  repository: z
-    .string()
-    .min(1)
+  // Paths, repository and password file reach restic's command line or environment.
+  paths: z.array(commandArg(z.string().min(1))).default([]),
+  repository: commandArg(z.string().min(1))
     // Credentials in a URL would land in workflow history: they belong in files the node reads.
     .refine((r) => !/^[a-z0-9]+:.*\/\/[^/@\s]*:[^/@\s]*@/i.test(r), {
       message: 'must not embed credentials (user:password@); use the backend credential files',
     }),
-  passwordFile: z.string().min(1),
+  passwordFile: commandArg(z.string().min(1)),
   retention: z
     .strictObject({
       keepLast: keep,
@@ -39,7 +38,7 @@ export const BackupPlanInput = z.strictObject({
   rpo: duration,
   rto: duration.optional(),
   verify: z
-    .strictObject({ readDataSubset: z.string().default('5%'), testRestore: z.boolean().default(false) })
+    .strictObject({ readDataSubset: ReadDataSubsetSchema.default('5%'), testRestore: z.boolean().default(false) })
     .default({ readDataSubset: '5%', testRestore: false }),
 });
 
@@ -109,7 +108,7 @@ export const RestoreBackupInput = z.strictObject({
     .regex(/^(latest|[0-9a-f]{8,64})$/, { message: 'must be "latest" or a snapshot id (8-64 hex digits)' })
     .default('latest'),
   /** Directory on the node to restore into. */
-  target: z.string().min(1, { message: 'must be a directory path' }),
+  target: commandArg(z.string().min(1, { message: 'must be a directory path' })),
   /** Restore into a non-empty target. */
   force: z.boolean().default(false),
   timings: Timings,

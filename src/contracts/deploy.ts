@@ -8,7 +8,7 @@ import type { CanaryAnalysis, CanaryVerdict, VariantMeasure } from '../domain/ca
 import { DeployPolicySchema } from '../domain/deploy-policy';
 import type { MemoryPreflight } from '../domain/preflight';
 import type { PromptResult, RiskReport, RiskTier } from '../domain/risk';
-import { DurationSchema, gpuopsId } from '../domain/schemas';
+import { DurationSchema, commandArg, gpuopsId, noDotDotSegment } from '../domain/schemas';
 import type { SloResult } from '../domain/slo';
 import { workflowContract } from './common';
 
@@ -24,19 +24,29 @@ export const OLLAMA_MODEL = /^(?:[A-Za-z0-9.-]+(?::\d+)?\/)?[A-Za-z0-9][A-Za-z0-
 export const DeployModelInput = z.strictObject({
   node: nodeId,
   /** Router alias whose `stable` variant the new version canaries against. */
-  alias: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/, { message: 'must be a router alias name' }),
+  alias: noDotDotSegment(
+    z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/, { message: 'must be a router alias name' }),
+  ),
   /** Engine name on the node (Ollama: the canary is a second tag on it; vLLM / llama.cpp: its canary slot). */
-  engine: z.string().min(1, { message: 'must be an engine name from gpuops.yaml' }),
+  engine: gpuopsId('an engine name'),
   /** Ollama `name:tag`; vLLM an HF repo `org/name`; llama.cpp an HF repo or a .gguf file. */
-  model: z
-    .string()
-    .max(300)
-    .regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, { message: 'must be a model reference (name:tag, org/repo or a .gguf)' }),
+  // It reaches the engine's command line (vLLM --model, llama.cpp -m/-hf) and, for a .gguf, a path on the node.
+  model: noDotDotSegment(
+    commandArg(
+      z
+        .string()
+        .max(300)
+        .regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, {
+          message: 'must be a model reference (name:tag, org/repo or a .gguf)',
+        }),
+    ),
+  ),
   /** HF revision (commit, branch or tag) for vLLM / llama.cpp; recorded as the digest. */
-  revision: z
-    .string()
-    .regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$/, { message: 'must be a git revision (commit, branch or tag)' })
-    .optional(),
+  revision: noDotDotSegment(
+    z
+      .string()
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$/, { message: 'must be a git revision (commit, branch or tag)' }),
+  ).optional(),
   /** Pin the digest (64 hex, optionally `sha256:`): a pulled model with another digest is rolled back. */
   expectedDigest: z
     .string()

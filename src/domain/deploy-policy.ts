@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import { DurationSchema } from './schemas';
+import { MAX_JSON_DEPTH, jsonDeeperThan } from './validation';
 
 const duration = DurationSchema;
 
@@ -36,7 +37,14 @@ export const GoldenPromptSchema = z
             .regex(/^[dgimsuy]*$/, { message: 'must be regular expression flags' })
             .optional(),
         }),
-        z.strictObject({ kind: z.literal('json'), schema: z.record(z.string(), z.unknown()).optional() }),
+        z.strictObject({
+          kind: z.literal('json'),
+          schema: z
+            .record(z.string(), z.unknown())
+            // It travels in workflow inputs, which are serialised with JSON.stringify.
+            .refine((s) => !jsonDeeperThan(s), { message: `must nest at most ${MAX_JSON_DEPTH} levels` })
+            .optional(),
+        }),
       ])
       .describe('contains a value, matches a regex, or parses as JSON (optionally matching a JSON Schema).'),
   })

@@ -5,11 +5,27 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { z } from 'zod';
 
+/** Longest key shown in a message; a longer (hostile) key is cut, so a refusal stays one short line. */
+const MAX_SHOWN_KEY = 64;
+
+/**
+ * A key as a message shows it: plain when it is a plain name, else quoted with every character outside printable
+ * ASCII escaped, so a key holding ":", a line break or a bidi override cannot forge the path or the log line.
+ */
+export function showKey(key: string): string {
+  if (/^[A-Za-z0-9_$-]+$/.test(key) && key.length <= MAX_SHOWN_KEY) return key;
+  const cut = key.length > MAX_SHOWN_KEY ? `${key.slice(0, MAX_SHOWN_KEY)}…` : key;
+  return JSON.stringify(cut).replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 export function issuePath(path: readonly PropertyKey[]): string {
   let out = '';
   for (const seg of path) {
     if (typeof seg === 'number') out += `[${seg}]`;
-    else out += out === '' ? String(seg) : `.${String(seg)}`;
+    else {
+      const key = showKey(String(seg));
+      out += key.startsWith('"') ? `[${key}]` : out === '' ? key : `.${key}`;
+    }
   }
   return out === '' ? '(root)' : out;
 }
@@ -26,7 +42,7 @@ function describeIssue(issue: z.core.$ZodIssue): string {
       // A record key (e.g. a policy name) broke its rule; zod's own message only says "Invalid key in record".
       return `invalid name: ${issue.issues.map((i) => describeIssue(i)).join('; ')}`;
     case 'unrecognized_keys':
-      return `unknown field(s): ${issue.keys.join(', ')}`;
+      return `unknown field(s): ${issue.keys.map(showKey).join(', ')}`;
     case 'invalid_value':
       return `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
     case 'invalid_union':
@@ -78,4 +94,22 @@ export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what:
     });
   }
   return r.data;
+}
+
+/**
+ * Deepest nesting gpuops accepts in a JSON document it re-serialises (a generation body it forwards, a JSON Schema in
+ * a policy): JSON.stringify recurses, and a body of ten thousand nested arrays overflows its stack.
+ */
+export const MAX_JSON_DEPTH = 128;
+
+/** Whether `value` nests arrays and objects deeper than `max` levels (iterative: any depth is safe to ask about). */
+export function jsonDeeperThan(value: unknown, max = MAX_JSON_DEPTH): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop() as [unknown, number];
+    if (v === null || typeof v !== 'object') continue;
+    if (depth + 1 > max) return true;
+    for (const child of Array.isArray(v) ? v : Object.values(v)) stack.push([child, depth + 1]);
+  }
+  return false;
 }

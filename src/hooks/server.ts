@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import type { Client } from '@temporalio/client';
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { resolveFrom, type LoadedConfig } from '../config/load';
+import { fastifyLimits, withLimits, type HttpLimits } from '../http-limits';
 import { parseDuration } from '../domain/durations';
 import { formatIssues } from '../domain/validation';
 import { CONTROL_TASK_QUEUE, recoverNodeWorkflow, workflowIds } from '../contracts';
@@ -48,7 +49,21 @@ export interface HooksServerOptions {
   taskQueue?: string;
   /** One line per delivery and per decision; never given a credential. Default: silent. */
   log?: (line: string) => void;
+  /** Request size and time limits; unset fields keep HOOKS_LIMITS. */
+  limits?: Partial<HttpLimits>;
 }
+
+/**
+ * The receiver's limits. Alertmanager sends a few KiB per group (and truncates at max_alerts); 4 MiB leaves room for
+ * large groups. A request is read within 30 s; the idle timeout is long enough for a start that waits on Temporal.
+ */
+export const HOOKS_LIMITS: HttpLimits = {
+  bodyLimitBytes: 4 * 1024 * 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  idleTimeoutMs: 120_000,
+};
 
 export interface HooksServer {
   /** Base URL, e.g. http://127.0.0.1:9095. */
@@ -194,7 +209,18 @@ export async function startHooksServer(opts: HooksServerOptions): Promise<HooksS
     return result;
   }
 
-  const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
+  const limits = withLimits(HOOKS_LIMITS, opts.limits);
+  const app = Fastify({ logger: false, ...fastifyLimits(limits) });
+  // fastify's own refusals (a body over the limit, a bad Content-Length) say what was wrong, in this API's shape.
+  app.setErrorHandler((err: { statusCode?: number; code?: string; message: string }, _req, reply) => {
+    const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status >= 500) log(`hooks: ${err.message}`);
+    const problem =
+      err.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+        ? `(body): must be at most ${limits.bodyLimitBytes} bytes`
+        : `(request): ${status < 500 ? err.message : 'internal error'}`;
+    return reply.code(status).send({ error: 'invalid request', problems: [problem] });
+  });
   // The HMAC is over the exact bytes sent, so the body is kept raw and parsed only after authentication; this also
   // means an unauthenticated caller learns nothing about the payload format.
   app.removeAllContentTypeParsers();

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
-import { formatIssues } from '../domain/validation';
+import { MAX_JSON_DEPTH, formatIssues, jsonDeeperThan } from '../domain/validation';
 import { LineSplitter, SseSplitter, type StreamSplitter } from '../hosts/streams';
 import type { RouterMetrics } from './metrics';
 import { chooseVariant, eligibleVariants, stickyPoint, type RouteStore, type Variant } from './routes';
@@ -77,7 +77,11 @@ export async function proxyGeneration(
   try {
     parsed = JSON.parse(Buffer.isBuffer(req.body) ? req.body.toString('utf8') : '');
   } catch {
-    return sendError(reply, api, 400, 'request body must be JSON', 'invalid_request_error');
+    return sendError(reply, api, 400, '(root): must be JSON', 'invalid_request_error');
+  }
+  // The body is forwarded re-serialised (with the engine's model name): refuse what JSON.stringify cannot take.
+  if (jsonDeeperThan(parsed)) {
+    return sendError(reply, api, 400, `(root): must nest at most ${MAX_JSON_DEPTH} levels`, 'invalid_request_error');
   }
   const r = GenerationBodySchema.safeParse(parsed);
   if (!r.success) return sendError(reply, api, 400, formatIssues(r.error).join('; '), 'invalid_request_error');
@@ -85,7 +89,9 @@ export async function proxyGeneration(
   const alias = body.model;
   const snap = deps.store.current;
   const route = snap.routes[alias];
-  if (!route) {
+  // An alias with no Ollama variant at all is, to an Ollama client, a model that does not exist (as /api/tags, which
+  // does not list it, says): a 404 like Ollama's own, not a 503 that invites retrying a request that can never work.
+  if (!route || (isOllama(api) && !route.variants.some((v) => v.engineType === 'ollama'))) {
     const msg = isOllama(api) ? `model "${alias}" not found` : `The model \`${alias}\` does not exist.`;
     return sendError(reply, api, 404, msg, 'model_not_found');
   }

@@ -2,8 +2,9 @@
  * The inference router: one OpenAI- and Ollama-compatible endpoint in front of the engines, the admin API, and
  * /metrics. `startRouter` is what `gpuops router` and the tests run.
  */
-import Fastify from 'fastify';
+import Fastify, { type FastifyError } from 'fastify';
 import { Agent } from 'undici';
+import { fastifyLimits, withLimits, type HttpLimits } from '../http-limits';
 import { registerAdmin } from './admin';
 import { RouterMetrics } from './metrics';
 import { API_PATHS, proxyGeneration, type ClientApi, type ProxyDeps } from './proxy';
@@ -32,7 +33,24 @@ export interface RouterOptions {
   random?: () => number;
   /** Log sink for admin changes and refusals (default: none). */
   log?: (line: string) => void;
+  /** Request size and time limits; unset fields keep ROUTER_LIMITS (idle: the upstream headers timeout + 30 s). */
+  limits?: Partial<HttpLimits>;
 }
+
+/**
+ * The router's limits. Bodies up to 32 MiB (chat requests carry base64 images). The request timeouts bound only
+ * receiving the request: node:http stops timing a request once it has been read, so a healthy stream of any length
+ * is never cut by them. What bounds a response is the upstream's own silence (headersTimeoutMs, bodyTimeoutMs) and
+ * the idle timeout, which must outlast a cold model load (no byte moves on the client socket while the engine
+ * loads): it defaults to the upstream headers timeout plus 30 s, and also ends a response whose client stopped
+ * reading.
+ */
+export const ROUTER_LIMITS: Omit<HttpLimits, 'idleTimeoutMs'> = {
+  bodyLimitBytes: 32 * 1024 * 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 60_000,
+  keepAliveTimeoutMs: 5_000,
+};
 
 /** A running router. */
 export interface RouterHandle {
@@ -60,11 +78,31 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
   // Engines stream for minutes; keep-alive connections are reused across requests to cut connect time.
   const dispatcher = new Agent({ keepAliveTimeout: 4_000, connections: 256 });
 
+  const headersTimeoutMs = opts.headersTimeoutMs ?? 300_000;
+  const limits = withLimits({ ...ROUTER_LIMITS, idleTimeoutMs: headersTimeoutMs + 30_000 }, opts.limits);
   const app = Fastify({
     logger: false,
-    bodyLimit: 32 * 1024 * 1024,
+    ...fastifyLimits(limits),
     // Open streams must not hold close() hostage.
     forceCloseConnections: true,
+  });
+  // fastify's own refusals (a body over the limit, a bad Content-Length) in the client API's error shape, naming
+  // what was wrong; the admin API has its own handler.
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    const message =
+      err.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+        ? `request body: must be at most ${limits.bodyLimitBytes} bytes`
+        : status < 500
+          ? `request: ${err.message}`
+          : 'internal error';
+    if (status >= 500) log(`router: ${req.method} ${req.url}: ${err.message}`);
+    const ollama = req.url.startsWith('/api/');
+    return reply
+      .code(status)
+      .send(
+        ollama ? { error: message } : { error: { message, type: 'invalid_request_error', param: null, code: null } },
+      );
   });
   // Bodies are parsed by the handlers (zod, with the client API's error shape), whatever the content type: Ollama
   // clients and curl -d often send none or a wrong one.
@@ -77,7 +115,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
     metrics,
     dispatcher,
     random: opts.random ?? Math.random,
-    headersTimeoutMs: opts.headersTimeoutMs ?? 300_000,
+    headersTimeoutMs,
     bodyTimeoutMs: opts.bodyTimeoutMs ?? 60_000,
   };
   for (const [api, p] of Object.entries(API_PATHS) as [ClientApi, string][]) {

@@ -9,6 +9,7 @@ import type http from 'node:http';
 import type { Socket } from 'node:net';
 import path from 'node:path';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { SANDBOX_HTTP_LIMITS, fastifyLimits } from '../http-limits';
 import * as core from './shims/lib/core';
 import type { EngineSim, ModelProfile, SandboxState, SandboxStore } from './state';
 import { countPromptTokens, respond, tokenize } from './text';
@@ -228,9 +229,9 @@ export class EngineServer {
       logger: false,
       // Each engine answers HEAD only where the real one does.
       exposeHeadRoutes: false,
-      bodyLimit: 64 * 1024 * 1024,
-      // Clients keep connections alive between probes; a closed engine must not leave them half-open.
-      keepAliveTimeout: 5_000,
+      // Clients keep connections alive between probes (5 s keep-alive); a closed engine must not leave them
+      // half-open. Idle off: a held generation streams nothing for as long as a test holds it.
+      ...fastifyLimits({ ...SANDBOX_HTTP_LIMITS, bodyLimitBytes: 64 * 1024 * 1024, idleTimeoutMs: 0 }),
       // close() cuts every connection (below, at once); this also takes one accepted while fastify closes.
       forceCloseConnections: true,
     });

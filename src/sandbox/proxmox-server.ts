@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import { SANDBOX_HTTP_LIMITS, fastifyLimits } from '../http-limits';
 import * as core from './shims/lib/core';
 import type { PowerAction, SandboxState, TaskRecord } from './state';
 
@@ -225,7 +226,7 @@ export async function startProxmoxServer(opts: ProxmoxServerOptions): Promise<Pr
     exposeHeadRoutes: false,
     // close() must not wait for clients' keep-alive connections; those time out after 5 s, as Node's default.
     forceCloseConnections: true,
-    keepAliveTimeout: 5_000,
+    ...fastifyLimits(SANDBOX_HTTP_LIMITS),
   });
   // Parameters are parsed by the routes (form-encoded or JSON), whatever the content type says.
   app.removeAllContentTypeParsers();
