@@ -94,6 +94,24 @@ export function createRouterActivities({ config, resolvePath = (p) => p, timeout
       return setDrained(input.engines, false);
     },
 
+    /**
+     * Put back the engines the router drained by itself (POST /admin/auto-drain/release): watchNode calls it when
+     * it sees the node healthy after an unhealthy probe. Operator drains stay. A router that is not configured,
+     * unreachable or too old to know the call is a note, never a failure: the watcher goes on probing.
+     */
+    async releaseAutoDrain(input: { node: string; engines: string[] }): Promise<AutoDrainRelease> {
+      if (input.engines.length === 0) return { released: [], note: 'node has no engines' };
+      try {
+        const r = await admin<{ released: string[] }>('POST', '/auto-drain/release', {
+          body: { node: input.node, engines: input.engines },
+          actor: `watch:${input.node}`,
+        });
+        return { released: r.released, note: null };
+      } catch (err) {
+        return { released: [], note: (err as Error).message };
+      }
+    },
+
     /** The router's route table with its ETag (GET /admin/routes). */
     async getRoutes(): Promise<RoutesDocument> {
       return admin<RoutesDocument>('GET', '/routes');
@@ -211,6 +229,14 @@ export function createRouterActivities({ config, resolvePath = (p) => p, timeout
   };
 }
 
+/** What releaseAutoDrain did. */
+export interface AutoDrainRelease {
+  /** Engines the router had drained by itself and now routes to again. */
+  released: string[];
+  /** Why nothing could be released (router not configured or unreachable), for the watcher's status. */
+  note: string | null;
+}
+
 /** GET /admin/routes, as the router answers it. */
 export interface RoutesDocument {
   version: number;
@@ -218,6 +244,8 @@ export interface RoutesDocument {
   updatedAt: string;
   routes: Record<string, AliasRoute>;
   drained: string[];
+  /** Engines the router drained by itself (absent from routers older than auto-drain). */
+  autoDrained?: { engine: string; node: string; by: 'router'; reason: string; since: string }[];
 }
 
 /** What changeRoute did: whether it wrote the table, and the table's version after it. */

@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { loadConfig, resolveFrom } from '../config/load';
 import { ValidationError } from '../domain/validation';
 import type { RouteTableInput } from '../router/routes';
+import { autoDrainFromConfig } from '../router/failover';
 import { startRouter } from '../router/server';
 import { parseOptions, type GlobalOptions, type Program } from './context';
 import { emit } from './output';
@@ -55,6 +56,7 @@ export function registerRouterCommand(program: Program): void {
         ...(initialRoutes !== undefined ? { initialRoutes: initialRoutes as RouteTableInput } : {}),
         ...(args.headersTimeout ? { headersTimeoutMs: args.headersTimeout } : {}),
         ...(args.bodyTimeout ? { bodyTimeoutMs: args.bodyTimeout } : {}),
+        ...autoDrainFromConfig(loaded.config),
         log: (line) => console.log(`${new Date().toISOString()} ${line}`),
       });
       const snap = router.table.current;

@@ -28,6 +28,7 @@ import { SandboxNode, sandboxHypervisorEnv, startSandboxProxmox } from '../sandb
 import { initialSandboxModel } from '../sandbox/state';
 import { REAL_NODE, REAL_REGISTRY, startRealRegistry, writeRealEnginesConfig } from '../sandbox/real-config';
 import { startRouter } from '../router';
+import { autoDrainFromConfig } from '../router/failover';
 import type { RouteTableInput } from '../router/routes';
 import { createControlWorker } from '../../workers/control';
 import { ManagedProcess, tsxCommand } from './processes';
@@ -250,6 +251,7 @@ export async function upCommand(opts: UpOptions): Promise<void> {
         stateFile: resolveFrom(loaded.path, cfg.router.stateFile),
         adminTokenFile: tokenFile,
         initialRoutes: { routes, drained: [] },
+        ...autoDrainFromConfig(cfg),
         log: (l) => log(`[router] ${l}`),
       });
       teardown.push({ name: 'router', fn: () => router.close() });

@@ -328,8 +328,35 @@ export const RouterSchema = z
       .describe('Address the router listens on.'),
     adminTokenFile: filePath.optional().describe('File holding the admin API bearer token.'),
     stateFile: z.string().default('.gpuops/routes.json').describe('Route table persisted across restarts.'),
+    autoDrain: z
+      .strictObject({
+        refusals: z
+          .int()
+          .min(1)
+          .max(1000)
+          .default(3)
+          .describe('Consecutive refused connections before an engine counts as refusing.'),
+        after: duration
+          .default('5s')
+          .describe("How long an engine's refusals must last before they count (a restart blip does not)."),
+        recheck: duration
+          .default('30s')
+          .describe(
+            'Fallback when no watcher releases a drain: the router itself tries a TCP connect to an auto-drained ' +
+              'engine this long after the drain, and again as often; one that accepts is released. 0s: never.',
+          ),
+      })
+      .default({ refusals: 3, after: '5s', recheck: '30s' })
+      .describe(
+        "The router drains a node by itself when every routed engine of it refuses connections; the node's " +
+          'watcher releases it when it sees the node healthy again.',
+      ),
   })
-  .default({ listen: '127.0.0.1:8080', stateFile: '.gpuops/routes.json' });
+  .default({
+    listen: '127.0.0.1:8080',
+    stateFile: '.gpuops/routes.json',
+    autoDrain: { refusals: 3, after: '5s', recheck: '30s' },
+  });
 
 export const HooksSchema = z
   .strictObject({

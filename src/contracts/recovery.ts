@@ -115,6 +115,8 @@ export const WatchNodeInput = z.strictObject({
           until: z.string(),
         }),
       ),
+      /** Whether the last probe saw the node healthy (an unhealthy → healthy change releases router auto-drains). */
+      healthy: z.boolean().optional(),
     })
     .optional(),
 });
@@ -167,6 +169,8 @@ export interface WatchStatus {
   maintenance: MaintenanceWindow[];
   /** What the watcher did last time a fault crossed the threshold. */
   lastAction: { at: string; action: string; detail: string } | null;
+  /** The last time it asked the router to put back engines the router drained by itself, when that did anything. */
+  routerRelease?: { at: string; released: string[]; note: string | null };
 }
 
 export const setMaintenanceUpdate = defineUpdate<MaintenanceWindow[], [SetMaintenanceInput]>('maintenance');

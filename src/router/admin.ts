@@ -1,6 +1,6 @@
 /**
  * The admin API under /admin: read and atomically replace the route table (with If-Match compare-and-swap), change
- * one alias's weights, drain and undrain engines, read windowed stats. Every call needs `Authorization: Bearer
+ * one alias's weights, drain and undrain engines, release the router's own drains, read windowed stats. Every call needs `Authorization: Bearer
  * <token>` (the token read from router.adminTokenFile, compared in constant time); anything else gets 401 and changes
  * nothing. Every change is logged with who made it and what changed, never the token.
  */
@@ -10,8 +10,16 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { parseDuration } from '../domain/durations';
 import { formatIssues, ValidationError } from '../domain/validation';
+import type { AutoDrainer } from './failover';
 import type { RouterMetrics } from './metrics';
-import { etagOf, UnknownAliasError, VersionConflictError, type RouteSnapshot, type RouteStore } from './routes';
+import {
+  etagOf,
+  UnknownAliasError,
+  VersionConflictError,
+  type RouteSnapshot,
+  type RouteStore,
+  DrainSchema,
+} from './routes';
 import type { StatsStore } from './stats';
 
 /** What the admin API works on. */
@@ -19,6 +27,8 @@ export interface AdminDeps {
   store: RouteStore;
   stats: StatsStore;
   metrics: RouterMetrics;
+  /** The router's own drains (listed in GET /admin/routes, released by the watcher or an undrain). */
+  autoDrain?: AutoDrainer;
   /** File holding the bearer token; without it every admin call is refused. */
   adminTokenFile: string | undefined;
   log: (line: string) => void;
@@ -58,16 +68,27 @@ function authorized(header: string | undefined, tokenFile: string | undefined): 
   return timingSafeEqual(digest(m?.[1]?.trim() ?? ''), digest(token)) && m !== null;
 }
 
-/** The JSON form of a snapshot, as GET /admin/routes returns it. */
-export function routesDocument(snap: RouteSnapshot): Record<string, unknown> {
+/**
+ * The JSON form of a snapshot, as GET /admin/routes returns it, with the engines the router drained by itself
+ * (`autoDrained`: not part of the versioned table; PUT never takes or changes it).
+ */
+export function routesDocument(snap: RouteSnapshot, autoDrain?: AutoDrainer): Record<string, unknown> {
   return {
     version: snap.version,
     etag: etagOf(snap.version),
     updatedAt: snap.updatedAt,
     routes: snap.routes,
     drained: snap.drained,
+    autoDrained: autoDrain?.list() ?? [],
   };
 }
+
+/** Body of POST /admin/auto-drain/release: the engines (of a node the watcher saw healthy) to put back. */
+const ReleaseSchema = z.strictObject({
+  engines: z.array(DrainSchema.shape.engine).min(1, { message: 'must list at least one engine URL' }),
+  /** The node, for the log. */
+  node: z.string().min(1).max(200).optional(),
+});
 
 function parseBody(req: FastifyRequest): unknown {
   const text = Buffer.isBuffer(req.body) ? req.body.toString('utf8') : '';
@@ -99,7 +120,7 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
       deps.metrics.routesChanged(snap);
       deps.log(`router admin: ${actor(req)} ${req.method} ${req.url}: version ${before} → ${snap.version}: ${what}`);
     }
-    void reply.header('etag', etagOf(snap.version)).send(routesDocument(snap));
+    void reply.header('etag', etagOf(snap.version)).send(routesDocument(snap, deps.autoDrain));
   };
 
   app.register(
@@ -136,7 +157,7 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
 
       admin.get('/routes', async (_req, reply) => {
         const snap = store.current;
-        return reply.header('etag', etagOf(snap.version)).send(routesDocument(snap));
+        return reply.header('etag', etagOf(snap.version)).send(routesDocument(snap, deps.autoDrain));
       });
 
       admin.put('/routes', async (req, reply) => {
@@ -169,8 +190,20 @@ export function registerAdmin(app: FastifyInstance, deps: AdminDeps): void {
 
       admin.post('/undrain', async (req, reply) => {
         const before = store.current.version;
-        const snap = store.setDrained(parseBody(req), false, ifMatch(req));
+        const body = parseBody(req);
+        const snap = store.setDrained(body, false, ifMatch(req));
+        // The operator's word wins over the router's own drain: an undrain releases both, and the engine's refusal
+        // count starts over (setDrained validated the body).
+        deps.autoDrain?.release([(body as { engine: string }).engine], `operator ${actor(req)}`);
         changed(req, reply, before, snap, `drained ${snap.drained.join(', ') || '(none)'}`);
+      });
+
+      admin.post('/auto-drain/release', async (req, reply) => {
+        const r = ReleaseSchema.safeParse(parseBody(req));
+        if (!r.success) throw new ValidationError('auto-drain release', formatIssues(r.error));
+        const who = `${actor(req)}${r.data.node ? ` (node ${r.data.node} healthy)` : ''}`;
+        const released = deps.autoDrain?.release(r.data.engines, who) ?? [];
+        return reply.send({ released, autoDrained: deps.autoDrain?.list() ?? [] });
       });
 
       admin.get('/stats', async (req, reply) => {

@@ -3,6 +3,7 @@
  * Labels are alias and variant, so a dashboard can put canary and stable side by side.
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { AutoDrainEntry } from './failover';
 import { normalizeEngineUrl, type RouteSnapshot } from './routes';
 import { ERROR_OUTCOMES, type Sample } from './stats';
 
@@ -10,6 +11,13 @@ import { ERROR_OUTCOMES, type Sample } from './stats';
 const TTFT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 const DURATION_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 const TPS_BUCKETS = [5, 10, 20, 40, 60, 80, 100, 150, 200, 300, 500];
+/** Help texts of the failover and auto-drain families. */
+const FAILOVER_HELP = {
+  failovers: 'Requests retried on another variant after the chosen one refused the connection or answered 503.',
+  autoDrains: 'Times the router drained a node by itself (every routed engine of it refused connections).',
+  drained:
+    'Engines the router has drained by itself (1 each), until the watcher, an operator or a recheck releases them.',
+} as const;
 /** The labels of the per-variant families. */
 const BY_VARIANT = ['alias', 'variant'] as const;
 
@@ -25,6 +33,11 @@ export class RouterMetrics {
   readonly inflight: Gauge<'alias'>;
   private readonly weight: Gauge<'alias' | 'variant'>;
   private readonly version: Gauge;
+  private readonly failovers: Counter<'alias' | 'from' | 'to'>;
+  private readonly autoDrains: Counter<'node'>;
+  private readonly autoDrainedEngines: Gauge<'node' | 'engine'>;
+  /** Engines the router drained by itself (the AutoDrainer's live set); the weight gauge shows them at 0. */
+  private autoDrained: ReadonlySet<string> = new Set();
 
   constructor() {
     const registers = [this.registry];
@@ -75,10 +88,36 @@ export class RouterMetrics {
     this.inflight = gauge('gpuops_router_inflight_requests', 'Requests being proxied now.', ['alias']);
     this.weight = gauge(
       'gpuops_router_route_weight',
-      'Configured weight of each variant (0 when its engine is drained).',
+      'Configured weight of each variant (0 when its engine is drained, by an operator or by the router).',
       BY_VARIANT,
     );
     this.version = new Gauge({ name: 'gpuops_router_routes_version', help: 'Route table version.', registers });
+    // Failover and auto-drain (src/router/failover.ts).
+    this.failovers = counter('gpuops_router_failovers_total', FAILOVER_HELP.failovers, ['alias', 'from', 'to']);
+    this.autoDrains = counter('gpuops_router_auto_drains_total', FAILOVER_HELP.autoDrains, ['node']);
+    this.autoDrainedEngines = gauge('gpuops_router_engine_auto_drained', FAILOVER_HELP.drained, ['node', 'engine']);
+  }
+
+  /** Count one failover. */
+  failover(alias: string, from: string, to: string): void {
+    this.failovers.inc({ alias, from, to });
+  }
+
+  /** Count one auto-drain of a node. */
+  autoDrainedNode(node: string): void {
+    this.autoDrains.inc({ node });
+  }
+
+  /** Follow the auto-drainer's live set (the weight gauge reads it). */
+  trackAutoDrained(set: ReadonlySet<string>): void {
+    this.autoDrained = set;
+  }
+
+  /** Mirror the auto-drained engines into their gauge, and the weights (an auto-drained engine's read 0). */
+  autoDrainsChanged(entries: readonly AutoDrainEntry[], snap: RouteSnapshot): void {
+    this.autoDrainedEngines.reset();
+    for (const e of entries) this.autoDrainedEngines.set({ node: e.node, engine: e.engine }, 1);
+    this.routesChanged(snap);
   }
 
   /** Count one finished request. */
@@ -98,7 +137,8 @@ export class RouterMetrics {
     this.weight.reset();
     for (const [alias, r] of Object.entries(snap.routes)) {
       for (const v of r.variants) {
-        const drained = snap.drained.includes(normalizeEngineUrl(v.engine));
+        const url = normalizeEngineUrl(v.engine);
+        const drained = snap.drained.includes(url) || this.autoDrained.has(url);
         this.weight.set({ alias, variant: v.name }, drained ? 0 : v.weight);
       }
     }

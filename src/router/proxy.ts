@@ -11,8 +11,18 @@ import { request, type Dispatcher } from 'undici';
 import { z } from 'zod';
 import { MAX_JSON_DEPTH, formatIssues, jsonDeeperThan } from '../domain/validation';
 import { LineSplitter, SseSplitter, type StreamSplitter } from '../hosts/streams';
+import { connectFailure, type AutoDrainer } from './failover';
 import type { RouterMetrics } from './metrics';
-import { chooseVariant, eligibleVariants, stickyPoint, type RouteStore, type Variant } from './routes';
+import {
+  chooseVariant,
+  eligibleVariants,
+  normalizeEngineUrl,
+  stickyPoint,
+  type AliasRoute,
+  type RouteSnapshot,
+  type RouteStore,
+  type Variant,
+} from './routes';
 import type { Outcome, Sample, StatsStore } from './stats';
 
 /** The generation APIs the router speaks to clients. */
@@ -46,6 +56,8 @@ export interface ProxyDeps {
   headersTimeoutMs: number;
   /** Longest silence between two body chunks. */
   bodyTimeoutMs: number;
+  /** Refusal counting and the router's own drains (without it: no auto-drain; failover still works). */
+  autoDrain?: AutoDrainer;
 }
 
 const HOP_BY_HOP = new Set([
@@ -95,17 +107,18 @@ export async function proxyGeneration(
     const msg = isOllama(api) ? `model "${alias}" not found` : `The model \`${alias}\` does not exist.`;
     return sendError(reply, api, 404, msg, 'model_not_found');
   }
-  const eligible = eligibleVariants(route, snap, isOllama(api));
+  const eligible = eligibleVariants(route, snap, isOllama(api), deps.autoDrain?.drained);
   const sticky = route.stickyHeader ? req.headers[route.stickyHeader.toLowerCase()] : undefined;
   const key = Array.isArray(sticky) ? sticky[0] : sticky;
-  const variant = chooseVariant(eligible, key ? stickyPoint(`${alias}\u0000${key}`) : deps.random());
-  if (!variant) {
+  const chosen = chooseVariant(eligible, key ? stickyPoint(`${alias}\u0000${key}`) : deps.random());
+  if (!chosen) {
     const why = isOllama(api) ? 'no Ollama variant with weight > 0 on an undrained engine' : 'all variants drained';
     return sendError(reply, api, 503, `alias "${alias}" has no available variant (${why})`, 'service_unavailable');
   }
 
+  let variant: Variant = chosen;
   const streaming = isOllama(api) ? body.stream !== false : body.stream === true;
-  const forward = Buffer.from(JSON.stringify({ ...body, model: variant.model }));
+  let forward = Buffer.from(JSON.stringify({ ...body, model: variant.model }));
   const res = reply.raw;
   reply.hijack();
   const ac = new AbortController();
@@ -120,34 +133,68 @@ export async function proxyGeneration(
   deps.metrics.inflight.inc({ alias });
 
   const finish = (outcome: Outcome, status: number, extra: Partial<Sample> = {}): void => {
-    const end = performance.now();
-    const sample: Sample = { at: Date.now(), outcome, status, durationMs: end - started, ...extra };
-    deps.stats.record(alias, variant.name, sample);
-    deps.metrics.observe(alias, variant.name, sample);
+    recordSample(deps, alias, variant, started, outcome, status, extra);
     deps.metrics.inflight.dec({ alias });
     res.off('close', onClose);
   };
 
-  let upstream: Dispatcher.ResponseData;
-  try {
-    upstream = await request(joinUrl(variant.engine, API_PATHS[api]), {
-      method: 'POST',
-      dispatcher: deps.dispatcher,
-      headers: {
-        'content-type': 'application/json',
-        accept: typeof req.headers.accept === 'string' ? req.headers.accept : '*/*',
-        ...(variant.apiKeyFile ? { authorization: `Bearer ${apiKey(variant.apiKeyFile)}` } : {}),
-      },
-      body: forward,
-      signal: ac.signal,
-      headersTimeout: deps.headersTimeoutMs,
-      bodyTimeout: deps.bodyTimeoutMs,
-    });
-  } catch (err) {
-    if (clientGone) return finish('client_abort', 499);
-    const timeout = isTimeout(err);
-    finish(timeout ? 'timeout' : 'connect', timeout ? 504 : 502);
-    return writeError(res, api, timeout ? 504 : 502, `engine ${variant.engine}: ${errorText(err)}`, variant);
+  // At most one retry, on another variant, and only before any byte went to the client: nothing is written to it
+  // before the engine's headers, so the client sees one answer either way.
+  let failedOver: Variant | undefined;
+  let upstream: Dispatcher.ResponseData | undefined;
+  while (!upstream) {
+    let next: Variant | undefined;
+    try {
+      upstream = await request(joinUrl(variant.engine, API_PATHS[api]), {
+        method: 'POST',
+        dispatcher: deps.dispatcher,
+        headers: {
+          'content-type': 'application/json',
+          accept: typeof req.headers.accept === 'string' ? req.headers.accept : '*/*',
+          ...(variant.apiKeyFile ? { authorization: `Bearer ${apiKey(variant.apiKeyFile)}` } : {}),
+        },
+        body: forward,
+        signal: ac.signal,
+        headersTimeout: deps.headersTimeoutMs,
+        bodyTimeout: deps.bodyTimeoutMs,
+      });
+    } catch (err) {
+      if (clientGone) return finish('client_abort', 499);
+      const timeout = isTimeout(err);
+      const [outcome, code] = timeout ? (['timeout', 504] as const) : (['connect', 502] as const);
+      const refused = connectFailure(err);
+      if (refused) deps.autoDrain?.refused(variant.engine, refused);
+      // Only a request that provably never reached the engine is retried (see connectFailure); a refused engine
+      // refuses every model on it, so variants on the same engine are no way out either.
+      if (refused && !failedOver)
+        next = failOverFrom(variant, outcome, code, true, { route, snap, api, deps, alias, key, started });
+      if (!next) {
+        finish(outcome, code);
+        const message = `engine ${variant.engine}: ${errorText(err)}`;
+        return writeError(res, api, code, message, variant, failedOver);
+      }
+    }
+    if (upstream) {
+      deps.autoDrain?.connected(variant.engine);
+      // A 503 is the engine declining the request before it began (llama-server loading its model, Ollama's full
+      // queue, vLLM overloaded): safe to send elsewhere. Its body is read and dropped, never forwarded.
+      if (upstream.statusCode === 503 && !failedOver && hasAlternative(route, snap, api, variant, deps)) {
+        const declined = upstream;
+        upstream = undefined;
+        await declined.body.dump().catch(() => undefined);
+        if (clientGone) return finish('client_abort', 499);
+        next = failOverFrom(variant, 'upstream_5xx', 503, false, { route, snap, api, deps, alias, key, started });
+        if (!next) {
+          finish('upstream_5xx', 503);
+          return writeError(res, api, 503, `engine ${variant.engine} answered 503`, variant);
+        }
+      }
+    }
+    if (next) {
+      failedOver = variant;
+      variant = next;
+      forward = Buffer.from(JSON.stringify({ ...body, model: next.model }));
+    }
   }
 
   const status = upstream.statusCode;
@@ -157,6 +204,7 @@ export async function proxyGeneration(
   }
   headers['x-gpuops-variant'] = variant.name;
   headers['x-gpuops-engine'] = variant.engine;
+  if (failedOver) headers['x-gpuops-failover'] = failedOver.name;
   // Framed as the engine says it sent it; without a content type, as the client API streams (OpenAI: SSE).
   const contentType = upstream.headers['content-type'];
   const sse = typeof contentType === 'string' ? /^text\/event-stream\b/i.test(contentType) : !isOllama(api);
@@ -236,7 +284,14 @@ function drained(res: ServerResponse): Promise<void> {
   });
 }
 
-function writeError(res: ServerResponse, api: ClientApi, status: number, message: string, v: Variant): void {
+function writeError(
+  res: ServerResponse,
+  api: ClientApi,
+  status: number,
+  message: string,
+  v: Variant,
+  failedOver?: Variant,
+): void {
   if (res.headersSent || res.destroyed) return;
   const body = JSON.stringify(
     isOllama(api) ? { error: message } : { error: { message, type: 'upstream_error', param: null, code: null } },
@@ -246,8 +301,66 @@ function writeError(res: ServerResponse, api: ClientApi, status: number, message
     'content-length': Buffer.byteLength(body),
     'x-gpuops-variant': v.name,
     'x-gpuops-engine': v.engine,
+    ...(failedOver ? { 'x-gpuops-failover': failedOver.name } : {}),
   });
   res.end(body);
+}
+
+/** Record one attempt as its variant's sample, in the stats and the metrics. */
+function recordSample(
+  deps: ProxyDeps,
+  alias: string,
+  v: Variant,
+  started: number,
+  outcome: Outcome,
+  status: number,
+  extra: Partial<Sample> = {},
+): void {
+  const sample: Sample = { at: Date.now(), outcome, status, durationMs: performance.now() - started, ...extra };
+  deps.stats.record(alias, v.name, sample);
+  deps.metrics.observe(alias, v.name, sample);
+}
+
+/** What choosing a failover target needs of the request (built on the failure path only). */
+interface RetryContext {
+  route: AliasRoute;
+  snap: RouteSnapshot;
+  api: ClientApi;
+  deps: ProxyDeps;
+  alias: string;
+  /** The sticky header's value, if any. */
+  key: string | undefined;
+  started: number;
+}
+
+/**
+ * The variant a failed attempt is retried on, or undefined when the alias has none: another eligible variant
+ * (weighted among the rest), never the failed one, nor (when the engine itself is unreachable: `sameEngine`) any
+ * variant on its engine. A sticky session falls over to a fixed variant of its own (a second point, so sessions
+ * spread over the rest by weight). The failed attempt becomes its variant's own sample, so canary analysis sees the
+ * error, and the failover is counted.
+ */
+function failOverFrom(
+  failed: Variant,
+  outcome: Outcome,
+  status: number,
+  sameEngine: boolean,
+  c: RetryContext,
+): Variant | undefined {
+  const url = normalizeEngineUrl(failed.engine);
+  const rest = eligibleVariants(c.route, c.snap, isOllama(c.api), c.deps.autoDrain?.drained).filter(
+    (v) => v !== failed && !(sameEngine && normalizeEngineUrl(v.engine) === url),
+  );
+  const next = chooseVariant(rest, c.key ? stickyPoint(`${c.alias}\u0000${c.key}\u0000failover`) : c.deps.random());
+  if (!next) return undefined;
+  recordSample(c.deps, c.alias, failed, c.started, outcome, status);
+  c.deps.metrics.failover(c.alias, failed.name, next.name);
+  return next;
+}
+
+/** Whether a 503 from `failed` has somewhere else to go (checked before its body is dropped). */
+function hasAlternative(route: AliasRoute, snap: RouteSnapshot, api: ClientApi, failed: Variant, deps: ProxyDeps) {
+  return eligibleVariants(route, snap, isOllama(api), deps.autoDrain?.drained).some((v) => v !== failed);
 }
 
 function isTimeout(err: unknown): boolean {

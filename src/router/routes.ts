@@ -246,14 +246,21 @@ function persist(file: string, snap: RouteSnapshot): void {
   renameSync(tmp, file);
 }
 
-/** The variants a request may go to: weight > 0, engine not drained, and able to speak the request's API. */
-export function eligibleVariants(route: AliasRoute, snap: RouteSnapshot, ollamaNative: boolean): Variant[] {
-  return route.variants.filter(
-    (v) =>
-      v.weight > 0 &&
-      !snap.drained.includes(normalizeEngineUrl(v.engine)) &&
-      (!ollamaNative || v.engineType === 'ollama'),
-  );
+/**
+ * The variants a request may go to: weight > 0, engine not drained (by an operator, or by the router itself:
+ * `autoDrained`), and able to speak the request's API.
+ */
+export function eligibleVariants(
+  route: AliasRoute,
+  snap: RouteSnapshot,
+  ollamaNative: boolean,
+  autoDrained?: ReadonlySet<string>,
+): Variant[] {
+  return route.variants.filter((v) => {
+    if (v.weight <= 0 || (ollamaNative && v.engineType !== 'ollama')) return false;
+    const url = normalizeEngineUrl(v.engine);
+    return !snap.drained.includes(url) && !(autoDrained !== undefined && autoDrained.size > 0 && autoDrained.has(url));
+  });
 }
 
 /** FNV-1a of a string, as a fraction in [0, 1): the sticky session's fixed point on the weight line. */

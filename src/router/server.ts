@@ -6,6 +6,7 @@ import Fastify, { type FastifyError } from 'fastify';
 import { Agent } from 'undici';
 import { fastifyLimits, withLimits, type HttpLimits } from '../http-limits';
 import { registerAdmin } from './admin';
+import { AutoDrainer, type AutoDrainOptions } from './failover';
 import { RouterMetrics } from './metrics';
 import { API_PATHS, proxyGeneration, type ClientApi, type ProxyDeps } from './proxy';
 import { RouteStore, type RouteTableInput } from './routes';
@@ -35,6 +36,10 @@ export interface RouterOptions {
   log?: (line: string) => void;
   /** Request size and time limits; unset fields keep ROUTER_LIMITS (idle: the upstream headers timeout + 30 s). */
   limits?: Partial<HttpLimits>;
+  /** Engine base URL → node id (gpuops.yaml nodes), for draining a node whose engines all refuse connections. */
+  engineNodes?: Record<string, string>;
+  /** When the router drains a refusing node by itself (defaults in AUTO_DRAIN_DEFAULTS). */
+  autoDrain?: Partial<AutoDrainOptions>;
 }
 
 /**
@@ -63,6 +68,8 @@ export interface RouterHandle {
   /** Windowed per-request stats. */
   stats: StatsStore;
   metrics: RouterMetrics;
+  /** The router's own drains of refusing nodes. */
+  autoDrain: AutoDrainer;
   /** Stop listening, cut open streams, close upstream connections. */
   close(): Promise<void>;
 }
@@ -75,6 +82,13 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
   const stats = new StatsStore({ ...(opts.statsCapacity !== undefined ? { capacity: opts.statsCapacity } : {}) });
   const metrics = new RouterMetrics();
   metrics.routesChanged(table.current);
+  const autoDrain = new AutoDrainer({
+    store: table,
+    metrics,
+    log,
+    ...(opts.engineNodes ? { engineNodes: opts.engineNodes } : {}),
+    ...(opts.autoDrain ? { options: opts.autoDrain } : {}),
+  });
   // Engines stream for minutes; keep-alive connections are reused across requests to cut connect time.
   const dispatcher = new Agent({ keepAliveTimeout: 4_000, connections: 256 });
 
@@ -117,6 +131,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
     random: opts.random ?? Math.random,
     headersTimeoutMs,
     bodyTimeoutMs: opts.bodyTimeoutMs ?? 60_000,
+    autoDrain,
   };
   for (const [api, p] of Object.entries(API_PATHS) as [ClientApi, string][]) {
     app.post(p, (req, reply) => proxyGeneration(api, req, reply, deps));
@@ -153,7 +168,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
   });
   app.get('/healthz', async () => ({ ok: true, routesVersion: table.current.version }));
 
-  registerAdmin(app, { store: table, stats, metrics, adminTokenFile: opts.adminTokenFile, log });
+  registerAdmin(app, { store: table, stats, metrics, autoDrain, adminTokenFile: opts.adminTokenFile, log });
 
   const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? 8080 });
   const url = address.replace('://localhost', '://127.0.0.1');
@@ -163,7 +178,9 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
     table,
     stats,
     metrics,
+    autoDrain,
     async close() {
+      autoDrain.close();
       await app.close();
       await dispatcher.destroy();
     },

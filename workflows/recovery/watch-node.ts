@@ -46,6 +46,8 @@ class NodeWatch {
   readonly status: WatchStatus;
   facts: NodeFacts | null = null;
   private restartCounts: Record<string, number> = {};
+  /** Whether the last probe saw the node healthy (carried across continue-as-new); undefined before the first. */
+  lastHealthy: boolean | undefined;
 
   constructor(private readonly input: WatchInput) {
     this.status = {
@@ -56,6 +58,7 @@ class NodeWatch {
       maintenance: activeWindows(input.state?.maintenance ?? [], Date.now()),
       lastAction: null,
     };
+    this.lastHealthy = input.state?.healthy;
   }
 
   /** The status as of now (expired maintenance windows left out). */
@@ -104,10 +107,28 @@ class NodeWatch {
       problems: problems.map((p) => `${p.kind} ${p.subject}`),
     };
     s.consecutiveFailures = actionable.length ? s.consecutiveFailures + 1 : 0;
+    this.lastHealthy = report.healthy;
     const health = report.healthy ? 'healthy' : `UNHEALTHY (${s.consecutiveFailures}/${this.input.failureThreshold})`;
     const paused = s.maintenance.length ? ` — maintenance: ${s.maintenance.map((w) => w.reason).join('; ')}` : '';
     setCurrentDetails(`Watching **${this.input.node}**: ${health}${paused}`);
     return actionable;
+  }
+
+  /**
+   * The node is healthy after an unhealthy probe (or at the watcher's first probe): the router may have drained it
+   * by itself while its engines refused connections, and this is the word that puts it back. One activity per such
+   * transition, none per healthy round; the router answers which engines it released (none, usually).
+   */
+  async releaseRouterDrains(control: ControlActivities): Promise<void> {
+    const engines = this.facts?.engines.map((e) => e.url) ?? [];
+    const at = new Date(Date.now()).toISOString();
+    try {
+      const r = await control.releaseAutoDrain({ node: this.input.node, engines });
+      if (r.released.length > 0 || r.note) this.status.routerRelease = { at, released: r.released, note: r.note };
+    } catch (err) {
+      // Never stop watching over the router: the router's own recheck releases the drain if this never does.
+      this.status.routerRelease = { at, released: [], note: `release failed: ${(err as Error).message}` };
+    }
   }
 
   /** Start recoverNode for persistent problems and wait for it; someone else's running recovery is joined, not doubled. */
@@ -171,7 +192,12 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   const facts = await control.nodeFacts({ node: input.node });
   watch.facts = facts;
   for (let i = 0; i < input.probesPerRun; i++) {
-    const actionable = watch.observe(await probeNode(input.node, watch.probeOptions(facts)));
+    const wasHealthy = watch.lastHealthy;
+    const report = await probeNode(input.node, watch.probeOptions(facts));
+    const actionable = watch.observe(report);
+    // Added with the router's auto-drain: histories recorded before it replay without the release call.
+    if (report.healthy && wasHealthy !== true && patched('release-router-auto-drain'))
+      await watch.releaseRouterDrains(control);
     if (watch.status.consecutiveFailures >= input.failureThreshold) await watch.recover(actionable);
     await sleep(parseDuration(input.probeInterval));
     // Under Worker Versioning a run stays pinned to the control-worker version it started on; when a newer one is
@@ -184,6 +210,12 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   await condition(allHandlersFinished);
   return makeContinueAsNewFunc<typeof watchNode>({ initialVersioningBehavior: 'AUTO_UPGRADE' })({
     ...rawInput,
-    state: { consecutiveFailures: watch.status.consecutiveFailures, maintenance: watch.status.maintenance },
+    state: {
+      consecutiveFailures: watch.status.consecutiveFailures,
+      maintenance: watch.status.maintenance,
+      ...(watch.lastHealthy !== undefined && patched('release-router-auto-drain')
+        ? { healthy: watch.lastHealthy }
+        : {}),
+    },
   });
 }
