@@ -4,12 +4,15 @@
  */
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { z } from 'zod';
-import { loadConfig } from '../config/load';
+import { loadConfig, type LoadedConfig } from '../config/load';
 import type { BackupPlanConfig, Config } from '../config/schema';
 import { formatAge, rpoStatus, type RpoStatus } from '../domain/rpo';
 import { parseOrThrow, ValidationError } from '../domain/validation';
 import {
+  BackupReportInput,
   CONTROL_TASK_QUEUE,
+  RestoreBackupInput,
+  RunBackupInput,
   SEARCH_ATTRIBUTES,
   backupReportWorkflow,
   getBackupRecordQuery,
@@ -22,7 +25,7 @@ import {
 } from '../contracts';
 import { backupInputFor, describeSync, syncSchedules, BACKUP_SCHEDULE_PREFIX } from '../temporal/schedules';
 import { executeWorkflow, startWorkflow, workflowHandle } from '../temporal/workflows';
-import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
+import { withClient, withInputs, workflowInput, type GlobalOptions, type Program } from './context';
 import { followToEnd, pendingActivities, TransferMeter } from './follow';
 import { emit, FollowOutput, table } from './output';
 
@@ -89,13 +92,30 @@ async function lastVerify(client: Client, plan: BackupPlanConfig): Promise<PlanS
   return null;
 }
 
+/** backupReport's input for each plan, in config order, each checked with backupReport's own schema. */
+export function reportInputs(
+  config: Config,
+  opts: BackupCliOptions = {},
+): { plan: BackupPlanConfig; input: BackupReportInput }[] {
+  return config.backups.map((plan) => {
+    const timings = { pickupTimeout: opts.timings?.pickupTimeout ?? '20s' };
+    const input = { plan: backupInputFor(config, plan).plan, timings };
+    return { plan, input: workflowInput(BackupReportInput, input, `backupReport input for plan ${plan.id}`) };
+  });
+}
+
+/** runBackup's input for a plan (what its schedule starts), checked with runBackup's own schema. */
+export function runInputFor(config: Config, plan: BackupPlanConfig, opts: BackupCliOptions = {}): RunBackupInput {
+  const input = { ...backupInputFor(config, plan), ...(opts.timings ? { timings: opts.timings } : {}) };
+  return workflowInput(RunBackupInput, input, `runBackup input for plan ${plan.id}`);
+}
+
 /** Per plan: last success and its age against the RPO (breach marked), last verify, snapshots, repository size. */
 export async function backupStatus(client: Client, config: Config, opts: BackupCliOptions = {}): Promise<PlanStatus[]> {
   const now = opts.now ?? Date.now();
+  // Every input is checked before the first report starts.
   return Promise.all(
-    config.backups.map(async (plan) => {
-      const input = backupInputFor(config, plan);
-      const reportInput = { plan: input.plan, timings: { pickupTimeout: opts.timings?.pickupTimeout ?? '20s' } };
+    reportInputs(config, opts).map(async ({ plan, input: reportInput }) => {
       const report = await executeWorkflow(client, backupReportWorkflow, reportInput, {
         taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
         workflowId: `backup-report:${plan.id}:${new Date(now).toISOString().replace(/[:.]/g, '-')}:${Math.random().toString(36).slice(2, 6)}`,
@@ -149,7 +169,7 @@ export async function startPlanNow(
   opts: BackupCliOptions = {},
 ): Promise<BackupHandle> {
   const p = requirePlan(config, plan);
-  const input = { ...backupInputFor(config, p), ...(opts.timings ? { timings: opts.timings } : {}) };
+  const input = runInputFor(config, p, opts);
   return startWorkflow(client, runBackupWorkflow, input, {
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
     workflowId: `${workflowIds.backupSchedule(p.id)}:manual-${new Date().toISOString().replace(/[:.]/g, '-')}`,
@@ -211,19 +231,26 @@ const RestoreArgs = z.strictObject({
   force: z.boolean(),
 });
 
-/** Restore a snapshot of a plan into a directory on its node (workflow restore:<plan>:<snapshot>). */
-export async function restorePlan(
-  client: Client,
+/** What `gpuops backup restore` asks for. */
+export interface RestoreRequest {
+  plan: string;
+  snapshot?: string;
+  target?: string;
+  force?: boolean;
+}
+
+/** restoreBackup's input and workflow ID for `args`, checked with restoreBackup's own schema. */
+export function restoreInputFor(
   config: Config,
-  args: { plan: string; snapshot?: string; target?: string; force?: boolean },
+  args: RestoreRequest,
   opts: BackupCliOptions = {},
-): Promise<RestoreRecord> {
+): { input: RestoreBackupInput; workflowId: string } {
+  const p = requirePlan(config, args.plan);
   const a = parseOrThrow(
     RestoreArgs,
     { plan: args.plan, snapshot: args.snapshot ?? 'latest', target: args.target ?? '', force: args.force ?? false },
     'arguments',
   );
-  const p = requirePlan(config, a.plan);
   const input = {
     plan: backupInputFor(config, p).plan,
     snapshot: a.snapshot,
@@ -231,10 +258,24 @@ export async function restorePlan(
     force: a.force,
     ...(opts.timings ? { timings: opts.timings } : {}),
   };
+  return {
+    input: workflowInput(RestoreBackupInput, input, `restoreBackup input for plan ${p.id}`),
+    workflowId: workflowIds.restore(p.id, a.snapshot),
+  };
+}
+
+/** Restore a snapshot of a plan into a directory on its node (workflow restore:<plan>:<snapshot>). */
+export async function restorePlan(
+  client: Client,
+  config: Config,
+  args: RestoreRequest,
+  opts: BackupCliOptions = {},
+): Promise<RestoreRecord> {
+  const { input, workflowId } = restoreInputFor(config, args, opts);
   return executeWorkflow(client, restoreBackupWorkflow, input, {
     taskQueue: opts.taskQueue ?? CONTROL_TASK_QUEUE,
-    workflowId: workflowIds.restore(p.id, a.snapshot),
-    staticSummary: `Restore ${p.id} snapshot ${a.snapshot} to ${a.target}`,
+    workflowId,
+    staticSummary: `Restore ${input.plan.id} snapshot ${input.snapshot ?? 'latest'} to ${input.target}`,
   });
 }
 
@@ -246,22 +287,29 @@ export function registerBackupCommands(program: Program): void {
     .command('status')
     .description('per plan: last success and its age vs the RPO, last verify, snapshot count, repository size')
     .action(async () => {
-      await withClient(globals(), async (client, loaded) => {
-        await emit(globals(), await backupStatus(client, loaded.config), renderStatus);
-      });
+      await withInputs(
+        globals(),
+        ({ config }) => reportInputs(config),
+        async (client, _inputs, loaded) => {
+          await emit(globals(), await backupStatus(client, loaded.config), renderStatus);
+        },
+      );
     });
   backup
     .command('run <plan>')
     .description('run a plan now and print its record')
     .option('--follow', "print each step and restic's progress while it runs")
     .action(async (plan, o) => {
-      // Bad arguments exit 2 before any connection attempt.
-      requirePlan(loadConfig(globals().config).config, plan);
-      await withClient(globals(), async (client, loaded) => {
-        const h = await startPlanNow(client, loaded.config, plan);
-        if (o.follow) await followBackup(h, globals());
-        else await emit(globals(), await h.result(), renderRecord);
-      });
+      // Bad arguments, and a plan whose input runBackup would refuse, exit 2 before any connection attempt.
+      await withInputs(
+        globals(),
+        ({ config }) => runInputFor(config, requirePlan(config, plan)),
+        async (client, _input, loaded) => {
+          const h = await startPlanNow(client, loaded.config, plan);
+          if (o.follow) await followBackup(h, globals());
+          else await emit(globals(), await h.result(), renderRecord);
+        },
+      );
     });
   backup
     .command('follow <plan>')
@@ -278,28 +326,26 @@ export function registerBackupCommands(program: Program): void {
     .option('--target <dir>', 'directory on the node to restore into')
     .option('--force', 'restore into a non-empty target')
     .action(async (plan, snapshot, o) => {
-      requirePlan(loadConfig(globals().config).config, plan);
-      parseOptions(RestoreArgs, {
+      const args = {
         plan,
-        snapshot: snapshot ?? 'latest',
-        target: o.target ?? '',
+        ...(snapshot ? { snapshot } : {}),
+        ...(o.target ? { target: o.target } : {}),
         force: o.force ?? false,
-      });
-      await withClient(globals(), async (client, loaded) => {
-        const r = await restorePlan(client, loaded.config, {
-          plan,
-          ...(snapshot ? { snapshot } : {}),
-          ...(o.target ? { target: o.target } : {}),
-          force: o.force ?? false,
-        });
-        await emit(
-          globals(),
-          r,
-          (x) =>
-            `restored ${x.plan} ${x.snapshotId} to ${x.target}: ${x.files} files, ${x.bytes} bytes, verified, ${x.durationMs} ms` +
-            `${x.rtoMs === null ? '' : ` (RTO ${x.rtoBreached ? 'BREACHED' : 'met'})`}`,
-        );
-      });
+      };
+      await withInputs(
+        globals(),
+        ({ config }) => restoreInputFor(config, args),
+        async (client, _input, loaded) => {
+          const r = await restorePlan(client, loaded.config, args);
+          await emit(
+            globals(),
+            r,
+            (x) =>
+              `restored ${x.plan} ${x.snapshotId} to ${x.target}: ${x.files} files, ${x.bytes} bytes, verified, ${x.durationMs} ms` +
+              `${x.rtoMs === null ? '' : ` (RTO ${x.rtoBreached ? 'BREACHED' : 'met'})`}`,
+          );
+        },
+      );
     });
 
   const schedules = program.command('schedules').description('the Temporal Schedules backup:<plan>');
@@ -308,7 +354,9 @@ export function registerBackupCommands(program: Program): void {
     .description('create, update and delete schedules to match gpuops.yaml (idempotent)')
     .option('--dry-run', 'show what would change')
     .action(async (o) => {
-      await withClient(globals(), async (client, loaded) => {
+      // Each schedule's action starts runBackup with its plan's input: a bad one would fail every run.
+      const inputs = ({ config }: LoadedConfig) => config.backups.map((p) => runInputFor(config, p));
+      await withInputs(globals(), inputs, async (client, _inputs, loaded) => {
         const r = await syncSchedules(client, loaded.config, { dryRun: o.dryRun ?? false });
         await emit(globals(), r, (x) => `${o.dryRun ? '(dry run) ' : ''}${describeSync(x)}`);
       });

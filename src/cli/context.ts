@@ -38,11 +38,29 @@ export function parseOptions<S extends z.ZodType, T extends { [K in keyof z.inpu
   return parseOrThrow(schema, opts, what);
 }
 
-export async function withClient<T>(
+/**
+ * The input a command will send a workflow (its start input, or an Update's), checked with the workflow's own schema
+ * from src/contracts: a bad one is a ValidationError (exit 2) naming the field and the rule. Answers the input as
+ * given (the workflow parses it again and fills in its defaults). Call it inside `withInputs`' `inputs`, so nothing
+ * has connected, let alone started, when it fails.
+ */
+export function workflowInput<S extends z.ZodType>(schema: S, input: z.input<S>, what: string): z.input<S> {
+  parseOrThrow(schema, input, what);
+  return input;
+}
+
+/**
+ * Run a command that starts, signals or updates workflows: load the config, build everything it will send
+ * (`inputs`, each through `workflowInput`), and only then connect and run `fn` with them. Bad input exits 2 without
+ * a connection attempt, never 1 with a connection error, and never a started workflow that fails on its input.
+ */
+export async function withInputs<I, T>(
   opts: GlobalOptions,
-  fn: (client: Client, loaded: LoadedConfig) => Promise<T>,
+  inputs: (loaded: LoadedConfig) => I,
+  fn: (client: Client, inputs: I, loaded: LoadedConfig) => Promise<T>,
 ): Promise<T> {
   const loaded = loadConfig(opts.config);
+  const checked = inputs(loaded);
   const target = resolveTargetOrDev(loaded.config);
   // Key files are read before dialling: a bad one is named as such, not as an unreachable server.
   const dataConverter = gpuopsDataConverter(loaded);
@@ -57,8 +75,20 @@ export async function withClient<T>(
     );
   }
   try {
-    return await fn(client, loaded);
+    return await fn(client, checked, loaded);
   } finally {
     await client.connection.close();
   }
+}
+
+/** Run a command that needs a Temporal client and sends no workflow input of its own. */
+export function withClient<T>(
+  opts: GlobalOptions,
+  fn: (client: Client, loaded: LoadedConfig) => Promise<T>,
+): Promise<T> {
+  return withInputs(
+    opts,
+    () => undefined,
+    (client, _none, loaded) => fn(client, loaded),
+  );
 }

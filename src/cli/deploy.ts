@@ -7,19 +7,25 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { z } from 'zod';
+import type { LoadedConfig } from '../config/load';
 import { ValidationError } from '../domain/validation';
 import {
+  ApproveDeploymentInput,
+  DeployModelInput,
+  PromoteCanaryInput,
+  RollbackDeploymentInput,
   approveDeploymentUpdate,
   deployModelWorkflow,
   getDeploymentStatusQuery,
   promoteCanaryUpdate,
   rollbackDeploymentUpdate,
   workflowIds,
+  type DeploymentExpectation,
   type DeploymentStatus,
   type WorkflowOf,
 } from '../contracts';
 import { startWorkflow, workflowHandle } from '../temporal/workflows';
-import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
+import { parseOptions, withClient, withInputs, workflowInput, type GlobalOptions, type Program } from './context';
 import { requireNode } from './nodes';
 import {
   followToEnd,
@@ -44,11 +50,16 @@ const DeployArgs = z.strictObject({
   safetyProbes: z.boolean().default(true),
 });
 const FollowArgs = z.strictObject({ node: z.string().min(1, { message: 'is required (--node)' }) });
+// by, reason and the expectations are checked by the Update's own schema (workflowInput), not twice here.
 const SteerArgs = z.strictObject({
   node: z.string().min(1, { message: 'is required (--node)' }),
-  by: z.string().min(1).max(200).optional(),
-  reason: z.string().max(2000).optional(),
+  by: z.string().optional(),
+  reason: z.string().optional(),
   force: z.boolean().default(false),
+  expectModel: z.string().optional(),
+  expectDigest: z.string().optional(),
+  expectRevision: z.string().optional(),
+  expectRunId: z.string().optional(),
 });
 
 const who = (by?: string): string =>
@@ -212,6 +223,39 @@ async function follow(h: DeploymentHandle, globals: GlobalOptions): Promise<void
 
 type SteerName = 'promote' | 'approve' | 'rollback';
 
+type SteerInput =
+  | { name: 'promote'; args: PromoteCanaryInput }
+  | { name: 'approve'; args: ApproveDeploymentInput }
+  | { name: 'rollback'; args: RollbackDeploymentInput };
+
+/** The `--expect-*` flags as the Updates' `expect` field (absent when none is given). */
+function expectation(a: z.output<typeof SteerArgs>): { expect?: DeploymentExpectation } {
+  const e = {
+    ...(a.expectModel !== undefined ? { model: a.expectModel } : {}),
+    ...(a.expectDigest !== undefined ? { digest: a.expectDigest } : {}),
+    ...(a.expectRevision !== undefined ? { revision: a.expectRevision } : {}),
+    ...(a.expectRunId !== undefined ? { runId: a.expectRunId } : {}),
+  };
+  return Object.keys(e).length > 0 ? { expect: e } : {};
+}
+
+/** The Update a steer command sends, checked with the Update's own schema. */
+function steerInput(name: SteerName, alias: string, a: z.output<typeof SteerArgs>): SteerInput {
+  // The alias names the workflow ID: the deployment's own rule for it.
+  workflowInput(DeployModelInput.pick({ alias: true }), { alias }, 'arguments');
+  const by = who(a.by);
+  const expect = expectation(a);
+  const comment = a.reason !== undefined ? { comment: a.reason } : {};
+  const what = `${name} input`;
+  if (name === 'promote') {
+    return { name, args: workflowInput(PromoteCanaryInput, { by, force: a.force, ...comment, ...expect }, what) };
+  }
+  if (name === 'approve')
+    return { name, args: workflowInput(ApproveDeploymentInput, { by, ...comment, ...expect }, what) };
+  const reason = a.reason ?? 'rollback requested';
+  return { name, args: workflowInput(RollbackDeploymentInput, { by, reason, ...expect }, what) };
+}
+
 /** Send the deployment its promote, approve or rollback Update and print the status it answers with. */
 async function steer(
   globals: GlobalOptions,
@@ -220,18 +264,18 @@ async function steer(
   opts: z.input<typeof SteerArgs>,
 ): Promise<void> {
   const a = parseOptions(SteerArgs, opts);
-  await withClient(globals, async (client, loaded) => {
+  const prepare = (loaded: LoadedConfig): SteerInput => {
     requireNode(loaded.config, a.node);
+    return steerInput(name, alias, a);
+  };
+  await withInputs(globals, prepare, async (client, input) => {
     const h = await handleFor(client, a.node, alias);
-    const by = who(a.by);
     const update = (): Promise<DeploymentStatus> =>
-      name === 'promote'
-        ? h.executeUpdate(promoteCanaryUpdate, {
-            args: [{ by, force: a.force, ...(a.reason ? { comment: a.reason } : {}) }],
-          })
-        : name === 'approve'
-          ? h.executeUpdate(approveDeploymentUpdate, { args: [{ by, ...(a.reason ? { comment: a.reason } : {}) }] })
-          : h.executeUpdate(rollbackDeploymentUpdate, { args: [{ by, reason: a.reason ?? 'rollback requested' }] });
+      input.name === 'promote'
+        ? h.executeUpdate(promoteCanaryUpdate, { args: [input.args] })
+        : input.name === 'approve'
+          ? h.executeUpdate(approveDeploymentUpdate, { args: [input.args] })
+          : h.executeUpdate(rollbackDeploymentUpdate, { args: [input.args] });
     let status: DeploymentStatus;
     try {
       status = await update();
@@ -244,6 +288,43 @@ async function steer(
     }
     await emit(globals, status, (st) => `${name} accepted: ${line(st)}`);
   });
+}
+
+/** deployModel's input for `gpuops deploy`, checked with the workflow's own schema. */
+function deployInput(
+  loaded: LoadedConfig,
+  alias: string,
+  model: string,
+  a: z.output<typeof DeployArgs>,
+): DeployModelInput {
+  requireNode(loaded.config, a.node);
+  const node = loaded.config.nodes.find((n) => n.id === a.node);
+  const engine =
+    a.engine ??
+    node?.engines.find((e) => e.type === 'ollama')?.name ??
+    node?.engines.find((e) => (e as { canarySlot?: string }).canarySlot)?.name;
+  if (!engine) {
+    throw new ValidationError('arguments', ['--engine: the node has no Ollama engine or canary slot; name one']);
+  }
+  if (a.policy && !loaded.config.policies[a.policy]) {
+    const known = Object.keys(loaded.config.policies);
+    throw new ValidationError('arguments', [
+      `--policy: must be a policy in gpuops.yaml (${known.join(', ') || 'none defined'}; got "${a.policy}")`,
+    ]);
+  }
+  const policy = loaded.config.policies[a.policy ?? 'default'];
+  const input = {
+    node: a.node,
+    alias,
+    engine,
+    model,
+    requestedBy: who(),
+    ...(a.digest ? { expectedDigest: a.digest } : {}),
+    ...(a.revision ? { revision: a.revision } : {}),
+    ...(policy ? { policy } : {}),
+    ...(a.safetyProbes === false ? { safetyProbes: false } : {}),
+  };
+  return workflowInput(DeployModelInput, input, 'deployModel input');
 }
 
 export function registerDeployCommands(program: Program): void {
@@ -266,57 +347,34 @@ export function registerDeployCommands(program: Program): void {
     )
     .action(async (alias, model, opts) => {
       const a = parseOptions(DeployArgs, opts);
-      await withClient(globals(), async (client, loaded) => {
-        requireNode(loaded.config, a.node);
-        const node = loaded.config.nodes.find((n) => n.id === a.node);
-        const engine =
-          a.engine ??
-          node?.engines.find((e) => e.type === 'ollama')?.name ??
-          node?.engines.find((e) => (e as { canarySlot?: string }).canarySlot)?.name;
-        if (!engine) {
-          throw new ValidationError('arguments', ['--engine: the node has no Ollama engine or canary slot; name one']);
-        }
-        if (a.policy && !loaded.config.policies[a.policy]) {
-          const known = Object.keys(loaded.config.policies);
-          throw new ValidationError('arguments', [
-            `--policy: must be a policy in gpuops.yaml (${known.join(', ') || 'none defined'}; got "${a.policy}")`,
-          ]);
-        }
-        const policy = loaded.config.policies[a.policy ?? 'default'];
-        const id = workflowIds.deploy(a.node, alias);
-        const input = {
-          node: a.node,
-          alias,
-          engine,
-          model,
-          requestedBy: who(),
-          ...(a.digest ? { expectedDigest: a.digest } : {}),
-          ...(a.revision ? { revision: a.revision } : {}),
-          ...(policy ? { policy } : {}),
-          ...(a.safetyProbes === false ? { safetyProbes: false } : {}),
-        };
-        const h = await startWorkflow(client, deployModelWorkflow, input, {
-          workflowId: id,
-          workflowIdConflictPolicy: 'FAIL',
-          staticSummary: `Deploy ${model} as ${alias} on ${a.node}`,
-        }).catch((err: unknown) => {
-          if (err instanceof WorkflowExecutionAlreadyStartedError) {
-            throw new Error(
-              `${id} is already running: one deployment per alias at a time (follow it with ${gpuopsCommand(globals(), ['follow', alias, '--node', a.node])}, end it with ${gpuopsCommand(globals(), ['rollback', alias, '--node', a.node])})`,
+      await withInputs(
+        globals(),
+        (loaded) => deployInput(loaded, alias, model, a),
+        async (client, input) => {
+          const id = workflowIds.deploy(a.node, alias);
+          const h = await startWorkflow(client, deployModelWorkflow, input, {
+            workflowId: id,
+            workflowIdConflictPolicy: 'FAIL',
+            staticSummary: `Deploy ${model} as ${alias} on ${a.node}`,
+          }).catch((err: unknown) => {
+            if (err instanceof WorkflowExecutionAlreadyStartedError) {
+              throw new Error(
+                `${id} is already running: one deployment per alias at a time (follow it with ${gpuopsCommand(globals(), ['follow', alias, '--node', a.node])}, end it with ${gpuopsCommand(globals(), ['rollback', alias, '--node', a.node])})`,
+              );
+            }
+            throw err;
+          });
+          if (a.follow) await follow(h, globals());
+          else {
+            const followIt = gpuopsCommand(globals(), ['follow', alias, '--node', a.node]);
+            await emit(
+              globals(),
+              { workflowId: h.workflowId, runId: h.firstExecutionRunId },
+              (r) => `deployment ${r.workflowId} started, run ${r.runId} (follow it: ${followIt}, or in the UI)`,
             );
           }
-          throw err;
-        });
-        if (a.follow) await follow(h, globals());
-        else {
-          const followIt = gpuopsCommand(globals(), ['follow', alias, '--node', a.node]);
-          await emit(
-            globals(),
-            { workflowId: h.workflowId, runId: h.firstExecutionRunId },
-            (r) => `deployment ${r.workflowId} started (follow it: ${followIt}, or in the UI)`,
-          );
-        }
-      });
+        },
+      );
     });
 
   program
@@ -339,7 +397,11 @@ export function registerDeployCommands(program: Program): void {
       .description(description)
       .requiredOption('--node <id>', 'node of the deployment')
       .option('--by <who>', 'who (default: CI actor or $USER)')
-      .option('--reason <text>', 'why (rollback) or a comment');
+      .option('--reason <text>', 'why (rollback) or a comment')
+      .option('--expect-model <model>', 'refuse unless the running deployment deploys this model')
+      .option('--expect-digest <sha256>', 'refuse unless its digest (pulled, or pinned until pulled) is this one')
+      .option('--expect-revision <rev>', 'refuse unless its HF revision is this one')
+      .option('--expect-run-id <id>', 'refuse unless it is this run (the run ID `gpuops deploy` printed)');
   steerCommand('promote', 'promote the canary to 100% (refused while the analysis is failing, unless --force)')
     .option('--force', 'promote even though the last analysis failed')
     .action((alias, opts) => steer(globals(), 'promote', alias, opts));

@@ -1,26 +1,31 @@
 /** `gpuops recover | watch | maintenance`: start and steer the failure-recovery workflows. */
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { z } from 'zod';
+import type { LoadedConfig } from '../config/load';
 import type { Config } from '../config/schema';
 import {
+  MaintenanceInput,
+  RecoverNodeInput,
+  WatchNodeInput,
   getIncidentQuery,
   recoverNodeWorkflow,
   setMaintenanceUpdate,
   watchNodeWorkflow,
   workflowIds,
   type IncidentRecord,
-  type RecoverNodeInput,
+  type SetMaintenanceInput,
   type WorkflowOf,
 } from '../contracts';
 import { startWorkflow, workflowHandle } from '../temporal/workflows';
-import { parseOptions, withClient, type GlobalOptions, type Program } from './context';
+import { parseOptions, withClient, withInputs, workflowInput, type GlobalOptions, type Program } from './context';
 import { requireNode } from './nodes';
 import { followToEnd, gpuopsCommand, requireRunning } from './follow';
 import { emit, FollowOutput, table } from './output';
 
 const RecoverArgs = z.strictObject({
   rung: z.enum(['restart-container', 'reset-gpu', 'restart-vm', 'escalate']).optional(),
-  reason: z.string().min(1).max(2000).default('requested from the gpuops CLI'),
+  // Its rules are recoverNode's own (workflowInput), not repeated here.
+  reason: z.string().default('requested from the gpuops CLI'),
   wait: z.boolean().default(false),
   follow: z.boolean().default(false),
 });
@@ -41,21 +46,28 @@ const MaintenanceArgs = z
   });
 
 /** The watchNode input gpuops.yaml's recovery section asks for. */
-export function watchInput(config: Config, node: string) {
+export function watchInput(config: Config, node: string): WatchNodeInput {
   const r = config.recovery;
-  return {
+  const input = {
     node,
     probeInterval: r.probeInterval,
     failureThreshold: r.failureThreshold,
     recovery: { verifyTimeout: r.verifyTimeout, maxRecoveries: r.maxRecoveriesPerHour },
   };
+  return workflowInput(WatchNodeInput, input, `watchNode input for ${node}`);
 }
 
-/** Start (or keep) one watcher per node; an already running watcher is left alone. */
-export async function startWatchers(client: Client, config: Config, nodes?: string[]): Promise<string[]> {
+/** The watchNode inputs of every node (or those given), each checked with watchNode's own schema. */
+export function watchInputs(config: Config, nodes?: string[]): WatchNodeInput[] {
+  return (nodes ?? config.nodes.map((x) => x.id)).map((n) => watchInput(config, n));
+}
+
+/** Start (or keep) one watcher per input; an already running watcher is left alone. */
+async function startWatchersFor(client: Client, inputs: WatchNodeInput[]): Promise<string[]> {
   const ids: string[] = [];
-  for (const n of nodes ?? config.nodes.map((x) => x.id)) {
-    const h = await startWorkflow(client, watchNodeWorkflow, watchInput(config, n), {
+  for (const input of inputs) {
+    const n = input.node;
+    const h = await startWorkflow(client, watchNodeWorkflow, input, {
       workflowId: workflowIds.watch(n),
       workflowIdConflictPolicy: 'USE_EXISTING',
       staticSummary: `Watch node ${n}`,
@@ -64,6 +76,11 @@ export async function startWatchers(client: Client, config: Config, nodes?: stri
     ids.push(h.workflowId);
   }
   return ids;
+}
+
+/** Start (or keep) one watcher per node (or those given); every input is checked before the first starts. */
+export function startWatchers(client: Client, config: Config, nodes?: string[]): Promise<string[]> {
+  return startWatchersFor(client, watchInputs(config, nodes));
 }
 
 export function renderIncident(i: IncidentRecord): string {
@@ -164,16 +181,19 @@ export function registerRecoveryCommands(program: Program): void {
     .option('--follow', 'print the diagnosis and each rung as it is reached, then the record (exit 1 if escalated)')
     .action(async (node, opts) => {
       const args = parseOptions(RecoverArgs, opts);
-      await withClient(globals(), async (client, loaded) => {
-        requireNode(loaded.config, node);
-        const input: RecoverNodeInput = {
+      const prepare = ({ config }: LoadedConfig): RecoverNodeInput => {
+        requireNode(config, node);
+        const input = {
           node,
           reason: args.reason,
-          trigger: { source: 'cli', detail: `gpuops recover by ${process.env.USER ?? 'unknown'}` },
-          maxRecoveries: loaded.config.recovery.maxRecoveriesPerHour,
-          verifyTimeout: loaded.config.recovery.verifyTimeout,
+          trigger: { source: 'cli' as const, detail: `gpuops recover by ${process.env.USER ?? 'unknown'}` },
+          maxRecoveries: config.recovery.maxRecoveriesPerHour,
+          verifyTimeout: config.recovery.verifyTimeout,
           ...(args.rung ? { startRung: args.rung } : {}),
         };
+        return workflowInput(RecoverNodeInput, input, 'recoverNode input');
+      };
+      await withInputs(globals(), prepare, async (client, input) => {
         const h = await startWorkflow(client, recoverNodeWorkflow, input, {
           workflowId: workflowIds.recover(node),
           workflowIdConflictPolicy: 'USE_EXISTING',
@@ -210,9 +230,12 @@ export function registerRecoveryCommands(program: Program): void {
     .command('watch [node]')
     .description('start the watchNode workflow for every node (or one); running watchers are kept')
     .action(async (node) => {
-      await withClient(globals(), async (client, loaded) => {
-        if (node) requireNode(loaded.config, node);
-        const ids = await startWatchers(client, loaded.config, node ? [node] : undefined);
+      const prepare = ({ config }: LoadedConfig): WatchNodeInput[] => {
+        if (node) requireNode(config, node);
+        return watchInputs(config, node ? [node] : undefined);
+      };
+      await withInputs(globals(), prepare, async (client, inputs) => {
+        const ids = await startWatchersFor(client, inputs);
         await emit(globals(), ids, (x) => `watching: ${x.join(', ')}`);
       });
     });
@@ -227,23 +250,21 @@ export function registerRecoveryCommands(program: Program): void {
     .option('--clear', 'end maintenance now')
     .action(async (node, opts) => {
       const a = parseOptions(MaintenanceArgs, opts);
-      await withClient(globals(), async (client, loaded) => {
-        requireNode(loaded.config, node);
-        const windows = await workflowHandle(client, watchNodeWorkflow, workflowIds.watch(node)).executeUpdate(
-          setMaintenanceUpdate,
-          {
-            args: [
-              {
-                reason: a.reason ?? 'cleared',
-                by: process.env.USER ?? 'gpuops CLI',
-                clear: a.clear,
-                ...(a.for ? { duration: a.for } : {}),
-                ...(a.until ? { until: a.until } : {}),
-                ...(a.engine ? { engine: a.engine } : {}),
-              },
-            ],
-          },
-        );
+      const prepare = ({ config }: LoadedConfig): SetMaintenanceInput => {
+        requireNode(config, node);
+        const input = {
+          reason: a.reason ?? 'cleared',
+          by: process.env.USER ?? 'gpuops CLI',
+          clear: a.clear,
+          ...(a.for ? { duration: a.for } : {}),
+          ...(a.until ? { until: a.until } : {}),
+          ...(a.engine ? { engine: a.engine } : {}),
+        };
+        return workflowInput(MaintenanceInput, input, 'maintenance input');
+      };
+      await withInputs(globals(), prepare, async (client, input) => {
+        const watcher = workflowHandle(client, watchNodeWorkflow, workflowIds.watch(node));
+        const windows = await watcher.executeUpdate(setMaintenanceUpdate, { args: [input] });
         await emit(globals(), windows, (w) =>
           w.length === 0
             ? `${node}: no maintenance`

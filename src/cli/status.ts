@@ -2,26 +2,34 @@
 import type { Client } from '@temporalio/client';
 import type { HealthReport } from '../domain/classify';
 import type { Config } from '../config/schema';
-import { inspectNodeWorkflow, workflowIds } from '../contracts';
+import { InspectNodeInput, inspectNodeWorkflow, workflowIds } from '../contracts';
 import { executeWorkflow } from '../temporal/workflows';
-import { withClient, type GlobalOptions, type Program } from './context';
+import { withInputs, workflowInput, type GlobalOptions, type Program } from './context';
 import { runningDeployments, type DeploymentRow } from './deployments';
 import { requireNode } from './nodes';
 import { emit, table } from './output';
 
-export async function inspect(client: Client, config: Config, node: string, generate = true): Promise<HealthReport> {
+/** inspectNode's input for a node, checked with inspectNode's own schema. */
+export function inspectInput(config: Config, node: string, generate = true): InspectNodeInput {
   const n = config.nodes.find((x) => x.id === node);
-  return executeWorkflow(
-    client,
-    inspectNodeWorkflow,
-    { node, generate, expectedGpus: n?.gpus.length },
-    {
-      workflowId: workflowIds.inspect(node, new Date().toISOString().replace(/[:.]/g, '-')),
-      staticSummary: `Inspect node ${node}`,
-      staticDetails: "Started by `gpuops status`: one round of health probes on the node's pinned queue.",
-      workflowExecutionTimeout: '2m',
-    },
-  );
+  const input = { node, generate, ...(n ? { expectedGpus: n.gpus.length } : {}) };
+  return workflowInput(InspectNodeInput, input, `inspectNode input for ${node}`);
+}
+
+/** inspectNode's inputs for every node (or one), in config order. */
+export function inspectInputs(config: Config, opts: { node?: string; generate?: boolean }): InspectNodeInput[] {
+  if (opts.node) requireNode(config, opts.node);
+  const nodes = opts.node ? [opts.node] : config.nodes.map((n) => n.id);
+  return nodes.map((n) => inspectInput(config, n, opts.generate ?? true));
+}
+
+export function inspect(client: Client, input: InspectNodeInput): Promise<HealthReport> {
+  return executeWorkflow(client, inspectNodeWorkflow, input, {
+    workflowId: workflowIds.inspect(input.node, new Date().toISOString().replace(/[:.]/g, '-')),
+    staticSummary: `Inspect node ${input.node}`,
+    staticDetails: "Started by `gpuops status`: one round of health probes on the node's pinned queue.",
+    workflowExecutionTimeout: '2m',
+  });
 }
 
 /** Engines and containers that are standby halves of canary slot pairs (reports of older workers have none). */
@@ -129,17 +137,6 @@ function engineSummary(r: HealthReport): string {
   return standby.size > 0 ? `${ok}, ${standby.size} standby` : ok;
 }
 
-/** Run inspectNode on every node (or one) at once; their reports in config order. */
-export async function inspectNodes(
-  client: Client,
-  config: Config,
-  opts: { node?: string; generate?: boolean },
-): Promise<HealthReport[]> {
-  if (opts.node) requireNode(config, opts.node);
-  const nodes = opts.node ? [opts.node] : config.nodes.map((n) => n.id);
-  return Promise.all(nodes.map((n) => inspect(client, config, n, opts.generate ?? true)));
-}
-
 /** The summary table, each node's report, then the deployments in progress (when there are any). */
 export function renderStatus(reports: HealthReport[], deployments: DeploymentRow[]): string {
   const summary = table(
@@ -180,13 +177,15 @@ export function registerStatusCommand(program: Program): void {
     .description('probe nodes (inspectNode workflow) and print their health')
     .option('--no-generate', 'skip the test generation on each engine')
     .action(async (node, opts) => {
-      await withClient(globals(), async (client, loaded) => {
-        const reports = await inspectNodes(client, loaded.config, {
-          generate: opts.generate,
-          ...(node ? { node } : {}),
-        });
-        // The deployments in progress are part of the text only: --json prints the reports alone.
-        await emit(globals(), reports, async (r) => renderStatus(r, await runningDeployments(client, node)));
-      });
+      const which = { generate: opts.generate, ...(node ? { node } : {}) };
+      await withInputs(
+        globals(),
+        ({ config }) => inspectInputs(config, which),
+        async (client, inputs) => {
+          const reports = await Promise.all(inputs.map((input) => inspect(client, input)));
+          // The deployments in progress are part of the text only: --json prints the reports alone.
+          await emit(globals(), reports, async (r) => renderStatus(r, await runningDeployments(client, node)));
+        },
+      );
     });
 }

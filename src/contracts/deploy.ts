@@ -21,6 +21,22 @@ export const DeployPolicyInput = DeployPolicySchema;
 // name:tag, optionally under a registry host (`registry.example:5000/team/name:tag`), as Ollama itself accepts.
 export const OLLAMA_MODEL = /^(?:[A-Za-z0-9.-]+(?::\d+)?\/)?[A-Za-z0-9][A-Za-z0-9._/-]*:[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
+// A model reaches the engine's command line (vLLM --model, llama.cpp -m/-hf) and, for a .gguf, a path on the node.
+const ModelRef = noDotDotSegment(
+  commandArg(
+    z
+      .string()
+      .max(300)
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, {
+        message: 'must be a model reference (name:tag, org/repo or a .gguf)',
+      }),
+  ),
+);
+const Revision = noDotDotSegment(
+  z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$/, { message: 'must be a git revision (commit, branch or tag)' }),
+);
+const Digest = z.string().regex(/^(sha256:)?[0-9a-f]{64}$/, { message: 'must be a sha256 digest (64 hex)' });
+
 export const DeployModelInput = z.strictObject({
   node: nodeId,
   /** Router alias whose `stable` variant the new version canaries against. */
@@ -30,28 +46,11 @@ export const DeployModelInput = z.strictObject({
   /** Engine name on the node (Ollama: the canary is a second tag on it; vLLM / llama.cpp: its canary slot). */
   engine: gpuopsId('an engine name'),
   /** Ollama `name:tag`; vLLM an HF repo `org/name`; llama.cpp an HF repo or a .gguf file. */
-  // It reaches the engine's command line (vLLM --model, llama.cpp -m/-hf) and, for a .gguf, a path on the node.
-  model: noDotDotSegment(
-    commandArg(
-      z
-        .string()
-        .max(300)
-        .regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]*$/, {
-          message: 'must be a model reference (name:tag, org/repo or a .gguf)',
-        }),
-    ),
-  ),
+  model: ModelRef,
   /** HF revision (commit, branch or tag) for vLLM / llama.cpp; recorded as the digest. */
-  revision: noDotDotSegment(
-    z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$/, { message: 'must be a git revision (commit, branch or tag)' }),
-  ).optional(),
+  revision: Revision.optional(),
   /** Pin the digest (64 hex, optionally `sha256:`): a pulled model with another digest is rolled back. */
-  expectedDigest: z
-    .string()
-    .regex(/^(sha256:)?[0-9a-f]{64}$/, { message: 'must be a sha256 digest (64 hex)' })
-    .optional(),
+  expectedDigest: Digest.optional(),
   policy: DeployPolicyInput.default(DeployPolicyInput.parse({})),
   /** Run the safety probes (skipping them makes the risk at least medium). */
   safetyProbes: z.boolean().default(true),
@@ -67,18 +66,52 @@ export const DeployModelInput = z.strictObject({
 export type DeployModelInput = z.input<typeof DeployModelInput>;
 
 const Who = z.string().trim().min(1, { message: 'must say who' }).max(200);
+
+/**
+ * Which deployment the sender of an Update means: the model (and its digest or revision) and/or the run it started.
+ * The ID `deploy:<node>:<alias>` names the alias, not the deployment: a CI job whose start joined someone else's run
+ * (the `temporal` CLI joins a running execution of the ID) would otherwise steer that one. The validator refuses the
+ * Update, naming what runs, when the running deployment is not the expected one.
+ */
+export const DeploymentExpectation = z
+  .strictObject({
+    /** The model the deployment deploys (its input `model`). */
+    model: ModelRef.optional(),
+    /** Its digest: the pulled one, or the pinned `expectedDigest` until the pull has finished. */
+    digest: Digest.optional(),
+    /** Its HF revision (input `revision`). */
+    revision: Revision.optional(),
+    /** The run ID the sender started (the first run's, or the current one's after a continue-as-new). */
+    runId: z
+      .string()
+      .regex(/^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$/, {
+        message: 'must be a workflow run ID (a UUID)',
+      })
+      .optional(),
+  })
+  .refine((e) => Object.values(e).some((v) => v !== undefined), {
+    message: 'must name at least one of model, digest, revision, runId',
+  });
+export type DeploymentExpectation = z.input<typeof DeploymentExpectation>;
+
 /** Input of the `approve` Update on deployModel: a human accepts a medium-risk version for canary. */
-export const ApproveDeploymentInput = z.strictObject({ by: Who, comment: z.string().max(2000).optional() });
+export const ApproveDeploymentInput = z.strictObject({
+  by: Who,
+  comment: z.string().max(2000).optional(),
+  expect: DeploymentExpectation.optional(),
+});
 /** Input of the `promote` Update on deployModel: send 100% of the alias to the new version now (`force`: even though the last analysis did not pass). */
 export const PromoteCanaryInput = z.strictObject({
   by: Who,
   force: z.boolean().optional(),
   comment: z.string().max(2000).optional(),
+  expect: DeploymentExpectation.optional(),
 });
 /** Input of the `rollback` Update on deployModel: abandon the deployment and restore the stable route. */
 export const RollbackDeploymentInput = z.strictObject({
   by: Who,
   reason: z.string().trim().min(1, { message: 'must say why' }).max(2000),
+  expect: DeploymentExpectation.optional(),
 });
 export type ApproveDeploymentInput = z.input<typeof ApproveDeploymentInput>;
 export type PromoteCanaryInput = z.input<typeof PromoteCanaryInput>;

@@ -18,6 +18,7 @@ import {
 } from '@temporalio/workflow';
 import type { Duration } from '@temporalio/common';
 import type { z } from 'zod';
+import { expectationRefusal, type Expectation } from '../../src/domain/deploy-expectation';
 import { parseDuration } from '../../src/domain/durations';
 import { aliasesWhere, weightsAfter, type RouteOp } from '../../src/domain/route-ops';
 import { formatIssues, parseInput } from '../../src/domain/validation';
@@ -176,6 +177,7 @@ export class Deployment {
 
   private validateApprove(a: ApproveDeploymentInput): void {
     checkUpdateInput(ApproveDeploymentInput, a, 'approve');
+    this.checkExpectation(a.expect);
     if (this.finished) refuse(`the deployment has finished (${this.status.outcome})`);
     if (this.status.stage !== 'awaiting-approval') refuse(`nothing awaits approval (stage ${this.status.stage})`);
   }
@@ -183,6 +185,7 @@ export class Deployment {
   private validatePromote(p: PromoteCanaryInput): void {
     const { stage, live, analyses, outcome } = this.status;
     checkUpdateInput(PromoteCanaryInput, p, 'promote');
+    this.checkExpectation(p.expect);
     if (this.finished) refuse(`the deployment has finished (${outcome})`);
     if (this.rollbackAsked || stage === 'rolling-back') refuse('the deployment is rolling back');
     if (stage === 'rollback-window' || stage === 'promoting') refuse('already promoted');
@@ -195,8 +198,21 @@ export class Deployment {
 
   private validateRollback(r: RollbackDeploymentInput): void {
     checkUpdateInput(RollbackDeploymentInput, r, 'rollback');
+    this.checkExpectation(r.expect);
     if (this.finished) refuse(`the deployment has finished (${this.status.outcome})`);
     if (this.windowClosed) refuse('the rollback window has closed: deploy the old version again to go back');
+  }
+
+  /**
+   * An Update that names the deployment it means (model, digest, revision, run) is refused, naming what runs, when
+   * this is another one: its sender's start may have joined this run instead of starting its own.
+   */
+  private checkExpectation(e: Expectation | undefined): void {
+    const { workflowId, stage, model, digest, expectedDigest, revision } = this.status;
+    const { runId, firstExecutionRunId } = workflowInfo();
+    const running = { workflowId, stage, model, digest, expectedDigest, revision, runId, firstExecutionRunId };
+    const why = expectationRefusal(e, running);
+    if (why) refuse(why);
   }
 
   /**
