@@ -3,7 +3,8 @@
  * (workers/node.ts) runs as a child process with the sandbox shims first on its PATH.
  */
 import { WorkflowFailedError } from '@temporalio/client';
-import { injectFault } from '../src/sandbox/faults';
+import { clearFaults, injectFault } from '../src/sandbox/faults';
+import * as core from '../src/sandbox/shims/lib/core';
 import { nodeTaskQueue } from '../src/contracts';
 import type { HealthReport } from '../src/domain/classify';
 import type { inspectNode } from '../workflows/inspect-node';
@@ -139,4 +140,68 @@ test('fails at once with a field-named, non-retryable error on bad input', async
   expect(cause.nonRetryable).toBe(true);
   expect(cause.message).toMatch(/node: must be a node id/);
   expect(cause.message).toMatch(/probeTimeout: must be a duration/);
+});
+
+describe("the driver's verdict (GPU recovery action) from the simulated nvidia-smi", () => {
+  /** Log an Xid on GPU 0 as the driver does; the lines go again in `forget`. */
+  const logXid = (xid: number, text: string): void =>
+    ctx.sbx.sim.store.update((s, now) => {
+      const g = s.gpus[0]!;
+      core.appendKernel(s, now, 'err', `NVRM: Xid (PCI:${core.xidPci(g)}): ${xid}, pid=4242, name=ollama, ${text}`);
+    });
+  const forget = (): void => {
+    clearFaults(ctx.sbx.sim.store, ['gpu-recovery-reset']);
+    ctx.sbx.sim.store.update((s) => {
+      s.kernelLog = s.kernelLog.filter((l) => !l.m.includes('pid=4242'));
+    });
+  };
+  const inspect = async (): Promise<HealthReport> =>
+    (await controlWorker(ctx.env, ctx.sbx.loaded)).runUntil(run({ node: ctx.sbx.nodeId, expectedGpus: 1 }));
+
+  test('a Reset verdict with no Xid in the kernel log is a problem calling for a GPU reset', async () => {
+    injectFault(ctx.sbx.sim.store, 'gpu-recovery-reset');
+    try {
+      const report = await inspect();
+      expect(report.observation.gpus[0]?.recoveryAction).toBe('reset');
+      expect(report.observation.xids).toEqual([]);
+      expect(report.recommendedRung).toBe('reset-gpu');
+      expect(report.problems).toEqual([
+        {
+          kind: 'gpu-recovery-action',
+          subject: 'gpu0',
+          detail: `the driver's recovery action for NVIDIA RTX A4000 (00000000:01:00.0) is "Reset"`,
+          rung: 'reset-gpu',
+          severity: 'critical',
+        },
+      ]);
+    } finally {
+      forget();
+    }
+  }, 60_000);
+
+  test('Xid 13 (an application fault) with the driver saying Reset on its GPU calls for a GPU reset', async () => {
+    logXid(13, 'Graphics SM Warp Exception on (GPC 0, TPC 1, SM 0): Out Of Range Address');
+    injectFault(ctx.sbx.sim.store, 'gpu-recovery-reset');
+    try {
+      const report = await inspect();
+      expect(report.recommendedRung).toBe('reset-gpu');
+      const xid = report.problems.find((p) => p.kind === 'gpu-xid');
+      expect(xid).toMatchObject({ subject: '0000:01:00', rung: 'reset-gpu' });
+      expect(xid?.detail).toContain('driver says Reset: reset-gpu (the Xid table would say restart-container)');
+    } finally {
+      forget();
+    }
+  }, 60_000);
+
+  test('Xid 79 keeps its VM restart while the driver says None: the kernel log is its only witness', async () => {
+    logXid(79, 'GPU has fallen off the bus.');
+    try {
+      const report = await inspect();
+      expect(report.observation.gpus[0]?.recoveryAction).toBe('none');
+      expect(report.recommendedRung).toBe('restart-vm');
+      expect(report.problems.map((p) => [p.kind, p.rung])).toEqual([['gpu-xid', 'restart-vm']]);
+    } finally {
+      forget();
+    }
+  }, 60_000);
 });

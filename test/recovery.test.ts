@@ -7,7 +7,7 @@ import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Worker } from '@temporalio/worker';
-import { injectFault, clearFaults } from '../src/sandbox/faults';
+import { injectFault, clearFaults, type SandboxFaultKind } from '../src/sandbox/faults';
 import { getWatchStatusQuery, hypervisorTaskQueue, setMaintenanceUpdate, workflowIds } from '../src/contracts';
 import { ManagedProcess, tsxCommand } from '../src/cli/processes';
 import type { recoverNode, watchNode } from '../workflows/recovery';
@@ -68,15 +68,35 @@ async function withControl<T>(s: TestSandbox, fn: (w: Worker) => Promise<T>): Pr
   return w.runUntil(fn(w));
 }
 
-test('engine hang → the container is restarted → the node is verified healthy', async () => {
+/** A fresh sandbox node with `fault` injected, and the incident record of one recoverNode run on it. */
+async function recoverFrom(fault: SandboxFaultKind) {
   const s = await ctx.sandbox();
-  injectFault(s.sim.store, 'engine-hang');
+  injectFault(s.sim.store, fault);
   const incident = await withControl(s, async () => (await startRecovery(s)).result());
+  return { s, incident };
+}
+
+test('engine hang → the container is restarted → the node is verified healthy', async () => {
+  const { s, incident } = await recoverFrom('engine-hang');
   expect(incident.outcome).toBe('recovered');
   expect(incident.initial?.recommendedRung).toBe('restart-container');
   expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([['restart-container', 'healthy']]);
   expect(incident.rungs[0]?.actions).toContain('docker restart ollama');
   expect(incident.final?.healthy).toBe(true);
+  expect(s.sim.status().faults).toEqual([]);
+});
+
+test("the driver's Reset verdict (no Xid) → straight to a GPU reset with the engine stopped around it → healthy", async () => {
+  const { s, incident } = await recoverFrom('gpu-recovery-reset');
+  expect(incident.outcome).toBe('recovered');
+  expect(incident.initial?.recommendedRung).toBe('reset-gpu');
+  expect(incident.initial?.problems.map((p) => p.kind)).toEqual(['gpu-recovery-action']);
+  expect(incident.rungs.map((r) => [r.rung, r.outcome])).toEqual([['reset-gpu', 'healthy']]);
+  expect(incident.rungs[0]?.actions.filter((a) => /^(docker|nvidia-smi) /.test(a))).toEqual([
+    'docker stop ollama',
+    'nvidia-smi --gpu-reset -i 0: ok',
+    'docker start ollama',
+  ]);
   expect(s.sim.status().faults).toEqual([]);
 });
 

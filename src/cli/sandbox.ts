@@ -52,6 +52,9 @@ function sandboxStore(loaded: LoadedConfig, node: string): SandboxStore {
   return store;
 }
 
+/** Width of the kind column of `sandbox fault --help`: the longest kind. */
+const KIND_WIDTH = Math.max(...[...FAULT_KINDS, ...REAL_FAULTS].map((k) => k.length));
+
 export function registerSandboxCommands(program: Program): void {
   const globals = (): GlobalOptions => program.opts();
   const sandbox = program.command('sandbox').description('drive the simulated GPU node(s)');
@@ -59,11 +62,11 @@ export function registerSandboxCommands(program: Program): void {
     .command('fault <node> <kind>')
     .description(`inject a fault: ${[...FAULT_KINDS, 'oom-kill'].join(' | ')}`)
     .option('--engine <name>', 'engine to affect (engine-hang, container-exit, cuda-oom, oom-kill); default the first')
-    .option('--gpu <index>', "GPU to affect (xid-79, ecc); default the engine's first GPU")
+    .option('--gpu <index>', "GPU to affect (xid-79, ecc, gpu-recovery-*); default the engine's first GPU")
     .addHelpText(
       'after',
-      `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(15)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}` +
-        `\n\nOn a real engine (engines[].real):\n${REAL_FAULTS.map((k) => `  ${k.padEnd(15)} ${REAL_FAULT_DESCRIPTIONS[k]}`).join('\n')}`,
+      `\nFault kinds:\n${FAULT_KINDS.map((k) => `  ${k.padEnd(KIND_WIDTH)} ${FAULT_DESCRIPTIONS[k]}`).join('\n')}` +
+        `\n\nOn a real engine (engines[].real):\n${REAL_FAULTS.map((k) => `  ${k.padEnd(KIND_WIDTH)} ${REAL_FAULT_DESCRIPTIONS[k]}`).join('\n')}`,
     )
     .action(async (node, kind, opts) => {
       const args = parseOptions(FaultArgs, { kind, ...opts });

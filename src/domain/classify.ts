@@ -2,9 +2,10 @@
  * Fault classification: observations in, problems (each with the first recovery rung it calls for) out.
  * Pure and deterministic, so workflows call it directly and unit tests pin its behaviour.
  */
-import type { ContainerState, NodeObservation } from './health';
+import { RECOVERY_ACTION_RUNGS, RECOVERY_ACTION_WORDS } from './driver-verdict';
+import type { ContainerState, GpuStatus, NodeObservation, XidEvent } from './health';
 import { maxRung, type Rung } from './rungs';
-import { rungForXid, xidName } from './xid';
+import { KERNEL_ONLY_XIDS, pciBusKey, rungForXid, xidName } from './xid';
 
 export type FaultKind =
   | 'node-unreachable'
@@ -18,6 +19,7 @@ export type FaultKind =
   | 'cuda-oom'
   | 'gpu-lost'
   | 'gpu-xid'
+  | 'gpu-recovery-action'
   | 'gpu-ecc'
   | 'gpu-remap-pending'
   | 'gpu-missing'
@@ -252,16 +254,14 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
     });
   }
 
+  for (const g of obs.gpus) {
+    const p = driverVerdictProblem(g);
+    if (p) add(p);
+  }
+  const verdicts = new Map(obs.gpus.map((g) => [pciBusKey(g.pciBusId), g]));
   for (const x of obs.xids) {
-    const rung = rungForXid(x.xid, x.message);
-    if (rung === 'none') continue;
-    add({
-      kind: 'gpu-xid',
-      subject: x.pciBusId,
-      detail: `Xid ${x.xid} (${xidName(x.xid)}): ${x.message}`,
-      rung,
-      severity: 'critical',
-    });
+    const p = xidProblem(x, verdicts.get(pciBusKey(x.pciBusId)));
+    if (p) add(p);
   }
 
   const minFree = opts.minFreeDiskBytes ?? 10 * 1024 ** 3;
@@ -286,6 +286,59 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
     problems,
     standby,
     observation: obs,
+  };
+}
+
+/**
+ * The driver's verdict on one GPU as a problem: any recovery action but None calls for the rung the action names
+ * (RECOVERY_ACTION_RUNGS). None is no problem, and neither is null (a driver before R565, [N/A], or an observation
+ * recorded before gpuops read the verdict: undefined); words gpuops does not know are a warning for a human.
+ */
+function driverVerdictProblem(g: GpuStatus): Problem | null {
+  const action = g.recoveryAction ?? null;
+  const subject = `gpu${g.index}`;
+  if (action === null) {
+    if (g.recoveryActionRaw === undefined) return null;
+    return {
+      kind: 'gpu-recovery-action',
+      subject,
+      detail: `the driver's recovery action for ${g.name} (${g.pciBusId}) is "${g.recoveryActionRaw}", which gpuops does not know: check it by hand`,
+      rung: 'none',
+      severity: 'warning',
+    };
+  }
+  if (action === 'none') return null;
+  return {
+    kind: 'gpu-recovery-action',
+    subject,
+    detail: `the driver's recovery action for ${g.name} (${g.pciBusId}) is "${RECOVERY_ACTION_WORDS[action]}"`,
+    rung: RECOVERY_ACTION_RUNGS[action],
+    severity: 'critical',
+  };
+}
+
+/**
+ * One Xid as a problem, or null when it calls for nothing. The driver's verdict on the Xid's GPU comes first: where
+ * it names a recovery action, the Xid takes that action's rung instead of the table's, and says so. It does not for
+ * the kernel-only Xids (79, 119, 120: NVML cannot see a GPU off the bus or with a dead GSP), for a verdict of None
+ * (None after an application-level Xid such as 13 or 31 is normal: the fault died with the process) or null (an
+ * older driver), or for an Xid whose GPU nvidia-smi does not list.
+ */
+function xidProblem(x: XidEvent, gpu: GpuStatus | undefined): Problem | null {
+  const table = rungForXid(x.xid, x.message);
+  const action = gpu?.recoveryAction ?? null;
+  const follows = action !== null && action !== 'none' && !KERNEL_ONLY_XIDS.has(x.xid);
+  const rung = follows ? RECOVERY_ACTION_RUNGS[action] : table;
+  if (rung === 'none') return null;
+  const note = follows
+    ? `; driver says ${RECOVERY_ACTION_WORDS[action]}: ${rung} (the Xid table would say ${table})`
+    : '';
+  return {
+    kind: 'gpu-xid',
+    subject: x.pciBusId,
+    detail: `Xid ${x.xid} (${xidName(x.xid)}): ${x.message}${note}`,
+    rung,
+    severity: 'critical',
   };
 }
 

@@ -32,6 +32,13 @@ export interface ContainerState {
   slotPartner?: string;
 }
 
+/**
+ * The driver's verdict on a GPU: NVML's GPU recovery action (field NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, drivers R565
+ * and later), which nvidia-smi prints as None, Reset, Reboot, Drain P2P or Drain and Reset (NVML_GPU_RECOVERY_ACTION_
+ * NONE, GPU_RESET, NODE_REBOOT, DRAIN_P2P, DRAIN_AND_RESET).
+ */
+export type GpuRecoveryAction = 'none' | 'reset' | 'reboot' | 'drain-p2p' | 'drain-and-reset';
+
 /** One GPU, from `nvidia-smi --query-gpu=... --format=csv,noheader,nounits`. Unavailable fields are null. */
 export interface GpuStatus {
   index: number;
@@ -58,6 +65,14 @@ export interface GpuStatus {
   clocksEventReasons: string[];
   /** true when nvidia-smi reported the GPU lost / unknown error, or fields read ERR!. */
   lost: boolean;
+  /**
+   * gpu_recovery_action: what the driver says the GPU needs. null when the driver does not report it (before R565,
+   * [N/A]) or printed a value gpuops does not know (then `recoveryActionRaw` holds it). Absent in observations
+   * recorded before gpuops read it, which classify as null.
+   */
+  recoveryAction?: GpuRecoveryAction | null;
+  /** The driver's words when they are not a recovery action gpuops knows. */
+  recoveryActionRaw?: string;
 }
 
 /** An Xid event from the kernel log (`NVRM: Xid (PCI:0000:01:00): 79, pid=..., GPU has fallen off the bus.`). */

@@ -16,6 +16,13 @@ export interface XidInfo {
  */
 export const XID_FALLEN_OFF_BUS = 79;
 
+/**
+ * Xids the kernel log is the only witness of: 79 (the GPU fell off the bus) and 119/120 (its GSP firmware timed out
+ * or died). NVML cannot reach such a GPU, so whatever recovery action it last reported is stale; these keep the
+ * table's rung even where the driver reports a verdict.
+ */
+export const KERNEL_ONLY_XIDS: ReadonlySet<number> = new Set([XID_FALLEN_OFF_BUS, 119, 120]);
+
 export const XID_CATALOG: Readonly<Record<number, XidInfo>> = {
   13: { name: 'Graphics Engine Exception', rung: 'restart-container' },
   31: { name: 'GPU memory page fault', rung: 'restart-container' },
@@ -52,4 +59,19 @@ export function rungForXid(xid: number, message = ''): Rung {
 
 export function xidName(xid: number): string {
   return XID_CATALOG[xid]?.name ?? (xid === 154 ? 'GPU recovery action changed' : 'Unknown Xid');
+}
+
+/**
+ * One GPU's PCI address in one spelling, for matching an Xid to a GpuStatus: the kernel prints 0000:01:00,
+ * nvidia-smi 00000000:01:00.0; both become "0000:01:00" (domain as four hex digits, bus, device; no function).
+ */
+export function pciBusKey(id: string): string {
+  const parts = id
+    .trim()
+    .toLowerCase()
+    .replace(/\.[0-7]$/, '')
+    .split(':');
+  const [domain = '0', bus = '', device = ''] = parts.length >= 3 ? parts.slice(-3) : ['0', ...parts];
+  const d = Number.parseInt(domain, 16);
+  return `${Number.isNaN(d) ? domain : d.toString(16).padStart(4, '0')}:${bus.padStart(2, '0')}:${device.padStart(2, '0')}`;
 }

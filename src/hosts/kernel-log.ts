@@ -181,17 +181,8 @@ export function filterXidSince(
   });
 }
 
-/**
- * Two spellings of one GPU's PCI address compared: the kernel prints 0000:01:00, nvidia-smi 00000000:01:00.0.
- * Returns "bus:device" lower-case ("01:00") for matching an Xid to a GpuStatus.
- */
-export function pciBusKey(id: string): string {
-  const parts = id
-    .toLowerCase()
-    .replace(/\.\d+$/, '')
-    .split(':');
-  return parts.slice(-2).join(':');
-}
+/** Re-exported for callers that match Xids to GPUs; the rule lives with the Xid table (workflow-safe). */
+export { pciBusKey } from '../domain/xid';
 
 /** Options of KernelLog. */
 export interface KernelLogOptions {

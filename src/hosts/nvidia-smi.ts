@@ -3,12 +3,14 @@
  * raw for backups, with a few facts parsed out) and `--gpu-reset`. The parsers are pure and exported for tests.
  */
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
-import type { GpuStatus } from '../domain/health';
+import { parseRecoveryAction } from '../domain/driver-verdict';
+import type { GpuRecoveryAction, GpuStatus } from '../domain/health';
 import { describeFailure, firstLines, runTool, type ToolResult } from './exec';
 
 /**
  * Fields asked of `nvidia-smi --query-gpu`, in this order. `clocks_event_reasons.active` is the current name of the
  * throttle bitmask; drivers before the rename only know `clocks_throttle_reasons.active` (see LEGACY_REASONS_FIELD).
+ * `gpu_recovery_action` is the driver's verdict (R565 and later); older drivers reject it (see FIELD_FALLBACKS).
  */
 export const QUERY_GPU_FIELDS = [
   'index',
@@ -28,9 +30,33 @@ export const QUERY_GPU_FIELDS = [
   'remapped_rows.pending',
   'remapped_rows.failure',
   'clocks_event_reasons.active',
+  'gpu_recovery_action',
 ] as const;
 const REASONS_FIELD = 'clocks_event_reasons.active';
 const LEGACY_REASONS_FIELD = 'clocks_throttle_reasons.active';
+const RECOVERY_ACTION_FIELD = 'gpu_recovery_action';
+
+/**
+ * Fields an older driver may not know, with what to ask instead: the pre-rename name of the throttle bitmask, or
+ * nothing (null: drop the field; the GPU's verdict then reads null). Any other rejected field is a real failure.
+ */
+const FIELD_FALLBACKS: Readonly<Record<string, string | null>> = {
+  [REASONS_FIELD]: LEGACY_REASONS_FIELD,
+  [RECOVERY_ACTION_FIELD]: null,
+};
+
+/**
+ * The field list to ask again with after nvidia-smi rejected one (`Field "X" is not a valid field to query.`):
+ * exactly that field replaced by its fallback or dropped. null when the output names no field, or one without a
+ * fallback, or one not in `fields` (asking again would be refused the same way).
+ */
+export function fieldsWithoutRejected(fields: readonly string[], output: string): string[] | null {
+  const rejected = /Field "([^"]+)" is not a valid field to query/.exec(output)?.[1];
+  if (rejected === undefined || !fields.includes(rejected)) return null;
+  const fallback = FIELD_FALLBACKS[rejected];
+  if (fallback === undefined) return null;
+  return fields.flatMap((f) => (f !== rejected ? [f] : fallback === null ? [] : [fallback]));
+}
 
 /** NVML clocks event (throttle) reason bits, as defined in nvml.h (nvmlClocksEventReason*). */
 export const CLOCKS_EVENT_REASON_BITS: ReadonlyArray<readonly [bigint, string]> = [
@@ -104,6 +130,15 @@ function text(v: string | undefined): string | null {
   return UNAVAILABLE.has(t) || isLostValue(t) ? null : t;
 }
 
+/** The driver's verdict from its words; words gpuops does not know are kept as recoveryActionRaw. */
+function recoveryAction(words: string | null): {
+  recoveryAction: GpuRecoveryAction | null;
+  recoveryActionRaw?: string;
+} {
+  const { action, raw } = parseRecoveryAction(words);
+  return raw === undefined ? { recoveryAction: action } : { recoveryAction: action, recoveryActionRaw: raw };
+}
+
 /** The first line of output that says why nvidia-smi could not report at all, or null. */
 export function detectRunFailure(output: string): string | null {
   for (const re of RUN_FAILURES) {
@@ -165,6 +200,7 @@ export function parseQueryGpuCsv(csv: string, fields: readonly string[] = QUERY_
       ...readColumns(YES_NO_COLUMNS, (f) => yesNo(get(f))),
       clocksEventReasons: decodeClocksEventReasons(reasons),
       lost: cols.some(isLostValue),
+      ...recoveryAction(text(get(RECOVERY_ACTION_FIELD))),
     });
   }
   return gpus;
@@ -241,6 +277,10 @@ export interface GpuSnapshotFacts {
   enforcedPowerLimitW: number | null;
   clocks: { graphicsMHz: number | null; smMHz: number | null; memMHz: number | null };
   maxClocks: { graphicsMHz: number | null; smMHz: number | null; memMHz: number | null };
+  /** `<gpu_recovery_action>` (R565+): the driver's verdict; null when absent, N/A, or words gpuops does not know. */
+  recoveryAction: GpuRecoveryAction | null;
+  /** The driver's words when they are not a recovery action gpuops knows. */
+  recoveryActionRaw?: string;
 }
 
 /** The raw `-q -x` XML (what backups keep) and the facts gpuops reads from it. */
@@ -332,6 +372,7 @@ export function parseSmiXml(xml: string): GpuSnapshot {
         smMHz: xmlNum(maxClocks, 'sm_clock'),
         memMHz: xmlNum(maxClocks, 'mem_clock'),
       },
+      ...recoveryAction(xmlText(g, 'gpu_recovery_action')),
     };
   });
   return {
@@ -382,6 +423,12 @@ export class NvidiaSmi {
   private readonly bin: string;
   private readonly env: Record<string, string | undefined> | undefined;
   private readonly timeoutMs: number;
+  /**
+   * The --query-gpu field list this driver last accepted: after one probe found which fields it rejects, later
+   * probes ask with that list at once. A driver upgrade loads a new kernel module, which restarts the node's GPU
+   * processes and this worker with them; a list the driver rejects is corrected again.
+   */
+  private queryFields: readonly string[] = QUERY_GPU_FIELDS;
 
   constructor(opts: NvidiaSmiOptions = {}) {
     this.bin = opts.bin ?? 'nvidia-smi';
@@ -393,15 +440,22 @@ export class NvidiaSmi {
     return runTool(this.bin, args, { timeoutMs, ...(this.env ? { env: this.env } : {}) });
   }
 
-  /** Health of every GPU. Never throws for a GPU failure: that is what `error` is for. */
+  /**
+   * Health of every GPU. Never throws for a GPU failure: that is what `error` is for. A driver that rejects a field
+   * (older than the throttle→event rename, or than the recovery action) is asked again without exactly that field,
+   * once per field it lacks; the list it accepted is kept for the next probe.
+   */
   async queryGpus(): Promise<GpuQueryResult> {
-    let fields: readonly string[] = QUERY_GPU_FIELDS;
+    let fields = this.queryFields;
     let result = await this.run([`--query-gpu=${fields.join(',')}`, '--format=csv,noheader,nounits']);
-    // Drivers older than the throttle→event rename reject the new field name; ask again with the old one.
-    if (result.exitCode !== 0 && /not a valid field to query/i.test(`${result.stdout}${result.stderr}`)) {
-      fields = QUERY_GPU_FIELDS.map((f) => (f === REASONS_FIELD ? LEGACY_REASONS_FIELD : f));
+    for (
+      let next;
+      result.exitCode !== 0 && (next = fieldsWithoutRejected(fields, `${result.stdout}${result.stderr}`));
+    ) {
+      fields = next;
       result = await this.run([`--query-gpu=${fields.join(',')}`, '--format=csv,noheader,nounits']);
     }
+    if (result.exitCode === 0) this.queryFields = fields;
     return parseQueryGpuOutput(result, fields);
   }
 

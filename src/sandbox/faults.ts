@@ -10,6 +10,8 @@
  * | cuda-oom       | generations fail with a CUDA OOM 500; OOM lines in the container log| docker restart            |
  * | xid-79         | GPU fell off the bus: nvidia-smi fails (exit 15), engine generations fail, Xid 79 in dmesg | VM reboot/reset only |
  * | ecc            | uncorrected volatile ECC > 0, row remap pending, Xid 48 + 63 in dmesg | nvidia-smi --gpu-reset, VM reboot |
+ * | gpu-recovery-reset  | the driver's GPU recovery action reads Reset; no Xid in dmesg  | nvidia-smi --gpu-reset, VM reboot |
+ * | gpu-recovery-reboot | the driver's GPU recovery action reads Reboot; no Xid in dmesg | VM reboot/reset only      |
  * | node-down      | the guest hangs: worker frozen, engines stop answering; Proxmox still says running; ACPI ignored | VM reset or stop+start |
  */
 import * as core from './shims/lib/core';
@@ -32,6 +34,8 @@ export const FAULT_KINDS: readonly SandboxFaultKind[] = [
   'cuda-oom',
   'xid-79',
   'ecc',
+  'gpu-recovery-reset',
+  'gpu-recovery-reboot',
   'node-down',
 ];
 
@@ -43,6 +47,10 @@ export const FAULT_DESCRIPTIONS: Readonly<Record<SandboxFaultKind, string>> = {
     'generations fail with CUDA out of memory, OOM lines in the container log (cleared by a container restart)',
   'xid-79': 'GPU falls off the bus: nvidia-smi fails, Xid 79 in dmesg, generations fail (cleared only by a VM reboot)',
   ecc: 'uncorrectable ECC error: volatile ECC count > 0, Xid 48 in dmesg (cleared by a GPU reset or VM reboot)',
+  'gpu-recovery-reset':
+    "the driver's GPU recovery action reads Reset, with no Xid in dmesg (cleared by a GPU reset or VM reboot)",
+  'gpu-recovery-reboot':
+    "the driver's GPU recovery action reads Reboot, with no Xid in dmesg (cleared only by a VM reboot)",
   'node-down': 'the guest hangs: worker and engines stop answering, Proxmox still says running (cleared by VM reset)',
 };
 
@@ -53,7 +61,7 @@ export function isFaultKind(s: string): s is SandboxFaultKind {
 export interface InjectFaultOptions {
   /** Engine name (engine-hang, container-exit, cuda-oom); default the first engine. */
   engine?: string;
-  /** GPU index (xid-79, ecc); default the first GPU of the chosen engine, else the first GPU. */
+  /** GPU index (xid-79, ecc, gpu-recovery-*); default the first GPU of the chosen engine, else the first GPU. */
   gpu?: number;
 }
 
@@ -185,6 +193,19 @@ export function injectFault(store: SandboxStore, kind: SandboxFaultKind, opts: I
         target = `gpu${gpu.index}`;
         break;
       }
+      case 'gpu-recovery-reset':
+      case 'gpu-recovery-reboot': {
+        const gpu = pickGpu(state, opts);
+        if (core.driverMajor(state) < core.RECOVERY_ACTION_SINCE_DRIVER) {
+          throw new FaultError(
+            `driver ${state.host.driverVersion} reports no GPU recovery action (drivers ${core.RECOVERY_ACTION_SINCE_DRIVER} and later do)`,
+          );
+        }
+        // The verdict alone, as when the Xid 154 that announced it has left the kernel ring buffer.
+        gpu.recoveryAction = kind === 'gpu-recovery-reset' ? 'reset' : 'reboot';
+        target = `gpu${gpu.index}`;
+        break;
+      }
       case 'node-down': {
         state.vm.hung = true;
         core.appendKernel(state, now, 'err', [
@@ -222,6 +243,8 @@ export function clearFaults(store: SandboxStore, kinds?: readonly SandboxFaultKi
         g.eccUncorrectedVolatile = 0;
         g.remappedRowsPending = false;
       }
+      if (want.has('gpu-recovery-reset') && g.recoveryAction === 'reset') g.recoveryAction = 'none';
+      if (want.has('gpu-recovery-reboot') && g.recoveryAction === 'reboot') g.recoveryAction = 'none';
     }
     if (want.has('node-down')) state.vm.hung = false;
     core.syncFaults(state, now);

@@ -6,13 +6,22 @@
  */
 import path from 'node:path';
 import type { EngineConfig, NodeConfig } from '../config/schema';
+import type { GpuRecoveryAction } from '../domain/health';
 import * as core from './shims/lib/core';
 
 /** Bumped when the layout changes incompatibly; a state file of another version is reseeded. */
 export const STATE_VERSION = 1;
 
 /** Fault kinds the sandbox can simulate (and the CLI `gpuops sandbox fault <node> <kind>` accepts). */
-export type SandboxFaultKind = 'engine-hang' | 'container-exit' | 'cuda-oom' | 'xid-79' | 'ecc' | 'node-down';
+export type SandboxFaultKind =
+  | 'engine-hang'
+  | 'container-exit'
+  | 'cuda-oom'
+  | 'xid-79'
+  | 'ecc'
+  | 'gpu-recovery-reset'
+  | 'gpu-recovery-reboot'
+  | 'node-down';
 
 /** VM power actions, as in `qm <action>` and `POST .../status/<action>`. */
 export type PowerAction = 'start' | 'stop' | 'shutdown' | 'reboot' | 'reset';
@@ -275,6 +284,11 @@ export interface GpuSim {
   remappedRowsUncorrectable: number;
   /** Fell off the bus (Xid 79): NVML cannot reach it until the VM reboots. */
   lost: boolean;
+  /**
+   * The driver's verdict (NVML's GPU recovery action), printed by drivers R565+; absent in state files written before
+   * the sandbox had it, which read as none.
+   */
+  recoveryAction?: GpuRecoveryAction;
 }
 
 export interface KernelLine {
@@ -736,12 +750,14 @@ function gpuSim(node: NodeConfig, g: NodeConfig['gpus'][number], i: number): Gpu
     remappedRowsFailure: false,
     remappedRowsUncorrectable: 0,
     lost: false,
+    recoveryAction: 'none',
   };
 }
 
 /**
  * A fresh node from its config: one running container per engine, the configured GPUs with realistic values
- * (driver 550.127.05 / CUDA 12.4), the default model library, and a VM that has just booted.
+ * (driver 570.158.01 / CUDA 12.8: recent enough to report the GPU recovery action), the default model library, and a
+ * VM that has just booted.
  */
 export function seedState(node: NodeConfig, opts: SeedOptions = {}, now = Date.now()): SandboxState {
   const bootMs = Math.round((opts.bootSeconds ?? 8) * 1000);
@@ -759,8 +775,8 @@ export function seedState(node: NodeConfig, opts: SeedOptions = {}, now = Date.n
     createdAt: now,
     host: {
       hostname: node.id,
-      driverVersion: '550.127.05',
-      cudaVersion: '12.4',
+      driverVersion: '570.158.01',
+      cudaVersion: '12.8',
       kernel: '6.8.0-45-generic',
       dockerVersion: '27.3.1',
       nextPid: 1_200 + (parseInt(core.hexOf(node.id, 4), 16) % 800),

@@ -1,8 +1,8 @@
 import { classifyNode, restartLoopProblems } from '../../src/domain/classify';
-import type { ContainerState, EngineProbe, GpuStatus, NodeObservation } from '../../src/domain/health';
+import type { ContainerState, EngineProbe, NodeObservation } from '../../src/domain/health';
 import { rungForXid } from '../../src/domain/xid';
 import { maxRung } from '../../src/domain/rungs';
-import { containerState } from '../helpers/hosts';
+import { containerState, gpuStatus } from '../helpers/hosts';
 
 const engine = (over: Partial<EngineProbe> = {}): EngineProbe => ({
   name: 'ollama',
@@ -19,27 +19,7 @@ const engine = (over: Partial<EngineProbe> = {}): EngineProbe => ({
   error: null,
   ...over,
 });
-const gpu = (over: Partial<GpuStatus> = {}): GpuStatus => ({
-  index: 0,
-  uuid: 'GPU-1',
-  name: 'NVIDIA RTX A4000',
-  pciBusId: '00000000:01:00.0',
-  driverVersion: '550.120',
-  memoryTotalMiB: 16376,
-  memoryUsedMiB: 5000,
-  memoryFreeMiB: 11376,
-  utilizationGpuPct: 10,
-  temperatureC: 50,
-  powerDrawW: 40,
-  powerLimitW: 140,
-  eccUncorrectedVolatile: 0,
-  retiredPagesPending: null,
-  remappedRowsPending: false,
-  remappedRowsFailure: false,
-  clocksEventReasons: [],
-  lost: false,
-  ...over,
-});
+const gpu = gpuStatus;
 const obs = (over: Partial<NodeObservation> = {}): NodeObservation => ({
   node: 'n1',
   observedAt: '2026-11-22T00:00:00Z',

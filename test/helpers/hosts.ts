@@ -2,7 +2,7 @@
  * Builders for what the host readers report, shared by the tests that expect them (docker and systemd parsers,
  * nvidia-smi's XML reader) and the tests that feed them to the classifier.
  */
-import type { ContainerState } from '../../src/domain/health';
+import type { ContainerState, GpuStatus } from '../../src/domain/health';
 import type { GpuSnapshotFacts } from '../../src/hosts/nvidia-smi';
 
 /** A running, healthy-by-default container named "ollama" that never restarted; `over` sets what a test is about. */
@@ -20,16 +20,47 @@ export const containerState = (over: Partial<ContainerState> = {}): ContainerSta
 });
 
 /**
+ * An A4000 at 00000000:01:00.0 as `--query-gpu` reports it, lightly loaded and healthy, with no recovery action field
+ * (as observations recorded before gpuops read it); `over` sets what a test is about.
+ */
+export const gpuStatus = (over: Partial<GpuStatus> = {}): GpuStatus => ({
+  index: 0,
+  uuid: 'GPU-1',
+  name: 'NVIDIA RTX A4000',
+  pciBusId: '00000000:01:00.0',
+  driverVersion: '550.120',
+  memoryTotalMiB: 16376,
+  memoryUsedMiB: 5000,
+  memoryFreeMiB: 11376,
+  utilizationGpuPct: 10,
+  temperatureC: 50,
+  powerDrawW: 40,
+  powerLimitW: 140,
+  eccUncorrectedVolatile: 0,
+  retiredPagesPending: null,
+  remappedRowsPending: false,
+  remappedRowsFailure: false,
+  clocksEventReasons: [],
+  lost: false,
+  ...over,
+});
+
+/**
  * What `parseSmiXml` reads for an idle Ampere workstation card (the RTX A4000 and A5000 captures): persistence mode
  * on, the power limit at its default and enforced as set, idle clocks of 210/210/405 MHz and a 2100 MHz graphics and
  * SM boost clock; only the memory boost clock differs between the models.
  */
 export function idleAmpereGpu(
-  gpu: Pick<GpuSnapshotFacts, 'pciBusId' | 'productName' | 'uuid' | 'powerLimitW'> & { maxMemMHz: number },
+  gpu: Pick<GpuSnapshotFacts, 'pciBusId' | 'productName' | 'uuid' | 'powerLimitW'> & {
+    maxMemMHz: number;
+    /** The driver's verdict; null (the default) where the document has no `<gpu_recovery_action>`. */
+    recoveryAction?: GpuSnapshotFacts['recoveryAction'];
+  },
 ): GpuSnapshotFacts {
-  const { maxMemMHz, ...id } = gpu;
+  const { maxMemMHz, recoveryAction = null, ...id } = gpu;
   return {
     ...id,
+    recoveryAction,
     persistenceMode: 'Enabled',
     defaultPowerLimitW: gpu.powerLimitW,
     enforcedPowerLimitW: gpu.powerLimitW,

@@ -6,6 +6,7 @@ import { createControlActivities } from '../../activities/control';
 import { createHypervisorActivities } from '../../activities/hypervisor';
 import { createNodeActivities } from '../../activities/node';
 import { EngineSchema, type Config, type NodeConfig } from '../../src/config/schema';
+import { QUERY_GPU_FIELDS } from '../../src/hosts/nvidia-smi';
 import { QmCli } from '../../src/hosts/proxmox';
 import { fakeTool, fixture, sendJson, startServer, type TestServer } from './fakes';
 import { nonRetryableOf } from '../helpers/failures';
@@ -64,6 +65,12 @@ describe('node activities', () => {
     ]);
     const smi = fakeTool('nvidia-smi', [
       { args: ['--gpu-reset'], stdout: fixture('nvidia-smi/gpu-reset-in-use.txt'), exit: 255 },
+      // The fixture is driver 550, which predates the recovery action: it rejects the field, as the real one does.
+      {
+        args: [`--query-gpu=${QUERY_GPU_FIELDS.join(',')}`],
+        stdout: 'Field "gpu_recovery_action" is not a valid field to query.\n\n',
+        exit: 2,
+      },
       { stdout: fixture('nvidia-smi/query-gpu-a4000-remap-pending.csv') },
     ]);
     const dmesg = fakeTool(
@@ -90,7 +97,8 @@ describe('node activities', () => {
       acts.inspectContainers(),
       acts.queryGpus(),
       acts.readXidEvents({ since: '2025-02-03T09:00:00Z' }),
-      acts.probeEngines({ generate: true, timeoutMs: 1000 }),
+      // Runs beside four tool processes (nvidia-smi asked twice: its fixture is a driver before R565): a roomy deadline.
+      acts.probeEngines({ generate: true, timeoutMs: 3000 }),
       acts.checkDisks(),
     ]);
     expect(containers.map((c) => [c.name, c.exists, c.status])).toEqual([

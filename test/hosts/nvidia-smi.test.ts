@@ -1,5 +1,6 @@
 import {
   decodeClocksEventReasons,
+  fieldsWithoutRejected,
   NvidiaSmi,
   parseComputeAppsCsv,
   parseGpuResetOutput,
@@ -12,9 +13,12 @@ import {
 import { idleAmpereGpu } from '../helpers/hosts';
 import { fakeTool, fixture } from './fakes';
 
+/** What gpuops asks a driver before R565, which rejects gpu_recovery_action: the fixtures here are driver 550. */
+const R550_FIELDS = QUERY_GPU_FIELDS.filter((f) => f !== 'gpu_recovery_action');
+
 describe('parseQueryGpuCsv', () => {
   it('reads two busy RTX 3090s, with [N/A] ECC and row-remap fields as null', () => {
-    const gpus = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-2x3090.csv'));
+    const gpus = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-2x3090.csv'), R550_FIELDS);
     expect(gpus).toHaveLength(2);
     expect(gpus[0]).toEqual({
       index: 0,
@@ -35,12 +39,14 @@ describe('parseQueryGpuCsv', () => {
       remappedRowsFailure: null,
       clocksEventReasons: ['sw_power_cap'],
       lost: false,
+      // Driver 550 predates the recovery action: not asked, so null.
+      recoveryAction: null,
     });
     expect(gpus[1]).toMatchObject({ index: 1, pciBusId: '00000000:02:00.0', clocksEventReasons: [], lost: false });
   });
 
   it('reads ECC errors, a pending row remap and thermal throttling on an A4000', () => {
-    const [g] = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-a4000-remap-pending.csv'));
+    const [g] = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-a4000-remap-pending.csv'), R550_FIELDS);
     expect(g).toMatchObject({
       name: 'NVIDIA RTX A4000',
       eccUncorrectedVolatile: 2,
@@ -52,7 +58,7 @@ describe('parseQueryGpuCsv', () => {
   });
 
   it('marks a GPU whose fields read ERR! / [Unknown Error] as lost and nulls those fields', () => {
-    const [ok, bad] = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-err.csv'));
+    const [ok, bad] = parseQueryGpuCsv(fixture('nvidia-smi/query-gpu-err.csv'), R550_FIELDS);
     expect(ok?.lost).toBe(false);
     expect(bad).toMatchObject({
       index: 1,
@@ -63,6 +69,43 @@ describe('parseQueryGpuCsv', () => {
       powerLimitW: 350,
     });
     expect(bad?.clocksEventReasons).toEqual([]);
+  });
+});
+
+describe('the driver verdict (gpu_recovery_action)', () => {
+  /** A 570 row of the 2x3090 fixture with `words` in its last column. */
+  const rowSaying = (words: string): string =>
+    `${fixture('nvidia-smi/query-gpu-2x3090-recovery-reset.csv')
+      .split('\n')[0]
+      ?.replace(/, Reset$/, `, ${words}`)}\n`;
+  it.each([
+    ['None', 'none'],
+    ['Reset', 'reset'],
+    ['Reboot', 'reboot'],
+    ['Drain P2P', 'drain-p2p'],
+    ['Drain and Reset', 'drain-and-reset'],
+    ['[N/A]', null],
+    ['ERR!', null],
+  ] as const)('reads "%s" as %s', (words, action) => {
+    const [g] = parseQueryGpuCsv(rowSaying(words));
+    expect(g?.recoveryAction).toBe(action);
+    expect(g).not.toHaveProperty('recoveryActionRaw');
+  });
+
+  it('keeps words it does not know as recoveryActionRaw, the verdict null', () => {
+    const [g] = parseQueryGpuCsv(rowSaying('Replace Board'));
+    expect(g).toMatchObject({ recoveryAction: null, recoveryActionRaw: 'Replace Board' });
+  });
+
+  it('reads <gpu_recovery_action> from -q -x, null where the document has none (driver 550)', () => {
+    const xml = fixture('nvidia-smi/q-x-a4000.xml');
+    expect(parseSmiXml(xml).gpus[0]?.recoveryAction).toBeNull();
+    const withVerdict = xml.replace(
+      '</gpu_virtualization_mode>',
+      '</gpu_virtualization_mode>\n\t\t<gpu_recovery_action>Drain and Reset</gpu_recovery_action>',
+    );
+    expect(withVerdict).not.toBe(xml);
+    expect(parseSmiXml(withVerdict).gpus[0]?.recoveryAction).toBe('drain-and-reset');
   });
 });
 
@@ -95,9 +138,30 @@ describe('parseQueryGpuOutput', () => {
   });
 
   it('keeps a per-row ERR! as a lost GPU rather than a run failure', () => {
-    const r = parseQueryGpuOutput({ exitCode: 0, stdout: fixture('nvidia-smi/query-gpu-err.csv'), stderr: '' });
+    const r = parseQueryGpuOutput(
+      { exitCode: 0, stdout: fixture('nvidia-smi/query-gpu-err.csv'), stderr: '' },
+      R550_FIELDS,
+    );
     expect(r.error).toBeNull();
     expect(r.gpus.map((g) => g.lost)).toEqual([false, true]);
+  });
+});
+
+describe('fieldsWithoutRejected', () => {
+  const rejected = (f: string): string => `Field "${f}" is not a valid field to query.\n\n`;
+  it.each([
+    ['drops gpu_recovery_action', ['index', 'gpu_recovery_action'], rejected('gpu_recovery_action'), ['index']],
+    [
+      'replaces the renamed throttle field by its old name, in place',
+      ['index', 'clocks_event_reasons.active', 'gpu_recovery_action'],
+      rejected('clocks_event_reasons.active'),
+      ['index', 'clocks_throttle_reasons.active', 'gpu_recovery_action'],
+    ],
+    ['gives up on a field without a fallback', ['index', 'uuid'], rejected('uuid'), null],
+    ['gives up on a field it did not ask for', ['index'], rejected('gpu_recovery_action'), null],
+    ['gives up on output that names no field', ['index'], 'No devices were found\n', null],
+  ])('%s', (_what, fields, output, expected) => {
+    expect(fieldsWithoutRejected(fields, output)).toEqual(expected);
   });
 });
 
@@ -203,23 +267,63 @@ describe('parseGpuResetOutput', () => {
 });
 
 describe('NvidiaSmi against a fake nvidia-smi', () => {
-  it('asks for the documented fields in csv,noheader,nounits form', async () => {
-    const smi = fakeTool('nvidia-smi', [{ stdout: fixture('nvidia-smi/query-gpu-2x3090.csv') }]);
+  it('asks for the documented fields in csv,noheader,nounits form and reads the driver verdict', async () => {
+    const smi = fakeTool('nvidia-smi', [{ stdout: fixture('nvidia-smi/query-gpu-2x3090-recovery-reset.csv') }]);
     const r = await new NvidiaSmi({ bin: smi.bin }).queryGpus();
-    expect(r.gpus).toHaveLength(2);
+    expect(r.gpus.map((g) => [g.index, g.recoveryAction])).toEqual([
+      [0, 'reset'],
+      [1, 'none'],
+    ]);
     expect(smi.calls()).toEqual([[`--query-gpu=${QUERY_GPU_FIELDS.join(',')}`, '--format=csv,noheader,nounits']]);
   });
 
-  it('falls back to clocks_throttle_reasons.active on drivers that predate the rename', async () => {
-    const legacyArgs = `--query-gpu=${QUERY_GPU_FIELDS.join(',').replace('clocks_event_reasons.active', 'clocks_throttle_reasons.active')}`;
+  /** `--query-gpu=<fields>` as the adapter asks it. */
+  const ask = (fields: readonly string[]): string => `--query-gpu=${fields.join(',')}`;
+  const rejects = (field: string): { stdout: string; exit: number } => ({
+    stdout: `Field "${field}" is not a valid field to query.\n\n`,
+    exit: 2,
+  });
+  const LEGACY = R550_FIELDS.map((f) => (f === 'clocks_event_reasons.active' ? 'clocks_throttle_reasons.active' : f));
+
+  it('asks a driver before R565 again without gpu_recovery_action: two calls, then one per probe', async () => {
     const smi = fakeTool('nvidia-smi', [
-      { args: [legacyArgs], stdout: fixture('nvidia-smi/query-gpu-a4000-remap-pending.csv') },
-      { stdout: fixture('nvidia-smi/invalid-field.txt'), exit: 2 },
+      { args: [ask(R550_FIELDS)], stdout: fixture('nvidia-smi/query-gpu-2x3090.csv') },
+      { args: [ask(QUERY_GPU_FIELDS)], ...rejects('gpu_recovery_action') },
     ]);
-    const r = await new NvidiaSmi({ bin: smi.bin }).queryGpus();
+    const client = new NvidiaSmi({ bin: smi.bin });
+    const r = await client.queryGpus();
+    expect(r.error).toBeNull();
+    expect(r.gpus.map((g) => g.recoveryAction)).toEqual([null, null]);
+    expect(smi.calls().map((c) => c[0])).toEqual([ask(QUERY_GPU_FIELDS), ask(R550_FIELDS)]);
+    await client.queryGpus();
+    expect(smi.calls()).toHaveLength(3);
+  });
+
+  it('asks a driver lacking both new fields three times: each rejected field replaced or dropped once', async () => {
+    const smi = fakeTool('nvidia-smi', [
+      { args: [ask(LEGACY)], stdout: fixture('nvidia-smi/query-gpu-a4000-remap-pending.csv') },
+      { args: [ask([...LEGACY, 'gpu_recovery_action'])], ...rejects('gpu_recovery_action') },
+      { args: [ask(QUERY_GPU_FIELDS)], stdout: fixture('nvidia-smi/invalid-field.txt'), exit: 2 },
+    ]);
+    const client = new NvidiaSmi({ bin: smi.bin });
+    const r = await client.queryGpus();
     expect(r.error).toBeNull();
     expect(r.gpus[0]?.clocksEventReasons).toContain('hw_thermal_slowdown');
-    expect(smi.calls()).toHaveLength(2);
+    expect(smi.calls().map((c) => c[0])).toEqual([
+      ask(QUERY_GPU_FIELDS),
+      ask([...LEGACY, 'gpu_recovery_action']),
+      ask(LEGACY),
+    ]);
+    await client.queryGpus();
+    expect(smi.calls().map((c) => c[0])).toHaveLength(4);
+  });
+
+  it('reports a rejected field it has no fallback for after one call, not a retry loop', async () => {
+    const smi = fakeTool('nvidia-smi', [rejects('index')]);
+    const r = await new NvidiaSmi({ bin: smi.bin }).queryGpus();
+    expect(r.gpus).toEqual([]);
+    expect(r.error).toBe('nvidia-smi exited 2: Field "index" is not a valid field to query.');
+    expect(smi.calls()).toHaveLength(1);
   });
 
   it('returns the lost-GPU message instead of throwing', async () => {

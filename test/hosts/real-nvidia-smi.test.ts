@@ -54,6 +54,8 @@ describe('parseQueryGpuCsv on real captures', () => {
       remappedRowsFailure: false,
       clocksEventReasons: ['gpu_idle'],
       lost: false,
+      // The driver's verdict on a healthy GPU (gpu_recovery_action, R565+).
+      recoveryAction: 'none',
     });
   });
 
@@ -138,8 +140,10 @@ describe('parseSmiXml on real captures', () => {
         uuid: 'GPU-12345678-aaaa-bbbb-cccc-0123456789cd',
         powerLimitW: 230,
         maxMemMHz: 8001,
+        recoveryAction: 'none',
       }),
     );
+    expect(s.gpus[0]?.recoveryAction).toBe('none');
   });
 
   it('reads an A100 in MIG mode on 510 (schema v11, power_readings) and not a MIG device for the GPU', () => {

@@ -74,6 +74,52 @@ test('ecc: uncorrected volatile count and pending remap show, Xid 48 is logged, 
   expect(store.read().gpus[0]!.remappedRowsUncorrectable).toBe(1);
 });
 
+describe('the driver verdict (gpu-recovery-*)', () => {
+  const VERDICT = ['--query-gpu=index,gpu_recovery_action', '--format=csv,noheader,nounits'];
+
+  test('gpu-recovery-reset: the verdict reads Reset with no Xid logged; a GPU reset answers it', async () => {
+    expect(injectFault(store, 'gpu-recovery-reset')).toMatchObject({ kind: 'gpu-recovery-reset', target: 'gpu0' });
+    expect((await runShim('nvidia-smi', VERDICT, env)).stdout).toBe('0, Reset\n');
+    expect((await runShim('dmesg', [], env)).stdout).not.toContain('Xid');
+    // A docker restart does not answer the driver.
+    expect((await runShim('docker', ['restart', 'ollama'], env)).code).toBe(0);
+    expect((await runShim('nvidia-smi', VERDICT, env)).stdout).toBe('0, Reset\n');
+    expect((await runShim('nvidia-smi', ['--gpu-reset', '-i', '0'], env)).code).toBe(0);
+    expect((await runShim('nvidia-smi', VERDICT, env)).stdout).toBe('0, None\n');
+    expect(store.read().faults).toEqual([]);
+  });
+
+  test('gpu-recovery-reboot: a GPU reset leaves it; only a VM reboot answers it', async () => {
+    injectFault(store, 'gpu-recovery-reboot');
+    expect((await runShim('nvidia-smi', ['--gpu-reset', '-i', '0'], env)).code).toBe(0);
+    expect((await runShim('nvidia-smi', VERDICT, env)).stdout).toBe('0, Reboot\n');
+    expect(store.read().faults.map((f) => f.kind)).toEqual(['gpu-recovery-reboot']);
+    resetAndBoot(store);
+    expect((await runShim('nvidia-smi', VERDICT, env)).stdout).toBe('0, None\n');
+    expect(store.read().faults).toEqual([]);
+  });
+
+  test('a driver before R565 has no verdict: the field is rejected and the fault refused', async () => {
+    store.update((s) => {
+      s.host.driverVersion = '550.127.05';
+    });
+    const r = await runShim('nvidia-smi', VERDICT, env);
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('Field "gpu_recovery_action" is not a valid field to query.\n\n');
+    expect((await runShim('nvidia-smi', ['-q', '-x'], env)).stdout).not.toContain('gpu_recovery_action');
+    expect(() => injectFault(store, 'gpu-recovery-reset')).toThrow(
+      'driver 550.127.05 reports no GPU recovery action (drivers 565 and later do)',
+    );
+  });
+
+  test('a state file from before the verdict existed reads None', async () => {
+    store.update((s) => {
+      delete s.gpus[0]!.recoveryAction;
+    });
+    expect((await runShim('nvidia-smi', VERDICT, env)).stdout).toBe('0, None\n');
+  });
+});
+
 test('cuda-oom: the container log carries the CUDA OOM signature until the container restarts', async () => {
   injectFault(store, 'cuda-oom');
   const logs = await runShim('docker', ['logs', '--tail', '50', 'ollama'], env);
@@ -129,8 +175,10 @@ test('clearFaults undoes every fault', () => {
   injectFault(store, 'engine-hang');
   injectFault(store, 'ecc');
   injectFault(store, 'xid-79');
-  expect(store.read().faults).toHaveLength(3);
+  injectFault(store, 'gpu-recovery-reboot');
+  expect(store.read().faults).toHaveLength(4);
   const cleared = clearFaults(store);
-  expect(cleared.map((f) => f.kind).sort()).toEqual(['ecc', 'engine-hang', 'xid-79']);
+  expect(cleared.map((f) => f.kind).sort()).toEqual(['ecc', 'engine-hang', 'gpu-recovery-reboot', 'xid-79']);
+  expect(store.read().gpus[0]!.recoveryAction).toBe('none');
   expect(store.read().faults).toEqual([]);
 });

@@ -278,7 +278,7 @@ describe('nvidia-smi shim', () => {
     expect(uuid).toMatch(/^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
     expect(name).toBe('NVIDIA RTX A4000');
     expect(bus).toBe('00000000:01:00.0');
-    expect(driver).toMatch(/^550\.\d+\.\d+$/);
+    expect(driver).toMatch(/^570\.\d+\.\d+$/);
     expect(total).toBe('16376');
     expect(Number(used) + Number(free)).toBeLessThanOrEqual(16376);
     expect(util).toMatch(/^\d+$/);
@@ -351,6 +351,25 @@ describe('nvidia-smi shim', () => {
     expect(r.stdout.trim().endsWith('</nvidia_smi_log>')).toBe(true);
   });
 
+  test('the driver verdict prints as the real tool prints it: --query-gpu, -q -x and -q', async () => {
+    store.update((s) => {
+      s.gpus[1]!.recoveryAction = 'drain-and-reset';
+    });
+    const csv = await runShim('nvidia-smi', ['--query-gpu=index,gpu_recovery_action', '--format=csv'], env);
+    expect(csv.stdout).toBe('index, gpu_recovery_action\n0, None\n1, Drain and Reset\n');
+    // In the real documents (R565+) the verdict follows the virtualization mode, before the GSP firmware and PCI.
+    const xml = (await runShim('nvidia-smi', ['-q', '-x'], env)).stdout;
+    expect(xml).toContain(
+      '\t\t\t<host_vgpu_mode>N/A</host_vgpu_mode>\n\t\t</gpu_virtualization_mode>\n\t\t<gpu_recovery_action>None</gpu_recovery_action>\n\t\t<pci>\n',
+    );
+    expect(xml).toContain('<gpu_recovery_action>Drain and Reset</gpu_recovery_action>');
+    const text = (await runShim('nvidia-smi', ['-q'], env)).stdout;
+    expect(text).toContain(
+      '        Virtualization Mode               : Pass-Through\n        Host Vgpu Mode                    : N/A\n    GPU Recovery Action                   : None\n    PCI\n',
+    );
+    expect(text).toContain('    GPU Recovery Action                   : Drain and Reset\n');
+  });
+
   test('--gpu-reset is refused while an engine uses the GPU and succeeds once it is stopped', async () => {
     const busy = await runShim('nvidia-smi', ['--gpu-reset', '-i', '1'], env);
     expect(busy.code).not.toBe(0);
@@ -374,7 +393,7 @@ describe('dmesg shim', () => {
     expect(r.code).toBe(0);
     const lines = r.stdout.trim().split('\n');
     expect(lines[0]).toMatch(/^\[\s+0\.\d{6}\] Linux version /);
-    expect(r.stdout).toMatch(/\] NVRM: loading NVIDIA UNIX x86_64 Kernel Module {2}550\./);
+    expect(r.stdout).toMatch(/\] NVRM: loading NVIDIA UNIX x86_64 Kernel Module {2}570\.158\.01 {2}Tue Apr {2}8 /);
   });
 
   test('--time-format iso prints util-linux ISO timestamps with a comma before microseconds', async () => {

@@ -40,7 +40,9 @@ test('a fresh node is seeded from its config: containers per engine, GPUs, prein
     ['NVIDIA RTX A4000', 16376, '00000000:01:00.0'],
     ['NVIDIA RTX A4000', 16376, '00000000:02:00.0'],
   ]);
-  expect(s.host.driverVersion).toMatch(/^550\./);
+  // Recent enough (R565+) to report the GPU recovery action.
+  expect(s.host.driverVersion).toMatch(/^570\./);
+  expect(s.gpus.map((g) => g.recoveryAction)).toEqual(['none', 'none']);
   expect(s.engines.ollama!.models).toEqual([...PREINSTALLED_OLLAMA_MODELS]);
   expect(s.engines.vllm!.models).toEqual(['Qwen/Qwen2.5-0.5B-Instruct']);
   expect(s.vm).toMatchObject({ vmid: 150, status: 'running', phase: 'up', bootMs: 2000 });

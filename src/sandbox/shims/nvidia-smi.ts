@@ -4,6 +4,7 @@
  * simulated GPUs ($GPUOPS_SANDBOX_STATE). A GPU that fell off the bus (Xid 79) makes NVML calls fail with exit 15
  * (NVML_ERROR_GPU_IS_LOST), as the real tool does.
  */
+import { RECOVERY_ACTION_WORDS } from '../../domain/driver-verdict';
 import type { GpuSim, SandboxState } from '../state';
 import * as core from './lib/core';
 import { err, loadState, out } from './lib/shim';
@@ -169,7 +170,23 @@ const GPU_FIELDS: Readonly<Record<string, Field<GpuCtx>>> = {
   'clocks_event_reasons.sw_power_cap': { unit: null, v: () => 'Not Active' },
   'mig.mode.current': { unit: null, v: () => null },
   'mig.mode.pending': { unit: null, v: () => null },
+  gpu_recovery_action: { unit: null, v: (c) => recoveryWords(c.gpu) },
 };
+
+/** Fields a driver knows only from a release on: an older simulated driver rejects them like an unknown field. */
+const FIELD_SINCE_DRIVER: Readonly<Record<string, number>> = {
+  gpu_recovery_action: core.RECOVERY_ACTION_SINCE_DRIVER,
+};
+
+/** The driver's verdict as nvidia-smi prints it; a state file from before the sandbox had it reads None. */
+function recoveryWords(gpu: GpuSim): string {
+  return RECOVERY_ACTION_WORDS[gpu.recoveryAction ?? 'none'];
+}
+
+/** Whether the simulated driver reports the driver's verdict at all (R565+). */
+function reportsRecoveryAction(state: SandboxState): boolean {
+  return core.driverMajor(state) >= core.RECOVERY_ACTION_SINCE_DRIVER;
+}
 const GPU_FIELD_ALIASES: Readonly<Record<string, string>> = {
   gpu_name: 'name',
   gpu_serial: 'serial',
@@ -282,7 +299,8 @@ function queryGpu(state: SandboxState, spec: string, fmtOpts: CsvFormat, gpus: G
     fmtOpts,
     gpus,
     (f) => {
-      const d = GPU_FIELDS[GPU_FIELD_ALIASES[f] ?? f];
+      const name = GPU_FIELD_ALIASES[f] ?? f;
+      const d = core.driverMajor(state) >= (FIELD_SINCE_DRIVER[name] ?? 0) ? GPU_FIELDS[name] : undefined;
       return d && { header: f, ...d };
     },
     (gpu) => [{ state, gpu, now, r: readings(state, gpu, now) }],
@@ -379,6 +397,8 @@ function gpuTree(state: SandboxState, gpu: GpuSim, now: number): TreeNode[] {
         ['host_vgpu_mode', 'N/A'],
       ],
     ],
+    // Drivers R565+ print the verdict right after the virtualization mode (`GPU Recovery Action : None` in -q).
+    ...(reportsRecoveryAction(state) ? [['gpu_recovery_action', recoveryWords(gpu)] satisfies TreeNode] : []),
     [
       'pci',
       [
@@ -748,7 +768,8 @@ function table(state: SandboxState, now: number): number {
 
 /**
  * --gpu-reset: refused while any process holds the GPU (the engine containers must be stopped first), impossible
- * on a GPU that fell off the bus. Success clears volatile ECC counts and applies a pending row remap.
+ * on a GPU that fell off the bus. Success clears volatile ECC counts, applies a pending row remap and answers the
+ * driver's Reset / Drain and Reset verdict (a Reboot verdict stays: only a reboot answers it).
  */
 function gpuReset(file: string, state: SandboxState, idSpec: string | undefined): number {
   const sel = selectGpus(state, idSpec);
@@ -782,6 +803,7 @@ function gpuReset(file: string, state: SandboxState, idSpec: string | undefined)
         g.remappedRowsPending = false;
         g.remappedRowsUncorrectable += 1;
       }
+      if (g.recoveryAction === 'reset' || g.recoveryAction === 'drain-and-reset') g.recoveryAction = 'none';
       core.appendKernel(s, t, 'info', `NVRM: GPU at PCI:${core.xidPci(g)}: ${g.uuid}`);
       core.appendKernel(s, t, 'info', `NVRM: GPU Board Serial Number: ${g.serial}`);
     }

@@ -443,6 +443,14 @@ export function gpuMemoryUsed(state: SandboxState, gpu: GpuSim, now: number): nu
 }
 
 /** PCI id as the kernel's Xid lines print it: domain:bus:device, without function. */
+/** The first driver release whose NVML reports the GPU recovery action (nvidia-smi `gpu_recovery_action`). */
+export const RECOVERY_ACTION_SINCE_DRIVER = 565;
+
+/** The major number of the simulated driver ("570.158.01" → 570). */
+export function driverMajor(state: SandboxState): number {
+  return Number.parseInt(state.host.driverVersion, 10);
+}
+
 export function xidPci(gpu: GpuSim): string {
   const [domain = '', bus = '', devfn = ''] = gpu.pciBusId.split(':');
   return `${domain.slice(-4)}:${bus}:${devfn.split('.')[0] ?? ''}`;
@@ -464,8 +472,8 @@ function bootKernelLines(state: SandboxState): string[] {
   lines.push(
     'nvidia: loading out-of-tree module taints kernel.',
     `nvidia-nvlink: Nvlink Core is being initialized, major device number 235`,
-    `NVRM: loading NVIDIA UNIX x86_64 Kernel Module  ${state.host.driverVersion}  Tue Nov  5 14:51:44 UTC 2024`,
-    `nvidia-modeset: Loading NVIDIA Kernel Mode Setting Driver for UNIX platforms  ${state.host.driverVersion}  Tue Nov  5 14:50:43 UTC 2024`,
+    `NVRM: loading NVIDIA UNIX x86_64 Kernel Module  ${state.host.driverVersion}  Tue Apr  8 12:41:17 UTC 2025`,
+    `nvidia-modeset: Loading NVIDIA Kernel Mode Setting Driver for UNIX platforms  ${state.host.driverVersion}  Tue Apr  8 12:40:46 UTC 2025`,
     '[drm] [nvidia-drm] [GPU ID 0x00000100] Loading driver',
     'docker0: port 1(veth0a1b2c3) entered forwarding state',
   );
@@ -474,7 +482,7 @@ function bootKernelLines(state: SandboxState): string[] {
 
 /**
  * QEMU (re)starts the guest: everything that lived in guest memory is gone. GPU faults that a reboot clears (lost
- * GPU, volatile ECC counts, a pending row remap which is applied now), the guest hang, the kernel ring buffer and the
+ * GPU, the driver's recovery action, volatile ECC counts, a pending row remap which is applied now), the guest hang, the kernel ring buffer and the
  * engine processes all start fresh. Containers come back unless an operator stopped them (the node's boot unit runs
  * `docker start` for the engines).
  */
@@ -494,6 +502,7 @@ export function bootVm(state: SandboxState, at: number): void {
   );
   for (const gpu of state.gpus) {
     gpu.lost = false;
+    gpu.recoveryAction = 'none';
     gpu.eccUncorrectedVolatile = 0;
     gpu.eccCorrectedVolatile = 0;
     if (gpu.remappedRowsPending) {
@@ -700,6 +709,8 @@ function currentFaults(state: SandboxState): { kind: SandboxFaultKind; target: s
   for (const g of state.gpus) {
     if (g.lost) out.push({ kind: 'xid-79', target: `gpu${g.index}` });
     if (g.eccUncorrectedVolatile > 0) out.push({ kind: 'ecc', target: `gpu${g.index}` });
+    if (g.recoveryAction === 'reset') out.push({ kind: 'gpu-recovery-reset', target: `gpu${g.index}` });
+    if (g.recoveryAction === 'reboot') out.push({ kind: 'gpu-recovery-reboot', target: `gpu${g.index}` });
   }
   return out;
 }
