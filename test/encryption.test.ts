@@ -322,9 +322,10 @@ describe('gpuops codec-server', () => {
     });
     expect(badLogin.status).toBe(401);
     expect(badLogin.headers.get('set-cookie')).toBeNull();
+    // As a browser submits the login page's form: with the page's own origin.
     const login = await fetch(`${codecUrl}/login`, {
       method: 'POST',
-      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      headers: { 'content-type': 'application/x-www-form-urlencoded', origin: codecUrl },
       body: new URLSearchParams({ token }),
     });
     expect(login.status).toBe(200);

@@ -96,7 +96,9 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<CodecS
   // Runs before the body is read: a refused caller never gets its body parsed.
   app.addHook('onRequest', async (req, reply) => {
     const origin = req.headers.origin;
-    if (origin !== undefined) {
+    // A browser sends Origin on every POST, the /login form's own (same-origin) one included.
+    const sameOrigin = origin !== undefined && origin === `http://${req.headers.host ?? ''}`;
+    if (origin !== undefined && !sameOrigin) {
       if (!origins.has(origin)) {
         log(`codec-server: refused origin ${origin}`);
         return reply.code(403).send({ error: `origin ${origin} is not allowed (codecServer.corsOrigins)` });
