@@ -166,7 +166,9 @@ describe('measurements', () => {
     expect(stable.outputTokens).toBe(5 * TOKENS);
     // Loopback and a loaded CI box add a little; the engine's own delays set the floor.
     expect(stable.ttftMs.p50!).toBeGreaterThanOrEqual(TTFT - 2);
-    expect(stable.ttftMs.p50!).toBeLessThan(TTFT + 80);
+    // TTFT is the first byte, not the end: each answer streams (TOKENS - 1) gaps after it, and timers only run
+    // late, so the medians differ by at least that however loaded the machine is (an absolute ceiling was not).
+    expect(stable.durationMs.p50! - stable.ttftMs.p50!).toBeGreaterThanOrEqual((TOKENS - 1) * GAP - 5);
     expect(canary.ttftMs.p95!).toBeGreaterThanOrEqual(2 * TTFT - 2);
     expect(canary.ttftMs.p95! / stable.ttftMs.p95!).toBeGreaterThan(1.5);
     expect(stable.durationMs.p95!).toBeGreaterThanOrEqual(TTFT + (TOKENS - 1) * GAP - 5);
