@@ -6,6 +6,7 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { CONTROL_TASK_QUEUE, nodeTaskQueue } from '../src/contracts';
+import { FAULT_KINDS } from '../src/sandbox/faults';
 import { findTemporalCli } from '../src/temporal/cli';
 import { createControlWorker } from '../workers/control';
 import type { HealthReport } from '../src/domain/classify';
@@ -129,9 +130,7 @@ test('`gpuops sandbox fault … xid-79` then `gpuops status --json` classifies t
 test('`gpuops sandbox fault` refuses an unknown fault kind with exit 2', async () => {
   const r = await gpuops(['sandbox', 'fault', sbx.nodeId, 'meteor-strike'], { GPUOPS_CONFIG: sbx.loaded.path });
   expect(r.code).toBe(2);
-  expect(r.stderr).toContain(
-    'kind: must be one of "engine-hang", "container-exit", "cuda-oom", "xid-79", "ecc", "node-down"',
-  );
+  expect(r.stderr).toContain(`kind: must be one of ${FAULT_KINDS.map((k) => `"${k}"`).join(', ')}`);
 });
 
 test('`gpuops up` says what to install when TEMPORAL_CLI_PATH points nowhere, without a stack trace', async () => {
