@@ -31,6 +31,13 @@ beforeAll(async () => {
       client.workflow.start('deployModel', { workflowId: id, taskQueue: 'secret-scan-nobody', args: [{ note }] });
     await start('leaky-small', `token ${value}`);
     await start('leaky-large', Array.from({ length: COPIES }, (_, i) => `${i}:${value}`).join(' '));
+    // The export lists executions through visibility, which lags the start a little: wait until both are listed.
+    for (let seen = 0, tries = 0; seen < 2; tries++) {
+      if (tries === 100) throw new Error('the two started workflows never showed up in visibility');
+      seen = 0;
+      for await (const x of client.workflow.list({ query: "WorkflowId STARTS_WITH 'leaky-'" })) if (x) seen++;
+      if (seen < 2) await new Promise((r) => setTimeout(r, 100));
+    }
     const cli = findTemporalCli();
     if (!cli) throw new Error('the temporal CLI is needed (npm test installs it)');
     exported = await exportHistories({
