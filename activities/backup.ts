@@ -67,7 +67,7 @@ export interface BackupInput extends RepoInput {
   vmConfig?: { name: string; text: string };
   /** restic --limit-upload, KiB/s. */
   limitUploadKiB?: number;
-  /** How many files to fingerprint (sha256) for the test restore. */
+  /** How many files to fingerprint (sha256) for the test restore (default 3; runBackup sends 0 when it will not test-restore). */
   samples?: number;
 }
 
@@ -330,7 +330,7 @@ export function createBackupActivities(deps: BackupActivityDeps) {
       if (input.what === 'model-store') for (const p of paths) modelDigests.push(...(await ollamaDigests(p)));
       const samples: SampleFile[] = [];
       const wanted = input.samples ?? 3;
-      for (const p of paths) {
+      for (const p of wanted > 0 ? paths : []) {
         for (const f of await listFiles(p)) {
           if (samples.length >= wanted) break;
           const s = await stat(f);

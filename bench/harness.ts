@@ -50,3 +50,11 @@ export function runIfMain(mod: NodeModule, main: () => Promise<void>): void {
     process.exitCode = 1;
   });
 }
+
+/** The median of some timings (the mean of the middle two for an even count). */
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) throw new Error('median of no timings');
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}

@@ -6,6 +6,7 @@ const BENCHES: [name: string, load: () => Promise<{ run: () => Promise<void> }>]
   ['router', () => import('./router.js')],
   ['backup', () => import('./backup.js')],
   ['recovery', () => import('./recovery.js')],
+  ['lifecycle', () => import('./lifecycle.js')],
 ];
 
 async function main(): Promise<void> {

@@ -214,6 +214,9 @@ test('a corrupted repository makes verify fail and notifies', async () => {
   await worker.runUntil(async () => {
     const ok = await runNow(ctx.env.client, 'gpu');
     expect(ok.status).toBe('ok');
+    // No test restore in this plan's verify policy: nothing is fingerprinted for one.
+    expect(ok.backup?.samples).toEqual([]);
+    expect(ok.verify?.testRestore).toBeNull();
     // The GPU config snapshot holds nvidia-smi -q -x and the facts parsed from it.
     const files = (await restic('corrupt').run(['ls', 'latest'])).stdout;
     expect(files).toMatch(/nvidia-smi-q\.xml/);

@@ -4,6 +4,7 @@
  */
 import {
   ApplicationFailure,
+  patched,
   setCurrentDetails,
   setHandler,
   upsertSearchAttributes,
@@ -158,9 +159,17 @@ async function prepare(run: BackupRun): Promise<{ name: string; text: string } |
   );
 }
 
+/**
+ * Runs from this patch on fingerprint sample files (sha256 of whole files, read before the backup) only when the
+ * run will test-restore them; before it every backup hashed its first three files, read for nothing otherwise.
+ */
+export const SAMPLES_ONLY_FOR_TEST_RESTORE_PATCH = 'backup-samples-only-for-test-restore';
+
 /** Back up with restic on the node (progress heartbeated; unreadable files make the run a warning). */
 async function backUp(run: BackupRun, vmConfig: { name: string; text: string } | undefined): Promise<BackupOutcome> {
   const { input, plan } = run;
+  const testRestore = input.testRestore ?? plan.verify.testRestore;
+  const noSamples = !testRestore && patched(SAMPLES_ONLY_FOR_TEST_RESTORE_PATCH);
   const outcome = await run.attempt(
     'backup',
     () =>
@@ -171,6 +180,7 @@ async function backUp(run: BackupRun, vmConfig: { name: string; text: string } |
         runTag: workflowInfo().workflowId,
         ...(vmConfig ? { vmConfig } : {}),
         ...(input.limitUploadKiB ? { limitUploadKiB: input.limitUploadKiB } : {}),
+        ...(noSamples ? { samples: 0 } : {}),
       }),
     (r) =>
       `snapshot ${r.snapshotId}: ${r.filesNew} new, ${r.filesChanged} changed, ${r.filesUnmodified} unchanged files, ${r.dataAdded} bytes added${r.incomplete ? ' (INCOMPLETE: some files unreadable)' : ''}${r.reused ? ' (reused from an earlier attempt)' : ''}`,
