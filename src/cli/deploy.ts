@@ -8,6 +8,7 @@ import {
 } from '@temporalio/client';
 import { z } from 'zod';
 import type { LoadedConfig } from '../config/load';
+import { deployPolicyFor } from '../config/policy';
 import { ValidationError } from '../domain/validation';
 import {
   ApproveDeploymentInput,
@@ -312,7 +313,7 @@ function deployInput(
       `--policy: must be a policy in gpuops.yaml (${known.join(', ') || 'none defined'}; got "${a.policy}")`,
     ]);
   }
-  const policy = loaded.config.policies[a.policy ?? 'default'];
+  const policy = deployPolicyFor(loaded.config, alias, a.policy);
   const input = {
     node: a.node,
     alias,
@@ -339,7 +340,10 @@ export function registerDeployCommands(program: Program): void {
     )
     .option('--digest <sha256>', 'pin the model digest')
     .option('--revision <rev>', 'HF revision (commit, branch or tag) for vLLM; a 40-hex commit counts as pinned')
-    .option('--policy <name>', 'deployment policy from gpuops.yaml (default: "default", else built-in defaults)')
+    .option(
+      '--policy <name>',
+      'deployment policy from gpuops.yaml (default: aliases.<alias>.policy, else "default", else built-in)',
+    )
     .option('--no-safety-probes', 'skip the jailbreak / PII probes (risk becomes at least medium: needs approve)')
     .option(
       '--follow',

@@ -1,8 +1,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseDocument } from 'yaml';
+import type { z } from 'zod';
 import { ConfigSchema, type Config } from './schema';
-import { ValidationError, formatIssues } from '../domain/validation';
+import { GoldenSetSchema, SafetySetSchema } from '../domain/deploy-policy';
+import { ValidationError, formatIssues, issuePath } from '../domain/validation';
 
 /** Repository root (where package.json lives), for defaults such as examples/sandbox.yaml. */
 export const PROJECT_ROOT = path.resolve(__dirname, '..', '..');
@@ -41,7 +43,57 @@ export function parseConfig(text: string, source: string): Config {
   }
   const r = ConfigSchema.safeParse(value ?? {});
   if (!r.success) throw new ValidationError(`config ${source}`, formatIssues(r.error));
+  const problems = loadSetFiles(r.data, source);
+  if (problems.length > 0) throw new ValidationError(`config ${source}`, problems);
   return r.data;
+}
+
+/**
+ * Read each policy's and alias's goldenFile / safetyFile (YAML or JSON, relative to the config) into its golden /
+ * safety list, validated like the inline one: the deployment input carries the list, never a path. The file field
+ * stays, naming the set's source in the risk report. Returns one line per problem.
+ */
+function loadSetFiles(config: Config, source: string): string[] {
+  const problems: string[] = [];
+  const read = <S extends z.ZodType>(schema: S, file: string, at: (string | number)[]): z.output<S> | undefined => {
+    const where = `${issuePath(at)} (${file})`;
+    const full = resolveFrom(source, file);
+    let text: string;
+    try {
+      text = readFileSync(full, 'utf8');
+    } catch (err) {
+      problems.push(`${where}: cannot read ${full}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      return undefined;
+    }
+    const doc = parseDocument(text, { prettyErrors: true });
+    const yamlError = doc.errors[0];
+    if (yamlError) {
+      problems.push(`${where}: YAML: ${yamlError.message.split('\n')[0] ?? yamlError.message}`);
+      return undefined;
+    }
+    let value: unknown;
+    try {
+      value = doc.toJS();
+    } catch (err) {
+      problems.push(`${where}: YAML: ${(err as Error).message}`);
+      return undefined;
+    }
+    const r = schema.safeParse(value);
+    if (!r.success) {
+      problems.push(...formatIssues(r.error).map((line) => `${where}: ${line}`));
+      return undefined;
+    }
+    return r.data;
+  };
+  const owners = [
+    ...Object.entries(config.policies).map(([name, p]) => ({ at: ['policies', name], p })),
+    ...Object.entries(config.aliases).map(([name, p]) => ({ at: ['aliases', name], p })),
+  ];
+  for (const { at, p } of owners) {
+    if (p.goldenFile !== undefined) p.golden = read(GoldenSetSchema, p.goldenFile, [...at, 'goldenFile']);
+    if (p.safetyFile !== undefined) p.safety = read(SafetySetSchema, p.safetyFile, [...at, 'safetyFile']);
+  }
+  return problems;
 }
 
 /** Load and validate a config file. Throws ValidationError with one line per bad field. */

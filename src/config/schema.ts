@@ -389,7 +389,49 @@ export const HooksSchema = z
   })
   .describe('The Alertmanager webhook receiver (`gpuops hooks`), which turns firing alerts into recoverNode runs.');
 
-export const PolicySchema = DeployPolicySchema;
+/** A golden or safety set kept in a file beside gpuops.yaml, loaded and validated with the config. */
+const setFile = (what: string) =>
+  filePath
+    .optional()
+    .describe(`${what} from a YAML or JSON file (a list), relative to this file; instead of the inline list.`);
+
+/** Exactly one of the inline list and its file. */
+function oneSetSource(
+  p: { golden?: unknown; goldenFile?: string; safety?: unknown; safetyFile?: string },
+  ctx: z.RefinementCtx,
+): void {
+  for (const key of ['golden', 'safety'] as const) {
+    if (p[key] !== undefined && p[`${key}File`] !== undefined) {
+      ctx.addIssue({ code: 'custom', path: [`${key}File`], message: `must not be set together with ${key}` });
+    }
+  }
+}
+
+const PolicyFields = DeployPolicySchema.omit({ sources: true }).extend({
+  goldenFile: setFile('Golden prompts'),
+  safetyFile: setFile('Safety probes'),
+});
+
+export const PolicySchema = PolicyFields.superRefine(oneSetSource);
+
+/**
+ * Per router alias: which policy its deployments take and its own golden set, safety set and risk rules over it.
+ * Precedence: the deployment input (`--policy`, a started workflow's policy) > the alias > the named policy > defaults.
+ */
+export const AliasSchema = PolicyFields.pick({
+  golden: true,
+  goldenFile: true,
+  safety: true,
+  safetyFile: true,
+  risk: true,
+})
+  .extend({
+    policy: id
+      .optional()
+      .describe('Policy (in policies) deployments to this alias take when --policy names none; else "default".'),
+  })
+  .superRefine(oneSetSource)
+  .describe('Deployment settings of one router alias.');
 
 export const RecoverySchema = z
   .strictObject({
@@ -534,6 +576,13 @@ export const ConfigSchema = z
       .record(id, PolicySchema)
       .default({})
       .describe('Deployment policies by name; "default" is used when none is named.'),
+    aliases: z
+      .record(
+        z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/, { message: 'must be a router alias name' }),
+        AliasSchema,
+      )
+      .default({})
+      .describe("Per router alias: its policy and its own golden / safety sets and risk rules over the policy's."),
     recovery: RecoverySchema,
     reportsDir: z
       .string()
@@ -595,6 +644,15 @@ export const ConfigSchema = z
       (i) => ['backups', i, 'id'],
       'backup plan id',
     );
+    for (const [alias, a] of Object.entries(cfg.aliases)) {
+      if (a.policy !== undefined && isId(a.policy) && !cfg.policies[a.policy]) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['aliases', alias, 'policy'],
+          message: `must name a policy in policies (${Object.keys(cfg.policies).join(', ') || 'none defined'}; got "${a.policy}")`,
+        });
+      }
+    }
     const hv = new Set(cfg.hypervisors.map((h) => h.id));
     const nodes = new Set(cfg.nodes.map((n) => n.id));
     cfg.nodes.forEach((n, i) => {
@@ -715,6 +773,7 @@ export type NodeConfig = z.infer<typeof NodeSchema>;
 export type EngineConfig = z.infer<typeof EngineSchema>;
 export type HypervisorConfig = z.infer<typeof HypervisorSchema>;
 export type PolicyConfig = z.infer<typeof PolicySchema>;
+export type AliasConfig = z.infer<typeof AliasSchema>;
 export type BackupPlanConfig = z.infer<typeof BackupPlanSchema>;
 export type HooksConfig = z.infer<typeof HooksSchema>;
 

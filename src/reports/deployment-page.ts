@@ -7,6 +7,7 @@
 import type { CanaryRound, DeploymentStatus } from '../contracts/deploy';
 import type { CanaryThresholds, VariantMeasure } from '../domain/canary';
 import { duration, esc, num, table } from './html';
+import { describeRules } from '../domain/risk-rules';
 import { lineChart, type ChartMarker, type ChartSeries } from './svg-chart';
 
 /** The policy limits the page draws: the analysis thresholds and how many failures in a row roll back. */
@@ -193,8 +194,17 @@ function risk(status: DeploymentStatus): string {
     esc(f.area),
     esc(f.detail),
   ]);
+  const sets = r.input.sets;
+  const setRows = sets
+    ? [
+        ['golden set', sets.golden.source, sets.golden.ids.join(', ') || 'none'],
+        ['safety set', sets.safety.source, sets.safety.ids.join(', ') || 'not run'],
+        ['risk rules', sets.rules, describeRules(r.input.rules).join('; ') || 'built-in tiers'],
+      ].map((row) => row.map(esc))
+    : [];
   return (
     `<p>Tier <span class="tier t-${esc(r.tier)}">${esc(r.tier)}</span> — ${esc(r.decision)}</p>` +
+    (setRows.length ? table(['what ran', 'source', 'ids / rules'], setRows, 'sets') : '') +
     (rows.length ? table(['tier', 'area', 'finding'], rows, 'findings') : '<p class="none">No findings.</p>')
   );
 }

@@ -208,3 +208,31 @@ test.each([
   expect(s.top).toBeCloseTo(top, 9);
   expect(s.step).toBeCloseTo(step, 9);
 });
+
+test('the risk section lists the golden and safety sets that ran and the rules that tiered it, as text', () => {
+  const status = deploymentRecord(BREACH_ROUNDS.slice(0, 4), { outcome: 'promoted' });
+  const risk = status.risk;
+  if (!risk) throw new Error('the record has a risk report');
+  // Records from before the sets were configurable carry none: no table.
+  expect(renderDeploymentPage({ status, thresholds: THRESHOLDS })).not.toContain('class="sets"');
+  status.risk = {
+    ...risk,
+    input: {
+      ...risk.input,
+      rules: { failedSafety: { jailbreak: 'low' }, noLicense: 'low' },
+      sets: {
+        golden: { source: 'default', ids: ['arith', 'json'] },
+        safety: { source: 'alias <chat> (safety.yaml)', ids: ['dev-mode', 'cards'] },
+        rules: 'alias <chat>',
+      },
+    },
+  };
+  const html = renderDeploymentPage({ status, thresholds: THRESHOLDS });
+  const sets = /<table class="sets">[\s\S]*?<\/table>/.exec(html)?.[0] ?? '';
+  const rows = [...sets.matchAll(/<tr><td>(.*?)<\/td><td>(.*?)<\/td><td>(.*?)<\/td><\/tr>/g)].map((m) => m.slice(1));
+  expect(rows).toEqual([
+    ['golden set', 'default', 'arith, json'],
+    ['safety set', 'alias &lt;chat&gt; (safety.yaml)', 'dev-mode, cards'],
+    ['risk rules', 'alias &lt;chat&gt;', 'failedSafety: jailbreak low; noLicense: low'],
+  ]);
+});

@@ -3,6 +3,7 @@
  * report files, refuse a high tier, and hold a medium one for a human's approve.
  */
 import { workflowInfo } from '@temporalio/workflow';
+import { policySets } from '../../../src/domain/deploy-policy';
 import { assessRisk as rate, type RiskTier } from '../../../src/domain/risk';
 import { Rollback, fromNow, type Deployment } from '../deployment';
 import type { Plan } from './plan';
@@ -32,6 +33,8 @@ export async function assessRisk(dep: Deployment, plan: Plan, checks: Checks): P
       memoryCapPct: policy.memoryCapPct,
     },
     requestedBy: input.requestedBy,
+    ...(policy.risk ? { rules: policy.risk } : {}),
+    sets: policySets(policy, input.safetyProbes),
   });
   status.risk = risk;
   status.riskTier = risk.tier;

@@ -38,7 +38,9 @@ export async function validate(dep: Deployment, plan: Plan, served: string): Pro
     status.validation = golden;
     throw new Rollback('validation', slo.detail);
   }
-  const safety = input.safetyProbes ? await node.runSafetyProbes(check) : [];
+  // The policy's safety set travels only when it has one: inputs from before it existed send what they sent.
+  const probes = policy.safety ? { ...check, safety: policy.safety } : check;
+  const safety = input.safetyProbes ? await node.runSafetyProbes(probes) : [];
   const resources = await node.checkModelResources(check);
   const provenance = await node.modelProvenance(check);
   status.validation = [...golden, ...safety];
