@@ -294,6 +294,9 @@ describe('gpuops codec-server', () => {
     expect((await post('/decode', { payloads })).status).toBe(401);
     expect((await post('/decode', { payloads }, { authorization: `Bearer ${token}x` })).status).toBe(401);
     expect((await post('/encode', { payloads }, { authorization: 'Bearer nope' })).status).toBe(401);
+    // Percent-encoded paths reach the same routes (the router decodes them): they are refused all the same.
+    for (const p of ['/decod%65', '/%64ecode', '/default/decod%65', '/encod%65'])
+      expect([p, (await post(p, { payloads })).status]).toEqual([p, 401]);
   });
 
   test('answers CORS preflight for the UI origin only; a browser logs in for a cookie the UI sends along', async () => {

@@ -17,6 +17,7 @@ import type { Payload } from '@temporalio/common';
 import { resolveFrom, type LoadedConfig } from '../config/load';
 import { ValidationError, formatIssues } from '../domain/validation';
 import { readSecret, sameSecret } from '../hooks/auth';
+import { fastifyLimits, withLimits, type HttpLimits } from '../http-limits';
 import { encryptionCodec, type EncryptionCodec } from './codec';
 
 export interface CodecServerOptions {
@@ -27,8 +28,8 @@ export interface CodecServerOptions {
   listen: string;
   /** Web UI origins (scheme://host:port) allowed to call from a browser. */
   corsOrigins: readonly string[];
-  /** Largest request body, bytes (default 8 MiB: one history page of payloads). */
-  bodyLimit?: number;
+  /** Request size and time limits; unset fields keep CODEC_LIMITS. */
+  limits?: Partial<HttpLimits>;
   /** One line per refusal; never given a credential. */
   log?: (line: string) => void;
 }
@@ -37,6 +38,15 @@ export interface CodecServer {
   url: string;
   close(): Promise<void>;
 }
+
+/** The codec server's limits: 8 MiB bodies (one history page of payloads), the receiver's timeouts. */
+export const CODEC_LIMITS: HttpLimits = {
+  bodyLimitBytes: 8 * 1024 * 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 30_000,
+  keepAliveTimeoutMs: 5_000,
+  idleTimeoutMs: 120_000,
+};
 
 /** Cookie a browser holds after /login: an HMAC of the token, so the cookie is not the token itself. */
 export const SESSION_COOKIE = 'gpuops_codec';
@@ -88,7 +98,7 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<CodecS
     return c !== undefined && sameSecret(Buffer.from(c), session);
   };
 
-  const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit ?? 8 * 1024 * 1024 });
+  const app = Fastify({ logger: false, ...fastifyLimits(withLimits(CODEC_LIMITS, opts.limits)) });
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) =>
     done(null, Object.fromEntries(new URLSearchParams(String(body)))),
   );
@@ -116,13 +126,14 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<CodecS
         .header('access-control-max-age', '600')
         .send();
     }
-    if (req.method === 'POST' && /\/(en|de)code$/.test(req.url.split('?')[0] ?? '') && !authorised(req)) {
-      log(
-        `codec-server: refused ${req.ip} ${req.url}: ${req.headers.authorization ? 'wrong token' : 'no credentials'}`,
-      );
-      return reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'unauthorized' });
-    }
   });
+  // On the matched routes themselves (onRequest, before the body is read), not on the raw URL: the router
+  // percent-decodes paths, so a URL pattern (`/decod%65`) would let a caller past the check onto the route.
+  const requireAuth = async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    if (authorised(req)) return;
+    log(`codec-server: refused ${req.ip} ${req.url}: ${req.headers.authorization ? 'wrong token' : 'no credentials'}`);
+    return reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'unauthorized' });
+  };
 
   const handle = (op: 'encode' | 'decode') => async (req: FastifyRequest, reply: FastifyReply) => {
     const parsed = BodySchema.safeParse(req.body);
@@ -135,8 +146,8 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<CodecS
     }
   };
   for (const op of ['encode', 'decode'] as const) {
-    app.post(`/${op}`, handle(op));
-    app.post(`/:namespace/${op}`, handle(op));
+    app.post(`/${op}`, { onRequest: requireAuth }, handle(op));
+    app.post(`/:namespace/${op}`, { onRequest: requireAuth }, handle(op));
   }
   app.get('/healthz', async () => ({ ok: true }));
   app.get('/login', async (_req, reply) => reply.type('text/html; charset=utf-8').send(LOGIN_PAGE));

@@ -6,9 +6,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Payload, PayloadCodec } from '@temporalio/common';
-import { parse } from 'yaml';
 import { ENCRYPTED_ENCODING, EncryptionCodec } from '../../src/temporal/codec';
-import { walk } from './secret-scan';
+import { yamlDocuments } from './secret-scan';
 import type { RegisteredSecret } from './secrets';
 
 export interface RunKey {
@@ -21,15 +20,8 @@ export interface RunKey {
 /** Every encryption key a gpuops.yaml under `root` lists (unreadable or malformed ones are skipped). */
 export function discoverRunKeys(root: string): RunKey[] {
   const found: RunKey[] = [];
-  for (const file of walk(root)) {
-    if (!/\.ya?ml$/.test(file)) continue;
-    let keys: unknown;
-    try {
-      keys = (parse(readFileSync(file, 'utf8')) as { temporal?: { encryption?: { keys?: unknown } } } | null)?.temporal
-        ?.encryption?.keys;
-    } catch {
-      continue;
-    }
+  for (const { file, doc } of yamlDocuments(root)) {
+    const keys = (doc as { temporal?: { encryption?: { keys?: unknown } } } | null)?.temporal?.encryption?.keys;
     if (!Array.isArray(keys)) continue;
     for (const k of keys as { id?: unknown; file?: unknown }[]) {
       if (typeof k?.id !== 'string' || typeof k.file !== 'string') continue;

@@ -171,7 +171,7 @@ export interface ScanOptions {
 }
 
 /** Every regular file under `p`, sorted; symbolic links are not followed. */
-export function* walk(p: string): Generator<string> {
+function* walk(p: string): Generator<string> {
   const st = lstatSync(p, { throwIfNoEntry: false });
   if (!st || st.isSymbolicLink()) return;
   if (st.isFile()) yield p;
@@ -284,6 +284,18 @@ export function readRegistry(runDir: string): RegisteredSecret[] {
     .map((l) => JSON.parse(l) as RegisteredSecret);
 }
 
+/** Every YAML file under `root` that parses, with its document (a file that does not is no config gpuops reads). */
+export function* yamlDocuments(root: string): Generator<{ file: string; doc: unknown }> {
+  for (const file of walk(root)) {
+    if (!/\.ya?ml$/.test(file)) continue;
+    try {
+      yield { file, doc: parse(readFileSync(file, 'utf8')) as unknown };
+    } catch {
+      continue;
+    }
+  }
+}
+
 /**
  * The secrets the gpuops.yaml files under `root` point at, read from their files: the catch-all for a secret that
  * gpuops itself made (`gpuops up`'s restic password and router token, the sandbox Proxmox token secret) or a test
@@ -291,14 +303,7 @@ export function readRegistry(runDir: string): RegisteredSecret[] {
  */
 export function discoverConfigSecrets(root: string): RegisteredSecret[] {
   const found: RegisteredSecret[] = [];
-  for (const file of walk(root)) {
-    if (!/\.ya?ml$/.test(file)) continue;
-    let doc: unknown;
-    try {
-      doc = parse(readFileSync(file, 'utf8'));
-    } catch {
-      continue; // not YAML gpuops reads
-    }
+  for (const { file, doc } of yamlDocuments(root)) {
     const visit = (v: unknown): void => {
       if (Array.isArray(v)) v.forEach(visit);
       else if (v && typeof v === 'object') {
