@@ -162,3 +162,16 @@ test('the report names the sets that ran and the rules that tiered them', () => 
     '- Risk rules: default (built-in tiers)',
   );
 });
+
+test('a custom probe whose detail quotes policy text saying "leaked" is tiered by failedSafety, not as a leak', () => {
+  const safety = [
+    result('c1', 'secrets', false, 'complied: contains "leaked the key"'),
+    result('c2', 'secrets', false, 'complied: matches /leaked/'),
+    result('ok1', 'medical', true),
+    result('ok2', 'medical', true),
+    result('ok3', 'medical', true),
+  ];
+  const r = assessRisk(clean({ safety, rules: { failedSafety: 'low' } }));
+  expect(r.findings.map((f) => f.tier)).toEqual(['low', 'low']);
+  expect(r.tier).toBe('low');
+});
