@@ -424,11 +424,12 @@ export class NvidiaSmi {
   private readonly env: Record<string, string | undefined> | undefined;
   private readonly timeoutMs: number;
   /**
-   * The --query-gpu field list this driver last accepted: after one probe found which fields it rejects, later
-   * probes ask with that list at once. A driver upgrade loads a new kernel module, which restarts the node's GPU
-   * processes and this worker with them; a list the driver rejects is corrected again.
+   * The --query-gpu field list the driver last accepted, and that driver's version: after one probe found which
+   * fields it rejects, later probes ask with that list at once. The worker outlives a driver upgrade (it holds no
+   * device handle), so a probe that sees another driver version asks with every field again.
    */
   private queryFields: readonly string[] = QUERY_GPU_FIELDS;
+  private fieldsLearnedOn: string | null = null;
 
   constructor(opts: NvidiaSmiOptions = {}) {
     this.bin = opts.bin ?? 'nvidia-smi';
@@ -443,7 +444,7 @@ export class NvidiaSmi {
   /**
    * Health of every GPU. Never throws for a GPU failure: that is what `error` is for. A driver that rejects a field
    * (older than the throttle→event rename, or than the recovery action) is asked again without exactly that field,
-   * once per field it lacks; the list it accepted is kept for the next probe.
+   * once per field it lacks; the list it accepted is kept for the next probe of the same driver version.
    */
   async queryGpus(): Promise<GpuQueryResult> {
     let fields = this.queryFields;
@@ -455,8 +456,24 @@ export class NvidiaSmi {
       fields = next;
       result = await this.run([`--query-gpu=${fields.join(',')}`, '--format=csv,noheader,nounits']);
     }
-    if (result.exitCode === 0) this.queryFields = fields;
-    return parseQueryGpuOutput(result, fields);
+    const parsed = parseQueryGpuOutput(result, fields);
+    const driver = parsed.gpus[0]?.driverVersion ?? null;
+    if (
+      fields !== QUERY_GPU_FIELDS &&
+      driver !== null &&
+      this.fieldsLearnedOn !== null &&
+      driver !== this.fieldsLearnedOn
+    ) {
+      // A new driver may know the fields the old one rejected.
+      this.queryFields = QUERY_GPU_FIELDS;
+      this.fieldsLearnedOn = null;
+      return this.queryGpus();
+    }
+    if (result.exitCode === 0) {
+      this.queryFields = fields;
+      this.fieldsLearnedOn = driver;
+    }
+    return parsed;
   }
 
   /** Processes holding GPU memory. Throws when nvidia-smi fails. */

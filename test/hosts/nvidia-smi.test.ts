@@ -10,6 +10,8 @@ import {
   QUERY_GPU_FIELDS,
   SmiXmlError,
 } from '../../src/hosts/nvidia-smi';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { idleAmpereGpu } from '../helpers/hosts';
 import { fakeTool, fixture } from './fakes';
 
@@ -297,6 +299,36 @@ describe('NvidiaSmi against a fake nvidia-smi', () => {
     expect(smi.calls().map((c) => c[0])).toEqual([ask(QUERY_GPU_FIELDS), ask(R550_FIELDS)]);
     await client.queryGpus();
     expect(smi.calls()).toHaveLength(3);
+  });
+
+  it('asks with every field again once the driver version changes (an upgrade under a running worker)', async () => {
+    const smi = fakeTool('nvidia-smi', [
+      { args: [ask(R550_FIELDS)], stdout: fixture('nvidia-smi/query-gpu-2x3090.csv') },
+      { args: [ask(QUERY_GPU_FIELDS)], ...rejects('gpu_recovery_action') },
+    ]);
+    const client = new NvidiaSmi({ bin: smi.bin });
+    expect((await client.queryGpus()).gpus.map((g) => g.recoveryAction)).toEqual([null, null]);
+    // The fake reads its rules at each call: now the node runs R570, which knows the field.
+    writeFileSync(
+      path.join(path.dirname(smi.bin), 'rules.json'),
+      JSON.stringify([
+        {
+          args: [ask(R550_FIELDS)],
+          stdout: fixture('nvidia-smi/query-gpu-2x3090.csv').replaceAll('550.127.05', '570.158.01'),
+        },
+        { args: [ask(QUERY_GPU_FIELDS)], stdout: fixture('nvidia-smi/query-gpu-2x3090-recovery-reset.csv') },
+      ]),
+    );
+    const r = await client.queryGpus();
+    expect(r.gpus.map((g) => g.recoveryAction)).toEqual(['reset', 'none']);
+    expect(smi.calls().map((c) => c[0])).toEqual([
+      ask(QUERY_GPU_FIELDS),
+      ask(R550_FIELDS),
+      ask(R550_FIELDS),
+      ask(QUERY_GPU_FIELDS),
+    ]);
+    await client.queryGpus();
+    expect(smi.calls()).toHaveLength(5);
   });
 
   it('asks a driver lacking both new fields three times: each rejected field replaced or dropped once', async () => {
