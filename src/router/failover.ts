@@ -19,6 +19,9 @@ import { normalizeEngineUrl, type RouteStore } from './routes';
  * the request may have been written, i.e. the engine may have started generating; such a request is answered 502,
  * never retried.
  */
+/** Resolver failures (the router's DNS, not the engine): retried on another variant, not evidence against a node. */
+const RESOLVER_FAILURES: ReadonlySet<string> = new Set(['ENOTFOUND', 'EAI_AGAIN']);
+
 const NEVER_SENT: ReadonlySet<string> = new Set([
   'ECONNREFUSED',
   'EHOSTUNREACH',
@@ -104,6 +107,8 @@ export class AutoDrainer {
   private readonly accepts: (engine: string) => Promise<boolean>;
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
+  /** Set by close(): a recheck still running, or a late refusal, must not arm the timer again. */
+  private closed = false;
 
   constructor(private readonly deps: AutoDrainDeps) {
     this.options = { ...AUTO_DRAIN_DEFAULTS, ...deps.options };
@@ -126,6 +131,8 @@ export class AutoDrainer {
 
   /** The engine refused a connection (`code`); drains its node when every routed engine of it is refusing. */
   refused(engine: string, code: string): void {
+    // The router's own resolver failing says nothing about the node: retried elsewhere, never counted to a drain.
+    if (RESOLVER_FAILURES.has(code)) return;
     const url = normalizeEngineUrl(engine);
     const now = this.now();
     const s = this.streaks.get(url);
@@ -161,8 +168,13 @@ export class AutoDrainer {
     return [...this.entries.values()].map(({ checkedAt: _, ...e }) => e);
   }
 
-  /** Stop the recheck timer. */
+  /** Stop the recheck timer for good (the router is closing). */
   close(): void {
+    this.closed = true;
+    this.stopTimer();
+  }
+
+  private stopTimer(): void {
     clearInterval(this.timer);
     this.timer = undefined;
   }
@@ -208,8 +220,8 @@ export class AutoDrainer {
 
   private changed(): void {
     this.deps.metrics.autoDrainsChanged(this.list(), this.deps.store.current);
-    if (this.entries.size === 0) this.close();
-    else if (!this.timer && this.options.recheckMs > 0) {
+    if (this.entries.size === 0) this.stopTimer();
+    else if (!this.timer && !this.closed && this.options.recheckMs > 0) {
       this.timer = setInterval(() => void this.recheck(), Math.min(this.options.recheckMs, 5_000));
       this.timer.unref();
     }

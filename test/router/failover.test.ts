@@ -394,6 +394,19 @@ describe('AutoDrainer', () => {
     expect([...d.drained].sort()).toEqual(['http://10.0.0.1:8000', 'http://10.0.0.1:8001']);
   });
 
+  test("the router's own resolver failing (ENOTFOUND, EAI_AGAIN) never drains a node", () => {
+    const { d, advance } = drainer(1, 0);
+    for (const code of ['ENOTFOUND', 'EAI_AGAIN']) {
+      d.refused('http://10.0.0.1:8000', code);
+      d.refused('http://10.0.0.1:8001', code);
+      advance(1_000);
+    }
+    expect(d.list()).toEqual([]);
+    d.refused('http://10.0.0.1:8000', 'ECONNREFUSED');
+    d.refused('http://10.0.0.1:8001', 'ECONNREFUSED');
+    expect(d.list()).toHaveLength(2);
+  });
+
   test('classifies only failures that never reached the engine as retryable', () => {
     const e = (code: string): Error => Object.assign(new Error(code), { code });
     expect(connectFailure(e('ECONNREFUSED'))).toBe('ECONNREFUSED');
