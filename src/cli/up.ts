@@ -121,8 +121,12 @@ export async function upCommand(opts: UpOptions): Promise<void> {
     // With encryption.codecServer set, the codec server runs here and the embedded UI decodes through it. The UI
     // is reached as localhost: the codec server is given to it by that name, so its login cookie is same-site.
     let codecUrl: string | undefined;
-    if (cfg.temporal.encryption?.codecServer) {
-      const codec = await startConfiguredCodecServer(loaded, {}, log);
+    const codecServer = cfg.temporal.encryption?.codecServer;
+    if (codecServer) {
+      // The UI this process starts (temporal.dev.uiPort) is always let in, whatever port it was moved to.
+      const ownUi = configured.address === null ? [`http://localhost:${cfg.temporal.dev.uiPort}`] : [];
+      const corsOrigins = [...new Set([...codecServer.corsOrigins, ...ownUi])];
+      const codec = await startConfiguredCodecServer(loaded, { corsOrigins }, log);
       teardown.push({ name: 'codec server', fn: () => codec.close() });
       codecUrl = codec.url.replace(/^http:\/\/127\.0\.0\.1:/, 'http://localhost:');
     }
