@@ -17,6 +17,7 @@ import type { Payload } from '@temporalio/common';
 import { resolveFrom, type LoadedConfig } from '../config/load';
 import { ValidationError, formatIssues } from '../domain/validation';
 import { readSecret, sameSecret } from '../hooks/auth';
+import { HOOKS_LIMITS } from '../hooks/server';
 import { fastifyLimits, withLimits, type HttpLimits } from '../http-limits';
 import { encryptionCodec, type EncryptionCodec } from './codec';
 
@@ -39,14 +40,8 @@ export interface CodecServer {
   close(): Promise<void>;
 }
 
-/** The codec server's limits: 8 MiB bodies (one history page of payloads), the receiver's timeouts. */
-export const CODEC_LIMITS: HttpLimits = {
-  bodyLimitBytes: 8 * 1024 * 1024,
-  headersTimeoutMs: 10_000,
-  requestTimeoutMs: 30_000,
-  keepAliveTimeoutMs: 5_000,
-  idleTimeoutMs: 120_000,
-};
+/** The codec server's limits: the webhook receiver's timeouts, bodies up to 8 MiB (one history page of payloads). */
+export const CODEC_LIMITS: HttpLimits = { ...HOOKS_LIMITS, bodyLimitBytes: 8 * 1024 * 1024 };
 
 /** Cookie a browser holds after /login: an HMAC of the token, so the cookie is not the token itself. */
 export const SESSION_COOKIE = 'gpuops_codec';
