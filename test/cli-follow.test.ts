@@ -140,10 +140,17 @@ test('`gpuops follow` attached to a medium-risk deployment prints the pull progr
       approvalTimeout: '10m',
     },
   });
+  // The printed commands steer this run only: pasted after another deployment of the alias began, they are refused.
+  const guard = `--expect-model qwen2.5:0.5b-lax --expect-run-id ${h.firstExecutionRunId}`;
   // Attached before any worker runs it, so nothing is missed; a second follower streams JSON Lines.
   const text = gpuops(['follow', alias, '--node', sbx.nodeId]);
   const json = gpuops(['--json', 'follow', alias, '--node', sbx.nodeId]);
-  await text.waitFor(/^following deploy:\S+ \(Ctrl-C stops following; the deployment goes on\)$/m);
+  await text.waitFor(
+    new RegExp(
+      `^following deploy:\\S+ run ${h.firstExecutionRunId} \\(Ctrl-C stops following; the deployment goes on\\)$`,
+      'm',
+    ),
+  );
   await json.waitFor(/^\{"event":"following"/m);
 
   const control = await controlWorker(env, sbx.loaded);
@@ -156,9 +163,9 @@ test('`gpuops follow` attached to a medium-risk deployment prints the pull progr
     expect(until).toBe(new Date(Date.parse(waitedFrom) + 10 * 60_000).toISOString());
     expect(st.waitingUntil).toBe(until);
     expect(text.out()).toMatch(/^ {2}waiting for approve: risk medium \(.*jailbreak probe jailbreak-\S+ failed/m);
-    expect(text.out()).toContain(`  stop:      gpuops rollback ${alias} --node ${sbx.nodeId}\n`);
+    expect(text.out()).toContain(`  stop:      gpuops rollback ${alias} --node ${sbx.nodeId} ${guard}\n`);
     const [, command] = await text.waitFor(/^ {2}continue: {2}(gpuops approve .*)$/m);
-    expect(command).toBe(`gpuops approve ${alias} --node ${sbx.nodeId}`);
+    expect(command).toBe(`gpuops approve ${alias} --node ${sbx.nodeId} ${guard}`);
     // A second deploy of the alias is refused, and says how to attach instead.
     const second = await gpuops(['deploy', alias, 'qwen2.5:0.5b-good', '--node', sbx.nodeId]).exited;
     expect(second.code).toBe(1);
@@ -203,8 +210,8 @@ test('`gpuops follow` attached to a medium-risk deployment prints the pull progr
     for: 'approve',
     until: status.stdout.match(/^ {2}until (\S+)/m)?.[1],
     commands: [
-      { what: 'continue', command: `gpuops approve ${alias} --node ${sbx.nodeId}` },
-      { what: 'stop', command: `gpuops rollback ${alias} --node ${sbx.nodeId}` },
+      { what: 'continue', command: `gpuops approve ${alias} --node ${sbx.nodeId} ${guard}` },
+      { what: 'stop', command: `gpuops rollback ${alias} --node ${sbx.nodeId} ${guard}` },
     ],
   });
   expect(events.some((e) => e.event === 'progress' && e.unit === 'bytes')).toBe(true);

@@ -184,6 +184,14 @@ describe('waitingFor / renderWaiting', () => {
     expect(gpuopsCommand({}, ['follow', 'a b', '--node', 'n1'])).toBe("gpuops follow 'a b' --node n1");
   });
 
+  test('given the run it follows, every printed command expects that model and run, so it cannot steer another', () => {
+    const w = waitingFor(status({ stage: 'awaiting-promotion', waitingUntil: until }), {}, '01a2-run');
+    expect(w?.commands.map((c) => c.command)).toEqual([
+      'gpuops promote chat --node gpu-1 --expect-model qwen2.5:0.5b-lax --expect-run-id 01a2-run',
+      'gpuops rollback chat --node gpu-1 --expect-model qwen2.5:0.5b-lax --expect-run-id 01a2-run',
+    ]);
+  });
+
   test('the rollback window: go back with rollback until it closes; other stages wait for nobody', () => {
     const w = waitingFor(status({ stage: 'rollback-window', rollbackWindowEndsAt: until, waitingUntil: until }), {});
     expect(w).toMatchObject({

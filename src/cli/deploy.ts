@@ -112,9 +112,15 @@ export interface Waiting {
   commands: { what: string; command: string }[];
 }
 
-/** The wait of a deployment in awaiting-approval, awaiting-promotion or its rollback window; null in other stages. */
-export function waitingFor(s: DeploymentStatus, globals: GlobalOptions): Waiting | null {
-  const run = (verb: SteerName): string => gpuopsCommand(globals, [verb, s.alias, '--node', s.node]);
+/**
+ * The wait of a deployment in awaiting-approval, awaiting-promotion or its rollback window; null in other stages.
+ * Given the run it follows (its chain's first run ID, which a continue-as-new keeps), each printed command carries
+ * `--expect-model` and `--expect-run-id`: pasted after this deployment ended and another of the alias began, it is
+ * refused instead of steering the other one.
+ */
+export function waitingFor(s: DeploymentStatus, globals: GlobalOptions, runId?: string): Waiting | null {
+  const guard = runId ? ['--expect-model', s.model, '--expect-run-id', runId] : [];
+  const run = (verb: SteerName): string => gpuopsCommand(globals, [verb, s.alias, '--node', s.node, ...guard]);
   const stop = { what: 'stop', command: run('rollback') };
   // A status from before waitingUntil existed has no such field.
   const until = (s.waitingUntil as string | null | undefined) ?? null;
@@ -175,12 +181,14 @@ async function follow(h: DeploymentHandle, globals: GlobalOptions): Promise<void
   const out = new FollowOutput(globals);
   const pull = new TransferMeter();
   const id = h.workflowId;
-  out.once('attach', { event: 'following', workflowId: id }, [
-    `following ${id} (Ctrl-C stops following; the deployment goes on)`,
+  const described = await h.describe();
+  const runId = described.raw.workflowExecutionInfo?.firstRunId || described.runId;
+  out.once('attach', { event: 'following', workflowId: id, runId }, [
+    `following ${id} run ${runId} (Ctrl-C stops following; the deployment goes on)`,
   ]);
   const show = (s: DeploymentStatus, load: PendingActivity | null): void => {
     const slot = load?.type === 'loadCanarySlot' ? slotProgress(load) : null;
-    const w = waitingFor(s, globals);
+    const w = waitingFor(s, globals, runId);
     const event = {
       event: 'status',
       workflowId: id,
