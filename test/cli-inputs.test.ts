@@ -16,6 +16,8 @@ import { watchInputs } from '../src/cli/recovery';
 import { inspectInputs } from '../src/cli/status';
 import { parseConfig } from '../src/config/load';
 import { ValidationError } from '../src/domain/validation';
+import { deployPolicyFor } from '../src/config/policy';
+import { DeployModelInput } from '../src/contracts';
 
 const run = promisify(execFile);
 const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
@@ -184,4 +186,24 @@ test('watchNode and inspectNode inputs (built from gpuops.yaml alone) go through
   expect(inspectInputs(config, { node: 'sandbox-1', generate: false })).toEqual([
     { node: 'sandbox-1', generate: false, expectedGpus: config.nodes[0]?.gpus.length },
   ]);
+});
+
+test('`gpuops config policy <alias>` prints the policy gpuops deploy sends, as a valid deployModel policy; bad names exit 2', async () => {
+  const config = parseConfig(readFileSync(configPath, 'utf8'), configPath);
+  const r = await inProcess(['config', 'policy', 'chat']);
+  expect(r.code).toBe(0);
+  const printed = JSON.parse(r.stdout) as unknown;
+  expect(printed).toEqual(deployPolicyFor(config, 'chat'));
+  // The sandbox's default policy, not the workflow's built-in defaults.
+  expect(printed).toMatchObject({ canarySteps: config.policies.default?.canarySteps });
+  expect(() =>
+    DeployModelInput.parse({ node: 'n', alias: 'chat', engine: 'e', model: 'm', policy: printed }),
+  ).not.toThrow();
+  const unknown = await inProcess(['config', 'policy', 'chat', '--policy', 'nope']);
+  expect([unknown.code, unknown.stderr]).toEqual([
+    2,
+    expect.stringContaining('--policy: must be a policy in gpuops.yaml'),
+  ]);
+  const badAlias = await inProcess(['config', 'policy', 'x;y']);
+  expect([badAlias.code, badAlias.stderr]).toEqual([2, expect.stringContaining('alias: must be a router alias name')]);
 });

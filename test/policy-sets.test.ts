@@ -155,8 +155,8 @@ aliases:
     expect(p.canarySteps).toEqual([5, 10]);
     expect(p.golden?.map((g) => g.id)).toEqual(['code-1']);
     expect(p.safety?.map((s) => s.id)).toEqual(['tox-1', 'pii-1']);
-    // Rule by rule: the alias sets jailbreak's tier, which replaces the policy's failedSafety.
-    expect(p.risk).toEqual({ failedSafety: { jailbreak: 'low' } });
+    // Rule by rule, kind by kind: the alias tiers jailbreak; every other kind keeps the policy's single tier.
+    expect(p.risk).toEqual({ failedSafety: { '*': 'high', jailbreak: 'low' } });
     expect(p.sources).toEqual({
       golden: 'alias code (golden.yaml)',
       safety: 'policy strict (safety.json)',

@@ -14,7 +14,7 @@
 #   BY                           who asks (recorded as requestedBy and promotedBy); make it unique per pipeline run,
 #                                e.g. "github:$GITHUB_ACTOR#$GITHUB_RUN_ID", so two pipelines never pass as each other
 #   DIGEST                       optional sha256 pin (expectedDigest; also sent in the promote expectation)
-#   POLICY                       optional deployment policy as JSON (gpuops.yaml policies.<name>); without
+#   POLICY                       optional deployment policy as JSON, e.g. "$(gpuops config policy <alias>)"; without
 #                                autoPromote: false the deployment promotes itself and this script only checks that
 #   TASK_QUEUE                   default gpuops-control
 #   WAIT_SECONDS, POLL_SECONDS   how long to wait for the canary (default 3600) and how often to look (default 5)

@@ -8,7 +8,7 @@ import {
 } from '@temporalio/client';
 import { z } from 'zod';
 import type { LoadedConfig } from '../config/load';
-import { deployPolicyFor } from '../config/policy';
+import { deployPolicyForArgs } from '../config/policy';
 import { ValidationError } from '../domain/validation';
 import {
   ApproveDeploymentInput,
@@ -315,13 +315,7 @@ function deployInput(
   if (!engine) {
     throw new ValidationError('arguments', ['--engine: the node has no Ollama engine or canary slot; name one']);
   }
-  if (a.policy && !loaded.config.policies[a.policy]) {
-    const known = Object.keys(loaded.config.policies);
-    throw new ValidationError('arguments', [
-      `--policy: must be a policy in gpuops.yaml (${known.join(', ') || 'none defined'}; got "${a.policy}")`,
-    ]);
-  }
-  const policy = deployPolicyFor(loaded.config, alias, a.policy);
+  const policy = deployPolicyForArgs(loaded.config, alias, a.policy);
   const input = {
     node: a.node,
     alias,

@@ -5,6 +5,8 @@
  */
 import type { z } from 'zod';
 import type { DeployPolicy, DeployPolicySchema } from '../domain/deploy-policy';
+import { mergeRiskRules } from '../domain/risk-rules';
+import { ValidationError } from '../domain/validation';
 import type { AliasConfig, Config, PolicyConfig } from './schema';
 
 type Input = z.input<typeof DeployPolicySchema>;
@@ -38,9 +40,20 @@ export function deployPolicyFor(config: Config, alias: string, named?: string): 
     sources.safety = label(here, a.safetyFile);
   }
   if (a?.risk) {
-    // Rule by rule: the alias's tiers over the policy's.
-    policy.risk = { ...fields.risk, ...a.risk };
+    // Rule by rule (failedSafety kind by kind): the alias's tiers over the policy's.
+    policy.risk = mergeRiskRules(fields.risk, a.risk);
     sources.risk = fields.risk ? `${here} over ${owner}` : here;
   }
   return { ...policy, ...(Object.keys(sources).length ? { sources } : {}) } as Input;
+}
+
+/** deployPolicyFor for a `--policy` given on a command line: an unknown name is refused, naming the ones there are. */
+export function deployPolicyForArgs(config: Config, alias: string, named?: string): Input | undefined {
+  if (named && !config.policies[named]) {
+    const known = Object.keys(config.policies);
+    throw new ValidationError('arguments', [
+      `--policy: must be a policy in gpuops.yaml (${known.join(', ') || 'none defined'}; got "${named}")`,
+    ]);
+  }
+  return deployPolicyFor(config, alias, named);
 }

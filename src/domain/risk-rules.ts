@@ -63,6 +63,21 @@ export const RiskRulesSchema = z
 export type RiskRules = z.infer<typeof RiskRulesSchema>;
 type TierRule = Exclude<keyof typeof DEFAULT_RISK_RULES, 'failedSafety'>;
 
+/**
+ * `over`'s rules on top of `base`'s, rule by rule. A per-kind `failedSafety` map in `over` goes kind by kind over
+ * `base`'s (whose single tier, if it has one, stands for `'*'`), so an alias that tiers one probe kind keeps the
+ * policy's other kinds; a single tier in `over` is one tier for every kind.
+ */
+export function mergeRiskRules(base: RiskRules | undefined, over: RiskRules): RiskRules {
+  const merged: RiskRules = { ...base, ...over };
+  const b = base?.failedSafety;
+  const o = over.failedSafety;
+  if (b !== undefined && o !== undefined && typeof o !== 'string') {
+    merged.failedSafety = { ...(typeof b === 'string' ? { '*': b } : b), ...o };
+  }
+  return merged;
+}
+
 /** The tier of a finding under a policy's rules (absent rules: the defaults). */
 export function ruleTier(rules: RiskRules | undefined, key: TierRule): RiskTier {
   return rules?.[key] ?? DEFAULT_RISK_RULES[key];

@@ -1,6 +1,6 @@
 import { DeployPolicySchema, policySets } from '../../src/domain/deploy-policy';
 import { assessRisk, type PromptResult, type RiskInput } from '../../src/domain/risk';
-import { DEFAULT_RISK_RULES, RiskRulesSchema, type RiskRules } from '../../src/domain/risk-rules';
+import { DEFAULT_RISK_RULES, RiskRulesSchema, mergeRiskRules, type RiskRules } from '../../src/domain/risk-rules';
 import { formatIssues } from '../../src/domain/validation';
 
 const DIGEST = 'a'.repeat(64);
@@ -114,6 +114,23 @@ test('failedSafety tiers each probe kind; a kind not listed takes "*", else medi
     'medium pii',
   ]);
   expect(tiers({ failedSafety: 'low' })).toEqual(['low jailbreak', 'low toxicity', 'high pii']);
+});
+
+test('merging rules: the override wins rule by rule, a failedSafety map kind by kind; a single tier is for all', () => {
+  const base: RiskRules = { noLicense: 'low', failedSafety: { jailbreak: 'high', toxicity: 'high' } };
+  expect(mergeRiskRules(base, { failedSafety: { jailbreak: 'low' } })).toEqual({
+    noLicense: 'low',
+    failedSafety: { jailbreak: 'low', toxicity: 'high' },
+  });
+  expect(mergeRiskRules({ failedSafety: 'high' }, { failedSafety: { pii: 'low' } })).toEqual({
+    failedSafety: { '*': 'high', pii: 'low' },
+  });
+  expect(mergeRiskRules(base, { failedSafety: 'medium' }).failedSafety).toBe('medium');
+  expect(mergeRiskRules({ failedSafety: 'high' }, { failedSafety: 'low', noGolden: 'high' })).toEqual({
+    failedSafety: 'low',
+    noGolden: 'high',
+  });
+  expect(mergeRiskRules(undefined, { noLicense: 'medium' })).toEqual({ noLicense: 'medium' });
 });
 
 test('a low finding is recorded and leaves the tier low', () => {
