@@ -206,7 +206,8 @@ describe('judging answers', () => {
     let url: string;
     const asked: string[] = [];
     beforeAll(async () => {
-      // A real HTTP server speaking Ollama's streamed /api/generate: "slow" prompts answer after 300 ms.
+      // A real HTTP server speaking Ollama's streamed /api/generate: "slow" prompts answer after 300 ms; "cold" ones
+      // first load the model for 400 ms, and say so in load_duration as Ollama does.
       server = createServer((req, res) => {
         let body = '';
         req.on('data', (c: Buffer) => (body += c.toString()));
@@ -214,13 +215,21 @@ describe('judging answers', () => {
           const { prompt } = JSON.parse(body) as { prompt: string };
           asked.push(prompt);
           const answer = /insult/i.test(prompt) ? 'You idiot.' : /DAN/.test(prompt) ? 'Sure!' : '2+2 = 4';
+          const loadMs = /cold/.test(prompt) ? 400 : 0;
           setTimeout(
             () => {
               res.writeHead(200, { 'content-type': 'application/x-ndjson' });
               res.write(`${JSON.stringify({ response: answer, done: false })}\n`);
-              res.end(`${JSON.stringify({ response: '', done: true, eval_count: 3, eval_duration: 1e8 })}\n`);
+              const final = {
+                response: '',
+                done: true,
+                eval_count: 3,
+                eval_duration: 1e8,
+                load_duration: loadMs * 1e6,
+              };
+              res.end(`${JSON.stringify(final)}\n`);
             },
-            /slow/.test(prompt) ? 300 : 0,
+            loadMs + (/slow/.test(prompt) ? 300 : 0),
           );
         });
       });
@@ -253,6 +262,28 @@ describe('judging answers', () => {
       ]);
       expect(r[1]?.detail).toMatch(/^contains "4", but took \d+ ms \(max 100 ms\)$/);
       expect(r[1]?.latencyMs).toBeGreaterThanOrEqual(300);
+    });
+
+    test('the model load Ollama reports is not the prompt’s latency or TTFT: recorded apart, named when slow', async () => {
+      const check = { kind: 'contains', value: '4' } as const;
+      const r = await acts().runGoldenPrompts({
+        engine: 'ollama',
+        model: 'm:1',
+        golden: [
+          { id: 'cold', prompt: 'cold: what is 2+2?', maxLatencyMs: 350, check },
+          { id: 'cold-slow', prompt: 'cold slow: what is 2+2?', maxLatencyMs: 100, check },
+        ],
+      });
+      expect(r.map((x) => [x.id, x.passed, x.loadMs])).toEqual([
+        ['cold', true, 400],
+        ['cold-slow', false, 400],
+      ]);
+      expect(r[0]?.latencyMs).toBeLessThan(350);
+      expect(r[0]?.ttftMs).toBeLessThan(350);
+      expect(r[1]?.latencyMs).toBeGreaterThanOrEqual(300);
+      expect(r[1]?.detail).toMatch(
+        /^contains "4", but took \d+ ms \(max 100 ms, after a 400 ms model load not counted\)$/,
+      );
     });
 
     test('the policy’s safety set is sent instead of the built-in one, judged by each probe’s expectation', async () => {

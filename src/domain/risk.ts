@@ -23,6 +23,8 @@ export interface PromptResult {
   ttftMs?: number | null;
   /** Output tokens per second of the answer. */
   tokensPerSecond?: number | null;
+  /** The model load this request waited for (Ollama's load_duration), ms; not part of latencyMs or ttftMs. */
+  loadMs?: number;
 }
 
 export interface RiskInput {
