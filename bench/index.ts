@@ -7,6 +7,7 @@ const BENCHES: [name: string, load: () => Promise<{ run: () => Promise<void> }>]
   ['backup', () => import('./backup.js')],
   ['recovery', () => import('./recovery.js')],
   ['lifecycle', () => import('./lifecycle.js')],
+  ['history', () => import('./history.js')],
 ];
 
 async function main(): Promise<void> {

@@ -32,7 +32,7 @@ type JsonEvent = Record<string, unknown> & { eventId: string; eventType: string 
 const EventType = temporal.api.enums.v1.EventType;
 
 /** The recorded promote: its input, and each activity type's results in call order. */
-function recordedPromote(): { input: DeployModelInput; results: Map<string, unknown[]> } {
+export function recordedPromote(): { input: DeployModelInput; results: Map<string, unknown[]> } {
   const events = (JSON.parse(readFileSync(RECORDED, 'utf8')) as { events: JsonEvent[] }).events;
   type Payloads = { payloads?: { data?: string }[] };
   const decode = (p: Payloads | undefined): unknown => {

@@ -50,8 +50,9 @@ export interface SagaOptions {
   describe?: (err: unknown) => string;
 }
 
-export class Saga {
-  private undos: { step: string; run: SagaStep }[] = [];
+/** `D`: what an undo may carry as data (e.g. to rebuild it in the run a workflow continues as new). */
+export class Saga<D = never> {
+  private undos: { step: string; run: SagaStep; data?: D }[] = [];
   private readonly shield: <T>(fn: () => Promise<T>) => Promise<T>;
   private readonly describe: (err: unknown) => string;
 
@@ -65,8 +66,14 @@ export class Saga {
   }
 
   /** Register the undo of a step that changed the world (add it before the step when a half-done step needs it too). */
-  add(step: string, run: SagaStep): void {
-    this.undos.push({ step, run });
+  add(step: string, run: SagaStep, data?: D): void {
+    this.undos.push(data === undefined ? { step, run } : { step, run, data });
+  }
+
+  /** Each undo's data, in the order they were added; null when an undo has none (it cannot be rebuilt elsewhere). */
+  get data(): D[] | null {
+    const data = this.undos.map((u) => u.data);
+    return data.every((d) => d !== undefined) ? data : null;
   }
 
   /** Forget every undo: what was done is now meant to stay (e.g. after a promotion, a new set of undos begins). */

@@ -37,6 +37,59 @@ const Revision = noDotDotSegment(
 );
 const Digest = z.string().regex(/^(sha256:)?[0-9a-f]{64}$/, { message: 'must be a sha256 digest (64 hex)' });
 
+/** An engine of the node as an undo names it: its name and URL (a route names an engine by its URL). */
+const EngineRef = z.strictObject({ name: z.string(), url: z.string() });
+
+/**
+ * An undo of the rollback saga as data, so that it crosses continue-as-new: the run that resumes turns each back
+ * into the same undo (workflows/deploy/undo.ts).
+ */
+export const DeployUndo = z.discriminatedUnion('undo', [
+  z.strictObject({ undo: z.literal('delete-model'), engine: EngineRef, model: z.string() }),
+  z.strictObject({ undo: z.literal('unload-model'), engine: EngineRef, model: z.string(), kept: z.string() }),
+  z.strictObject({ undo: z.literal('end-slot-maintenance'), engine: EngineRef }),
+  z.strictObject({ undo: z.literal('stop-slot'), engine: EngineRef }),
+  z.strictObject({ undo: z.literal('remove-canary') }),
+  z.strictObject({ undo: z.literal('canary-weight-0') }),
+]);
+export type DeployUndo = z.infer<typeof DeployUndo>;
+
+/** Where a canary step stands between two analysis rounds: the step (0-based), when it began, its counters. */
+export const CanaryPosition = z.strictObject({
+  stage: z.literal('canary'),
+  step: z.int().min(0),
+  /** The step's start (workflow clock, ms since the epoch): its window and deadline run from here. */
+  startedAt: z.number(),
+  synthetic: z.int().min(0),
+  failures: z.int().min(0),
+  starved: z.int().min(0),
+  /** The last round topped up synthetic traffic: the next analysis runs at once. */
+  analyseNow: z.boolean(),
+});
+export type CanaryPosition = z.infer<typeof CanaryPosition>;
+
+const isObject = (v: unknown): boolean => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * What a deployment carries into the run it continues as new: its record so far, what the finished stages answered
+ * (the plan, the served model name, the golden results), the saga's undos as data, and the position to resume at
+ * (`at`: a stage and its state; each stage that can continue as new adds its own).
+ */
+export const DeployResume = z.strictObject({
+  /** The audit record so far (rounds, analyses, stage, weights, timings): the `status` query goes on from it. */
+  status: z.custom<DeploymentStatus>(isObject, { message: 'must be a deployment record' }),
+  /** The plan stage's answer (workflows/deploy/stages/plan.ts Plan). */
+  plan: z.record(z.string(), z.unknown()),
+  served: z.string(),
+  golden: z.array(z.custom<PromptResult>(isObject, { message: 'must be a prompt result' })),
+  /** The saga's undos, in the order they were added. */
+  undo: z.array(DeployUndo),
+  at: z.discriminatedUnion('stage', [CanaryPosition]),
+  /** Runs this deployment continued as new so far (1 after the first). */
+  runs: z.int().min(1),
+});
+export type DeployResume = z.infer<typeof DeployResume>;
+
 export const DeployModelInput = z.strictObject({
   node: nodeId,
   /** Router alias whose `stable` variant the new version canaries against. */
@@ -62,6 +115,14 @@ export const DeployModelInput = z.strictObject({
   pullHeartbeatTimeout: duration.default('30s'),
   /** How long a node activity may wait for the node's worker to pick it up. */
   pickupTimeout: duration.default('30s'),
+  /**
+   * History events one run may reach before the canary continues as new (between analysis rounds, carrying the
+   * deployment in `resume`); Temporal's own continueAsNewSuggested also continues it. Keeps a canary of any length
+   * under Temporal's 51,200-event limit.
+   */
+  maxHistoryEvents: z.int().min(100).max(40_000).default(10_000),
+  /** Set by the deployment itself when it continues as new: where the next run resumes. Never set it by hand. */
+  resume: DeployResume.optional(),
 });
 export type DeployModelInput = z.input<typeof DeployModelInput>;
 
@@ -235,6 +296,8 @@ export interface DeploymentStatus {
   cleanup: { step: string; ok: boolean; detail: string }[];
   error: string | null;
   timings: { startedAt: string; endedAt: string | null; stages: { stage: string; at: string }[] };
+  /** Times the deployment continued as new to keep its history bounded (absent: never); the ID and lock stay. */
+  continuedAsNew?: number;
 }
 
 export const approveDeploymentUpdate = defineUpdate<DeploymentStatus, [ApproveDeploymentInput]>('approve');

@@ -7,6 +7,7 @@
 import {
   ApplicationFailure,
   CancellationScope,
+  ContinueAsNew,
   condition,
   isCancellation,
   log,
@@ -34,6 +35,7 @@ import {
   promoteCanaryUpdate,
   rollbackDeploymentUpdate,
   workflowIds,
+  type DeployUndo,
   type DeploymentStatus,
   type DeployStage,
   type RollbackOutcome,
@@ -42,6 +44,7 @@ import { workflowMetrics } from '../metrics';
 import { Saga, failureMessage } from '../saga';
 import { deploymentActivities, type DeploymentActivities } from './activities';
 import { legacyChangeRoute } from './legacy';
+import { addUndo } from './undo';
 
 /** deployModel's input after parsing (defaults filled in). */
 export type DeployInput = z.output<typeof DeployModelInput>;
@@ -100,8 +103,11 @@ function checkUpdateInput<S extends z.ZodType>(schema: S, input: unknown, name: 
 export class Deployment {
   /** The audit record: what the `status` query answers and deployModel returns. */
   readonly status: DeploymentStatus;
-  /** The undos of what this deployment changed; a rollback runs them in reverse and records them in `status.undo`. */
-  readonly saga: Saga;
+  /**
+   * The undos of what this deployment changed; a rollback runs them in reverse and records them in `status.undo`.
+   * Those before promotion carry their data (./undo.ts), so they cross continue-as-new.
+   */
+  readonly saga: Saga<DeployUndo>;
   readonly acts: DeploymentActivities;
   /** Who the router's audit log names for this deployment's changes. */
   readonly actor: string;
@@ -112,10 +118,15 @@ export class Deployment {
   private windowClosed = false;
   private cancelled: unknown = null;
 
-  private constructor(readonly input: DeployInput) {
+  private constructor(
+    readonly input: DeployInput,
+    /** The input as given: what a continue-as-new starts the next run with (and its `resume`). */
+    readonly raw: DeployModelInput,
+  ) {
     this.actor = workflowInfo().workflowId;
     this.acts = deploymentActivities(input);
-    this.status = newRecord(this.actor, input);
+    // A run continued as new goes on with the record so far (see ./resume.ts).
+    this.status = input.resume?.status ?? newRecord(this.actor, input);
     this.saga = new Saga(this.status.undo);
   }
 
@@ -136,15 +147,34 @@ export class Deployment {
         message: `invalid deployModel input: workflow ID must be ${want} (got ${workflowId})`,
       });
     }
-    const dep = new Deployment(input);
+    const dep = new Deployment(input, raw);
     dep.listen();
     upsertSearchAttributes([
       { key: SEARCH_ATTRIBUTES.node, value: input.node },
       { key: SEARCH_ATTRIBUTES.alias, value: input.alias },
       { key: SEARCH_ATTRIBUTES.model, value: input.model },
-      { key: SEARCH_ATTRIBUTES.canaryWeight, value: 0 },
+      { key: SEARCH_ATTRIBUTES.canaryWeight, value: dep.status.weights.canary },
     ]);
+    if (input.resume) dep.resumeRun(input.resume.undo);
     return dep;
+  }
+
+  /** A run continued as new: the same undos from their data, and the stage it is in, as the run before left it. */
+  private resumeRun(undos: DeployUndo[]): void {
+    for (const u of undos) addUndo(this, u);
+    upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.stage, value: this.status.stage }]);
+    this.details(`${this.status.stage} (continued as new)`);
+  }
+
+  /** The UI's current details. */
+  private details(text: string): void {
+    const { model, alias, node } = this.input;
+    setCurrentDetails(`Deploying **${model}** → \`${alias}\` on **${node}** — ${text}`);
+  }
+
+  /** A promote or rollback was asked and is not honoured yet (a continue-as-new waits for it to be). */
+  get steered(): boolean {
+    return this.promotion !== null || this.rollbackAsked !== null;
   }
 
   private listen(): void {
@@ -224,8 +254,7 @@ export class Deployment {
     this.status.waitingUntil = waitingUntil;
     this.status.timings.stages.push({ stage: s, at: now() });
     upsertSearchAttributes([{ key: SEARCH_ATTRIBUTES.stage, value: s }]);
-    const { model, alias, node } = this.input;
-    setCurrentDetails(`Deploying **${model}** → \`${alias}\` on **${node}** — ${details}`);
+    this.details(details);
     if (HONOURS_ROLLBACK.has(s)) this.honourRollback();
   }
 
@@ -296,6 +325,8 @@ export class Deployment {
 
   /** Roll back after `err` (a Rollback, a cancellation or a failure): the saga, non-cancellable, then the outcome. */
   abort(err: unknown): Promise<void> {
+    // Continuing as new is no failure: the next run goes on with the deployment (./resume.ts).
+    if (err instanceof ContinueAsNew) throw err;
     if (err instanceof Rollback) return this.rollBack(err.by, err.reason, 'rolled-back');
     if (isCancellation(err)) {
       this.cancelled = err;

@@ -10,6 +10,7 @@
  */
 import type { DeployModelInput, DeploymentStatus } from '../../src/contracts';
 import { Deployment } from './deployment';
+import { resumed, type Prepared } from './resume';
 import { canary, awaitPromotion } from './stages/canary';
 import { stageModel } from './stages/model';
 import { plan } from './stages/plan';
@@ -25,11 +26,10 @@ import { validate } from './stages/validate';
 export async function deployModel(input: DeployModelInput): Promise<DeploymentStatus> {
   const dep = Deployment.start(input);
   try {
-    const where = await plan(dep);
-    const served = await stageModel(dep, where);
-    const checks = await validate(dep, where, served);
-    await assessRisk(dep, where, checks);
-    await canary(dep, where, served, checks.golden);
+    // A run continued as new (./resume.ts) skips the stages its first run finished.
+    const prepared = resumed(dep) ?? (await prepare(dep));
+    const { where, served } = prepared;
+    await canary(dep, prepared);
     await awaitPromotion(dep);
     await promote(dep, where, served);
     await rollbackWindow(dep, where);
@@ -39,4 +39,13 @@ export async function deployModel(input: DeployModelInput): Promise<DeploymentSt
     await dep.abort(err);
   }
   return dep.finish();
+}
+
+/** The stages before any traffic moves: where the new version runs, what it serves as, its golden answers. */
+async function prepare(dep: Deployment): Promise<Prepared> {
+  const where = await plan(dep);
+  const served = await stageModel(dep, where);
+  const checks = await validate(dep, where, served);
+  await assessRisk(dep, where, checks);
+  return { where, served, golden: checks.golden };
 }

@@ -5,11 +5,17 @@
  */
 import { analyseCanary, measure, type CanaryAnalysis } from '../../../src/domain/canary';
 import { parseDuration } from '../../../src/domain/durations';
-import { addCanary, removeCanary } from '../../../src/domain/route-ops';
-import type { PromptResult } from '../../../src/domain/risk';
+import { addCanary } from '../../../src/domain/route-ops';
 import type { Variant } from '../../../src/router/routes';
-import { MAX_CANARY_ROUNDS, type CanaryRound, type CanaryStepRecord } from '../../../src/contracts';
+import {
+  MAX_CANARY_ROUNDS,
+  type CanaryPosition,
+  type CanaryRound,
+  type CanaryStepRecord,
+} from '../../../src/contracts';
 import { Rollback, fromNow, now, type Deployment } from '../deployment';
+import { continueIfFull, resumeAt, type Prepared, type ResumeAt } from '../resume';
+import { addUndo } from '../undo';
 import type { Plan } from './plan';
 
 /** How one canary step ended. */
@@ -36,44 +42,66 @@ export function canaryVariant(plan: Plan, served: string, weight: number): Varia
   return { name: 'canary', engine: plan.slot.url, engineType: plan.slot.type, model: served, weight };
 }
 
-/** Add the canary variant (undo first), then run each step; a breach or a starved step rolls back. */
-export async function canary(dep: Deployment, plan: Plan, served: string, golden: PromptResult[]): Promise<void> {
+/**
+ * Add the canary variant (undo first), then run each step; a breach or a starved step rolls back. A run continued
+ * as new (../resume.ts) re-enters the step it left, between two of its rounds.
+ */
+export async function canary(dep: Deployment, prepared: Prepared): Promise<void> {
+  const { where: plan, served, golden } = prepared;
   const steps = dep.policy.canarySteps;
-  // The undo goes first, so a rollback removes the variant even if adding it half failed.
-  dep.saga.add('route: remove the canary variant, stable back to 100', async () => {
-    await dep.changeRoute(removeCanary());
-    return 'stable only';
-  });
-  await dep.changeRoute(addCanary(canaryVariant(plan, served, steps[0] ?? 10)));
-  // Weight 0 is the quickest undo (one PATCH): added last, it runs first on rollback.
-  dep.saga.add('route: canary weight 0', async () => {
-    await dep.moveWeights(0);
-    return 'canary weight 0';
-  });
+  const from = resumeAt(dep, 'canary');
+  if (!from) {
+    // The undo goes first, so a rollback removes the variant even if adding it half failed.
+    addUndo(dep, { undo: 'remove-canary' });
+    await dep.changeRoute(addCanary(canaryVariant(plan, served, steps[0] ?? 10)));
+    // Weight 0 is the quickest undo (one PATCH): added last, it runs first on rollback.
+    addUndo(dep, { undo: 'canary-weight-0' });
+  }
   const traffic = {
     prompts: golden.map((g) => g.prompt),
     ...(plan.slot.type === 'ollama' ? {} : { api: 'openai' as const }),
   };
+  const carry = (at: ResumeAt): Promise<void> => continueIfFull(dep, prepared, at);
   for (const [i, weight] of steps.entries()) {
-    if (i > 0) await dep.moveWeights(weight);
-    dep.stage('canary', `canary step ${i + 1}/${steps.length} at ${weight}%`);
-    const outcome = await canaryStep(dep, { n: i + 1, weight, ...traffic });
+    if (from && i < from.step) continue;
+    const resuming = from?.step === i ? from : null;
+    if (!resuming) {
+      if (i > 0) await dep.moveWeights(weight);
+      dep.stage('canary', `canary step ${i + 1}/${steps.length} at ${weight}%`);
+    }
+    const outcome = await canaryStep(dep, { n: i + 1, weight, ...traffic }, resuming, carry);
     if (outcome.kind === 'promote') break;
     if (outcome.kind !== 'pass') throw new Rollback('canary analysis', outcome.reason);
   }
   dep.status.live = null;
 }
 
-/** One step, analysed every analysisInterval over the step's own window until it passes, breaches or starves. */
-export async function canaryStep(dep: Deployment, step: Step): Promise<StepOutcome> {
+/**
+ * One step, analysed every analysisInterval over the step's own window until it passes, breaches or starves.
+ * `from`: where a run before this one left the step. Between two rounds `carry` may continue as new.
+ */
+export async function canaryStep(
+  dep: Deployment,
+  step: Step,
+  from: CanaryPosition | null,
+  carry: (at: CanaryPosition) => Promise<void>,
+): Promise<StepOutcome> {
   const { policy } = dep;
-  const start = Date.now();
+  const start = from?.startedAt ?? Date.now();
   const deadline = start + parseDuration(policy.stepDuration);
   const intervalMs = parseDuration(policy.analysisInterval);
-  const rounds: Rounds = { synthetic: 0, failures: 0, starved: 0 };
+  const rounds: Rounds = {
+    synthetic: from?.synthetic ?? 0,
+    failures: from?.failures ?? 0,
+    starved: from?.starved ?? 0,
+  };
   const where = `step ${step.n} at ${step.weight}%`;
-  let analyseNow = false;
+  let analyseNow = from?.analyseNow ?? false;
+  let analysed = false;
   for (;;) {
+    // A safe point: no round in flight. At least one round per run, so a run always makes progress.
+    if (analysed) await carry({ stage: 'canary', step: step.n - 1, startedAt: start, ...rounds, analyseNow });
+    analysed = true;
     const untilDeadline = Math.min(intervalMs, Math.max(0, deadline - Date.now()));
     const wait = analyseNow ? 0 : Date.now() >= deadline ? intervalMs : untilDeadline;
     analyseNow = false;

@@ -6,8 +6,11 @@ import { namesModel, sendsTrafficTo } from '../../../src/domain/route-ops';
 import type { Deployment } from '../deployment';
 import type { Engine } from './plan';
 
+/** What these steps need of an engine: its name (for the node) and URL (as routes name it). */
+type EngineRef = Pick<Engine, 'name' | 'url'>;
+
 /** Put a blue/green half in standby unless a route still sends it traffic. */
-export async function standbyUnlessRouted(dep: Deployment, engine: Engine): Promise<string> {
+export async function standbyUnlessRouted(dep: Deployment, engine: EngineRef): Promise<string> {
   if (await dep.routed(sendsTrafficTo(engine.url))) return `kept: a route still sends traffic to ${engine.name}`;
   await dep.acts.node.standbyEngine({ engine: engine.name });
   return 'standby';
@@ -16,7 +19,7 @@ export async function standbyUnlessRouted(dep: Deployment, engine: Engine): Prom
 /** Unload a model from an engine unless a route still names it there; `kept` says why it stayed. */
 export async function unloadUnlessRouted(
   dep: Deployment,
-  engine: Engine,
+  engine: EngineRef,
   model: string,
   kept: string,
 ): Promise<string> {

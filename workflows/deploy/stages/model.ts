@@ -4,7 +4,7 @@
  * Each step that changed the node adds its undo to the saga.
  */
 import { Rollback, type Deployment } from '../deployment';
-import { standbyUnlessRouted, unloadUnlessRouted } from './engines';
+import { addUndo, engineRef } from '../undo';
 import type { Engine, Plan } from './plan';
 
 /** Answers the model name the engine serves the new version as. */
@@ -35,7 +35,7 @@ export async function stageModel(dep: Deployment, plan: Plan): Promise<string> {
 
 /** Ollama: pull the tag (a retry resumes from the partial blobs). */
 async function pull(dep: Deployment, engine: Engine): Promise<string> {
-  const { input, policy, status, saga } = dep;
+  const { input, policy, status } = dep;
   dep.stage('pulling', `pulling ${input.model}`);
   const pulled = await dep.acts.modelPull.pullModel({
     engine: engine.name,
@@ -46,35 +46,34 @@ async function pull(dep: Deployment, engine: Engine): Promise<string> {
   const { resumedFromBytes, alreadyPresent, sizeBytes } = pulled;
   status.pull = { resumedFromBytes, alreadyPresent, sizeBytes };
   // The pulled model stays in the store unless the policy says remove (and this deployment pulled it).
+  const ref = engineRef(engine);
   if (policy.removePulledOnRollback && !pulled.alreadyPresent) {
-    saga.add(`delete ${input.model} from ${engine.name}`, async () =>
-      (await dep.acts.node.deleteModel({ engine: engine.name, model: input.model })) ? 'deleted' : 'gone',
-    );
+    addUndo(dep, { undo: 'delete-model', engine: ref, model: input.model });
   }
-  saga.add(`unload ${input.model} from ${engine.name}`, () =>
-    unloadUnlessRouted(dep, engine, input.model, `kept: a route still uses ${input.model}`),
-  );
+  addUndo(dep, {
+    undo: 'unload-model',
+    engine: ref,
+    model: input.model,
+    kept: `kept: a route still uses ${input.model}`,
+  });
   return input.model;
 }
 
 /** vLLM / llama.cpp: start the canary slot with the new version. */
 async function loadSlot(dep: Deployment, slot: Engine): Promise<string> {
-  const { input, saga } = dep;
+  const { input } = dep;
   const { control, modelPull } = dep.acts;
   dep.stage('loading-canary-slot', `starting ${slot.name} with ${input.model}`);
   // vLLM opens its port only once the model is loaded: pause the watcher for the slot, or it would "recover"
   // (restart) the container mid-load.
   const pause = { node: input.node, engine: slot.name, by: dep.actor };
-  saga.add(
-    `end the watcher's maintenance window on ${slot.name}`,
-    async () => (await control.setWatchMaintenance({ ...pause, reason: 'deployModel done', clear: true })).detail,
-  );
+  addUndo(dep, { undo: 'end-slot-maintenance', engine: engineRef(slot) });
   await control.setWatchMaintenance({
     ...pause,
     reason: `deployModel loading ${input.model}`,
     duration: input.pullTimeout,
   });
-  saga.add(`stop the canary slot ${slot.name}`, () => standbyUnlessRouted(dep, slot));
+  addUndo(dep, { undo: 'stop-slot', engine: engineRef(slot) });
   const loaded = await modelPull.loadCanarySlot({
     engine: slot.name,
     model: input.model,
