@@ -7,7 +7,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
-import { request, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { z } from 'zod';
 import { MAX_JSON_DEPTH, formatIssues, jsonDeeperThan } from '../domain/validation';
 import { LineSplitter, SseSplitter, type StreamSplitter } from '../hosts/streams';
@@ -24,6 +24,7 @@ import {
   type Variant,
 } from './routes';
 import type { Outcome, Sample, StatsStore } from './stats';
+import { UpstreamCall } from './upstream';
 
 /** The generation APIs the router speaks to clients. */
 export type ClientApi = 'openai-chat' | 'openai-completion' | 'ollama-chat' | 'ollama-generate';
@@ -43,6 +44,21 @@ const GenerationBodySchema = z.looseObject({
   model: z.string().min(1, { message: 'is required' }),
   stream: z.boolean().optional(),
 });
+type GenerationBody = z.infer<typeof GenerationBodySchema>;
+
+/**
+ * The parsed body as a GenerationBody, or the error message. The two checks GenerationBodySchema makes are done by
+ * hand on the data path; zod runs only on a body that fails them, to word the error.
+ */
+function generationBody(parsed: unknown): GenerationBody | string {
+  if (typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed)) {
+    const b = parsed as Record<string, unknown>;
+    if (typeof b.model === 'string' && b.model !== '' && (b.stream === undefined || typeof b.stream === 'boolean'))
+      return b as GenerationBody;
+  }
+  const r = GenerationBodySchema.safeParse(parsed);
+  return r.success ? r.data : formatIssues(r.error).join('; ');
+}
 
 /** Everything the proxy depends on. */
 export interface ProxyDeps {
@@ -95,9 +111,8 @@ export async function proxyGeneration(
   if (jsonDeeperThan(parsed)) {
     return sendError(reply, api, 400, `(root): must nest at most ${MAX_JSON_DEPTH} levels`, 'invalid_request_error');
   }
-  const r = GenerationBodySchema.safeParse(parsed);
-  if (!r.success) return sendError(reply, api, 400, formatIssues(r.error).join('; '), 'invalid_request_error');
-  const body = r.data;
+  const body = generationBody(parsed);
+  if (typeof body === 'string') return sendError(reply, api, 400, body, 'invalid_request_error');
   const alias = body.model;
   const snap = deps.store.current;
   const route = snap.routes[alias];
@@ -121,12 +136,13 @@ export async function proxyGeneration(
   let forward = Buffer.from(JSON.stringify({ ...body, model: variant.model }));
   const res = reply.raw;
   reply.hijack();
-  const ac = new AbortController();
+  /** The engine request in flight (the one a client that goes away cancels). */
+  let pending: UpstreamCall | undefined;
   let clientGone = false;
   const onClose = (): void => {
     if (!res.writableFinished) {
       clientGone = true;
-      ac.abort();
+      pending?.abort(new Error('client closed the connection'));
     }
   };
   res.on('close', onClose);
@@ -141,22 +157,12 @@ export async function proxyGeneration(
   // At most one retry, on another variant, and only before any byte went to the client: nothing is written to it
   // before the engine's headers, so the client sees one answer either way.
   let failedOver: Variant | undefined;
-  let upstream: Dispatcher.ResponseData | undefined;
+  let upstream: UpstreamCall | undefined;
   while (!upstream) {
     let next: Variant | undefined;
     try {
-      upstream = await request(joinUrl(variant.engine, API_PATHS[api]), {
-        method: 'POST',
-        dispatcher: deps.dispatcher,
-        headers: {
-          'content-type': 'application/json',
-          accept: typeof req.headers.accept === 'string' ? req.headers.accept : '*/*',
-          ...(variant.apiKeyFile ? { authorization: `Bearer ${apiKey(variant.apiKeyFile)}` } : {}),
-        },
-        body: forward,
-        signal: ac.signal,
-        headersTimeout: deps.headersTimeoutMs,
-        bodyTimeout: deps.bodyTimeoutMs,
+      upstream = await UpstreamCall.start(deps.dispatcher, engineRequest(variant, api, req, forward, deps), (c) => {
+        pending = c;
       });
     } catch (err) {
       if (clientGone) return finish('client_abort', 499);
@@ -181,7 +187,7 @@ export async function proxyGeneration(
       if (upstream.statusCode === 503 && !failedOver && hasAlternative(route, snap, api, variant, deps)) {
         const declined = upstream;
         upstream = undefined;
-        await declined.body.dump().catch(() => undefined);
+        await declined.discard();
         if (clientGone) return finish('client_abort', 499);
         next = failOverFrom(variant, 'upstream_5xx', 503, false, { route, snap, api, deps, alias, key, started });
         if (!next) {
@@ -212,27 +218,37 @@ export async function proxyGeneration(
   let firstByteAt: number | undefined;
   try {
     res.writeHead(status, headers);
+    const call = upstream;
     let corked = false;
-    for await (const chunk of upstream.body as AsyncIterable<Buffer>) {
-      firstByteAt ??= performance.now();
-      tap.push(chunk);
-      // Chunks that arrive in the same tick go out in one write; the uncork on the next tick adds no waiting.
-      if (!corked) {
-        corked = true;
-        res.cork();
-        process.nextTick(() => {
-          corked = false;
-          res.uncork();
-        });
-      }
-      if (!res.write(chunk)) await drained(res);
-      if (clientGone) break;
-    }
-    if (clientGone) {
-      upstream.body.destroy();
-      return finish('client_abort', 499);
-    }
-    res.end();
+    await new Promise<void>((resolve, reject) => {
+      const uncork = (): void => {
+        corked = false;
+        res.uncork();
+      };
+      call.pipe({
+        data(chunk) {
+          firstByteAt ??= performance.now();
+          tap.push(chunk);
+          // Chunks (and the end) that arrive in the same tick go out in one write; the uncork on the next tick adds
+          // no waiting.
+          if (!corked) {
+            corked = true;
+            res.cork();
+            process.nextTick(uncork);
+          }
+          if (res.write(chunk)) return true;
+          // A full client socket pauses the engine's until it drains.
+          void drained(res).then(() => call.resume());
+          return false;
+        },
+        end() {
+          if (!clientGone) res.end();
+          resolve();
+        },
+        error: reject,
+      });
+    });
+    if (clientGone) return finish('client_abort', 499);
   } catch (err) {
     if (clientGone) return finish('client_abort', 499);
     // The answer already started: the only honest signal left for the client is a broken connection.
@@ -257,6 +273,44 @@ export async function proxyGeneration(
     ...(tokens !== undefined && outcome === 'ok' ? { outputTokens: tokens } : {}),
     ...(tokensPerSecond !== undefined && outcome === 'ok' ? { tokensPerSecond } : {}),
   });
+}
+
+/** The dispatch options of one engine attempt: the client's path, the engine's key, the router's timeouts. */
+function engineRequest(
+  v: Variant,
+  api: ClientApi,
+  req: FastifyRequest,
+  body: Buffer,
+  deps: ProxyDeps,
+): Dispatcher.DispatchOptions {
+  const [origin, path] = enginePath(v.engine, API_PATHS[api]);
+  return {
+    origin,
+    path,
+    method: 'POST',
+    headers: {
+      'content-type': 'application/json',
+      accept: typeof req.headers.accept === 'string' ? req.headers.accept : '*/*',
+      ...(v.apiKeyFile ? { authorization: `Bearer ${apiKey(v.apiKeyFile)}` } : {}),
+    },
+    body,
+    headersTimeout: deps.headersTimeoutMs,
+    bodyTimeout: deps.bodyTimeoutMs,
+  };
+}
+
+const paths = new Map<string, [origin: string, path: string]>();
+/** Origin and request path of `p` on `engine` (memoised: engine URLs are few, and this runs per attempt). */
+function enginePath(engine: string, p: string): [origin: string, path: string] {
+  const k = `${engine}\u0000${p}`;
+  let hit = paths.get(k);
+  if (!hit) {
+    const url = new URL(joinUrl(engine, p));
+    hit = [url.origin, url.pathname + url.search];
+    if (paths.size > 10_000) paths.clear();
+    paths.set(k, hit);
+  }
+  return hit;
 }
 
 const keys = new Map<string, { key: string; at: number }>();
