@@ -86,6 +86,8 @@ test('every query names a series gpuops or the engines export', async () => {
     'gpuops_router_time_to_first_token_seconds_bucket',
     'gpuops_router_output_tokens_total',
     'gpuops_router_errors_total',
+    'gpuops_router_shadow_requests_total',
+    'gpuops_router_shadow_time_to_first_token_seconds_bucket',
     'gpuops_recoveries_total',
     'gpuops_recovery_rungs_total',
     'gpuops_backup_last_success_timestamp_seconds',

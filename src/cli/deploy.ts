@@ -70,7 +70,9 @@ function line(s: DeploymentStatus): string {
   const live = s.live
     ? ` step=${s.live.step} ${s.live.analysis.verdict} (canary ${s.live.analysis.samples.canary} / stable ${s.live.analysis.samples.stable} requests)`
     : '';
-  return `${s.workflowId} stage=${s.stage}${s.riskTier ? ` risk=${s.riskTier}` : ''} canary=${s.weights.canary}%${live}`;
+  const sh = s.stage === 'shadow' ? s.shadow?.analysis : undefined;
+  const shadow = sh ? ` shadow ${sh.verdict} (${sh.samples.canary} mirrored pairs)` : '';
+  return `${s.workflowId} stage=${s.stage}${s.riskTier ? ` risk=${s.riskTier}` : ''} canary=${s.weights.canary}%${live}${shadow}`;
 }
 
 const MiB = 1024 * 1024;
@@ -197,6 +199,7 @@ async function follow(h: DeploymentHandle, globals: GlobalOptions): Promise<void
       riskTier: s.riskTier,
       weights: s.weights,
       live: s.live ? { step: s.live.step, verdict: s.live.analysis.verdict, samples: s.live.analysis.samples } : null,
+      ...(s.shadow ? { shadow: { verdict: s.shadow.verdict, analysis: s.shadow.analysis?.verdict ?? null } } : {}),
       ...(slot ? { slot } : {}),
       waiting: w,
     };

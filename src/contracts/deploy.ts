@@ -68,6 +68,18 @@ export const CanaryPosition = z.strictObject({
 });
 export type CanaryPosition = z.infer<typeof CanaryPosition>;
 
+/** Where the shadow stage stands between two analysis rounds (its record is the carried status's `shadow`). */
+export const ShadowPosition = z.strictObject({
+  stage: z.literal('shadow'),
+  /** The stage's start (workflow clock, ms since the epoch): its window and `duration` run from here. */
+  startedAt: z.number(),
+  /** Rounds after `duration` still short of pairs. */
+  starved: z.int().min(0),
+  /** The last round sent synthetic traffic: the next analysis runs at once. */
+  analyseNow: z.boolean(),
+});
+export type ShadowPosition = z.infer<typeof ShadowPosition>;
+
 const isObject = (v: unknown): boolean => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
@@ -84,7 +96,7 @@ export const DeployResume = z.strictObject({
   golden: z.array(z.custom<PromptResult>(isObject, { message: 'must be a prompt result' })),
   /** The saga's undos, in the order they were added. */
   undo: z.array(DeployUndo),
-  at: z.discriminatedUnion('stage', [CanaryPosition]),
+  at: z.discriminatedUnion('stage', [ShadowPosition, CanaryPosition]),
   /** Runs this deployment continued as new so far (1 after the first). */
   runs: z.int().min(1),
 });
@@ -187,6 +199,7 @@ export const DEPLOY_STAGES = [
   'validating',
   'assessing-risk',
   'awaiting-approval',
+  'shadow',
   'canary',
   'awaiting-promotion',
   'promoting',
@@ -231,6 +244,39 @@ export interface CanaryRound {
 
 /** Rounds a record keeps (the newest): a long step analysed every few seconds must not grow the record unbounded. */
 export const MAX_CANARY_ROUNDS = 500;
+
+/** One analysis round of the shadow stage: canary vs stable over the same mirrored requests. */
+export interface ShadowRound {
+  /** 1-based; a record keeps the last MAX_CANARY_ROUNDS. */
+  n: number;
+  at: string;
+  verdict: CanaryVerdict;
+  /** Mirrored pairs in the window, and requests picked for mirroring but dropped at the concurrency cap. */
+  pairs: number;
+  dropped: number;
+  /** What stable answered the mirrored requests (what their clients got), and what the canary answered them. */
+  stable: VariantMeasure | null;
+  canary: VariantMeasure | null;
+  /** Mean output tokens of the completed answers on each side (null: none completed). */
+  answerTokens: { stable: number | null; canary: number | null };
+}
+
+/** The shadow stage (policy.shadow) as the record and the `status` query keep it. */
+export interface ShadowRecord {
+  percent: number;
+  maxConcurrent: number;
+  startedAt: string;
+  endedAt: string | null;
+  /** running while it mirrors; pass: the canary went on to its steps; fail / starved: rolled back. */
+  verdict: 'running' | 'pass' | 'fail' | 'starved';
+  /** Synthetic requests sent through the router (they are mirrored like real ones). */
+  synthetic: number;
+  /** The latest analysis (the one that settled the stage once it ended). */
+  analysis: CanaryAnalysis | null;
+  /** Failing analyses in a row; policy.failureLimit of them roll back. */
+  consecutiveFailures: number;
+  rounds: ShadowRound[];
+}
 
 /** The analysis of the running canary step, refreshed every analysisInterval. */
 export interface LiveCanaryAnalysis extends CanaryStepRecord {
@@ -278,6 +324,8 @@ export interface DeploymentStatus {
   /** Every analysis round of the canary, oldest first (the newest MAX_CANARY_ROUNDS); the deployment page charts them. */
   rounds: CanaryRound[];
   live: LiveCanaryAnalysis | null;
+  /** The shadow stage, when the policy has one (absent otherwise). */
+  shadow?: ShadowRecord;
   requestedBy: string;
   approvedBy: string | null;
   promotedBy: string | null;

@@ -143,6 +143,33 @@ export const DeployPolicySchema = z
         'Where the golden set, safety set and risk rules came from (the CLI sets it: policy <name>, alias <alias>, ' +
           'a file); shown in the risk report. Unset: "deployment input" when the set is given, else "default".',
       ),
+    shadow: z
+      .strictObject({
+        percent: z
+          .int()
+          .min(1)
+          .max(100)
+          .describe("Share of the alias's requests (real and synthetic) mirrored to the canary, 1-100 %."),
+        duration: duration.default('60s').describe('How long the shadow stage runs before it may pass.'),
+        minSamples: z
+          .int()
+          .min(1)
+          .optional()
+          .describe('Mirrored pairs in the window before it is judged; unset: the policy minSamples.'),
+        maxConcurrent: z
+          .int()
+          .min(1)
+          .max(256)
+          .default(4)
+          .describe('Mirrored requests in flight at most; a request over the cap is not mirrored (dropped, counted).'),
+      })
+      .optional()
+      .describe(
+        'Shadow stage before the canary gets any weight (off when unset): the router mirrors this share of the ' +
+          "alias's requests to the canary and drops its answers (clients only get stable's); canary vs stable on " +
+          'the same requests is analysed every analysisInterval with the canary thresholds, failureLimit and ' +
+          'maxSyntheticPerStep, and a failing or starved shadow rolls back before any user request reaches the canary.',
+      ),
     canarySteps: z
       .array(z.int().min(1).max(99))
       .min(1)

@@ -17,13 +17,27 @@ export type RouteOp =
   /** `previous` back to `stable` at 100; the promoted version and any canary removed. */
   | { op: 'revertToPrevious' }
   /** Remove `previous` (the rollback window is over). */
-  | { op: 'dropPrevious' };
+  | { op: 'dropPrevious' }
+  /**
+   * The shadow stage: the `canary` variant defined at weight 0 (stable at 100) and `shadow` mirroring `percent` of
+   * the alias's requests to it, at most `maxConcurrent` at a time.
+   */
+  | { op: 'addShadow'; canary: Variant; percent: number; maxConcurrent: number }
+  /** Stop mirroring (the variants stay as they are). */
+  | { op: 'removeShadow' };
 
 export const addCanary = (canary: Variant): RouteOp => ({ op: 'addCanary', canary });
 export const removeCanary = (): RouteOp => ({ op: 'removeCanary' });
 export const promote = (canary: Variant): RouteOp => ({ op: 'promote', canary });
 export const revertToPrevious = (): RouteOp => ({ op: 'revertToPrevious' });
 export const dropPrevious = (): RouteOp => ({ op: 'dropPrevious' });
+export const addShadow = (canary: Variant, percent: number, maxConcurrent: number): RouteOp => ({
+  op: 'addShadow',
+  canary: { ...canary, weight: 0 },
+  percent,
+  maxConcurrent,
+});
+export const removeShadow = (): RouteOp => ({ op: 'removeShadow' });
 
 const named =
   (...names: string[]) =>
@@ -40,6 +54,14 @@ const not =
  */
 export function applyRouteOp(route: AliasRoute, op: RouteOp): AliasRoute | null {
   const vs = route.variants;
+  if (op.op === 'addShadow') {
+    const { percent, maxConcurrent } = op;
+    const next = applyRouteOp(route, { op: 'addCanary', canary: { ...op.canary, weight: 0 } });
+    return next && { ...next, shadow: { variant: 'canary', percent, maxConcurrent } };
+  }
+  if (op.op === 'removeShadow') return route.shadow ? withoutShadow(route) : null;
+  // A shadow mirrors to the canary variant: whatever else is done to the alias leaves no mirroring behind.
+  if (route.shadow) return applyRouteOp(withoutShadow(route), op) ?? withoutShadow(route);
   switch (op.op) {
     case 'addCanary':
       return {
@@ -82,10 +104,15 @@ export function applyRouteOp(route: AliasRoute, op: RouteOp): AliasRoute | null 
   }
 }
 
+function withoutShadow(route: AliasRoute): AliasRoute {
+  const { shadow: _, ...rest } = route;
+  return rest;
+}
+
 /** The stable/canary weights the alias has once `op` is applied (null: the operation does not move traffic). */
 export function weightsAfter(op: RouteOp): { stable: number; canary: number } | null {
   if (op.op === 'addCanary') return { stable: 100 - op.canary.weight, canary: op.canary.weight };
-  if (op.op === 'dropPrevious') return null;
+  if (op.op === 'dropPrevious' || op.op === 'removeShadow') return null;
   return { stable: 100, canary: 0 };
 }
 

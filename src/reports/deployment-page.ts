@@ -4,7 +4,7 @@
  * tokens/s and error rate, each with the threshold the analysis applied and the breach or promotion marked — the
  * stages with their times, and the risk findings. Pure: the record in, the page out.
  */
-import type { CanaryRound, DeploymentStatus } from '../contracts/deploy';
+import type { CanaryRound, DeploymentStatus, ShadowRound } from '../contracts/deploy';
 import type { CanaryThresholds, VariantMeasure } from '../domain/canary';
 import { duration, esc, num, table } from './html';
 import { describeRules } from '../domain/risk-rules';
@@ -169,6 +169,55 @@ function steps(status: DeploymentStatus): string {
   )}`;
 }
 
+/** The shadow stage's rounds: stable's answers and the canary's to the same mirrored requests (no client saw the latter). */
+function shadow(status: DeploymentStatus): string {
+  const sh = status.shadow;
+  if (!sh) return '';
+  const side = (m: VariantMeasure | null, read: (m: VariantMeasure) => number | null, f: (v: number) => string) => {
+    const v = m ? read(m) : null;
+    return v === null ? '—' : esc(f(v));
+  };
+  const pair = (r: ShadowRound, read: (m: VariantMeasure) => number | null, f: (v: number) => string): string =>
+    `${side(r.stable, read, f)} / ${side(r.canary, read, f)}`;
+  const ms = (v: number): string => `${num(v, 0)} ms`;
+  const rows = sh.rounds.map((r) => [
+    esc(r.n),
+    esc(time(r.at)),
+    esc(r.pairs),
+    esc(r.dropped),
+    pair(r, (m) => m.ttftP95Ms, ms),
+    pair(
+      r,
+      (m) => m.tokensPerSecond,
+      (v) => num(v),
+    ),
+    pair(
+      r,
+      (m) => m.errorRate,
+      (v) => `${num(v * 100, 2)}%`,
+    ),
+    `${r.answerTokens.stable === null ? '—' : esc(num(r.answerTokens.stable))} / ${r.answerTokens.canary === null ? '—' : esc(num(r.answerTokens.canary))}`,
+    `<span class="verdict v-${esc(r.verdict)}">${esc(r.verdict)}</span>`,
+  ]);
+  const reasons = sh.analysis ? `<p>${sh.analysis.reasons.map(esc).join('<br>')}</p>` : '';
+  return `<h2>Shadow: canary against stable on mirrored requests</h2>
+<p data-shadow-verdict="${esc(sh.verdict)}">${esc(sh.percent)}% of the requests mirrored (at most ${esc(sh.maxConcurrent)} at a time; the canary's answers were dropped, clients got stable's), ${esc(sh.synthetic)} synthetic: <span class="verdict v-${esc(sh.verdict)}">${esc(sh.verdict)}</span></p>
+${reasons}${table(
+    [
+      'round',
+      'at',
+      'pairs',
+      'dropped',
+      'TTFT p95 stable / canary',
+      'tokens/s stable / canary',
+      'errors stable / canary',
+      'answer tokens stable / canary',
+      'verdict',
+    ],
+    rows,
+  )}`;
+}
+
 function timeline(status: DeploymentStatus): string {
   const { startedAt, endedAt, stages } = status.timings;
   const t0 = Date.parse(startedAt);
@@ -276,6 +325,7 @@ export function renderDeploymentPage({ status, thresholds }: DeploymentPageInput
 <h1>Deployment of ${esc(s.model)} → ${esc(s.alias)}</h1>
 <p><span class="outcome o-${esc(s.outcome)}" data-outcome="${esc(s.outcome)}">${esc(s.outcome)}</span> on ${esc(s.node)}, stage ${esc(s.stage)}</p>
 ${summary(s)}
+${shadow(s)}
 <h2>Canary against stable</h2>
 ${thresholdsText(thresholds)}
 ${charts(s, thresholds)}

@@ -18,6 +18,12 @@ const FAILOVER_HELP = {
   drained:
     'Engines the router has drained by itself (1 each), until the watcher, an operator or a recheck releases them.',
 } as const;
+/** Help texts of the shadow families. */
+const SHADOW_HELP = {
+  requests:
+    'Requests mirrored to a shadow variant (answers dropped), by outcome; "dropped": not mirrored, the cap was full.',
+  ttft: 'Time to first token of mirrored requests on the shadow variant (completed requests).',
+} as const;
 /** The labels of the per-variant families. */
 const BY_VARIANT = ['alias', 'variant'] as const;
 
@@ -36,6 +42,8 @@ export class RouterMetrics {
   private readonly failovers: Counter<'alias' | 'from' | 'to'>;
   private readonly autoDrains: Counter<'node'>;
   private readonly autoDrainedEngines: Gauge<'node' | 'engine'>;
+  private readonly shadowRequests: Counter<'alias' | 'variant' | 'outcome'>;
+  private readonly shadowTtft: Histogram<'alias' | 'variant'>;
   /** Engines the router drained by itself (the AutoDrainer's live set); the weight gauge shows them at 0. */
   private autoDrained: ReadonlySet<string> = new Set();
 
@@ -96,6 +104,23 @@ export class RouterMetrics {
     this.failovers = counter('gpuops_router_failovers_total', FAILOVER_HELP.failovers, ['alias', 'from', 'to']);
     this.autoDrains = counter('gpuops_router_auto_drains_total', FAILOVER_HELP.autoDrains, ['node']);
     this.autoDrainedEngines = gauge('gpuops_router_engine_auto_drained', FAILOVER_HELP.drained, ['node', 'engine']);
+    // Mirrored requests (src/router/shadow.ts): never in the families above, which count what clients were served.
+    this.shadowRequests = counter('gpuops_router_shadow_requests_total', SHADOW_HELP.requests, [
+      ...BY_VARIANT,
+      'outcome',
+    ]);
+    this.shadowTtft = histogram(
+      'gpuops_router_shadow_time_to_first_token_seconds',
+      SHADOW_HELP.ttft,
+      BY_VARIANT,
+      TTFT_BUCKETS,
+    );
+  }
+
+  /** Count one mirrored request on its shadow variant (`s` undefined: dropped at the cap). */
+  shadow(alias: string, variant: string, s?: Sample): void {
+    this.shadowRequests.inc({ alias, variant, outcome: s ? s.outcome : 'dropped' });
+    if (s?.outcome === 'ok' && s.ttftMs !== undefined) this.shadowTtft.observe({ alias, variant }, s.ttftMs / 1000);
   }
 
   /** Count one failover. */

@@ -23,6 +23,7 @@ import {
   type RouteStore,
   type Variant,
 } from './routes';
+import type { ShadowMirror } from './shadow';
 import type { Outcome, Sample, StatsStore } from './stats';
 import { UpstreamCall } from './upstream';
 
@@ -74,6 +75,8 @@ export interface ProxyDeps {
   bodyTimeoutMs: number;
   /** Refusal counting and the router's own drains (without it: no auto-drain; failover still works). */
   autoDrain?: AutoDrainer;
+  /** Mirroring to an alias's shadow variant (without it: routes' `shadow` is ignored). */
+  shadow?: ShadowMirror;
 }
 
 const HOP_BY_HOP = new Set([
@@ -134,6 +137,10 @@ export async function proxyGeneration(
   let variant: Variant = chosen;
   const streaming = isOllama(api) ? body.stream !== false : body.stream === true;
   let forward = Buffer.from(JSON.stringify({ ...body, model: variant.model }));
+  // Detached: the copy to a shadow variant is never awaited here (src/router/shadow.ts).
+  const mirror = route.shadow
+    ? deps.shadow?.fork({ alias, route, snap, api, body, streaming, accept: req.headers.accept ?? '*/*', chosen })
+    : undefined;
   const res = reply.raw;
   reply.hijack();
   /** The engine request in flight (the one a client that goes away cancels). */
@@ -149,7 +156,8 @@ export async function proxyGeneration(
   deps.metrics.inflight.inc({ alias });
 
   const finish = (outcome: Outcome, status: number, extra: Partial<Sample> = {}): void => {
-    recordSample(deps, alias, variant, started, outcome, status, extra);
+    const sample = recordSample(deps, alias, variant, started, outcome, status, extra);
+    mirror?.primary(sample);
     deps.metrics.inflight.dec({ alias });
     res.off('close', onClose);
   };
@@ -318,7 +326,7 @@ const keys = new Map<string, { key: string; at: number }>();
 const KEY_TTL_MS = 10_000;
 
 /** The engine API key from its file (cached briefly: this runs per request). Throws when unreadable. */
-function apiKey(file: string): string {
+export function apiKey(file: string): string {
   const hit = keys.get(file);
   if (hit && Date.now() - hit.at < KEY_TTL_MS) return hit.key;
   const key = readFileSync(file, 'utf8').trim();
@@ -369,10 +377,11 @@ function recordSample(
   outcome: Outcome,
   status: number,
   extra: Partial<Sample> = {},
-): void {
+): Sample {
   const sample: Sample = { at: Date.now(), outcome, status, durationMs: performance.now() - started, ...extra };
   deps.stats.record(alias, v.name, sample);
   deps.metrics.observe(alias, v.name, sample);
+  return sample;
 }
 
 /** What choosing a failover target needs of the request (built on the failure path only). */

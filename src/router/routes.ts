@@ -31,11 +31,27 @@ export const VariantSchema = z.strictObject({
 });
 export type Variant = z.infer<typeof VariantSchema>;
 
+/**
+ * Mirroring of a share of an alias's requests to one more variant (a deployment's shadow stage): the client always
+ * gets the chosen variant's answer; the mirror's answer is read, measured and dropped (src/router/shadow.ts).
+ */
+export const ShadowSchema = z.strictObject({
+  /** The variant the copies go to (usually `canary` at weight 0, so no client request is served by it). */
+  variant: VariantSchema.shape.name,
+  /** Share of the alias's requests mirrored, 1-100 %. */
+  percent: z.int().min(1).max(100),
+  /** Mirrored requests in flight at most for the alias; a request over the cap is not mirrored (counted as dropped). */
+  maxConcurrent: z.int().min(1).max(256),
+});
+export type Shadow = z.infer<typeof ShadowSchema>;
+
 /** How one alias is served. */
 export const AliasRouteSchema = z
   .strictObject({
     /** Weighted variants; names are unique within the alias. */
     variants: z.array(VariantSchema).min(1, { message: 'must list at least one variant' }),
+    /** Mirror a share of the requests to a variant without serving its answers (off when absent). */
+    shadow: ShadowSchema.optional(),
     /** Request header whose value pins a session to one variant (same value → same variant while weights hold). */
     stickyHeader: z
       .string()
@@ -50,6 +66,8 @@ export const AliasRouteSchema = z
     });
     if (r.variants.every((v) => v.weight === 0))
       ctx.addIssue({ code: 'custom', path: ['variants'], message: 'weights must not all be 0' });
+    if (r.shadow && !seen.has(r.shadow.variant))
+      ctx.addIssue({ code: 'custom', path: ['shadow', 'variant'], message: 'must name a variant of the alias' });
   });
 export type AliasRoute = z.infer<typeof AliasRouteSchema>;
 

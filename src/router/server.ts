@@ -10,6 +10,7 @@ import { AutoDrainer, type AutoDrainOptions } from './failover';
 import { RouterMetrics } from './metrics';
 import { API_PATHS, proxyGeneration, type ClientApi, type ProxyDeps } from './proxy';
 import { RouteStore, type RouteTableInput } from './routes';
+import { ShadowMirror } from './shadow';
 import { StatsStore } from './stats';
 
 /** How to run a router. */
@@ -133,6 +134,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
     bodyTimeoutMs: opts.bodyTimeoutMs ?? 60_000,
     autoDrain,
   };
+  deps.shadow = new ShadowMirror(deps);
   for (const [api, p] of Object.entries(API_PATHS) as [ClientApi, string][]) {
     app.post(p, (req, reply) => proxyGeneration(api, req, reply, deps));
   }

@@ -66,26 +66,52 @@ export interface AliasStats {
   to: string;
   /** Variant name → stats; variants with no sample in the window are absent. */
   variants: Record<string, VariantStats>;
+  /**
+   * Shadow variant name → its mirrored pairs in the window (absent when the alias mirrored nothing in it). Mirrored
+   * copies are never counted in `variants`: those are the requests clients were served.
+   */
+  shadow?: Record<string, ShadowStats>;
 }
 
-class Ring {
-  private readonly buf: (Sample | undefined)[];
+/** One mirrored request: the answer the client got (`primary`) and the shadow variant's copy of the same request. */
+export interface ShadowPair {
+  /** When the later of the two finished. */
+  at: number;
+  primary: Sample;
+  shadow: Sample;
+}
+
+/** A shadow variant's pairs over a window: both sides summarised over the same requests. */
+export interface ShadowStats {
+  pairs: number;
+  /** Requests that were picked for mirroring but not mirrored: the variant's concurrency cap was full. */
+  dropped: number;
+  /** What the clients got for the mirrored requests (the variant they were routed to). */
+  primary: VariantStats;
+  /** What the shadow variant answered to the same requests (never sent to a client). */
+  shadow: VariantStats;
+  /** Answer length: mean output tokens of the completed answers on each side, and shadow / primary. */
+  answerTokens: { primary: number | null; shadow: number | null; ratio: number | null };
+}
+
+class Ring<T extends { at: number } = Sample> {
+  private readonly buf: (T | undefined)[];
   private next = 0;
   private size = 0;
   /** Finish time of the newest sample overwritten (0 = none dropped yet). */
   droppedUntil = 0;
   constructor(readonly capacity: number) {
-    this.buf = new Array<Sample | undefined>(capacity);
+    this.buf = new Array<T | undefined>(capacity);
   }
-  push(s: Sample): void {
+  push(s: T): void {
     const old = this.buf[this.next];
     if (old) this.droppedUntil = Math.max(this.droppedUntil, old.at);
     this.buf[this.next] = s;
     this.next = (this.next + 1) % this.capacity;
     this.size = Math.min(this.size + 1, this.capacity);
   }
-  since(from: number, to: number): Sample[] {
-    const out: Sample[] = [];
+  since(from: number, to: number): T[] {
+    const out: T[] = [];
     for (let i = 0; i < this.size; i++) {
       const s = this.buf[i];
       if (s && s.at >= from && s.at <= to) out.push(s);
@@ -115,6 +141,8 @@ export interface StatsStoreOptions {
 /** Per alias+variant rings of samples. */
 export class StatsStore {
   private readonly rings = new Map<string, Map<string, Ring>>();
+  /** alias → shadow variant → mirrored pairs, and the times of dropped mirrors. */
+  private readonly pairs = new Map<string, Map<string, { pairs: Ring<ShadowPair>; drops: Ring<{ at: number }> }>>();
   readonly capacity: number;
   private readonly now: () => number;
 
@@ -132,9 +160,46 @@ export class StatsStore {
     ring.push(sample);
   }
 
+  /** Record one mirrored pair (`pair`), or (`pair` undefined) one request the cap kept from being mirrored. */
+  recordShadow(alias: string, variant: string, pair?: ShadowPair): void {
+    let byVariant = this.pairs.get(alias);
+    if (!byVariant) this.pairs.set(alias, (byVariant = new Map()));
+    let rings = byVariant.get(variant);
+    if (!rings) byVariant.set(variant, (rings = { pairs: new Ring(this.capacity), drops: new Ring(this.capacity) }));
+    if (pair) rings.pairs.push(pair);
+    else rings.drops.push({ at: this.now() });
+  }
+
   /** Aliases with at least one sample ever. */
   aliases(): string[] {
     return [...this.rings.keys()];
+  }
+
+  private shadowQuery(alias: string, from: number, to: number): Record<string, ShadowStats> | undefined {
+    const out: Record<string, ShadowStats> = {};
+    for (const [name, rings] of this.pairs.get(alias) ?? []) {
+      const pairs = rings.pairs.since(from, to);
+      const dropped = rings.drops.since(from, to).length;
+      if (pairs.length === 0 && dropped === 0) continue;
+      const truncated = rings.pairs.droppedUntil >= from;
+      const primary = summarize(
+        pairs.map((p) => p.primary),
+        truncated,
+      );
+      const shadow = summarize(
+        pairs.map((p) => p.shadow),
+        truncated,
+      );
+      const mean = (v: VariantStats): number | null => {
+        const ok = v.outcomes.ok ?? 0;
+        return ok > 0 ? round(v.outputTokens / ok) : null;
+      };
+      const p = mean(primary);
+      const sh = mean(shadow);
+      const ratio = p !== null && sh !== null && p > 0 ? round(sh / p) : null;
+      out[name] = { pairs: pairs.length, dropped, primary, shadow, answerTokens: { primary: p, shadow: sh, ratio } };
+    }
+    return Object.keys(out).length > 0 ? out : undefined;
   }
 
   /** Stats of every variant of `alias` over the last `windowMs`, ending now. */
@@ -147,7 +212,15 @@ export class StatsStore {
       if (samples.length === 0) continue;
       variants[name] = summarize(samples, ring.droppedUntil >= from);
     }
-    return { alias, windowMs, from: new Date(from).toISOString(), to: new Date(to).toISOString(), variants };
+    const shadow = this.shadowQuery(alias, from, to);
+    return {
+      alias,
+      windowMs,
+      from: new Date(from).toISOString(),
+      to: new Date(to).toISOString(),
+      variants,
+      ...(shadow ? { shadow } : {}),
+    };
   }
 }
 

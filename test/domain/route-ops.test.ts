@@ -1,11 +1,13 @@
 import {
   addCanary,
+  addShadow,
   aliasesWhere,
   applyRouteOp,
   dropPrevious,
   namesModel,
   promote,
   removeCanary,
+  removeShadow,
   revertToPrevious,
   sameRoute,
   sendsTrafficTo,
@@ -119,4 +121,32 @@ test('aliasesWhere finds the aliases that send traffic to an engine, or name a m
   expect(aliasesWhere(routes, sendsTrafficTo(OLD))).toEqual(['a']);
   expect(aliasesWhere(routes, namesModel(OLD, 'llama3.2:1b'))).toEqual(['a', 'b']);
   expect(aliasesWhere(routes, namesModel(NEW, 'llama3.2:1b'))).toEqual([]);
+});
+
+test('addShadow defines the canary at weight 0 with mirroring; removeShadow stops it; every other operation drops it', () => {
+  const op = addShadow(canary, 25, 4);
+  const shadowed = applyRouteOp(route(stable), op);
+  expect(shadowed).toEqual({
+    variants: [stable, { ...canary, weight: 0 }],
+    stickyHeader: 'x-session',
+    shadow: { variant: 'canary', percent: 25, maxConcurrent: 4 },
+  });
+  expect(weightsAfter(op)).toEqual({ stable: 100, canary: 0 });
+  if (!shadowed) throw new Error('no route');
+  // Re-applying (a retried activity) changes nothing.
+  expect(sameRoute(applyRouteOp(shadowed, op) ?? route(), shadowed)).toBe(true);
+  expect(applyRouteOp(shadowed, removeShadow())).toEqual({
+    variants: [stable, { ...canary, weight: 0 }],
+    stickyHeader: 'x-session',
+  });
+  expect(applyRouteOp(route(stable), removeShadow())).toBeNull();
+  expect(weightsAfter(removeShadow())).toBeNull();
+  // The canary stage's first step, the rollback and a promotion leave no mirroring behind.
+  expect(applyRouteOp(shadowed, addCanary(canary))).toEqual(route({ ...stable, weight: 90 }, canary));
+  expect(applyRouteOp(shadowed, removeCanary())).toEqual(route(stable));
+  expect(applyRouteOp(shadowed, promote(canary))?.shadow).toBeUndefined();
+  // Nothing else to do but the shadow to drop: still a change.
+  expect(
+    applyRouteOp({ ...route(stable), shadow: { variant: 'stable', percent: 5, maxConcurrent: 1 } }, dropPrevious()),
+  ).toEqual(route(stable));
 });

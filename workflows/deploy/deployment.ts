@@ -79,6 +79,7 @@ const HONOURS_ROLLBACK: ReadonlySet<DeployStage> = new Set<DeployStage>([
   'loading-canary-slot',
   'validating',
   'awaiting-approval',
+  'shadow',
   'canary',
   'awaiting-promotion',
   'rollback-window',

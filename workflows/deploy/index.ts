@@ -16,10 +16,11 @@ import { stageModel } from './stages/model';
 import { plan } from './stages/plan';
 import { cleanUp, promote, rollbackWindow } from './stages/promote';
 import { assessRisk } from './stages/risk';
+import { shadow } from './stages/shadow';
 import { validate } from './stages/validate';
 
 /**
- * Deploy a model version to an alias as a canary: pull → pre-flight → validate → risk → canary steps → promote →
+ * Deploy a model version to an alias as a canary: pull → pre-flight → validate → risk → [shadow] → canary steps → promote →
  * rollback window, or roll back. ID `deploy:<node>:<alias>` (one at a time; start with conflict policy FAIL).
  * Updates `approve`, `promote`, `rollback`; Query `status`. Returns the audit record.
  */
@@ -29,6 +30,7 @@ export async function deployModel(input: DeployModelInput): Promise<DeploymentSt
     // A run continued as new (./resume.ts) skips the stages its first run finished.
     const prepared = resumed(dep) ?? (await prepare(dep));
     const { where, served } = prepared;
+    await shadow(dep, prepared);
     await canary(dep, prepared);
     await awaitPromotion(dep);
     await promote(dep, where, served);

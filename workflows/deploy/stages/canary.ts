@@ -51,8 +51,9 @@ export async function canary(dep: Deployment, prepared: Prepared): Promise<void>
   const steps = dep.policy.canarySteps;
   const from = resumeAt(dep, 'canary');
   if (!from) {
-    // The undo goes first, so a rollback removes the variant even if adding it half failed.
-    addUndo(dep, { undo: 'remove-canary' });
+    // The undo goes first, so a rollback removes the variant even if adding it half failed; after a shadow stage the
+    // variant is there already, and so is that undo.
+    if (dep.status.shadow?.verdict !== 'pass') addUndo(dep, { undo: 'remove-canary' });
     await dep.changeRoute(addCanary(canaryVariant(plan, served, steps[0] ?? 10)));
     // Weight 0 is the quickest undo (one PATCH): added last, it runs first on rollback.
     addUndo(dep, { undo: 'canary-weight-0' });
