@@ -736,7 +736,9 @@ async function canaryServed(alias: string): Promise<number> {
 
 test('a slow version is stopped in the shadow stage (TTFT and tokens/s on the mirrored pairs) and rolled back with zero user requests served by it', async () => {
   const alias = newAlias();
-  const policy = { ...fastPolicy, shadow: { percent: 100, duration: '3s' } };
+  // One shared sandbox engine serves both sides, so measured ratios sit nearer 1 than the profiles' (tokens/s 0.69-0.82
+  // in runs here): a tighter tokens/s floor keeps the verdict clear. Canary steps would use the same thresholds.
+  const policy = { ...fastPolicy, minTokensPerSecondRatio: 0.9, shadow: { percent: 100, duration: '3s' } };
   const route = watchRoute(alias);
   const record = await withWorkers(async () => {
     // Pinned: low risk, so no approval gate before the shadow stage.
@@ -747,7 +749,7 @@ test('a slow version is stopped in the shadow stage (TTFT and tokens/s on the mi
   }).finally(() => route.stop());
   expect(record.outcome).toBe('rolled-back');
   expect(record.rollback?.by).toBe('shadow analysis');
-  expect(record.rollback?.reason).toMatch(/^shadow: .*(TTFT p95 .* > 1\.2×|tokens\/s .* < 0\.8×)/);
+  expect(record.rollback?.reason).toMatch(/^shadow: .*(TTFT p95 .* > 1\.2×|tokens\/s .* < 0\.9×)/);
   expect(record.shadow).toMatchObject({ percent: 100, maxConcurrent: 4, verdict: 'fail', consecutiveFailures: 1 });
   const last = record.shadow?.rounds.at(-1);
   expect(last?.verdict).toBe('fail');
@@ -755,7 +757,7 @@ test('a slow version is stopped in the shadow stage (TTFT and tokens/s on the mi
   // The sandbox's llama3.2:3b: TTFT 200 ms and 55 tokens/s against llama3.2:1b's 120 ms and 90 (one shared engine,
   // so either may be what breaches first).
   const a = record.shadow?.analysis;
-  expect((a?.ttftP95Ratio ?? 0) > 1.2 || (a?.tokensPerSecondRatio ?? 1) < 0.8).toBe(true);
+  expect((a?.ttftP95Ratio ?? 0) > 1.2 || (a?.tokensPerSecondRatio ?? 1) < 0.9).toBe(true);
   console.log(`shadow breach: ${record.rollback?.reason} (${last?.pairs} pairs, ${last?.dropped} dropped)`);
   expect(record.shadow?.synthetic).toBeGreaterThan(0);
   const stages = record.timings.stages.map((x) => x.stage);
@@ -810,4 +812,26 @@ test('a good version passes the shadow stage into the canary steps and is promot
   expect(ctx.router.table.current.routes[alias]?.shadow).toBeUndefined();
   const page = readFileSync(record.reports?.html ?? '', 'utf8');
   expect(page).toContain('data-shadow-verdict="pass"');
+}, 90_000);
+
+test('a version that fails 20% of its answers is stopped in the shadow stage on the error-rate delta; no user request reached it', async () => {
+  const alias = newAlias();
+  const policy = { ...fastPolicy, shadow: { percent: 100, duration: '30s', minSamples: 20 } };
+  const route = watchRoute(alias);
+  const record = await withWorkers(async () => {
+    const h = await start(alias, { model: 'qwen2.5:0.5b-bad', safetyProbes: false, policy });
+    await waitForDeployment(h, (x) => x.stage === 'awaiting-approval');
+    await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
+    return h.result();
+  }).finally(() => route.stop());
+  expect(record.outcome).toBe('rolled-back');
+  expect(record.rollback?.by).toBe('shadow analysis');
+  // Rolled back mid-stage, at the analysis that saw it (the stage would run 30 s).
+  expect(record.rollback?.reason).toMatch(/^shadow: .*error rate .*delta .* > 2%/);
+  const shadowAt = Date.parse(record.timings.stages.find((x) => x.stage === 'shadow')?.at ?? '');
+  expect(Date.parse(record.shadow?.endedAt ?? '') - shadowAt).toBeLessThan(30_000);
+  expect(record.shadow?.analysis?.errorRateDelta).toBeGreaterThan(0.02);
+  expect(route.maxCanaryWeight).toBe(0);
+  expect(await canaryServed(alias)).toBe(0);
+  expect(ctx.router.stats.query(alias, 600_000).variants.canary).toBeUndefined();
 }, 90_000);
