@@ -139,3 +139,98 @@ test('a rollback after the boundary runs the undos the first run registered: can
   expect(record.continuedAsNew).toBeGreaterThanOrEqual(1);
   expect(roundNumbers(record)).toEqual(oneToN(record.rounds.length));
 }, 180_000);
+
+test('a shadow stage that continues as new goes on mirroring from where it was, passes once, and hands over to the canary', async () => {
+  ctx.router.table.replace({ routes: {}, drained: ctx.router.table.current.drained });
+  await engine().delete(MODEL);
+  const alias = routedAlias(ctx.router, ctx.sbx);
+  const control = await controlWorker(ctx.env, ctx.sbx.loaded);
+  // This test is about the boundary, not the verdict: the latency and throughput gates are wide open.
+  const shadowPolicy = {
+    ...policy,
+    maxTtftP95Ratio: 1000,
+    minTokensPerSecondRatio: 0.001,
+    shadow: { percent: 100, duration: '15s', minSamples: 5 },
+  };
+  const record = await control.runUntil(async () => {
+    const first = await ctx.env.client.workflow.start<typeof deployModel>('deployModel', {
+      taskQueue: ctx.env.controlQueue,
+      workflowId: workflowIds.deploy(ctx.sbx.nodeId, alias),
+      args: [
+        {
+          node: ctx.sbx.nodeId,
+          alias,
+          engine: 'ollama',
+          model: MODEL,
+          expectedDigest: defaultLibrary()[MODEL]?.digest ?? '',
+          requestedBy: 'jest',
+          policy: shadowPolicy,
+          maxHistoryEvents: 100,
+        },
+      ],
+    });
+    const h = ctx.env.client.workflow.getHandle(first.workflowId);
+    // Still in shadow after a boundary: the canary has no weight and the mirroring goes on in the new run.
+    const during = await waitForDeployment(h, (x) => x.stage === 'shadow' && (x.continuedAsNew ?? 0) >= 1, 90_000);
+    expect(during.weights).toEqual({ stable: 100, canary: 0 });
+    expect(ctx.router.table.current.routes[alias]?.shadow).toMatchObject({ variant: 'canary', percent: 100 });
+    const inCanary = await waitForDeployment(h, (x) => x.stage === 'canary', 90_000);
+    expect(inCanary.shadow?.verdict).toBe('pass');
+    expect(ctx.router.table.current.routes[alias]?.shadow).toBeUndefined();
+    await h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'ci' }] });
+    return first.result();
+  });
+  expect(record.outcome).toBe('promoted');
+  const stages = record.timings.stages.map((s) => s.stage);
+  expect(stages.filter((s) => s === 'shadow')).toHaveLength(1);
+  expect(stages.filter((s) => s === 'canary')).toHaveLength(1);
+  const shadowRounds = record.shadow?.rounds.map((r) => r.n) ?? [];
+  expect(shadowRounds).toEqual(oneToN(shadowRounds.length));
+  expect(record.continuedAsNew).toBeGreaterThanOrEqual(1);
+  expect(variants(alias)).toEqual([expect.objectContaining({ name: 'stable', model: MODEL, weight: 100 })]);
+}, 180_000);
+
+test('a start that hands in a `resume` (forged, or copied from a continued run) is refused before it does anything', async () => {
+  const alias = routedAlias(ctx.router, ctx.sbx);
+  const before = JSON.stringify(ctx.router.table.current.routes[alias]);
+  const workflowId = workflowIds.deploy(ctx.sbx.nodeId, alias);
+  const control = await controlWorker(ctx.env, ctx.sbx.loaded);
+  const failure = await control.runUntil(async () => {
+    const h = await ctx.env.client.workflow.start<typeof deployModel>('deployModel', {
+      taskQueue: ctx.env.controlQueue,
+      workflowId,
+      args: [
+        {
+          node: ctx.sbx.nodeId,
+          alias,
+          engine: 'ollama',
+          model: MODEL,
+          requestedBy: 'mallory',
+          policy,
+          resume: {
+            status: { workflowId } as never,
+            plan: {},
+            served: MODEL,
+            golden: [],
+            undo: [
+              { undo: 'delete-model', engine: { name: 'ollama', url: 'http://127.0.0.1:1' }, model: 'llama3.2:1b' },
+            ],
+            at: { stage: 'canary', step: 5, startedAt: 0, synthetic: 0, failures: 0, starved: 0, analyseNow: false },
+            runs: 1,
+          },
+        },
+      ],
+    });
+    return h.result().then(
+      () => null,
+      (err: Error) => err,
+    );
+  });
+  expect((failure?.cause as Error | undefined)?.message).toBe(
+    'invalid deployModel input: resume: is set only by a deployment continuing as new, never by a start',
+  );
+  // Nothing ran: no activity was scheduled, the route is as it was.
+  const events = (await ctx.env.client.workflow.getHandle(workflowId).fetchHistory()).events ?? [];
+  expect(events.some((e) => e.activityTaskScheduledEventAttributes)).toBe(false);
+  expect(JSON.stringify(ctx.router.table.current.routes[alias])).toBe(before);
+}, 60_000);

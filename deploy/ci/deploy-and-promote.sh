@@ -73,12 +73,18 @@ if [ "$their_model" != "$MODEL" ] || [ "$their_by" != "$BY" ] || [ "$their_diges
   die 1 "$ID was already running run $run of $their_model (requested by $their_by), not this job's $MODEL: the start joined it; nothing was promoted"
 fi
 
-# 3. Wait for the canary to pass (awaiting-promotion), or for the deployment to end.
+# 3. Wait for the canary to pass (awaiting-promotion), or for the deployment to end. By workflow ID, not run ID: a
+#    long canary continues as new (bounded history), and the run this job started then answers its last record
+#    forever; the latest run of the ID is this deployment as long as its model and requester are this job's.
 deadline=$(($(date +%s) + WAIT))
 while :; do
-  answer=$("$T" workflow query --workflow-id "$ID" --run-id "$run" --name status -o json) ||
-    die 1 "could not query $ID run $run"
+  answer=$("$T" workflow query --workflow-id "$ID" --name status -o json) ||
+    die 1 "could not query $ID"
   status=$(printf '%s' "$answer" | jq -c '.queryResult[0]')
+  now_model=$(printf '%s' "$status" | jq -r '.model')
+  now_by=$(printf '%s' "$status" | jq -r '.requestedBy')
+  [ "$now_model" = "$MODEL" ] && [ "$now_by" = "$BY" ] ||
+    die 1 "$ID now runs $now_model (requested by $now_by): this job's deployment (run $run) ended; nothing was promoted"
   stage=$(printf '%s' "$status" | jq -r '.stage')
   outcome=$(printf '%s' "$status" | jq -r '.outcome')
   case "$stage" in
@@ -94,10 +100,12 @@ while :; do
   sleep "$POLL"
 done
 
-# 4. Promote that run, and only if it is still the deployment this job expects.
+# 4. Promote it, and only if it is still the deployment this job started: the Update goes to the ID's latest run (a
+#    continued run included) and its `expect.runId` is this job's run, which the validator matches against the
+#    chain's first run ID; any other deployment refuses it.
 update=$(jq -cn --arg by "$BY" --arg model "$MODEL" --arg run "$run" --arg digest "$DIGEST" '
   { by: $by, expect: ({ model: $model, runId: $run } + (if $digest == "" then {} else { digest: $digest } end)) }')
-if ! "$T" workflow update execute --workflow-id "$ID" --run-id "$run" --name promote --input "$update" -o json >/dev/null; then
+if ! "$T" workflow update execute --workflow-id "$ID" --name promote --input "$update" -o json >/dev/null; then
   die 1 "promote of $ID run $run was refused (the reason is above)"
 fi
 echo "promoted $ID run $run ($MODEL)"

@@ -148,6 +148,7 @@ export class Deployment {
         message: `invalid deployModel input: workflow ID must be ${want} (got ${workflowId})`,
       });
     }
+    if (input.resume) refuseForeignResume(input);
     const dep = new Deployment(input, raw);
     dep.listen();
     upsertSearchAttributes([
@@ -426,4 +427,29 @@ export function newRecord(workflowId: string, input: DeployInput): DeploymentSta
     error: null,
     timings: { startedAt: now(), endedAt: null, stages: [] },
   };
+}
+
+/**
+ * `resume` is the deployment's own, carried by a run into the one it continues as new. Anywhere else (a start that
+ * hands one in, forged or copied from a resumed run's input) it would skip validation, risk and approval: refused.
+ */
+function refuseForeignResume(input: DeployInput): void {
+  const { workflowId, continuedFromExecutionRunId } = workflowInfo();
+  const r = input.resume;
+  if (!r) return;
+  const at = r.at;
+  const problem = !continuedFromExecutionRunId
+    ? 'resume: is set only by a deployment continuing as new, never by a start'
+    : r.status.workflowId !== workflowId
+      ? `resume: is another deployment's (${r.status.workflowId}), not ${workflowId}'s`
+      : at.stage === 'canary' && at.step >= input.policy.canarySteps.length
+        ? `resume.at.step: must be a canary step (0 to ${input.policy.canarySteps.length - 1})`
+        : null;
+  if (problem) {
+    throw ApplicationFailure.create({
+      type: 'ValidationError',
+      nonRetryable: true,
+      message: `invalid deployModel input: ${problem}`,
+    });
+  }
 }

@@ -74,5 +74,7 @@ export async function continueIfFull(dep: Deployment, prepared: Prepared, at: Re
   log.info('continuing as new to bound the history', { historyLength, runs, at: at.stage });
   const { served, golden } = prepared;
   const resume: DeployResume = { status: dep.status, plan: { ...prepared.where }, served, golden, undo, at, runs };
-  await makeContinueAsNewFunc<typeof deployModel>()({ ...dep.raw, resume });
+  // The bound as this run had it, written out: a later default must not change when a recorded run continued.
+  const { maxHistoryEvents } = dep.input;
+  await makeContinueAsNewFunc<typeof deployModel>()({ ...dep.raw, maxHistoryEvents, resume });
 }
