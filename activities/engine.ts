@@ -24,6 +24,8 @@ export interface ProbeEnginesInput {
   generate: boolean;
   /** Per-call timeout, ms (default 5000). */
   timeoutMs?: number;
+  /** Deadline of the test generation, ms (default: timeoutMs, at least 1 s). */
+  generateTimeoutMs?: number;
 }
 
 /** Input of the Ollama model activities. */
@@ -94,9 +96,12 @@ export function createEngineActivities({
     /** Probe every engine of this node. Never fails for a sick engine: that is what the probe reports. */
     async probeEngines(input: ProbeEnginesInput): Promise<EngineProbe[]> {
       const timeoutMs = input.timeoutMs ?? 5000;
-      return Promise.all(
-        node.engines.map((e) => probeEngine(e, { generate: input.generate, timeoutMs }, clientFor(e))),
-      );
+      const opts = {
+        generate: input.generate,
+        timeoutMs,
+        ...(input.generateTimeoutMs !== undefined ? { generateTimeoutMs: input.generateTimeoutMs } : {}),
+      };
+      return Promise.all(node.engines.map((e) => probeEngine(e, opts, clientFor(e))));
     },
 
     /**

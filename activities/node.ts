@@ -20,6 +20,7 @@ import { createGpuActivities } from './gpu';
 import { createModelStoreActivities } from './model-store';
 import { createDeployActivities } from './deploy';
 import { createPreflightActivities } from './preflight';
+import { createProbeRoundActivities } from './probe-round';
 import { findTool } from '../src/hosts/local-tools';
 
 /** Optional overrides: injected clients (tests) and the config file path relative paths are resolved against. */
@@ -38,7 +39,8 @@ export interface NodeActivityOptions {
 /**
  * The node worker's activities: docker (inspectContainers, restart/start/stopContainer, containerLogs), GPU
  * (queryGpus, gpuSnapshot, gpuComputeApps, resetGpu, readXidEvents), engines (probeEngines, pullModel,
- * unloadModel, deleteModel) and the model store (checkDisks). Names are unique across factories, so they spread.
+ * unloadModel, deleteModel), the model store (checkDisks) and probeRound (all five probes as one activity). Names are
+ * unique across factories, so they spread.
  */
 export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions = {}) {
   const resolve = (p: string): string =>
@@ -70,11 +72,16 @@ export function createNodeActivities(node: NodeConfig, opts: NodeActivityOptions
   const modelStore = createModelStoreActivities({ node, resolvePath: resolve });
   // restic on PATH, or the one `gpuops up` installed for the sandbox under .gpuops/tools/bin.
   const restic = findTool('restic');
+  const dockerActs = createDockerActivities({ node, runtimes });
+  const gpuActs = createGpuActivities({ node, nvidiaSmi, kernelLog });
+  const engineActs = createEngineActivities({ node, clientFor, checkDisks: modelStore.checkDisks });
   return {
-    ...createDockerActivities({ node, runtimes }),
-    ...createGpuActivities({ node, nvidiaSmi, kernelLog }),
-    ...createEngineActivities({ node, clientFor, checkDisks: modelStore.checkDisks }),
+    ...dockerActs,
+    ...gpuActs,
+    ...engineActs,
     ...modelStore,
+    // The watcher's one activity per round; the single probes above stay registered (older histories call them).
+    ...createProbeRoundActivities({ ...dockerActs, ...gpuActs, ...engineActs, ...modelStore }),
     ...createPreflightActivities({ node, nvidiaSmi, checkDisks: modelStore.checkDisks, clientFor }),
     ...createDeployActivities({ node, clientFor }),
     ...createCanarySlotActivities({ node, runtimes, clientFor }),

@@ -2,7 +2,8 @@
  * One round of health probes on a node's pinned queue, classified into a health report. Shared by inspectNode,
  * watchNode and recoverNode (workflow code: deterministic, activities only through proxies).
  */
-import { ActivityFailure, TimeoutFailure, proxyActivities } from '@temporalio/workflow';
+import { ActivityFailure, TimeoutFailure, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import type { ProbeRoundResult } from '../activities/probe-round';
 import type * as nodeActivities from '../activities/node';
 import { classifyNode, type HealthReport } from '../src/domain/classify';
 import { parseDuration } from '../src/domain/durations';
@@ -36,15 +37,7 @@ export function notPickedUp(err: unknown): boolean {
 
 export async function probeNode(node: string, opts: ProbeOptions): Promise<HealthReport> {
   const probeMs = parseDuration(opts.probeTimeout);
-  const acts = proxyActivities<NodeActivities>({
-    taskQueue: nodeTaskQueue(node),
-    // Not picked up in time = the node (or its worker) is down: a different fault from a sick engine.
-    scheduleToStartTimeout: opts.pickupTimeout,
-    // Engine probes bound their own HTTP calls; this only catches a worker that died mid-probe.
-    startToCloseTimeout: probeMs + 5_000,
-    // A probe is read-only, so a retry after a killed worker is always safe; three tries keep a report timely.
-    retry: { maximumAttempts: 3, initialInterval: '500ms', backoffCoefficient: 2 },
-  });
+  const acts = proxyActivities<NodeActivities>(probeProfile(node, opts));
 
   let reachable = true;
   const guard = async <T>(p: Promise<T>, empty: T): Promise<T> => {
@@ -62,10 +55,68 @@ export async function probeNode(node: string, opts: ProbeOptions): Promise<Healt
     guard(acts.inspectContainers(), []),
     guard(acts.queryGpus(), { gpus: [], error: null }),
     guard(acts.readXidEvents({ since: opts.xidSince }), []),
-    guard(acts.probeEngines({ generate: opts.generate, timeoutMs: Math.max(1000, probeMs - 2000) }), []),
+    guard(acts.probeEngines({ generate: opts.generate, timeoutMs: healthTimeoutMs(probeMs) }), []),
     guard(acts.checkDisks(), []),
   ]);
 
+  return classifyRound(node, reachable, { containers, gpu, xids, engines, disks }, opts);
+}
+
+/** Options of probeNodeRound: a probe round's, and the test generation's own deadline. */
+export interface RoundOptions extends ProbeOptions {
+  /** How long an engine's 2-token test generation may take before the engine counts as hung this round, ms. */
+  generateTimeoutMs: number;
+}
+
+const EMPTY_ROUND: ProbeRoundResult = {
+  containers: [],
+  gpu: { gpus: [], error: null },
+  xids: [],
+  engines: [],
+  disks: [],
+};
+
+/**
+ * One probe round as ONE activity (probeRound) on the node's queue, which runs the five probes concurrently there.
+ * Same report as probeNode; a round that no node worker picks up in time reads as an unreachable node.
+ */
+export async function probeNodeRound(node: string, opts: RoundOptions): Promise<HealthReport> {
+  const probeMs = parseDuration(opts.probeTimeout);
+  const acts = proxyActivities<NodeActivities>(probeProfile(node, opts));
+  try {
+    const round = await acts.probeRound({
+      generate: opts.generate,
+      timeoutMs: healthTimeoutMs(probeMs),
+      generateTimeoutMs: Math.min(opts.generateTimeoutMs, healthTimeoutMs(probeMs)),
+      xidSince: opts.xidSince,
+    });
+    return classifyRound(node, true, round, opts);
+  } catch (err) {
+    if (!notPickedUp(err)) throw err;
+    return classifyRound(node, false, EMPTY_ROUND, opts);
+  }
+}
+
+/** Each engine health call's timeout within a probe: the probe's own, less time to send the answer back. */
+function healthTimeoutMs(probeMs: number): number {
+  return Math.max(1000, probeMs - 2000);
+}
+
+function probeProfile(node: string, opts: ProbeOptions): ActivityOptions {
+  return {
+    taskQueue: nodeTaskQueue(node),
+    // Not picked up in time = the node (or its worker) is down: a different fault from a sick engine.
+    scheduleToStartTimeout: opts.pickupTimeout,
+    // Engine probes bound their own HTTP calls; this only catches a worker that died mid-probe.
+    startToCloseTimeout: parseDuration(opts.probeTimeout) + 5_000,
+    // A probe is read-only, so a retry after a killed worker is always safe; three tries keep a report timely.
+    retry: { maximumAttempts: 3, initialInterval: '500ms', backoffCoefficient: 2 },
+  };
+}
+
+/** Classify what a round saw (and count it in the worker's metrics). */
+function classifyRound(node: string, reachable: boolean, round: ProbeRoundResult, opts: ProbeOptions): HealthReport {
+  const { containers, gpu, xids, engines, disks } = round;
   const observation: NodeObservation = {
     node,
     observedAt: new Date(Date.now()).toISOString(),

@@ -79,3 +79,13 @@ export function actionableProblems(
 ): Problem[] {
   return problems.filter((p) => p.severity === 'critical' && !coveredByMaintenance(p, windows, engines));
 }
+
+/**
+ * The test generation's deadline in a watcher's probe round: as configured, else half the probe interval within
+ * 250 ms – 5 s. A 2-token answer from a loaded model takes milliseconds; a hung engine then costs a probe this long,
+ * and threshold × (interval + this) bounds detection.
+ */
+export function watchGenerateTimeoutMs(probeInterval: string, generateTimeout?: string): number {
+  if (generateTimeout !== undefined) return parseDuration(generateTimeout);
+  return Math.min(5_000, Math.max(250, Math.round(parseDuration(probeInterval) / 2)));
+}

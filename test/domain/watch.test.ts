@@ -5,6 +5,7 @@ import {
   applyMaintenance,
   coveredByMaintenance,
   unknownEngine,
+  watchGenerateTimeoutMs,
   type Window,
 } from '../../src/domain/watch';
 
@@ -77,4 +78,14 @@ test('only critical problems outside maintenance count towards a recovery', () =
   const hung = problem({ subject: 'ollama' });
   const vllm = problem({ subject: 'vllm-ctr', kind: 'container-exited' });
   expect(actionableProblems([warn, hung, vllm], [win({ engine: 'vllm' })], engines)).toEqual([hung]);
+});
+
+describe('watchGenerateTimeoutMs', () => {
+  test('is half the probe interval, within 250 ms – 5 s, unless configured', () => {
+    expect(watchGenerateTimeoutMs('1s')).toBe(500);
+    expect(watchGenerateTimeoutMs('5s')).toBe(2500);
+    expect(watchGenerateTimeoutMs('300ms')).toBe(250);
+    expect(watchGenerateTimeoutMs('1m')).toBe(5000);
+    expect(watchGenerateTimeoutMs('1s', '2s')).toBe(2000);
+  });
 });

@@ -22,7 +22,13 @@ import type { z } from 'zod';
 import type { NodeFacts } from '../../activities/recovery';
 import { restartLoopProblems, type HealthReport, type Problem } from '../../src/domain/classify';
 import { parseDuration } from '../../src/domain/durations';
-import { actionableProblems, activeWindows, applyMaintenance, unknownEngine } from '../../src/domain/watch';
+import {
+  actionableProblems,
+  activeWindows,
+  applyMaintenance,
+  unknownEngine,
+  watchGenerateTimeoutMs,
+} from '../../src/domain/watch';
 import { parseInput } from '../../src/domain/validation';
 import {
   MaintenanceInput,
@@ -35,11 +41,14 @@ import {
   type SetMaintenanceInput,
   type WatchStatus,
 } from '../../src/contracts';
-import { probeNode, type ProbeOptions } from '../probe';
+import { probeNode, probeNodeRound, type ProbeOptions, type RoundOptions } from '../probe';
 import { watchFacts, type ControlActivities } from './activities';
 import { recoverNode } from './recover-node';
 
 type WatchInput = z.output<typeof WatchNodeInput>;
+
+/** The patch that folded a probe round into one activity (and continue-as-new on the server's suggestion). */
+const SINGLE_PROBE_ACTIVITY = 'watch-single-probe-activity';
 
 /** The watcher's state: its status (the Query's answer), the node's facts, and restart counts between probes. */
 class NodeWatch {
@@ -86,6 +95,19 @@ class NodeWatch {
       pickupTimeout: this.input.pickupTimeout,
       probeTimeout: this.input.probeTimeout,
     };
+  }
+
+  /** A one-activity round's options: the test generation gets its own short deadline. */
+  roundOptions(facts: NodeFacts): RoundOptions {
+    const { probeInterval, generateTimeout } = this.input;
+    return { ...this.probeOptions(facts), generateTimeoutMs: watchGenerateTimeoutMs(probeInterval, generateTimeout) };
+  }
+
+  /** One probe round: one activity since 'watch-single-probe-activity'; histories from before replay five. */
+  async probe(facts: NodeFacts): Promise<HealthReport> {
+    return patched(SINGLE_PROBE_ACTIVITY)
+      ? probeNodeRound(this.input.node, this.roundOptions(facts))
+      : probeNode(this.input.node, this.probeOptions(facts));
   }
 
   /** Take in one probe's report; the problems that count towards a recovery (critical, outside maintenance). */
@@ -193,7 +215,7 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   watch.facts = facts;
   for (let i = 0; i < input.probesPerRun; i++) {
     const wasHealthy = watch.lastHealthy;
-    const report = await probeNode(input.node, watch.probeOptions(facts));
+    const report = await watch.probe(facts);
     const actionable = watch.observe(report);
     // Added with the router's auto-drain: histories recorded before it replay without the release call.
     if (report.healthy && wasHealthy !== true && patched('release-router-auto-drain'))
@@ -203,6 +225,8 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
     // Under Worker Versioning a run stays pinned to the control-worker version it started on; when a newer one is
     // current, move to it now rather than after this run's remaining probes (README: upgrading while workflows run).
     if (workflowInfo().targetWorkerDeploymentVersionChanged && patched('watch-upgrade-on-continue-as-new')) break;
+    // The server says the history is getting large (events or bytes): start over now, whatever the count says.
+    if (workflowInfo().continueAsNewSuggested && patched(SINGLE_PROBE_ACTIVITY)) break;
   }
   // Wait for in-flight Update handlers, then start over with bounded history, carrying the state. The next run's
   // first task goes to the deployment's current version (AUTO_UPGRADE), so a watcher that runs forever still picks

@@ -36,7 +36,7 @@ export interface ProbeOptions {
   generate: boolean;
   /** Timeout of each health call (default 5 s). */
   timeoutMs?: number;
-  /** Hard limit on the test generation (default: timeoutMs, at least 1 s). */
+  /** Hard limit on the test generation (default: timeoutMs, at least 1 s; given, at least 50 ms). */
   generateTimeoutMs?: number;
   /** Prompt for the test generation. */
   prompt?: string;
@@ -139,7 +139,8 @@ async function testGeneration(
   opts: ProbeOptions,
   timeoutMs: number,
 ): Promise<NonNullable<EngineProbe['generation']>> {
-  const limit = Math.max(opts.generateTimeoutMs ?? timeoutMs, 1000);
+  // A deadline the caller chose (a watcher's short one: a hung engine must not cost it a long timeout) is kept.
+  const limit = opts.generateTimeoutMs !== undefined ? Math.max(opts.generateTimeoutMs, 50) : Math.max(timeoutMs, 1000);
   const prompt = opts.prompt ?? 'Reply with OK.';
   const started = performance.now();
   try {

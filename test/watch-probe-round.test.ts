@@ -1,0 +1,162 @@
+/**
+ * watchNode's one-activity probe round (patch 'watch-single-probe-activity') on a real Temporal dev server with a
+ * sandbox node whose real node worker runs as a child process: a round is one probeRound activity, a hung engine
+ * costs a round its short generation deadline (not the health timeout), and a single-probe blip starts nothing.
+ */
+import type { Worker } from '@temporalio/worker';
+import { createProbeRoundActivities } from '../activities/probe-round';
+import { clearFaults, injectFault, type SandboxFaultKind } from '../src/sandbox/faults';
+import { getWatchStatusQuery, workflowIds, type WatchStatus } from '../src/contracts';
+import type { recoverNode, watchNode } from '../workflows/recovery';
+import { FAST_RECOVERY, controlWorker, recordHistory, useSandboxEnv, type TestSandbox } from './helpers/env';
+import { roundTimes } from './helpers/watch-history';
+
+const ctx = useSandboxEnv();
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A watcher at 1 s probes, threshold 3; probeTimeout 6 s, so a full-timeout hang would cost each probe 4 s. */
+function startWatcher(s: TestSandbox, extra: Record<string, unknown> = {}) {
+  return ctx.env.client.workflow.start<typeof watchNode>('watchNode', {
+    taskQueue: ctx.env.controlQueue,
+    workflowId: workflowIds.watch(s.nodeId),
+    args: [
+      {
+        node: s.nodeId,
+        probeInterval: '1s',
+        failureThreshold: 3,
+        pickupTimeout: '2s',
+        probeTimeout: '6s',
+        generateTimeout: '500ms',
+        recovery: { ...FAST_RECOVERY, maxRecoveries: 100 },
+        ...extra,
+      },
+    ],
+  });
+}
+
+async function withControl<T>(s: TestSandbox, fn: (w: Worker) => Promise<T>): Promise<T> {
+  const w = await controlWorker(ctx.env, s.loaded);
+  return w.runUntil(fn(w));
+}
+
+async function statusWhen(
+  h: Awaited<ReturnType<typeof startWatcher>>,
+  pred: (s: WatchStatus) => boolean,
+  timeoutMs = 30_000,
+): Promise<WatchStatus> {
+  const deadline = Date.now() + timeoutMs;
+  let st = await h.query(getWatchStatusQuery);
+  while (!pred(st)) {
+    if (Date.now() > deadline) throw new Error(`watcher status never matched: ${JSON.stringify(st)}`);
+    await sleep(50);
+    st = await h.query(getWatchStatusQuery);
+  }
+  return st;
+}
+
+test('probeRound refuses a deadline that is not a number of ms ≥ 50, naming the field', async () => {
+  const none = () => Promise.reject(new Error('must not run'));
+  const acts = createProbeRoundActivities({
+    inspectContainers: none,
+    queryGpus: none,
+    readXidEvents: none,
+    probeEngines: none,
+    checkDisks: none,
+  });
+  await expect(
+    acts.probeRound({ generate: true, timeoutMs: 1000, generateTimeoutMs: 10, xidSince: new Date().toISOString() }),
+  ).rejects.toThrow(/generateTimeoutMs must be a number ≥ 50 ms \(got 10\)/);
+  await expect(
+    acts.probeRound({ generate: true, timeoutMs: NaN, generateTimeoutMs: 500, xidSince: new Date().toISOString() }),
+  ).rejects.toThrow(/timeoutMs must be a number ≥ 50 ms \(got NaN\)/);
+});
+
+test('a watcher round is one probeRound activity on the node queue, and the history says so', async () => {
+  const s = await ctx.sandbox();
+  const h = await startWatcher(s);
+  await withControl(s, async () => {
+    await statusWhen(h, (st) => st.probes >= 4 && st.lastReport?.healthy === true);
+    await h.terminate('test done');
+  });
+  recordHistory(ctx.env, workflowIds.watch(s.nodeId), 'watch-node-single-probe-activity', h.firstExecutionRunId);
+  const history = await h.fetchHistory();
+  const events = history.events ?? [];
+  const scheduled = events.flatMap((e) => {
+    const a = e.activityTaskScheduledEventAttributes;
+    return a ? [{ type: a.activityType?.name, queue: a.taskQueue?.name }] : [];
+  });
+  const markers = events.flatMap((e) => {
+    const m = e.markerRecordedEventAttributes;
+    return m?.markerName === 'core_patch' ? [m] : [];
+  });
+  const rounds = scheduled.filter((a) => a.type === 'probeRound');
+  // nodeFacts (control queue) once, then probeRound per round and releaseAutoDrain at the first healthy one.
+  expect(rounds.length).toBeGreaterThanOrEqual(4);
+  expect(rounds.every((a) => a.queue === `gpuops-node-${s.nodeId}`)).toBe(true);
+  expect(scheduled.map((a) => a.type).filter((t) => t !== 'probeRound')).toEqual(['nodeFacts', 'releaseAutoDrain']);
+  expect(markers.length).toBeGreaterThanOrEqual(1);
+}, 60_000);
+
+test('a hung engine is recovered within threshold × (interval + generation deadline) + margin, not after full timeouts', async () => {
+  const s = await ctx.sandbox();
+  const h = await startWatcher(s);
+  await withControl(s, async () => {
+    await statusWhen(h, (st) => st.probes >= 2 && st.lastReport?.healthy === true);
+    const t0 = Date.now();
+    injectFault(s.sim.store, 'engine-hang');
+    const recover = ctx.env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId));
+    let detectedAt: number | undefined;
+    while (detectedAt === undefined) {
+      try {
+        detectedAt = (await recover.describe()).startTime.getTime();
+      } catch {
+        if (Date.now() - t0 > 30_000) throw new Error('no recovery within 30 s of the hang');
+        await sleep(50);
+      }
+    }
+    const incident = await recover.result();
+    // Each round's run time (probeRound started → completed), before the hang and while it lasted.
+    const rounds = roundTimes((await h.fetchHistory()).events ?? []);
+    const healthy = rounds.filter((r) => r.start < t0).map((r) => r.ms);
+    const hung = rounds.filter((r) => r.start > t0 && r.start < detectedAt).map((r) => r.ms);
+    expect(healthy.length).toBeGreaterThanOrEqual(2);
+    expect(hung.length).toBe(3);
+    // A hung round costs at most its 0.5 s generation deadline more than a healthy one (the shims dominate a round
+    // on a loaded machine); with the health timeout as the generation's limit it would cost 4 s more.
+    const slowestHealthy = Math.max(...healthy);
+    for (const ms of hung) expect(ms).toBeLessThan(slowestHealthy + 500 + 1_000);
+    // Detection: up to one interval and round before the first probe sees the hang, then 3 rounds and 2 sleeps.
+    expect(detectedAt - t0).toBeLessThan(4 * (1_000 + slowestHealthy + 500) + 1_500);
+    expect(incident.outcome).toBe('recovered');
+    expect(incident.rungs[0]?.rung).toBe('restart-container');
+    // The watcher's reason names how long the hung generation was given: its deadline, not the health timeout.
+    const ms = Number(/test generation failed after (\d+) ms/.exec(incident.reason)?.[1]);
+    expect(ms).toBeGreaterThanOrEqual(450);
+    expect(ms).toBeLessThan(1_500);
+    await h.terminate('test done');
+  });
+}, 90_000);
+
+test.each<SandboxFaultKind>(['engine-hang', 'container-exit'])(
+  'a single-probe %s blip counts one failure and starts no recovery',
+  async (kind) => {
+    const s = await ctx.sandbox();
+    const h = await startWatcher(s);
+    await withControl(s, async () => {
+      await statusWhen(h, (st) => st.probes >= 2 && st.lastReport?.healthy === true);
+      injectFault(s.sim.store, kind);
+      const hit = await statusWhen(h, (st) => st.consecutiveFailures >= 1);
+      clearFaults(s.sim.store);
+      expect(hit.consecutiveFailures).toBe(1);
+      const after = await statusWhen(h, (st) => st.probes >= hit.probes + 3);
+      expect(after.consecutiveFailures).toBe(0);
+      expect(after.lastAction).toBeNull();
+      await expect(ctx.env.client.workflow.getHandle(workflowIds.recover(s.nodeId)).describe()).rejects.toThrow(
+        /not found/i,
+      );
+      await h.terminate('test done');
+    });
+  },
+  60_000,
+);
