@@ -98,7 +98,7 @@ export const WatchNodeInput = z.strictObject({
   generate: z.boolean().default(true),
   /**
    * How long each engine's 2-token test generation may take before the engine counts as hung for that probe (a hung
-   * engine costs a probe this long, not probeTimeout). Default: half the probe interval, 250 ms to 5 s.
+   * engine costs a probe this long, not probeTimeout). Default: half the probe interval, 1 s to 5 s.
    */
   generateTimeout: duration.optional(),
   /** Options passed to the recoverNode it starts (timeouts, budget). */

@@ -82,10 +82,10 @@ export function actionableProblems(
 
 /**
  * The test generation's deadline in a watcher's probe round: as configured, else half the probe interval within
- * 250 ms – 5 s. A 2-token answer from a loaded model takes milliseconds; a hung engine then costs a probe this long,
- * and threshold × (interval + this) bounds detection.
+ * 1 – 5 s (the floor is the limit single probes always had: a 2-token answer from a small model on a busy CPU engine
+ * can take a few hundred ms, and a missed deadline counts as a hung engine). A hung engine costs a round this long.
  */
 export function watchGenerateTimeoutMs(probeInterval: string, generateTimeout?: string): number {
   if (generateTimeout !== undefined) return parseDuration(generateTimeout);
-  return Math.min(5_000, Math.max(250, Math.round(parseDuration(probeInterval) / 2)));
+  return Math.min(5_000, Math.max(1_000, Math.round(parseDuration(probeInterval) / 2)));
 }
