@@ -11,6 +11,7 @@ import {
   promoteCanaryUpdate,
   rollbackDeploymentUpdate,
   workflowIds,
+  type DeployModelInput,
   type DeploymentStatus,
 } from '../src/contracts';
 import { OllamaClient } from '../src/hosts/engines/ollama';
@@ -35,7 +36,8 @@ const policy = {
   removePulledOnRollback: true,
 };
 
-function start(alias: string) {
+/** deployModel of MODEL to `alias` in runs of at most 100 events; `over` replaces input fields. */
+function start(alias: string, over: Partial<DeployModelInput> = {}) {
   return ctx.env.client.workflow.start<typeof deployModel>('deployModel', {
     taskQueue: ctx.env.controlQueue,
     workflowId: workflowIds.deploy(ctx.sbx.nodeId, alias),
@@ -50,6 +52,7 @@ function start(alias: string) {
         requestedBy: 'jest',
         policy,
         maxHistoryEvents: 100,
+        ...over,
       },
     ],
   });
@@ -153,22 +156,7 @@ test('a shadow stage that continues as new goes on mirroring from where it was, 
     shadow: { percent: 100, duration: '15s', minSamples: 5 },
   };
   const record = await control.runUntil(async () => {
-    const first = await ctx.env.client.workflow.start<typeof deployModel>('deployModel', {
-      taskQueue: ctx.env.controlQueue,
-      workflowId: workflowIds.deploy(ctx.sbx.nodeId, alias),
-      args: [
-        {
-          node: ctx.sbx.nodeId,
-          alias,
-          engine: 'ollama',
-          model: MODEL,
-          expectedDigest: defaultLibrary()[MODEL]?.digest ?? '',
-          requestedBy: 'jest',
-          policy: shadowPolicy,
-          maxHistoryEvents: 100,
-        },
-      ],
-    });
+    const first = await start(alias, { policy: shadowPolicy });
     const h = ctx.env.client.workflow.getHandle(first.workflowId);
     // Still in shadow after a boundary: the canary has no weight and the mirroring goes on in the new run.
     const during = await waitForDeployment(h, (x) => x.stage === 'shadow' && (x.continuedAsNew ?? 0) >= 1, 90_000);
@@ -196,30 +184,17 @@ test('a start that hands in a `resume` (forged, or copied from a continued run) 
   const workflowId = workflowIds.deploy(ctx.sbx.nodeId, alias);
   const control = await controlWorker(ctx.env, ctx.sbx.loaded);
   const failure = await control.runUntil(async () => {
-    const h = await ctx.env.client.workflow.start<typeof deployModel>('deployModel', {
-      taskQueue: ctx.env.controlQueue,
-      workflowId,
-      args: [
-        {
-          node: ctx.sbx.nodeId,
-          alias,
-          engine: 'ollama',
-          model: MODEL,
-          requestedBy: 'mallory',
-          policy,
-          resume: {
-            status: { workflowId } as never,
-            plan: {},
-            served: MODEL,
-            golden: [],
-            undo: [
-              { undo: 'delete-model', engine: { name: 'ollama', url: 'http://127.0.0.1:1' }, model: 'llama3.2:1b' },
-            ],
-            at: { stage: 'canary', step: 5, startedAt: 0, synthetic: 0, failures: 0, starved: 0, analyseNow: false },
-            runs: 1,
-          },
-        },
-      ],
+    const h = await start(alias, {
+      requestedBy: 'mallory',
+      resume: {
+        status: { workflowId } as never,
+        plan: {},
+        served: MODEL,
+        golden: [],
+        undo: [{ undo: 'delete-model', engine: { name: 'ollama', url: 'http://127.0.0.1:1' }, model: 'llama3.2:1b' }],
+        at: { stage: 'canary', step: 5, startedAt: 0, synthetic: 0, failures: 0, starved: 0, analyseNow: false },
+        runs: 1,
+      },
     });
     return h.result().then(
       () => null,
