@@ -770,7 +770,8 @@ test('a slow version is stopped in the shadow stage (TTFT and tokens/s on the mi
   expect(ctx.router.stats.query(alias, 600_000).variants.canary).toBeUndefined();
   expect(ctx.router.stats.query(alias, 600_000).shadow?.canary?.pairs).toBeGreaterThanOrEqual(10);
   expect(record.undo.map((u) => [u.step, u.ok])).toEqual([
-    ['route: stop mirroring, remove the canary variant', true],
+    // The canary's own undo: removing the variant also ends the mirroring.
+    ['route: remove the canary variant, stable back to 100', true],
     ['unload llama3.2:3b from ollama', true],
   ]);
   expect(ctx.router.table.current.routes[alias]).toEqual({

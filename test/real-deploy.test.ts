@@ -284,3 +284,33 @@ it("the policy's own safety set runs on the real model and its risk rule tiers t
   });
   expect(router.table.current.routes[ALIAS]?.variants.map((v) => v.name)).toEqual(['stable']);
 }, 180_000);
+
+it('a shadow stage on the real engine: mirrored pairs judged before the canary gets weight, then canary and promote', async () => {
+  const model = `${front.host}/library/gpuops-tiny:v1b`;
+  const w = await controlWorker(env, s.loaded);
+  const { record, during } = await w.runUntil(async () => {
+    const h = await start(model, {
+      expectedDigest: digests['gpuops-tiny:v1b'],
+      policy: policy({ shadow: { percent: 100, duration: '4s', minSamples: 5 } }),
+    });
+    await waitForDeployment(h, (x) => x.stage === 'awaiting-approval', 90_000);
+    await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
+    const st = await waitForDeployment(h, (x) => x.stage === 'shadow', 60_000);
+    // While in shadow the canary is routed at weight 0 with mirroring on: no client request is answered by it.
+    const route = router.table.current.routes[ALIAS];
+    return { record: await h.result(), during: { weights: st.weights, route } };
+  });
+  expect(during.weights.canary).toBe(0);
+  expect(during.route?.variants.find((v) => v.name === 'canary')?.weight).toBe(0);
+  expect(during.route?.shadow).toMatchObject({ variant: 'canary', percent: 100 });
+  expect(record.outcome).toBe('promoted');
+  expect(record.shadow?.verdict).toBe('pass');
+  // Real answers from both versions to the same requests: pairs measured on both sides.
+  const last = record.shadow?.rounds.at(-1);
+  expect(last?.pairs).toBeGreaterThanOrEqual(5);
+  expect(last?.canary?.requests ?? 0).toBeGreaterThanOrEqual(5);
+  const stages = record.timings.stages.map((x) => x.stage);
+  expect(stages.indexOf('shadow')).toBeLessThan(stages.indexOf('canary'));
+  expect(stableModel()).toBe(model);
+  expect(router.table.current.routes[ALIAS]?.shadow).toBeUndefined();
+}, 180_000);
