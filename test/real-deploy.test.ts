@@ -6,6 +6,7 @@
  * to serve — rolled back by the canary analysis by itself, after a node worker SIGKILLed mid-pull resumed the pull.
  */
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import {
   getDeploymentStatusQuery,
   approveDeploymentUpdate,
@@ -296,7 +297,10 @@ it('a shadow stage on the real engine: mirrored pairs judged before the canary g
     await waitForDeployment(h, (x) => x.stage === 'awaiting-approval', 90_000);
     await h.executeUpdate(approveDeploymentUpdate, { args: [{ by: 'alice' }] });
     const st = await waitForDeployment(h, (x) => x.stage === 'shadow', 60_000);
-    // While in shadow the canary is routed at weight 0 with mirroring on: no client request is answered by it.
+    // While in shadow the canary is routed at weight 0 with mirroring on: no client request is answered by it. (The
+    // stage is entered just before its route change lands: wait for the route.)
+    const deadline = Date.now() + 30_000;
+    while (!router.table.current.routes[ALIAS]?.shadow && Date.now() < deadline) await sleep(50);
     const route = router.table.current.routes[ALIAS];
     return { record: await h.result(), during: { weights: st.weights, route } };
   });
