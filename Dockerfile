@@ -19,4 +19,6 @@ RUN mkdir -p /etc/gpuops/secrets /var/lib/gpuops/router && chown -R node:node /v
 USER node
 ENV GPUOPS_CONFIG=/etc/gpuops/gpuops.yaml
 
-CMD ["npx", "tsx", "workers/control.ts"]
+# node itself with tsx as a loader, not the tsx CLI (whose signal relay SIGKILLs a busy child): SIGTERM reaches the
+# worker, which drains.
+CMD ["node", "--import", "tsx", "workers/control.ts"]

@@ -250,7 +250,7 @@ describe('docker-compose.yaml', () => {
 
   it('builds the gpuops services from the Dockerfile and keeps secrets out of the build context', () => {
     expect(service('gpuops-control').build).toBeDefined();
-    expect(service('gpuops-router').command).toEqual(['npx', 'tsx', 'src/cli/main.ts', 'router']);
+    expect(service('gpuops-router').command).toEqual(['node', '--import', 'tsx', 'src/cli/main.ts', 'router']);
     expect(existsSync(path.join(ROOT, 'Dockerfile'))).toBe(true);
     const ignored = readFileSync(path.join(ROOT, '.dockerignore'), 'utf8')
       .split('\n')
