@@ -8,6 +8,7 @@ const BENCHES: [name: string, load: () => Promise<{ run: () => Promise<void> }>]
   ['recovery', () => import('./recovery.js')],
   ['lifecycle', () => import('./lifecycle.js')],
   ['history', () => import('./history.js')],
+  ['fleet', () => import('./fleet.js')],
 ];
 
 async function main(): Promise<void> {

@@ -29,11 +29,9 @@
  *   BENCH_RECOVERY_FAULTS=12 BENCH_WATCH_NODES=20 BENCH_WATCH_SECONDS=60 npx tsx bench/recovery.ts
  *   BENCH_RECOVERY_PARTS=2 npx tsx bench/recovery.ts   # part 2 only
  */
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import type { WorkflowHandle } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import { stringify } from 'yaml';
@@ -60,8 +58,8 @@ import {
   type TestSandbox,
 } from '../test/helpers/env';
 import { roundTimes } from '../test/helpers/watch-history';
-import { temporal } from '@temporalio/proto';
 import { runIfMain, withBenchServer } from './harness';
+import { measureCpu, pidsMatching, roundCost, sleep, terminateQuietly, until, type CpuWindow } from './watch-cost';
 
 const FAULTS = intEnv('BENCH_RECOVERY_FAULTS', 9, 1, 100);
 /** Which parts to run: "12" (default), "1" or "2". */
@@ -84,69 +82,12 @@ function intEnv(name: string, def: number, min: number, max: number): number {
   return Number.isFinite(v) ? Math.min(max, Math.max(min, Math.round(v))) : def;
 }
 
-type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Nearest-rank percentile. */
 function pct(values: number[], p: number): number {
   const s = [...values].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] ?? NaN;
-}
-
-/** Poll `fn` until it returns a value (not undefined), at most `timeoutMs`. */
-async function until<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// CPU accounting
-// ---------------------------------------------------------------------------------------------------------------
-
-const CLK_TCK = 100;
-
-/** utime + stime + cutime + cstime of a process, in seconds (fields 14–17 of /proc/<pid>/stat). */
-function procCpuSeconds(pid: number | 'self'): number {
-  const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  // fields[0] is field 3 (state); utime is field 14 → fields[11].
-  const ticks = [11, 12, 13, 14].reduce((sum, i) => sum + Number(fields[i] ?? 0), 0);
-  return ticks / CLK_TCK;
-}
-
-async function pidsMatching(pattern: string): Promise<number[]> {
-  try {
-    const { stdout } = await promisify(execFile)('pgrep', ['-f', pattern]);
-    return stdout
-      .split('\n')
-      .map((l) => Number(l.trim()))
-      .filter((n) => Number.isInteger(n) && n > 0 && n !== process.pid);
-  } catch {
-    return [];
-  }
-}
-
-interface CpuWindow {
-  wallS: number;
-  selfS: number;
-  serverS: number;
-}
-
-async function measureCpu(serverPids: number[], seconds: number): Promise<CpuWindow> {
-  const server = (): number => serverPids.reduce((s, p) => s + procCpuSeconds(p), 0);
-  const t0 = performance.now();
-  const self0 = procCpuSeconds('self');
-  const srv0 = server();
-  await sleep(seconds * 1000);
-  const self1 = procCpuSeconds('self');
-  const srv1 = server();
-  return { wallS: (performance.now() - t0) / 1000, selfS: self1 - self0, serverS: srv1 - srv0 };
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -332,39 +273,10 @@ async function blipBench(
  * What a steady probe round adds to a watcher's history: the events (and encoded bytes) from its first probeRound
  * to its last, over the rounds between, so the run's start (input, facts) and its end do not count.
  */
-function roundCost(events: readonly HistoryEvent[]): {
-  rounds: number;
-  events: number;
-  bytes: number;
-  activities: number;
-} {
-  const isRound = (e: HistoryEvent): boolean =>
-    e.activityTaskScheduledEventAttributes?.activityType?.name === 'probeRound';
-  const first = events.findIndex(isRound);
-  const last = events.length - 1 - [...events].reverse().findIndex(isRound);
-  const rounds = events.filter(isRound).length - 1;
-  if (first < 0 || rounds < 1) return { rounds: 0, events: NaN, bytes: NaN, activities: NaN };
-  const slice = events.slice(first, last);
-  const nodeQueue = slice.filter((e) =>
-    e.activityTaskScheduledEventAttributes?.taskQueue?.name?.startsWith('gpuops-node-'),
-  );
-  const bytes = temporal.api.history.v1.History.encode({ events: slice }).finish().length;
-  return { rounds, events: slice.length / rounds, bytes: bytes / rounds, activities: nodeQueue.length / rounds };
-}
-
 function firstRungAt(incident: IncidentRecord): number {
   const r = incident.rungs[0];
   if (!r) throw new Error(`incident without rungs: ${JSON.stringify(incident)}`);
   return Date.parse(r.startedAt);
-}
-
-async function terminateQuietly(h: WorkflowHandle | undefined): Promise<void> {
-  if (!h) return;
-  try {
-    await h.terminate('bench finished');
-  } catch {
-    // Not running (finished, or never started): nothing to do.
-  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
