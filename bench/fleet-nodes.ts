@@ -22,6 +22,7 @@ import { runTool, type ToolResult } from '../src/hosts/exec';
 import { KernelLog, filterXidSince, parseXidEvents } from '../src/hosts/kernel-log';
 import { NvidiaSmi, QUERY_GPU_FIELDS, parseQueryGpuOutput, type GpuQueryResult } from '../src/hosts/nvidia-smi';
 import { SandboxNode } from '../src/sandbox/node';
+import { NODE_WORKER_OPTIONS } from '../workers/node';
 
 /** What the template's tools printed once, parsed again at every probe. */
 interface Captured {
@@ -99,25 +100,26 @@ async function main(): Promise<void> {
     nvidiaSmi: new CapturedNvidiaSmi(captured),
     kernelLog: new CapturedKernelLog(captured),
   };
-  const connection = await NativeConnection.connect({ address });
   const fleet = config.nodes.filter((n) => n.id !== templateId);
+  // A connection per node, as each node worker has its own: one HTTP/2 connection carries only so many long polls.
+  const connections = await Promise.all(fleet.map(() => NativeConnection.connect({ address })));
   const workers = await Promise.all(
-    fleet.map((node) =>
+    fleet.map((node, i) =>
       Worker.create({
-        connection,
+        connection: connections[i] as NativeConnection,
         namespace: 'default',
         taskQueue: nodeTaskQueue(node.id),
         identity: `gpuops-node-${node.id}@fleet:${process.pid}`,
         activities: createNodeActivities(node, tools),
-        // The node worker's own setting (workers/node.ts); its pollers are the server's to carry.
-        maxConcurrentActivityTaskExecutions: 16,
+        // The node worker's own settings: its pollers are the server's to carry.
+        ...NODE_WORKER_OPTIONS,
       }),
     ),
   );
   const running = workers.map((w) => w.run());
   console.log(`READY ${workers.length}`);
   await Promise.all(running);
-  await connection.close();
+  await Promise.all(connections.map((c) => c.close()));
   await sim.stop();
 }
 

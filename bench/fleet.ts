@@ -15,7 +15,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { WorkflowHandle } from '@temporalio/client';
+import type { Client, WorkflowHandle } from '@temporalio/client';
 import { stringify } from 'yaml';
 import { parseConfig } from '../src/config/load';
 import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/contracts';
@@ -23,15 +23,16 @@ import { tsxCommand } from '../src/cli/processes';
 import { freePort } from '../src/temporal/dev-server';
 import type { watchNode } from '../workflows/recovery';
 import { createControlWorker } from '../workers/control';
-import { waitForPoller, workflowBundle } from '../test/helpers/env';
+import { workflowBundle } from '../test/helpers/env';
 import { runIfMain, withBenchServer } from './harness';
-import { measureCpu, pidsMatching, roundCost, terminateQuietly, until, type CpuWindow } from './watch-cost';
+import { measureCpu, pidsMatching, roundCost, sleep, terminateQuietly, until, type CpuWindow } from './watch-cost';
 
 function intEnv(name: string, def: number, min: number, max: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return def;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name}: must be an integer ${min}–${max} (got ${raw})`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new Error(`${name}: must be an integer ${min}–${max} (got ${raw})`);
   return n;
 }
 
@@ -42,7 +43,11 @@ const PROBE_S = 5;
 const GPU = { index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 };
 
 /** Start the node host and wait for its `READY`; its stderr is kept for the error if it dies first. */
-async function startNodeHost(configPath: string, address: string, template: string): Promise<ChildProcess> {
+async function startNodeHost(
+  configPath: string,
+  address: string,
+  template: string,
+): Promise<{ child: ChildProcess; stderr: () => string }> {
   const cmd = tsxCommand('bench/fleet-nodes.ts', [configPath, address, template]);
   const child = spawn(cmd.command, cmd.args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
@@ -55,7 +60,34 @@ async function startNodeHost(configPath: string, address: string, template: stri
     });
     child.once('exit', (code) => reject(new Error(`fleet node host exited ${code}:\n${err}`)));
   });
-  return child;
+  return { child, stderr: () => err };
+}
+
+/**
+ * Wait until every node's queue has a poller (2 minutes at most). A queue left without one means its watcher would
+ * see the node as gone: the error says how many, with the node host's last words.
+ */
+async function everyQueuePolled(client: Client, ids: readonly string[], hostStderr: () => string): Promise<void> {
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    const missing: string[] = [];
+    for (const id of ids) {
+      const r = await client.workflowService.describeTaskQueue({
+        namespace: 'default',
+        taskQueue: { name: nodeTaskQueue(id) },
+        taskQueueType: 2, // TASK_QUEUE_TYPE_ACTIVITY
+      });
+      if ((r.pollers ?? []).length === 0) missing.push(id);
+    }
+    if (missing.length === 0) return;
+    if (Date.now() > deadline) {
+      throw new Error(
+        `${missing.length} of ${ids.length} node queues have no poller after 2 min (${missing.slice(0, 5).join(', ')}…); ` +
+          `the node host said:\n${hostStderr().slice(-2000)}`,
+      );
+    }
+    await sleep(2000);
+  }
 }
 
 export async function run(): Promise<void> {
@@ -91,7 +123,7 @@ export async function run(): Promise<void> {
     const config = parseConfig(text, configPath);
 
     const serverPids = await pidsMatching(dbFile);
-    const host = await startNodeHost(configPath, server.address, template);
+    const { child: host, stderr: hostStderr } = await startNodeHost(configPath, server.address, template);
     const watchers: WorkflowHandle[] = [];
     const queue = `${env.controlQueue}-fleet`;
     const control = await createControlWorker({
@@ -104,7 +136,7 @@ export async function run(): Promise<void> {
     });
     const controlRun = control.run();
     try {
-      for (const id of ids) await waitForPoller(env.client, nodeTaskQueue(id));
+      await everyQueuePolled(env.client, ids, hostStderr);
       const hostPids = host.pid ? [host.pid] : [];
       const base = await measureCpu(serverPids, WINDOW_S, hostPids);
 
@@ -134,11 +166,18 @@ export async function run(): Promise<void> {
         for (const h of watchers) n += (await h.query(getWatchStatusQuery)).probes;
         return n;
       };
-      const probesBefore = await probeCount();
+      // Counting queries every watcher, which takes a while at 200: the rate is over the counts' own midpoints.
+      const counted = async (): Promise<[number, number]> => {
+        const t0 = performance.now();
+        const n = await probeCount();
+        return [n, (t0 + performance.now()) / 2];
+      };
+      const [probesBefore, countedAt0] = await counted();
       const dbBefore = statSync(dbFile).size;
       const watched = await measureCpu(serverPids, WINDOW_S, hostPids);
       const dbAfter = statSync(dbFile).size;
-      const probes = (await probeCount()) - probesBefore;
+      const [probesAfter, countedAt1] = await counted();
+      const probes = Math.round(((probesAfter - probesBefore) * watched.wallS * 1000) / (countedAt1 - countedAt0));
 
       const pct = (s: number, w: CpuWindow): string => `${((100 * s) / w.wallS).toFixed(1)}%`;
       const line = (name: string, w: CpuWindow): string =>

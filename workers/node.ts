@@ -5,7 +5,7 @@
  * Run: `tsx workers/node.ts --node <id>` (or GPUOPS_NODE=<id>).
  */
 import os from 'node:os';
-import { Worker, type NativeConnection } from '@temporalio/worker';
+import { Worker, type NativeConnection, type WorkerOptions } from '@temporalio/worker';
 import type { DataConverter } from '@temporalio/common';
 import type { NodeConfig } from '../src/config/schema';
 import { ValidationError } from '../src/domain/validation';
@@ -23,6 +23,18 @@ export interface NodeWorkerOptions {
   configPath?: string;
 }
 
+/**
+ * How a node worker runs its activities. Probes and container actions are short, and a node has few cores to spare
+ * next to its engines: 16 at once. Its pollers autoscale from 1 (an idle node asks for one task at a time) up to 10
+ * under a burst: the SDK's fixed default of 10 long polls per worker would put 2,000 polls on the frontend for 200
+ * nodes, past its per-namespace limit of concurrent polls (`frontend.namespaceCount`, 1,200 by default), and the
+ * nodes left without a poller would look gone to their watchers (`npm run bench fleet` found it).
+ */
+export const NODE_WORKER_OPTIONS = {
+  maxConcurrentActivityTaskExecutions: 16,
+  activityTaskPollerBehavior: { type: 'autoscaling', minimum: 1, initial: 1, maximum: 10 },
+} as const satisfies Partial<WorkerOptions>;
+
 export async function createNodeWorker(opts: NodeWorkerOptions): Promise<Worker> {
   return Worker.create({
     connection: opts.connection,
@@ -30,8 +42,7 @@ export async function createNodeWorker(opts: NodeWorkerOptions): Promise<Worker>
     taskQueue: nodeTaskQueue(opts.node.id),
     identity: `gpuops-node-${opts.node.id}@${os.hostname()}:${process.pid}`,
     activities: createNodeActivities(opts.node, opts.configPath ? { configPath: opts.configPath } : {}),
-    // Probes and container actions are short; a node has few cores to spare next to its engines.
-    maxConcurrentActivityTaskExecutions: 16,
+    ...NODE_WORKER_OPTIONS,
     ...(opts.dataConverter ? { dataConverter: opts.dataConverter } : {}),
   });
 }
