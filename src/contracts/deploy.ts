@@ -254,6 +254,13 @@ export interface ShadowRound {
   /** Mirrored pairs in the window, and requests picked for mirroring but dropped at the concurrency cap. */
   pairs: number;
   dropped: number;
+  /**
+   * Requests picked for mirroring but not sent, by reason (failover, api, drained, shared_engine), and copies that
+   * ended without a pair, by reason (deadline, shadow_removed, drained, closed, client_abort); see the router's shadow
+   * mirroring in README. Absent in records written before they were counted.
+   */
+  skipped?: Partial<Record<string, number>>;
+  aborted?: Partial<Record<string, number>>;
   /** What stable answered the mirrored requests (what their clients got), and what the canary answered them. */
   stable: VariantMeasure | null;
   canary: VariantMeasure | null;

@@ -180,11 +180,18 @@ function shadow(status: DeploymentStatus): string {
   const pair = (r: ShadowRound, read: (m: VariantMeasure) => number | null, f: (v: number) => string): string =>
     `${side(r.stable, read, f)} / ${side(r.canary, read, f)}`;
   const ms = (v: number): string => `${num(v, 0)} ms`;
+  /** `shared_engine 3, drained 1`, or — when none. */
+  const reasons = (by: Partial<Record<string, number>> | undefined): string => {
+    const parts = Object.entries(by ?? {}).map(([k, n]) => `${k} ${n ?? 0}`);
+    return parts.length > 0 ? esc(parts.join(', ')) : '—';
+  };
   const rows = sh.rounds.map((r) => [
     esc(r.n),
     esc(time(r.at)),
     esc(r.pairs),
     esc(r.dropped),
+    reasons(r.skipped),
+    reasons(r.aborted),
     pair(r, (m) => m.ttftP95Ms, ms),
     pair(
       r,
@@ -199,15 +206,17 @@ function shadow(status: DeploymentStatus): string {
     `${r.answerTokens.stable === null ? '—' : esc(num(r.answerTokens.stable))} / ${r.answerTokens.canary === null ? '—' : esc(num(r.answerTokens.canary))}`,
     `<span class="verdict v-${esc(r.verdict)}">${esc(r.verdict)}</span>`,
   ]);
-  const reasons = sh.analysis ? `<p>${sh.analysis.reasons.map(esc).join('<br>')}</p>` : '';
+  const verdictReasons = sh.analysis ? `<p>${sh.analysis.reasons.map(esc).join('<br>')}</p>` : '';
   return `<h2>Shadow: canary against stable on mirrored requests</h2>
 <p data-shadow-verdict="${esc(sh.verdict)}">${esc(sh.percent)}% of the requests mirrored (at most ${esc(sh.maxConcurrent)} at a time; the canary's answers were dropped, clients got stable's), ${esc(sh.synthetic)} synthetic: <span class="verdict v-${esc(sh.verdict)}">${esc(sh.verdict)}</span></p>
-${reasons}${table(
+${verdictReasons}${table(
     [
       'round',
       'at',
       'pairs',
       'dropped',
+      'skipped',
+      'aborted',
       'TTFT p95 stable / canary',
       'tokens/s stable / canary',
       'errors stable / canary',

@@ -82,6 +82,8 @@ export interface AutoDrainDeps {
   now?: () => number;
   /** Whether an engine accepts a TCP connection (the recheck); injectable for tests. */
   accepts?: (engine: string) => Promise<boolean>;
+  /** Called after every change of the auto-drained set (the shadow mirror cuts copies to a drained engine). */
+  onChange?: () => void;
 }
 
 interface Streak {
@@ -220,6 +222,7 @@ export class AutoDrainer {
 
   private changed(): void {
     this.deps.metrics.autoDrainsChanged(this.list(), this.deps.store.current);
+    this.deps.onChange?.();
     if (this.entries.size === 0) this.stopTimer();
     else if (!this.timer && !this.closed && this.options.recheckMs > 0) {
       this.timer = setInterval(() => void this.recheck(), Math.min(this.options.recheckMs, 5_000));

@@ -5,7 +5,7 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AutoDrainEntry } from './failover';
 import { normalizeEngineUrl, type RouteSnapshot } from './routes';
-import { ERROR_OUTCOMES, type Sample } from './stats';
+import { ERROR_OUTCOMES, type Sample, type ShadowAbort, type ShadowSkip } from './stats';
 
 /** Seconds; time to first token spans tens of ms (small models) to tens of seconds (cold loads). */
 const TTFT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
@@ -23,6 +23,12 @@ const SHADOW_HELP = {
   requests:
     'Requests mirrored to a shadow variant (answers dropped), by outcome; "dropped": not mirrored, the cap was full.',
   ttft: 'Time to first token of mirrored requests on the shadow variant (completed requests).',
+  skipped:
+    'Requests picked for mirroring but not sent, by reason (failover, api, drained, shared_engine: the one copy ' +
+    'allowed on an engine that also serves the client was in flight).',
+  aborted:
+    'Mirrored requests that ended without a pair, by reason (deadline, shadow_removed, drained, closed: cut by the ' +
+    'router; client_abort: the client went away, never judged).',
 } as const;
 /** The labels of the per-variant families. */
 const BY_VARIANT = ['alias', 'variant'] as const;
@@ -44,6 +50,8 @@ export class RouterMetrics {
   private readonly autoDrainedEngines: Gauge<'node' | 'engine'>;
   private readonly shadowRequests: Counter<'alias' | 'variant' | 'outcome'>;
   private readonly shadowTtft: Histogram<'alias' | 'variant'>;
+  private readonly shadowSkipped: Counter<'alias' | 'variant' | 'reason'>;
+  private readonly shadowAborted: Counter<'alias' | 'variant' | 'reason'>;
   /** Engines the router drained by itself (the AutoDrainer's live set); the weight gauge shows them at 0. */
   private autoDrained: ReadonlySet<string> = new Set();
 
@@ -115,6 +123,18 @@ export class RouterMetrics {
       BY_VARIANT,
       TTFT_BUCKETS,
     );
+    this.shadowSkipped = counter('gpuops_router_shadow_skipped_total', SHADOW_HELP.skipped, [...BY_VARIANT, 'reason']);
+    this.shadowAborted = counter('gpuops_router_shadow_aborted_total', SHADOW_HELP.aborted, [...BY_VARIANT, 'reason']);
+  }
+
+  /** Count one request picked for mirroring and not sent. */
+  shadowSkip(alias: string, variant: string, reason: ShadowSkip): void {
+    this.shadowSkipped.inc({ alias, variant, reason });
+  }
+
+  /** Count one mirrored request that ended without a pair. */
+  shadowAbort(alias: string, variant: string, reason: ShadowAbort): void {
+    this.shadowAborted.inc({ alias, variant, reason });
   }
 
   /** Count one mirrored request on its shadow variant (`s` undefined: dropped at the cap). */

@@ -23,7 +23,7 @@ import {
   type RouteStore,
   type Variant,
 } from './routes';
-import type { ShadowMirror } from './shadow';
+import type { MirrorHandle, ShadowMirror } from './shadow';
 import type { Outcome, Sample, StatsStore } from './stats';
 import { UpstreamCall } from './upstream';
 
@@ -137,10 +137,8 @@ export async function proxyGeneration(
   let variant: Variant = chosen;
   const streaming = isOllama(api) ? body.stream !== false : body.stream === true;
   let forward = Buffer.from(JSON.stringify({ ...body, model: variant.model }));
-  // Detached: the copy to a shadow variant is never awaited here (src/router/shadow.ts).
-  const mirror = route.shadow
-    ? deps.shadow?.fork({ alias, route, snap, api, body, streaming, accept: req.headers.accept ?? '*/*', chosen })
-    : undefined;
+  /** The copy to the alias's shadow variant, once the answer started (src/router/shadow.ts); never awaited here. */
+  let mirror: MirrorHandle | undefined;
   const res = reply.raw;
   reply.hijack();
   /** The engine request in flight (the one a client that goes away cancels). */
@@ -235,7 +233,14 @@ export async function proxyGeneration(
       };
       call.pipe({
         data(chunk) {
-          firstByteAt ??= performance.now();
+          if (firstByteAt === undefined) {
+            firstByteAt = performance.now();
+            // The copy starts only now: it never competes with the client's request for its first token.
+            if (route.shadow && deps.shadow) {
+              const accept = req.headers.accept ?? '*/*';
+              mirror = deps.shadow.fork({ alias, api, body, streaming, accept, chosen, served: variant });
+            }
+          }
           tap.push(chunk);
           // Chunks (and the end) that arrive in the same tick go out in one write; the uncork on the next tick adds
           // no waiting.

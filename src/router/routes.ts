@@ -162,6 +162,7 @@ function parseOr(schema: z.ZodType, input: unknown, what: string): unknown {
  */
 export class RouteStore {
   private snap: RouteSnapshot;
+  private readonly listeners: ((snap: RouteSnapshot) => void)[] = [];
 
   /** Load from `stateFile` if it exists (an invalid file is an error, never silently reset), else start empty. */
   constructor(readonly stateFile: string | undefined) {
@@ -186,6 +187,11 @@ export class RouteStore {
   /** The current snapshot. */
   get current(): RouteSnapshot {
     return this.snap;
+  }
+
+  /** Call `fn` with every new snapshot, once it is in place (the shadow mirror cuts copies a change ended). */
+  onChange(fn: (snap: RouteSnapshot) => void): void {
+    this.listeners.push(fn);
   }
 
   /** Whether an engine is drained in the current snapshot. */
@@ -252,6 +258,7 @@ export class RouteStore {
     // Persist first: a change the caller was told succeeded must survive a restart.
     if (this.stateFile) persist(this.stateFile, snap);
     this.snap = snap;
+    for (const fn of this.listeners) fn(snap);
     return snap;
   }
 }

@@ -41,6 +41,8 @@ export interface RouterOptions {
   engineNodes?: Record<string, string>;
   /** When the router drains a refusing node by itself (defaults in AUTO_DRAIN_DEFAULTS). */
   autoDrain?: Partial<AutoDrainOptions>;
+  /** Longest a shadow copy may run in all, ms, before the router cuts it (default: headersTimeoutMs). */
+  shadowDeadlineMs?: number;
 }
 
 /**
@@ -83,10 +85,13 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
   const stats = new StatsStore({ ...(opts.statsCapacity !== undefined ? { capacity: opts.statsCapacity } : {}) });
   const metrics = new RouterMetrics();
   metrics.routesChanged(table.current);
+  // The mirror (deps.shadow, below) hears of every route change and drain: it cuts the copies they ended.
+  table.onChange((snap) => deps.shadow?.routesChanged(snap));
   const autoDrain = new AutoDrainer({
     store: table,
     metrics,
     log,
+    onChange: () => deps.shadow?.routesChanged(table.current),
     ...(opts.engineNodes ? { engineNodes: opts.engineNodes } : {}),
     ...(opts.autoDrain ? { options: opts.autoDrain } : {}),
   });
@@ -134,7 +139,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
     bodyTimeoutMs: opts.bodyTimeoutMs ?? 60_000,
     autoDrain,
   };
-  deps.shadow = new ShadowMirror(deps);
+  deps.shadow = new ShadowMirror(deps, { deadlineMs: opts.shadowDeadlineMs ?? headersTimeoutMs });
   for (const [api, p] of Object.entries(API_PATHS) as [ClientApi, string][]) {
     app.post(p, (req, reply) => proxyGeneration(api, req, reply, deps));
   }
@@ -183,6 +188,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
     autoDrain,
     async close() {
       autoDrain.close();
+      deps.shadow?.close();
       await app.close();
       await dispatcher.destroy();
     },

@@ -81,11 +81,34 @@ export interface ShadowPair {
   shadow: Sample;
 }
 
+/**
+ * Why a request picked for mirroring was not sent: its client's request failed over to another variant (its answer
+ * is no measure of the variant the pair compares against), it is Ollama-native and the shadow variant is not Ollama,
+ * the shadow variant's engine is drained, or that engine also serves the client's variant and already has its one
+ * copy in flight (see SHARED_ENGINE_CAP in src/router/shadow.ts).
+ */
+export type ShadowSkip = 'failover' | 'api' | 'drained' | 'shared_engine';
+
+/**
+ * Why a sent copy ended without a pair: the router cut it at its deadline, because the route stopped mirroring to
+ * it (shadow removed or changed, variant or alias removed), because its engine was drained, or because the router
+ * closed; or its client went away (`client_abort`: never judged, the copy is cut if still running).
+ */
+export type ShadowAbort = 'deadline' | 'shadow_removed' | 'drained' | 'closed' | 'client_abort';
+
+/** A mirrored request that produced no pair, as the stats keep it. */
+export type ShadowMiss =
+  { kind: 'dropped' } | { kind: 'skipped'; reason: ShadowSkip } | { kind: 'aborted'; reason: ShadowAbort };
+
 /** A shadow variant's pairs over a window: both sides summarised over the same requests. */
 export interface ShadowStats {
   pairs: number;
-  /** Requests that were picked for mirroring but not mirrored: the variant's concurrency cap was full. */
+  /** Requests that were picked for mirroring but not mirrored: the alias's concurrency cap was full. */
   dropped: number;
+  /** Requests picked for mirroring but not sent, by reason (absent reasons: none). */
+  skipped: Partial<Record<ShadowSkip, number>>;
+  /** Copies sent that ended without a pair, by reason (absent reasons: none). */
+  aborted: Partial<Record<ShadowAbort, number>>;
   /** What the clients got for the mirrored requests (the variant they were routed to). */
   primary: VariantStats;
   /** What the shadow variant answered to the same requests (never sent to a client). */
@@ -141,8 +164,11 @@ export interface StatsStoreOptions {
 /** Per alias+variant rings of samples. */
 export class StatsStore {
   private readonly rings = new Map<string, Map<string, Ring>>();
-  /** alias → shadow variant → mirrored pairs, and the times of dropped mirrors. */
-  private readonly pairs = new Map<string, Map<string, { pairs: Ring<ShadowPair>; drops: Ring<{ at: number }> }>>();
+  /** alias → shadow variant → mirrored pairs, and the mirrored requests that produced none. */
+  private readonly pairs = new Map<
+    string,
+    Map<string, { pairs: Ring<ShadowPair>; misses: Ring<ShadowMiss & { at: number }> }>
+  >();
   readonly capacity: number;
   private readonly now: () => number;
 
@@ -160,14 +186,14 @@ export class StatsStore {
     ring.push(sample);
   }
 
-  /** Record one mirrored pair (`pair`), or (`pair` undefined) one request the cap kept from being mirrored. */
-  recordShadow(alias: string, variant: string, pair?: ShadowPair): void {
+  /** Record one mirrored pair (a ShadowPair), or one mirrored request that produced none (a ShadowMiss). */
+  recordShadow(alias: string, variant: string, entry: ShadowPair | ShadowMiss): void {
     let byVariant = this.pairs.get(alias);
     if (!byVariant) this.pairs.set(alias, (byVariant = new Map()));
     let rings = byVariant.get(variant);
-    if (!rings) byVariant.set(variant, (rings = { pairs: new Ring(this.capacity), drops: new Ring(this.capacity) }));
-    if (pair) rings.pairs.push(pair);
-    else rings.drops.push({ at: this.now() });
+    if (!rings) byVariant.set(variant, (rings = { pairs: new Ring(this.capacity), misses: new Ring(this.capacity) }));
+    if ('kind' in entry) rings.misses.push({ ...entry, at: this.now() });
+    else rings.pairs.push(entry);
   }
 
   /** Aliases with at least one sample ever. */
@@ -179,8 +205,16 @@ export class StatsStore {
     const out: Record<string, ShadowStats> = {};
     for (const [name, rings] of this.pairs.get(alias) ?? []) {
       const pairs = rings.pairs.since(from, to);
-      const dropped = rings.drops.since(from, to).length;
-      if (pairs.length === 0 && dropped === 0) continue;
+      const misses = rings.misses.since(from, to);
+      if (pairs.length === 0 && misses.length === 0) continue;
+      let dropped = 0;
+      const skipped: Partial<Record<ShadowSkip, number>> = {};
+      const aborted: Partial<Record<ShadowAbort, number>> = {};
+      for (const m of misses) {
+        if (m.kind === 'dropped') dropped += 1;
+        else if (m.kind === 'skipped') skipped[m.reason] = (skipped[m.reason] ?? 0) + 1;
+        else aborted[m.reason] = (aborted[m.reason] ?? 0) + 1;
+      }
       const truncated = rings.pairs.droppedUntil >= from;
       const primary = summarize(
         pairs.map((p) => p.primary),
@@ -197,7 +231,15 @@ export class StatsStore {
       const p = mean(primary);
       const sh = mean(shadow);
       const ratio = p !== null && sh !== null && p > 0 ? round(sh / p) : null;
-      out[name] = { pairs: pairs.length, dropped, primary, shadow, answerTokens: { primary: p, shadow: sh, ratio } };
+      out[name] = {
+        pairs: pairs.length,
+        dropped,
+        skipped,
+        aborted,
+        primary,
+        shadow,
+        answerTokens: { primary: p, shadow: sh, ratio },
+      };
     }
     return Object.keys(out).length > 0 ? out : undefined;
   }

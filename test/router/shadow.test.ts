@@ -4,7 +4,7 @@
  * queuing, and the stats pair each copy with the client's own measurement of the same request.
  */
 import type { ServerResponse } from 'node:http';
-import { startRouter, type RouterHandle } from '../../src/router';
+import { startRouter, type RouterHandle, type RouterOptions } from '../../src/router';
 import { postJson, sleep, sseTokens, startFixture, tempDir, tokenFile, writeChunks, type Fixture } from './helpers';
 
 const fixtures: Fixture[] = [];
@@ -22,6 +22,34 @@ const streamOf = (model: string, n: number, gapMs: number) => (res: ServerRespon
   return writeChunks(res, sseTokens(model, n), gapMs);
 };
 
+type ChatRoute = NonNullable<RouterOptions['initialRoutes']>['routes'][string];
+
+/** A stable/canary route on two engines, mirroring to the canary. */
+const shadowRoute = (
+  stableUrl: string,
+  canaryUrl: string,
+  shadow: { percent: number; maxConcurrent: number },
+): ChatRoute => ({
+  variants: [
+    { name: 'stable', engine: stableUrl, engineType: 'vllm', model: 'm-stable', weight: 100 },
+    { name: 'canary', engine: canaryUrl, engineType: 'vllm', model: 'm-canary', weight: 0 },
+  ],
+  shadow: { variant: 'canary', ...shadow },
+});
+
+async function withRouter(
+  chat: ChatRoute,
+  fn: (r: RouterHandle) => Promise<void>,
+  opts: RouterOptions = {},
+): Promise<void> {
+  const router = await startRouter({ port: 0, ...opts, initialRoutes: { routes: { chat } } });
+  try {
+    await fn(router);
+  } finally {
+    await router.close();
+  }
+}
+
 async function withShadowRouter(
   stableUrl: string,
   canaryUrl: string,
@@ -29,26 +57,7 @@ async function withShadowRouter(
   fn: (r: RouterHandle) => Promise<void>,
   random: () => number = Math.random,
 ): Promise<void> {
-  const router = await startRouter({
-    port: 0,
-    random,
-    initialRoutes: {
-      routes: {
-        chat: {
-          variants: [
-            { name: 'stable', engine: stableUrl, engineType: 'vllm', model: 'm-stable', weight: 100 },
-            { name: 'canary', engine: canaryUrl, engineType: 'vllm', model: 'm-canary', weight: 0 },
-          ],
-          shadow: { variant: 'canary', ...shadow },
-        },
-      },
-    },
-  });
-  try {
-    await fn(router);
-  } finally {
-    await router.close();
-  }
+  await withRouter(shadowRoute(stableUrl, canaryUrl, shadow), fn, { random });
 }
 
 const ask = (router: RouterHandle) =>
@@ -196,4 +205,153 @@ test('the admin API refuses a shadow naming no variant of the alias, naming the 
     await router.close();
     cleanup();
   }
+});
+
+/** A canary engine that takes each copy and never answers it (until the fixtures close). */
+async function hangingEngine(): Promise<Fixture> {
+  return upstream(() => new Promise<void>(() => undefined));
+}
+
+const shadowStats = (router: RouterHandle) => router.stats.query('chat', 60_000).shadow?.canary;
+
+test("the copy is sent only once the client's answer has started, never before", async () => {
+  let stableFirstByte = 0;
+  const stable = await upstream(async (res) => {
+    // The engine takes a while to its first token: a copy sent with the request would compete with it.
+    await sleep(300);
+    stableFirstByte = Date.now();
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    await writeChunks(res, sseTokens('m-stable', 3), 5);
+  });
+  let copyArrived = 0;
+  const canary = await upstream((res) => {
+    copyArrived = Date.now();
+    return streamOf('m-canary', 3, 5)(res);
+  });
+  await withShadowRouter(stable.url, canary.url, { percent: 100, maxConcurrent: 4 }, async (router) => {
+    expect((await ask(router)).status).toBe(200);
+    await until(() => (shadowStats(router)?.pairs ?? 0) === 1);
+    expect(stableFirstByte).toBeGreaterThan(0);
+    expect(copyArrived).toBeGreaterThanOrEqual(stableFirstByte);
+  });
+});
+
+test('a shadow variant on the engine that serves the client gets one copy at a time; the rest are skipped as shared_engine', async () => {
+  // One engine, both models (an Ollama with stable and canary loaded): the canary's copies hang.
+  const shared = await startFixture((req, res) => {
+    if ((JSON.parse(req.body) as { model: string }).model === 'm-canary') return new Promise<void>(() => undefined);
+    return streamOf('m-stable', 3, 1)(res);
+  });
+  fixtures.push(shared);
+  await withShadowRouter(shared.url, shared.url, { percent: 100, maxConcurrent: 8 }, async (router) => {
+    for (let i = 0; i < 4; i++) expect((await ask(router)).status).toBe(200);
+    await until(() => shared.seen.length >= 5);
+    await sleep(100);
+    const copies = shared.seen.filter((s) => s.body.includes('m-canary'));
+    expect(copies).toHaveLength(1);
+    expect(shadowStats(router)).toMatchObject({ pairs: 0, dropped: 0, skipped: { shared_engine: 3 } });
+    expect(await router.metrics.registry.metrics()).toContain(
+      'gpuops_router_shadow_skipped_total{alias="chat",variant="canary",reason="shared_engine"} 3',
+    );
+  });
+});
+
+test('copies in flight are cut when the route stops mirroring, when their engine is drained, at their deadline and when the router closes', async () => {
+  const stable = await upstream(streamOf('m-stable', 3, 1));
+  const canary = await hangingEngine();
+  const route = shadowRoute(stable.url, canary.url, { percent: 100, maxConcurrent: 8 });
+  let seen = 0;
+  /** Send `n` client requests and wait until their copies reached the hanging canary. */
+  const mirrorN = async (router: RouterHandle, n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) expect((await ask(router)).status).toBe(200);
+    seen += n;
+    await until(() => canary.seen.length === seen);
+  };
+  const cutBy = (router: RouterHandle) => shadowStats(router)?.aborted ?? {};
+  await withRouter(route, async (router) => {
+    await mirrorN(router, 2);
+    const { shadow: _, ...withoutShadow } = route;
+    router.table.replace({ routes: { chat: withoutShadow } });
+    await until(() => canary.aborted === 2);
+    expect(cutBy(router)).toEqual({ shadow_removed: 2 });
+
+    router.table.replace({ routes: { chat: route } });
+    await mirrorN(router, 1);
+    router.table.setDrained({ engine: canary.url }, true);
+    await until(() => canary.aborted === 3);
+    expect(cutBy(router)).toEqual({ shadow_removed: 2, drained: 1 });
+    // Drained: picked requests are skipped, and say so.
+    expect((await ask(router)).status).toBe(200);
+    expect(shadowStats(router)?.skipped).toEqual({ drained: 1 });
+    router.table.setDrained({ engine: canary.url }, false);
+
+    await mirrorN(router, 1);
+    const metrics = await router.metrics.registry.metrics();
+    expect(metrics).toContain('gpuops_router_shadow_aborted_total{alias="chat",variant="canary",reason="drained"} 1');
+    expect(metrics).toContain('gpuops_router_shadow_skipped_total{alias="chat",variant="canary",reason="drained"} 1');
+    // The last copy is still hanging: closing the router cuts it (the stats outlive close()).
+    await router.close();
+    await until(() => canary.aborted === 4);
+    expect(cutBy(router)).toEqual({ shadow_removed: 2, drained: 1, closed: 1 });
+    expect(shadowStats(router)?.pairs).toBe(0);
+  });
+  await withRouter(
+    route,
+    async (router) => {
+      await mirrorN(router, 1);
+      await until(() => canary.aborted === 5);
+      expect(cutBy(router)).toEqual({ deadline: 1 });
+    },
+    { shadowDeadlineMs: 200 },
+  );
+});
+
+test('a request whose client went away is never judged: its copy is cut and counted as aborted (client_abort), not paired', async () => {
+  const stable = await upstream(streamOf('m-stable', 40, 50));
+  const canary = await upstream(streamOf('m-canary', 40, 50));
+  await withShadowRouter(stable.url, canary.url, { percent: 100, maxConcurrent: 4 }, async (router) => {
+    const ac = new AbortController();
+    const res = await fetch(`${router.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'chat', stream: true, messages: [{ role: 'user' }] }),
+      signal: ac.signal,
+    });
+    const reader = res.body!.getReader();
+    await reader.read();
+    await until(() => canary.seen.length === 1);
+    ac.abort();
+    await until(() => canary.aborted === 1);
+    expect(shadowStats(router)).toMatchObject({ pairs: 0, aborted: { client_abort: 1 } });
+    expect(router.stats.query('chat', 60_000).variants.stable?.outcomes).toEqual({ client_abort: 1 });
+  });
+});
+
+test("a request that failed over is not mirrored (its answer is another variant's): skipped as failover", async () => {
+  const dead = await upstream(() => undefined);
+  const deadUrl = dead.url;
+  await dead.close();
+  fixtures.splice(fixtures.indexOf(dead), 1);
+  const previous = await upstream(streamOf('m-previous', 3, 1));
+  const canary = await upstream(streamOf('m-canary', 3, 1));
+  const chat: ChatRoute = {
+    variants: [
+      { name: 'stable', engine: deadUrl, engineType: 'vllm', model: 'm-stable', weight: 99 },
+      { name: 'previous', engine: previous.url, engineType: 'vllm', model: 'm-previous', weight: 1 },
+      { name: 'canary', engine: canary.url, engineType: 'vllm', model: 'm-canary', weight: 0 },
+    ],
+    shadow: { variant: 'canary', percent: 100, maxConcurrent: 4 },
+  };
+  await withRouter(
+    chat,
+    async (router) => {
+      const r = await ask(router);
+      expect(r.status).toBe(200);
+      expect(r.headers.get('x-gpuops-failover')).toBe('stable');
+      await sleep(100);
+      expect(canary.seen).toHaveLength(0);
+      expect(shadowStats(router)).toMatchObject({ pairs: 0, skipped: { failover: 1 } });
+    },
+    { random: () => 0.1 },
+  );
 });

@@ -98,6 +98,8 @@ async function analyseShadow(
       verdict: analysis.verdict,
       pairs: pairs?.pairs ?? 0,
       dropped: pairs?.dropped ?? 0,
+      skipped: pairs?.skipped ?? {},
+      aborted: pairs?.aborted ?? {},
       stable: measure(pairs?.primary),
       canary: measure(pairs?.shadow),
       answerTokens: { stable: pairs?.answerTokens.primary ?? null, canary: pairs?.answerTokens.shadow ?? null },
