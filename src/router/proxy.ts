@@ -226,6 +226,8 @@ export async function proxyGeneration(
     res.writeHead(status, headers);
     const call = upstream;
     let corked = false;
+    /** A wait for the client socket to drain is pending: the chunks that came with the headers each refuse. */
+    let waiting = false;
     await new Promise<void>((resolve, reject) => {
       const uncork = (): void => {
         corked = false;
@@ -250,8 +252,15 @@ export async function proxyGeneration(
             process.nextTick(uncork);
           }
           if (res.write(chunk)) return true;
-          // A full client socket pauses the engine's until it drains.
-          void drained(res).then(() => call.resume());
+          // A full client socket pauses the engine's until it drains; one wait at a time, however many chunks the
+          // parser had already delivered (pipe hands over those that came with the headers in one go).
+          if (!waiting) {
+            waiting = true;
+            void drained(res).then(() => {
+              waiting = false;
+              call.resume();
+            });
+          }
           return false;
         },
         end() {
