@@ -236,3 +236,42 @@ test('the risk section lists the golden and safety sets that ran and the rules t
     ['risk rules', 'alias &lt;chat&gt;', 'failedSafety: jailbreak low; noLicense: low'],
   ]);
 });
+
+test("the shadow table shows each round's skipped and aborted mirrors by reason (— where none, and in older records)", () => {
+  const status = deploymentRecord(BREACH_ROUNDS, breach);
+  const round = { at: '2026-01-01T00:01:00.000Z', verdict: 'pass' as const, stable: null, canary: null };
+  const answerTokens = { stable: null, canary: null };
+  status.shadow = {
+    percent: 50,
+    maxConcurrent: 4,
+    startedAt: '2026-01-01T00:00:00.000Z',
+    endedAt: null,
+    verdict: 'running',
+    synthetic: 0,
+    analysis: null,
+    consecutiveFailures: 0,
+    rounds: [
+      { ...round, n: 1, pairs: 7, dropped: 2, answerTokens },
+      {
+        ...round,
+        n: 2,
+        pairs: 9,
+        dropped: 0,
+        skipped: { shared_engine: 3, drained: 1 },
+        aborted: { client_abort: 1 },
+        answerTokens,
+      },
+    ],
+  };
+  const html = renderDeploymentPage({ status, thresholds: THRESHOLDS });
+  const table = /<h2>Shadow:[\s\S]*?<\/table>/.exec(html)?.[0] ?? '';
+  expect(table).toMatch(/<th[^>]*>skipped<\/th>\s*<th[^>]*>aborted<\/th>/);
+  const rows = [...table.matchAll(/<tr>([\s\S]*?)<\/tr>/g)].map((m) =>
+    [...(m[1] ?? '').matchAll(/<td[^>]*>([\s\S]*?)<\/td>/g)].map((c) => c[1]),
+  );
+  const body = rows.filter((r) => r.length > 0);
+  expect(body.map((r) => r.slice(2, 6))).toEqual([
+    ['7', '2', '—', '—'],
+    ['9', '0', 'shared_engine 3, drained 1', 'client_abort 1'],
+  ]);
+});
