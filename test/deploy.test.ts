@@ -758,7 +758,13 @@ test('a slow version is stopped in the shadow stage (TTFT and tokens/s on the mi
   // so either may be what breaches first).
   const a = record.shadow?.analysis;
   expect((a?.ttftP95Ratio ?? 0) > 1.2 || (a?.tokensPerSecondRatio ?? 1) < 0.9).toBe(true);
-  console.log(`shadow breach: ${record.rollback?.reason} (${last?.pairs} pairs, ${last?.dropped} dropped)`);
+  // What the caps and skips cost is in the record (one shared engine: one copy at a time, the rest skipped).
+  expect(last).toHaveProperty('skipped');
+  expect(last).toHaveProperty('aborted');
+  console.log(
+    `shadow breach: ${record.rollback?.reason} (${last?.pairs} pairs, ${last?.dropped} dropped, ` +
+      `skipped ${JSON.stringify(last?.skipped)}, aborted ${JSON.stringify(last?.aborted)})`,
+  );
   expect(record.shadow?.synthetic).toBeGreaterThan(0);
   const stages = record.timings.stages.map((x) => x.stage);
   expect(stages).toContain('shadow');

@@ -5,16 +5,39 @@
  * (analyseCanary); failureLimit failing analyses in a row, or a stage starved of pairs, roll back before any user
  * request was served by the canary. A pass stops the mirroring and hands over to the canary steps.
  */
+import { patched } from '@temporalio/workflow';
 import { analyseCanary, measure, type CanaryThresholds } from '../../../src/domain/canary';
 import { parseDuration } from '../../../src/domain/durations';
 import { addShadow, removeShadow } from '../../../src/domain/route-ops';
 import { MAX_CANARY_ROUNDS, type ShadowPosition, type ShadowRecord } from '../../../src/contracts';
+import type { ShadowStats } from '../../../src/router/stats';
 import { Rollback, now, type Deployment } from '../deployment';
 import { continueIfFull, resumeAt, type Prepared } from '../resume';
 import { addUndo } from '../undo';
 import { canaryVariant } from './canary';
 
 type Verdict = { kind: 'pass' } | { kind: 'fail' | 'starved'; reason: string };
+
+/** Deployments from before it size the shadow stage's synthetic traffic as if every mirrored request paired. */
+export const SHADOW_YIELD_PATCH = 'deploy-shadow-synthetic-by-pair-yield';
+
+type PairCounts = Pick<ShadowStats, 'pairs' | 'dropped'> & Partial<Pick<ShadowStats, 'skipped' | 'aborted'>>;
+
+const total = (by: Partial<Record<string, number>> | undefined): number =>
+  Object.values(by ?? {}).reduce<number>((a, n) => a + (n ?? 0), 0);
+
+/** The share of the requests picked for mirroring that became pairs (1 before any was picked; never below 5 %). */
+function pairYield(p: PairCounts | undefined): number {
+  if (!p) return 1;
+  const picked = p.pairs + p.dropped + total(p.skipped) + total(p.aborted);
+  return picked > 0 ? Math.min(1, Math.max(0.05, p.pairs / picked)) : 1;
+}
+
+/** `skipped shared_engine 3, drained 1`, or '' when none. */
+function byReason(what: string, by: Partial<Record<string, number>> | undefined): string {
+  const parts = Object.entries(by ?? {}).map(([k, n]) => `${k} ${n ?? 0}`);
+  return parts.length > 0 ? `${what} ${parts.join(', ')}` : '';
+}
 
 /** The synthetic requests the stage may send: golden prompts, through the API the slot speaks. */
 interface Traffic {
@@ -112,13 +135,17 @@ async function analyseShadow(
     if (analysis.verdict !== 'insufficient') continue;
     if (stageOver && ++starved > 3) {
       const dropped = pairs?.dropped ?? 0;
+      const lost = [byReason('skipped', pairs?.skipped), byReason('aborted', pairs?.aborted)].filter(Boolean);
       return {
         kind: 'starved',
-        reason: `shadow: not enough mirrored pairs (${reasons}; ${dropped} dropped at the cap)`,
+        reason: `shadow: not enough mirrored pairs (${reasons}; ${dropped} dropped at the cap${lost.map((l) => `, ${l}`).join('')})`,
       };
     }
-    // Mirrored pairs still missing: synthetic requests through the router are mirrored like real ones.
-    const need = (thresholds.minSamples - analysis.samples.canary) / (cfg.percent / 100);
+    // Mirrored pairs still missing: synthetic requests through the router are mirrored like real ones, and as many of
+    // them become pairs as the router's caps and skips let through (one copy at a time on an engine shared with
+    // stable): sized by the yield seen so far (runs from before SHADOW_YIELD_PATCH assume every copy pairs).
+    const rate = patched(SHADOW_YIELD_PATCH) ? pairYield(pairs) : 1;
+    const need = (thresholds.minSamples - analysis.samples.canary) / (cfg.percent / 100) / rate;
     const count = Math.min(Math.ceil(need * 1.3) + 2, policy.maxSyntheticPerStep - record.synthetic);
     if (!(need > 0) || count <= 0) continue;
     await dep.acts.traffic.sendSyntheticTraffic({ alias: dep.input.alias, count, concurrency: 4, ...traffic });
