@@ -26,6 +26,11 @@ export interface ProbeEnginesInput {
   timeoutMs?: number;
   /** Deadline of the test generation, ms (default: timeoutMs, at least 1 s). */
   generateTimeoutMs?: number;
+  /**
+   * The whole probe of every engine (all calls and the generation, engines concurrently) is done within this, ms:
+   * each call's timeout is cut to what is left. Default: no overall bound beyond the per-call timeouts.
+   */
+  budgetMs?: number;
 }
 
 /** Input of the Ollama model activities. */
@@ -100,6 +105,7 @@ export function createEngineActivities({
         generate: input.generate,
         timeoutMs,
         ...(input.generateTimeoutMs !== undefined ? { generateTimeoutMs: input.generateTimeoutMs } : {}),
+        ...(input.budgetMs !== undefined ? { deadline: Date.now() + input.budgetMs } : {}),
       };
       return Promise.all(node.engines.map((e) => probeEngine(e, opts, clientFor(e))));
     },

@@ -4,9 +4,10 @@
  * activity (three history events) per round instead of five, and its schedule-to-start timeout still tells "node
  * gone" (nobody picked the round up) from "engine sick" (the round ran and says so).
  */
-import type { ContainerState, DiskStatus, EngineProbe, XidEvent } from '../src/domain/health';
+import type { ContainerState, DiskStatus, EngineProbe, ProbeFailure, ProbeName, XidEvent } from '../src/domain/health';
 import type { GpuQueryResult } from '../src/hosts/nvidia-smi';
 import type { ProbeEnginesInput } from './engine';
+import { MIN_GENERATE_TIMEOUT_MS } from '../src/domain/schemas';
 import { nonRetryable } from './activity-context';
 
 /** The single probes a round is made of (the node worker's own activity functions). */
@@ -22,7 +23,10 @@ export interface ProbeRoundDeps {
 export interface ProbeRoundInput {
   /** Run a tiny real generation on each engine (catches a hung engine that still answers /health). */
   generate: boolean;
-  /** Timeout of each engine health call, ms. */
+  /**
+   * Timeout of each engine health call, ms, and the round's own deadline: every probe (the engines' calls and test
+   * generations included) is cut to it, so the round answers well before its activity's start-to-close timeout.
+   */
   timeoutMs: number;
   /**
    * Deadline of the test generation, ms: a hung engine costs the round this long, not a health timeout. Keep it well
@@ -40,17 +44,23 @@ export interface ProbeRoundResult {
   xids: XidEvent[];
   engines: EngineProbe[];
   disks: DiskStatus[];
+  /** Probes that threw or missed the round's deadline (their part above is empty); absent when none did. */
+  failures?: ProbeFailure[];
 }
 
+/** What the engines' probe leaves the round, ms, to answer inside the round's deadline. */
+const ENGINE_MARGIN_MS = 250;
+
 /** Smallest deadline accepted, ms: under it even a healthy engine on loopback cannot answer. */
-const MIN_TIMEOUT_MS = 50;
+const MIN_TIMEOUT_MS = MIN_GENERATE_TIMEOUT_MS;
 
 /** The probeRound activity over the node worker's single probes. */
 export function createProbeRoundActivities(deps: ProbeRoundDeps) {
   return {
     /**
-     * Probe the whole node once: the five probes run concurrently, so the round takes as long as its slowest probe.
-     * A probe that throws fails the round (Temporal retries it: every probe is read-only).
+     * Probe the whole node once: the five probes run concurrently within one deadline (timeoutMs), so the round takes
+     * as long as its slowest probe and never longer. A probe that throws or misses the deadline is reported in
+     * `failures`, by name; only an invalid input fails the round.
      */
     async probeRound(input: ProbeRoundInput): Promise<ProbeRoundResult> {
       for (const field of ['timeoutMs', 'generateTimeoutMs'] as const) {
@@ -59,18 +69,44 @@ export function createProbeRoundActivities(deps: ProbeRoundDeps) {
           throw nonRetryable('InvalidInput', `${field} must be a number ≥ ${MIN_TIMEOUT_MS} ms (got ${v})`);
         }
       }
+      const failures: ProbeFailure[] = [];
+      // Each probe settles on its own: one that throws or misses the deadline is a failure named in the report, and
+      // the other four results are kept.
+      const settle = async <T>(probe: ProbeName, run: () => Promise<T>, empty: T): Promise<T> => {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const late = new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`did not answer within the round's ${input.timeoutMs} ms`)),
+            input.timeoutMs,
+          );
+        });
+        try {
+          return await Promise.race([run(), late]);
+        } catch (err) {
+          failures.push({ probe, error: err instanceof Error ? err.message : String(err) });
+          return empty;
+        } finally {
+          clearTimeout(timer);
+        }
+      };
       const [containers, gpu, xids, engines, disks] = await Promise.all([
-        deps.inspectContainers(),
-        deps.queryGpus(),
-        deps.readXidEvents({ since: input.xidSince }),
-        deps.probeEngines({
-          generate: input.generate,
-          timeoutMs: input.timeoutMs,
-          generateTimeoutMs: input.generateTimeoutMs,
-        }),
-        deps.checkDisks(),
+        settle('inspectContainers', () => deps.inspectContainers(), []),
+        settle('queryGpus', () => deps.queryGpus(), { gpus: [], error: null }),
+        settle('readXidEvents', () => deps.readXidEvents({ since: input.xidSince }), []),
+        settle(
+          'probeEngines',
+          () =>
+            deps.probeEngines({
+              generate: input.generate,
+              timeoutMs: input.timeoutMs,
+              generateTimeoutMs: input.generateTimeoutMs,
+              budgetMs: Math.max(MIN_TIMEOUT_MS, input.timeoutMs - ENGINE_MARGIN_MS),
+            }),
+          [],
+        ),
+        settle('checkDisks', () => deps.checkDisks(), []),
       ]);
-      return { containers, gpu, xids, engines, disks };
+      return { containers, gpu, xids, engines, disks, ...(failures.length ? { failures } : {}) };
     },
   };
 }

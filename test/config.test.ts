@@ -5,6 +5,7 @@ import { parseConfig } from '../src/config/load';
 import { slotPartnerOf } from '../src/config/schema';
 import { resolveTemporalTarget, resolveTargetOrDev } from '../src/temporal/connection';
 import { ValidationError } from '../src/domain/validation';
+import { watchInput } from '../src/cli/recovery';
 
 const minimal = parseConfig('nodes:\n  - id: n1\n', 'inline');
 
@@ -374,5 +375,31 @@ describe('backup schedule cron expressions', () => {
     ['an empty expression', '', [`${at}: must be a cron expression such as "0 3 * * *" (03:00 every day)`]],
   ])('refuses %s with the field path and the rule', (_what, cron, expected) => {
     expect(problems({ cron })).toEqual(expected);
+  });
+});
+
+describe('recovery.generateTimeout', () => {
+  const load = (recovery: Record<string, unknown>) =>
+    parseConfig(JSON.stringify({ nodes: [{ id: 'n1' }], recovery }), 'inline');
+  const problems = (recovery: Record<string, unknown>): string[] => {
+    try {
+      load(recovery);
+    } catch (e) {
+      if (e instanceof ValidationError) return e.problems;
+      throw e;
+    }
+    return [];
+  };
+
+  test('reaches the watchers: watchNode gets it, and without it keeps its own default', () => {
+    expect(watchInput(load({ generateTimeout: '8s' }), 'n1')).toMatchObject({ generateTimeout: '8s' });
+    expect(watchInput(minimal, 'n1')).not.toHaveProperty('generateTimeout');
+  });
+
+  test.each<[string, string]>([
+    ['10ms', 'recovery.generateTimeout: must be at least 50ms'],
+    ['soon', 'recovery.generateTimeout: must be a duration such as 500ms, 30s, 5m, 1h or 7d'],
+  ])('refuses %s, naming the field and the rule', (generateTimeout, problem) => {
+    expect(problems({ generateTimeout })).toEqual([problem]);
   });
 });

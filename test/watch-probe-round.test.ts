@@ -3,13 +3,18 @@
  * sandbox node whose real node worker runs as a child process: a round is one probeRound activity, a hung engine
  * costs a round its short generation deadline (not the health timeout), and a single-probe blip starts nothing.
  */
-import type { Worker } from '@temporalio/worker';
-import { createProbeRoundActivities } from '../activities/probe-round';
+import { ApplicationFailure } from '@temporalio/common';
+import { Worker } from '@temporalio/worker';
+import { createNodeActivities } from '../activities/node';
+import { createProbeRoundActivities, type ProbeRoundDeps } from '../activities/probe-round';
+import { DockerCli } from '../src/hosts/docker';
+import { KernelLog } from '../src/hosts/kernel-log';
+import { NvidiaSmi } from '../src/hosts/nvidia-smi';
 import { clearFaults, injectFault, type SandboxFaultKind } from '../src/sandbox/faults';
-import { getWatchStatusQuery, workflowIds, type WatchStatus } from '../src/contracts';
+import { WatchNodeInput, getWatchStatusQuery, nodeTaskQueue, workflowIds, type WatchStatus } from '../src/contracts';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import { FAST_RECOVERY, controlWorker, recordHistory, useSandboxEnv, type TestSandbox } from './helpers/env';
-import { roundTimes } from './helpers/watch-history';
+import { roundTimes, scheduledActivities } from './helpers/watch-history';
 
 const ctx = useSandboxEnv();
 
@@ -71,6 +76,142 @@ test('probeRound refuses a deadline that is not a number of ms ≥ 50, naming th
     acts.probeRound({ generate: true, timeoutMs: NaN, generateTimeoutMs: 500, xidSince: new Date().toISOString() }),
   ).rejects.toThrow(/timeoutMs must be a number ≥ 50 ms \(got NaN\)/);
 });
+
+/** Healthy single probes for a round's unit tests (one GPU-less, engine-less node). */
+const healthyProbes = (): ProbeRoundDeps => ({
+  inspectContainers: () => Promise.resolve([]),
+  queryGpus: () => Promise.resolve({ gpus: [], error: null }),
+  readXidEvents: () => Promise.resolve([]),
+  probeEngines: () => Promise.resolve([]),
+  checkDisks: () => Promise.resolve([{ path: '/models', totalBytes: 100e9, freeBytes: 50e9 }]),
+});
+
+test('a probe that throws is a failure named in the round; the other four results are kept', async () => {
+  const acts = createProbeRoundActivities({
+    ...healthyProbes(),
+    readXidEvents: () => Promise.reject(new Error('dmesg: read kernel buffer failed')),
+  });
+  const r = await acts.probeRound({
+    generate: true,
+    timeoutMs: 1000,
+    generateTimeoutMs: 500,
+    xidSince: new Date().toISOString(),
+  });
+  expect(r.failures).toEqual([{ probe: 'readXidEvents', error: 'dmesg: read kernel buffer failed' }]);
+  expect(r.disks).toEqual([{ path: '/models', totalBytes: 100e9, freeBytes: 50e9 }]);
+  expect(r.xids).toEqual([]);
+});
+
+test('a round answers by its deadline: a probe still running then is a failure, the engines get the budget', async () => {
+  let budgetMs: number | undefined;
+  const acts = createProbeRoundActivities({
+    ...healthyProbes(),
+    inspectContainers: () => new Promise(() => undefined), // a docker CLI that never returns
+    probeEngines: (input) => {
+      budgetMs = input.budgetMs;
+      return Promise.resolve([]);
+    },
+  });
+  const started = Date.now();
+  const r = await acts.probeRound({
+    generate: true,
+    timeoutMs: 600,
+    generateTimeoutMs: 500,
+    xidSince: new Date().toISOString(),
+  });
+  expect(Date.now() - started).toBeLessThan(1_500);
+  expect(r.failures).toEqual([{ probe: 'inspectContainers', error: "did not answer within the round's 600 ms" }]);
+  expect(budgetMs).toBeLessThan(600);
+}, 10_000);
+
+test('watchNode refuses a generateTimeout under 50ms, naming the field and the rule', () => {
+  const r = WatchNodeInput.safeParse({ node: 'n1', generateTimeout: '10ms' });
+  expect(r.success).toBe(false);
+  expect(r.error?.issues.map((i) => `${i.path.join('.')}: ${i.message}`)).toEqual([
+    'generateTimeout: must be at least 50ms',
+  ]);
+  expect(WatchNodeInput.safeParse({ node: 'n1', generateTimeout: '50ms' }).success).toBe(true);
+});
+
+/** A node worker in this process on the sandbox's queue, serving the given activities (the sandbox runs none). */
+function nodeWorker(s: TestSandbox, activities: object): Promise<Worker> {
+  return Worker.create({
+    connection: ctx.env.connection,
+    namespace: 'default',
+    taskQueue: nodeTaskQueue(s.nodeId),
+    activities,
+  });
+}
+
+/** A node worker from before probeRound: the real single probes over the sandbox's shims, and no probeRound. */
+function oldNodeActivities(s: TestSandbox): object {
+  const env = s.sim.shimEnv();
+  const node = s.loaded.config.nodes[0];
+  if (!node) throw new Error('no node');
+  const acts = createNodeActivities(node, {
+    configPath: s.loaded.path,
+    docker: new DockerCli({ env }),
+    nvidiaSmi: new NvidiaSmi({ env }),
+    kernelLog: new KernelLog({ env }),
+  });
+  return Object.fromEntries(Object.entries(acts).filter(([name]) => name !== 'probeRound'));
+}
+
+/** The probeRound inputs and failure types of a watcher's history. */
+async function roundsOf(h: Awaited<ReturnType<typeof startWatcher>>) {
+  const events = (await h.fetchHistory()).events ?? [];
+  const inputs = events.flatMap((e) => {
+    const a = e.activityTaskScheduledEventAttributes;
+    if (a?.activityType?.name !== 'probeRound') return [];
+    const data = a.input?.payloads?.[0]?.data;
+    return [JSON.parse(Buffer.from(data ?? new Uint8Array()).toString('utf8')) as { generateTimeoutMs: number }];
+  });
+  const failures = events.flatMap((e) => {
+    const f = e.activityTaskFailedEventAttributes?.failure;
+    return f ? [{ type: f.applicationFailureInfo?.type }] : [];
+  });
+  return { events, inputs, failures };
+}
+
+test('an old node worker without probeRound gets the five single probes that round, and the watcher goes on', async () => {
+  const s = await ctx.sandbox({ withWorker: false });
+  const old = await nodeWorker(s, oldNodeActivities(s));
+  // No generateTimeout: the default must be what single probes gave the generation (probeTimeout 6 s less 2 s).
+  const h = await startWatcher(s, { generateTimeout: undefined });
+  await old.runUntil(
+    withControl(s, async () => {
+      const st = await statusWhen(h, (x) => x.probes >= 3 && x.lastReport?.healthy === true);
+      expect(st.consecutiveFailures).toBe(0);
+      await h.terminate('test done');
+    }),
+  );
+  recordHistory(ctx.env, workflowIds.watch(s.nodeId), 'watch-node-probe-round-fallback', h.firstExecutionRunId);
+  const { events, inputs, failures } = await roundsOf(h);
+  expect(inputs.length).toBeGreaterThanOrEqual(3);
+  expect(inputs.every((i) => i.generateTimeoutMs === 4_000)).toBe(true);
+  // Each round's probeRound fails once (NotFoundError is not retried), then the single probes run.
+  expect(failures.length).toBe(inputs.length);
+  expect(failures.every((f) => f.type === 'NotFoundError')).toBe(true);
+  const single = scheduledActivities(events).filter((t) => t === 'inspectContainers');
+  expect(single.length).toBeGreaterThanOrEqual(3);
+}, 60_000);
+
+test('a round that fails on the node worker is an unhealthy report, not the end of the watcher', async () => {
+  const s = await ctx.sandbox({ withWorker: false });
+  const broken = await nodeWorker(s, {
+    probeRound: () => Promise.reject(ApplicationFailure.nonRetryable('the node is on fire', 'Boom')),
+  });
+  const h = await startWatcher(s, { failureThreshold: 100 });
+  await broken.runUntil(
+    withControl(s, async () => {
+      const st = await statusWhen(h, (x) => x.consecutiveFailures >= 2);
+      expect(st.lastReport).toMatchObject({ healthy: false, recommendedRung: 'escalate' });
+      expect(st.lastReport?.problems).toEqual([`probe-failed ${s.nodeId}`]);
+      expect((await h.describe()).status.name).toBe('RUNNING');
+      await h.terminate('test done');
+    }),
+  );
+}, 60_000);
 
 test('a watcher round is one probeRound activity on the node queue, and the history says so', async () => {
   const s = await ctx.sandbox();

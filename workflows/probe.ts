@@ -2,7 +2,14 @@
  * One round of health probes on a node's pinned queue, classified into a health report. Shared by inspectNode,
  * watchNode and recoverNode (workflow code: deterministic, activities only through proxies).
  */
-import { ActivityFailure, TimeoutFailure, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  TimeoutFailure,
+  patched,
+  proxyActivities,
+  type ActivityOptions,
+} from '@temporalio/workflow';
 import type { ProbeRoundResult } from '../activities/probe-round';
 import type * as nodeActivities from '../activities/node';
 import { classifyNode, type HealthReport } from '../src/domain/classify';
@@ -34,6 +41,23 @@ export function notPickedUp(err: unknown): boolean {
     err.cause.timeoutType === 'SCHEDULE_TO_START'
   );
 }
+
+/**
+ * true when the activity failed because the worker that picked it up does not register its type: a node worker from
+ * before the activity existed (the SDK answers NotFoundError). The failure is in history, so a decision on it replays.
+ */
+export function activityNotRegistered(err: unknown): boolean {
+  return (
+    err instanceof ActivityFailure && err.cause instanceof ApplicationFailure && err.cause.type === 'NotFoundError'
+  );
+}
+
+/**
+ * The patch after which a probe round that fails is a report, not the watcher's end: an old node worker without
+ * probeRound gets the five single probes, and a round that timed out or failed on every attempt is a critical
+ * probe-failed problem. It also gives the test generation its old default deadline back (see watchNode).
+ */
+export const ROUND_SAFETY_PATCH = 'watch-probe-round-safety';
 
 export async function probeNode(node: string, opts: ProbeOptions): Promise<HealthReport> {
   const probeMs = parseDuration(opts.probeTimeout);
@@ -82,7 +106,7 @@ const EMPTY_ROUND: ProbeRoundResult = {
  */
 export async function probeNodeRound(node: string, opts: RoundOptions): Promise<HealthReport> {
   const probeMs = parseDuration(opts.probeTimeout);
-  const acts = proxyActivities<NodeActivities>(probeProfile(node, opts));
+  const acts = proxyActivities<NodeActivities>(roundProfile(node, opts));
   try {
     const round = await acts.probeRound({
       generate: opts.generate,
@@ -92,9 +116,24 @@ export async function probeNodeRound(node: string, opts: RoundOptions): Promise<
     });
     return classifyRound(node, true, round, opts);
   } catch (err) {
-    if (!notPickedUp(err)) throw err;
-    return classifyRound(node, false, EMPTY_ROUND, opts);
+    if (notPickedUp(err)) return classifyRound(node, false, EMPTY_ROUND, opts);
+    // Runs recorded before the patch failed here (and ended); they replay that way.
+    if (!patched(ROUND_SAFETY_PATCH)) throw err;
+    // Mixed versions during an upgrade: this node's worker predates probeRound, so this round is five single probes.
+    if (activityNotRegistered(err)) return probeNode(node, opts);
+    const cause = err instanceof ActivityFailure ? err.cause : undefined;
+    if (cause instanceof TimeoutFailure || cause instanceof ApplicationFailure) {
+      const why = cause instanceof TimeoutFailure ? `timed out (${cause.timeoutType})` : cause.message;
+      return classifyRound(node, true, { ...EMPTY_ROUND, roundError: `probeRound ${why}` }, opts);
+    }
+    throw err;
   }
+}
+
+/** probeRound's profile: a probe's, and a worker without it (NotFoundError) is told at once, not after retries. */
+function roundProfile(node: string, opts: ProbeOptions): ActivityOptions {
+  const profile = probeProfile(node, opts);
+  return { ...profile, retry: { ...profile.retry, nonRetryableErrorTypes: ['NotFoundError'] } };
 }
 
 /** Each engine health call's timeout within a probe: the probe's own, less time to send the answer back. */
@@ -115,8 +154,13 @@ function probeProfile(node: string, opts: ProbeOptions): ActivityOptions {
 }
 
 /** Classify what a round saw (and count it in the worker's metrics). */
-function classifyRound(node: string, reachable: boolean, round: ProbeRoundResult, opts: ProbeOptions): HealthReport {
-  const { containers, gpu, xids, engines, disks } = round;
+function classifyRound(
+  node: string,
+  reachable: boolean,
+  round: ProbeRoundResult & { roundError?: string },
+  opts: ProbeOptions,
+): HealthReport {
+  const { containers, gpu, xids, engines, disks, failures, roundError } = round;
   const observation: NodeObservation = {
     node,
     observedAt: new Date(Date.now()).toISOString(),
@@ -127,6 +171,8 @@ function classifyRound(node: string, reachable: boolean, round: ProbeRoundResult
     xids,
     engines,
     disks,
+    ...(failures?.length ? { probeFailures: failures } : {}),
+    ...(roundError !== undefined ? { roundError } : {}),
   };
   const report = classifyNode(observation, opts.expectedGpus === undefined ? {} : { expectedGpus: opts.expectedGpus });
   // Metrics go to the worker's exporter, not into history: no command, and nothing is recorded on replay.

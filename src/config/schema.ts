@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { DeployPolicySchema } from '../domain/deploy-policy';
 import {
   DockerContainerNameSchema,
+  GenerateTimeoutSchema,
   ID_PATTERN,
   ProcessNameSchema,
   ReadDataSubsetSchema,
@@ -439,6 +440,10 @@ export const RecoverySchema = z
     failureThreshold: z.int().min(1).default(3).describe('Consecutive failed probes before recovery starts.'),
     maxRecoveriesPerHour: z.int().min(0).default(3).describe('Recoveries per node per hour; beyond it, escalate only.'),
     verifyTimeout: duration.default('120s').describe('How long to wait for health after each rung.'),
+    generateTimeout: GenerateTimeoutSchema.optional().describe(
+      "How long each engine's 2-token test generation may take before the engine counts as hung for that probe " +
+        '(at least 50ms). Default: the probe timeout less 2 s (13 s); a shorter one reads a busy engine as hung.',
+    ),
   })
   .default({ probeInterval: '5s', failureThreshold: 3, maxRecoveriesPerHour: 3, verifyTimeout: '120s' });
 

@@ -6,7 +6,7 @@ import { defineQuery, defineUpdate } from '@temporalio/workflow';
 import { z } from 'zod';
 import type { Problem } from '../domain/classify';
 import type { Rung } from '../domain/rungs';
-import { DurationSchema, gpuopsId } from '../domain/schemas';
+import { DurationSchema, GenerateTimeoutSchema, gpuopsId } from '../domain/schemas';
 import { workflowContract } from './common';
 
 const nodeId = gpuopsId('a node id');
@@ -98,9 +98,10 @@ export const WatchNodeInput = z.strictObject({
   generate: z.boolean().default(true),
   /**
    * How long each engine's 2-token test generation may take before the engine counts as hung for that probe (a hung
-   * engine costs a probe this long, not probeTimeout). Default: half the probe interval, 1 s to 5 s.
+   * engine costs a probe this long). At least 50ms. Default: probeTimeout less 2 s (at least 1 s), what single probes
+   * gave it: a shorter one reads a busy engine (slow first token under load) as hung and restarts it.
    */
-  generateTimeout: duration.optional(),
+  generateTimeout: GenerateTimeoutSchema.optional(),
   /** Options passed to the recoverNode it starts (timeouts, budget). */
   recovery: RecoverNodeInput.omit({ node: true, reason: true, trigger: true, fault: true, startRung: true })
     .partial()

@@ -23,7 +23,8 @@ export type FaultKind =
   | 'gpu-ecc'
   | 'gpu-remap-pending'
   | 'gpu-missing'
-  | 'disk-low';
+  | 'disk-low'
+  | 'probe-failed';
 
 export interface Problem {
   kind: FaultKind;
@@ -110,6 +111,29 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
       detail: 'node worker did not pick up the probe in time',
       rung: 'restart-vm',
       severity: 'critical',
+    });
+  }
+
+  if (obs.roundError !== undefined) {
+    // Picked up but never answered: the node worker is alive and something on the node blocks every probe. Nothing
+    // was seen, so no rung can be chosen from evidence; a human decides (escalation drains and notifies).
+    add({
+      kind: 'probe-failed',
+      subject: obs.node,
+      detail: `the probe round failed: ${obs.roundError}`,
+      rung: 'escalate',
+      severity: 'critical',
+    });
+  }
+  const failures = obs.probeFailures ?? [];
+  for (const f of failures) {
+    // A blind spot, not a fault: what the other probes saw still decides the node's health.
+    add({
+      kind: 'probe-failed',
+      subject: f.probe,
+      detail: `${f.probe} failed: ${f.error}`,
+      rung: 'none',
+      severity: 'warning',
     });
   }
 
@@ -244,7 +268,9 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
       });
     }
   }
-  if (opts.expectedGpus !== undefined && obs.gpuError === null && obs.gpus.length < opts.expectedGpus) {
+  // No GPU list (the probe failed, or the whole round) is not a GPU that fell off the bus.
+  const gpusSeen = obs.roundError === undefined && !failures.some((f) => f.probe === 'queryGpus');
+  if (opts.expectedGpus !== undefined && gpusSeen && obs.gpuError === null && obs.gpus.length < opts.expectedGpus) {
     add({
       kind: 'gpu-missing',
       subject: 'gpu',

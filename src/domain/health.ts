@@ -130,4 +130,23 @@ export interface NodeObservation {
   xids: XidEvent[];
   engines: EngineProbe[];
   disks: DiskStatus[];
+  /**
+   * Probes of the round that failed or missed its deadline (their part of the observation is empty): a blind spot,
+   * reported as a probe-failed warning. Absent in observations recorded before probe rounds kept partial results.
+   */
+  probeFailures?: ProbeFailure[];
+  /**
+   * The whole round failed after it was picked up (its activity timed out or failed on every attempt): nothing was
+   * seen, and that is itself a critical probe-failed problem.
+   */
+  roundError?: string;
+}
+
+/** The single probes of a round, by their activity names. */
+export type ProbeName = 'inspectContainers' | 'queryGpus' | 'readXidEvents' | 'probeEngines' | 'checkDisks';
+
+/** One probe of a round that threw or missed the round's deadline. */
+export interface ProbeFailure {
+  probe: ProbeName;
+  error: string;
 }

@@ -1,5 +1,6 @@
 /** zod field schemas shared by workflow inputs, the config and the CLI. Pure; safe in workflows. */
 import { z } from 'zod';
+import { parseDuration } from './durations';
 
 /** Ids in gpuops.yaml (nodes, hypervisors, plans): lowercase letters, digits and dashes, at most 63. */
 export const ID_PATTERN = /^[a-z0-9][a-z0-9-]{0,62}$/;
@@ -13,6 +14,16 @@ export function gpuopsId(what: string) {
 export const DurationSchema = z
   .string()
   .regex(/^\d+(ms|s|m|h|d)$/, { message: 'must be a duration such as 500ms, 30s, 5m, 1h or 7d' });
+
+/** Smallest test-generation deadline, ms: under it even a healthy engine on loopback cannot answer 2 tokens. */
+export const MIN_GENERATE_TIMEOUT_MS = 50;
+
+/** A test generation's deadline: a duration of at least 50 ms. */
+export const GenerateTimeoutSchema = DurationSchema.refine(
+  // zod runs this check after a failed pattern too: a malformed duration is the pattern's to report.
+  (d) => !DurationSchema.safeParse(d).success || parseDuration(d) >= MIN_GENERATE_TIMEOUT_MS,
+  { message: `must be at least ${MIN_GENERATE_TIMEOUT_MS}ms` },
+);
 
 /** Whether `s` holds a control character (NUL, line breaks, escape, DEL): never part of a name, path or argument. */
 export function hasControlChars(s: string): boolean {

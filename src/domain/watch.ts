@@ -81,11 +81,20 @@ export function actionableProblems(
 }
 
 /**
- * The test generation's deadline in a watcher's probe round: as configured, else half the probe interval within
- * 1 – 5 s (the floor is the limit single probes always had: a 2-token answer from a small model on a busy CPU engine
- * can take a few hundred ms, and a missed deadline counts as a hung engine). A hung engine costs a round this long.
+ * The test generation's deadline in a watcher's probe round: as configured, else what single probes always gave it,
+ * the probe timeout less 2 s (at least 1 s). A missed deadline counts as a hung engine and, after `failureThreshold`
+ * rounds, restarts it: a busy but healthy engine (a slow first token under load) must not miss it.
  */
-export function watchGenerateTimeoutMs(probeInterval: string, generateTimeout?: string): number {
+export function watchGenerateTimeoutMs(probeTimeout: string, generateTimeout?: string): number {
+  if (generateTimeout !== undefined) return parseDuration(generateTimeout);
+  return Math.max(1_000, parseDuration(probeTimeout) - 2_000);
+}
+
+/**
+ * The default of the first one-activity rounds (before patch 'watch-probe-round-safety'): half the probe interval
+ * within 1 – 5 s. Kept only so those runs replay as recorded; it read a loaded engine as hung.
+ */
+export function halfIntervalGenerateTimeoutMs(probeInterval: string, generateTimeout?: string): number {
   if (generateTimeout !== undefined) return parseDuration(generateTimeout);
   return Math.min(5_000, Math.max(1_000, Math.round(parseDuration(probeInterval) / 2)));
 }

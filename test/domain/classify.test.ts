@@ -261,3 +261,38 @@ describe('restartLoopProblems', () => {
     expect(restartLoopProblems({ ollama: 9 }, [containerState({ restartCount: 9 })])).toEqual([]);
   });
 });
+
+describe('probe failures', () => {
+  test('a failed probe is a probe-failed warning named by the probe; what the others saw still decides health', () => {
+    const failed = classifyNode(obs({ gpus: [], probeFailures: [{ probe: 'queryGpus', error: 'boom' }] }), {
+      expectedGpus: 1,
+    });
+    // No GPU list is not a GPU off the bus: no gpu-missing (restart-vm) from a probe that failed.
+    expect(failed).toMatchObject({ healthy: true, recommendedRung: 'none' });
+    expect(failed.problems).toEqual([
+      {
+        kind: 'probe-failed',
+        subject: 'queryGpus',
+        detail: 'queryGpus failed: boom',
+        rung: 'none',
+        severity: 'warning',
+      },
+    ]);
+    const sick = classifyNode(
+      obs({ engines: [engine({ reachable: false })], probeFailures: [{ probe: 'checkDisks', error: 'x' }] }),
+    );
+    expect(sick.healthy).toBe(false);
+    expect(sick.problems.map((p) => p.kind)).toEqual(['probe-failed', 'engine-down']);
+  });
+
+  test('a round that failed as a whole is critical and goes to a human, with no GPU guessed missing', () => {
+    const r = classifyNode(
+      obs({ containers: [], gpus: [], engines: [], disks: [], roundError: 'probeRound timed out (START_TO_CLOSE)' }),
+      { expectedGpus: 1 },
+    );
+    expect(r).toMatchObject({ healthy: false, recommendedRung: 'escalate' });
+    expect(r.problems).toEqual([
+      expect.objectContaining({ kind: 'probe-failed', subject: 'n1', severity: 'critical', rung: 'escalate' }),
+    ]);
+  });
+});

@@ -6,6 +6,7 @@ import {
   coveredByMaintenance,
   unknownEngine,
   watchGenerateTimeoutMs,
+  halfIntervalGenerateTimeoutMs,
   type Window,
 } from '../../src/domain/watch';
 
@@ -81,11 +82,17 @@ test('only critical problems outside maintenance count towards a recovery', () =
 });
 
 describe('watchGenerateTimeoutMs', () => {
-  test('is half the probe interval, within 1 – 5 s, unless configured', () => {
-    expect(watchGenerateTimeoutMs('5s')).toBe(2500);
-    expect(watchGenerateTimeoutMs('1s')).toBe(1000);
-    expect(watchGenerateTimeoutMs('300ms')).toBe(1000);
-    expect(watchGenerateTimeoutMs('1m')).toBe(5000);
-    expect(watchGenerateTimeoutMs('1s', '500ms')).toBe(500);
+  test('is what single probes gave the generation (probeTimeout less 2 s, at least 1 s), unless configured', () => {
+    // The watcher's default probeTimeout is 15 s: a loaded engine keeps the 13 s it had before one-activity rounds.
+    expect(watchGenerateTimeoutMs('15s')).toBe(13_000);
+    expect(watchGenerateTimeoutMs('6s')).toBe(4_000);
+    expect(watchGenerateTimeoutMs('2s')).toBe(1_000);
+    expect(watchGenerateTimeoutMs('15s', '500ms')).toBe(500);
+  });
+
+  test("the first rounds' default (half the interval, 1 – 5 s) is kept for their replay only", () => {
+    expect(halfIntervalGenerateTimeoutMs('5s')).toBe(2500);
+    expect(halfIntervalGenerateTimeoutMs('300ms')).toBe(1000);
+    expect(halfIntervalGenerateTimeoutMs('1m')).toBe(5000);
   });
 });

@@ -295,6 +295,41 @@ describe('probeEngine', () => {
     }
   });
 
+  it('keeps every call and the generation inside an overall deadline, each cut to what is left', async () => {
+    // Listing models takes 800 ms and the generation never answers: per-call timeouts alone (3 s each) would hold
+    // the probe for 3.8 s; a 1.5 s deadline ends it at 1.5 s.
+    const server = await startServer((req, res) => {
+      switch (`${req.method} ${req.url}`) {
+        case 'GET /api/version':
+          return sendJson(res, 200, fixture('ollama/version.json'));
+        case 'GET /api/tags':
+          setTimeout(() => sendJson(res, 200, fixture('ollama/tags.json')), 800);
+          return;
+        case 'GET /api/ps':
+          return sendJson(res, 200, fixture('ollama/ps.json'));
+        default:
+          return; // the generation: accepted, never answered
+      }
+    });
+    try {
+      const started = Date.now();
+      const p = await probeEngine(engine({ type: 'ollama', url: server.url }), {
+        generate: true,
+        timeoutMs: 3000,
+        generateTimeoutMs: 3000,
+        deadline: started + 1500,
+      });
+      const took = Date.now() - started;
+      expect(p.healthy).toBe(true);
+      expect(p.generation?.ok).toBe(false);
+      expect(p.generation?.ms).toBeLessThan(1000);
+      expect(took).toBeGreaterThanOrEqual(1400);
+      expect(took).toBeLessThan(2200);
+    } finally {
+      await server.close();
+    }
+  });
+
   it('reports a loading llama-server as reachable, not healthy, loading', async () => {
     const server = await startServer((req, res) => sendJson(res, 503, fixture('llamacpp/health-loading.json')));
     try {

@@ -26,6 +26,7 @@ import {
   actionableProblems,
   activeWindows,
   applyMaintenance,
+  halfIntervalGenerateTimeoutMs,
   unknownEngine,
   watchGenerateTimeoutMs,
 } from '../../src/domain/watch';
@@ -41,7 +42,7 @@ import {
   type SetMaintenanceInput,
   type WatchStatus,
 } from '../../src/contracts';
-import { probeNode, probeNodeRound, type ProbeOptions, type RoundOptions } from '../probe';
+import { ROUND_SAFETY_PATCH, probeNode, probeNodeRound, type ProbeOptions, type RoundOptions } from '../probe';
 import { watchFacts, type ControlActivities } from './activities';
 import { recoverNode } from './recover-node';
 
@@ -97,10 +98,16 @@ class NodeWatch {
     };
   }
 
-  /** A one-activity round's options: the test generation gets its own short deadline. */
+  /**
+   * A one-activity round's options: the test generation gets its own deadline, by default what single probes gave
+   * it (runs from before the patch replay with the half-interval default they were recorded with).
+   */
   roundOptions(facts: NodeFacts): RoundOptions {
-    const { probeInterval, generateTimeout } = this.input;
-    return { ...this.probeOptions(facts), generateTimeoutMs: watchGenerateTimeoutMs(probeInterval, generateTimeout) };
+    const { probeInterval, probeTimeout, generateTimeout } = this.input;
+    const generateTimeoutMs = patched(ROUND_SAFETY_PATCH)
+      ? watchGenerateTimeoutMs(probeTimeout, generateTimeout)
+      : halfIntervalGenerateTimeoutMs(probeInterval, generateTimeout);
+    return { ...this.probeOptions(facts), generateTimeoutMs };
   }
 
   /** One probe round: one activity since 'watch-single-probe-activity'; histories from before replay five. */

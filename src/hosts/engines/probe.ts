@@ -40,6 +40,11 @@ export interface ProbeOptions {
   generateTimeoutMs?: number;
   /** Prompt for the test generation. */
   prompt?: string;
+  /**
+   * Epoch ms by which the whole probe (every call and the generation) must be done: each call's timeout is cut to
+   * what is left, so a round of probes answers before its activity's start-to-close timeout.
+   */
+  deadline?: number;
 }
 
 /** Tokens the test generation asks for: enough to prove the engine produces output, cheap enough to run every probe. */
@@ -75,21 +80,24 @@ export async function probeEngine(
     generation: null,
     error: null,
   };
-  const call = { timeoutMs };
+  // Each call gets its own timeout, cut to what the deadline leaves (a spent deadline times the call out at once).
+  const left = (ms: number): number =>
+    opts.deadline === undefined ? ms : Math.max(1, Math.min(ms, opts.deadline - Date.now()));
+  const call = (): { timeoutMs: number } => ({ timeoutMs: left(timeoutMs) });
   let routerListing = false;
   const started = performance.now();
   try {
     if (c.type === 'ollama') {
       // Ollama has no /health; /api/version answers as soon as the server is up.
-      probe.version = await c.client.version(call);
+      probe.version = await c.client.version(call());
       probe.latencyMs = Math.round(performance.now() - started);
       probe.reachable = true;
       probe.healthy = true;
-      const [tags, ps] = await Promise.all([c.client.tags(call), c.client.ps(call)]);
+      const [tags, ps] = await Promise.all([c.client.tags(call()), c.client.ps(call())]);
       probe.models = tags.map((m) => m.name);
       probe.loaded = ps.map((m) => m.name);
     } else {
-      const h = await c.client.health(call);
+      const h = await c.client.health(call());
       probe.latencyMs = Math.round(performance.now() - started);
       probe.reachable = true;
       probe.healthy = h.ok;
@@ -100,14 +108,14 @@ export async function probeEngine(
           : `health answered HTTP ${h.status}${h.detail ? `: ${h.detail}` : ''}`;
         return probe;
       }
-      const entries = await c.client.modelEntries(call);
+      const entries = await c.client.modelEntries(call());
       probe.models = entries.map((m) => m.id);
       // vLLM and a single-model llama-server hold every model they list; a llama-server router lists what it could
       // load too, and says per model whether it is loaded.
       probe.loaded = loadedModelIds(entries);
       routerListing = entries.some((m) => m.status !== undefined);
       // Version is informative only: an engine without /version or /props is still healthy.
-      probe.version = (await c.client.version(call).catch(() => '')) || null;
+      probe.version = (await c.client.version(call()).catch(() => '')) || null;
     }
   } catch (err) {
     if (!probe.reachable) probe.latencyMs = Math.round(performance.now() - started);
@@ -128,7 +136,7 @@ export async function probeEngine(
         ? engine.probeModel
         : undefined;
     const model = configured ?? probe.loaded[0];
-    if (model !== undefined) probe.generation = await testGeneration(c, model, opts, timeoutMs);
+    if (model !== undefined) probe.generation = await testGeneration(c, model, opts, timeoutMs, left);
   }
   return probe;
 }
@@ -138,9 +146,13 @@ async function testGeneration(
   model: string,
   opts: ProbeOptions,
   timeoutMs: number,
+  left: (ms: number) => number,
 ): Promise<NonNullable<EngineProbe['generation']>> {
-  // A deadline the caller chose (a watcher's short one: a hung engine must not cost it a long timeout) is kept.
-  const limit = opts.generateTimeoutMs !== undefined ? Math.max(opts.generateTimeoutMs, 50) : Math.max(timeoutMs, 1000);
+  // A deadline the caller chose (a watcher's: a hung engine must not cost it a long timeout) is kept; either is cut
+  // to what the probe's overall deadline leaves.
+  const limit = left(
+    opts.generateTimeoutMs !== undefined ? Math.max(opts.generateTimeoutMs, 50) : Math.max(timeoutMs, 1000),
+  );
   const prompt = opts.prompt ?? 'Reply with OK.';
   const started = performance.now();
   try {
