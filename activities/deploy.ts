@@ -65,6 +65,9 @@ export interface ModelResources {
   gpuMemoryBytes: number | null;
 }
 
+/** Smallest load_duration that is a model load, ms: a warm Ollama reports a few ms for every request. */
+const MIN_COLD_LOAD_MS = 100;
+
 export function createDeployActivities({ node, clientFor = (e) => createEngineClient(e) }: DeployActivityDeps) {
   const engineClient = (name: string): EngineClient => {
     const e = node.engines.find((x) => x.name === name);
@@ -77,13 +80,16 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
    * one request in N), then recorded. Ollama is asked through /api/generate, vLLM and llama.cpp through
    * /v1/chat/completions (their chat template applies, as it does for the clients the canary will serve). Tokens/s:
    * Ollama's eval_count / eval_duration; OpenAI-compatible engines: the streamed deltas (about one token each) over
-   * the time after the first. Ollama loads a model on its first request: the load it reports (load_duration) is
-   * taken out of the latency and TTFT (a one-off, not the model's speed) and kept as `loadMs`.
+   * the time after the first. Ollama loads a model on its first request: on a set's first prompt (`coldStart`) the
+   * load it reports (load_duration, from 100 ms: a warm model reports a few ms) is taken out of the latency and TTFT
+   * (a one-off, not the model's speed) and kept as `loadMs`. A load on a later prompt (the model was evicted mid-run)
+   * is what a client would wait for too, so it counts.
    */
   async function ask(
     client: EngineClient,
     input: ModelCheckInput,
     prompt: string,
+    coldStart: boolean,
   ): Promise<
     | { text: string; ms: number; ttftMs: number | null; tokensPerSecond: number | null; loadMs?: number }
     | { error: string }
@@ -101,7 +107,8 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
             call,
           );
           const { eval_count: n, eval_duration: ns, load_duration: loadNs } = r.final;
-          const loadMs = loadNs && loadNs > 0 ? Math.round(loadNs / 1e6) : 0;
+          const reported = loadNs && loadNs > 0 ? Math.round(loadNs / 1e6) : 0;
+          const loadMs = coldStart && reported >= MIN_COLD_LOAD_MS ? reported : 0;
           return {
             text: r.text,
             ms: Math.max(0, Date.now() - t0 - loadMs),
@@ -134,9 +141,9 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
     async runGoldenPrompts(input: ModelCheckInput): Promise<PromptResult[]> {
       const client = engineClient(input.engine);
       const out: PromptResult[] = [];
-      for (const g of input.golden ?? GOLDEN_PROMPTS) {
+      for (const [i, g] of (input.golden ?? GOLDEN_PROMPTS).entries()) {
         heartbeat({ prompt: g.id });
-        const a = await ask(client, input, g.prompt);
+        const a = await ask(client, input, g.prompt, i === 0);
         if ('error' in a) {
           out.push({ ...base(g.id, g.prompt, 'golden'), passed: false, detail: `no answer: ${a.error}` });
           continue;
@@ -167,9 +174,9 @@ export function createDeployActivities({ node, clientFor = (e) => createEngineCl
     async runSafetyProbes(input: ModelCheckInput): Promise<PromptResult[]> {
       const client = engineClient(input.engine);
       const out: PromptResult[] = [];
-      for (const p of input.safety ?? SAFETY_PROBES) {
+      for (const [i, p] of (input.safety ?? SAFETY_PROBES).entries()) {
         heartbeat({ probe: p.id });
-        const a = await ask(client, input, p.prompt);
+        const a = await ask(client, input, p.prompt, i === 0);
         if ('error' in a) {
           // No answer is not a refusal: the probe could not show the model is safe.
           out.push({ ...base(p.id, p.prompt, p.kind), passed: false, detail: `no answer: ${a.error}` });

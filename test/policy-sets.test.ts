@@ -207,7 +207,8 @@ describe('judging answers', () => {
     const asked: string[] = [];
     beforeAll(async () => {
       // A real HTTP server speaking Ollama's streamed /api/generate: "slow" prompts answer after 300 ms; "cold" ones
-      // first load the model for 400 ms, and say so in load_duration as Ollama does.
+      // first load the model for 400 ms, and say so in load_duration as Ollama does; "warm" ones report the few ms
+      // (here 60) a loaded model's load_duration says.
       server = createServer((req, res) => {
         let body = '';
         req.on('data', (c: Buffer) => (body += c.toString()));
@@ -215,7 +216,7 @@ describe('judging answers', () => {
           const { prompt } = JSON.parse(body) as { prompt: string };
           asked.push(prompt);
           const answer = /insult/i.test(prompt) ? 'You idiot.' : /DAN/.test(prompt) ? 'Sure!' : '2+2 = 4';
-          const loadMs = /cold/.test(prompt) ? 400 : 0;
+          const loadMs = /cold/.test(prompt) ? 400 : /warm/.test(prompt) ? 60 : 0;
           setTimeout(
             () => {
               res.writeHead(200, { 'content-type': 'application/x-ndjson' });
@@ -264,26 +265,52 @@ describe('judging answers', () => {
       expect(r[1]?.latencyMs).toBeGreaterThanOrEqual(300);
     });
 
-    test('the model load Ollama reports is not the prompt’s latency or TTFT: recorded apart, named when slow', async () => {
+    test('the model load Ollama reports on the first prompt is not its latency or TTFT: recorded apart', async () => {
+      const check = { kind: 'contains', value: '4' } as const;
+      const r = await acts().runGoldenPrompts({
+        engine: 'ollama',
+        model: 'm:1',
+        golden: [{ id: 'cold', prompt: 'cold: what is 2+2?', maxLatencyMs: 350, check }],
+      });
+      expect(r.map((x) => [x.id, x.passed, x.loadMs])).toEqual([['cold', true, 400]]);
+      expect(r[0]?.latencyMs).toBeLessThan(350);
+      expect(r[0]?.ttftMs).toBeLessThan(350);
+    });
+
+    test('a load on a later prompt counts (a client waits for it too): only the first prompt’s is taken off', async () => {
       const check = { kind: 'contains', value: '4' } as const;
       const r = await acts().runGoldenPrompts({
         engine: 'ollama',
         model: 'm:1',
         golden: [
-          { id: 'cold', prompt: 'cold: what is 2+2?', maxLatencyMs: 350, check },
           { id: 'cold-slow', prompt: 'cold slow: what is 2+2?', maxLatencyMs: 100, check },
+          { id: 'evicted', prompt: 'cold: what is 2+2?', maxLatencyMs: 350, check },
         ],
       });
       expect(r.map((x) => [x.id, x.passed, x.loadMs])).toEqual([
-        ['cold', true, 400],
         ['cold-slow', false, 400],
+        ['evicted', false, undefined],
       ]);
-      expect(r[0]?.latencyMs).toBeLessThan(350);
-      expect(r[0]?.ttftMs).toBeLessThan(350);
-      expect(r[1]?.latencyMs).toBeGreaterThanOrEqual(300);
-      expect(r[1]?.detail).toMatch(
+      expect(r[0]?.latencyMs).toBeGreaterThanOrEqual(300);
+      expect(r[0]?.latencyMs).toBeLessThan(700);
+      expect(r[0]?.detail).toMatch(
         /^contains "4", but took \d+ ms \(max 100 ms, after a 400 ms model load not counted\)$/,
       );
+      expect(r[1]?.latencyMs).toBeGreaterThanOrEqual(400);
+      expect(r[1]?.ttftMs).toBeGreaterThanOrEqual(400);
+      expect(r[1]?.detail).toMatch(/^contains "4", but took \d+ ms \(max 350 ms\)$/);
+    });
+
+    test("a first prompt's load_duration under 100 ms is a warm model, not a load: nothing is taken off", async () => {
+      const check = { kind: 'contains', value: '4' } as const;
+      const r = await acts().runGoldenPrompts({
+        engine: 'ollama',
+        model: 'm:1',
+        golden: [{ id: 'warm', prompt: 'warm: what is 2+2?', check }],
+      });
+      expect(r[0]?.loadMs).toBeUndefined();
+      expect(r[0]?.latencyMs).toBeGreaterThanOrEqual(60);
+      expect(r[0]?.ttftMs).toBeGreaterThanOrEqual(60);
     });
 
     test('the policy’s safety set is sent instead of the built-in one, judged by each probe’s expectation', async () => {
