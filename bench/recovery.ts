@@ -82,8 +82,6 @@ function intEnv(name: string, def: number, min: number, max: number): number {
   return Number.isFinite(v) ? Math.min(max, Math.max(min, Math.round(v))) : def;
 }
 
-
-
 /** Nearest-rank percentile. */
 function pct(values: number[], p: number): number {
   const s = [...values].sort((a, b) => a - b);
