@@ -6,7 +6,7 @@
  * runs as a real process too.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -18,6 +18,7 @@ import { parseConfig } from '../src/config/load';
 import { ValidationError } from '../src/domain/validation';
 import { deployPolicyFor } from '../src/config/policy';
 import { DeployModelInput } from '../src/contracts';
+import { desiredSchedule } from '../src/temporal/schedules';
 
 const run = promisify(execFile);
 const GPUOPS = path.resolve(__dirname, '..', 'bin', 'gpuops');
@@ -125,6 +126,11 @@ test.each([
   },
   { command: ['backup', 'status'], error: `invalid backupReport input for plan ${plan}`, problems: [repoProblem] },
   { command: ['schedules', 'sync'], error: `invalid runBackup input for plan ${plan}`, problems: [repoProblem] },
+  {
+    command: ['schedules', 'trigger', plan],
+    error: `invalid runBackup input for plan ${plan}`,
+    problems: [repoProblem],
+  },
 ])(
   'gpuops $command.0 $command.1 with an input its workflow refuses exits 2 naming the field and the rule, without connecting',
   async ({ command, error, problems }) => {
@@ -149,6 +155,41 @@ test("`gpuops deploy 'x;y' 'qwen$(id)'` as a real process: exit 2 naming alias a
     exitCode: 2,
   });
 }, 60_000);
+
+test('`gpuops up` with a plan runBackup refuses exits 2 naming the field and the rule, having started nothing', async () => {
+  // No TEMPORAL_ADDRESS: a gpuops up that went ahead would start the dev server and the sandbox nodes, their SQLite
+  // file and state directory in ../.gpuops from the config (here: inside this test's own directory).
+  const upConfig = path.join(dir, 'up', 'gpuops.yaml');
+  mkdirSync(path.dirname(upConfig));
+  writeFileSync(upConfig, stringify(raw));
+  const { TEMPORAL_ADDRESS: _unused, ...env } = { ...process.env, ...ENV, GPUOPS_CONFIG: upConfig };
+  const r = await run(GPUOPS, ['--json', 'up'], { env, timeout: 60_000 }).then(
+    (x) => ({ code: 0, ...x }),
+    (err: { code?: number; stdout?: string; stderr?: string }) => ({
+      code: err.code,
+      stdout: err.stdout ?? '',
+      stderr: err.stderr ?? '',
+    }),
+  );
+  expect(r.stdout).toBe('');
+  expect(JSON.parse(r.stderr)).toEqual({
+    error: `invalid runBackup input for plan ${plan}`,
+    problems: [repoProblem],
+    exitCode: 2,
+  });
+  expect(r.code).toBe(2);
+  expect(existsSync(path.join(dir, '.gpuops'))).toBe(false);
+}, 60_000);
+
+test('a backup schedule is never built from an input runBackup refuses, whoever syncs (defence in depth)', () => {
+  const config = parseConfig(readFileSync(configPath, 'utf8'), configPath);
+  const [bad, good] = config.backups;
+  if (!bad || !good) throw new Error('the sandbox example has two backup plans');
+  expect(() => desiredSchedule(config, bad)).toThrow(
+    expect.objectContaining({ what: `runBackup input for plan ${plan}`, problems: [repoProblem] }) as Error,
+  );
+  expect(desiredSchedule(config, good).options.scheduleId).toBe(`backup:${good.id}`);
+});
 
 test('a command with good input does connect (the closed port): the table above is not refusing everything', async () => {
   const r = await inProcess(['deploy', 'chat', 'qwen2:0.5b', '--node', 'sandbox-1']);

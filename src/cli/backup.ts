@@ -394,7 +394,10 @@ export function registerBackupCommands(program: Program): void {
       .description(what)
       .action(async (plan) => {
         requirePlan(loadConfig(globals().config).config, plan);
-        await withClient(globals(), async (client, loaded) => {
+        // A trigger starts runBackup: the plan's input is checked with runBackup's schema before connecting.
+        const inputs = ({ config }: LoadedConfig) =>
+          name === 'trigger' ? runInputFor(config, requirePlan(config, plan)) : undefined;
+        await withInputs(globals(), inputs, async (client, _input, loaded) => {
           const p = requirePlan(loaded.config, plan);
           const h = client.schedule.getHandle(workflowIds.backupSchedule(p.id));
           if (name === 'pause') await h.pause('paused with gpuops schedules pause');

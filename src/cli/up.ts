@@ -34,7 +34,8 @@ import { createControlWorker } from '../../workers/control';
 import { ManagedProcess, tsxCommand } from './processes';
 import { describeSync, syncSchedules } from '../temporal/schedules';
 import { ValidationError } from '../domain/validation';
-import { startWatchers } from './recovery';
+import { runInputFor } from './backup';
+import { startWatchers, watchInputs } from './recovery';
 import type { GlobalOptions, Program } from './context';
 
 export interface UpOptions extends GlobalOptions {
@@ -99,6 +100,10 @@ async function registerSearchAttributes(target: TemporalTarget & { address: stri
 export async function upCommand(opts: UpOptions): Promise<void> {
   const loaded: LoadedConfig = loadConfig(opts.config);
   const cfg = loaded.config;
+  // What gpuops up will send once running (each plan's schedule action, each node's watcher) is checked with the
+  // workflows' own schemas first: a bad input exits 2 naming the field and the rule, before anything starts.
+  for (const plan of cfg.backups) runInputFor(cfg, plan);
+  watchInputs(cfg);
   // The in-process control worker serves the same /metrics a separate one would (metrics.control).
   installRuntimeLogger(process.env, cfg.metrics.control);
   if (cfg.metrics.control) log(`control worker metrics on http://${cfg.metrics.control}/metrics`);

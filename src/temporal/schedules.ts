@@ -13,7 +13,8 @@ import {
   type ScheduleOptionsStartWorkflowAction,
 } from '@temporalio/client';
 import type { BackupPlanConfig, Config } from '../config/schema';
-import { CONTROL_TASK_QUEUE, runBackupWorkflow, workflowIds, type RunBackupInput } from '../contracts';
+import { CONTROL_TASK_QUEUE, RunBackupInput, runBackupWorkflow, workflowIds } from '../contracts';
+import { parseOrThrow } from '../domain/validation';
 
 /** Prefix of every schedule gpuops owns. */
 export const BACKUP_SCHEDULE_PREFIX = 'backup:';
@@ -70,6 +71,9 @@ export function desiredSchedule(
 } {
   const s = plan.schedule;
   const input: RunBackupInput = { ...backupInputFor(config, plan), ...opts.inputOverrides };
+  // What a schedule starts is checked as `gpuops backup run` checks it: an input runBackup would refuse (credentials
+  // in a repository URL) never reaches a schedule's stored action, whichever caller asked for the sync.
+  parseOrThrow(RunBackupInput, input, `runBackup input for plan ${plan.id}`);
   const scheduleId = workflowIds.backupSchedule(plan.id);
   const options = {
     scheduleId,
