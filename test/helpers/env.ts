@@ -25,10 +25,28 @@ import { createControlWorker } from '../../workers/control';
 import { connectWorker, temporalConnectOptions, type TemporalTarget } from '../../src/temporal/connection';
 import { tlsFilesIn } from '../../src/temporal/production-server';
 import { startRouter, type RouterHandle } from '../../src/router';
+import { runLog } from './run-log';
 import { writeTestSecret } from './secrets';
 
-// Worker state changes are logged at INFO; tests want only warnings and errors.
-Runtime.install({ logger: new DefaultLogger('WARN') });
+// Worker state changes are logged at INFO; the console gets only warnings and errors. Everything from INFO up (the
+// workflows' and activities' own log lines with their attributes) goes to the run's log on disk, which the secret
+// scan reads (test/helpers/run-log.ts).
+const consoleLogger = new DefaultLogger('WARN');
+const workerLog = runLog('temporal-runtime');
+Runtime.install({
+  logger: new DefaultLogger('INFO', (entry) => {
+    let meta = '';
+    try {
+      meta = entry.meta
+        ? ` ${JSON.stringify(entry.meta, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}`
+        : '';
+    } catch {
+      meta = ' (attributes not serialisable)';
+    }
+    workerLog(`${entry.level} ${entry.message}${meta}`);
+    if (entry.level === 'WARN' || entry.level === 'ERROR') consoleLogger.log(entry.level, entry.message, entry.meta);
+  }),
+});
 
 export function testAddress(): string {
   const a = process.env.TEMPORAL_TEST_ADDRESS;
@@ -318,7 +336,7 @@ export async function startTestRouter(): Promise<TestRouter> {
   const adminTokenFile = path.join(dir, 'router-token');
   writeTestSecret(adminTokenFile, 'router-admin-token');
   const port = await freePort();
-  const router = await startRouter({ port, adminTokenFile });
+  const router = await startRouter({ port, adminTokenFile, log: runLog('router') });
   return { router, config: { router: { listen: `127.0.0.1:${port}`, adminTokenFile } } };
 }
 
