@@ -40,8 +40,11 @@ export const AlertmanagerPayloadSchema = z.object({
 export type AlertmanagerAlert = z.output<typeof AlertmanagerAlertSchema>;
 export type AlertmanagerPayload = z.output<typeof AlertmanagerPayloadSchema>;
 
-/** Input of the `recoverNode` workflow, as the receiver starts it (the lead's contract for workflows/). */
-export interface RecoverNodeInput {
+/**
+ * The `recoverNode` input the receiver builds from an alert: a narrowing of contracts' RecoverNodeInput, whose schema
+ * the receiver checks it with before it starts anything (src/hooks/server.ts).
+ */
+export interface AlertRecoverInput {
   node: string;
   reason: string;
   trigger: { source: 'alertmanager'; detail: string; alertKey: string };
@@ -120,7 +123,7 @@ export function matchNode(labels: Record<string, string>, nodeIds: ReadonlySet<s
 }
 
 /** The recoverNode input for a firing alert about `node`. */
-export function recoverInput(alert: AlertmanagerAlert, node: string): RecoverNodeInput {
+export function recoverInput(alert: AlertmanagerAlert, node: string): AlertRecoverInput {
   const alertname = alert.labels.alertname ?? 'unnamed alert';
   const { summary, description } = alert.annotations;
   const parts = [alertname, summary && `summary: ${summary}`, description && `description: ${description}`];

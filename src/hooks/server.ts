@@ -13,7 +13,7 @@ import { resolveFrom, type LoadedConfig } from '../config/load';
 import { fastifyLimits, withLimits, type HttpLimits } from '../http-limits';
 import { parseDuration } from '../domain/durations';
 import { formatIssues } from '../domain/validation';
-import { CONTROL_TASK_QUEUE, recoverNodeWorkflow, workflowIds } from '../contracts';
+import { CONTROL_TASK_QUEUE, RecoverNodeInput, recoverNodeWorkflow, workflowIds } from '../contracts';
 import { startWorkflow } from '../temporal/workflows';
 import {
   AlertmanagerPayloadSchema,
@@ -22,6 +22,7 @@ import {
   recoverInput,
   recoverSummary,
   type AlertmanagerAlert,
+  type AlertRecoverInput,
 } from './alertmanager';
 import { SIGNATURE_HEADER, authenticate, loadHookSecrets } from './auth';
 import { DedupeStore } from './dedupe';
@@ -132,10 +133,14 @@ export async function startHooksServer(opts: HooksServerOptions): Promise<HooksS
   };
 
   /** Start (or attach to) the node's recovery for one firing alert, and record its key. */
-  async function recover(alert: AlertmanagerAlert, node: string): Promise<{ started: boolean } & DuplicateAlert> {
+  async function recover(
+    alert: AlertmanagerAlert,
+    node: string,
+    input: AlertRecoverInput,
+  ): Promise<{ started: boolean } & DuplicateAlert> {
     const key = alertKey(alert);
     const workflowId = workflowIds.recover(node);
-    const handle = await startWorkflow(client, recoverNodeWorkflow, recoverInput(alert, node), {
+    const handle = await startWorkflow(client, recoverNodeWorkflow, input, {
       taskQueue,
       workflowId,
       // One recovery at a time per node: an alert about a node under recovery joins that run. Once a run has
@@ -183,7 +188,17 @@ export async function startHooksServer(opts: HooksServerOptions): Promise<HooksS
           log(`hooks: ignored ${alertname || key}: ${match.why}`);
           continue;
         }
-        const r = await recover(alert, match.node);
+        // The input is checked with recoverNode's own schema first: one it would refuse starts nothing, and the
+        // refusal names the field and the rule (in the response and the log); the rest of the batch proceeds.
+        const input = recoverInput(alert, match.node);
+        const checked = RecoverNodeInput.safeParse(input);
+        if (!checked.success) {
+          const reason = `invalid recoverNode input: ${formatIssues(checked.error).join('; ')}`;
+          result.ignored.push({ alertKey: key, alertname, reason });
+          log(`hooks: refused ${alertname || key}: ${reason}`);
+          continue;
+        }
+        const r = await recover(alert, match.node, input);
         changed = true;
         if (r.started) {
           result.started.push(r.workflowId);

@@ -3,7 +3,7 @@
  * for a query and runs until the `finish` signal (or 30 s), so a test decides when "the recovery" is over.
  */
 import { condition, defineQuery, defineSignal, setHandler } from '@temporalio/workflow';
-import type { RecoverNodeInput } from '../../src/hooks/alertmanager';
+import type { AlertRecoverInput as RecoverNodeInput } from '../../src/hooks/alertmanager';
 
 export const recoverInputQuery = defineQuery<RecoverNodeInput>('recoverInput');
 export const finishRecoverySignal = defineSignal('finishRecovery');

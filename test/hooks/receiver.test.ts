@@ -5,6 +5,7 @@
 import { startHooksServer, type HooksServer } from '../../src/hooks/server';
 import { signBody } from '../../src/hooks/auth';
 import { workflowIds } from '../../src/contracts';
+import { runLog } from '../helpers/run-log';
 import { finishRecoverySignal, recoverInputQuery } from './fake-recover-workflow';
 import {
   HMAC_SECRET,
@@ -37,7 +38,14 @@ afterAll(async () => {
 });
 
 async function serve(fx: Fixture, stateFile = fx.stateFile): Promise<HooksServer> {
-  const s = await startHooksServer({ loaded: fx.loaded, client: t.client, taskQueue: t.taskQueue, stateFile });
+  // Its log goes to the run's logs, which the secret scan reads (the receiver is never given a credential to log).
+  const s = await startHooksServer({
+    loaded: fx.loaded,
+    client: t.client,
+    taskQueue: t.taskQueue,
+    stateFile,
+    log: runLog('hooks'),
+  });
   servers.push(s);
   return s;
 }
@@ -155,6 +163,31 @@ test('resolved alerts and alerts about unknown nodes are ignored and reported, a
       reason: 'instance="db-7.lan:9100" name no configured node',
     },
   ]);
+  expect(await exists(t.client, workflowIds.recover(a))).toBe(false);
+  await t.client.workflow.getHandle(workflowIds.recover(b)).terminate('test over');
+});
+
+test('an alert whose recoverNode input recoverNode would refuse starts nothing; the refusal names the field and the rule', async () => {
+  const fx = fixture();
+  const [a, b] = [fx.nodes[0] ?? '', fx.nodes[1] ?? ''];
+  const lines: string[] = [];
+  const s = await startHooksServer({
+    loaded: fx.loaded,
+    client: t.client,
+    taskQueue: t.taskQueue,
+    stateFile: fx.stateFile,
+    log: (l) => lines.push(l),
+  });
+  servers.push(s);
+  // An alert rule with an empty alertname and no summary: the recovery would have no reason (recoverNode needs one).
+  const nameless = alert({ labels: { gpuops_node: a, alertname: '' }, annotations: {}, fingerprint: 'fpnameless' });
+  const good = alert({ labels: { gpuops_node: b }, fingerprint: 'fpgood' });
+  const r = await deliver(s.url, payload([nameless, good]));
+  expect(r.status).toBe(200);
+  expect(r.body.started).toEqual([workflowIds.recover(b)]);
+  const reason = 'invalid recoverNode input: reason: Too small: expected string to have >=1 characters';
+  expect(r.body.ignored).toEqual([{ alertKey: `fpnameless@${String(nameless.startsAt)}`, alertname: '', reason }]);
+  expect(lines).toContain(`hooks: refused fpnameless@${String(nameless.startsAt)}: ${reason}`);
   expect(await exists(t.client, workflowIds.recover(a))).toBe(false);
   await t.client.workflow.getHandle(workflowIds.recover(b)).terminate('test over');
 });
