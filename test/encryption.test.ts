@@ -25,6 +25,7 @@ import { createControlWorker } from '../workers/control';
 import type { deployModel } from '../workflows/deploy';
 import { routedAlias } from './production/fixtures/deployments';
 import { quietLogger, testAddress, uniqueId, useSandboxEnv } from './helpers/env';
+import { runLog } from './helpers/run-log';
 import { writeSecretFile, writeTestSecret } from './helpers/secrets';
 
 const run = promisify(execFile);
@@ -65,6 +66,7 @@ let bundle: WorkflowBundle;
 let codecServer: ChildProcess | undefined;
 let codecUrl = '';
 let deployId = '';
+let backupRunId = '';
 
 const History = temporal.api.history.v1.History;
 type RawHistory = temporal.api.history.v1.IHistory;
@@ -228,6 +230,7 @@ test('a backup plan: its schedule action and its run are stored encrypted; the c
   const plan = loaded.config.backups[0];
   if (!plan) throw new Error('no plan');
   const runId = `${sid}:${uniqueId('t')}`;
+  backupRunId = runId;
   const record = await withControlWorker(() =>
     client.workflow.execute('runBackup', {
       taskQueue: ctx.env.controlQueue,
@@ -258,6 +261,22 @@ const toJson = (p: Payload) => ({
   data: Buffer.from(p.data ?? []).toString('base64'),
 });
 
+type JsonPayload = ReturnType<typeof toJson>;
+
+/** Decode payloads through the codec server with the bearer token, and read each as JSON. */
+async function decodeThroughServer<T>(payloads: JsonPayload[]): Promise<{ status: number; values: T[] }> {
+  const r = await post('/decode', { payloads }, { authorization: `Bearer ${token}`, 'x-namespace': 'default' });
+  if (r.status !== 200) return { status: r.status, values: [] };
+  const body = (await r.json()) as { payloads: JsonPayload[] };
+  const values = body.payloads.map((p) =>
+    defaultPayloadConverter.fromPayload<T>({
+      metadata: Object.fromEntries(Object.entries(p.metadata).map(([k, v]) => [k, Buffer.from(v, 'base64')])),
+      data: Buffer.from(p.data, 'base64'),
+    }),
+  );
+  return { status: r.status, values };
+}
+
 describe('gpuops codec-server', () => {
   beforeAll(async () => {
     const port = await freePort();
@@ -265,9 +284,14 @@ describe('gpuops codec-server', () => {
       env: { ...process.env, GPUOPS_CONFIG: loaded.path },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    // Everything it prints goes to the run's logs, which the secret scan reads (test/helpers/run-log.ts).
+    const log = runLog('codec-server');
+    for (const stream of [codecServer.stdout, codecServer.stderr])
+      stream?.on('data', (b: Buffer) => log(b.toString().trimEnd()));
     await new Promise<void>((resolve, reject) => {
       let out = '';
       codecServer?.stdout?.on('data', (b: Buffer) => {
+        if (out.includes('listening on')) return;
         out += b.toString();
         if (out.includes('listening on')) resolve();
       });
@@ -278,16 +302,9 @@ describe('gpuops codec-server', () => {
 
   test('decodes the stored input for the bearer token; no token or a wrong one is 401', async () => {
     const payloads = startedInput(await rawHistory(deployId)).map(toJson);
-    const ok = await post('/decode', { payloads }, { authorization: `Bearer ${token}`, 'x-namespace': 'default' });
+    const ok = await decodeThroughServer<{ requestedBy: string; model: string }>(payloads);
     expect(ok.status).toBe(200);
-    const body = (await ok.json()) as { payloads: { metadata: Record<string, string>; data: string }[] };
-    const decoded = body.payloads.map((p) =>
-      defaultPayloadConverter.fromPayload<{ requestedBy: string; model: string }>({
-        metadata: Object.fromEntries(Object.entries(p.metadata).map(([k, v]) => [k, Buffer.from(v, 'base64')])),
-        data: Buffer.from(p.data, 'base64'),
-      }),
-    );
-    expect(decoded).toEqual([expect.objectContaining({ requestedBy: marker, model: 'qwen2.5:0.5b-bad' })]);
+    expect(ok.values).toEqual([expect.objectContaining({ requestedBy: marker, model: 'qwen2.5:0.5b-bad' })]);
     // The namespace-templated path the CLI may use answers the same.
     expect((await post('/default/decode', { payloads }, { authorization: `Bearer ${token}` })).status).toBe(200);
 
@@ -297,6 +314,27 @@ describe('gpuops codec-server', () => {
     // Percent-encoded paths reach the same routes (the router decodes them): they are refused all the same.
     for (const p of ['/decod%65', '/%64ecode', '/default/decod%65', '/encod%65'])
       expect([p, (await post(p, { payloads })).status]).toEqual([p, 401]);
+  });
+
+  test('decodes a backup plan for the token holder: the schedule action as the server stores it, and the run it started', async () => {
+    const rawSchedule = await ctx.env.client.workflowService.describeSchedule({
+      namespace: 'default',
+      scheduleId: workflowIds.backupSchedule(PLAN),
+    });
+    const actionInput = (rawSchedule.schedule?.action?.startWorkflow?.input?.payloads ?? []) as Payload[];
+    expect(actionInput.map(keyIdOf)).toEqual(['key-a']);
+    type PlanInput = { plan: { id: string; repository: string } };
+    const schedule = await decodeThroughServer<PlanInput>(actionInput.map(toJson));
+    expect(schedule.status).toBe(200);
+    expect(schedule.values).toEqual([
+      expect.objectContaining({
+        plan: expect.objectContaining({ id: PLAN, repository: expect.stringContaining(marker) }),
+      }),
+    ]);
+    const started = await decodeThroughServer<PlanInput>(startedInput(await rawHistory(backupRunId)).map(toJson));
+    expect(started.values).toEqual(schedule.values.map((v) => expect.objectContaining({ plan: v.plan }) as unknown));
+    // Without the token: refused, the plan stays ciphertext.
+    expect((await post('/decode', { payloads: actionInput.map(toJson) })).status).toBe(401);
   });
 
   test('answers CORS preflight for the UI origin only; a browser logs in for a cookie the UI sends along', async () => {

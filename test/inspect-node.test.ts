@@ -2,6 +2,9 @@
  * inspectNode on a real Temporal dev server, a real control worker, and a sandbox node whose real node worker
  * (workers/node.ts) runs as a child process with the sandbox shims first on its PATH.
  */
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { clearFaults, injectFault } from '../src/sandbox/faults';
 import * as core from '../src/sandbox/shims/lib/core';
@@ -9,6 +12,7 @@ import { nodeTaskQueue } from '../src/contracts';
 import type { HealthReport } from '../src/domain/classify';
 import type { inspectNode } from '../workflows/inspect-node';
 import { controlWorker, uniqueId, useSandboxEnv, waitForPoller } from './helpers/env';
+import { writeTestSecret } from './helpers/secrets';
 
 const ctx = useSandboxEnv({ sandbox: {} });
 
@@ -34,6 +38,26 @@ test('reports a healthy sandbox node: engine answers a real generation, containe
   expect(o.containers[0]).toMatchObject({ name: 'ollama', status: 'running', running: true, oomKilled: false });
   expect(o.gpus[0]).toMatchObject({ index: 0, name: 'NVIDIA RTX A4000', memoryTotalMiB: 16376, lost: false });
   expect(o.gpuError).toBeNull();
+});
+
+test('an engine behind an API key (apiKeyFile) is probed with it, a real generation included: the key is read on the node, never sent through Temporal', async () => {
+  // A registered test secret: the run's secret scan fails if the key shows up in history, the database or a log.
+  const keyFile = path.join(mkdtempSync(path.join(os.tmpdir(), 'gpuops-engine-key-')), 'vllm.key');
+  writeTestSecret(keyFile, 'engine-api-key');
+  const sbx = await ctx.sandbox({
+    hardware: {
+      gpus: [{ index: 0, model: 'NVIDIA RTX A4000', memoryMiB: 16376 }],
+      engines: [{ name: 'vllm', type: 'vllm', container: 'vllm', gpus: [0], apiKeyFile: keyFile }],
+    },
+  });
+  const worker = await controlWorker(ctx.env, sbx.loaded);
+  const report = await worker.runUntil(run({ node: sbx.nodeId, expectedGpus: 1 }));
+  expect(report.problems).toEqual([]);
+  expect(report.observation.engines[0]).toMatchObject({ name: 'vllm', reachable: true, healthy: true });
+  expect(report.observation.engines[0]?.generation?.ok).toBe(true);
+  // The simulated vLLM refuses a request without the key (as vLLM --api-key does).
+  const url = sbx.loaded.config.nodes[0]?.engines[0]?.url ?? '';
+  expect((await fetch(`${url}/v1/models`)).status).toBe(401);
 });
 
 test('classifies Xid 79 (GPU fell off the bus) as needing a VM restart', async () => {

@@ -1,10 +1,10 @@
 /**
  * Which variant a request goes to: the weighted split, sticky sessions, drained engines, aliases in model listings.
  */
-import { writeFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 import path from 'node:path';
 import { startRouter, type RouterHandle } from '../../src/router';
+import { writeTestSecret } from '../helpers/secrets';
 import { canaryRoute, postJson, seeded, startFixture, tempDir, type Fixture } from './helpers';
 
 let stable: Fixture;
@@ -147,7 +147,7 @@ test('model listings show aliases, not engine model names', async () => {
 test('a variant with an apiKeyFile sends the engine its key as a bearer token; clients’ headers are not forwarded', async () => {
   const t = tempDir();
   const keyFile = path.join(t.dir, 'engine.key');
-  writeFileSync(keyFile, 'engine-key-1\n');
+  const key = writeTestSecret(keyFile, 'engine-api-key');
   const router = await startRouter({
     port: 0,
     initialRoutes: {
@@ -167,7 +167,7 @@ test('a variant with an apiKeyFile sends the engine its key as a bearer token; c
       { authorization: 'Bearer client-token' },
     );
     expect(r.status).toBe(200);
-    expect(stable.seen[stable.seen.length - 1]!.headers.authorization).toBe('Bearer engine-key-1');
+    expect(stable.seen[stable.seen.length - 1]!.headers.authorization).toBe(`Bearer ${key}`);
   } finally {
     await router.close();
     t.cleanup();
