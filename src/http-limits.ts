@@ -4,7 +4,7 @@
  * waits forever: its requestTimeout and connectionTimeout default to 0, so one client that sends its headers a byte
  * at a time (slow loris), or never finishes its body, holds a socket and a parser for good.
  */
-import type { FastifyServerOptions } from 'fastify';
+import type { FastifyReply, FastifyRequest, FastifyServerOptions } from 'fastify';
 import type { ServerOptions } from 'node:http';
 
 /** The limits of one server. */
@@ -66,4 +66,21 @@ export function withLimits(base: HttpLimits, over: Partial<HttpLimits> | undefin
   for (const [k, v] of Object.entries(over ?? {}) as [keyof HttpLimits, number | undefined][])
     if (v !== undefined) out[k] = v;
   return out;
+}
+
+/**
+ * A fastify error handler for a JSON API: its own refusals (a body over the limit, a bad Content-Length, JSON that
+ * does not parse) answered in the API's `{error, problems}` shape, each problem naming what was wrong; anything else
+ * is a 500 that says only "internal error" (the message goes to `log`, which never gets a credential).
+ */
+export function refusalHandler(limits: HttpLimits, log: (line: string) => void, name: string) {
+  return (err: { statusCode?: number; code?: string; message: string }, _req: FastifyRequest, reply: FastifyReply) => {
+    const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status >= 500) log(`${name}: ${err.message}`);
+    const problem =
+      err.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+        ? `(body): must be at most ${limits.bodyLimitBytes} bytes`
+        : `(request): ${status < 500 ? err.message : 'internal error'}`;
+    return reply.code(status).send({ error: 'invalid request', problems: [problem] });
+  };
 }

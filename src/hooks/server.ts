@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import type { Client } from '@temporalio/client';
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { resolveFrom, type LoadedConfig } from '../config/load';
-import { fastifyLimits, withLimits, type HttpLimits } from '../http-limits';
+import { fastifyLimits, refusalHandler, withLimits, type HttpLimits } from '../http-limits';
 import { parseDuration } from '../domain/durations';
 import { formatIssues } from '../domain/validation';
 import { CONTROL_TASK_QUEUE, RecoverNodeInput, recoverNodeWorkflow, workflowIds } from '../contracts';
@@ -227,15 +227,7 @@ export async function startHooksServer(opts: HooksServerOptions): Promise<HooksS
   const limits = withLimits(HOOKS_LIMITS, opts.limits);
   const app = Fastify({ logger: false, ...fastifyLimits(limits) });
   // fastify's own refusals (a body over the limit, a bad Content-Length) say what was wrong, in this API's shape.
-  app.setErrorHandler((err: { statusCode?: number; code?: string; message: string }, _req, reply) => {
-    const status = err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status >= 500) log(`hooks: ${err.message}`);
-    const problem =
-      err.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
-        ? `(body): must be at most ${limits.bodyLimitBytes} bytes`
-        : `(request): ${status < 500 ? err.message : 'internal error'}`;
-    return reply.code(status).send({ error: 'invalid request', problems: [problem] });
-  });
+  app.setErrorHandler(refusalHandler(limits, log, 'hooks'));
   // The HMAC is over the exact bytes sent, so the body is kept raw and parsed only after authentication; this also
   // means an unauthenticated caller learns nothing about the payload format.
   app.removeAllContentTypeParsers();

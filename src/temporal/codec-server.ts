@@ -18,7 +18,7 @@ import { resolveFrom, type LoadedConfig } from '../config/load';
 import { ValidationError, formatIssues } from '../domain/validation';
 import { readSecret, sameSecret } from '../hooks/auth';
 import { HOOKS_LIMITS } from '../hooks/server';
-import { fastifyLimits, withLimits, type HttpLimits } from '../http-limits';
+import { fastifyLimits, refusalHandler, withLimits, type HttpLimits } from '../http-limits';
 import { encryptionCodec, type EncryptionCodec } from './codec';
 
 export interface CodecServerOptions {
@@ -93,7 +93,10 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<CodecS
     return c !== undefined && sameSecret(Buffer.from(c), session);
   };
 
-  const app = Fastify({ logger: false, ...fastifyLimits(withLimits(CODEC_LIMITS, opts.limits)) });
+  const limits = withLimits(CODEC_LIMITS, opts.limits);
+  const app = Fastify({ logger: false, ...fastifyLimits(limits) });
+  // fastify's own refusals (a body over the limit, JSON that does not parse) name what was wrong, as the body's do.
+  app.setErrorHandler(refusalHandler(limits, log, 'codec-server'));
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) =>
     done(null, Object.fromEntries(new URLSearchParams(String(body)))),
   );
@@ -137,7 +140,8 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<CodecS
       const out = await opts.codec[op](parsed.data.payloads.map(fromJson));
       return { payloads: out.map(toJson) };
     } catch (err) {
-      return reply.code(400).send({ error: `${op}: ${(err as Error).message}` });
+      // A payload the codec cannot take (an unknown key id, tampered ciphertext): the codec says which and why.
+      return reply.code(400).send({ error: `cannot ${op}`, problems: [`payloads: ${(err as Error).message}`] });
     }
   };
   for (const op of ['encode', 'decode'] as const) {
