@@ -177,6 +177,12 @@ describe('admin API', () => {
     fc
       .tuple(fc.constantFrom('/admin/drain', '/admin/undrain'), mutated({ engine: 'http://127.0.0.1:9' }))
       .map(([path, d]) => ({ method: 'POST', path, body: toText(d, 'json') })),
+    // What the watcher sends once a node is healthy again (activities/router.ts).
+    mutated({ engines: ['http://127.0.0.1:9', 'http://127.0.0.1:10'], node: 'sandbox-1' }).map((d) => ({
+      method: 'POST',
+      path: '/admin/auto-drain/release',
+      body: toText(d, 'json'),
+    })),
     fc.tuple(hostileString, hostileString).map(([a, w]) => ({
       method: 'GET',
       path: `/admin/stats?alias=${pct(a)}&window=${pct(w)}`,
