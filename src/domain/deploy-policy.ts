@@ -10,9 +10,16 @@ import { ProbeKindSchema, RiskRulesSchema } from './risk-rules';
 
 const duration = DurationSchema;
 
+/**
+ * Longest regular expression a policy may hold: golden checks and safety probes are short patterns, and every one is
+ * compiled (and run over every answer) in the workflow; a huge one would only cost history and CPU.
+ */
+export const MAX_PATTERN_LENGTH = 512;
+
 const regexPattern = z
   .string()
   .min(1)
+  .max(MAX_PATTERN_LENGTH)
   .refine((p) => {
     try {
       new RegExp(p);
