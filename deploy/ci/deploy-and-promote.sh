@@ -20,7 +20,10 @@
 #   WAIT_SECONDS, POLL_SECONDS   how long to wait for the canary (default 3600) and how often to look (default 5)
 #   TEMPORAL                     the temporal CLI (default: temporal on PATH)
 #   TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TLS_CERT, TEMPORAL_TLS_KEY, TEMPORAL_TLS_CA,
-#   TEMPORAL_TLS_SERVER_NAME, TEMPORAL_API_KEY, TEMPORAL_CODEC_ENDPOINT: read by the temporal CLI itself
+#   TEMPORAL_TLS_SERVER_NAME, TEMPORAL_API_KEY, TEMPORAL_CODEC_ENDPOINT, TEMPORAL_CODEC_AUTH: read by the temporal
+#                                CLI itself. With temporal.encryption on, the script reads the run's input (the
+#                                ownership check), so it needs the codec server: TEMPORAL_CODEC_ENDPOINT its URL,
+#                                TEMPORAL_CODEC_AUTH "Bearer <codec token>" (a secret: pass it in the environment)
 #
 # Exit status: 0 promoted; 1 the run is someone else's, the deployment ended otherwise, a refusal or a timeout;
 # 2 a missing input.
