@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { workflowIds } from '../src/contracts';
 import { EncryptionCodec, dataConverterWith } from '../src/temporal/codec';
 import { workflowBundle } from './helpers/env';
+import { ENCRYPTED, testCodec } from './fixtures/encrypted-history/encrypt-history';
 
 const dir = path.join(__dirname, 'histories');
 const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
@@ -65,3 +66,35 @@ test.each(files.filter((f) => /^(deploy-model-promoted|run-backup-ok|recover-nod
     ).resolves.toBeUndefined();
   },
 );
+
+describe('an encrypted history (test/fixtures/encrypted-history, a committed TEST-ONLY key)', () => {
+  const json = JSON.parse(readFileSync(ENCRYPTED, 'utf8')) as StartedHistoryJson & {
+    events: {
+      workflowExecutionStartedEventAttributes?: { input?: { payloads?: { metadata?: { encoding?: string } }[] } };
+    }[];
+  };
+  const encodingOf = (p: { metadata?: { encoding?: string } } | undefined): string =>
+    Buffer.from(p?.metadata?.encoding ?? '', 'base64').toString();
+
+  test('its payloads are ciphertext: the started input is binary/encrypted and holds no plan field in clear', () => {
+    const input = json.events[0]?.workflowExecutionStartedEventAttributes?.input?.payloads ?? [];
+    expect(input.map(encodingOf)).toEqual(['binary/encrypted']);
+    expect(readFileSync(ENCRYPTED, 'utf8')).not.toContain('"repository"');
+  });
+
+  test('replays through a worker with the payload codec and the key', async () => {
+    await expect(
+      Worker.runReplayHistory(
+        { workflowBundle: await workflowBundle(), dataConverter: dataConverterWith(testCodec()) },
+        historyFromJSON(json),
+        'run-backup-ok',
+      ),
+    ).resolves.toBeUndefined();
+  });
+
+  test('does not replay without the key: the worker cannot read its input', async () => {
+    await expect(
+      Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, historyFromJSON(json), 'run-backup-ok'),
+    ).rejects.toThrow();
+  });
+});
