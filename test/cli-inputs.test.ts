@@ -126,6 +126,18 @@ test.each([
   },
   { command: ['backup', 'status'], error: `invalid backupReport input for plan ${plan}`, problems: [repoProblem] },
   { command: ['schedules', 'sync'], error: `invalid runBackup input for plan ${plan}`, problems: [repoProblem] },
+  // status and watch build inspectNode / watchNode inputs from gpuops.yaml alone (their schemas' refusals are tested
+  // on the functions below, since gpuops.yaml's own rules are the same): a node argument is checked before connecting.
+  {
+    command: ['status', 'nope'],
+    error: 'invalid argument',
+    problems: ['node: must be one of sandbox-1, sandbox-2 (got "nope")'],
+  },
+  {
+    command: ['watch', 'nope'],
+    error: 'invalid argument',
+    problems: ['node: must be one of sandbox-1, sandbox-2 (got "nope")'],
+  },
   {
     command: ['schedules', 'trigger', plan],
     error: `invalid runBackup input for plan ${plan}`,
