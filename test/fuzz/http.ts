@@ -1,5 +1,6 @@
 /** Raw-HTTP helpers for the limit and fuzz tests: requests fetch cannot send (slow loris, unfinished bodies). */
 import net from 'node:net';
+import { NAMED_ISSUE } from './arbitraries';
 
 export interface RawResult {
   /** Status of the first response, if one came before the connection closed. */
@@ -63,4 +64,42 @@ export function headWithBody(path: string, length: number, headers: Record<strin
     .map(([k, v]) => `${k}: ${v}\r\n`)
     .join('');
   return `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\n${extra}\r\n`;
+}
+
+/** The timeouts the slow-client tests give a server: short, so a test takes seconds. */
+export const SLOW_CLIENT_LIMITS = { headersTimeoutMs: 400, requestTimeoutMs: 800 };
+
+/**
+ * A slow-loris client (headers byte by byte) on `path` is cut off once the headers timeout passes, and a request
+ * whose body stops short (`tail` of the 1000 bytes its head announces) gets 408 once the request timeout passes; the
+ * server runs with SLOW_CLIENT_LIMITS.
+ */
+export async function expectSlowClientsCutOff(
+  url: string,
+  path: string,
+  unfinished: { headers?: Record<string, string>; tail: string },
+): Promise<void> {
+  const { headersTimeoutMs, requestTimeoutMs } = SLOW_CLIENT_LIMITS;
+  const loris = await rawRequest(url, { head: endlessHead(path), byteGapMs: 20, giveUpMs: 5000 });
+  expect(loris.closedAfterMs).toBeGreaterThanOrEqual(headersTimeoutMs);
+  expect(loris.closedAfterMs).toBeLessThan(headersTimeoutMs + 100 + 500);
+  const cut = await rawRequest(url, {
+    head: headWithBody(path, 1000, unfinished.headers),
+    tail: unfinished.tail,
+    giveUpMs: 5000,
+  });
+  expect(cut.status).toBe(408);
+  expect(cut.closedAfterMs).toBeGreaterThanOrEqual(requestTimeoutMs);
+  expect(cut.closedAfterMs).toBeLessThan(requestTimeoutMs + 200 + 500);
+}
+
+/** A fuzzed call's answer: never a 5xx; a 400 lists problems that each name the field; anything else is a 200. */
+export function expectNamedRefusalOrOk(r: { status: number; json: Record<string, unknown> }): void {
+  expect([r.status, r.status < 500]).toEqual([r.status, true]);
+  if (r.status === 400) {
+    expect(r.json.problems).toEqual(expect.any(Array));
+    for (const p of r.json.problems as string[]) expect(p).toMatch(NAMED_ISSUE);
+  } else {
+    expect(r.status).toBe(200);
+  }
 }
