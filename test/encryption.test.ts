@@ -25,7 +25,7 @@ import { createControlWorker } from '../workers/control';
 import type { deployModel } from '../workflows/deploy';
 import { routedAlias } from './production/fixtures/deployments';
 import { quietLogger, testAddress, uniqueId, useSandboxEnv } from './helpers/env';
-import { runLog } from './helpers/run-log';
+import { logOutputOf } from './helpers/run-log';
 import { writeSecretFile, writeTestSecret } from './helpers/secrets';
 
 const run = promisify(execFile);
@@ -285,9 +285,7 @@ describe('gpuops codec-server', () => {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     // Everything it prints goes to the run's logs, which the secret scan reads (test/helpers/run-log.ts).
-    const log = runLog('codec-server');
-    for (const stream of [codecServer.stdout, codecServer.stderr])
-      stream?.on('data', (b: Buffer) => log(b.toString().trimEnd()));
+    logOutputOf(codecServer, 'codec-server');
     await new Promise<void>((resolve, reject) => {
       let out = '';
       codecServer?.stdout?.on('data', (b: Buffer) => {

@@ -33,3 +33,13 @@ export function runLog(name: string): (line: string) => void {
     appendFileSync(file, full ? '(log cap reached; the rest is dropped)\n' : `${line}\n`);
   };
 }
+
+/** Copy everything a child process prints (stdout and stderr) to the run's `name` log, besides what the test reads. */
+export function logOutputOf(
+  child: { stdout?: NodeJS.ReadableStream | null; stderr?: NodeJS.ReadableStream | null },
+  name: string,
+): void {
+  const log = runLog(name);
+  for (const stream of [child.stdout, child.stderr])
+    stream?.on('data', (b: Buffer | string) => log(b.toString().trimEnd()));
+}

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { stringify } from 'yaml';
 import { alert, deliver, fixture, payload } from './harness';
+import { logOutputOf } from '../helpers/run-log';
 
 const GPUOPS = path.resolve(__dirname, '..', '..', 'bin', 'gpuops');
 
@@ -27,6 +28,8 @@ test('`gpuops hooks` serves /healthz, refuses an unauthenticated alert, and exit
   let out = '';
   child.stdout.on('data', (b: Buffer) => (out += b.toString()));
   child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+  // Also kept in the run's logs, which the secret scan reads.
+  logOutputOf(child, 'hooks-cli');
   const outputContains = async (text: string): Promise<void> => {
     const deadline = Date.now() + 20_000;
     while (!out.includes(text) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
@@ -85,6 +88,8 @@ test('`gpuops hooks` stops cleanly on SIGTERM while its event loop is busy (node
   let out = '';
   child.stdout.on('data', (b: Buffer) => (out += b.toString()));
   child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+  // Also kept in the run's logs, which the secret scan reads.
+  logOutputOf(child, 'hooks-cli');
   const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
     child.once('exit', (code, signal) => resolve([code, signal])),
   );
