@@ -7,6 +7,7 @@
 import fc from 'fast-check';
 import { HOOKS_LIMITS, startHooksServer, type HooksServer } from '../../src/hooks/server';
 import { ALERTMANAGER_PATH } from '../../src/hooks/server';
+import { runLog } from '../helpers/run-log';
 import { TOKEN, alert, fixture, openTemporal, payload, type Temporal } from '../hooks/harness';
 import { deepText, fuzzParams, hostileString, mutated, noUnhandled, toText } from './arbitraries';
 import { SLOW_CLIENT_LIMITS, expectNamedRefusalOrOk, expectSlowClientsCutOff } from './http';
@@ -28,6 +29,7 @@ async function withServer<T>(fn: (s: HooksServer, nodes: string[]) => Promise<T>
     stateFile: fx.stateFile,
     taskQueue: t.taskQueue,
     limits,
+    log: runLog('hooks-fuzz'),
   });
   try {
     return await fn(s, fx.nodes);

@@ -19,6 +19,7 @@ import {
   toText,
 } from './arbitraries';
 import { endlessHead, headWithBody, rawRequest } from './http';
+import { runLog } from '../helpers/run-log';
 
 const TOKEN = 's3cret-token';
 let upstream: Fixture;
@@ -58,6 +59,7 @@ async function withRouter<T>(fn: (r: RouterHandle) => Promise<T>, limits = {}): 
     adminTokenFile: tokenFile(dir.dir, TOKEN),
     initialRoutes: table(upstream.url),
     limits,
+    log: runLog('router-fuzz'),
   });
   try {
     return await fn(r);
