@@ -18,14 +18,23 @@ import path from 'node:path';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { stringify } from 'yaml';
 import { parseConfig } from '../src/config/load';
-import { getWatchStatusQuery, nodeTaskQueue, workflowIds } from '../src/contracts';
+import { nodeTaskQueue, workflowIds } from '../src/contracts';
 import { tsxCommand } from '../src/cli/processes';
 import { freePort } from '../src/temporal/dev-server';
 import type { watchNode } from '../workflows/recovery';
 import { createControlWorker } from '../workers/control';
 import { workflowBundle } from '../test/helpers/env';
 import { runIfMain, withBenchServer } from './harness';
-import { measureCpu, pidsMatching, roundCost, sleep, terminateQuietly, until, type CpuWindow } from './watch-cost';
+import {
+  firstHealthyProbes,
+  measureCpu,
+  pidsMatching,
+  probeCount,
+  roundCost,
+  sleep,
+  terminateQuietly,
+  type CpuWindow,
+} from './watch-cost';
 
 function intEnv(name: string, def: number, min: number, max: number): number {
   const raw = process.env[name];
@@ -152,24 +161,11 @@ export async function run(): Promise<void> {
         );
       }
       const startS = (performance.now() - started) / 1000;
-      for (const h of watchers) {
-        await until(`first probe of ${h.workflowId}`, 120_000, async () => {
-          const s = await h.query(getWatchStatusQuery);
-          if (s.lastReport && !s.lastReport.healthy) {
-            throw new Error(`${h.workflowId}: unhealthy: ${s.lastReport.problems.join(', ')}`);
-          }
-          return s.probes > 0 ? true : undefined;
-        });
-      }
-      const probeCount = async (): Promise<number> => {
-        let n = 0;
-        for (const h of watchers) n += (await h.query(getWatchStatusQuery)).probes;
-        return n;
-      };
+      await firstHealthyProbes(watchers, 120_000);
       // Counting queries every watcher, which takes a while at 200: the rate is over the counts' own midpoints.
       const counted = async (): Promise<[number, number]> => {
         const t0 = performance.now();
-        const n = await probeCount();
+        const n = await probeCount(watchers);
         return [n, (t0 + performance.now()) / 2];
       };
       const [probesBefore, countedAt0] = await counted();

@@ -59,7 +59,17 @@ import {
 } from '../test/helpers/env';
 import { roundTimes } from '../test/helpers/watch-history';
 import { runIfMain, withBenchServer } from './harness';
-import { measureCpu, pidsMatching, roundCost, sleep, terminateQuietly, until, type CpuWindow } from './watch-cost';
+import {
+  firstHealthyProbes,
+  measureCpu,
+  pidsMatching,
+  probeCount,
+  roundCost,
+  sleep,
+  terminateQuietly,
+  until,
+  type CpuWindow,
+} from './watch-cost';
 
 const FAULTS = intEnv('BENCH_RECOVERY_FAULTS', 9, 1, 100);
 /** Which parts to run: "12" (default), "1" or "2". */
@@ -360,23 +370,10 @@ async function cpuBench(env: TestEnv, address: string, serverPids: number[]): Pr
       );
     }
     // Warm-up: every watcher has fetched its facts and finished a healthy probe.
-    for (const h of watchers) {
-      await until(`first probe of ${h.workflowId}`, 60_000, async () => {
-        const s = await h.query(getWatchStatusQuery);
-        if (s.lastReport && !s.lastReport.healthy) {
-          throw new Error(`${h.workflowId}: unhealthy: ${s.lastReport.problems.join(', ')}`);
-        }
-        return s.probes > 0 ? true : undefined;
-      });
-    }
-    const probeCount = async (): Promise<number> => {
-      let n = 0;
-      for (const h of watchers) n += (await h.query(getWatchStatusQuery)).probes;
-      return n;
-    };
-    const probesBefore = await probeCount();
+    await firstHealthyProbes(watchers, 60_000);
+    const probesBefore = await probeCount(watchers);
     const watched = await measureCpu(serverPids, WINDOW_S);
-    const probes = (await probeCount()) - probesBefore;
+    const probes = (await probeCount(watchers)) - probesBefore;
 
     const line = (name: string, w: CpuWindow): string =>
       `  ${name.padEnd(10)} window ${w.wallS.toFixed(1)} s   this process ${w.selfS.toFixed(2)} s ` +

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
+import { getWatchStatusQuery } from '../src/contracts';
 
 type HistoryEvent = temporal.api.history.v1.IHistoryEvent;
 
@@ -105,4 +106,24 @@ export async function terminateQuietly(h: WorkflowHandle | undefined): Promise<v
   } catch {
     // Not running (finished, or never started): nothing to do.
   }
+}
+
+/** Wait until every watcher has finished a healthy probe (an unhealthy one fails the bench, naming its problems). */
+export async function firstHealthyProbes(watchers: readonly WorkflowHandle[], timeoutMs: number): Promise<void> {
+  for (const h of watchers) {
+    await until(`first probe of ${h.workflowId}`, timeoutMs, async () => {
+      const s = await h.query(getWatchStatusQuery);
+      if (s.lastReport && !s.lastReport.healthy) {
+        throw new Error(`${h.workflowId}: unhealthy: ${s.lastReport.problems.join(', ')}`);
+      }
+      return s.probes > 0 ? true : undefined;
+    });
+  }
+}
+
+/** Probe rounds the watchers have done so far, summed from their status queries. */
+export async function probeCount(watchers: readonly WorkflowHandle[]): Promise<number> {
+  let n = 0;
+  for (const h of watchers) n += (await h.query(getWatchStatusQuery)).probes;
+  return n;
 }
