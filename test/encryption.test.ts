@@ -410,6 +410,15 @@ interface RawJsonHistory {
 }
 
 test('key rotation: encryptWith B with A kept reads the old run and encodes new payloads with B; without A it names A', async () => {
+  // The rotated config as an operator would write it, so the run's secret scan finds key B and opens B's payloads.
+  const rotatedEncryption = {
+    keys: [
+      { id: 'key-b', file: keyB },
+      { id: 'key-a', file: keyA },
+    ],
+    encryptWith: 'key-b',
+  };
+  writeFileSync(path.join(dir, 'rotated.yaml'), stringify({ temporal: { encryption: rotatedEncryption } }));
   const rotated = new Client({
     connection: ctx.env.client.connection,
     namespace: 'default',
@@ -419,13 +428,7 @@ test('key rotation: encryptWith B with A kept reads the old run and encodes new 
         ...loaded.config,
         temporal: {
           ...loaded.config.temporal,
-          encryption: {
-            keys: [
-              { id: 'key-b', file: keyB },
-              { id: 'key-a', file: keyA },
-            ],
-            encryptWith: 'key-b',
-          },
+          encryption: rotatedEncryption,
         },
       },
     }),
