@@ -220,13 +220,19 @@ export class AutoDrainer {
     this.changed();
   }
 
+  /** The drained set changed (on a client's request path, from refused()): never throws. */
   private changed(): void {
     this.deps.metrics.autoDrainsChanged(this.list(), this.deps.store.current);
-    this.deps.onChange?.();
     if (this.entries.size === 0) this.stopTimer();
     else if (!this.timer && !this.closed && this.options.recheckMs > 0) {
       this.timer = setInterval(() => void this.recheck(), Math.min(this.options.recheckMs, 5_000));
       this.timer.unref();
+    }
+    // Last, once the recheck is armed: a listener's failure is logged, never the request's nor the drain's.
+    try {
+      this.deps.onChange?.();
+    } catch (err) {
+      this.deps.log(`router: auto-drain change listener failed: ${String(err)}`);
     }
   }
 

@@ -164,8 +164,14 @@ export class RouteStore {
   private snap: RouteSnapshot;
   private readonly listeners: ((snap: RouteSnapshot) => void)[] = [];
 
-  /** Load from `stateFile` if it exists (an invalid file is an error, never silently reset), else start empty. */
-  constructor(readonly stateFile: string | undefined) {
+  /**
+   * Load from `stateFile` if it exists (an invalid file is an error, never silently reset), else start empty. `log`
+   * gets the failures of change listeners (they never fail a change that is already persisted).
+   */
+  constructor(
+    readonly stateFile: string | undefined,
+    private readonly log: (line: string) => void = () => undefined,
+  ) {
     this.snap = { version: 0, routes: {}, drained: [], updatedAt: new Date(0).toISOString() };
     if (stateFile && existsSync(stateFile)) {
       let raw: unknown;
@@ -258,7 +264,14 @@ export class RouteStore {
     // Persist first: a change the caller was told succeeded must survive a restart.
     if (this.stateFile) persist(this.stateFile, snap);
     this.snap = snap;
-    for (const fn of this.listeners) fn(snap);
+    // The change is persisted and in place: a listener that throws is logged, and the others still hear of it.
+    for (const fn of this.listeners) {
+      try {
+        fn(snap);
+      } catch (err) {
+        this.log(`router: route change listener failed: ${String(err)}`);
+      }
+    }
     return snap;
   }
 }

@@ -80,7 +80,7 @@ export interface RouterHandle {
 /** Start a router; resolves once it listens. */
 export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandle> {
   const log = opts.log ?? (() => undefined);
-  const table = new RouteStore(opts.stateFile);
+  const table = new RouteStore(opts.stateFile, log);
   if (table.current.version === 0 && opts.initialRoutes) table.replace(opts.initialRoutes);
   const stats = new StatsStore({ ...(opts.statsCapacity !== undefined ? { capacity: opts.statsCapacity } : {}) });
   const metrics = new RouterMetrics();

@@ -418,4 +418,54 @@ describe('AutoDrainer', () => {
       expect(connectFailure(e(code))).toBeNull();
     expect(connectFailure(null)).toBeNull();
   });
+
+  test('a change listener that throws is logged: the drain stands, the refusing request goes on and the recheck is armed', async () => {
+    const store = new RouteStore(undefined);
+    store.replace({
+      routes: {
+        x: route([
+          { name: 'a', engine: 'http://10.0.0.1:8000', weight: 50 },
+          { name: 'b', engine: 'http://10.0.0.1:8001', weight: 50 },
+        ]),
+      },
+    });
+    const logs: string[] = [];
+    const accepts = jest.fn(() => Promise.resolve(false));
+    const d = new AutoDrainer({
+      store,
+      metrics: new RouterMetrics(),
+      log: (l) => logs.push(l),
+      options: { refusals: 1, afterMs: 0, recheckMs: 50 },
+      accepts,
+      onChange: () => {
+        throw new Error('listener bug');
+      },
+    });
+    try {
+      d.refused('http://10.0.0.1:8000', 'ECONNREFUSED');
+      expect(() => d.refused('http://10.0.0.1:8001', 'ECONNREFUSED')).not.toThrow();
+      expect(d.list()).toHaveLength(2);
+      expect(logs).toContainEqual(expect.stringContaining('listener bug'));
+      const end = Date.now() + 2_000;
+      while (accepts.mock.calls.length === 0 && Date.now() < end) await sleep(20);
+      expect(accepts).toHaveBeenCalled();
+    } finally {
+      d.close();
+    }
+  });
+});
+
+test('a route change listener that throws is logged; the change stands and the other listeners still hear of it', () => {
+  const logs: string[] = [];
+  const store = new RouteStore(undefined, (l) => logs.push(l));
+  const heard: number[] = [];
+  store.onChange(() => {
+    throw new Error('listener bug');
+  });
+  store.onChange((snap) => heard.push(snap.version));
+  const snap = store.replace({ routes: { x: route([{ name: 'a', engine: 'http://10.0.0.1:8000', weight: 1 }]) } });
+  expect(snap.version).toBe(1);
+  expect(store.current).toBe(snap);
+  expect(heard).toEqual([1]);
+  expect(logs).toEqual([expect.stringContaining('listener bug')]);
 });
