@@ -256,8 +256,9 @@ export interface ShadowRound {
   dropped: number;
   /**
    * Requests picked for mirroring but not sent, by reason (failover, api, drained, shared_engine), and copies that
-   * ended without a pair, by reason (deadline, shadow_removed, drained, closed, client_abort); see the router's shadow
-   * mirroring in README. Absent in records written before they were counted.
+   * ended without a pair, by reason (shadow_removed, drained, closed, client_abort; `deadline` only in older records:
+   * a copy past its deadline is now the canary's timeout in its pair); see the router's shadow mirroring in README.
+   * Absent in records written before they were counted.
    */
   skipped?: Partial<Record<string, number>>;
   aborted?: Partial<Record<string, number>>;

@@ -21,14 +21,15 @@ const FAILOVER_HELP = {
 /** Help texts of the shadow families. */
 const SHADOW_HELP = {
   requests:
-    'Requests mirrored to a shadow variant (answers dropped), by outcome; "dropped": not mirrored, the cap was full.',
+    'Mirrored requests that ended as a pair, by the shadow copy\'s outcome (answers dropped); "dropped": not ' +
+    'mirrored, the cap was full.',
   ttft: 'Time to first token of mirrored requests on the shadow variant (completed requests).',
   skipped:
     'Requests picked for mirroring but not sent, by reason (failover, api, drained, shared_engine: the one copy ' +
-    'allowed on an engine that also serves the client was in flight).',
+    'allowed on an engine that carries client traffic was in flight).',
   aborted:
-    'Mirrored requests that ended without a pair, by reason (deadline, shadow_removed, drained, closed: cut by the ' +
-    'router; client_abort: the client went away, never judged).',
+    'Mirrored requests that ended without a pair, by reason (shadow_removed, drained, closed: cut by the router; ' +
+    'client_abort: the client went away, never judged). A copy past its deadline is a timeout in its pair.',
 } as const;
 /** The labels of the per-variant families. */
 const BY_VARIANT = ['alias', 'variant'] as const;

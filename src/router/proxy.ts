@@ -23,7 +23,7 @@ import {
   type RouteStore,
   type Variant,
 } from './routes';
-import type { MirrorHandle, ShadowMirror } from './shadow';
+import type { MirrorHandle, MirroredRequest, ShadowMirror } from './shadow';
 import type { Outcome, Sample, StatsStore } from './stats';
 import { UpstreamCall } from './upstream';
 
@@ -77,6 +77,8 @@ export interface ProxyDeps {
   autoDrain?: AutoDrainer;
   /** Mirroring to an alias's shadow variant (without it: routes' `shadow` is ignored). */
   shadow?: ShadowMirror;
+  /** Where the mirror's own failures are logged (they never reach the client). */
+  log?: (line: string) => void;
 }
 
 const HOP_BY_HOP = new Set([
@@ -153,11 +155,20 @@ export async function proxyGeneration(
   res.on('close', onClose);
   deps.metrics.inflight.inc({ alias });
 
+  /** When the engine's first body byte came (undefined: none yet, or none at all). */
+  let firstByteAt: number | undefined;
   const finish = (outcome: Outcome, status: number, extra: Partial<Sample> = {}): void => {
     const sample = recordSample(deps, alias, variant, started, outcome, status, extra);
-    mirror?.primary(sample);
     deps.metrics.inflight.dec({ alias });
     res.off('close', onClose);
+    // An answer that ended without a body byte (the engine failed before it, or sent none) is mirrored now that it
+    // has been written: a stable that fails early is paired as well as one that answers. A client that went away is
+    // never judged.
+    if (firstByteAt === undefined && outcome !== 'client_abort' && route.shadow && deps.shadow) {
+      const accept = req.headers.accept ?? '*/*';
+      mirror = forkMirror(deps, { alias, api, body, streaming, accept, chosen, served: variant });
+    }
+    if (mirror) pairMirror(deps, alias, mirror, sample);
   };
 
   // At most one retry, on another variant, and only before any byte went to the client: nothing is written to it
@@ -181,9 +192,9 @@ export async function proxyGeneration(
       if (refused && !failedOver)
         next = failOverFrom(variant, outcome, code, true, { route, snap, api, deps, alias, key, started });
       if (!next) {
-        finish(outcome, code);
         const message = `engine ${variant.engine}: ${errorText(err)}`;
-        return writeError(res, api, code, message, variant, failedOver);
+        writeError(res, api, code, message, variant, failedOver);
+        return finish(outcome, code);
       }
     }
     if (upstream) {
@@ -197,8 +208,8 @@ export async function proxyGeneration(
         if (clientGone) return finish('client_abort', 499);
         next = failOverFrom(variant, 'upstream_5xx', 503, false, { route, snap, api, deps, alias, key, started });
         if (!next) {
-          finish('upstream_5xx', 503);
-          return writeError(res, api, 503, `engine ${variant.engine} answered 503`, variant);
+          writeError(res, api, 503, `engine ${variant.engine} answered 503`, variant);
+          return finish('upstream_5xx', 503);
         }
       }
     }
@@ -221,7 +232,6 @@ export async function proxyGeneration(
   const contentType = upstream.headers['content-type'];
   const sse = typeof contentType === 'string' ? /^text\/event-stream\b/i.test(contentType) : !isOllama(api);
   const tap = new TokenTap(streaming, sse ? 'sse' : 'ndjson');
-  let firstByteAt: number | undefined;
   try {
     res.writeHead(status, headers);
     const call = upstream;
@@ -235,14 +245,8 @@ export async function proxyGeneration(
       };
       call.pipe({
         data(chunk) {
-          if (firstByteAt === undefined) {
-            firstByteAt = performance.now();
-            // The copy starts only now: it never competes with the client's request for its first token.
-            if (route.shadow && deps.shadow) {
-              const accept = req.headers.accept ?? '*/*';
-              mirror = deps.shadow.fork({ alias, api, body, streaming, accept, chosen, served: variant });
-            }
-          }
+          const first = firstByteAt === undefined;
+          if (first) firstByteAt = performance.now();
           tap.push(chunk);
           // Chunks (and the end) that arrive in the same tick go out in one write; the uncork on the next tick adds
           // no waiting.
@@ -251,7 +255,13 @@ export async function proxyGeneration(
             res.cork();
             process.nextTick(uncork);
           }
-          if (res.write(chunk)) return true;
+          const flowing = res.write(chunk);
+          // The copy is forked only once the client's first byte is written: it never competes with it.
+          if (first && route.shadow && deps.shadow) {
+            const accept = req.headers.accept ?? '*/*';
+            mirror = forkMirror(deps, { alias, api, body, streaming, accept, chosen, served: variant });
+          }
+          if (flowing) return true;
           // A full client socket pauses the engine's until it drains; one wait at a time, however many chunks the
           // parser had already delivered (pipe hands over those that came with the headers in one go).
           if (!waiting) {
@@ -295,6 +305,25 @@ export async function proxyGeneration(
     ...(tokens !== undefined && outcome === 'ok' ? { outputTokens: tokens } : {}),
     ...(tokensPerSecond !== undefined && outcome === 'ok' ? { tokensPerSecond } : {}),
   });
+}
+
+/** Fork the request's copy (src/router/shadow.ts); a throw in the mirror's own bookkeeping is only logged. */
+function forkMirror(deps: ProxyDeps, r: MirroredRequest): MirrorHandle | undefined {
+  try {
+    return deps.shadow?.fork(r);
+  } catch (err) {
+    deps.log?.(`router: shadow copy for ${r.alias}: ${errorText(err)}`);
+    return undefined;
+  }
+}
+
+/** Hand the mirror the client's sample (once the client's request is done with); a throw is logged only. */
+function pairMirror(deps: ProxyDeps, alias: string, mirror: MirrorHandle, sample: Sample): void {
+  try {
+    mirror.primary(sample);
+  } catch (err) {
+    deps.log?.(`router: shadow pairing for ${alias}: ${errorText(err)}`);
+  }
 }
 
 /** The dispatch options of one engine attempt: the client's path, the engine's key, the router's timeouts. */

@@ -138,6 +138,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<RouterHandl
     headersTimeoutMs,
     bodyTimeoutMs: opts.bodyTimeoutMs ?? 60_000,
     autoDrain,
+    log,
   };
   deps.shadow = new ShadowMirror(deps, { deadlineMs: opts.shadowDeadlineMs ?? headersTimeoutMs });
   for (const [api, p] of Object.entries(API_PATHS) as [ClientApi, string][]) {

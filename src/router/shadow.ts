@@ -5,14 +5,18 @@
  * two measurements of the same request become one pair in the stats, which a deployment's shadow stage analyses
  * exactly as a canary step.
  *
- * The copy never delays or fails the client's request: it starts only once the client's answer has (its first body
- * byte came from the engine), so it never competes with the client's own first token; it is never awaited, its
- * errors end up in the stats only; at most `maxConcurrent` copies per alias are in flight (a request over the cap is
- * dropped, never queued), and at most SHARED_ENGINE_CAP when the shadow variant's engine also serves the client's
- * variant (Ollama's canary usually shares stable's engine). Every copy can be cut: at its deadline, when the route
- * stops mirroring to it or its engine is drained, when the client goes away, and when the router closes. Every
- * request picked for mirroring ends as exactly one of: a pair, dropped, skipped (with a reason) or aborted (with a
- * reason), in the stats and the metrics.
+ * Only requests the weighted choice gave to `stable` are mirrored: a pair compares the canary with stable on the same
+ * request, never with another weighted variant an operator added.
+ *
+ * The copy never delays or fails the client's request: it is forked once the client's first body byte has been
+ * written (or, for an answer without a body byte, once it has been written in full), and sent from a later turn of
+ * the event loop (its key file, body serialisation and dispatch never run before the client's bytes); it is never
+ * awaited, its errors end up in the stats only; at most `maxConcurrent` copies per alias are in flight (a request over
+ * the cap is dropped, never queued), and at most SHARED_ENGINE_CAP to an engine that carries client traffic (Ollama's
+ * canary usually shares stable's engine). Every copy can be cut: at its deadline (the canary's `timeout`, judged in
+ * the pair), when the route stops mirroring to it or its engine is drained, when the client goes away, and when the
+ * router closes. Every request picked for mirroring ends as exactly one of: a pair, dropped, skipped (with a reason)
+ * or aborted (with a reason), in the stats and the metrics, each counted once.
  */
 import { request } from 'undici';
 import { API_PATHS, TokenTap, apiKey, joinUrl, type ClientApi, type ProxyDeps } from './proxy';
@@ -25,20 +29,27 @@ import type { Outcome, Sample, ShadowAbort, ShadowSkip } from './stats';
  */
 export type ShadowDeps = Pick<
   ProxyDeps,
-  'store' | 'stats' | 'metrics' | 'dispatcher' | 'random' | 'headersTimeoutMs' | 'bodyTimeoutMs' | 'autoDrain'
+  'store' | 'stats' | 'metrics' | 'dispatcher' | 'random' | 'headersTimeoutMs' | 'bodyTimeoutMs' | 'autoDrain' | 'log'
 >;
 
 export interface ShadowOptions {
-  /** Longest a copy may run in all before the router cuts it (counted as aborted: `deadline`, never judged). */
+  /**
+   * Longest a copy may run in all before the router cuts it: recorded in its pair as the shadow variant's `timeout`
+   * (a canary that never answers is judged, not lost).
+   */
   deadlineMs: number;
 }
 
 /**
- * Copies in flight at most to an engine that also serves the client's variant (same origin: scheme, host and port).
- * One: the engine then runs at most one extra generation for the mirror, however many clients it serves; the rest are
- * skipped (`shared_engine`), never queued. Engines of their own get the route's `maxConcurrent`.
+ * Copies in flight at most to an engine that carries client traffic (same origin: scheme, host and port as a variant,
+ * of any alias, with weight > 0 on an engine not drained). One: the engine then runs at most one extra generation for
+ * the mirror, however many clients it serves; the rest are skipped (`shared_engine`), never queued. Engines of their
+ * own get the route's `maxConcurrent`.
  */
 export const SHARED_ENGINE_CAP = 1;
+
+/** The variant whose requests are mirrored: the pairs compare the shadow variant with it. */
+export const MIRRORED_VARIANT = 'stable';
 
 /** The request the client sent, as the proxy parsed it, once the client's answer has started. */
 export interface MirroredRequest {
@@ -47,7 +58,7 @@ export interface MirroredRequest {
   body: Record<string, unknown>;
   streaming: boolean;
   accept: string;
-  /** The variant the weighted choice picked for the client. */
+  /** The variant the weighted choice picked for the client (mirrored only when it is MIRRORED_VARIANT). */
   chosen: Variant;
   /** The variant whose answer the client is getting (not `chosen` after a failover). */
   served: Variant;
@@ -62,8 +73,6 @@ export interface MirrorHandle {
 interface Copy {
   alias: string;
   variant: Variant;
-  /** Origin key counted against SHARED_ENGINE_CAP, when the copy shares the client's engine. */
-  shared: string | undefined;
   ac: AbortController;
   /** The copy's sample, or why it was cut; undefined while it runs. */
   result: Sample | ShadowAbort | undefined;
@@ -87,8 +96,10 @@ function originOf(engine: string): string {
 export class ShadowMirror {
   /** alias → copies in flight. */
   private readonly inflight = new Map<string, number>();
-  /** engine origin → copies in flight that share it with the client's variant. */
-  private readonly shared = new Map<string, number>();
+  /** engine origin → copies in flight to it (every copy counts there, whatever engine served its client). */
+  private readonly perOrigin = new Map<string, number>();
+  /** Origins of the engines that carry client traffic, per route snapshot (auto-drains are checked per copy). */
+  private serving: { snap: RouteSnapshot; origins: Map<string, string[]> } | undefined;
   private readonly copies = new Set<Copy>();
   private closed = false;
 
@@ -99,15 +110,17 @@ export class ShadowMirror {
 
   /**
    * Start mirroring `r` when its alias has a shadow, the request falls in the mirrored share and the shadow variant
-   * can take it (not the client's own variant, not drained, speaks the API, under the caps). Returns at once;
-   * undefined when not mirrored. Call it once the client's answer has started, never before. It reads the route table
-   * as it is now: a shadow removed while the client waited for its first token mirrors nothing.
+   * can take it (not the client's own variant, not drained, speaks the API, under the caps). Returns at once (the copy
+   * is sent from a later turn of the event loop); undefined when not mirrored. Call it once the client's first byte
+   * (or its whole answer) has been written, never before. It reads the route table as it is now: a shadow removed
+   * while the client waited for its first token mirrors nothing.
    */
   fork(r: MirroredRequest): MirrorHandle | undefined {
     const snap = this.deps.store.current;
     const route = snap.routes[r.alias];
     const shadow = route?.shadow;
-    if (this.closed || !route || !shadow || shadow.variant === r.served.name) return undefined;
+    if (this.closed || !route || !shadow || r.chosen.name !== MIRRORED_VARIANT) return undefined;
+    if (shadow.variant === r.served.name) return undefined;
     if (this.deps.random() * 100 >= shadow.percent) return undefined;
     const target = route.variants.find((v) => v.name === shadow.variant);
     if (!target) return undefined;
@@ -129,38 +142,42 @@ export class ShadowMirror {
       return undefined;
     }
     const origin = originOf(target.engine);
-    const shared = origin === originOf(r.served.engine) ? origin : undefined;
-    if (shared !== undefined && (this.shared.get(shared) ?? 0) >= SHARED_ENGINE_CAP) return skip('shared_engine');
+    const onOrigin = this.perOrigin.get(origin) ?? 0;
+    if (onOrigin >= SHARED_ENGINE_CAP && this.carriesTraffic(origin, snap)) return skip('shared_engine');
 
     this.inflight.set(alias, n + 1);
-    if (shared !== undefined) this.shared.set(shared, (this.shared.get(shared) ?? 0) + 1);
+    this.perOrigin.set(origin, onOrigin + 1);
     const copy: Copy = {
       alias,
       variant: target,
-      shared,
       ac: new AbortController(),
       result: undefined,
       primary: undefined,
       settled: false,
     };
     this.copies.add(copy);
-    const deadline = setTimeout(() => this.cut(copy, 'deadline'), this.opts.deadlineMs);
+    const started = performance.now();
+    const deadline = setTimeout(() => this.timedOut(copy, started), this.opts.deadlineMs);
     deadline.unref();
-    void this.send(r, target, copy.ac.signal)
-      .then((s) => {
-        if (copy.result !== undefined) return; // cut: already recorded
-        copy.result = s;
-        this.deps.metrics.shadow(alias, target.name, s);
-        this.settle(copy);
-      })
-      // send() turns every failure into a sample; this only guards the bookkeeping above.
-      .catch(() => undefined)
-      .finally(() => {
-        clearTimeout(deadline);
-        this.copies.delete(copy);
-        this.inflight.set(alias, (this.inflight.get(alias) ?? 1) - 1);
-        if (shared !== undefined) this.shared.set(shared, (this.shared.get(shared) ?? 1) - 1);
-      });
+    // Counted and cuttable from now on; sent from the next turn of the event loop, so that the key file, the body's
+    // serialisation and the dispatch never run before the client's bytes are on their way.
+    setImmediate(() => {
+      const sent = copy.ac.signal.aborted ? Promise.resolve(undefined) : this.send(r, target, copy.ac.signal);
+      void sent
+        .then((s) => {
+          if (s === undefined || copy.result !== undefined) return; // cut: already recorded
+          copy.result = s;
+          this.settle(copy);
+        })
+        // send() turns every failure into a sample; this only guards the bookkeeping above.
+        .catch((err: unknown) => this.deps.log?.(`router: shadow copy of ${alias}: ${String(err)}`))
+        .finally(() => {
+          clearTimeout(deadline);
+          this.copies.delete(copy);
+          this.inflight.set(alias, (this.inflight.get(alias) ?? 1) - 1);
+          this.perOrigin.set(origin, (this.perOrigin.get(origin) ?? 1) - 1);
+        });
+    });
     return {
       primary: (s: Sample): void => {
         copy.primary ??= s;
@@ -194,13 +211,46 @@ export class ShadowMirror {
     for (const c of this.copies) this.cut(c, 'closed');
   }
 
+  /**
+   * Whether an engine origin carries client traffic now: a variant of any alias on it has weight > 0 and its engine
+   * is drained neither by an operator nor by the router.
+   */
+  private carriesTraffic(origin: string, snap: RouteSnapshot): boolean {
+    if (this.serving?.snap !== snap) {
+      const origins = new Map<string, string[]>();
+      for (const route of Object.values(snap.routes)) {
+        for (const v of route.variants) {
+          const url = normalizeEngineUrl(v.engine);
+          if (v.weight <= 0 || snap.drained.includes(url)) continue;
+          const o = originOf(v.engine);
+          const urls = origins.get(o);
+          if (!urls) origins.set(o, [url]);
+          else if (!urls.includes(url)) urls.push(url);
+        }
+      }
+      this.serving = { snap, origins };
+    }
+    const urls = this.serving.origins.get(origin);
+    const auto = this.deps.autoDrain?.drained;
+    return urls !== undefined && urls.some((u) => auto === undefined || !auto.has(u));
+  }
+
   private isDrained(v: Variant, snap: RouteSnapshot): boolean {
     const url = normalizeEngineUrl(v.engine);
     const auto = this.deps.autoDrain?.drained;
     return snap.drained.includes(url) || (auto !== undefined && auto.size > 0 && auto.has(url));
   }
 
-  /** Stop a running copy; it is recorded as aborted for `reason` at once. */
+  /** The copy ran past its deadline: the shadow variant's timeout, judged in its pair like any other answer. */
+  private timedOut(c: Copy, started: number): void {
+    if (c.result !== undefined) return;
+    const durationMs = performance.now() - started;
+    c.result = { at: Date.now(), outcome: 'timeout', status: 504, durationMs };
+    this.settle(c);
+    c.ac.abort(new Error('shadow copy cut: deadline'));
+  }
+
+  /** Stop a running copy for a reason of the router's (or its client's); it is recorded as aborted at once. */
   private cut(c: Copy, reason: ShadowAbort): void {
     if (c.result !== undefined) return;
     c.result = reason;
@@ -208,7 +258,10 @@ export class ShadowMirror {
     c.ac.abort(new Error(`shadow copy cut: ${reason}`));
   }
 
-  /** Record the copy's end once both sides are known: a pair, or aborted (cut, or the client went away). */
+  /**
+   * Record the copy's end once both sides are known: a pair, or aborted (cut, or the client went away), counted once
+   * in the stats and once in the metrics (a pair under its copy's outcome).
+   */
   private settle(c: Copy): void {
     if (c.settled) return;
     const name = c.variant.name;
@@ -234,6 +287,7 @@ export class ShadowMirror {
       primary: c.primary,
       shadow: copy,
     });
+    this.deps.metrics.shadow(c.alias, name, copy);
   }
 
   /** Send the copy, read its answer to the end and drop it; resolves to the copy's sample (or anything when cut). */

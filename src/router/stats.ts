@@ -84,17 +84,18 @@ export interface ShadowPair {
 /**
  * Why a request picked for mirroring was not sent: its client's request failed over to another variant (its answer
  * is no measure of the variant the pair compares against), it is Ollama-native and the shadow variant is not Ollama,
- * the shadow variant's engine is drained, or that engine also serves the client's variant and already has its one
- * copy in flight (see SHARED_ENGINE_CAP in src/router/shadow.ts).
+ * the shadow variant's engine is drained, or that engine carries client traffic and already has its one copy in
+ * flight (see SHARED_ENGINE_CAP in src/router/shadow.ts).
  */
 export type ShadowSkip = 'failover' | 'api' | 'drained' | 'shared_engine';
 
 /**
- * Why a sent copy ended without a pair: the router cut it at its deadline, because the route stopped mirroring to
- * it (shadow removed or changed, variant or alias removed), because its engine was drained, or because the router
- * closed; or its client went away (`client_abort`: never judged, the copy is cut if still running).
+ * Why a sent copy ended without a pair, for a reason of the router's or the client's, never the shadow variant's: the
+ * route stopped mirroring to it (shadow removed or changed, variant or alias removed), its engine was drained, the
+ * router closed; or its client went away (`client_abort`: never judged, the copy is cut if still running). A copy
+ * cut at its deadline is the shadow variant's `timeout`, in its pair.
  */
-export type ShadowAbort = 'deadline' | 'shadow_removed' | 'drained' | 'closed' | 'client_abort';
+export type ShadowAbort = 'shadow_removed' | 'drained' | 'closed' | 'client_abort';
 
 /** A mirrored request that produced no pair, as the stats keep it. */
 export type ShadowMiss =

@@ -8,7 +8,7 @@ import http from 'node:http';
 import type { ServerResponse } from 'node:http';
 import { freePort } from '../../src/net';
 import { startRouter, type RouterHandle, type RouterOptions, type RouteTableInput } from '../../src/router';
-import { AutoDrainer, connectFailure } from '../../src/router/failover';
+import { AutoDrainer, connectFailure, type AutoDrainDeps } from '../../src/router/failover';
 import { RouterMetrics } from '../../src/router/metrics';
 import { RouteStore } from '../../src/router/routes';
 import { postJson, sleep, sseTokens, startFixture, tempDir, tokenFile, writeChunks, type Fixture } from './helpers';
@@ -351,7 +351,7 @@ describe('auto-drain', () => {
 });
 
 describe('AutoDrainer', () => {
-  function drainer(refusals: number, afterMs: number) {
+  function drainer(refusals: number, afterMs: number, more: Partial<AutoDrainDeps> = {}, recheckMs = 0) {
     let t = 1_000_000;
     const store = new RouteStore(undefined);
     store.replace({
@@ -367,8 +367,9 @@ describe('AutoDrainer', () => {
       store,
       metrics: new RouterMetrics(),
       log: () => undefined,
-      options: { refusals, afterMs, recheckMs: 0 },
+      options: { refusals, afterMs, recheckMs },
       now: () => t,
+      ...more,
     });
     return { d, advance: (ms: number) => (t += ms) };
   }
@@ -420,32 +421,18 @@ describe('AutoDrainer', () => {
   });
 
   test('a change listener that throws is logged: the drain stands, the refusing request goes on and the recheck is armed', async () => {
-    const store = new RouteStore(undefined);
-    store.replace({
-      routes: {
-        x: route([
-          { name: 'a', engine: 'http://10.0.0.1:8000', weight: 50 },
-          { name: 'b', engine: 'http://10.0.0.1:8001', weight: 50 },
-        ]),
-      },
-    });
     const logs: string[] = [];
     const accepts = jest.fn(() => Promise.resolve(false));
-    const d = new AutoDrainer({
-      store,
-      metrics: new RouterMetrics(),
-      log: (l) => logs.push(l),
-      options: { refusals: 1, afterMs: 0, recheckMs: 50 },
-      accepts,
-      onChange: () => {
-        throw new Error('listener bug');
-      },
-    });
+    const onChange = (): void => {
+      throw new Error('listener bug');
+    };
+    const { d, advance } = drainer(1, 0, { log: (l) => logs.push(l), accepts, onChange }, 50);
     try {
       d.refused('http://10.0.0.1:8000', 'ECONNREFUSED');
       expect(() => d.refused('http://10.0.0.1:8001', 'ECONNREFUSED')).not.toThrow();
       expect(d.list()).toHaveLength(2);
       expect(logs).toContainEqual(expect.stringContaining('listener bug'));
+      advance(1_000); // the drains are due for their recheck
       const end = Date.now() + 2_000;
       while (accepts.mock.calls.length === 0 && Date.now() < end) await sleep(20);
       expect(accepts).toHaveBeenCalled();
