@@ -4,7 +4,15 @@
  * activity (three history events) per round instead of five, and its schedule-to-start timeout still tells "node
  * gone" (nobody picked the round up) from "engine sick" (the round ran and says so).
  */
-import type { ContainerState, DiskStatus, EngineProbe, ProbeFailure, ProbeName, XidEvent } from '../src/domain/health';
+import {
+  failedGpuQuery,
+  type ContainerState,
+  type DiskStatus,
+  type EngineProbe,
+  type ProbeFailure,
+  type ProbeName,
+  type XidEvent,
+} from '../src/domain/health';
 import type { GpuQueryResult } from '../src/hosts/nvidia-smi';
 import type { ProbeEnginesInput } from './engine';
 import { MIN_GENERATE_TIMEOUT_MS } from '../src/domain/schemas';
@@ -44,7 +52,10 @@ export interface ProbeRoundResult {
   xids: XidEvent[];
   engines: EngineProbe[];
   disks: DiskStatus[];
-  /** Probes that threw or missed the round's deadline (their part above is empty); absent when none did. */
+  /**
+   * Probes that threw or missed the round's deadline (their part above is empty, but a failed GPU query's gpu.error
+   * reads as nvidia-smi timing out); absent when none did.
+   */
   failures?: ProbeFailure[];
 }
 
@@ -72,7 +83,7 @@ export function createProbeRoundActivities(deps: ProbeRoundDeps) {
       const failures: ProbeFailure[] = [];
       // Each probe settles on its own: one that throws or misses the deadline is a failure named in the report, and
       // the other four results are kept.
-      const settle = async <T>(probe: ProbeName, run: () => Promise<T>, empty: T): Promise<T> => {
+      const settle = async <T>(probe: ProbeName, run: () => Promise<T>, empty: (error: string) => T): Promise<T> => {
         let timer: ReturnType<typeof setTimeout> | undefined;
         const late = new Promise<never>((_, reject) => {
           timer = setTimeout(
@@ -83,16 +94,27 @@ export function createProbeRoundActivities(deps: ProbeRoundDeps) {
         try {
           return await Promise.race([run(), late]);
         } catch (err) {
-          failures.push({ probe, error: err instanceof Error ? err.message : String(err) });
-          return empty;
+          const error = err instanceof Error ? err.message : String(err);
+          failures.push({ probe, error });
+          return empty(error);
         } finally {
           clearTimeout(timer);
         }
       };
       const [containers, gpu, xids, engines, disks] = await Promise.all([
-        settle('inspectContainers', () => deps.inspectContainers(), []),
-        settle('queryGpus', () => deps.queryGpus(), { gpus: [], error: null }),
-        settle('readXidEvents', () => deps.readXidEvents({ since: input.xidSince }), []),
+        settle(
+          'inspectContainers',
+          () => deps.inspectContainers(),
+          () => [],
+        ),
+        // A GPU query cut by the round's deadline (shorter than nvidia-smi's own timeout) or that threw reads as
+        // nvidia-smi timing out: a wedged driver is a lost GPU (gpu-lost, restart-vm), not a blind spot.
+        settle('queryGpus', () => deps.queryGpus(), failedGpuQuery),
+        settle(
+          'readXidEvents',
+          () => deps.readXidEvents({ since: input.xidSince }),
+          () => [],
+        ),
         settle(
           'probeEngines',
           () =>
@@ -102,9 +124,13 @@ export function createProbeRoundActivities(deps: ProbeRoundDeps) {
               generateTimeoutMs: input.generateTimeoutMs,
               budgetMs: Math.max(MIN_TIMEOUT_MS, input.timeoutMs - ENGINE_MARGIN_MS),
             }),
-          [],
+          () => [],
         ),
-        settle('checkDisks', () => deps.checkDisks(), []),
+        settle(
+          'checkDisks',
+          () => deps.checkDisks(),
+          () => [],
+        ),
       ]);
       return { containers, gpu, xids, engines, disks, ...(failures.length ? { failures } : {}) };
     },

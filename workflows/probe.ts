@@ -14,7 +14,7 @@ import type { ProbeRoundResult } from '../activities/probe-round';
 import type * as nodeActivities from '../activities/node';
 import { classifyNode, type HealthReport } from '../src/domain/classify';
 import { parseDuration } from '../src/domain/durations';
-import type { NodeObservation } from '../src/domain/health';
+import { failedGpuQuery, type NodeObservation, type ProbeFailure, type ProbeName } from '../src/domain/health';
 import { nodeTaskQueue } from '../src/contracts';
 import { workflowMetrics } from './metrics';
 
@@ -64,7 +64,8 @@ export async function probeNode(node: string, opts: ProbeOptions): Promise<Healt
   const acts = proxyActivities<NodeActivities>(probeProfile(node, opts));
 
   let reachable = true;
-  const guard = async <T>(p: Promise<T>, empty: T): Promise<T> => {
+  const failures: ProbeFailure[] = [];
+  const guard = async <T>(probe: ProbeName, p: Promise<T>, empty: T, failed: (error: string) => T = () => empty) => {
     try {
       return await p;
     } catch (err) {
@@ -72,18 +73,52 @@ export async function probeNode(node: string, opts: ProbeOptions): Promise<Healt
         reachable = false;
         return empty;
       }
-      throw err;
+      // Since the patch a probe that timed out or failed on every attempt is a blind spot in the report (as in a
+      // probe round), not the caller's end: recoverNode's diagnosis of a wedged node, or a watcher's old-worker round.
+      const error = probeFailureMessage(err);
+      if (error === null || !patched(ROUND_SAFETY_PATCH)) throw err;
+      failures.push({ probe, error });
+      return failed(error);
     }
   };
   const [containers, gpu, xids, engines, disks] = await Promise.all([
-    guard(acts.inspectContainers(), []),
-    guard(acts.queryGpus(), { gpus: [], error: null }),
-    guard(acts.readXidEvents({ since: opts.xidSince }), []),
-    guard(acts.probeEngines({ generate: opts.generate, timeoutMs: healthTimeoutMs(probeMs) }), []),
-    guard(acts.checkDisks(), []),
+    guard('inspectContainers', acts.inspectContainers(), []),
+    guard('queryGpus', acts.queryGpus(), { gpus: [], error: null }, failedGpuQuery),
+    guard('readXidEvents', acts.readXidEvents({ since: opts.xidSince }), []),
+    guard('probeEngines', acts.probeEngines({ generate: opts.generate, timeoutMs: healthTimeoutMs(probeMs) }), []),
+    guard('checkDisks', acts.checkDisks(), []),
   ]);
+  // Every probe failed: nothing was seen, as when a whole round fails.
+  const roundError =
+    failures.length === PROBE_COUNT ? `every probe failed (${failures[0]?.probe}: ${failures[0]?.error})` : undefined;
+  return classifyRound(
+    node,
+    reachable,
+    {
+      containers,
+      gpu,
+      xids,
+      engines,
+      disks,
+      ...(failures.length ? { failures } : {}),
+      ...(roundError !== undefined ? { roundError } : {}),
+    },
+    opts,
+  );
+}
 
-  return classifyRound(node, reachable, { containers, gpu, xids, engines, disks }, opts);
+/** The single probes a round is made of. */
+const PROBE_COUNT = 5;
+
+/**
+ * Why a probe activity failed, when it is a probe's own failure (timed out or failed on every attempt); null for
+ * anything else (a cancellation), which the caller rethrows.
+ */
+function probeFailureMessage(err: unknown): string | null {
+  const cause = err instanceof ActivityFailure ? err.cause : undefined;
+  if (cause instanceof TimeoutFailure) return `timed out (${cause.timeoutType})`;
+  if (cause instanceof ApplicationFailure) return cause.message;
+  return null;
 }
 
 /** Options of probeNodeRound: a probe round's, and the test generation's own deadline. */
@@ -119,13 +154,11 @@ export async function probeNodeRound(node: string, opts: RoundOptions): Promise<
     if (notPickedUp(err)) return classifyRound(node, false, EMPTY_ROUND, opts);
     // Runs recorded before the patch failed here (and ended); they replay that way.
     if (!patched(ROUND_SAFETY_PATCH)) throw err;
-    // Mixed versions during an upgrade: this node's worker predates probeRound, so this round is five single probes.
+    // Mixed versions during an upgrade: this node's worker predates probeRound, so this round is five single probes
+    // (each one's failure a blind spot in the report, never the watcher's end).
     if (activityNotRegistered(err)) return probeNode(node, opts);
-    const cause = err instanceof ActivityFailure ? err.cause : undefined;
-    if (cause instanceof TimeoutFailure || cause instanceof ApplicationFailure) {
-      const why = cause instanceof TimeoutFailure ? `timed out (${cause.timeoutType})` : cause.message;
-      return classifyRound(node, true, { ...EMPTY_ROUND, roundError: `probeRound ${why}` }, opts);
-    }
+    const why = probeFailureMessage(err);
+    if (why !== null) return classifyRound(node, true, { ...EMPTY_ROUND, roundError: `probeRound ${why}` }, opts);
     throw err;
   }
 }

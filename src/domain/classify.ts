@@ -50,6 +50,12 @@ export interface HealthReport {
   node: string;
   observedAt: string;
   healthy: boolean;
+  /**
+   * Some probe of the round failed (observation.probeFailures): what it would have seen is not known, so the report
+   * is not healthy even without a critical problem. A watcher counts such a round neither as healthy nor as failed
+   * unless a critical problem it did see says so. Absent when every probe answered.
+   */
+  unknown?: true;
   /** The most disruptive rung any problem calls for ('none' when healthy). */
   recommendedRung: Rung;
   problems: Problem[];
@@ -218,6 +224,15 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
         rung: 'restart-container',
         severity: 'critical',
       });
+    } else if (e.generation?.skipped) {
+      // The deadline ran short before the generation could have its share: nothing says the engine is hung.
+      add({
+        kind: 'probe-failed',
+        subject: e.name,
+        detail: `test generation skipped: ${e.generation.error ?? 'no time left'}`,
+        rung: 'none',
+        severity: 'warning',
+      });
     } else if (e.generation && !e.generation.ok) {
       add({
         kind: 'engine-hung',
@@ -304,10 +319,12 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
   }
 
   const recommendedRung = problems.reduce<Rung>((r, p) => maxRung(r, p.rung), 'none');
+  const unknown = failures.length > 0;
   return {
     node: obs.node,
     observedAt: obs.observedAt,
-    healthy: problems.every((p) => p.severity !== 'critical'),
+    healthy: !unknown && problems.every((p) => p.severity !== 'critical'),
+    ...(unknown ? { unknown: true as const } : {}),
     recommendedRung,
     problems,
     standby,

@@ -103,8 +103,12 @@ export interface EngineProbe {
   /** Models currently loaded in VRAM (Ollama /api/ps); empty when unknown. */
   loaded: string[];
   latencyMs: number;
-  /** A tiny real generation, when requested: catches an engine that answers /health but hangs. */
-  generation: { ok: boolean; ms: number; error: string | null } | null;
+  /**
+   * A tiny real generation, when requested: catches an engine that answers /health but hangs. `skipped`: the probe's
+   * deadline left the generation less than its share (slow health/models calls), so it was not run (error says why):
+   * a blind spot, not a hung engine.
+   */
+  generation: { ok: boolean; ms: number; error: string | null; skipped?: true } | null;
   error: string | null;
   /** The health/version call got no answer before its deadline (not refused): the engine is there but frozen. */
   unanswered?: boolean;
@@ -144,6 +148,17 @@ export interface NodeObservation {
 
 /** The single probes of a round, by their activity names. */
 export type ProbeName = 'inspectContainers' | 'queryGpus' | 'readXidEvents' | 'probeEngines' | 'checkDisks';
+
+/**
+ * What a GPU query that threw or missed its deadline reads as: nvidia-smi timing out, which a hung driver (a lost GPU)
+ * makes it do. A probe deadline shorter than nvidia-smi's own timeout must not turn a wedged driver into a blind spot.
+ */
+export const GPU_QUERY_TIMED_OUT = 'nvidia-smi timed out (a hung driver often means a lost GPU)';
+
+/** The GPU query result of a queryGpus probe that failed with `error` (see GPU_QUERY_TIMED_OUT). */
+export function failedGpuQuery(error: string): { gpus: GpuStatus[]; error: string } {
+  return { gpus: [], error: `${GPU_QUERY_TIMED_OUT}: ${error}` };
+}
 
 /** One probe of a round that threw or missed the round's deadline. */
 export interface ProbeFailure {

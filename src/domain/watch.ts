@@ -98,3 +98,38 @@ export function halfIntervalGenerateTimeoutMs(probeInterval: string, generateTim
   if (generateTimeout !== undefined) return parseDuration(generateTimeout);
   return Math.min(5_000, Math.max(1_000, Math.round(parseDuration(probeInterval) / 2)));
 }
+
+/** What one round does to a watcher's count of failed rounds and its last health. */
+export interface RoundVerdict {
+  consecutiveFailures: number;
+  /** The health the watcher now holds (an unhealthy → healthy change releases router auto-drains). */
+  healthy: boolean | undefined;
+  /** The round saw nothing to decide on (a probe failed, nothing actionable): the previous state is kept. */
+  blind: boolean;
+}
+
+/**
+ * Fold one round into the watcher's state. Actionable problems count a failure; a healthy round resets the count; a
+ * round with a failed probe (`unknown`) and nothing actionable keeps both the count and the last health: an engine
+ * nobody probed is neither recovered nor sick, and must not put drained traffic back.
+ */
+export function roundVerdict(
+  previous: { consecutiveFailures: number; healthy: boolean | undefined },
+  round: { actionable: number; unknown: boolean; healthy: boolean },
+): RoundVerdict {
+  if (round.unknown && round.actionable === 0) return { ...previous, blind: true };
+  return {
+    consecutiveFailures: round.actionable > 0 ? previous.consecutiveFailures + 1 : 0,
+    healthy: round.healthy,
+    blind: false,
+  };
+}
+
+/**
+ * The rung a watcher starts recoverNode at: escalate when every actionable problem is a failed probe round (nothing
+ * was seen to choose a rung from, and recoverNode's own diagnosis would likely fail the same way); else none given,
+ * so recoverNode's diagnosis chooses.
+ */
+export function watcherStartRung(actionable: readonly Problem[]): 'escalate' | undefined {
+  return actionable.length > 0 && actionable.every((p) => p.kind === 'probe-failed') ? 'escalate' : undefined;
+}

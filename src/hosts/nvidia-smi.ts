@@ -4,7 +4,7 @@
  */
 import { XMLParser, XMLValidator } from 'fast-xml-parser';
 import { parseRecoveryAction } from '../domain/driver-verdict';
-import type { GpuRecoveryAction, GpuStatus } from '../domain/health';
+import { GPU_QUERY_TIMED_OUT, type GpuRecoveryAction, type GpuStatus } from '../domain/health';
 import { describeFailure, firstLines, runTool, type ToolResult } from './exec';
 
 /**
@@ -223,7 +223,7 @@ export function parseQueryGpuOutput(
   fields: readonly string[] = QUERY_GPU_FIELDS,
 ): GpuQueryResult {
   if (result.spawnError) return { gpus: [], error: `nvidia-smi could not start: ${result.spawnError}` };
-  if (result.timedOut) return { gpus: [], error: 'nvidia-smi timed out (a hung driver often means a lost GPU)' };
+  if (result.timedOut) return { gpus: [], error: GPU_QUERY_TIMED_OUT };
   const output = `${result.stdout}\n${result.stderr}`;
   const failure = detectRunFailure(output);
   if (failure !== null) return { gpus: [], error: failure };

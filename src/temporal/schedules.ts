@@ -113,8 +113,9 @@ export async function syncSchedules(client: Client, config: Config, opts: SyncOp
   }
   const result: SyncResult = { created: [], updated: [], deleted: [], unchanged: [] };
   const wanted = new Set<string>();
-  for (const plan of config.backups) {
-    const { options, hash } = desiredSchedule(config, plan, opts);
+  // Every plan is checked before any schedule changes: one bad plan stops the sync, not the sync halfway through.
+  const desired = config.backups.map((plan) => desiredSchedule(config, plan, opts));
+  for (const { options, hash } of desired) {
     const sid = options.scheduleId;
     if (!sid.startsWith(prefix)) continue;
     wanted.add(sid);

@@ -1,5 +1,5 @@
 import { classifyNode, restartLoopProblems } from '../../src/domain/classify';
-import type { ContainerState, EngineProbe, NodeObservation } from '../../src/domain/health';
+import { failedGpuQuery, type ContainerState, type EngineProbe, type NodeObservation } from '../../src/domain/health';
 import { rungForXid } from '../../src/domain/xid';
 import { maxRung } from '../../src/domain/rungs';
 import { containerState, gpuStatus } from '../helpers/hosts';
@@ -20,6 +20,11 @@ const engine = (over: Partial<EngineProbe> = {}): EngineProbe => ({
   ...over,
 });
 const gpu = gpuStatus;
+/** The observation's GPU part after a queryGpus that failed with `error`. */
+const failedGpuQueryObservation = (error: string): Pick<NodeObservation, 'gpus' | 'gpuError'> => {
+  const q = failedGpuQuery(error);
+  return { gpus: q.gpus, gpuError: q.error };
+};
 const obs = (over: Partial<NodeObservation> = {}): NodeObservation => ({
   node: 'n1',
   observedAt: '2026-11-22T00:00:00Z',
@@ -263,12 +268,13 @@ describe('restartLoopProblems', () => {
 });
 
 describe('probe failures', () => {
-  test('a failed probe is a probe-failed warning named by the probe; what the others saw still decides health', () => {
+  test('a failed probe is a probe-failed warning named by the probe, and the report is unknown, not healthy', () => {
     const failed = classifyNode(obs({ gpus: [], probeFailures: [{ probe: 'queryGpus', error: 'boom' }] }), {
       expectedGpus: 1,
     });
-    // No GPU list is not a GPU off the bus: no gpu-missing (restart-vm) from a probe that failed.
-    expect(failed).toMatchObject({ healthy: true, recommendedRung: 'none' });
+    // No GPU list is not a GPU off the bus: no gpu-missing (restart-vm) from a probe that failed. Nor is it healthy:
+    // nobody looked.
+    expect(failed).toMatchObject({ healthy: false, unknown: true, recommendedRung: 'none' });
     expect(failed.problems).toEqual([
       {
         kind: 'probe-failed',
@@ -283,6 +289,63 @@ describe('probe failures', () => {
     );
     expect(sick.healthy).toBe(false);
     expect(sick.problems.map((p) => p.kind)).toEqual(['probe-failed', 'engine-down']);
+    expect(classifyNode(obs())).not.toHaveProperty('unknown');
+  });
+
+  test('a failed engines probe leaves the round unknown: no engine problem is not a healthy engine', () => {
+    const r = classifyNode(obs({ engines: [], probeFailures: [{ probe: 'probeEngines', error: 'late' }] }));
+    expect(r).toMatchObject({ healthy: false, unknown: true, recommendedRung: 'none' });
+    expect(r.problems.map((p) => `${p.kind} ${p.subject} ${p.severity}`)).toEqual([
+      'probe-failed probeEngines warning',
+    ]);
+  });
+
+  test('a GPU query that missed the deadline reads as nvidia-smi timing out: gpu-lost, restart-vm', () => {
+    const r = classifyNode(
+      obs({
+        ...failedGpuQueryObservation("did not answer within the round's 13000 ms"),
+        probeFailures: [{ probe: 'queryGpus', error: "did not answer within the round's 13000 ms" }],
+      }),
+      { expectedGpus: 1 },
+    );
+    expect(r).toMatchObject({ healthy: false, recommendedRung: 'restart-vm' });
+    expect(r.problems).toContainEqual(
+      expect.objectContaining({ kind: 'gpu-lost', subject: 'gpu', severity: 'critical', rung: 'restart-vm' }),
+    );
+    expect(r.problems.find((p) => p.kind === 'gpu-lost')?.detail).toMatch(/nvidia-smi timed out \(a hung driver/);
+  });
+
+  test("a failed kernel-log read stays a warning and keeps the GPUs' own verdicts", () => {
+    const r = classifyNode(
+      obs({
+        gpus: [gpu({ lost: true })],
+        xids: [],
+        probeFailures: [{ probe: 'readXidEvents', error: 'dmesg: read kernel buffer failed' }],
+      }),
+      { expectedGpus: 2 },
+    );
+    expect(r.recommendedRung).toBe('restart-vm');
+    expect(r.problems.map((p) => `${p.kind} ${p.severity}`)).toEqual([
+      'probe-failed warning',
+      'gpu-lost critical',
+      'gpu-missing critical',
+    ]);
+  });
+
+  test('a skipped test generation is a warning, not a hung engine', () => {
+    const r = classifyNode(
+      obs({ engines: [engine({ generation: { ok: false, ms: 0, error: 'only 3 ms left', skipped: true } })] }),
+    );
+    expect(r).toMatchObject({ healthy: true, recommendedRung: 'none' });
+    expect(r.problems).toEqual([
+      {
+        kind: 'probe-failed',
+        subject: 'ollama',
+        detail: 'test generation skipped: only 3 ms left',
+        rung: 'none',
+        severity: 'warning',
+      },
+    ]);
   });
 
   test('a round that failed as a whole is critical and goes to a human, with no GPU guessed missing', () => {

@@ -7,6 +7,8 @@ import {
   unknownEngine,
   watchGenerateTimeoutMs,
   halfIntervalGenerateTimeoutMs,
+  roundVerdict,
+  watcherStartRung,
   type Window,
 } from '../../src/domain/watch';
 
@@ -94,5 +96,42 @@ describe('watchGenerateTimeoutMs', () => {
     expect(halfIntervalGenerateTimeoutMs('5s')).toBe(2500);
     expect(halfIntervalGenerateTimeoutMs('300ms')).toBe(1000);
     expect(halfIntervalGenerateTimeoutMs('1m')).toBe(5000);
+  });
+});
+
+describe('roundVerdict', () => {
+  const prev = { consecutiveFailures: 2, healthy: false };
+  test('a round with a failed probe and nothing actionable keeps the count and the last health', () => {
+    expect(roundVerdict(prev, { actionable: 0, unknown: true, healthy: false })).toEqual({ ...prev, blind: true });
+    expect(
+      roundVerdict({ consecutiveFailures: 0, healthy: true }, { actionable: 0, unknown: true, healthy: false }),
+    ).toEqual({ consecutiveFailures: 0, healthy: true, blind: true });
+  });
+  test('what a blind round did see still counts; a healthy round resets', () => {
+    expect(roundVerdict(prev, { actionable: 1, unknown: true, healthy: false })).toEqual({
+      consecutiveFailures: 3,
+      healthy: false,
+      blind: false,
+    });
+    expect(roundVerdict(prev, { actionable: 0, unknown: false, healthy: true })).toEqual({
+      consecutiveFailures: 0,
+      healthy: true,
+      blind: false,
+    });
+  });
+});
+
+describe('watcherStartRung', () => {
+  const p = (kind: Problem['kind']): Problem => ({
+    kind,
+    subject: 'n1',
+    detail: '',
+    rung: 'escalate',
+    severity: 'critical',
+  });
+  test('only failed probe rounds go straight to escalation; anything seen lets recoverNode choose', () => {
+    expect(watcherStartRung([p('probe-failed'), p('probe-failed')])).toBe('escalate');
+    expect(watcherStartRung([p('probe-failed'), p('engine-hung')])).toBeUndefined();
+    expect(watcherStartRung([])).toBeUndefined();
   });
 });

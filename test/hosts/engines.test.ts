@@ -296,14 +296,14 @@ describe('probeEngine', () => {
   });
 
   it('keeps every call and the generation inside an overall deadline, each cut to what is left', async () => {
-    // Listing models takes 800 ms and the generation never answers: per-call timeouts alone (3 s each) would hold
-    // the probe for 3.8 s; a 1.5 s deadline ends it at 1.5 s.
+    // Listing models takes 600 ms and the generation never answers: per-call timeouts alone (3 s each) would hold
+    // the probe for 3.6 s; a 1.5 s deadline ends it at 1.5 s.
     const server = await startServer((req, res) => {
       switch (`${req.method} ${req.url}`) {
         case 'GET /api/version':
           return sendJson(res, 200, fixture('ollama/version.json'));
         case 'GET /api/tags':
-          setTimeout(() => sendJson(res, 200, fixture('ollama/tags.json')), 800);
+          setTimeout(() => sendJson(res, 200, fixture('ollama/tags.json')), 600);
           return;
         case 'GET /api/ps':
           return sendJson(res, 200, fixture('ollama/ps.json'));
@@ -328,6 +328,53 @@ describe('probeEngine', () => {
     } finally {
       await server.close();
     }
+  });
+
+  /**
+   * A llama-server client whose calls take the given ms; one that honours its timeout rejects as a fetch timeout
+   * would, else it answers late whatever the timeout said.
+   */
+  function slowLlamaCpp(ms: { version?: number; models?: number; completion: number }, honourTimeouts = true) {
+    const answer = <T>(took: number, value: T, timeoutMs?: number): Promise<T> =>
+      new Promise((resolve, reject) => {
+        if (honourTimeouts && timeoutMs !== undefined && timeoutMs < took) {
+          setTimeout(() => reject(Object.assign(new Error('timed out'), { name: 'TimeoutError' })), timeoutMs);
+        } else setTimeout(() => resolve(value), took);
+      });
+    const client = {
+      health: () => Promise.resolve({ ok: true, loading: false, status: 200, detail: '' }),
+      modelEntries: (o?: { timeoutMs?: number }) => answer(ms.models ?? 0, [{ id: 'tiny' }], o?.timeoutMs),
+      version: (o?: { timeoutMs?: number }) => answer(ms.version ?? 0, 'b4000', o?.timeoutMs),
+      completion: (_r: unknown, o?: { timeoutMs?: number }) => answer(ms.completion, {}, o?.timeoutMs),
+    } as unknown as LlamaCppClient;
+    return { type: 'llamacpp' as const, client };
+  }
+
+  it('a slow /version never eats the generation: the calls end by the deadline less the generation deadline', async () => {
+    // /version takes 3 s, the generation 200 ms of its 500: sequential calls cut only to the deadline left the
+    // generation a millisecond, and a busy healthy engine read as hung.
+    const started = Date.now();
+    const p = await probeEngine(
+      engine({ type: 'llamacpp', url: 'http://127.0.0.1:1' }),
+      { generate: true, timeoutMs: 3000, generateTimeoutMs: 500, deadline: started + 1500 },
+      slowLlamaCpp({ version: 3000, completion: 200 }),
+    );
+    expect(p).toMatchObject({ healthy: true, version: null, models: ['tiny'] });
+    expect(p.generation).toMatchObject({ ok: true, error: null });
+    expect(Date.now() - started).toBeLessThan(1500);
+  });
+
+  it('a generation left less than its share of the deadline is skipped, not failed', async () => {
+    // /v1/models answers after 1.2 s (later than its cut: a slow engine): 300 ms are left of the 500 ms the
+    // generation asked for, and a failure in that time would restart a healthy engine.
+    const p = await probeEngine(
+      engine({ type: 'llamacpp', url: 'http://127.0.0.1:1' }),
+      { generate: true, timeoutMs: 3000, generateTimeoutMs: 500, deadline: Date.now() + 1500 },
+      slowLlamaCpp({ models: 1200, completion: 400 }, false),
+    );
+    expect(p.healthy).toBe(true);
+    expect(p.generation).toMatchObject({ ok: false, ms: 0, skipped: true });
+    expect(p.generation?.error).toMatch(/^only \d+ ms of the probe's deadline left, the generation's share is 500 ms$/);
   });
 
   it('reports a loading llama-server as reachable, not healthy, loading', async () => {

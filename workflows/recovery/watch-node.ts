@@ -27,8 +27,10 @@ import {
   activeWindows,
   applyMaintenance,
   halfIntervalGenerateTimeoutMs,
+  roundVerdict,
   unknownEngine,
   watchGenerateTimeoutMs,
+  watcherStartRung,
 } from '../../src/domain/watch';
 import { parseInput } from '../../src/domain/validation';
 import {
@@ -117,16 +119,25 @@ class NodeWatch {
       : probeNode(this.input.node, this.probeOptions(facts));
   }
 
-  /** Take in one probe's report; the problems that count towards a recovery (critical, outside maintenance). */
+  /**
+   * Take in one probe's report; the problems that count towards a recovery (critical, outside maintenance). A round
+   * with a failed probe (report.unknown) and nothing actionable is neither: the count and the last health stay.
+   */
   observe(report: HealthReport): Problem[] {
     const s = this.status;
     s.probes++;
     s.maintenance = activeWindows(s.maintenance, Date.now());
+    // Only rounds since the patch can be unknown; the check records nothing for the others.
+    const unknown = report.unknown === true && patched(ROUND_SAFETY_PATCH);
+    const failed = new Set(report.observation.probeFailures?.map((f) => f.probe) ?? []);
     // Added after the first release: histories recorded before it replay without the restart-loop check.
     const loops = patched('restart-loop-detection')
       ? restartLoopProblems(this.restartCounts, report.observation.containers)
       : [];
-    this.restartCounts = Object.fromEntries(report.observation.containers.map((c) => [c.name, c.restartCount]));
+    // No container list is no restart count: the baseline stays for the next round that sees them.
+    if (!(unknown && failed.has('inspectContainers'))) {
+      this.restartCounts = Object.fromEntries(report.observation.containers.map((c) => [c.name, c.restartCount]));
+    }
     const problems = [...report.problems, ...loops];
     const actionable = actionableProblems(problems, s.maintenance, this.facts?.engines ?? []);
     s.lastReport = {
@@ -135,9 +146,17 @@ class NodeWatch {
       recommendedRung: report.recommendedRung,
       problems: problems.map((p) => `${p.kind} ${p.subject}`),
     };
-    s.consecutiveFailures = actionable.length ? s.consecutiveFailures + 1 : 0;
-    this.lastHealthy = report.healthy;
-    const health = report.healthy ? 'healthy' : `UNHEALTHY (${s.consecutiveFailures}/${this.input.failureThreshold})`;
+    const { blind, consecutiveFailures, healthy } = roundVerdict(
+      { consecutiveFailures: s.consecutiveFailures, healthy: this.lastHealthy },
+      { actionable: actionable.length, unknown, healthy: report.healthy },
+    );
+    s.consecutiveFailures = consecutiveFailures;
+    this.lastHealthy = healthy;
+    const health = blind
+      ? `UNKNOWN (${[...failed].join(', ')} failed; ${s.consecutiveFailures}/${this.input.failureThreshold} kept)`
+      : report.healthy
+        ? 'healthy'
+        : `UNHEALTHY (${s.consecutiveFailures}/${this.input.failureThreshold})`;
     const paused = s.maintenance.length ? ` — maintenance: ${s.maintenance.map((w) => w.reason).join('; ')}` : '';
     setCurrentDetails(`Watching **${this.input.node}**: ${health}${paused}`);
     return actionable;
@@ -165,6 +184,9 @@ class NodeWatch {
     const reason = actionable.map((p) => `${p.kind} (${p.subject}): ${p.detail}`).join('; ');
     const action = { at: new Date(Date.now()).toISOString(), action: 'recover', detail: reason };
     this.status.lastAction = action;
+    // Only failed probe rounds: straight to escalation (watcherStartRung). Runs from before the patch started none.
+    const rung = watcherStartRung(actionable);
+    const startRung = rung !== undefined && patched(ROUND_SAFETY_PATCH) ? { startRung: rung } : {};
     try {
       const child = await startChild(recoverNode, {
         workflowId: workflowIds.recover(this.input.node),
@@ -176,6 +198,7 @@ class NodeWatch {
             ...this.input.recovery,
             node: this.input.node,
             reason,
+            ...startRung,
             trigger: { source: 'watcher', detail: `${this.status.consecutiveFailures} consecutive failed probes` },
           },
         ],

@@ -47,6 +47,9 @@ export interface ProbeOptions {
   deadline?: number;
 }
 
+/** Shortest test generation worth running, ms (a healthy engine on loopback needs about this for 2 tokens). */
+const MIN_GENERATION_MS = 50;
+
 /** Tokens the test generation asks for: enough to prove the engine produces output, cheap enough to run every probe. */
 const PROBE_TOKENS = 2;
 
@@ -80,10 +83,14 @@ export async function probeEngine(
     generation: null,
     error: null,
   };
-  // Each call gets its own timeout, cut to what the deadline leaves (a spent deadline times the call out at once).
-  const left = (ms: number): number =>
-    opts.deadline === undefined ? ms : Math.max(1, Math.min(ms, opts.deadline - Date.now()));
-  const call = (): { timeoutMs: number } => ({ timeoutMs: left(timeoutMs) });
+  // Each call gets its own timeout, cut to what the deadline leaves (a spent deadline times the call out at once). The
+  // health, models and version calls end by `callsEnd`, so the generation keeps its share of the deadline whatever
+  // they take (a slow /version or /v1/models on a busy engine must not leave it a millisecond).
+  const share = generationShare(opts, timeoutMs);
+  const callsEnd = opts.deadline === undefined ? undefined : opts.deadline - share;
+  const left = (ms: number, end = opts.deadline): number =>
+    end === undefined ? ms : Math.max(1, Math.min(ms, end - Date.now()));
+  const call = (): { timeoutMs: number } => ({ timeoutMs: left(timeoutMs, callsEnd) });
   let routerListing = false;
   const started = performance.now();
   try {
@@ -108,14 +115,16 @@ export async function probeEngine(
           : `health answered HTTP ${h.status}${h.detail ? `: ${h.detail}` : ''}`;
         return probe;
       }
+      // Version is informative only (an engine without /version or /props is still healthy): asked alongside the
+      // models, never after them.
+      const version = c.client.version(call()).catch(() => '');
       const entries = await c.client.modelEntries(call());
       probe.models = entries.map((m) => m.id);
       // vLLM and a single-model llama-server hold every model they list; a llama-server router lists what it could
       // load too, and says per model whether it is loaded.
       probe.loaded = loadedModelIds(entries);
       routerListing = entries.some((m) => m.status !== undefined);
-      // Version is informative only: an engine without /version or /props is still healthy.
-      probe.version = (await c.client.version(call()).catch(() => '')) || null;
+      probe.version = (await version) || null;
     }
   } catch (err) {
     if (!probe.reachable) probe.latencyMs = Math.round(performance.now() - started);
@@ -136,9 +145,31 @@ export async function probeEngine(
         ? engine.probeModel
         : undefined;
     const model = configured ?? probe.loaded[0];
-    if (model !== undefined) probe.generation = await testGeneration(c, model, opts, timeoutMs, left);
+    if (model !== undefined) probe.generation = await testGeneration(c, model, opts, timeoutMs, share, left);
   }
   return probe;
+}
+
+/** Least time the health, models and version calls get before the generation's share, ms (or the deadline's half). */
+const CALLS_MIN_MS = 2000;
+
+/** How much later than planned the calls may end (timers fire late) before the generation counts as squeezed, ms. */
+const CALLS_SLACK_MS = 25;
+
+/** The test generation's deadline as asked: the caller's, else the health timeout (at least 1 s). */
+function requestedGenerationMs(opts: ProbeOptions, timeoutMs: number): number {
+  return opts.generateTimeoutMs !== undefined ? Math.max(opts.generateTimeoutMs, 50) : Math.max(timeoutMs, 1000);
+}
+
+/**
+ * The part of the probe's deadline kept for the test generation, ms: what it asks for, less what the calls before it
+ * need at least (CALLS_MIN_MS, at most the health timeout or half the deadline). 0 without a generation or deadline.
+ */
+function generationShare(opts: ProbeOptions, timeoutMs: number): number {
+  if (!opts.generate || opts.deadline === undefined) return 0;
+  const total = Math.max(0, opts.deadline - Date.now());
+  const calls = Math.min(timeoutMs, CALLS_MIN_MS, total / 2);
+  return Math.max(0, Math.min(requestedGenerationMs(opts, timeoutMs), total - calls));
 }
 
 async function testGeneration(
@@ -146,13 +177,18 @@ async function testGeneration(
   model: string,
   opts: ProbeOptions,
   timeoutMs: number,
+  share: number,
   left: (ms: number) => number,
 ): Promise<NonNullable<EngineProbe['generation']>> {
   // A deadline the caller chose (a watcher's: a hung engine must not cost it a long timeout) is kept; either is cut
   // to what the probe's overall deadline leaves.
-  const limit = left(
-    opts.generateTimeoutMs !== undefined ? Math.max(opts.generateTimeoutMs, 50) : Math.max(timeoutMs, 1000),
-  );
+  const limit = left(requestedGenerationMs(opts, timeoutMs));
+  if (opts.deadline !== undefined && limit < Math.max(MIN_GENERATION_MS, share - CALLS_SLACK_MS)) {
+    // Less than the generation's share is left (or less than any generation needs): a failure now would read as a
+    // hung engine and restart a busy, healthy one. Skipped is a blind spot, not a verdict.
+    const why = `only ${limit} ms of the probe's deadline left, the generation's share is ${Math.round(share)} ms`;
+    return { ok: false, ms: 0, error: why, skipped: true };
+  }
   const prompt = opts.prompt ?? 'Reply with OK.';
   const started = performance.now();
   try {
