@@ -69,7 +69,11 @@ export function renderReport(r: HealthReport): string {
                   : 'unhealthy',
           e.version,
           e.loaded.join(',') || '-',
-          e.generation ? (e.generation.ok ? `ok ${e.generation.ms}ms` : `FAIL ${e.generation.error ?? ''}`) : '-',
+          e.generation
+            ? e.generation.ok
+              ? `ok ${e.generation.ms}ms`
+              : `${e.generation.skipped ? 'skipped' : 'FAIL'} ${e.generation.error ?? ''}`
+            : '-',
         ]),
       ),
     );
