@@ -4,14 +4,7 @@
  */
 import { createProbeRoundActivities, type ProbeRoundDeps } from '../activities/probe-round';
 import { classifyNode } from '../src/domain/classify';
-
-const healthy = (): ProbeRoundDeps => ({
-  inspectContainers: () => Promise.resolve([]),
-  queryGpus: () => Promise.resolve({ gpus: [], error: null }),
-  readXidEvents: () => Promise.resolve([]),
-  probeEngines: () => Promise.resolve([]),
-  checkDisks: () => Promise.resolve([{ path: '/models', totalBytes: 100e9, freeBytes: 50e9 }]),
-});
+import { healthyProbes } from './helpers/hosts';
 
 const round = (deps: ProbeRoundDeps, timeoutMs = 300) =>
   createProbeRoundActivities(deps).probeRound({
@@ -23,7 +16,7 @@ const round = (deps: ProbeRoundDeps, timeoutMs = 300) =>
 
 test('a GPU query cut by the round deadline reads as nvidia-smi timing out: a lost GPU, restart-vm', async () => {
   // A wedged driver: nvidia-smi's own 20 s timeout is longer than the round's deadline.
-  const r = await round({ ...healthy(), queryGpus: () => new Promise(() => undefined) });
+  const r = await round({ ...healthyProbes(), queryGpus: () => new Promise(() => undefined) });
   expect(r.gpu.error).toBe(
     "nvidia-smi timed out (a hung driver often means a lost GPU): did not answer within the round's 300 ms",
   );
@@ -45,7 +38,7 @@ test('a GPU query cut by the round deadline reads as nvidia-smi timing out: a lo
 });
 
 test('a GPU query that throws reads as nvidia-smi timing out too', async () => {
-  const r = await round({ ...healthy(), queryGpus: () => Promise.reject(new Error('spawn EAGAIN')) });
+  const r = await round({ ...healthyProbes(), queryGpus: () => Promise.reject(new Error('spawn EAGAIN')) });
   expect(r.gpu).toEqual({
     gpus: [],
     error: 'nvidia-smi timed out (a hung driver often means a lost GPU): spawn EAGAIN',
@@ -54,7 +47,7 @@ test('a GPU query that throws reads as nvidia-smi timing out too', async () => {
 
 test('a failed kernel-log read is a failure of its own; the GPU query is kept', async () => {
   const r = await round({
-    ...healthy(),
+    ...healthyProbes(),
     readXidEvents: () => Promise.reject(new Error('dmesg: Operation not permitted')),
   });
   expect(r.gpu).toEqual({ gpus: [], error: null });

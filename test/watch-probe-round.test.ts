@@ -14,6 +14,7 @@ import { clearFaults, injectFault, type SandboxFaultKind } from '../src/sandbox/
 import { WatchNodeInput, getWatchStatusQuery, nodeTaskQueue, workflowIds, type WatchStatus } from '../src/contracts';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import { FAST_RECOVERY, controlWorker, recordHistory, useSandboxEnv, type TestSandbox } from './helpers/env';
+import { containerState, gpuStatus, healthyProbes } from './helpers/hosts';
 import { roundTimes, scheduledActivities } from './helpers/watch-history';
 
 const ctx = useSandboxEnv();
@@ -75,15 +76,6 @@ test('probeRound refuses a deadline that is not a number of ms ≥ 50, naming th
   await expect(
     acts.probeRound({ generate: true, timeoutMs: NaN, generateTimeoutMs: 500, xidSince: new Date().toISOString() }),
   ).rejects.toThrow(/timeoutMs must be a number ≥ 50 ms \(got NaN\)/);
-});
-
-/** Healthy single probes for a round's unit tests (one GPU-less, engine-less node). */
-const healthyProbes = (): ProbeRoundDeps => ({
-  inspectContainers: () => Promise.resolve([]),
-  queryGpus: () => Promise.resolve({ gpus: [], error: null }),
-  readXidEvents: () => Promise.resolve([]),
-  probeEngines: () => Promise.resolve([]),
-  checkDisks: () => Promise.resolve([{ path: '/models', totalBytes: 100e9, freeBytes: 50e9 }]),
 });
 
 test('a probe that throws is a failure named in the round; the other four results are kept', async () => {
@@ -301,3 +293,110 @@ test.each<SandboxFaultKind>(['engine-hang', 'container-exit'])(
   },
   60_000,
 );
+
+/**
+ * A node worker whose probeRound runs the real round over scripted single probes, one script entry per round (the
+ * last one repeats); the GPUs are the node's configured ones, healthy, unless a step says otherwise.
+ */
+function scriptedRounds(s: TestSandbox, steps: Partial<ProbeRoundDeps>[]): object {
+  const gpus = (s.loaded.config.nodes[0]?.gpus ?? []).map((g) =>
+    gpuStatus({ index: g.index, pciBusId: `00000000:0${g.index + 1}:00.0` }),
+  );
+  let round = 0;
+  return {
+    probeRound: (input: Parameters<ReturnType<typeof createProbeRoundActivities>['probeRound']>[0]) => {
+      const step = steps[Math.min(round, steps.length - 1)];
+      round++;
+      const base: ProbeRoundDeps = { ...healthyProbes(), queryGpus: () => Promise.resolve({ gpus, error: null }) };
+      return createProbeRoundActivities({ ...base, ...step }).probeRound(input);
+    },
+  };
+}
+
+const fail = (why: string) => () => Promise.reject(new Error(why));
+const containers = (restartCount: number) => () => Promise.resolve([containerState({ restartCount })]);
+const gpuLost = () => Promise.resolve({ gpus: [], error: 'GPU is lost' });
+
+test("a round whose probes failed neither resets the watcher's count nor releases router drains, and keeps the restart baseline", async () => {
+  const s = await ctx.sandbox({ withWorker: false });
+  const worker = await nodeWorker(
+    s,
+    scriptedRounds(s, [
+      // Two sick rounds (a lost GPU), containers at restart count 1.
+      { queryGpus: gpuLost, inspectContainers: containers(1) },
+      { queryGpus: gpuLost, inspectContainers: containers(1) },
+      // Two blind rounds: the engines' and the containers' probes fail, nothing else is wrong.
+      { probeEngines: fail('engines: socket hang up'), inspectContainers: fail('docker: daemon busy') },
+      { probeEngines: fail('engines: socket hang up'), inspectContainers: fail('docker: daemon busy') },
+      // The restart count climbed across the blind rounds: a restart loop, seen against the kept baseline.
+      { inspectContainers: containers(2) },
+      // Healthy from here on.
+      { inspectContainers: containers(2) },
+    ]),
+  );
+  const h = await startWatcher(s, { failureThreshold: 100 });
+  const releases = async () =>
+    scheduledActivities((await h.fetchHistory()).events ?? []).filter((t) => t === 'releaseAutoDrain').length;
+  await worker.runUntil(
+    withControl(s, async () => {
+      const blind = await statusWhen(h, (x) => x.probes === 4);
+      expect(blind.consecutiveFailures).toBe(2);
+      expect(blind.lastReport).toMatchObject({ healthy: false, recommendedRung: 'none' });
+      expect(blind.lastReport?.problems).toEqual(['probe-failed inspectContainers', 'probe-failed probeEngines']);
+      expect(await releases()).toBe(0);
+      const loop = await statusWhen(h, (x) => x.probes === 5);
+      expect(loop.lastReport?.problems).toEqual(['container-restarting ollama']);
+      expect(loop.consecutiveFailures).toBe(3);
+      const healthy = await statusWhen(h, (x) => x.probes >= 6);
+      expect(healthy).toMatchObject({ consecutiveFailures: 0, lastReport: { healthy: true } });
+      await statusWhen(h, (x) => x.probes >= 7);
+      expect(await releases()).toBe(1);
+      await h.terminate('test done');
+    }),
+  );
+}, 60_000);
+
+test('rounds that fail as a whole start recoverNode at escalate, and its diagnosis of the blind node escalates', async () => {
+  const s = await ctx.sandbox({ withWorker: false });
+  // probeRound fails, and the single probes recoverNode diagnoses with are not there either.
+  const broken = await nodeWorker(s, {
+    probeRound: () => Promise.reject(ApplicationFailure.nonRetryable('the node is on fire', 'Boom')),
+  });
+  const h = await startWatcher(s, { failureThreshold: 2 });
+  await broken.runUntil(
+    withControl(s, async () => {
+      const st = await statusWhen(h, (x) => /^escalated after/.test(x.lastAction?.detail ?? ''), 45_000);
+      expect(st.lastAction?.detail).toBe('escalated after escalate');
+      const recover = ctx.env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId));
+      const first = (await recover.fetchHistory()).events?.[0]?.workflowExecutionStartedEventAttributes;
+      const data = first?.input?.payloads?.[0]?.data;
+      expect(JSON.parse(Buffer.from(data ?? new Uint8Array()).toString('utf8'))).toMatchObject({
+        startRung: 'escalate',
+      });
+      const incident = await recover.result();
+      expect(incident.initial).toMatchObject({ healthy: false, recommendedRung: 'escalate' });
+      expect(incident.rungs.map((r) => r.rung)).toEqual(['escalate']);
+      await h.terminate('test done');
+    }),
+  );
+}, 60_000);
+
+test('an old node worker whose single probe fails gets a report naming it; the watcher goes on', async () => {
+  const s = await ctx.sandbox({ withWorker: false });
+  const acts = {
+    ...oldNodeActivities(s),
+    checkDisks: () => Promise.reject(ApplicationFailure.nonRetryable('statfs: input/output error', 'DiskError')),
+  };
+  const old = await nodeWorker(s, acts);
+  const h = await startWatcher(s);
+  await old.runUntil(
+    withControl(s, async () => {
+      const st = await statusWhen(h, (x) => x.probes >= 2);
+      expect(st.lastReport?.problems).toContain('probe-failed checkDisks');
+      expect(st.lastReport?.healthy).toBe(false);
+      expect(st.consecutiveFailures).toBe(0);
+      expect((await h.describe()).status.name).toBe('RUNNING');
+      await h.terminate('test done');
+    }),
+  );
+}, 60_000);

@@ -4,6 +4,7 @@
  */
 import type { ContainerState, GpuStatus } from '../../src/domain/health';
 import type { GpuSnapshotFacts } from '../../src/hosts/nvidia-smi';
+import type { ProbeRoundDeps } from '../../activities/probe-round';
 
 /** A running, healthy-by-default container named "ollama" that never restarted; `over` sets what a test is about. */
 export const containerState = (over: Partial<ContainerState> = {}): ContainerState => ({
@@ -68,3 +69,12 @@ export function idleAmpereGpu(
     maxClocks: { graphicsMHz: 2100, smMHz: 2100, memMHz: maxMemMHz },
   };
 }
+
+/** Healthy single probes for a probe round's tests (one GPU-less, engine-less node); a test replaces what it is about. */
+export const healthyProbes = (): ProbeRoundDeps => ({
+  inspectContainers: () => Promise.resolve([]),
+  queryGpus: () => Promise.resolve({ gpus: [], error: null }),
+  readXidEvents: () => Promise.resolve([]),
+  probeEngines: () => Promise.resolve([]),
+  checkDisks: () => Promise.resolve([{ path: '/models', totalBytes: 100e9, freeBytes: 50e9 }]),
+});
