@@ -92,7 +92,9 @@ function startWatcher(s: TestSandbox) {
         probeInterval: '500ms',
         failureThreshold: 2,
         pickupTimeout: '2s',
-        probeTimeout: '3s',
+        // Round deadline probeTimeout − 2 s = 4 s for the loaded shims; a hang still costs a round its 1 s generation.
+        probeTimeout: '6s',
+        generateTimeout: '1s',
         recovery: { ...FAST_RECOVERY, verifyTimeout: '60s' },
       },
     ],

@@ -110,7 +110,9 @@ test('a node whose engines all refuse is drained by the router, and put back whe
           // Never recover here: the engine comes back by the test's hand, the watcher only has to see it.
           failureThreshold: 10_000,
           pickupTimeout: '2s',
-          probeTimeout: '3s',
+          // Round deadline probeTimeout − 2 s = 4 s for the loaded shims; a hang still costs a round its 1 s generation.
+          probeTimeout: '6s',
+          generateTimeout: '1s',
           recovery: FAST_RECOVERY,
         },
       ],

@@ -56,7 +56,10 @@ function startWatcher(s: TestSandbox, failureThreshold: number) {
         probeInterval: '300ms',
         failureThreshold,
         pickupTimeout: '2s',
-        probeTimeout: '3s',
+        // A round's deadline is probeTimeout − 2 s: 4 s leaves the loaded shims room (a probe cut by it makes the
+        // round unknown, which keeps the failure count), while a hang still costs a round only its 1 s generation.
+        probeTimeout: '6s',
+        generateTimeout: '1s',
         recovery: fast,
       },
     ],
@@ -393,7 +396,7 @@ test('watchNode continues as new with its maintenance windows, and goes on probi
         probeInterval: '200ms',
         probesPerRun: 3,
         pickupTimeout: '2s',
-        probeTimeout: '3s',
+        probeTimeout: '6s',
         generate: false,
       },
     ],

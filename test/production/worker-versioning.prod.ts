@@ -108,7 +108,9 @@ test('rolling out version B while A runs a watcher and a waiting deployment: the
           probeInterval: '300ms',
           failureThreshold: 3,
           pickupTimeout: '2s',
-          probeTimeout: '3s',
+          // Round deadline probeTimeout − 2 s = 4 s for the loaded shims; a hang still costs a round its 1 s generation.
+          probeTimeout: '6s',
+          generateTimeout: '1s',
           recovery: FAST_RECOVERY,
         },
       ],
