@@ -381,6 +381,30 @@ test('rounds that fail as a whole start recoverNode at escalate, and its diagnos
   );
 }, 60_000);
 
+test("failed rounds on a node whose single probes see it healthy: the diagnosis overrules the watcher's escalate", async () => {
+  const s = await ctx.sandbox({ withWorker: false });
+  // Only the round is broken (a bug in it, say): the single probes recoverNode diagnoses with answer, healthy.
+  const half = await nodeWorker(s, {
+    ...oldNodeActivities(s),
+    probeRound: () => Promise.reject(ApplicationFailure.nonRetryable('the round is broken', 'Boom')),
+  });
+  const h = await startWatcher(s, { failureThreshold: 2 });
+  await half.runUntil(
+    withControl(s, async () => {
+      const st = await statusWhen(h, (x) => /no fault found|no-fault-found/.test(x.lastAction?.detail ?? ''), 45_000);
+      const recover = ctx.env.client.workflow.getHandle<typeof recoverNode>(workflowIds.recover(s.nodeId));
+      const incident = await recover.result();
+      // Escalating would have drained the healthy node's engines and paged someone.
+      expect({ outcome: incident.outcome, rungs: incident.rungs.map((r) => r.rung) }).toEqual({
+        outcome: 'no-fault-found',
+        rungs: [],
+      });
+      expect(st.lastAction?.detail).toMatch(/no.fault.found/);
+      await h.terminate('test done');
+    }),
+  );
+}, 60_000);
+
 test('an old node worker whose single probe fails gets a report naming it; the watcher goes on', async () => {
   const s = await ctx.sandbox({ withWorker: false });
   const acts = {

@@ -319,7 +319,9 @@ export function classifyNode(obs: NodeObservation, opts: ClassifyOptions = {}): 
   }
 
   const recommendedRung = problems.reduce<Rung>((r, p) => maxRung(r, p.rung), 'none');
-  const unknown = failures.length > 0;
+  // A skipped test generation is a blind spot too: a round whose generation was squeezed out must not count as a
+  // healthy one (a hung engine skipped every few rounds would never reach the threshold).
+  const unknown = failures.length > 0 || obs.engines.some((e) => e.generation?.skipped === true);
   return {
     node: obs.node,
     observedAt: obs.observedAt,
@@ -402,4 +404,26 @@ export function restartLoopProblems(
       rung: 'restart-container' as const,
       severity: 'critical' as const,
     }));
+}
+
+/**
+ * Probes whose failure leaves a recovery's verification standing: the kernel log and the model store say nothing
+ * about whether the rung fixed the engines, and the engines' own answers stand in for their containers. A failed
+ * engine or GPU probe does not (a failed GPU query already reads as a lost GPU).
+ */
+const VERIFY_TOLERATES: ReadonlySet<string> = new Set(['readXidEvents', 'checkDisks', 'inspectContainers']);
+
+/**
+ * Whether a report verifies a recovery rung: healthy, or unknown only through probes the verdict does not depend
+ * on, with nothing critical seen. Without it a kernel log or a model-store mount that keeps failing (a blind spot,
+ * not a fault) would climb the ladder to a VM reboot after a restart that worked.
+ */
+export function verifiesRecovery(report: HealthReport): boolean {
+  if (report.healthy) return true;
+  if (!report.unknown || report.observation.roundError !== undefined) return false;
+  const failures = report.observation.probeFailures ?? [];
+  return (
+    failures.every((f) => VERIFY_TOLERATES.has(f.probe)) &&
+    report.problems.every((p) => p.severity !== 'critical')
+  );
 }

@@ -1,4 +1,4 @@
-import { classifyNode, restartLoopProblems } from '../../src/domain/classify';
+import { classifyNode, restartLoopProblems, verifiesRecovery } from '../../src/domain/classify';
 import { failedGpuQuery, type ContainerState, type EngineProbe, type NodeObservation } from '../../src/domain/health';
 import { rungForXid } from '../../src/domain/xid';
 import { maxRung } from '../../src/domain/rungs';
@@ -332,11 +332,11 @@ describe('probe failures', () => {
     ]);
   });
 
-  test('a skipped test generation is a warning, not a hung engine', () => {
+  test('a skipped test generation is a warning, not a hung engine, and leaves the round unknown (not healthy)', () => {
     const r = classifyNode(
       obs({ engines: [engine({ generation: { ok: false, ms: 0, error: 'only 3 ms left', skipped: true } })] }),
     );
-    expect(r).toMatchObject({ healthy: true, recommendedRung: 'none' });
+    expect(r).toMatchObject({ healthy: false, unknown: true, recommendedRung: 'none' });
     expect(r.problems).toEqual([
       {
         kind: 'probe-failed',
@@ -357,5 +357,32 @@ describe('probe failures', () => {
     expect(r.problems).toEqual([
       expect.objectContaining({ kind: 'probe-failed', subject: 'n1', severity: 'critical', rung: 'escalate' }),
     ]);
+  });
+});
+
+describe('verifiesRecovery', () => {
+  const failed = (probe: 'readXidEvents' | 'checkDisks' | 'inspectContainers' | 'probeEngines' | 'queryGpus') =>
+    classifyNode(obs({ probeFailures: [{ probe, error: 'timed out' }] }), { expectedGpus: 1 });
+
+  test('a healthy report verifies; a blind kernel log, model store or docker alone does not undo a working rung', () => {
+    expect(verifiesRecovery(classifyNode(obs(), { expectedGpus: 1 }))).toBe(true);
+    for (const probe of ['readXidEvents', 'checkDisks', 'inspectContainers'] as const) {
+      const r = failed(probe);
+      expect({ probe, healthy: r.healthy, verifies: verifiesRecovery(r) }).toEqual({
+        probe,
+        healthy: false,
+        verifies: true,
+      });
+    }
+  });
+
+  test('a blind engine or GPU probe, a failed round or anything critical does not verify', () => {
+    expect(verifiesRecovery(failed('probeEngines'))).toBe(false);
+    expect(verifiesRecovery(failed('queryGpus'))).toBe(false);
+    const hung = classifyNode(
+      obs({ engines: [engine({ reachable: false })], probeFailures: [{ probe: 'checkDisks', error: 'x' }] }),
+      { expectedGpus: 1 },
+    );
+    expect(verifiesRecovery(hung)).toBe(false);
   });
 });

@@ -13,7 +13,7 @@ import {
 } from '@temporalio/workflow';
 import type { z } from 'zod';
 import type { NodeFacts } from '../../activities/recovery';
-import type { HealthReport } from '../../src/domain/classify';
+import { verifiesRecovery, type HealthReport } from '../../src/domain/classify';
 import { parseDuration } from '../../src/domain/durations';
 import { budgetWindowStart, incidentEvidence, recoveryBudget, summarizeReport } from '../../src/domain/incident';
 import type { LadderRung } from '../../src/domain/rungs';
@@ -102,7 +102,7 @@ export class RecoveryContext {
   async verify(since: string, timeout: string): Promise<HealthReport> {
     const deadline = Date.now() + parseDuration(timeout);
     let last = await this.probe(since);
-    while (!last.healthy && Date.now() < deadline) {
+    while (!verifiesRecovery(last) && Date.now() < deadline) {
       await sleep(this.input.verifyInterval);
       last = await this.probe(since);
     }
@@ -173,13 +173,14 @@ export class RecoveryContext {
   async judge(attempt: RungAttempt, report: HealthReport): Promise<boolean> {
     this.current = report;
     attempt.endedAt = this.now();
-    if (!report.healthy) {
+    if (!verifiesRecovery(report)) {
       attempt.outcome = 'still-faulty';
       attempt.detail ||= `still faulty after ${attempt.rung}: ${report.problems.map((p) => p.kind).join(', ')}`;
       return false;
     }
     attempt.outcome = 'healthy';
-    attempt.detail ||= 'verified healthy';
+    const blind = (report.observation.probeFailures ?? []).map((f) => f.probe);
+    attempt.detail ||= blind.length ? `verified healthy (not seen: ${blind.join(', ')})` : 'verified healthy';
     this.record.outcome = 'recovered';
     const engines = this.facts.engines.map((e) => e.url);
     await this.act(

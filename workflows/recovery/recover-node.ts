@@ -22,7 +22,10 @@ export async function recoverNode(rawInput: RecoverNodeInput): Promise<IncidentR
   ctx.stage('diagnosing', 'diagnosing');
 
   const initial = await ctx.diagnose();
-  const start = firstRung(input.startRung, initial.recommendedRung, ctx.record.budget.exceeded);
+  // The watcher asks for escalation when its probe rounds failed (it saw nothing); a diagnosis that sees the node
+  // healthy overrules that: draining a healthy node's engines and paging for a failed probe would do harm.
+  const overruled = input.startRung === 'escalate' && input.trigger.source === 'watcher' && initial.healthy;
+  const start = firstRung(overruled ? undefined : input.startRung, initial.recommendedRung, ctx.record.budget.exceeded);
   if (start === 'none') {
     ctx.record.outcome = 'no-fault-found';
     return ctx.finish();
