@@ -423,7 +423,6 @@ export function verifiesRecovery(report: HealthReport): boolean {
   if (!report.unknown || report.observation.roundError !== undefined) return false;
   const failures = report.observation.probeFailures ?? [];
   return (
-    failures.every((f) => VERIFY_TOLERATES.has(f.probe)) &&
-    report.problems.every((p) => p.severity !== 'critical')
+    failures.every((f) => VERIFY_TOLERATES.has(f.probe)) && report.problems.every((p) => p.severity !== 'critical')
   );
 }
