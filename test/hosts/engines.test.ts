@@ -320,7 +320,7 @@ describe('probeEngine', () => {
         deadline: started + 3000,
       });
       const took = Date.now() - started;
-      expect(p.healthy).toBe(true);
+      expect({ healthy: p.healthy, error: p.error }).toEqual({ healthy: true, error: null });
       expect(p.generation?.ok).toBe(false);
       expect(p.generation?.ms).toBeLessThan(2600);
       expect(took).toBeGreaterThanOrEqual(2900);
@@ -362,6 +362,34 @@ describe('probeEngine', () => {
     expect(p).toMatchObject({ healthy: true, version: null, models: ['tiny'] });
     expect(p.generation).toMatchObject({ ok: true, error: null });
     expect(Date.now() - started).toBeLessThan(1500);
+  });
+
+  it('cuts calls to whole milliseconds whatever the deadline (half an odd one is a fraction timers refuse)', async () => {
+    const server = await startServer((req, res) => {
+      switch (`${req.method} ${req.url}`) {
+        case 'GET /api/version':
+          return sendJson(res, 200, fixture('ollama/version.json'));
+        case 'GET /api/tags':
+          return sendJson(res, 200, fixture('ollama/tags.json'));
+        case 'GET /api/ps':
+          return sendJson(res, 200, fixture('ollama/ps.json'));
+        default:
+          return sendJson(res, 200, { response: 'OK', done: true });
+      }
+    });
+    try {
+      for (const span of [1001, 1002, 1003]) {
+        const p = await probeEngine(engine({ type: 'ollama', url: server.url }), {
+          generate: true,
+          timeoutMs: 5000,
+          generateTimeoutMs: 5000,
+          deadline: Date.now() + span,
+        });
+        expect({ span, healthy: p.healthy, error: p.error }).toEqual({ span, healthy: true, error: null });
+      }
+    } finally {
+      await server.close();
+    }
   });
 
   it('a generation left less than its share of the deadline is skipped, not failed', async () => {

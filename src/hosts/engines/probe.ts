@@ -88,8 +88,9 @@ export async function probeEngine(
   // they take (a slow /version or /v1/models on a busy engine must not leave it a millisecond).
   const share = generationShare(opts, timeoutMs);
   const callsEnd = opts.deadline === undefined ? undefined : opts.deadline - share;
+  // Whole milliseconds: timers and AbortSignal.timeout refuse a fraction (half an odd deadline is one).
   const left = (ms: number, end = opts.deadline): number =>
-    end === undefined ? ms : Math.max(1, Math.min(ms, end - Date.now()));
+    end === undefined ? ms : Math.max(1, Math.floor(Math.min(ms, end - Date.now())));
   const call = (): { timeoutMs: number } => ({ timeoutMs: left(timeoutMs, callsEnd) });
   let routerListing = false;
   const started = performance.now();
@@ -168,7 +169,7 @@ function requestedGenerationMs(opts: ProbeOptions, timeoutMs: number): number {
 function generationShare(opts: ProbeOptions, timeoutMs: number): number {
   if (!opts.generate || opts.deadline === undefined) return 0;
   const total = Math.max(0, opts.deadline - Date.now());
-  const calls = Math.min(timeoutMs, CALLS_MIN_MS, total / 2);
+  const calls = Math.min(timeoutMs, CALLS_MIN_MS, Math.floor(total / 2));
   return Math.max(0, Math.min(requestedGenerationMs(opts, timeoutMs), total - calls));
 }
 
