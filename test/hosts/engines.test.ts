@@ -1,6 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { ServerResponse } from 'node:http';
 import { EngineSchema, type EngineConfig } from '../../src/config/schema';
 import {
   EngineHttpError,
@@ -295,22 +296,27 @@ describe('probeEngine', () => {
     }
   });
 
-  it('keeps every call and the generation inside an overall deadline, each cut to what is left', async () => {
-    // Listing models takes 600 ms and the generation never answers: per-call timeouts alone (5 s each) would hold
-    // the probe for 5.6 s; a 3 s deadline ends it at 3 s. (The calls get half of it, 1.5 s: room for a loaded box.)
-    const server = await startServer((req, res) => {
+  /** An Ollama answering version, tags (after `tagsDelayMs`) and ps from fixtures, and generations with `generate`. */
+  const ollamaFromFixtures = (opts: { tagsDelayMs?: number; generate: (res: ServerResponse) => void }) =>
+    startServer((req, res) => {
       switch (`${req.method} ${req.url}`) {
         case 'GET /api/version':
           return sendJson(res, 200, fixture('ollama/version.json'));
         case 'GET /api/tags':
-          setTimeout(() => sendJson(res, 200, fixture('ollama/tags.json')), 600);
+          setTimeout(() => sendJson(res, 200, fixture('ollama/tags.json')), opts.tagsDelayMs ?? 0);
           return;
         case 'GET /api/ps':
           return sendJson(res, 200, fixture('ollama/ps.json'));
         default:
-          return; // the generation: accepted, never answered
+          return opts.generate(res);
       }
     });
+
+  it('keeps every call and the generation inside an overall deadline, each cut to what is left', async () => {
+    // Listing models takes 600 ms and the generation never answers: per-call timeouts alone (5 s each) would hold
+    // the probe for 5.6 s; a 3 s deadline ends it at 3 s. (The calls get half of it, 1.5 s: room for a loaded box.)
+    // The generation: accepted, never answered.
+    const server = await ollamaFromFixtures({ tagsDelayMs: 600, generate: () => undefined });
     try {
       const started = Date.now();
       const p = await probeEngine(engine({ type: 'ollama', url: server.url }), {
@@ -365,18 +371,7 @@ describe('probeEngine', () => {
   });
 
   it('cuts calls to whole milliseconds whatever the deadline (half an odd one is a fraction timers refuse)', async () => {
-    const server = await startServer((req, res) => {
-      switch (`${req.method} ${req.url}`) {
-        case 'GET /api/version':
-          return sendJson(res, 200, fixture('ollama/version.json'));
-        case 'GET /api/tags':
-          return sendJson(res, 200, fixture('ollama/tags.json'));
-        case 'GET /api/ps':
-          return sendJson(res, 200, fixture('ollama/ps.json'));
-        default:
-          return sendJson(res, 200, { response: 'OK', done: true });
-      }
-    });
+    const server = await ollamaFromFixtures({ generate: (res) => sendJson(res, 200, { response: 'OK', done: true }) });
     try {
       for (const span of [1001, 1002, 1003]) {
         const p = await probeEngine(engine({ type: 'ollama', url: server.url }), {
