@@ -16,6 +16,7 @@ import {
 import type { GpuQueryResult } from '../src/hosts/nvidia-smi';
 import type { ProbeEnginesInput } from './engine';
 import { MIN_GENERATE_TIMEOUT_MS } from '../src/domain/schemas';
+import { MAX_LEAD_IN_MS } from '../src/domain/watch';
 import { nonRetryable } from './activity-context';
 
 /** The single probes a round is made of (the node worker's own activity functions). */
@@ -43,6 +44,12 @@ export interface ProbeRoundInput {
   generateTimeoutMs: number;
   /** Only Xid events after this time (ISO) count. */
   xidSince: string;
+  /**
+   * Wait this long (ms, 0–{@link MAX_LEAD_IN_MS}) before probing: the sub-second rest of the watcher's interval, which
+   * a Temporal timer cannot wait out (the server fires none sooner than `history.timerProcessorMaxTimeShift`, 1 s by
+   * default). Absent: probe at once. A node worker from before it ignores it and probes that much early.
+   */
+  leadInMs?: number;
 }
 
 /** What one round saw, the parts of a NodeObservation the node itself can tell. */
@@ -80,6 +87,11 @@ export function createProbeRoundActivities(deps: ProbeRoundDeps) {
           throw nonRetryable('InvalidInput', `${field} must be a number ≥ ${MIN_TIMEOUT_MS} ms (got ${v})`);
         }
       }
+      const lead = input.leadInMs;
+      if (lead !== undefined && !(Number.isFinite(lead) && lead >= 0 && lead <= MAX_LEAD_IN_MS)) {
+        throw nonRetryable('InvalidInput', `leadInMs must be a number from 0 to ${MAX_LEAD_IN_MS} ms (got ${lead})`);
+      }
+      if (lead) await new Promise((resolve) => setTimeout(resolve, Math.round(lead)));
       const failures: ProbeFailure[] = [];
       // Each probe settles on its own: one that throws or misses the deadline is a failure named in the report, and
       // the other four results are kept.

@@ -125,6 +125,8 @@ function probeFailureMessage(err: unknown): string | null {
 export interface RoundOptions extends ProbeOptions {
   /** How long an engine's 2-token test generation may take before the engine counts as hung this round, ms. */
   generateTimeoutMs: number;
+  /** How long the round waits on the node before probing, ms (probeRound's `leadInMs`); 0 or absent: none. */
+  leadInMs?: number;
 }
 
 const EMPTY_ROUND: ProbeRoundResult = {
@@ -141,13 +143,18 @@ const EMPTY_ROUND: ProbeRoundResult = {
  */
 export async function probeNodeRound(node: string, opts: RoundOptions): Promise<HealthReport> {
   const probeMs = parseDuration(opts.probeTimeout);
-  const acts = proxyActivities<NodeActivities>(roundProfile(node, opts));
+  const lead = opts.leadInMs ? Math.round(opts.leadInMs) : 0;
+  const profile = roundProfile(node, opts);
+  // The lead-in is spent on the node worker, inside the activity's start-to-close.
+  if (lead > 0) profile.startToCloseTimeout = parseDuration(opts.probeTimeout) + 5_000 + lead;
+  const acts = proxyActivities<NodeActivities>(profile);
   try {
     const round = await acts.probeRound({
       generate: opts.generate,
       timeoutMs: healthTimeoutMs(probeMs),
       generateTimeoutMs: Math.min(opts.generateTimeoutMs, healthTimeoutMs(probeMs)),
       xidSince: opts.xidSince,
+      ...(lead > 0 ? { leadInMs: lead } : {}),
     });
     return classifyRound(node, true, round, opts);
   } catch (err) {

@@ -133,3 +133,10 @@ export function roundVerdict(
 export function watcherStartRung(actionable: readonly Problem[]): 'escalate' | undefined {
   return actionable.length > 0 && actionable.every((p) => p.kind === 'probe-failed') ? 'escalate' : undefined;
 }
+
+/**
+ * Longest wait (ms) a watcher leaves to the next probe round itself (probeRound's `leadInMs`) rather than to a timer:
+ * the Temporal server fires no timer sooner than `history.timerProcessorMaxTimeShift` (1 s by default), so only a
+ * longer rest is a timer's job (a lead-in holds the node worker's activity slot meanwhile).
+ */
+export const MAX_LEAD_IN_MS = 1_000;

@@ -27,6 +27,7 @@ import {
   activeWindows,
   applyMaintenance,
   halfIntervalGenerateTimeoutMs,
+  MAX_LEAD_IN_MS,
   roundVerdict,
   unknownEngine,
   watchGenerateTimeoutMs,
@@ -52,6 +53,16 @@ type WatchInput = z.output<typeof WatchNodeInput>;
 
 /** The patch that folded a probe round into one activity (and continue-as-new on the server's suggestion). */
 const SINGLE_PROBE_ACTIVITY = 'watch-single-probe-activity';
+
+/**
+ * The patch that made the interval a cadence, start to start: what is left of the interval after the round is
+ * waited out (nothing when the round took longer), by a timer when it is at least {@link MAX_LEAD_IN_MS}, else by
+ * the next round itself on the node worker (its `leadInMs`): the Temporal server fires no timer sooner than
+ * `history.timerProcessorMaxTimeShift` (1 s by default), so a 300 ms timer takes a second. Before it every round
+ * slept a whole interval after the last one ended, so a round of r seconds made every probe period interval + r
+ * (+ up to 1 s at sub-second remainders), and detection after `failureThreshold` rounds as much slower.
+ */
+export const PROBE_CADENCE_PATCH = 'watch-probe-cadence';
 
 /** The watcher's state: its status (the Query's answer), the node's facts, and restart counts between probes. */
 class NodeWatch {
@@ -112,10 +123,13 @@ class NodeWatch {
     return { ...this.probeOptions(facts), generateTimeoutMs };
   }
 
-  /** One probe round: one activity since 'watch-single-probe-activity'; histories from before replay five. */
-  async probe(facts: NodeFacts): Promise<HealthReport> {
+  /**
+   * One probe round: one activity since 'watch-single-probe-activity'; histories from before replay five. `leadInMs`:
+   * how long the round waits on the node before it probes (the interval's sub-second rest).
+   */
+  async probe(facts: NodeFacts, leadInMs = 0): Promise<HealthReport> {
     return patched(SINGLE_PROBE_ACTIVITY)
-      ? probeNodeRound(this.input.node, this.roundOptions(facts))
+      ? probeNodeRound(this.input.node, { ...this.roundOptions(facts), ...(leadInMs > 0 ? { leadInMs } : {}) })
       : probeNode(this.input.node, this.probeOptions(facts));
   }
 
@@ -243,15 +257,27 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   const control = proxyActivities<ControlActivities>(watchFacts);
   const facts = await control.nodeFacts({ node: input.node });
   watch.facts = facts;
+  const intervalMs = parseDuration(input.probeInterval);
+  /** The interval's sub-second rest after the last round, waited out by the next round on the node. */
+  let leadInMs = 0;
   for (let i = 0; i < input.probesPerRun; i++) {
     const wasHealthy = watch.lastHealthy;
-    const report = await watch.probe(facts);
+    // Workflow time when this round's probing begins: the round's activity (and any recovery it starts) counts
+    // against the interval.
+    const roundStarted = Date.now() + leadInMs;
+    const report = await watch.probe(facts, leadInMs);
+    leadInMs = 0;
     const actionable = watch.observe(report);
     // Added with the router's auto-drain: histories recorded before it replay without the release call.
     if (report.healthy && wasHealthy !== true && patched('release-router-auto-drain'))
       await watch.releaseRouterDrains(control);
     if (watch.status.consecutiveFailures >= input.failureThreshold) await watch.recover(actionable);
-    await sleep(parseDuration(input.probeInterval));
+    if (!patched(PROBE_CADENCE_PATCH)) await sleep(intervalMs);
+    else {
+      const left = intervalMs - (Date.now() - roundStarted);
+      if (left >= MAX_LEAD_IN_MS) await sleep(left);
+      else if (left > 0) leadInMs = left;
+    }
     // Under Worker Versioning a run stays pinned to the control-worker version it started on; when a newer one is
     // current, move to it now rather than after this run's remaining probes (README: upgrading while workflows run).
     if (workflowInfo().targetWorkerDeploymentVersionChanged && patched('watch-upgrade-on-continue-as-new')) break;
