@@ -45,7 +45,7 @@ export interface ProbeRoundInput {
   /** Only Xid events after this time (ISO) count. */
   xidSince: string;
   /**
-   * Wait this long (ms, 0–{@link MAX_LEAD_IN_MS}) before probing: the sub-second rest of the watcher's interval, which
+   * Wait this long (ms ≥ 0, at most {@link MAX_LEAD_IN_MS}: a longer one is cut to it) before probing: the sub-second rest of the watcher's interval, which
    * a Temporal timer cannot wait out (the server fires none sooner than `history.timerProcessorMaxTimeShift`, 1 s by
    * default). Absent: probe at once. A node worker from before it ignores it and probes that much early.
    */
@@ -88,10 +88,12 @@ export function createProbeRoundActivities(deps: ProbeRoundDeps) {
         }
       }
       const lead = input.leadInMs;
-      if (lead !== undefined && !(Number.isFinite(lead) && lead >= 0 && lead <= MAX_LEAD_IN_MS)) {
-        throw nonRetryable('InvalidInput', `leadInMs must be a number from 0 to ${MAX_LEAD_IN_MS} ms (got ${lead})`);
+      if (lead !== undefined && !(Number.isFinite(lead) && lead >= 0)) {
+        throw nonRetryable('InvalidInput', `leadInMs must be a number of ms ≥ 0 (got ${lead})`);
       }
-      if (lead) await new Promise((resolve) => setTimeout(resolve, Math.round(lead)));
+      // Capped, not refused: a control worker whose cap is higher than this node worker's must not turn healthy
+      // rounds into failed ones.
+      if (lead) await new Promise((resolve) => setTimeout(resolve, Math.round(Math.min(lead, MAX_LEAD_IN_MS))));
       const failures: ProbeFailure[] = [];
       // Each probe settles on its own: one that throws or misses the deadline is a failure named in the report, and
       // the other four results are kept.

@@ -31,6 +31,8 @@ export interface ProbeOptions {
   pickupTimeout: string;
   /** How long one probe may run once picked up. */
   probeTimeout: string;
+  /** How long each engine's test generation may take, ms (default: the engine probe's health timeout). */
+  generateTimeoutMs?: number | undefined;
 }
 
 /** true when the activity failed because no node worker picked it up in time. */
@@ -85,7 +87,17 @@ export async function probeNode(node: string, opts: ProbeOptions): Promise<Healt
     guard('inspectContainers', acts.inspectContainers(), []),
     guard('queryGpus', acts.queryGpus(), { gpus: [], error: null }, failedGpuQuery),
     guard('readXidEvents', acts.readXidEvents({ since: opts.xidSince }), []),
-    guard('probeEngines', acts.probeEngines({ generate: opts.generate, timeoutMs: healthTimeoutMs(probeMs) }), []),
+    guard(
+      'probeEngines',
+      acts.probeEngines({
+        generate: opts.generate,
+        timeoutMs: healthTimeoutMs(probeMs),
+        ...(opts.generateTimeoutMs !== undefined
+          ? { generateTimeoutMs: Math.min(opts.generateTimeoutMs, healthTimeoutMs(probeMs)) }
+          : {}),
+      }),
+      [],
+    ),
     guard('checkDisks', acts.checkDisks(), []),
   ]);
   // Every probe failed: nothing was seen, as when a whole round fails.
@@ -146,7 +158,7 @@ export async function probeNodeRound(node: string, opts: RoundOptions): Promise<
   const lead = opts.leadInMs ? Math.round(opts.leadInMs) : 0;
   const profile = roundProfile(node, opts);
   // The lead-in is spent on the node worker, inside the activity's start-to-close.
-  if (lead > 0) profile.startToCloseTimeout = parseDuration(opts.probeTimeout) + 5_000 + lead;
+  if (lead > 0) profile.startToCloseTimeout = Number(profile.startToCloseTimeout) + lead;
   const acts = proxyActivities<NodeActivities>(profile);
   try {
     const round = await acts.probeRound({

@@ -45,6 +45,12 @@ export const RecoverNodeInput = z.strictObject({
   budgetWindow: duration.default('1h'),
   /** Run a tiny real generation in probes. */
   generate: z.boolean().default(true),
+  /**
+   * How long each engine's test generation may take in the diagnosis (the probe before the first rung); the watcher
+   * passes its own, so a hang it saw at a short deadline is not waited on for the health timeout again. At least
+   * 50ms. Default: probeTimeout less 2 s. Verification probes keep that default: a restarted engine may be loading.
+   */
+  generateTimeout: GenerateTimeoutSchema.optional(),
 });
 export type RecoverNodeInput = z.input<typeof RecoverNodeInput>;
 
@@ -103,7 +109,15 @@ export const WatchNodeInput = z.strictObject({
    */
   generateTimeout: GenerateTimeoutSchema.optional(),
   /** Options passed to the recoverNode it starts (timeouts, budget). */
-  recovery: RecoverNodeInput.omit({ node: true, reason: true, trigger: true, fault: true, startRung: true })
+  // The diagnosis's generation deadline is the watcher's own generateTimeout.
+  recovery: RecoverNodeInput.omit({
+    node: true,
+    reason: true,
+    trigger: true,
+    fault: true,
+    startRung: true,
+    generateTimeout: true,
+  })
     .partial()
     .default({}),
   /** Probes per run before continue-as-new (keeps history bounded). */

@@ -121,7 +121,7 @@ export async function startLlamaServer(bin: string, model: string, extra: string
   const stop = stopper(child, dir);
   started.push({ url: '', log, stop });
   // llama-server: "srv  llama_server: listening on http://127.0.0.1:44123"
-  const port = await listeningPort('llama-server', child, log, /listening on http:\/\/127\.0\.0\.1:(\d+)/);
+  const port = await listeningPort('llama-server', child, log, /listening on http:\/\/127\.0\.0\.1:(\d+)\s/);
   const proc: EngineProc = { url: `http://127.0.0.1:${port}`, log, stop };
   await waitUntil('llama-server', proc, child, async () => (await fetch(`${proc.url}/health`)).status === 200);
   return proc;
@@ -142,7 +142,7 @@ export async function startOllama(bin: string, models: { name: string; gguf: str
   };
   started.push({ url: '', log, stop });
   // Ollama: msg="Listening on 127.0.0.1:42059 (version 0.17.4)"
-  const port = await listeningPort('ollama', child, log, /Listening on 127\.0\.0\.1:(\d+)/);
+  const port = await listeningPort('ollama', child, log, /Listening on 127\.0\.0\.1:(\d+) \(/);
   const proc: EngineProc = { url: `http://127.0.0.1:${port}`, log, stop };
   await waitUntil('ollama', proc, child, async () => (await fetch(`${proc.url}/api/version`)).ok);
   for (const m of models) await createOllamaModel(proc.url, m.name, m.gguf);

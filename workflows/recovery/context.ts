@@ -81,20 +81,25 @@ export class RecoveryContext {
       excludeRunId: workflowInfo().runId,
     });
     this.record.budget = recoveryBudget(used, this.input.maxRecoveries, this.input.budgetWindow);
-    this.current = await this.probe(new Date(Date.now() - 10 * 60_000).toISOString());
+    const { generateTimeout } = this.input;
+    this.current = await this.probe(
+      new Date(Date.now() - 10 * 60_000).toISOString(),
+      generateTimeout !== undefined ? parseDuration(generateTimeout) : undefined,
+    );
     this.record.initial = summarizeReport(this.current);
     this.record.evidence = incidentEvidence(this.current);
     return this.current;
   }
 
-  /** One probe round; only Xid events after `since` count. */
-  probe(since: string): Promise<HealthReport> {
+  /** One probe round; only Xid events after `since` count; `generateTimeoutMs`: the test generation's deadline. */
+  probe(since: string, generateTimeoutMs?: number): Promise<HealthReport> {
     return probeNode(this.input.node, {
       generate: this.input.generate,
       expectedGpus: this.facts.gpus.length || undefined,
       xidSince: since,
       pickupTimeout: this.input.pickupTimeout,
       probeTimeout: this.input.probeTimeout,
+      ...(generateTimeoutMs !== undefined ? { generateTimeoutMs } : {}),
     });
   }
 

@@ -213,6 +213,8 @@ class NodeWatch {
             node: this.input.node,
             reason,
             ...startRung,
+            // The diagnosis gives a hung engine the deadline this watcher's rounds gave it, not the health timeout.
+            generateTimeout: `${watchGenerateTimeoutMs(this.input.probeTimeout, this.input.generateTimeout)}ms`,
             trigger: { source: 'watcher', detail: `${this.status.consecutiveFailures} consecutive failed probes` },
           },
         ],
@@ -271,10 +273,16 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
     // Added with the router's auto-drain: histories recorded before it replay without the release call.
     if (report.healthy && wasHealthy !== true && patched('release-router-auto-drain'))
       await watch.releaseRouterDrains(control);
-    if (watch.status.consecutiveFailures >= input.failureThreshold) await watch.recover(actionable);
+    let intervalFrom = roundStarted;
+    if (watch.status.consecutiveFailures >= input.failureThreshold) {
+      await watch.recover(actionable);
+      // After a recovery a whole interval passes before the next round, as it always did: recoverNode has just
+      // verified the node itself.
+      intervalFrom = Date.now();
+    }
     if (!patched(PROBE_CADENCE_PATCH)) await sleep(intervalMs);
     else {
-      const left = intervalMs - (Date.now() - roundStarted);
+      const left = intervalMs - (Date.now() - intervalFrom);
       if (left >= MAX_LEAD_IN_MS) await sleep(left);
       else if (left > 0) leadInMs = left;
     }
@@ -284,6 +292,9 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
     // The server says the history is getting large (events or bytes): start over now, whatever the count says.
     if (workflowInfo().continueAsNewSuggested && patched(SINGLE_PROBE_ACTIVITY)) break;
   }
+  // The rest of the interval the next round would have waited out on the node: the next run's first round follows
+  // nodeFacts at once, so it is waited out here (a timer: about a second, once per run).
+  if (leadInMs > 0) await sleep(leadInMs);
   // Wait for in-flight Update handlers, then start over with bounded history, carrying the state. The next run's
   // first task goes to the deployment's current version (AUTO_UPGRADE), so a watcher that runs forever still picks
   // up new code at its next run; unversioned workers ignore the option.
