@@ -264,8 +264,7 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   let leadInMs = 0;
   for (let i = 0; i < input.probesPerRun; i++) {
     const wasHealthy = watch.lastHealthy;
-    // Workflow time when this round's probing begins: the round's activity (and any recovery it starts) counts
-    // against the interval.
+    // Workflow time when this round's probing begins: the round's activity counts against the interval.
     const roundStarted = Date.now() + leadInMs;
     const report = await watch.probe(facts, leadInMs);
     leadInMs = 0;
