@@ -10,6 +10,7 @@ import { mkdir, mkdtemp, readdir, rm, stat, statfs, writeFile } from 'node:fs/pr
 import os from 'node:os';
 import path from 'node:path';
 import { asyncLocalStorage } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
 import type { NodeConfig } from '../src/config/schema';
 import { isEmptyPolicy, type KeepPolicy } from '../src/domain/retention';
 import { ToolError } from '../src/hosts/exec';
@@ -21,7 +22,15 @@ import {
   type ResticSnapshot,
   type ResticStats,
 } from '../src/hosts/restic';
-import { activityMetrics, cancellationSignal, heartbeat, nonRetryable, warn, withHeartbeat } from './activity-context';
+import {
+  activityMetrics,
+  cancellationSignal,
+  heartbeat,
+  lastHeartbeatDetails,
+  nonRetryable,
+  warn,
+  withHeartbeat,
+} from './activity-context';
 
 /** Partial downloads never make a useful backup: Ollama's `-partial` blobs, HF's `.incomplete`, curl/wget leftovers. */
 export const PARTIAL_DOWNLOAD_EXCLUDES = ['*-partial', '*-partial-*', '*.partial', '*.incomplete', '*.part', '*.tmp'];
@@ -98,6 +107,61 @@ export interface BackupOutcome {
   modelDigests: string[];
   /** Absolute paths backed up. */
   paths: string[];
+}
+
+/** Input of resticPrecheckAndBackup: the pre-check's and the backup's in one node activity. */
+export interface PrecheckAndBackupInput extends BackupInput {
+  /** Create the repository when it does not exist (first run of a plan; default true). */
+  initIfMissing?: boolean;
+  /** Fail when a local repository's filesystem has less free space than this. */
+  minFreeBytes?: number;
+}
+
+/** Result of resticPrecheckAndBackup. */
+export interface PrecheckAndBackupResult {
+  precheck: PrecheckResult;
+  backup: BackupOutcome;
+}
+
+/** Input of resticForgetAndCheck. */
+export interface ForgetAndCheckInput extends RepoInput {
+  retention: KeepPolicy;
+  /** restic check --read-data-subset. */
+  readDataSubset?: string;
+}
+
+/** Result of resticForgetAndCheck. */
+export interface ForgetAndCheckResult {
+  retention: { kept: string[]; removed: string[] };
+  check: { ok: boolean; output: string };
+  /** An earlier attempt had already applied the retention (read back from its heartbeat). */
+  retentionResumed: boolean;
+}
+
+/** Which step of a plan run a merged activity's failure belongs to, in the failure's details. */
+export type BackupStepName = 'precheck' | 'backup' | 'forget' | 'check';
+
+/** The details a merged backup activity's failure carries: the step it failed at. */
+export interface BackupStepFailureDetails {
+  step: BackupStepName;
+}
+
+/**
+ * `err` as an ApplicationFailure that names `step` in its details, keeping the type, message and whether a retry
+ * may fix it (a ToolError stays retryable; a refused input or wrong password does not).
+ */
+export function stepFailure(step: BackupStepName, err: unknown): ApplicationFailure {
+  const details: BackupStepFailureDetails = { step };
+  if (err instanceof ApplicationFailure) {
+    return ApplicationFailure.create({
+      type: err.type ?? 'Error',
+      message: err.message,
+      nonRetryable: err.nonRetryable === true,
+      details: [details],
+    });
+  }
+  const e = err instanceof Error ? err : new Error(String(err));
+  return ApplicationFailure.create({ type: e.name, message: e.message, nonRetryable: false, details: [details] });
 }
 
 /** What createBackupActivities needs. */
@@ -258,40 +322,210 @@ export function createBackupActivities(deps: BackupActivityDeps) {
     }
   };
 
-  return timedOperations({
+  /** Where a local repository lives (resolved); null for a remote one. */
+  const localPath = (repository: string): string | null => {
+    const local = localRepoPath(repository);
+    if (local === null) return null;
+    return resolve(local);
+  };
+
+  /** A local repository's free bytes, refused below minFreeBytes; null for a remote one. */
+  const freeSpace = async (input: PrecheckInput): Promise<number | null> => {
+    const local = localPath(input.repository);
+    if (local === null) return null;
+    const s = await statfs(local);
+    const freeBytes = s.bavail * s.bsize;
+    if (input.minFreeBytes !== undefined && freeBytes < input.minFreeBytes) {
+      throw nonRetryable(
+        'RepositoryFull',
+        `only ${freeBytes} bytes free at ${input.repository} (need ${input.minFreeBytes})`,
+      );
+    }
+    return freeBytes;
+  };
+
+  /** Create a plan's repository on its first run (a local one's parent directory too), unless told not to. */
+  const initRepository = async (cli: ResticCli, input: PrecheckInput): Promise<void> => {
+    if (!(input.initIfMissing ?? true))
+      throw nonRetryable('ResticNoRepository', `no repository at ${input.repository}`);
+    const local = localPath(input.repository);
+    if (local !== null) await mkdir(path.dirname(local), { recursive: true });
+    await withHeartbeat({ stage: 'init' }, () => cli.init()).catch(failOnTool);
+  };
+
+  /** The repository exists and opens with the password (`cat config`), created when missing; free space checked. */
+  const precheck = async (input: PrecheckInput): Promise<PrecheckResult> => {
+    const cli = restic(input);
+    let initialised = false;
+    if (!(await cli.exists().catch(failOnTool))) {
+      await initRepository(cli, input);
+      initialised = true;
+    }
+    return { initialised, freeBytes: await freeSpace(input) };
+  };
+
+  /**
+   * On a retry (the worker died mid-backup): remove stale locks, then find the snapshot an earlier attempt finished
+   * (by the run tag). `missing`: there is no repository yet (the earlier attempt died before creating it).
+   */
+  const earlierAttempt = async (
+    cli: ResticCli,
+    input: BackupInput,
+  ): Promise<{ unlocked: boolean; missing: boolean; reused: BackupOutcome | null }> => {
+    if (attempt() <= 1) return { unlocked: false, missing: false, reused: null };
+    try {
+      await cli.unlock();
+    } catch (err) {
+      if (err instanceof ResticNoRepositoryError) return { unlocked: false, missing: true, reused: null };
+      return failOnTool(err);
+    }
+    const done = (await cli.snapshots({ tags: [planTag(input.plan), `run:${input.runTag}`] }).catch(failOnTool)).at(-1);
+    if (!done) return { unlocked: true, missing: false, reused: null };
+    warn('backup: reusing the snapshot an earlier attempt made', { plan: input.plan, snapshot: done.short_id });
+    return {
+      unlocked: true,
+      missing: false,
+      reused: {
+        snapshotId: done.short_id,
+        filesNew: 0,
+        filesChanged: 0,
+        filesUnmodified: 0,
+        dataAdded: 0,
+        bytesProcessed: 0,
+        incomplete: false,
+        warnings: [],
+        reused: true,
+        unlocked: true,
+        samples: [],
+        modelDigests: (done.tags ?? []).filter((t) => t.startsWith('model:')).map((t) => t.slice(6)),
+        paths: done.paths,
+      },
+    };
+  };
+
+  /** What a backup sends restic: the staged paths, model digests, sample fingerprints and tags. */
+  const prepareBackup = async (
+    input: BackupInput,
+  ): Promise<{ paths: string[]; modelDigests: string[]; samples: SampleFile[]; tags: string[] }> => {
+    const paths = await stage(input);
+    const modelDigests: string[] = [];
+    if (input.what === 'model-store') for (const p of paths) modelDigests.push(...(await ollamaDigests(p)));
+    const samples: SampleFile[] = [];
+    const wanted = input.samples ?? 3;
+    for (const p of wanted > 0 ? paths : []) {
+      for (const f of await listFiles(p)) {
+        if (samples.length >= wanted) break;
+        const s = await stat(f);
+        samples.push({ path: f, sha256: await sha256File(f), bytes: s.size });
+      }
+    }
+    const tags = [
+      planTag(input.plan),
+      `node:${deps.node.id}`,
+      `what:${input.what}`,
+      `run:${input.runTag}`,
+      ...(input.tags ?? []),
+      // Tags cannot hold commas; a model store with many models keeps the first 20 digests as tags.
+      ...modelDigests.slice(0, 20).map((d) => `model:${d.replace(/,/g, '_')}`),
+    ];
+    return { paths, modelDigests, samples, tags };
+  };
+
+  /** One `restic backup --json` of what prepareBackup made, heartbeating restic's progress every second. */
+  const backUp = async (
+    cli: ResticCli,
+    input: BackupInput,
+    prepared: Awaited<ReturnType<typeof prepareBackup>>,
+    unlocked: boolean,
+  ): Promise<BackupOutcome> => {
+    const { paths, modelDigests, samples, tags } = prepared;
+    let last: ResticBackupStatus | null = null;
+    heartbeat({ stage: 'backup', percent: 0 });
+    const timer = setInterval(() => heartbeat({ stage: 'backup', percent: last?.percent_done ?? 0 }), 1000);
+    try {
+      const signal = cancellationSignal();
+      const r = await cli.backup(paths, {
+        tags,
+        excludes: PARTIAL_DOWNLOAD_EXCLUDES,
+        // Snapshots of one node share a host name so restic picks the right parent whichever machine runs it.
+        host: deps.node.id,
+        ...(input.limitUploadKiB ? { limitUploadKiB: input.limitUploadKiB } : {}),
+        onProgress: (s) => {
+          last = s;
+        },
+        ...(signal ? { signal } : {}),
+      });
+      const s = r.summary;
+      const bytes = activityMetrics();
+      bytes.add('resticBytes', { plan: input.plan, kind: 'processed' }, s.total_bytes_processed);
+      bytes.add('resticBytes', { plan: input.plan, kind: 'added' }, s.data_added);
+      return {
+        snapshotId: s.snapshot_id,
+        filesNew: s.files_new,
+        filesChanged: s.files_changed,
+        filesUnmodified: s.files_unmodified,
+        dataAdded: s.data_added,
+        bytesProcessed: s.total_bytes_processed,
+        incomplete: r.incomplete,
+        warnings: r.warnings,
+        reused: false,
+        unlocked,
+        samples,
+        modelDigests,
+        paths,
+      };
+    } finally {
+      clearInterval(timer);
+    }
+  };
+
+  /** `restic forget --keep-* --prune` on the plan's snapshots (tag plan:<id>); an empty policy runs nothing. */
+  const forget = async (
+    input: RepoInput & { retention: KeepPolicy },
+  ): Promise<{ kept: string[]; removed: string[] }> => {
+    if (isEmptyPolicy(input.retention)) return { kept: [], removed: [] };
+    const cli = restic(input);
+    const groups = await withHeartbeat({ stage: 'forget' }, () =>
+      cli.forget(input.retention, { tags: [planTag(input.plan)], prune: true }),
+    ).catch(async (err: unknown) => {
+      // A stale exclusive lock from a killed run blocks prune; remove it and let the retry go on.
+      if (err instanceof ToolError && /locked|lock/i.test(err.result.stderr)) await cli.unlock().catch(() => undefined);
+      return failOnTool(err);
+    });
+    return {
+      kept: groups.flatMap((g) => (g.keep ?? []).map((s) => s.short_id)),
+      removed: groups.flatMap((g) => (g.remove ?? []).map((s) => s.short_id)),
+    };
+  };
+
+  /** `restic check --read-data-subset`: a damaged repository is ok=false with restic's words, not a throw. */
+  const check = (input: RepoInput & { readDataSubset?: string }, details: unknown = { stage: 'check' }) => {
+    const cli = restic(input);
+    const signal = cancellationSignal();
+    return withHeartbeat(details, () => cli.check(input.readDataSubset, signal)).catch(failOnTool);
+  };
+
+  /** `work`'s wall time into gpuops_restic_duration_seconds as `operation`, ok or failed. */
+  const timed = async <T>(plan: string, operation: string, work: () => Promise<T>): Promise<T> => {
+    const started = performance.now();
+    let outcome = 'failed';
+    try {
+      const r = await work();
+      outcome = 'ok';
+      return r;
+    } finally {
+      activityMetrics().observe('resticDuration', { plan, operation, outcome }, (performance.now() - started) / 1000);
+    }
+  };
+
+  /** The one-operation activities, each timed as a whole (resticSnapshots and resticStats are not). */
+  const single = timedOperations({
     /**
-     * Pre-check a plan's repository: reachable and opened with the password, created on first use, and (for a local
-     * repository) enough free space. Idempotent: a second run finds the repository and creates nothing.
+     * Pre-check a plan's repository: reachable and opened with the password, created on first use, and (for a
+     * local repository) enough free space. Idempotent: a second run finds the repository and creates nothing.
+     * Plan runs since patch backup-two-node-activities do this inside resticPrecheckAndBackup.
      */
-    async resticPrecheck(input: PrecheckInput): Promise<PrecheckResult> {
-      const cli = restic(input);
-      let initialised = false;
-      try {
-        if (!(await cli.exists())) {
-          if (!(input.initIfMissing ?? true))
-            throw nonRetryable('ResticNoRepository', `no repository at ${input.repository}`);
-          const local = localRepoPath(input.repository);
-          if (local !== null) await mkdir(path.dirname(resolve(local)), { recursive: true });
-          await cli.init();
-          initialised = true;
-        }
-      } catch (err) {
-        failOnTool(err);
-      }
-      let freeBytes: number | null = null;
-      const local = localRepoPath(input.repository);
-      if (local !== null) {
-        const s = await statfs(resolve(local));
-        freeBytes = s.bavail * s.bsize;
-        if (input.minFreeBytes !== undefined && freeBytes < input.minFreeBytes) {
-          throw nonRetryable(
-            'RepositoryFull',
-            `only ${freeBytes} bytes free at ${input.repository} (need ${input.minFreeBytes})`,
-          );
-        }
-      }
-      return { initialised, freeBytes };
-    },
+    resticPrecheck: precheck,
 
     /**
      * Back up one plan with `restic backup --json`, heartbeating restic's progress. Resumable: a retry (the worker
@@ -300,121 +534,19 @@ export function createBackupActivities(deps: BackupActivityDeps) {
      */
     async resticBackup(input: BackupInput): Promise<BackupOutcome> {
       const cli = restic(input);
-      const runTag = `run:${input.runTag}`;
-      let unlocked = false;
-      if (attempt() > 1) {
-        await cli.unlock().catch(failOnTool);
-        unlocked = true;
-        const done = (await cli.snapshots({ tags: [planTag(input.plan), runTag] }).catch(failOnTool)).at(-1);
-        if (done) {
-          warn('backup: reusing the snapshot an earlier attempt made', { plan: input.plan, snapshot: done.short_id });
-          return {
-            snapshotId: done.short_id,
-            filesNew: 0,
-            filesChanged: 0,
-            filesUnmodified: 0,
-            dataAdded: 0,
-            bytesProcessed: 0,
-            incomplete: false,
-            warnings: [],
-            reused: true,
-            unlocked,
-            samples: [],
-            modelDigests: (done.tags ?? []).filter((t) => t.startsWith('model:')).map((t) => t.slice(6)),
-            paths: done.paths,
-          };
-        }
-      }
-      const paths = await stage(input);
-      const modelDigests: string[] = [];
-      if (input.what === 'model-store') for (const p of paths) modelDigests.push(...(await ollamaDigests(p)));
-      const samples: SampleFile[] = [];
-      const wanted = input.samples ?? 3;
-      for (const p of wanted > 0 ? paths : []) {
-        for (const f of await listFiles(p)) {
-          if (samples.length >= wanted) break;
-          const s = await stat(f);
-          samples.push({ path: f, sha256: await sha256File(f), bytes: s.size });
-        }
-      }
-      const tags = [
-        planTag(input.plan),
-        `node:${deps.node.id}`,
-        `what:${input.what}`,
-        runTag,
-        ...(input.tags ?? []),
-        // Tags cannot hold commas; a model store with many models keeps the first 20 digests as tags.
-        ...modelDigests.slice(0, 20).map((d) => `model:${d.replace(/,/g, '_')}`),
-      ];
-      let last: ResticBackupStatus | null = null;
-      heartbeat({ stage: 'backup', percent: 0 });
-      const timer = setInterval(() => heartbeat({ stage: 'backup', percent: last?.percent_done ?? 0 }), 1000);
-      try {
-        const signal = cancellationSignal();
-        const r = await cli
-          .backup(paths, {
-            tags,
-            excludes: PARTIAL_DOWNLOAD_EXCLUDES,
-            // Snapshots of one node share a host name so restic picks the right parent whichever machine runs it.
-            host: deps.node.id,
-            ...(input.limitUploadKiB ? { limitUploadKiB: input.limitUploadKiB } : {}),
-            onProgress: (s) => {
-              last = s;
-            },
-            ...(signal ? { signal } : {}),
-          })
-          .catch(failOnTool);
-        const s = r.summary;
-        const bytes = activityMetrics();
-        bytes.add('resticBytes', { plan: input.plan, kind: 'processed' }, s.total_bytes_processed);
-        bytes.add('resticBytes', { plan: input.plan, kind: 'added' }, s.data_added);
-        return {
-          snapshotId: s.snapshot_id,
-          filesNew: s.files_new,
-          filesChanged: s.files_changed,
-          filesUnmodified: s.files_unmodified,
-          dataAdded: s.data_added,
-          bytesProcessed: s.total_bytes_processed,
-          incomplete: r.incomplete,
-          warnings: r.warnings,
-          reused: false,
-          unlocked,
-          samples,
-          modelDigests,
-          paths,
-        };
-      } finally {
-        clearInterval(timer);
-      }
+      const earlier = await earlierAttempt(cli, input);
+      if (earlier.reused) return earlier.reused;
+      return backUp(cli, input, await prepareBackup(input), earlier.unlocked).catch(failOnTool);
     },
 
     /**
      * Apply the plan's retention (`restic forget --keep-* --prune`) to its snapshots only (tag plan:<id>). An empty
      * policy keeps everything and runs nothing. Idempotent: a second run forgets nothing more.
      */
-    async resticForget(input: RepoInput & { retention: KeepPolicy }): Promise<{ kept: string[]; removed: string[] }> {
-      if (isEmptyPolicy(input.retention)) return { kept: [], removed: [] };
-      const cli = restic(input);
-      const groups = await withHeartbeat({ stage: 'forget' }, () =>
-        cli.forget(input.retention, { tags: [planTag(input.plan)], prune: true }),
-      ).catch(async (err: unknown) => {
-        // A stale exclusive lock from a killed run blocks prune; remove it and let the retry go on.
-        if (err instanceof ToolError && /locked|lock/i.test(err.result.stderr))
-          await cli.unlock().catch(() => undefined);
-        return failOnTool(err);
-      });
-      return {
-        kept: groups.flatMap((g) => (g.keep ?? []).map((s) => s.short_id)),
-        removed: groups.flatMap((g) => (g.remove ?? []).map((s) => s.short_id)),
-      };
-    },
+    resticForget: forget,
 
     /** `restic check --read-data-subset`: a damaged repository comes back as ok=false with restic's words. */
-    async resticCheck(input: RepoInput & { readDataSubset?: string }): Promise<{ ok: boolean; output: string }> {
-      const cli = restic(input);
-      const signal = cancellationSignal();
-      return withHeartbeat({ stage: 'check' }, () => cli.check(input.readDataSubset, signal)).catch(failOnTool);
-    },
+    resticCheck: (input: RepoInput & { readDataSubset?: string }) => check(input),
 
     /**
      * Test restore: restore the sample files of a snapshot into a temporary directory and compare their sha256
@@ -489,6 +621,95 @@ export function createBackupActivities(deps: BackupActivityDeps) {
       return restic(input).stats().catch(failOnTool);
     },
   });
+
+  /** The failure failOnTool makes of `err` (a wrong password or a missing repository no retry fixes), returned. */
+  const asFailure = (err: unknown): unknown => {
+    try {
+      return failOnTool(err);
+    } catch (e) {
+      return e;
+    }
+  };
+  /** In a plan's backup, a repository that is missing, refuses the password or has no room fails its pre-check. */
+  const backupStepOf = (failure: unknown, step: BackupStepName): BackupStepName =>
+    failure instanceof ApplicationFailure &&
+    ['ResticNoRepository', 'ResticWrongPassword', 'RepositoryFull'].includes(failure.type ?? '')
+      ? 'precheck'
+      : step;
+
+  return {
+    ...single,
+    /**
+     * A plan run's pre-check and backup in one node activity (runs since patch backup-two-node-activities): every
+     * restic invocation opens the repository (a key derivation, about half a second), and the pre-check's own
+     * `cat config` was one open more than the backup needs. `restic backup` says itself whether the repository is
+     * there and opens with the password; a local repository whose directory is missing is created first, a remote
+     * one on restic's "no repository" answer, and the backup then runs. Free space is checked before the backup.
+     * A retry unlocks stale locks and reuses the snapshot an earlier attempt finished, as resticBackup does. A
+     * failure names its step (precheck or backup) in its details.
+     */
+    async resticPrecheckAndBackup(input: PrecheckAndBackupInput): Promise<PrecheckAndBackupResult> {
+      const cli = restic(input);
+      let step: BackupStepName = 'precheck';
+      try {
+        const earlier = await earlierAttempt(cli, input);
+        if (earlier.reused)
+          return { precheck: { initialised: false, freeBytes: await freeSpace(input) }, backup: earlier.reused };
+        const local = localPath(input.repository);
+        let initialised = false;
+        if (earlier.missing || (local !== null && !(await stat(local).catch(() => null)))) {
+          await initRepository(cli, input);
+          initialised = true;
+        }
+        let freeBytes = await freeSpace(input);
+        step = 'backup';
+        const prepared = await prepareBackup(input);
+        const run = (): Promise<BackupOutcome> =>
+          timed(input.plan, 'backup', () => backUp(cli, input, prepared, earlier.unlocked));
+        let backup: BackupOutcome;
+        try {
+          backup = await run();
+        } catch (err) {
+          if (!(err instanceof ResticNoRepositoryError) || initialised) throw err;
+          step = 'precheck';
+          await initRepository(cli, input);
+          initialised = true;
+          freeBytes = await freeSpace(input);
+          step = 'backup';
+          backup = await run();
+        }
+        return { precheck: { initialised, freeBytes }, backup };
+      } catch (err) {
+        const failure = asFailure(err);
+        throw stepFailure(backupStepOf(failure, step), failure);
+      }
+    },
+
+    /**
+     * A plan run's retention and check in one node activity (runs since patch backup-two-node-activities):
+     * `restic forget --prune` on the plan's snapshots (nothing for an empty policy), then `restic check
+     * --read-data-subset`. The check heartbeats the retention's result, so a retry after a killed worker goes
+     * straight to the check. A failure names its step (forget or check) in its details; a damaged repository is
+     * check.ok = false, not a failure.
+     */
+    async resticForgetAndCheck(input: ForgetAndCheckInput): Promise<ForgetAndCheckResult> {
+      const earlier = lastHeartbeatDetails<{ retention?: { kept: string[]; removed: string[] } }>();
+      let step: BackupStepName = 'forget';
+      try {
+        const retentionResumed = Array.isArray(earlier?.retention?.kept);
+        const retention =
+          earlier?.retention && retentionResumed
+            ? earlier.retention
+            : await timed(input.plan, 'forget', () => forget(input));
+        step = 'check';
+        const result = await timed(input.plan, 'check', () => check(input, { stage: 'check', retention }));
+        return { retention, check: result, retentionResumed };
+      } catch (err) {
+        const failure = asFailure(err);
+        throw stepFailure(step, failure);
+      }
+    },
+  };
 }
 
 /** The node-side backup activity object. */

@@ -13,9 +13,14 @@ import { workflowIds } from '../src/contracts';
 import { ResticCli } from '../src/hosts/restic';
 import { syncSchedules, backupInputFor } from '../src/temporal/schedules';
 import { backupStatus, renderStatus, restorePlan } from '../src/cli/backup';
+import { pendingActivities } from '../src/cli/follow';
 import type { BackupRecord, RunBackupInput } from '../src/contracts';
 import { stringify, parse } from 'yaml';
-import { controlWorker, uniqueId, useSandboxEnv } from './helpers/env';
+import { Worker } from '@temporalio/worker';
+import { createBackupActivities } from '../activities/backup';
+import { nodeTaskQueue } from '../src/contracts';
+import { NvidiaSmi } from '../src/hosts/nvidia-smi';
+import { controlWorker, recordHistory, uniqueId, useSandboxEnv } from './helpers/env';
 import { testSecret, writeSecretFile, writeTestSecret } from './helpers/secrets';
 
 const ctx = useSandboxEnv({
@@ -102,6 +107,15 @@ beforeAll(async () => {
       verify: { readDataSubset: '100%' },
     },
     { ...base, id: plan('old'), what: 'gpuops-config', repository: path.join(ctx.sbx.dir, 'repo-old') },
+    {
+      ...base,
+      id: plan('older-node'),
+      what: 'model-store',
+      paths: [path.join(ctx.sbx.dir, 'models')],
+      repository: path.join(ctx.sbx.dir, 'repo-older-node'),
+      retention: { keepLast: 5 },
+      verify: { readDataSubset: '100%', testRestore: true },
+    },
   ];
   raw.notifications = [{ type: 'webhook', name: 'ops', urlFile: path.join(ctx.sbx.dir, 'hook-url') }];
   writeFileSync(ctx.sbx.loaded.path, stringify(raw));
@@ -114,10 +128,15 @@ function planConfig(name: string) {
   return p;
 }
 
-function runNow(client: Client, name: string, extra: Partial<RunBackupInput> = {}): Promise<BackupRecord> {
+function runNow(
+  client: Client,
+  name: string,
+  extra: Partial<RunBackupInput> = {},
+  workflowId = `${workflowIds.backupSchedule(plan(name))}:${uniqueId('t')}`,
+): Promise<BackupRecord> {
   return client.workflow.execute('runBackup', {
     taskQueue: ctx.env.controlQueue,
-    workflowId: `${workflowIds.backupSchedule(plan(name))}:${uniqueId('t')}`,
+    workflowId,
     args: [{ ...backupInputFor(loaded.config, planConfig(name)), timings, ...extra }],
   });
 }
@@ -212,8 +231,12 @@ test('a restore reproduces the files byte for byte, skips partial downloads, and
 test('a corrupted repository makes verify fail and notifies', async () => {
   const worker = await controlWorker(ctx.env, loaded);
   await worker.runUntil(async () => {
-    const ok = await runNow(ctx.env.client, 'gpu');
+    const okId = `${workflowIds.backupSchedule(plan('gpu'))}:${uniqueId('ok')}`;
+    const ok = await runNow(ctx.env.client, 'gpu', {}, okId);
     expect(ok.status).toBe('ok');
+    recordHistory(ctx.env, okId, 'run-backup-two-node-activities-ok');
+    // Two node activities: pre-check and backup in one, retention and the check in the other.
+    expect(await activityTypes(okId)).toEqual(['resticPrecheckAndBackup', 'resticForgetAndCheck']);
     // No test restore in this plan's verify policy: nothing is fingerprinted for one.
     expect(ok.backup?.samples).toEqual([]);
     expect(ok.verify?.testRestore).toBeNull();
@@ -233,8 +256,10 @@ test('a corrupted repository makes verify fail and notifies', async () => {
       }
     }
     received.length = 0;
-    const err = await runNow(ctx.env.client, 'gpu').catch((e: unknown) => e);
+    const failedId = `${workflowIds.backupSchedule(plan('gpu'))}:${uniqueId('corrupt')}`;
+    const err = await runNow(ctx.env.client, 'gpu', {}, failedId).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(WorkflowFailedError);
+    recordHistory(ctx.env, failedId, 'run-backup-two-node-activities-verify-failed');
     const cause = (err as WorkflowFailedError).cause as Error & { type?: string };
     expect(cause.type).toBe('BackupVerifyFailed');
     expect(received).toEqual([
@@ -242,6 +267,57 @@ test('a corrupted repository makes verify fail and notifies', async () => {
     ]);
   });
 });
+
+/** The activity types a finished run scheduled, in order. */
+async function activityTypes(workflowId: string): Promise<string[]> {
+  const history = await ctx.env.client.workflow.getHandle(workflowId).fetchHistory();
+  return (history.events ?? []).flatMap((e) => e.activityTaskScheduledEventAttributes?.activityType?.name ?? []);
+}
+
+test('a node worker from before the merged activities runs the run on the one-step activities', async () => {
+  // Stand in for an older node worker: today's backup activities without the two merged ones, on the node's queue.
+  await ctx.sbx.sim.killWorker('SIGTERM');
+  try {
+    const node = loaded.config.nodes.find((n) => n.id === ctx.sbx.nodeId);
+    if (!node) throw new Error(`no node ${ctx.sbx.nodeId} in the config`);
+    const { resticPrecheckAndBackup, resticForgetAndCheck, ...older } = createBackupActivities({
+      node,
+      nvidiaSmi: new NvidiaSmi({ bin: path.join(ctx.sbx.dir, 'no-nvidia-smi') }),
+    });
+    expect([typeof resticPrecheckAndBackup, typeof resticForgetAndCheck]).toEqual(['function', 'function']);
+    const nodeWorker = await Worker.create({
+      connection: ctx.env.connection,
+      namespace: 'default',
+      taskQueue: nodeTaskQueue(ctx.sbx.nodeId),
+      activities: older,
+    });
+    const control = await controlWorker(ctx.env, loaded);
+    const id = `${workflowIds.backupSchedule(plan('older-node'))}:${uniqueId('t')}`;
+    const record = await nodeWorker.runUntil(control.runUntil(runNow(ctx.env.client, 'older-node', {}, id)));
+    expect(record.status).toBe('ok');
+    expect(record.steps.map((x) => [x.step, x.ok])).toEqual([
+      ['precheck', true],
+      ['backup', true],
+      ['forget', true],
+      ['check', true],
+      ['test-restore', true],
+    ]);
+    expect(record.verify).toMatchObject({ ok: true, testRestore: { ok: true } });
+    // Each merged activity was tried once (the worker answered NotFoundError, not retried), then the four ran.
+    expect(await activityTypes(id)).toEqual([
+      'resticPrecheckAndBackup',
+      'resticPrecheck',
+      'resticBackup',
+      'resticForgetAndCheck',
+      'resticForget',
+      'resticCheck',
+      'resticTestRestore',
+    ]);
+    recordHistory(ctx.env, id, 'run-backup-two-node-activities-older-node');
+  } finally {
+    await ctx.sbx.sim.startWorker();
+  }
+}, 60_000);
 
 test('killing the node worker mid-backup and restarting it completes the run (stale restic lock removed on retry)', async () => {
   const worker = await controlWorker(ctx.env, loaded);
@@ -253,11 +329,11 @@ test('killing the node worker mid-backup and restarting it completes the run (st
       args: [{ ...backupInputFor(loaded.config, planConfig('big')), timings, limitUploadKiB: 400 }],
     });
     const deadline = Date.now() + 30_000;
+    // The run's node activity (pre-check and backup in one) heartbeats {stage: 'backup', …} once restic backs up.
     for (;;) {
-      const d = await handle.describe();
-      const a = d.raw.pendingActivities?.find((x) => x.activityType?.name === 'resticBackup');
-      if (a && a.state === 2 && a.heartbeatDetails) break;
-      if (Date.now() > deadline) throw new Error('resticBackup never started');
+      const pending = await pendingActivities(handle);
+      if (pending.some((a) => a.type === 'resticPrecheckAndBackup' && a.details.stage === 'backup')) break;
+      if (Date.now() > deadline) throw new Error('resticPrecheckAndBackup never reached its backup stage');
       await new Promise((r) => setTimeout(r, 100));
     }
     await ctx.sbx.sim.killWorker('SIGKILL');

@@ -161,7 +161,16 @@ test('the control and node workers export the SDK and gpuops families with the v
   const nod = await scrape(nodeListen);
   const restic = (operation: string) => ({ plan, operation, outcome: 'ok', task_queue: nodeTaskQueue(node) });
   expect(
-    one(nod.samples, 'gpuops_restic_duration_seconds_count', { ...restic('backup'), activity_type: 'resticBackup' }),
+    one(nod.samples, 'gpuops_restic_duration_seconds_count', {
+      ...restic('backup'),
+      activity_type: 'resticPrecheckAndBackup',
+    }),
+  ).toBe(1);
+  expect(
+    one(nod.samples, 'gpuops_restic_duration_seconds_count', {
+      ...restic('check'),
+      activity_type: 'resticForgetAndCheck',
+    }),
   ).toBe(1);
   for (const op of ['backup', 'check']) {
     expect(one(nod.samples, 'gpuops_restic_duration_seconds_count', restic(op))).toBe(1);
@@ -172,7 +181,9 @@ test('the control and node workers export the SDK and gpuops families with the v
   );
   expect(one(nod.samples, 'gpuops_restic_bytes_total', { plan, kind: 'added' })).toBe(record.backup?.dataAdded);
   expect(
-    samplesOf(nod.samples, 'temporal_activity_execution_latency_seconds_count', { activity_type: 'resticBackup' }),
+    samplesOf(nod.samples, 'temporal_activity_execution_latency_seconds_count', {
+      activity_type: 'resticPrecheckAndBackup',
+    }),
   ).toHaveLength(1);
   // Buckets are gpuops's (seconds up to hours), not the SDK's millisecond defaults.
   const les = samplesOf(nod.samples, 'gpuops_restic_duration_seconds_bucket', restic('backup')).map((s) => s.labels.le);

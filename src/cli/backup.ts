@@ -210,7 +210,10 @@ async function followBackup(h: BackupHandle, globals: GlobalOptions): Promise<vo
   try {
     record = await followToEnd(h, async () => {
       show(await h.query(getBackupRecordQuery));
-      const a = (await pendingActivities(h)).find((x) => x.type === 'resticBackup');
+      // resticPrecheckAndBackup heartbeats restic's progress only in its backup stage (its pre-check inits).
+      const a = (await pendingActivities(h)).find(
+        (x) => x.type === 'resticBackup' || (x.type === 'resticPrecheckAndBackup' && x.details.stage === 'backup'),
+      );
       if (!a) return out.transfer(null);
       const view = { label: `restic backup${a.attempt > 1 ? ` (attempt ${a.attempt})` : ''}`, total: 1, bytes: false };
       out.transfer(

@@ -40,6 +40,23 @@ export const longResticActivities = (node: string, t: Timings) =>
     retry: { maximumAttempts: 5, initialInterval: '1s', backoffCoefficient: 2 },
   });
 
+/**
+ * The two merged node activities of a plan run (pre-check and backup; forget and check): the long profile, and a
+ * node worker from before they existed (the SDK answers NotFoundError) is told at once, not after five tries, so the
+ * run falls back to the one-step activities.
+ */
+export const mergedResticActivities = (node: string, t: Timings) =>
+  resticOn(node, t.pickupTimeout, {
+    startToCloseTimeout: t.runTimeout,
+    heartbeatTimeout: t.heartbeatTimeout,
+    retry: {
+      maximumAttempts: 5,
+      initialInterval: '1s',
+      backoffCoefficient: 2,
+      nonRetryableErrorTypes: ['NotFoundError'],
+    },
+  });
+
 /** A restore into the same target is repeatable; a non-empty target is refused, not retried. */
 export const restoreActivities = (node: string, t: Timings) =>
   resticOn(node, t.pickupTimeout, {
