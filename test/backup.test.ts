@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { WorkflowFailedError, type Client } from '@temporalio/client';
 import { parseConfig, type LoadedConfig } from '../src/config/load';
-import { workflowIds } from '../src/contracts';
+import { getBackupRecordQuery, workflowIds } from '../src/contracts';
 import { ResticCli } from '../src/hosts/restic';
 import { syncSchedules, backupInputFor } from '../src/temporal/schedules';
 import { backupStatus, renderStatus, restorePlan } from '../src/cli/backup';
@@ -265,6 +265,38 @@ test('a corrupted repository makes verify fail and notifies', async () => {
     expect(received).toEqual([
       expect.objectContaining({ title: `backup ${plan('gpu')} failed at check`, severity: 'critical' }),
     ]);
+  });
+});
+
+test('a failure in a merged node activity is recorded at the step that failed: a wrong password at precheck, a missing path at backup', async () => {
+  const models = backupInputFor(loaded.config, planConfig('models')).plan;
+  writeFileSync(path.join(ctx.sbx.dir, 'wrong-pw'), 'not the password\n');
+  // The first test made this repository; with the wrong password restic must refuse it, not create a new one.
+  expect(existsSync(models.repository)).toBe(true);
+  const worker = await controlWorker(ctx.env, loaded);
+  await worker.runUntil(async () => {
+    const cases = [
+      { plan: { ...models, passwordFile: path.join(ctx.sbx.dir, 'wrong-pw') }, step: 'precheck', before: [] },
+      { plan: { ...models, paths: [path.join(ctx.sbx.dir, 'no-such-dir')] }, step: 'backup', before: ['precheck'] },
+    ];
+    for (const c of cases) {
+      received.length = 0;
+      const id = `${workflowIds.backupSchedule(plan('models'))}:${uniqueId(`fails-${c.step}`)}`;
+      const err = await runNow(ctx.env.client, 'models', { plan: c.plan }, id).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(WorkflowFailedError);
+      expect((err as WorkflowFailedError).cause).toMatchObject({ type: 'BackupFailed' });
+      const record = await ctx.env.client.workflow.getHandle(id).query(getBackupRecordQuery);
+      expect(record.steps.map((x) => [x.step, x.ok])).toEqual([
+        ...c.before.map((step) => [step, true]),
+        [c.step, false],
+        ['notify', true],
+      ]);
+      expect(received).toEqual([
+        expect.objectContaining({ title: `backup ${plan('models')} failed at ${c.step}`, severity: 'critical' }),
+      ]);
+      // Non-retryable: one attempt, not five.
+      expect(await activityTypes(id)).toEqual(['resticPrecheckAndBackup', 'notify']);
+    }
   });
 });
 
