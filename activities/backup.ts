@@ -141,27 +141,39 @@ export interface ForgetAndCheckResult {
 /** Which step of a plan run a merged activity's failure belongs to, in the failure's details. */
 export type BackupStepName = 'precheck' | 'backup' | 'forget' | 'check';
 
-/** The details a merged backup activity's failure carries: the step it failed at. */
+/**
+ * The details a merged backup activity's failure carries: the step it failed at, and what the steps before it did
+ * (whether the pre-check created the repository; the retention's result), for the run's record.
+ */
 export interface BackupStepFailureDetails {
   step: BackupStepName;
+  initialised?: boolean;
+  retention?: { kept: string[]; removed: string[] };
 }
 
 /**
- * `err` as an ApplicationFailure that names `step` in its details, keeping the type, message and whether a retry
- * may fix it (a ToolError stays retryable; a refused input or wrong password does not).
+ * `err` as an ApplicationFailure whose details are `details` (the step it failed at), keeping the type, message,
+ * whether a retry may fix it (a ToolError stays retryable; a refused input or wrong password does not) and the
+ * original error as its cause.
  */
-export function stepFailure(step: BackupStepName, err: unknown): ApplicationFailure {
-  const details: BackupStepFailureDetails = { step };
+export function stepFailure(details: BackupStepFailureDetails, err: unknown): ApplicationFailure {
   if (err instanceof ApplicationFailure) {
     return ApplicationFailure.create({
       type: err.type ?? 'Error',
       message: err.message,
       nonRetryable: err.nonRetryable === true,
       details: [details],
+      cause: err,
     });
   }
   const e = err instanceof Error ? err : new Error(String(err));
-  return ApplicationFailure.create({ type: e.name, message: e.message, nonRetryable: false, details: [details] });
+  return ApplicationFailure.create({
+    type: e.name,
+    message: e.message,
+    nonRetryable: false,
+    details: [details],
+    cause: e,
+  });
 }
 
 /** What createBackupActivities needs. */
@@ -651,24 +663,37 @@ export function createBackupActivities(deps: BackupActivityDeps) {
     async resticPrecheckAndBackup(input: PrecheckAndBackupInput): Promise<PrecheckAndBackupResult> {
       const cli = restic(input);
       let step: BackupStepName = 'precheck';
+      let initialised = false;
+      // gpuops_restic_duration_seconds{operation="backup"} times the whole activity, as it timed resticBackup (a
+      // first run's init included); a failure is counted there only when it is the backup's, not the pre-check's.
+      const started = performance.now();
+      const observe = (outcome: string): void =>
+        activityMetrics().observe(
+          'resticDuration',
+          { plan: input.plan, operation: 'backup', outcome },
+          (performance.now() - started) / 1000,
+        );
       try {
         const earlier = await earlierAttempt(cli, input);
-        if (earlier.reused)
-          return { precheck: { initialised: false, freeBytes: await freeSpace(input) }, backup: earlier.reused };
+        if (earlier.reused) {
+          observe('ok');
+          // The snapshot is there: report the free space, refuse nothing.
+          const reusedFree = await freeSpace({ ...input, minFreeBytes: undefined });
+          return { precheck: { initialised: false, freeBytes: reusedFree }, backup: earlier.reused };
+        }
         const local = localPath(input.repository);
-        let initialised = false;
         if (earlier.missing || (local !== null && !(await stat(local).catch(() => null)))) {
           await initRepository(cli, input);
           initialised = true;
         }
         let freeBytes = await freeSpace(input);
         step = 'backup';
+        // Staging and fingerprinting sample files can take a while on big model stores: say which stage it is.
+        heartbeat({ stage: 'backup', percent: 0 });
         const prepared = await prepareBackup(input);
-        const run = (): Promise<BackupOutcome> =>
-          timed(input.plan, 'backup', () => backUp(cli, input, prepared, earlier.unlocked));
         let backup: BackupOutcome;
         try {
-          backup = await run();
+          backup = await backUp(cli, input, prepared, earlier.unlocked);
         } catch (err) {
           if (!(err instanceof ResticNoRepositoryError) || initialised) throw err;
           step = 'precheck';
@@ -676,12 +701,15 @@ export function createBackupActivities(deps: BackupActivityDeps) {
           initialised = true;
           freeBytes = await freeSpace(input);
           step = 'backup';
-          backup = await run();
+          backup = await backUp(cli, input, prepared, earlier.unlocked);
         }
+        observe('ok');
         return { precheck: { initialised, freeBytes }, backup };
       } catch (err) {
         const failure = asFailure(err);
-        throw stepFailure(backupStepOf(failure, step), failure);
+        const failedStep = backupStepOf(failure, step);
+        if (failedStep === 'backup') observe('failed');
+        throw stepFailure({ step: failedStep, initialised }, failure);
       }
     },
 
@@ -694,19 +722,19 @@ export function createBackupActivities(deps: BackupActivityDeps) {
      */
     async resticForgetAndCheck(input: ForgetAndCheckInput): Promise<ForgetAndCheckResult> {
       const earlier = lastHeartbeatDetails<{ retention?: { kept: string[]; removed: string[] } }>();
-      let step: BackupStepName = 'forget';
+      let retention: { kept: string[]; removed: string[] } | undefined;
       try {
         const retentionResumed = Array.isArray(earlier?.retention?.kept);
-        const retention =
+        retention =
           earlier?.retention && retentionResumed
             ? earlier.retention
             : await timed(input.plan, 'forget', () => forget(input));
-        step = 'check';
-        const result = await timed(input.plan, 'check', () => check(input, { stage: 'check', retention }));
+        const kept = retention;
+        const result = await timed(input.plan, 'check', () => check(input, { stage: 'check', retention: kept }));
         return { retention, check: result, retentionResumed };
       } catch (err) {
         const failure = asFailure(err);
-        throw stepFailure(step, failure);
+        throw stepFailure(retention ? { step: 'check', retention } : { step: 'forget' }, failure);
       }
     },
   };

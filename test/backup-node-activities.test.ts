@@ -114,18 +114,21 @@ test('failures name their step: no repository (init refused) and wrong password 
   expect(noRepo).toMatchObject({ type: 'ResticNoRepository', nonRetryable: true, details: [{ step: 'precheck' }] });
   expect(calls()).toEqual([]);
 
+  // A repository of this test's own, made by a first run.
+  await inMock(new MockActivityEnvironment(), acts.resticPrecheckAndBackup, plan('fails'));
+  calls();
   const wrong = await failure(
     inMock(new MockActivityEnvironment(), acts.resticPrecheckAndBackup, {
-      ...plan('first'),
+      ...plan('fails'),
       passwordFile: path.join(dir, 'wrong-pw'),
-      runTag: 'run-first-wrong',
+      runTag: 'run-fails-wrong',
     }),
   );
   expect(wrong).toMatchObject({ type: 'ResticWrongPassword', nonRetryable: true, details: [{ step: 'precheck' }] });
   expect(calls()).toEqual(['backup']);
 
   const full = await failure(
-    inMock(new MockActivityEnvironment(), acts.resticPrecheckAndBackup, { ...plan('first'), minFreeBytes: 2 ** 60 }),
+    inMock(new MockActivityEnvironment(), acts.resticPrecheckAndBackup, { ...plan('fails'), minFreeBytes: 2 ** 60 }),
   );
   expect(full).toMatchObject({ type: 'RepositoryFull', nonRetryable: true, details: [{ step: 'precheck' }] });
   expect(full.message).toMatch(/^only \d+ bytes free at .*\(need \d+\)$/);
@@ -133,12 +136,25 @@ test('failures name their step: no repository (init refused) and wrong password 
 
   const missing = await failure(
     inMock(new MockActivityEnvironment(), acts.resticPrecheckAndBackup, {
-      ...plan('first'),
+      ...plan('fails'),
       paths: [path.join(dir, 'no-such-models')],
     }),
   );
-  expect(missing).toMatchObject({ type: 'MissingPath', nonRetryable: true, details: [{ step: 'backup' }] });
+  expect(missing).toMatchObject({
+    type: 'MissingPath',
+    nonRetryable: true,
+    details: [{ step: 'backup', initialised: false }],
+  });
   expect(calls()).toEqual([]);
+  // The same on a first run: the failure says the pre-check created the repository.
+  const fresh = await failure(
+    inMock(new MockActivityEnvironment(), acts.resticPrecheckAndBackup, {
+      ...plan('fails-fresh'),
+      paths: [path.join(dir, 'no-such-models')],
+    }),
+  );
+  expect(fresh).toMatchObject({ type: 'MissingPath', details: [{ step: 'backup', initialised: true }] });
+  expect(calls()).toEqual(['init']);
 });
 
 test('a retry after a killed worker unlocks and reuses the snapshot the first attempt finished, and backs up nothing again', async () => {
@@ -219,4 +235,13 @@ test('forget and check in one activity; a retry whose earlier attempt heartbeate
     }),
   );
   expect(wrong).toMatchObject({ type: 'ResticWrongPassword', nonRetryable: true, details: [{ step: 'forget' }] });
+  // Failing at the check after the retention: the failure carries the retention's result for the record.
+  const atCheck = await failure(
+    inMock(
+      new MockActivityEnvironment({ attempt: 2, heartbeatDetails: { stage: 'check', retention: r.retention } }),
+      acts.resticForgetAndCheck,
+      { ...repo, passwordFile: path.join(dir, 'wrong-pw'), retention: { keepLast: 1 } },
+    ),
+  );
+  expect(atCheck).toMatchObject({ type: 'ResticWrongPassword', details: [{ step: 'check', retention: r.retention }] });
 });

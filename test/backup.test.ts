@@ -294,11 +294,22 @@ test('a failure in a merged node activity is recorded at the step that failed: a
       expect(received).toEqual([
         expect.objectContaining({ title: `backup ${plan('models')} failed at ${c.step}`, severity: 'critical' }),
       ]);
-      // Non-retryable: one attempt, not five.
+      if (c.step === 'backup') {
+        expect(record.steps[0]?.detail).toBe('repository ok (in the same activity as backup)');
+        expect(record.initialisedRepository).toBe(false);
+      }
+      // Non-retryable: one activity, tried once, not five times.
       expect(await activityTypes(id)).toEqual(['resticPrecheckAndBackup', 'notify']);
+      expect(await attempts(id)).toEqual([1, 1]);
     }
   });
 });
+
+/** The attempt each activity of a finished run ended on, in order. */
+async function attempts(workflowId: string): Promise<number[]> {
+  const history = await ctx.env.client.workflow.getHandle(workflowId).fetchHistory();
+  return (history.events ?? []).flatMap((e) => e.activityTaskStartedEventAttributes?.attempt ?? []);
+}
 
 /** The activity types a finished run scheduled, in order. */
 async function activityTypes(workflowId: string): Promise<string[]> {
@@ -336,6 +347,7 @@ test('a node worker from before the merged activities runs the run on the one-st
     ]);
     expect(record.verify).toMatchObject({ ok: true, testRestore: { ok: true } });
     // Each merged activity was tried once (the worker answered NotFoundError, not retried), then the four ran.
+    expect(await attempts(id)).toEqual([1, 1, 1, 1, 1, 1, 1]);
     expect(await activityTypes(id)).toEqual([
       'resticPrecheckAndBackup',
       'resticPrecheck',

@@ -314,6 +314,11 @@ export class ResticCli {
     if (readDataSubset) args.push('--read-data-subset', readDataSubset);
     const r = await this.run(args, signal ? { signal } : {});
     if (noRepo(r)) throw new ResticNoRepositoryError(describeFailure(r));
+    // ok=false is for what the check found; a repository it could not open (the password) or lock is the command
+    // failing, not damage.
+    if (r.exitCode !== 0 && /wrong password|no key found|unable to create lock|already locked/i.test(r.stderr)) {
+      throw new ToolError(describeFailure(r), r);
+    }
     return { ok: r.exitCode === 0, output: firstLines(`${r.stderr}\n${r.stdout}`.replace(/\r/g, '\n'), 12) };
   }
 

@@ -134,13 +134,15 @@ class BackupRun {
 
   /**
    * Run one node activity that does several steps in order: record each step it did; a failure is recorded at the
-   * step it names (its details, or its last heartbeat's stage for a timeout), the steps before it as done.
-   * `fallback`: what to do instead when the node worker does not have the activity (an older worker).
+   * step it names (its details, or its last heartbeat's stage for a timeout), the steps before it as done, with
+   * what `partial` makes of the failure's details (and keeps in the record). `fallback`: what to do instead when
+   * the node worker does not have the activity (an older worker).
    */
   async attemptSteps<T>(
     steps: readonly Step[],
     work: () => Promise<T>,
     describe: (r: T) => { step: Step; detail: string }[],
+    partial: (d: Partial<BackupStepFailureDetails>) => Partial<Record<Step, string>>,
     fallback: () => Promise<T>,
   ): Promise<T> {
     this.stage(`${steps.join(' and ')}…`);
@@ -150,8 +152,10 @@ class BackupRun {
     } catch (err) {
       if (activityNotRegistered(err)) return fallback();
       const failed = failedStep(err, steps);
+      const done = partial(failureDetails(err) ?? {});
       for (const step of steps.slice(0, steps.indexOf(failed))) {
-        this.record.steps.push({ step, ok: true, detail: `done (in the same activity as ${failed})` });
+        const detail = `${done[step] ?? 'done'} (in the same activity as ${failed})`;
+        this.record.steps.push({ step, ok: true, detail });
       }
       this.record.steps.push({ step: failed, ok: false, detail: errMessage(err) });
       return this.fail(failed, 'BackupFailed', `${failed} failed: ${errMessage(err)}`);
@@ -170,12 +174,19 @@ class BackupRun {
 /** The heartbeat stages of the merged activities, as the steps they belong to. */
 const STAGE_STEPS: Record<string, Step> = { init: 'precheck', backup: 'backup', forget: 'forget', check: 'check' };
 
+/** A merged activity's failure details (the step it failed at, what the steps before it did), if it sent them. */
+function failureDetails(err: unknown): Partial<BackupStepFailureDetails> | undefined {
+  const cause = err instanceof ActivityFailure ? err.cause : undefined;
+  const d = cause instanceof ApplicationFailure ? cause.details?.[0] : undefined;
+  return d && typeof d === 'object' ? (d as Partial<BackupStepFailureDetails>) : undefined;
+}
+
 /** Which of `steps` a merged activity failed at: the step in its failure's details, a timeout's last stage, or the first. */
 function failedStep(err: unknown, steps: readonly Step[]): Step {
   const known = (s: unknown): Step | undefined => ((steps as readonly unknown[]).includes(s) ? (s as Step) : undefined);
   const cause = err instanceof ActivityFailure ? err.cause : undefined;
   if (cause instanceof ApplicationFailure) {
-    const step = known((cause.details?.[0] as Partial<BackupStepFailureDetails> | undefined)?.step);
+    const step = known(failureDetails(err)?.step);
     if (step) return step;
   }
   if (cause instanceof TimeoutFailure) {
@@ -285,6 +296,10 @@ async function precheckAndBackUp(
       { step: 'precheck', detail: describePrecheck(x.precheck) },
       { step: 'backup', detail: describeBackup(x.backup) },
     ],
+    (d) => {
+      run.record.initialisedRepository = d.initialised === true;
+      return { precheck: d.initialised ? 'repository created' : 'repository ok' };
+    },
     async (): Promise<PrecheckAndBackupResult> => {
       await precheck(run);
       const outcome = await backUp(run, vmConfig);
@@ -334,6 +349,11 @@ async function retentionAndCheck(run: BackupRun): Promise<{ ok: boolean; output:
       { step: 'forget', detail: describeRetention(x.retention) },
       { step: 'check', detail: describeCheck(x.check, subset) },
     ],
+    (d) => {
+      if (!d.retention) return {};
+      run.record.retention = d.retention;
+      return { forget: describeRetention(d.retention) };
+    },
     async () => {
       await applyRetention(run);
       return { retention: run.record.retention!, check: await check(run), retentionResumed: false };
