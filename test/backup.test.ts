@@ -268,7 +268,7 @@ test('a corrupted repository makes verify fail and notifies', async () => {
   });
 });
 
-test('a failure in a merged node activity is recorded at the step that failed: a wrong password at precheck, a missing path at backup', async () => {
+test('a failure in a merged node activity is recorded at the step that failed: a wrong password or too little free space at precheck, a missing path at backup', async () => {
   const models = backupInputFor(loaded.config, planConfig('models')).plan;
   writeFileSync(path.join(ctx.sbx.dir, 'wrong-pw'), 'not the password\n');
   // The first test made this repository; with the wrong password restic must refuse it, not create a new one.
@@ -278,6 +278,8 @@ test('a failure in a merged node activity is recorded at the step that failed: a
     const cases = [
       { plan: { ...models, passwordFile: path.join(ctx.sbx.dir, 'wrong-pw') }, step: 'precheck', before: [] },
       { plan: { ...models, paths: [path.join(ctx.sbx.dir, 'no-such-dir')] }, step: 'backup', before: ['precheck'] },
+      // minFree (as minFreeBytes) above what any disk here has: refused before anything is backed up.
+      { plan: { ...models, minFreeBytes: Number.MAX_SAFE_INTEGER }, step: 'precheck', before: [] },
     ];
     for (const c of cases) {
       received.length = 0;
@@ -294,6 +296,7 @@ test('a failure in a merged node activity is recorded at the step that failed: a
       expect(received).toEqual([
         expect.objectContaining({ title: `backup ${plan('models')} failed at ${c.step}`, severity: 'critical' }),
       ]);
+      if (c.plan.minFreeBytes !== undefined) expect(record.steps[0]?.detail).toMatch(/^only \d+ bytes free at /);
       if (c.step === 'backup') {
         expect(record.steps[0]?.detail).toBe('repository ok (in the same activity as backup)');
         expect(record.initialisedRepository).toBe(false);

@@ -219,6 +219,18 @@ const FIELDS: [string, (v: string) => Doc, string, [string, string][], string[]]
     ],
     ['5%', '2.5%', '1/5', '50M', '1G', '100'],
   ],
+  [
+    "a backup plan's free-space floor",
+    (v) => plan({ minFree: v }),
+    'backups[0].minFree',
+    [
+      ['20 gigs', 'must be a size'],
+      ['-1', 'must be a size'],
+      ['10PB', 'must be a size'],
+      ['GiB', 'must be a size'],
+    ],
+    ['20GiB', '500MB', '1.5TB', '0', '1024'],
+  ],
 ];
 
 describe.each(FIELDS)('%s', (_what, build, path, refused, accepted) => {

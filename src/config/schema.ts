@@ -11,6 +11,7 @@ import {
   ID_PATTERN,
   ProcessNameSchema,
   ReadDataSubsetSchema,
+  ByteSizeSchema,
   SystemdServiceUnitSchema,
   commandArg,
   hasControlChars,
@@ -494,6 +495,10 @@ export const BackupPlanSchema = z
     retention: retention.default({}),
     rpo: duration.describe('Recovery point objective: the newest good backup must be younger than this.'),
     rto: duration.optional().describe('Recovery time objective for restores.'),
+    minFree: ByteSizeSchema.optional().describe(
+      'Local repositories: refuse the backup (failed at precheck) when the repository filesystem has less free ' +
+        'space than this, e.g. 20GiB. Not checked for remote repositories.',
+    ),
     verify: z
       .strictObject({
         readDataSubset: ReadDataSubsetSchema.default('5%').describe('restic check --read-data-subset value.'),

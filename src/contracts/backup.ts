@@ -37,6 +37,8 @@ export const BackupPlanInput = z.strictObject({
     .default({}),
   rpo: duration,
   rto: duration.optional(),
+  /** A local repository with less free space than this fails the pre-check (gpuops.yaml's minFree, in bytes). */
+  minFreeBytes: z.int().min(0).optional(),
   verify: z
     .strictObject({ readDataSubset: ReadDataSubsetSchema.default('5%'), testRestore: z.boolean().default(false) })
     .default({ readDataSubset: '5%', testRestore: false }),

@@ -84,6 +84,47 @@ export const ProcessNameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,
 });
 
 /** restic check --read-data-subset: `n/t` (a part), `x%` (a share of packs) or a size with K, M, G or T. */
+/** Byte multipliers of a size's unit: SI (KB = 1000) and IEC (KiB = 1024). */
+const SIZE_UNITS: Record<string, number> = {
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+};
+
+// Case spelled out (no /i flag): the JSON Schema written from it has no flags either.
+const SIZE_PATTERN = /^(\d+(?:\.\d+)?)\s*((?:[kKmMgGtT][iI]?[bB]|[bB])?)$/;
+
+/** Bytes of a size as ByteSizeSchema accepts it (a whole number of bytes, or a number and a unit); NaN otherwise. */
+export function byteSize(v: number | string): number {
+  if (typeof v === 'number') return v;
+  const m = SIZE_PATTERN.exec(v);
+  const unit = m ? SIZE_UNITS[(m[2] || 'b').toLowerCase()] : undefined;
+  return m && unit !== undefined ? Math.round(Number(m[1]) * unit) : NaN;
+}
+
+/**
+ * A size: a whole number of bytes, or a number and a unit ("20GiB", "500MB", "1.5TB"); byteSize() reads it. Kept
+ * as written (no transform), so the generated JSON Schema keeps the defaults around it.
+ */
+export const ByteSizeSchema = z.union([
+  z.int().min(0),
+  z
+    .string()
+    .regex(SIZE_PATTERN, {
+      message: 'must be a size: bytes, or a number and B, KB, MB, GB, TB, KiB, MiB, GiB or TiB (e.g. 20GiB)',
+    })
+    // zod runs this check after a failed pattern too: a malformed size is the pattern's to report.
+    .refine((v) => !SIZE_PATTERN.test(v) || Number.isSafeInteger(byteSize(v)), {
+      message: 'must be a size of at most 8 PiB',
+    }),
+]);
+
 export const ReadDataSubsetSchema = z.string().regex(/^(?:[1-9]\d*\/[1-9]\d*|\d+(?:\.\d+)?%|\d+[KMGT]?)$/i, {
   message: 'must be a restic --read-data-subset value: n/t (e.g. 1/5), a percentage (5%) or a size (50M)',
 });

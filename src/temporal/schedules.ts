@@ -14,6 +14,7 @@ import {
 } from '@temporalio/client';
 import type { BackupPlanConfig, Config } from '../config/schema';
 import { CONTROL_TASK_QUEUE, RunBackupInput, runBackupWorkflow, workflowIds } from '../contracts';
+import { byteSize } from '../domain/schemas';
 import { parseOrThrow } from '../domain/validation';
 
 /** Prefix of every schedule gpuops owns. */
@@ -51,9 +52,12 @@ export interface SyncOptions {
 
 /** runBackup's input for a plan: the plan without its schedule, and the node's VM for vm-config plans. */
 export function backupInputFor(config: Config, plan: BackupPlanConfig): RunBackupInput {
-  const { schedule: _schedule, ...rest } = plan;
+  const { schedule: _schedule, minFree, ...rest } = plan;
   const vm = config.nodes.find((n) => n.id === plan.node)?.vm;
-  return { plan: rest, ...(plan.what === 'vm-config' && vm ? { vm } : {}) };
+  return {
+    plan: { ...rest, ...(minFree !== undefined ? { minFreeBytes: byteSize(minFree) } : {}) },
+    ...(plan.what === 'vm-config' && vm ? { vm } : {}),
+  };
 }
 
 /**

@@ -214,10 +214,15 @@ function checkPlan(input: Input): void {
 async function precheck(run: BackupRun): Promise<void> {
   const pre = await run.attempt(
     'precheck',
-    () => run.quick.resticPrecheck({ ...run.repo, initIfMissing: true }),
+    () => run.quick.resticPrecheck({ ...run.repo, initIfMissing: true, ...minFree(run) }),
     (r) => describePrecheck(r),
   );
   run.record.initialisedRepository = pre.initialised;
+}
+
+/** The plan's free-space floor for the pre-check (gpuops.yaml's minFree), when it sets one. */
+function minFree(run: BackupRun): { minFreeBytes?: number } {
+  return run.plan.minFreeBytes === undefined ? {} : { minFreeBytes: run.plan.minFreeBytes };
 }
 
 function describePrecheck(r: { initialised: boolean; freeBytes: number | null }): string {
@@ -288,7 +293,7 @@ async function precheckAndBackUp(
   run: BackupRun,
   vmConfig: { name: string; text: string } | undefined,
 ): Promise<BackupOutcome> {
-  const args = { ...backupInput(run, vmConfig), initIfMissing: true };
+  const args = { ...backupInput(run, vmConfig), initIfMissing: true, ...minFree(run) };
   const r = await run.attemptSteps(
     ['precheck', 'backup'],
     () => run.merged.resticPrecheckAndBackup(args),
