@@ -255,6 +255,19 @@ const TIMED_OPERATIONS = {
   resticRestore: 'restore',
 } as const;
 
+/** `work`'s wall time into gpuops_restic_duration_seconds as `operation` of `plan`, ok or failed. */
+async function timedRestic<T>(plan: string, operation: string, work: () => Promise<T>): Promise<T> {
+  const started = performance.now();
+  let outcome = 'failed';
+  try {
+    const r = await work();
+    outcome = 'ok';
+    return r;
+  } finally {
+    activityMetrics().observe('resticDuration', { plan, operation, outcome }, (performance.now() - started) / 1000);
+  }
+}
+
 /** The same activities, each timed operation recording its wall time by plan and outcome (ok or failed). */
 function timedOperations<A extends Record<keyof typeof TIMED_OPERATIONS, (input: never) => Promise<unknown>>>(
   acts: A,
@@ -263,18 +276,7 @@ function timedOperations<A extends Record<keyof typeof TIMED_OPERATIONS, (input:
   for (const [key, operation] of Object.entries(TIMED_OPERATIONS) as [keyof typeof TIMED_OPERATIONS, string][]) {
     // Every timed operation's input names its plan (RepoInput).
     const work = acts[key] as unknown as (input: { plan: string }) => Promise<unknown>;
-    timed[key] = (async (input: { plan: string }) => {
-      const started = performance.now();
-      let outcome = 'failed';
-      try {
-        const r = await work(input);
-        outcome = 'ok';
-        return r;
-      } finally {
-        const seconds = (performance.now() - started) / 1000;
-        activityMetrics().observe('resticDuration', { plan: input.plan, operation, outcome }, seconds);
-      }
-    }) as A[typeof key];
+    timed[key] = ((input: { plan: string }) => timedRestic(input.plan, operation, () => work(input))) as A[typeof key];
   }
   return timed;
 }
@@ -291,12 +293,16 @@ export function createBackupActivities(deps: BackupActivityDeps) {
     });
   };
   const planTag = (plan: string): string => `plan:${plan}`;
-  const failOnTool = (err: unknown): never => {
-    if (err instanceof ResticNoRepositoryError) throw nonRetryable('ResticNoRepository', err.message);
+  /** The failure to report for `err`: a missing repository or a wrong password no retry fixes; others as they are. */
+  const toolFailure = (err: unknown): unknown => {
+    if (err instanceof ResticNoRepositoryError) return nonRetryable('ResticNoRepository', err.message);
     if (err instanceof ToolError && /wrong password|no key found/i.test(err.result.stderr)) {
-      throw nonRetryable('ResticWrongPassword', err.message);
+      return nonRetryable('ResticWrongPassword', err.message);
     }
-    throw err;
+    return err;
+  };
+  const failOnTool = (err: unknown): never => {
+    throw toolFailure(err);
   };
 
   /** Stage gpu-config / vm-config files and return the paths to back up. */
@@ -517,19 +523,6 @@ export function createBackupActivities(deps: BackupActivityDeps) {
     return withHeartbeat(details, () => cli.check(input.readDataSubset, signal)).catch(failOnTool);
   };
 
-  /** `work`'s wall time into gpuops_restic_duration_seconds as `operation`, ok or failed. */
-  const timed = async <T>(plan: string, operation: string, work: () => Promise<T>): Promise<T> => {
-    const started = performance.now();
-    let outcome = 'failed';
-    try {
-      const r = await work();
-      outcome = 'ok';
-      return r;
-    } finally {
-      activityMetrics().observe('resticDuration', { plan, operation, outcome }, (performance.now() - started) / 1000);
-    }
-  };
-
   /** The one-operation activities, each timed as a whole (resticSnapshots and resticStats are not). */
   const single = timedOperations({
     /**
@@ -634,14 +627,6 @@ export function createBackupActivities(deps: BackupActivityDeps) {
     },
   });
 
-  /** The failure failOnTool makes of `err` (a wrong password or a missing repository no retry fixes), returned. */
-  const asFailure = (err: unknown): unknown => {
-    try {
-      return failOnTool(err);
-    } catch (e) {
-      return e;
-    }
-  };
   /** In a plan's backup, a repository that is missing, refuses the password or has no room fails its pre-check. */
   const backupStepOf = (failure: unknown, step: BackupStepName): BackupStepName =>
     failure instanceof ApplicationFailure &&
@@ -706,7 +691,7 @@ export function createBackupActivities(deps: BackupActivityDeps) {
         observe('ok');
         return { precheck: { initialised, freeBytes }, backup };
       } catch (err) {
-        const failure = asFailure(err);
+        const failure = toolFailure(err);
         const failedStep = backupStepOf(failure, step);
         if (failedStep === 'backup') observe('failed');
         throw stepFailure({ step: failedStep, initialised }, failure);
@@ -728,12 +713,12 @@ export function createBackupActivities(deps: BackupActivityDeps) {
         retention =
           earlier?.retention && retentionResumed
             ? earlier.retention
-            : await timed(input.plan, 'forget', () => forget(input));
+            : await timedRestic(input.plan, 'forget', () => forget(input));
         const kept = retention;
-        const result = await timed(input.plan, 'check', () => check(input, { stage: 'check', retention: kept }));
+        const result = await timedRestic(input.plan, 'check', () => check(input, { stage: 'check', retention: kept }));
         return { retention, check: result, retentionResumed };
       } catch (err) {
-        const failure = asFailure(err);
+        const failure = toolFailure(err);
         throw stepFailure(retention ? { step: 'check', retention } : { step: 'forget' }, failure);
       }
     },

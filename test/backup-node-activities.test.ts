@@ -4,13 +4,14 @@
  * after a killed worker, resuming at the check, and a failure that names its step. The activity context (attempt,
  * heartbeat details of an earlier attempt) is the SDK's MockActivityEnvironment; no Temporal server is involved.
  */
-import { chmodSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createBackupActivities, type PrecheckAndBackupInput } from '../activities/backup';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
 import { ResticCli } from '../src/hosts/restic';
+import { damageDataPacks } from './helpers/restic-damage';
 import { nodeConfig, tempDir } from './sandbox/helpers';
 
 let dir: string;
@@ -208,16 +209,7 @@ test('forget and check in one activity; a retry whose earlier attempt heartbeate
   expect(resumed).toMatchObject({ retention: r.retention, retentionResumed: true, check: { ok: true } });
 
   // An empty policy forgets nothing and runs no forget; a damaged repository is check.ok=false, not a failure.
-  // Overwrite the head of every data pack (a deleted pack makes restic retry for minutes, not report).
-  const dataDir = path.join(p.repository, 'data');
-  for (const sub of readdirSync(dataDir)) {
-    for (const f of readdirSync(path.join(dataDir, sub))) {
-      const file = path.join(dataDir, sub, f);
-      const b = readFileSync(file);
-      b.fill(0x42, 0, Math.min(64, b.length));
-      writeFileSync(file, b);
-    }
-  }
+  damageDataPacks(p.repository);
   const damaged = await inMock(new MockActivityEnvironment(), acts.resticForgetAndCheck, {
     ...repo,
     retention: {},

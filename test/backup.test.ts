@@ -3,7 +3,7 @@
  * node whose real node worker (workers/node.ts) runs restic as a child process.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -21,6 +21,7 @@ import { createBackupActivities } from '../activities/backup';
 import { nodeTaskQueue } from '../src/contracts';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
 import { controlWorker, recordHistory, uniqueId, useSandboxEnv } from './helpers/env';
+import { damageDataPacks } from './helpers/restic-damage';
 import { testSecret, writeSecretFile, writeTestSecret } from './helpers/secrets';
 
 const ctx = useSandboxEnv({
@@ -81,17 +82,18 @@ beforeAll(async () => {
     schedule: { cron: '0 3 1 1 *' },
     rpo: '1h',
   };
+  const models = {
+    ...base,
+    id: plan('models'),
+    what: 'model-store',
+    paths: [path.join(ctx.sbx.dir, 'models')],
+    repository: path.join(ctx.sbx.dir, 'repo-models'),
+    retention: { keepLast: 5 },
+    verify: { readDataSubset: '100%', testRestore: true },
+    rto: '10m',
+  };
   raw.backups = [
-    {
-      ...base,
-      id: plan('models'),
-      what: 'model-store',
-      paths: [path.join(ctx.sbx.dir, 'models')],
-      repository: path.join(ctx.sbx.dir, 'repo-models'),
-      retention: { keepLast: 5 },
-      verify: { readDataSubset: '100%', testRestore: true },
-      rto: '10m',
-    },
+    models,
     {
       ...base,
       id: plan('big'),
@@ -107,15 +109,8 @@ beforeAll(async () => {
       verify: { readDataSubset: '100%' },
     },
     { ...base, id: plan('old'), what: 'gpuops-config', repository: path.join(ctx.sbx.dir, 'repo-old') },
-    {
-      ...base,
-      id: plan('older-node'),
-      what: 'model-store',
-      paths: [path.join(ctx.sbx.dir, 'models')],
-      repository: path.join(ctx.sbx.dir, 'repo-older-node'),
-      retention: { keepLast: 5 },
-      verify: { readDataSubset: '100%', testRestore: true },
-    },
+    // The models plan again, in a repository of its own (the older-node test backs it up on the one-step activities).
+    { ...models, id: plan('older-node'), repository: path.join(ctx.sbx.dir, 'repo-older-node') },
   ];
   raw.notifications = [{ type: 'webhook', name: 'ops', urlFile: path.join(ctx.sbx.dir, 'hook-url') }];
   writeFileSync(ctx.sbx.loaded.path, stringify(raw));
@@ -246,15 +241,7 @@ test('a corrupted repository makes verify fail and notifies', async () => {
     expect(files).toMatch(/facts\.json/);
 
     // Damage every data pack: restic check --read-data-subset 100% must notice.
-    const dataDir = path.join(ctx.sbx.dir, 'repo-corrupt', 'data');
-    for (const sub of readdirSync(dataDir)) {
-      for (const f of readdirSync(path.join(dataDir, sub))) {
-        const p = path.join(dataDir, sub, f);
-        const b = readFileSync(p);
-        b.fill(0x42, 0, Math.min(64, b.length));
-        writeFileSync(p, b);
-      }
-    }
+    damageDataPacks(path.join(ctx.sbx.dir, 'repo-corrupt'));
     received.length = 0;
     const failedId = `${workflowIds.backupSchedule(plan('gpu'))}:${uniqueId('corrupt')}`;
     const err = await runNow(ctx.env.client, 'gpu', {}, failedId).catch((e: unknown) => e);

@@ -83,7 +83,6 @@ export const ProcessNameSchema = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,
   message: 'must be a process name: a letter or digit, then letters, digits, _ . - (max 128; it names files)',
 });
 
-/** restic check --read-data-subset: `n/t` (a part), `x%` (a share of packs) or a size with K, M, G or T. */
 /** Byte multipliers of a size's unit: SI (KB = 1000) and IEC (KiB = 1024). */
 const SIZE_UNITS: Record<string, number> = {
   b: 1,
@@ -104,8 +103,7 @@ const SIZE_PATTERN = /^(\d+(?:\.\d+)?)\s*((?:[kKmMgGtT][iI]?[bB]|[bB])?)$/;
 export function byteSize(v: number | string): number {
   if (typeof v === 'number') return v;
   const m = SIZE_PATTERN.exec(v);
-  const unit = m ? SIZE_UNITS[(m[2] || 'b').toLowerCase()] : undefined;
-  return m && unit !== undefined ? Math.round(Number(m[1]) * unit) : NaN;
+  return m ? Math.round(Number(m[1]) * (SIZE_UNITS[(m[2] || 'b').toLowerCase()] ?? NaN)) : NaN;
 }
 
 /**
@@ -125,6 +123,7 @@ export const ByteSizeSchema = z.union([
     }),
 ]);
 
+/** restic check --read-data-subset: `n/t` (a part), `x%` (a share of packs) or a size with K, M, G or T. */
 export const ReadDataSubsetSchema = z.string().regex(/^(?:[1-9]\d*\/[1-9]\d*|\d+(?:\.\d+)?%|\d+[KMGT]?)$/i, {
   message: 'must be a restic --read-data-subset value: n/t (e.g. 1/5), a percentage (5%) or a size (50M)',
 });

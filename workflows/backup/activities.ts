@@ -28,17 +28,21 @@ export const quickResticActivities = (node: string, t: Timings) =>
     retry: { maximumAttempts: 4, initialInterval: '1s', backoffCoefficient: 2 },
   });
 
+/** Long, heartbeated restic work: the run and heartbeat timeouts, retried with backoff from 1 s as `retry` says. */
+function longRestic(node: string, t: Timings, retry: { maximumAttempts: number; nonRetryableErrorTypes?: string[] }) {
+  return resticOn(node, t.pickupTimeout, {
+    startToCloseTimeout: t.runTimeout,
+    heartbeatTimeout: t.heartbeatTimeout,
+    retry: { initialInterval: '1s', backoffCoefficient: 2, ...retry },
+  });
+}
+
 /**
  * Backup, forget and check: long, heartbeated. A killed node worker stops heartbeating: the attempt is retried on
  * the restarted worker, which unlocks restic's stale locks and reuses or redoes the snapshot (resticBackup is
  * idempotent per run).
  */
-export const longResticActivities = (node: string, t: Timings) =>
-  resticOn(node, t.pickupTimeout, {
-    startToCloseTimeout: t.runTimeout,
-    heartbeatTimeout: t.heartbeatTimeout,
-    retry: { maximumAttempts: 5, initialInterval: '1s', backoffCoefficient: 2 },
-  });
+export const longResticActivities = (node: string, t: Timings) => longRestic(node, t, { maximumAttempts: 5 });
 
 /**
  * The two merged node activities of a plan run (pre-check and backup; forget and check): the long profile, and a
@@ -46,29 +50,11 @@ export const longResticActivities = (node: string, t: Timings) =>
  * run falls back to the one-step activities.
  */
 export const mergedResticActivities = (node: string, t: Timings) =>
-  resticOn(node, t.pickupTimeout, {
-    startToCloseTimeout: t.runTimeout,
-    heartbeatTimeout: t.heartbeatTimeout,
-    retry: {
-      maximumAttempts: 5,
-      initialInterval: '1s',
-      backoffCoefficient: 2,
-      nonRetryableErrorTypes: ['NotFoundError'],
-    },
-  });
+  longRestic(node, t, { maximumAttempts: 5, nonRetryableErrorTypes: ['NotFoundError'] });
 
 /** A restore into the same target is repeatable; a non-empty target is refused, not retried. */
 export const restoreActivities = (node: string, t: Timings) =>
-  resticOn(node, t.pickupTimeout, {
-    startToCloseTimeout: t.runTimeout,
-    heartbeatTimeout: t.heartbeatTimeout,
-    retry: {
-      maximumAttempts: 3,
-      initialInterval: '1s',
-      backoffCoefficient: 2,
-      nonRetryableErrorTypes: ['TargetNotEmpty'],
-    },
-  });
+  longRestic(node, t, { maximumAttempts: 3, nonRetryableErrorTypes: ['TargetNotEmpty'] });
 
 /** Read-only listings for backupReport: two tries, two minutes. */
 export const reportActivities = (node: string, pickupTimeout: string) =>

@@ -303,7 +303,7 @@ async function precheckAndBackUp(
     ],
     (d) => {
       run.record.initialisedRepository = d.initialised === true;
-      return { precheck: d.initialised ? 'repository created' : 'repository ok' };
+      return { precheck: describePrecheck({ initialised: d.initialised === true, freeBytes: null }) };
     },
     async (): Promise<PrecheckAndBackupResult> => {
       await precheck(run);
