@@ -178,9 +178,13 @@ export async function proxyGeneration(
   while (!upstream) {
     let next: Variant | undefined;
     try {
-      upstream = await UpstreamCall.start(deps.dispatcher, engineRequest(variant, api, req, forward, deps), (c) => {
-        pending = c;
-      });
+      upstream = await UpstreamCall.start(
+        deps.dispatcher,
+        engineRequest(variant, api, req, forward, streaming, deps),
+        (c) => {
+          pending = c;
+        },
+      );
     } catch (err) {
       if (clientGone) return finish('client_abort', 499);
       const timeout = isTimeout(err);
@@ -332,6 +336,7 @@ function engineRequest(
   api: ClientApi,
   req: FastifyRequest,
   body: Buffer,
+  streaming: boolean,
   deps: ProxyDeps,
 ): Dispatcher.DispatchOptions {
   const [origin, path] = enginePath(v.engine, API_PATHS[api]);
@@ -339,6 +344,11 @@ function engineRequest(
     origin,
     path,
     method: 'POST',
+    // llama-server closes its connection after every streamed (chunked) answer without saying so (no
+    // `connection: close`; Ollama and vLLM keep theirs open). A request the pool sends on that socket before its
+    // FIN is read fails as "other side closed" after it may have been written: a 502 that must not be retried. So a
+    // stream to llama-server gets a connection of its own (`reset`: `connection: close`, never pooled).
+    ...(streaming && v.engineType === 'llamacpp' ? { reset: true } : {}),
     headers: {
       'content-type': 'application/json',
       accept: typeof req.headers.accept === 'string' ? req.headers.accept : '*/*',

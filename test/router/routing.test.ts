@@ -173,3 +173,30 @@ test('a variant with an apiKeyFile sends the engine its key as a bearer token; c
     t.cleanup();
   }
 });
+
+test('a streamed request to a llama.cpp engine goes on a connection of its own (connection: close); others are pooled', async () => {
+  // llama-server closes its connection after each streamed answer without a `connection: close` of its own, so the
+  // router must not put that socket back in its pool. Ollama and vLLM keep theirs open.
+  const router = await startRouter({
+    port: 0,
+    initialRoutes: {
+      routes: {
+        llama: { variants: [{ name: 'stable', engine: stable.url, engineType: 'llamacpp', model: 'm', weight: 1 }] },
+        vllm: { variants: [{ name: 'stable', engine: stable.url, engineType: 'vllm', model: 'm', weight: 1 }] },
+      },
+    },
+  });
+  try {
+    const connectionOf = async (model: string, stream: boolean): Promise<string | undefined> => {
+      const r = await postJson(`${router.url}/v1/chat/completions`, { model, stream });
+      expect(r.status).toBe(200);
+      return stable.seen[stable.seen.length - 1]!.headers.connection;
+    };
+    expect(await connectionOf('llama', true)).toBe('close');
+    expect(await connectionOf('llama', false)).not.toBe('close');
+    expect(await connectionOf('vllm', true)).not.toBe('close');
+    expect(await connectionOf('vllm', false)).not.toBe('close');
+  } finally {
+    await router.close();
+  }
+});
