@@ -365,16 +365,18 @@ test('promote during a failing analysis is refused with the reason (update and C
     expect(failing.stage).toBe('canary');
     const refused = h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'ci' }] });
     await expect(refused).rejects.toBeInstanceOf(WorkflowUpdateFailedError);
+    // The reason is the failing rule: the error-rate delta against stable, or the canary's own error rate while
+    // stable has fewer samples than minSamples (which of the two depends on how fast stable's traffic came in).
     await expect(refused).rejects.toMatchObject({
       cause: {
         message: expect.stringMatching(
-          /^the canary analysis is failing \(error rate .*\); send force: true to override$/,
+          /^the canary analysis is failing \((?:canary )?error rate .*\); send force: true to override$/,
         ),
       },
     });
     const viaCli = await cli(['promote', alias, '--node', ctx.sbx.nodeId, '--by', 'ci']);
     expect(viaCli.code).toBe(1);
-    expect(viaCli.err).toMatch(/promote refused: the canary analysis is failing \(error rate/);
+    expect(viaCli.err).toMatch(/promote refused: the canary analysis is failing \((?:canary )?error rate/);
     expect((await h.query(getDeploymentStatusQuery)).stage).toBe('canary');
     // A human who knows better may force it; then roll it back inside the window.
     await h.executeUpdate(promoteCanaryUpdate, { args: [{ by: 'release-manager', force: true }] });
