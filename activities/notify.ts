@@ -76,9 +76,11 @@ export function createNotifyActivities({ notifiers, resolvePath = (p) => p, time
             if (!res.ok) throw new Error(`HTTP ${res.status}`);
             result.sent.push(n.name);
           } catch (err) {
-            // fetch errors can quote the URL; keep only the cause's kind.
-            const e = err as Error & { code?: string };
-            const msg = /^HTTP \d+$/.test(e.message) ? e.message : (e.code ?? e.name);
+            // fetch errors can quote the URL; keep only the cause's kind. fetch's own is a bare "TypeError: fetch
+            // failed" whose cause holds the system error's code (ECONNREFUSED, ENOTFOUND).
+            const e = err as Error & { code?: string; cause?: { code?: unknown } };
+            const causeCode = typeof e.cause?.code === 'string' ? e.cause.code : undefined;
+            const msg = /^HTTP \d+$/.test(e.message) ? e.message : (e.code ?? causeCode ?? e.name);
             result.failed.push({ name: n.name, error: msg });
           }
         }),

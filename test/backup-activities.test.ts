@@ -106,6 +106,17 @@ test('notifies webhook, Slack and Discord in their own shapes, and a failure nam
     await expect(onlyBroken.notify({ title: 't', text: 'x', severity: 'info' })).rejects.toThrow(
       /^every notifier failed: discord \(HTTP 500\)$/,
     );
+    // A refused connection is named by the system error's code, not fetch's bare TypeError.
+    const closed = http.createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const closedPort = (closed.address() as AddressInfo).port;
+    await new Promise((r) => closed.close(r));
+    const refused = createNotifyActivities({
+      notifiers: [{ type: 'webhook', name: 'gone', urlFile: file('gone', `http://127.0.0.1:${closedPort}/t0ken`) }],
+    });
+    await expect(refused.notify({ title: 't', text: 'x', severity: 'info' })).rejects.toThrow(
+      /^every notifier failed: gone \(ECONNREFUSED\)$/,
+    );
   } finally {
     await new Promise((r) => server.close(r));
     cleanup();

@@ -403,3 +403,29 @@ describe('recovery.generateTimeout', () => {
     expect(problems({ generateTimeout })).toEqual([problem]);
   });
 });
+
+describe('recovery.blindAlertAfter', () => {
+  const load = (recovery: Record<string, unknown>) =>
+    parseConfig(JSON.stringify({ nodes: [{ id: 'n1' }], recovery }), 'inline');
+
+  test('reaches the watchers, 12 by default, 0 allowed (never)', () => {
+    expect(watchInput(load({ blindAlertAfter: 4 }), 'n1')).toMatchObject({ blindAlertAfter: 4 });
+    expect(watchInput(load({ blindAlertAfter: 0 }), 'n1')).toMatchObject({ blindAlertAfter: 0 });
+    expect(watchInput(minimal, 'n1')).toMatchObject({ blindAlertAfter: 12 });
+  });
+
+  test.each<[unknown, string]>([
+    [-1, 'recovery.blindAlertAfter: Too small: expected number to be >=0'],
+    [1.5, 'recovery.blindAlertAfter: must be int'],
+    ['12', 'recovery.blindAlertAfter: must be number'],
+  ])('refuses %p, naming the field and the rule', (blindAlertAfter, problem) => {
+    let problems: string[] = [];
+    try {
+      load({ blindAlertAfter });
+    } catch (e) {
+      if (!(e instanceof ValidationError)) throw e;
+      problems = e.problems;
+    }
+    expect(problems).toEqual([problem]);
+  });
+});

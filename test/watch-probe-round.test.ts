@@ -3,6 +3,10 @@
  * sandbox node whose real node worker runs as a child process: a round is one probeRound activity, a hung engine
  * costs a round its short generation deadline (not the health timeout), and a single-probe blip starts nothing.
  */
+import { mkdtempSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { Worker } from '@temporalio/worker';
 import { createNodeActivities } from '../activities/node';
@@ -11,10 +15,18 @@ import { DockerCli } from '../src/hosts/docker';
 import { KernelLog } from '../src/hosts/kernel-log';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
 import { clearFaults, injectFault, type SandboxFaultKind } from '../src/sandbox/faults';
-import { WatchNodeInput, getWatchStatusQuery, nodeTaskQueue, workflowIds, type WatchStatus } from '../src/contracts';
+import {
+  WatchNodeInput,
+  getWatchStatusQuery,
+  nodeTaskQueue,
+  setMaintenanceUpdate,
+  workflowIds,
+  type WatchStatus,
+} from '../src/contracts';
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import { FAST_RECOVERY, controlWorker, recordHistory, useSandboxEnv, type TestSandbox } from './helpers/env';
 import { containerState, gpuStatus, healthyProbes } from './helpers/hosts';
+import { testSecret, writeSecretFile } from './helpers/secrets';
 import { eventTime, roundLeadInMs, roundTimes, scheduledActivities } from './helpers/watch-history';
 
 const ctx = useSandboxEnv();
@@ -538,4 +550,117 @@ test('an old node worker whose single probe fails gets a report naming it; the w
       await h.terminate('test done');
     }),
   );
+}, 60_000);
+
+/** A webhook receiver on 127.0.0.1 and the notifier config that points at it (its URL in a secret file). */
+async function webhookReceiver() {
+  const received: { title: string; severity: string; fields: Record<string, unknown> }[] = [];
+  const hook = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      received.push(JSON.parse(body) as (typeof received)[number]);
+      res.end('ok');
+    });
+  });
+  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', () => r()));
+  const port = (hook.address() as { port: number }).port;
+  const urlFile = path.join(mkdtempSync(path.join(os.tmpdir(), 'gpuops-hook-')), 'hook-url');
+  writeSecretFile(urlFile, 'notifier-url', `http://127.0.0.1:${port}/alert/${testSecret('notifier-url-token')}`);
+  return { received, notifications: [{ type: 'webhook', name: 'oncall', urlFile }], close: () => hook.close() };
+}
+
+test('a watcher blind for blindAlertAfter rounds warns once, across continue-as-new, and says when probes answer again', async () => {
+  const hook = await webhookReceiver();
+  try {
+    const s = await ctx.sandbox({ withWorker: false, extra: { notifications: hook.notifications } });
+    const blind = { probeEngines: fail('engines: socket hang up') };
+    // Four blind rounds, then healthy ones; two rounds per run, so the streak crosses two continue-as-new.
+    const worker = await nodeWorker(s, scriptedRounds(s, [blind, blind, blind, blind, {}]));
+    const h = await startWatcher(s, { failureThreshold: 2, blindAlertAfter: 3, probesPerRun: 2 });
+    await worker.runUntil(
+      withControl(s, async () => {
+        const alerted = await statusWhen(h, (x) => x.blindAlert !== undefined);
+        // The third blind round is the first of the second run: the streak came across continue-as-new.
+        expect(alerted.blind).toMatchObject({ rounds: 3, alerted: true });
+        expect(alerted.blindAlert).toMatchObject({ kind: 'alert', rounds: 3, sent: ['oncall'], failed: [] });
+        // Blind rounds never count: no recovery started however long the node stayed unseen.
+        expect(alerted.consecutiveFailures).toBe(0);
+        const answered = await statusWhen(h, (x) => x.blindAlert?.kind === 'answered');
+        expect(answered.blind).toBeUndefined();
+        expect(answered.lastReport?.healthy).toBe(true);
+        expect(answered.blindAlert).toMatchObject({ rounds: 4, sent: ['oncall'], failed: [] });
+        // Healthy rounds after the all-clear send nothing more.
+        await statusWhen(h, (x) => x.probes >= 2 && x.lastReport?.healthy === true);
+        await sleep(2_500);
+        expect(hook.received.map((m) => [m.severity, m.fields.kind, m.fields.rounds])).toEqual([
+          ['warning', 'watch-blind', 3],
+          ['info', 'watch-blind', 4],
+        ]);
+        expect(hook.received[0]).toMatchObject({
+          title: `watcher blind on ${s.nodeId}: 3 rounds in a row with a failed probe`,
+          fields: { node: s.nodeId, failedProbes: 'probeEngines' },
+        });
+        expect(hook.received[0]?.fields.since).toBe(hook.received[1]?.fields.since);
+        await expect(ctx.env.client.workflow.getHandle(workflowIds.recover(s.nodeId)).describe()).rejects.toThrow(
+          /not found/i,
+        );
+        // The warning went out from the second run, which continued as new carrying the alerted streak.
+        const first = await ctx.env.client.workflow.getHandle(h.workflowId, h.firstExecutionRunId).fetchHistory();
+        const second = first.events?.at(-1)?.workflowExecutionContinuedAsNewEventAttributes?.newExecutionRunId;
+        expect(scheduledActivities(first.events ?? [])).not.toContain('notify');
+        const secondEvents = (await ctx.env.client.workflow.getHandle(h.workflowId, second ?? '').fetchHistory())
+          .events;
+        expect(scheduledActivities(secondEvents ?? []).filter((t) => t === 'notify')).toHaveLength(1);
+        recordHistory(ctx.env, h.workflowId, 'watch-node-blind-round-alert', second ?? undefined);
+        await h.terminate('test done');
+      }),
+    );
+  } finally {
+    hook.close();
+  }
+}, 60_000);
+
+test('a notifier that fails never stops the watcher: the failure is in its status and the rounds go on', async () => {
+  const hook = await webhookReceiver();
+  hook.close(); // nobody listens: every send is refused
+  const s = await ctx.sandbox({ withWorker: false, extra: { notifications: hook.notifications } });
+  const worker = await nodeWorker(s, scriptedRounds(s, [{ probeEngines: fail('engines: socket hang up') }]));
+  const h = await startWatcher(s, { blindAlertAfter: 1 });
+  await worker.runUntil(
+    withControl(s, async () => {
+      const st = await statusWhen(h, (x) => x.blindAlert !== undefined && x.probes >= 3, 45_000);
+      expect(st.blindAlert).toMatchObject({ kind: 'alert', rounds: 1, sent: [] });
+      expect(st.blindAlert?.failed.join()).toBe('notify failed: every notifier failed: oncall (ECONNREFUSED)');
+      expect(st.blind?.rounds).toBeGreaterThanOrEqual(3);
+      expect((await h.describe()).status.name).toBe('RUNNING');
+      await h.terminate('test done');
+    }),
+  );
+}, 60_000);
+
+test('node-wide maintenance holds the blind warning; a streak that outlasts the window warns when it ends', async () => {
+  const hook = await webhookReceiver();
+  try {
+    const s = await ctx.sandbox({ withWorker: false, extra: { notifications: hook.notifications } });
+    const worker = await nodeWorker(s, scriptedRounds(s, [{ probeEngines: fail('engines: socket hang up') }]));
+    const h = await startWatcher(s, { blindAlertAfter: 2 });
+    await worker.runUntil(
+      withControl(s, async () => {
+        await h.executeUpdate(setMaintenanceUpdate, { args: [{ reason: 'driver upgrade', duration: '10m' }] });
+        const held = await statusWhen(h, (x) => (x.blind?.rounds ?? 0) >= 4);
+        expect(held.maintenance).toHaveLength(1);
+        expect(held.blindAlert).toBeUndefined();
+        expect(hook.received).toEqual([]);
+        await h.executeUpdate(setMaintenanceUpdate, { args: [{ reason: 'done', clear: true }] });
+        const alerted = await statusWhen(h, (x) => x.blindAlert !== undefined);
+        expect(alerted.blindAlert).toMatchObject({ kind: 'alert', sent: ['oncall'] });
+        expect(alerted.blindAlert?.rounds).toBeGreaterThan(4);
+        expect(hook.received.map((m) => m.severity)).toEqual(['warning']);
+        await h.terminate('test done');
+      }),
+    );
+  } finally {
+    hook.close();
+  }
 }, 60_000);

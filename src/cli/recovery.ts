@@ -52,6 +52,7 @@ export function watchInput(config: Config, node: string): WatchNodeInput {
     node,
     probeInterval: r.probeInterval,
     failureThreshold: r.failureThreshold,
+    blindAlertAfter: r.blindAlertAfter,
     ...(r.generateTimeout !== undefined ? { generateTimeout: r.generateTimeout } : {}),
     recovery: { verifyTimeout: r.verifyTimeout, maxRecoveries: r.maxRecoveriesPerHour },
   };

@@ -445,8 +445,22 @@ export const RecoverySchema = z
       "How long each engine's 2-token test generation may take before the engine counts as hung for that probe " +
         '(at least 50ms). Default: the probe timeout less 2 s (13 s); a shorter one reads a busy engine as hung.',
     ),
+    blindAlertAfter: z
+      .int()
+      .min(0)
+      .default(12)
+      .describe(
+        'Blind probe rounds in a row (a probe failed and nothing actionable was seen) after which the notifiers ' +
+          'get a warning, once per streak, and an all-clear when probes answer again; 0: never.',
+      ),
   })
-  .default({ probeInterval: '5s', failureThreshold: 3, maxRecoveriesPerHour: 3, verifyTimeout: '120s' });
+  .default({
+    probeInterval: '5s',
+    failureThreshold: 3,
+    maxRecoveriesPerHour: 3,
+    verifyTimeout: '120s',
+    blindAlertAfter: 12,
+  });
 
 const retention = z.strictObject({
   keepLast: z.int().min(0).optional(),

@@ -94,6 +94,12 @@ export interface IncidentRecord {
 /** Query `incident` on recoverNode: the record so far. */
 export const getIncidentQuery = defineQuery<IncidentRecord>('incident');
 
+const BlindStreakSchema = z.strictObject({
+  rounds: z.int().min(0),
+  since: z.string().nullable(),
+  alerted: z.boolean(),
+});
+
 export const WatchNodeInput = z.strictObject({
   node: nodeId,
   probeInterval: duration.default('5s'),
@@ -120,6 +126,12 @@ export const WatchNodeInput = z.strictObject({
   })
     .partial()
     .default({}),
+  /**
+   * Blind rounds in a row (a probe failed and nothing actionable was seen: the watcher decides nothing) after which
+   * the notifiers get a warning, once per streak, and an all-clear when probes answer again. 0: never. At 5 s probes
+   * the default is a minute.
+   */
+  blindAlertAfter: z.int().min(0).default(12),
   /** Probes per run before continue-as-new (keeps history bounded). */
   probesPerRun: z.int().min(1).default(500),
   /** Carried across continue-as-new. */
@@ -137,6 +149,8 @@ export const WatchNodeInput = z.strictObject({
       ),
       /** Whether the last probe saw the node healthy (an unhealthy → healthy change releases router auto-drains). */
       healthy: z.boolean().optional(),
+      /** The blind rounds in a row so far, and whether they were notified (absent: none). */
+      blind: BlindStreakSchema.optional(),
     })
     .optional(),
 });
@@ -191,6 +205,10 @@ export interface WatchStatus {
   lastAction: { at: string; action: string; detail: string } | null;
   /** The last time it asked the router to put back engines the router drained by itself, when that did anything. */
   routerRelease?: { at: string; released: string[]; note: string | null };
+  /** Blind rounds in a row (a probe failed, nothing actionable seen) up to the last one; absent when none. */
+  blind?: { rounds: number; since: string | null; alerted: boolean };
+  /** The last blind-streak notification: the warning, or the all-clear after it; who got it and who did not. */
+  blindAlert?: { at: string; kind: 'alert' | 'answered'; rounds: number; sent: string[]; failed: string[] };
 }
 
 export const setMaintenanceUpdate = defineUpdate<MaintenanceWindow[], [SetMaintenanceInput]>('maintenance');

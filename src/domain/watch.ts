@@ -140,3 +140,37 @@ export function watcherStartRung(actionable: readonly Problem[]): 'escalate' | u
  * longer rest is a timer's job (a lead-in holds the node worker's activity slot meanwhile).
  */
 export const MAX_LEAD_IN_MS = 1_000;
+
+/** A watcher's run of blind rounds in a row (rounds where a probe failed and nothing actionable was seen). */
+export interface BlindStreak {
+  rounds: number;
+  /** When the first blind round of the run was observed; null when the last round was not blind. */
+  since: string | null;
+  /** Whether this run has been notified (once per run, however long it lasts). */
+  alerted: boolean;
+}
+
+export const NO_BLIND_STREAK: BlindStreak = { rounds: 0, since: null, alerted: false };
+
+/**
+ * Fold one round into the blind streak. `alert`: the streak is at least `alertAfter` rounds long (0: never alert) and
+ * has not been alerted, once per streak; held while `quiet` (a node-wide maintenance window: a node taken down on
+ * purpose is expected to be unseen), so a streak that outlasts the window alerts at its first round after it.
+ * `answered`: the first round that saw something after an alerted streak (the all-clear). Otherwise `send` is null: a
+ * watcher that cannot see its node decides nothing, so it must say so, but only once.
+ */
+export function foldBlindStreak(
+  previous: BlindStreak,
+  round: { blind: boolean; at: string; quiet?: boolean },
+  alertAfter: number,
+): { streak: BlindStreak; send: 'alert' | 'answered' | null } {
+  if (!round.blind) {
+    return { streak: NO_BLIND_STREAK, send: previous.alerted ? 'answered' : null };
+  }
+  const rounds = previous.rounds + 1;
+  const alert = alertAfter > 0 && !previous.alerted && rounds >= alertAfter && round.quiet !== true;
+  return {
+    streak: { rounds, since: previous.since ?? round.at, alerted: previous.alerted || alert },
+    send: alert ? 'alert' : null,
+  };
+}

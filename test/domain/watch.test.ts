@@ -4,6 +4,8 @@ import {
   activeWindows,
   applyMaintenance,
   coveredByMaintenance,
+  foldBlindStreak,
+  NO_BLIND_STREAK,
   unknownEngine,
   watchGenerateTimeoutMs,
   halfIntervalGenerateTimeoutMs,
@@ -133,5 +135,57 @@ describe('watcherStartRung', () => {
     expect(watcherStartRung([p('probe-failed'), p('probe-failed')])).toBe('escalate');
     expect(watcherStartRung([p('probe-failed'), p('engine-hung')])).toBeUndefined();
     expect(watcherStartRung([])).toBeUndefined();
+  });
+});
+
+describe('foldBlindStreak', () => {
+  const t = (i: number) => `2026-01-01T12:00:0${i}.000Z`;
+  /** Fold a sequence of rounds (true: blind) and list what each one sends. */
+  const run = (rounds: boolean[], alertAfter: number) => {
+    let streak = NO_BLIND_STREAK;
+    const sends = rounds.map((blind, i) => {
+      const r = foldBlindStreak(streak, { blind, at: t(i) }, alertAfter);
+      streak = r.streak;
+      return r.send;
+    });
+    return { sends, streak };
+  };
+
+  test('warns once when the streak reaches alertAfter, however long it lasts, and clears at the first seeing round', () => {
+    const { sends } = run([true, true, true, true, true, false, false], 3);
+    expect(sends).toEqual([null, null, 'alert', null, null, 'answered', null]);
+  });
+
+  test('counts from the first blind round, kept for the whole streak; a seeing round starts the count over', () => {
+    expect(run([true, true], 3).streak).toEqual({ rounds: 2, since: t(0), alerted: false });
+    expect(run([true, true, false, true], 3)).toEqual({
+      sends: [null, null, null, null],
+      streak: { rounds: 1, since: t(3), alerted: false },
+    });
+  });
+
+  test('a streak cut short of alertAfter sends no all-clear; alertAfter 0 never alerts', () => {
+    expect(run([true, false], 2).sends).toEqual([null, null]);
+    expect(run([true, true, true, false], 0).sends).toEqual([null, null, null, null]);
+    expect(run([true, false, true, true], 2).sends).toEqual([null, null, null, 'alert']);
+  });
+
+  test('node-wide maintenance holds the warning; a streak that outlasts the window warns at its next round', () => {
+    const quiet = (n: number) => ({ rounds: n, since: t(0), alerted: false });
+    expect(foldBlindStreak(quiet(4), { blind: true, at: t(5), quiet: true }, 3)).toEqual({
+      streak: { rounds: 5, since: t(0), alerted: false },
+      send: null,
+    });
+    expect(foldBlindStreak(quiet(5), { blind: true, at: t(6), quiet: false }, 3).send).toBe('alert');
+    expect(foldBlindStreak(quiet(5), { blind: false, at: t(6), quiet: true }, 3).send).toBeNull();
+  });
+
+  test('a carried streak (continue-as-new) goes on where it was', () => {
+    const carried = { rounds: 5, since: t(0), alerted: true };
+    expect(foldBlindStreak(carried, { blind: true, at: t(6) }, 3)).toEqual({
+      streak: { rounds: 6, since: t(0), alerted: true },
+      send: null,
+    });
+    expect(foldBlindStreak(carried, { blind: false, at: t(6) }, 3).send).toBe('answered');
   });
 });

@@ -26,12 +26,15 @@ import {
   actionableProblems,
   activeWindows,
   applyMaintenance,
+  foldBlindStreak,
   halfIntervalGenerateTimeoutMs,
   MAX_LEAD_IN_MS,
+  NO_BLIND_STREAK,
   roundVerdict,
   unknownEngine,
   watchGenerateTimeoutMs,
   watcherStartRung,
+  type BlindStreak,
 } from '../../src/domain/watch';
 import { parseInput } from '../../src/domain/validation';
 import {
@@ -46,7 +49,8 @@ import {
   type WatchStatus,
 } from '../../src/contracts';
 import { ROUND_SAFETY_PATCH, probeNode, probeNodeRound, type ProbeOptions, type RoundOptions } from '../probe';
-import { watchFacts, type ControlActivities } from './activities';
+import { controlCall, watchFacts, type ControlActivities } from './activities';
+import { failureMessage } from './context';
 import { recoverNode } from './recover-node';
 
 type WatchInput = z.output<typeof WatchNodeInput>;
@@ -64,6 +68,12 @@ const SINGLE_PROBE_ACTIVITY = 'watch-single-probe-activity';
  */
 export const PROBE_CADENCE_PATCH = 'watch-probe-cadence';
 
+/**
+ * The patch that tells the notifiers when a watcher has been blind for `blindAlertAfter` rounds in a row (and when
+ * its probes answer again), and carries the streak across continue-as-new. Runs recorded before it notified nobody.
+ */
+export const BLIND_ALERT_PATCH = 'watch-blind-round-alert';
+
 /** The watcher's state: its status (the Query's answer), the node's facts, and restart counts between probes. */
 class NodeWatch {
   readonly status: WatchStatus;
@@ -71,6 +81,11 @@ class NodeWatch {
   private restartCounts: Record<string, number> = {};
   /** Whether the last probe saw the node healthy (carried across continue-as-new); undefined before the first. */
   lastHealthy: boolean | undefined;
+  /** Blind rounds in a row so far (carried across continue-as-new). */
+  blind: BlindStreak;
+  /** The blind-streak notifications in flight, in order; the loop never waits on them (a dead webhook would stall it). */
+  private blindNotices: Promise<void> | null = null;
+  private readonly notifier = proxyActivities<ControlActivities>(controlCall);
 
   constructor(private readonly input: WatchInput) {
     this.status = {
@@ -82,6 +97,8 @@ class NodeWatch {
       lastAction: null,
     };
     this.lastHealthy = input.state?.healthy;
+    this.blind = input.state?.blind ?? NO_BLIND_STREAK;
+    if (this.blind.rounds > 0) this.status.blind = { ...this.blind };
   }
 
   /** The status as of now (expired maintenance windows left out). */
@@ -166,6 +183,7 @@ class NodeWatch {
     );
     s.consecutiveFailures = consecutiveFailures;
     this.lastHealthy = healthy;
+    this.foldBlind(blind, report, [...failed]);
     const health = blind
       ? `UNKNOWN (${[...failed].join(', ')} failed; ${s.consecutiveFailures}/${this.input.failureThreshold} kept)`
       : report.healthy
@@ -174,6 +192,70 @@ class NodeWatch {
     const paused = s.maintenance.length ? ` — maintenance: ${s.maintenance.map((w) => w.reason).join('; ')}` : '';
     setCurrentDetails(`Watching **${this.input.node}**: ${health}${paused}`);
     return actionable;
+  }
+
+  /**
+   * Count a blind round (or end the streak) and start the notification the streak calls for: a warning once it is
+   * `blindAlertAfter` rounds long (held while a node-wide maintenance window is open), an all-clear at the first round
+   * that sees again after one.
+   */
+  private foldBlind(blind: boolean, report: HealthReport, failed: string[]): void {
+    const before = this.blind;
+    const quiet = this.status.maintenance.some((w) => w.engine === null);
+    const round = { blind, at: report.observedAt, quiet };
+    const { streak, send } = foldBlindStreak(before, round, this.input.blindAlertAfter);
+    this.blind = streak;
+    if (streak.rounds > 0) this.status.blind = { ...streak };
+    else delete this.status.blind;
+    if (send === null || !patched(BLIND_ALERT_PATCH)) return;
+    const { node, failureThreshold } = this.input;
+    const fields = { node, kind: 'watch-blind', since: streak.since ?? before.since };
+    const notice =
+      send === 'alert'
+        ? {
+            title: `watcher blind on ${node}: ${streak.rounds} rounds in a row with a failed probe`,
+            text:
+              `Since ${streak.since}, every probe round on ${node} had a failed probe (last: ${failed.join(', ')}) ` +
+              `and saw nothing actionable: the watcher can neither see a fault nor clear one. Its count of failed ` +
+              `rounds is held at ${this.status.consecutiveFailures}/${failureThreshold}. Check the node worker's log ` +
+              `and the failing probe's tool.`,
+            severity: 'warning' as const,
+            fields: { ...fields, rounds: streak.rounds, failedProbes: failed.join(',') },
+          }
+        : {
+            title: `watcher on ${node} sees again after ${before.rounds} blind rounds`,
+            text:
+              `Probes on ${node} answer again after ${before.rounds} blind rounds since ${before.since}; the node is ` +
+              `${report.healthy ? 'healthy' : `unhealthy (${report.problems.map((p) => p.kind).join(', ')})`}.`,
+            severity: 'info' as const,
+            fields: { ...fields, rounds: before.rounds, healthy: report.healthy },
+          };
+    const rounds = notice.fields.rounds;
+    const at = new Date(Date.now()).toISOString();
+    const previous = this.blindNotices ?? Promise.resolve();
+    this.blindNotices = previous
+      .then(() => this.notifier.notify(notice))
+      .then(
+        (r) => {
+          this.status.blindAlert = {
+            at,
+            kind: send,
+            rounds,
+            sent: r.sent,
+            failed: r.failed.map((f) => `${f.name}: ${f.error}`),
+          };
+        },
+        (err: unknown) => {
+          // Never stop watching over a notifier: the streak still shows in `status`.
+          const failed = [`notify failed: ${failureMessage(err)}`];
+          this.status.blindAlert = { at, kind: send, rounds, sent: [], failed };
+        },
+      );
+  }
+
+  /** Wait for the blind-streak notifications still in flight (before continue-as-new). */
+  async blindNoticesSent(): Promise<void> {
+    if (this.blindNotices) await this.blindNotices;
   }
 
   /**
@@ -294,9 +376,10 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   // The rest of the interval the next round would have waited out on the node: the next run's first round follows
   // nodeFacts at once, so it is waited out here (a timer: about a second, once per run).
   if (leadInMs > 0) await sleep(leadInMs);
-  // Wait for in-flight Update handlers, then start over with bounded history, carrying the state. The next run's
-  // first task goes to the deployment's current version (AUTO_UPGRADE), so a watcher that runs forever still picks
-  // up new code at its next run; unversioned workers ignore the option.
+  // Wait for the blind-streak notifications and in-flight Update handlers, then start over with bounded history,
+  // carrying the state. The next run's first task goes to the deployment's current version (AUTO_UPGRADE), so a
+  // watcher that runs forever still picks up new code at its next run; unversioned workers ignore the option.
+  await watch.blindNoticesSent();
   await condition(allHandlersFinished);
   return makeContinueAsNewFunc<typeof watchNode>({ initialVersioningBehavior: 'AUTO_UPGRADE' })({
     ...rawInput,
@@ -306,6 +389,7 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
       ...(watch.lastHealthy !== undefined && patched('release-router-auto-drain')
         ? { healthy: watch.lastHealthy }
         : {}),
+      ...(watch.blind.rounds > 0 && patched(BLIND_ALERT_PATCH) ? { blind: watch.blind } : {}),
     },
   });
 }
