@@ -5,6 +5,7 @@
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
 import { z } from 'zod';
 import type { Problem } from '../domain/classify';
+import type { BlindStreak } from '../domain/watch';
 import type { Rung } from '../domain/rungs';
 import { DurationSchema, GenerateTimeoutSchema, gpuopsId } from '../domain/schemas';
 import { workflowContract } from './common';
@@ -94,6 +95,7 @@ export interface IncidentRecord {
 /** Query `incident` on recoverNode: the record so far. */
 export const getIncidentQuery = defineQuery<IncidentRecord>('incident');
 
+/** A blind streak as watchNode carries it across continue-as-new (the domain's BlindStreak). */
 const BlindStreakSchema = z.strictObject({
   rounds: z.int().min(0),
   since: z.string().nullable(),
@@ -206,7 +208,7 @@ export interface WatchStatus {
   /** The last time it asked the router to put back engines the router drained by itself, when that did anything. */
   routerRelease?: { at: string; released: string[]; note: string | null };
   /** Blind rounds in a row (a probe failed, nothing actionable seen) up to the last one; absent when none. */
-  blind?: { rounds: number; since: string | null; alerted: boolean };
+  blind?: BlindStreak;
   /** The last blind-streak notification: the warning, or the all-clear after it; who got it and who did not. */
   blindAlert?: { at: string; kind: 'alert' | 'answered'; rounds: number; sent: string[]; failed: string[] };
 }

@@ -144,9 +144,9 @@ export const MAX_LEAD_IN_MS = 1_000;
 /** A watcher's run of blind rounds in a row (rounds where a probe failed and nothing actionable was seen). */
 export interface BlindStreak {
   rounds: number;
-  /** When the first blind round of the run was observed; null when the last round was not blind. */
+  /** When the streak's first blind round was observed; null when the last round was not blind. */
   since: string | null;
-  /** Whether this run has been notified (once per run, however long it lasts). */
+  /** Whether this streak has been notified (once per streak, however long it lasts). */
   alerted: boolean;
 }
 
