@@ -153,6 +153,16 @@ export const WatchNodeInput = z.strictObject({
       healthy: z.boolean().optional(),
       /** The blind rounds in a row so far, and whether they were notified (absent: none). */
       blind: BlindStreakSchema.optional(),
+      /** The last blind-streak notification and who got it (status' blindAlert). */
+      blindAlert: z
+        .strictObject({
+          at: z.string(),
+          kind: z.enum(['alert', 'answered']),
+          rounds: z.int().min(0),
+          sent: z.array(z.string()),
+          failed: z.array(z.string()),
+        })
+        .optional(),
     })
     .optional(),
 });

@@ -158,17 +158,21 @@ export const NO_BLIND_STREAK: BlindStreak = { rounds: 0, since: null, alerted: f
  * purpose is expected to be unseen), so a streak that outlasts the window alerts at its first round after it.
  * `answered`: the first round that saw something after an alerted streak (the all-clear). Otherwise `send` is null: a
  * watcher that cannot see its node decides nothing, so it must say so, but only once.
+ *
+ * `canSend` is asked only when there is something to send; when it says no (a run from before the alert, replaying
+ * on newer code), nothing is sent and a warning stays owed: the first round that can send it does.
  */
 export function foldBlindStreak(
   previous: BlindStreak,
   round: { blind: boolean; at: string; quiet?: boolean },
   alertAfter: number,
+  canSend: () => boolean = () => true,
 ): { streak: BlindStreak; send: 'alert' | 'answered' | null } {
   if (!round.blind) {
-    return { streak: NO_BLIND_STREAK, send: previous.alerted ? 'answered' : null };
+    return { streak: NO_BLIND_STREAK, send: previous.alerted && canSend() ? 'answered' : null };
   }
   const rounds = previous.rounds + 1;
-  const alert = alertAfter > 0 && !previous.alerted && rounds >= alertAfter && round.quiet !== true;
+  const alert = alertAfter > 0 && !previous.alerted && rounds >= alertAfter && round.quiet !== true && canSend();
   return {
     streak: { rounds, since: previous.since ?? round.at, alerted: previous.alerted || alert },
     send: alert ? 'alert' : null,

@@ -180,6 +180,19 @@ describe('foldBlindStreak', () => {
     expect(foldBlindStreak(quiet(5), { blind: false, at: t(6), quiet: true }, 3).send).toBeNull();
   });
 
+  test('a round that cannot send (a run from before the alert, replaying) leaves the warning owed to the next', () => {
+    const streak = { rounds: 3, since: t(0), alerted: false };
+    const replaying = foldBlindStreak(streak, { blind: true, at: t(4) }, 3, () => false);
+    expect(replaying).toEqual({ streak: { rounds: 4, since: t(0), alerted: false }, send: null });
+    expect(foldBlindStreak(replaying.streak, { blind: true, at: t(5) }, 3, () => true).send).toBe('alert');
+    // Nothing owed, nothing asked: a streak never alerted ends without an all-clear and without asking.
+    const asked: string[] = [];
+    const ask = () => (asked.push('asked'), true);
+    expect(foldBlindStreak(streak, { blind: false, at: t(4) }, 3, ask).send).toBeNull();
+    expect(foldBlindStreak({ ...streak, rounds: 1 }, { blind: true, at: t(4) }, 3, ask).send).toBeNull();
+    expect(asked).toEqual([]);
+  });
+
   test('a carried streak (continue-as-new) goes on where it was', () => {
     const carried = { rounds: 5, since: t(0), alerted: true };
     expect(foldBlindStreak(carried, { blind: true, at: t(6) }, 3)).toEqual({

@@ -83,8 +83,10 @@ class NodeWatch {
   lastHealthy: boolean | undefined;
   /** Blind rounds in a row so far (carried across continue-as-new). */
   blind: BlindStreak;
-  /** The blind-streak notifications in flight, in order; the loop never waits on them (a dead webhook would stall it). */
+  /** The blind-streak notifications in flight, in order; the rounds never wait on them (a dead webhook would stall them). */
   private blindNotices: Promise<void> | null = null;
+  /** How many of them have not settled: the run probes on rather than continue as new while one is in flight. */
+  blindNoticesInFlight = 0;
   private readonly notifier = proxyActivities<ControlActivities>(controlCall);
 
   constructor(private readonly input: WatchInput) {
@@ -99,6 +101,7 @@ class NodeWatch {
     this.lastHealthy = input.state?.healthy;
     this.blind = input.state?.blind ?? NO_BLIND_STREAK;
     if (this.blind.rounds > 0) this.status.blind = { ...this.blind };
+    if (input.state?.blindAlert) this.status.blindAlert = input.state.blindAlert;
   }
 
   /** The status as of now (expired maintenance windows left out). */
@@ -183,7 +186,7 @@ class NodeWatch {
     );
     s.consecutiveFailures = consecutiveFailures;
     this.lastHealthy = healthy;
-    this.foldBlind(blind, report, [...failed]);
+    this.foldBlind(blind, report, [...failed], s.lastReport.problems);
     const health = blind
       ? `UNKNOWN (${[...failed].join(', ')} failed; ${s.consecutiveFailures}/${this.input.failureThreshold} kept)`
       : report.healthy
@@ -199,15 +202,18 @@ class NodeWatch {
    * `blindAlertAfter` rounds long (held while a node-wide maintenance window is open), an all-clear at the first round
    * that sees again after one.
    */
-  private foldBlind(blind: boolean, report: HealthReport, failed: string[]): void {
+  private foldBlind(blind: boolean, report: HealthReport, failed: string[], problems: string[]): void {
     const before = this.blind;
     const quiet = this.status.maintenance.some((w) => w.engine === null);
     const round = { blind, at: report.observedAt, quiet };
-    const { streak, send } = foldBlindStreak(before, round, this.input.blindAlertAfter);
+    // Runs from before the patch send nothing when they replay; a warning they owe goes out once the run is live.
+    const { streak, send } = foldBlindStreak(before, round, this.input.blindAlertAfter, () =>
+      patched(BLIND_ALERT_PATCH),
+    );
     this.blind = streak;
     if (streak.rounds > 0) this.status.blind = { ...streak };
     else delete this.status.blind;
-    if (send === null || !patched(BLIND_ALERT_PATCH)) return;
+    if (send === null) return;
     const { node, failureThreshold } = this.input;
     const fields = { node, kind: 'watch-blind', since: streak.since ?? before.since };
     const notice =
@@ -225,18 +231,20 @@ class NodeWatch {
         : {
             title: `watcher on ${node} sees again after ${before.rounds} blind rounds`,
             text:
-              `Probes on ${node} answer again after ${before.rounds} blind rounds since ${before.since}; the node is ` +
-              `${report.healthy ? 'healthy' : `unhealthy (${report.problems.map((p) => p.kind).join(', ')})`}.`,
+              `The watcher on ${node} sees again after ${before.rounds} blind rounds since ${before.since}; the node ` +
+              `is ${report.healthy ? 'healthy' : `unhealthy (${problems.join('; ')})`}.`,
             severity: 'info' as const,
             fields: { ...fields, rounds: before.rounds, healthy: report.healthy },
           };
     const rounds = notice.fields.rounds;
     const at = new Date(Date.now()).toISOString();
     const previous = this.blindNotices ?? Promise.resolve();
+    this.blindNoticesInFlight++;
     this.blindNotices = previous
       .then(() => this.notifier.notify(notice))
       .then(
         (r) => {
+          this.blindNoticesInFlight--;
           this.status.blindAlert = {
             at,
             kind: send,
@@ -246,14 +254,15 @@ class NodeWatch {
           };
         },
         (err: unknown) => {
-          // Never stop watching over a notifier: the streak still shows in `status`.
+          this.blindNoticesInFlight--;
+          // Never stop watching over a notifier: the streak and the failure show in `status`; no more tries.
           const failed = [`notify failed: ${failureMessage(err)}`];
           this.status.blindAlert = { at, kind: send, rounds, sent: [], failed };
         },
       );
   }
 
-  /** Wait for the blind-streak notifications still in flight (before continue-as-new). */
+  /** Wait for the blind-streak notifications still in flight (before continue-as-new; the loop probed on until then). */
   async blindNoticesSent(): Promise<void> {
     if (this.blindNotices) await this.blindNotices;
   }
@@ -344,7 +353,9 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   const intervalMs = parseDuration(input.probeInterval);
   /** The interval's sub-second rest after the last round, waited out by the next round on the node. */
   let leadInMs = 0;
-  for (let i = 0; i < input.probesPerRun; i++) {
+  // A blind-streak notification still in flight keeps the run probing past its count (it settles within its five
+  // tries), so continue-as-new never holds up the rounds to wait for a webhook.
+  for (let i = 0; i < input.probesPerRun || watch.blindNoticesInFlight > 0; i++) {
     const wasHealthy = watch.lastHealthy;
     // Workflow time when this round's probing begins: the round's activity counts against the interval.
     const roundStarted = Date.now() + leadInMs;
@@ -367,11 +378,18 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
       if (left >= MAX_LEAD_IN_MS) await sleep(left);
       else if (left > 0) leadInMs = left;
     }
+    // The breaks below wait for a blind-streak notification in flight (none in runs from before it).
+    const noticeInFlight = watch.blindNoticesInFlight > 0;
     // Under Worker Versioning a run stays pinned to the control-worker version it started on; when a newer one is
     // current, move to it now rather than after this run's remaining probes (README: upgrading while workflows run).
-    if (workflowInfo().targetWorkerDeploymentVersionChanged && patched('watch-upgrade-on-continue-as-new')) break;
+    if (
+      !noticeInFlight &&
+      workflowInfo().targetWorkerDeploymentVersionChanged &&
+      patched('watch-upgrade-on-continue-as-new')
+    )
+      break;
     // The server says the history is getting large (events or bytes): start over now, whatever the count says.
-    if (workflowInfo().continueAsNewSuggested && patched(SINGLE_PROBE_ACTIVITY)) break;
+    if (!noticeInFlight && workflowInfo().continueAsNewSuggested && patched(SINGLE_PROBE_ACTIVITY)) break;
   }
   // The rest of the interval the next round would have waited out on the node: the next run's first round follows
   // nodeFacts at once, so it is waited out here (a timer: about a second, once per run).
@@ -390,6 +408,7 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
         ? { healthy: watch.lastHealthy }
         : {}),
       ...(watch.blind.rounds > 0 && patched(BLIND_ALERT_PATCH) ? { blind: watch.blind } : {}),
+      ...(watch.status.blindAlert && patched(BLIND_ALERT_PATCH) ? { blindAlert: watch.status.blindAlert } : {}),
     },
   });
 }
