@@ -20,7 +20,7 @@ import { Worker } from '@temporalio/worker';
 import { createBackupActivities } from '../activities/backup';
 import { nodeTaskQueue } from '../src/contracts';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
-import { controlWorker, recordHistory, uniqueId, useSandboxEnv } from './helpers/env';
+import { controlWorker, recordHistory, uniqueId, useSandboxEnv, waitForPoller } from './helpers/env';
 import { damageDataPacks } from './helpers/restic-damage';
 import { testSecret, writeSecretFile, writeTestSecret } from './helpers/secrets';
 
@@ -353,7 +353,16 @@ test('a node worker from before the merged activities runs the run on the one-st
   }
 }, 60_000);
 
+/** Wait until the sandbox's node worker (the process it runs now) polls its queue. */
+async function nodeWorkerPolling(): Promise<void> {
+  const pid = ctx.sbx.sim.status().worker.pid;
+  if (pid === null) throw new Error('the sandbox node worker is not running');
+  await waitForPoller(ctx.env.client, nodeTaskQueue(ctx.sbx.nodeId), 60_000, pid);
+}
+
 test('killing the node worker mid-backup and restarting it completes the run (stale restic lock removed on retry)', async () => {
+  // The test before restarts the node worker: a run started before it polls could wait out its pick-up timeout.
+  await nodeWorkerPolling();
   const worker = await controlWorker(ctx.env, loaded);
   await worker.runUntil(async () => {
     const handle = await ctx.env.client.workflow.start('runBackup', {
@@ -367,7 +376,12 @@ test('killing the node worker mid-backup and restarting it completes the run (st
     for (;;) {
       const pending = await pendingActivities(handle);
       if (pending.some((a) => a.type === 'resticPrecheckAndBackup' && a.details.stage === 'backup')) break;
-      if (Date.now() > deadline) throw new Error('resticPrecheckAndBackup never reached its backup stage');
+      if (Date.now() > deadline) {
+        const d = await handle.describe();
+        throw new Error(
+          `resticPrecheckAndBackup never reached its backup stage: run ${d.status.name}, pending ${JSON.stringify(pending)}`,
+        );
+      }
       await new Promise((r) => setTimeout(r, 100));
     }
     await ctx.sbx.sim.killWorker('SIGKILL');
@@ -384,7 +398,7 @@ test('killing the node worker mid-backup and restarting it completes the run (st
     const snaps = await restic('big').snapshots();
     expect(snaps.map((s) => s.short_id)).toContain(record.snapshotId);
   });
-}, 60_000);
+}, 120_000);
 
 test('backup status marks a plan whose last success is older than its RPO', async () => {
   // The "old" plan's only snapshot was taken two hours ago (restic --time); its RPO is 1h.

@@ -280,8 +280,16 @@ export async function startTestSandbox(opts: TestSandboxOptions = {}): Promise<T
   };
 }
 
-/** Wait until the node worker polls its queue (a fresh worker needs a moment to connect). */
-export async function waitForPoller(client: Client, taskQueue: string, timeoutMs = 30_000): Promise<void> {
+/**
+ * Wait until the node worker polls its queue (a fresh worker needs a moment to connect). `pid`: only a poller of that
+ * process counts (gpuops workers' identities end in `:<pid>`); the server lists a worker that stopped for minutes.
+ */
+export async function waitForPoller(
+  client: Client,
+  taskQueue: string,
+  timeoutMs = 30_000,
+  pid?: number,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const r = await client.workflowService.describeTaskQueue({
@@ -289,10 +297,11 @@ export async function waitForPoller(client: Client, taskQueue: string, timeoutMs
       taskQueue: { name: taskQueue },
       taskQueueType: 2, // TASK_QUEUE_TYPE_ACTIVITY
     });
-    if ((r.pollers ?? []).length > 0) return;
+    const pollers = (r.pollers ?? []).filter((p) => pid === undefined || (p.identity ?? '').endsWith(`:${pid}`));
+    if (pollers.length > 0) return;
     await new Promise((res) => setTimeout(res, 200));
   }
-  throw new Error(`no worker polled ${taskQueue} within ${timeoutMs} ms`);
+  throw new Error(`no worker${pid === undefined ? '' : ` of pid ${pid}`} polled ${taskQueue} within ${timeoutMs} ms`);
 }
 
 export async function controlWorker(env: TestEnv, loaded: LoadedConfig): Promise<Worker> {
