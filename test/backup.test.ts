@@ -4,8 +4,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { WorkflowFailedError, type Client } from '@temporalio/client';
 import { parseConfig, type LoadedConfig } from '../src/config/load';
@@ -22,7 +20,8 @@ import { nodeTaskQueue } from '../src/contracts';
 import { NvidiaSmi } from '../src/hosts/nvidia-smi';
 import { controlWorker, recordHistory, uniqueId, useSandboxEnv, waitForPoller } from './helpers/env';
 import { damageDataPacks } from './helpers/restic-damage';
-import { testSecret, writeSecretFile, writeTestSecret } from './helpers/secrets';
+import { writeTestSecret } from './helpers/secrets';
+import { startWebhookReceiver, type WebhookReceiver } from './helpers/webhook';
 
 const ctx = useSandboxEnv({
   sandbox: {},
@@ -30,12 +29,12 @@ const ctx = useSandboxEnv({
     for await (const s of ctx.env.client.schedule.list()) {
       if (s.scheduleId.startsWith(`backup:${tag}`)) await ctx.env.client.schedule.getHandle(s.scheduleId).delete();
     }
-    await new Promise((r) => hook?.close(r));
+    await hook?.close();
   },
 });
 let loaded: LoadedConfig;
-let hook: http.Server;
-const received: { title: string; severity: string }[] = [];
+let hook: WebhookReceiver<{ title: string; severity: string }> | undefined;
+let received: { title: string; severity: string }[] = [];
 const tag = uniqueId('b').toLowerCase();
 const plan = (name: string): string => `${tag}-${name}`;
 // A heartbeat every second or so from restic's progress; 6 s of silence leaves room for a loaded CI box.
@@ -58,17 +57,8 @@ function restic(name: string): ResticCli {
 }
 
 beforeAll(async () => {
-  hook = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => (body += c.toString()));
-    req.on('end', () => {
-      received.push(JSON.parse(body) as { title: string; severity: string });
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r));
-  const hookUrl = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook/${testSecret('notifier-url-token')}`;
-  writeSecretFile(path.join(ctx.sbx.dir, 'hook-url'), 'notifier-url', hookUrl);
+  hook = await startWebhookReceiver(ctx.sbx.dir);
+  received = hook.received;
   writeTestSecret(path.join(ctx.sbx.dir, 'pw'), 'restic-password');
   writeModelStore(path.join(ctx.sbx.dir, 'models'));
   mkdirSync(path.join(ctx.sbx.dir, 'big'));
@@ -112,7 +102,7 @@ beforeAll(async () => {
     // The models plan again, in a repository of its own (the older-node test backs it up on the one-step activities).
     { ...models, id: plan('older-node'), repository: path.join(ctx.sbx.dir, 'repo-older-node') },
   ];
-  raw.notifications = [{ type: 'webhook', name: 'ops', urlFile: path.join(ctx.sbx.dir, 'hook-url') }];
+  raw.notifications = [hook.notifier('ops')];
   writeFileSync(ctx.sbx.loaded.path, stringify(raw));
   loaded = { path: ctx.sbx.loaded.path, config: parseConfig(stringify(raw), ctx.sbx.loaded.path) };
 });

@@ -2,7 +2,6 @@
  * recoverNode and watchNode on a real Temporal dev server with sandbox nodes: the real node worker runs as a child
  * process, VM reboots go through the simulated Proxmox API and really stop and restart that worker.
  */
-import http from 'node:http';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,7 +13,8 @@ import type { recoverNode, watchNode } from '../workflows/recovery';
 import { startRouter } from '../src/router';
 import { startHooksServer } from '../src/hooks/server';
 import { freePort } from '../src/sandbox/node';
-import { testSecret, writeSecretFile, writeTestSecret } from './helpers/secrets';
+import { writeTestSecret } from './helpers/secrets';
+import { startWebhookReceiver } from './helpers/webhook';
 import {
   FAST_RECOVERY,
   controlWorker,
@@ -125,22 +125,11 @@ test('Xid 79 → the VM is rebooted through the Proxmox API; the node worker and
 }, 120_000);
 
 test('a fault no rung can fix ends in drain + notification, and the record says what was tried', async () => {
-  const received: unknown[] = [];
-  const hook = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => (body += c.toString()));
-    req.on('end', () => {
-      received.push(JSON.parse(body));
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', () => r()));
-  const port = (hook.address() as { port: number }).port;
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-hook-'));
+  const hook = await startWebhookReceiver(dir);
+  const received = hook.received;
   try {
     // No vm in the config: a GPU that fell off the bus cannot be fixed by gpuops, only escalated.
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'gpuops-hook-'));
-    const urlFile = path.join(dir, 'hook-url');
-    writeSecretFile(urlFile, 'notifier-url', `http://127.0.0.1:${port}/alert/${testSecret('notifier-url-token')}`);
     const tokenFile = path.join(dir, 'router-token');
     writeTestSecret(tokenFile, 'router-admin-token');
     const routerPort = await freePort();
@@ -148,7 +137,7 @@ test('a fault no rung can fix ends in drain + notification, and the record says 
     routers.push(router);
     const s = await ctx.sandbox({
       extra: {
-        notifications: [{ type: 'webhook', name: 'oncall', urlFile }],
+        notifications: [hook.notifier('oncall')],
         router: { listen: `127.0.0.1:${routerPort}`, adminTokenFile: tokenFile },
       },
     });
@@ -173,7 +162,7 @@ test('a fault no rung can fix ends in drain + notification, and the record says 
     expect(JSON.stringify(received[0])).toContain('restart-vm: skipped');
     clearFaults(s.sim.store);
   } finally {
-    hook.close();
+    await hook.close();
   }
 }, 90_000);
 

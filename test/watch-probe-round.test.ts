@@ -3,10 +3,6 @@
  * sandbox node whose real node worker runs as a child process: a round is one probeRound activity, a hung engine
  * costs a round its short generation deadline (not the health timeout), and a single-probe blip starts nothing.
  */
-import { mkdtempSync } from 'node:fs';
-import http from 'node:http';
-import os from 'node:os';
-import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { Worker } from '@temporalio/worker';
 import { createNodeActivities } from '../activities/node';
@@ -26,8 +22,8 @@ import {
 import type { recoverNode, watchNode } from '../workflows/recovery';
 import { FAST_RECOVERY, controlWorker, recordHistory, useSandboxEnv, type TestSandbox } from './helpers/env';
 import { containerState, gpuStatus, healthyProbes } from './helpers/hosts';
-import { testSecret, writeSecretFile } from './helpers/secrets';
 import { eventTime, roundLeadInMs, roundTimes, scheduledActivities } from './helpers/watch-history';
+import { startWebhookReceiver } from './helpers/webhook';
 
 const ctx = useSandboxEnv();
 
@@ -552,28 +548,12 @@ test('an old node worker whose single probe fails gets a report naming it; the w
   );
 }, 60_000);
 
-/** A webhook receiver on 127.0.0.1 and the notifier config that points at it (its URL in a secret file). */
-async function webhookReceiver() {
-  const received: { title: string; severity: string; fields: Record<string, unknown> }[] = [];
-  const hook = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => (body += c.toString()));
-    req.on('end', () => {
-      received.push(JSON.parse(body) as (typeof received)[number]);
-      res.end('ok');
-    });
-  });
-  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', () => r()));
-  const port = (hook.address() as { port: number }).port;
-  const urlFile = path.join(mkdtempSync(path.join(os.tmpdir(), 'gpuops-hook-')), 'hook-url');
-  writeSecretFile(urlFile, 'notifier-url', `http://127.0.0.1:${port}/alert/${testSecret('notifier-url-token')}`);
-  return { received, notifications: [{ type: 'webhook', name: 'oncall', urlFile }], close: () => hook.close() };
-}
+type Notice = { title: string; severity: string; fields: Record<string, unknown> };
 
 test('a watcher blind for blindAlertAfter rounds warns once, across continue-as-new, and says when probes answer again', async () => {
-  const hook = await webhookReceiver();
+  const hook = await startWebhookReceiver<Notice>();
   try {
-    const s = await ctx.sandbox({ withWorker: false, extra: { notifications: hook.notifications } });
+    const s = await ctx.sandbox({ withWorker: false, extra: { notifications: [hook.notifier('oncall')] } });
     const blind = { probeEngines: fail('engines: socket hang up') };
     // Four blind rounds, then healthy ones; two rounds per run, so the streak crosses two continue-as-new.
     const worker = await nodeWorker(s, scriptedRounds(s, [blind, blind, blind, blind, {}]));
@@ -618,14 +598,14 @@ test('a watcher blind for blindAlertAfter rounds warns once, across continue-as-
       }),
     );
   } finally {
-    hook.close();
+    await hook.close();
   }
 }, 60_000);
 
 test('a notifier that fails never stops the watcher: the rounds go on, and the failure outlives continue-as-new', async () => {
-  const hook = await webhookReceiver();
-  hook.close(); // nobody listens: every send is refused
-  const s = await ctx.sandbox({ withWorker: false, extra: { notifications: hook.notifications } });
+  const hook = await startWebhookReceiver<Notice>();
+  await hook.close(); // nobody listens: every send is refused
+  const s = await ctx.sandbox({ withWorker: false, extra: { notifications: [hook.notifier('oncall')] } });
   const worker = await nodeWorker(s, scriptedRounds(s, [{ probeEngines: fail('engines: socket hang up') }]));
   // Two rounds per run: the warning's five tries (about 15 s of backoff) outlast the first run's count.
   const h = await startWatcher(s, { blindAlertAfter: 1, probesPerRun: 2 });
@@ -654,9 +634,9 @@ test('a notifier that fails never stops the watcher: the rounds go on, and the f
 }, 120_000);
 
 test('node-wide maintenance holds the blind warning; a streak that outlasts the window warns when it ends', async () => {
-  const hook = await webhookReceiver();
+  const hook = await startWebhookReceiver<Notice>();
   try {
-    const s = await ctx.sandbox({ withWorker: false, extra: { notifications: hook.notifications } });
+    const s = await ctx.sandbox({ withWorker: false, extra: { notifications: [hook.notifier('oncall')] } });
     const worker = await nodeWorker(s, scriptedRounds(s, [{ probeEngines: fail('engines: socket hang up') }]));
     const h = await startWatcher(s, { blindAlertAfter: 2 });
     await worker.runUntil(
@@ -675,6 +655,6 @@ test('node-wide maintenance holds the blind warning; a streak that outlasts the 
       }),
     );
   } finally {
-    hook.close();
+    await hook.close();
   }
 }, 60_000);

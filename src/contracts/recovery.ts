@@ -102,6 +102,15 @@ const BlindStreakSchema = z.strictObject({
   alerted: z.boolean(),
 });
 
+/** A blind-streak notification as watchNode reports it (status) and carries it across continue-as-new. */
+const BlindAlertSchema = z.strictObject({
+  at: z.string(),
+  kind: z.enum(['alert', 'answered']),
+  rounds: z.int().min(0),
+  sent: z.array(z.string()),
+  failed: z.array(z.string()),
+});
+
 export const WatchNodeInput = z.strictObject({
   node: nodeId,
   probeInterval: duration.default('5s'),
@@ -154,15 +163,7 @@ export const WatchNodeInput = z.strictObject({
       /** The blind rounds in a row so far, and whether they were notified (absent: none). */
       blind: BlindStreakSchema.optional(),
       /** The last blind-streak notification and who got it (status' blindAlert). */
-      blindAlert: z
-        .strictObject({
-          at: z.string(),
-          kind: z.enum(['alert', 'answered']),
-          rounds: z.int().min(0),
-          sent: z.array(z.string()),
-          failed: z.array(z.string()),
-        })
-        .optional(),
+      blindAlert: BlindAlertSchema.optional(),
     })
     .optional(),
 });
@@ -220,7 +221,7 @@ export interface WatchStatus {
   /** Blind rounds in a row (a probe failed, nothing actionable seen) up to the last one; absent when none. */
   blind?: BlindStreak;
   /** The last blind-streak notification: the warning, or the all-clear after it; who got it and who did not. */
-  blindAlert?: { at: string; kind: 'alert' | 'answered'; rounds: number; sent: string[]; failed: string[] };
+  blindAlert?: z.infer<typeof BlindAlertSchema>;
 }
 
 export const setMaintenanceUpdate = defineUpdate<MaintenanceWindow[], [SetMaintenanceInput]>('maintenance');

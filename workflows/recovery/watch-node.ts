@@ -83,9 +83,12 @@ class NodeWatch {
   lastHealthy: boolean | undefined;
   /** Blind rounds in a row so far (carried across continue-as-new). */
   blind: BlindStreak;
-  /** The blind-streak notifications in flight, in order; the rounds never wait on them (a dead webhook would stall them). */
-  private blindNotices: Promise<void> | null = null;
-  /** How many of them have not settled: the run probes on rather than continue as new while one is in flight. */
+  /**
+   * The blind-streak notifications, chained so an all-clear never overtakes its warning; the rounds never wait on
+   * them (a dead webhook would stall them).
+   */
+  private blindNotices: Promise<void> = Promise.resolve();
+  /** How many have not settled: the run probes on rather than continue as new while one is in flight. */
   blindNoticesInFlight = 0;
   private readonly notifier = proxyActivities<ControlActivities>(controlCall);
 
@@ -100,13 +103,16 @@ class NodeWatch {
     };
     this.lastHealthy = input.state?.healthy;
     this.blind = input.state?.blind ?? NO_BLIND_STREAK;
-    if (this.blind.rounds > 0) this.status.blind = { ...this.blind };
     if (input.state?.blindAlert) this.status.blindAlert = input.state.blindAlert;
   }
 
-  /** The status as of now (expired maintenance windows left out). */
+  /** The status as of now (expired maintenance windows left out; the blind streak while there is one). */
   snapshot(): WatchStatus {
-    return { ...this.status, maintenance: activeWindows(this.status.maintenance, Date.now()) };
+    return {
+      ...this.status,
+      maintenance: activeWindows(this.status.maintenance, Date.now()),
+      ...(this.blind.rounds > 0 ? { blind: { ...this.blind } } : {}),
+    };
   }
 
   /** The `maintenance` Update: open or clear a window; an engine must be one of the node's. */
@@ -211,8 +217,6 @@ class NodeWatch {
       patched(BLIND_ALERT_PATCH),
     );
     this.blind = streak;
-    if (streak.rounds > 0) this.status.blind = { ...streak };
-    else delete this.status.blind;
     if (send === null) return;
     const { node, failureThreshold } = this.input;
     const fields = { node, kind: 'watch-blind', since: streak.since ?? before.since };
@@ -238,9 +242,8 @@ class NodeWatch {
           };
     const rounds = notice.fields.rounds;
     const at = new Date(Date.now()).toISOString();
-    const previous = this.blindNotices ?? Promise.resolve();
     this.blindNoticesInFlight++;
-    this.blindNotices = previous
+    this.blindNotices = this.blindNotices
       .then(() => this.notifier.notify(notice))
       .then(
         (r) => {
@@ -260,11 +263,6 @@ class NodeWatch {
           this.status.blindAlert = { at, kind: send, rounds, sent: [], failed };
         },
       );
-  }
-
-  /** Wait for the blind-streak notifications still in flight (before continue-as-new; the loop probed on until then). */
-  async blindNoticesSent(): Promise<void> {
-    if (this.blindNotices) await this.blindNotices;
   }
 
   /**
@@ -394,10 +392,10 @@ export async function watchNode(rawInput: WatchNodeInput): Promise<never> {
   // The rest of the interval the next round would have waited out on the node: the next run's first round follows
   // nodeFacts at once, so it is waited out here (a timer: about a second, once per run).
   if (leadInMs > 0) await sleep(leadInMs);
-  // Wait for the blind-streak notifications and in-flight Update handlers, then start over with bounded history,
-  // carrying the state. The next run's first task goes to the deployment's current version (AUTO_UPGRADE), so a
-  // watcher that runs forever still picks up new code at its next run; unversioned workers ignore the option.
-  await watch.blindNoticesSent();
+  // Wait for in-flight Update handlers (no blind-streak notification is in flight: the loop probed on until none
+  // was), then start over with bounded history, carrying the state. The next run's first task goes to the
+  // deployment's current version (AUTO_UPGRADE), so a watcher that runs forever still picks up new code at its next
+  // run; unversioned workers ignore the option.
   await condition(allHandlersFinished);
   return makeContinueAsNewFunc<typeof watchNode>({ initialVersioningBehavior: 'AUTO_UPGRADE' })({
     ...rawInput,
