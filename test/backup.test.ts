@@ -9,7 +9,7 @@ import { WorkflowFailedError, type Client } from '@temporalio/client';
 import { parseConfig, type LoadedConfig } from '../src/config/load';
 import { getBackupRecordQuery, workflowIds } from '../src/contracts';
 import { ResticCli } from '../src/hosts/restic';
-import { syncSchedules, backupInputFor } from '../src/temporal/schedules';
+import { listSchedules, syncSchedules, backupInputFor } from '../src/temporal/schedules';
 import { backupStatus, renderStatus, restorePlan } from '../src/cli/backup';
 import { pendingActivities } from '../src/cli/follow';
 import type { BackupRecord, RunBackupInput } from '../src/contracts';
@@ -26,8 +26,8 @@ import { startWebhookReceiver, type WebhookReceiver } from './helpers/webhook';
 const ctx = useSandboxEnv({
   sandbox: {},
   async beforeStop() {
-    for await (const s of ctx.env.client.schedule.list()) {
-      if (s.scheduleId.startsWith(`backup:${tag}`)) await ctx.env.client.schedule.getHandle(s.scheduleId).delete();
+    for await (const s of listSchedules(ctx.env.client, `backup:${tag}`)) {
+      await ctx.env.client.schedule.getHandle(s.scheduleId).delete();
     }
     await hook?.close();
   },

@@ -3,12 +3,13 @@
  * backup:<plan> to match the config, idempotently, and never undoes an operator's pause.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import { msToTs } from '@temporalio/common/lib/time';
 import { ScheduleNotFoundError, ScheduleOverlapPolicy } from '@temporalio/client';
 import { parseConfig } from '../src/config/load';
 import type { Config } from '../src/config/schema';
 import { ValidationError } from '../src/domain/validation';
 import { requirePlan } from '../src/cli/backup';
-import { syncSchedules } from '../src/temporal/schedules';
+import { listSchedules, syncSchedules } from '../src/temporal/schedules';
 import { openTestEnv, uniqueId, type TestEnv } from './helpers/env';
 
 let env: TestEnv;
@@ -20,9 +21,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  for await (const s of env.client.schedule.list()) {
-    if (s.scheduleId.startsWith(prefix)) await env.client.schedule.getHandle(s.scheduleId).delete();
-  }
+  for await (const s of listSchedules(env.client, prefix)) await env.client.schedule.getHandle(s.scheduleId).delete();
   await env?.close();
 });
 
@@ -156,6 +155,67 @@ test('never touches schedules outside its prefix', async () => {
     await env.client.schedule.getHandle(`other-${tag}`).delete();
   }
 });
+
+test('another schedule in the namespace that this client cannot decode (an encrypted memo) does not stop the sync', async () => {
+  // What another application's (or another key's) schedule looks like to a client without its codec.
+  const foreign = `other-${tag}-encrypted`;
+  const encrypted = {
+    metadata: { encoding: new TextEncoder().encode('binary/encrypted') },
+    data: new Uint8Array([1, 2, 3]),
+  };
+  await env.client.workflowService.createSchedule({
+    namespace: 'default',
+    scheduleId: foreign,
+    requestId: uniqueId('req'),
+    schedule: {
+      spec: { interval: [{ interval: msToTs('1d') }] },
+      action: {
+        startWorkflow: {
+          workflowId: foreign,
+          workflowType: { name: 'runBackup' },
+          taskQueue: { name: env.controlQueue },
+        },
+      },
+      state: { paused: true },
+    },
+    memo: { fields: { note: encrypted } },
+  });
+  try {
+    // The SDK's own list cannot read it (the failure this guards against)...
+    const sdkList = async () => {
+      for await (const s of env.client.schedule.list()) void s;
+    };
+    await waitFor(
+      async () =>
+        (await sdkList().then(
+          () => 'listed',
+          (e: Error) => e.message,
+        )) !== 'listed',
+    );
+    await expect(sdkList()).rejects.toThrow(/Unknown encoding: binary\/encrypted/);
+    // ...and the sync, which lists to delete what the config no longer has, still works, and deletes ours only.
+    const c = config([{ id: 'enc', schedule: { every: '1d' } }]);
+    expect((await sync(c)).created).toEqual([`${prefix}-enc`]);
+    await waitFor(async () => {
+      for await (const s of listSchedules(env.client, `${prefix}-enc`)) if (s.scheduleId) return true;
+      return false;
+    });
+    expect((await sync(config([]))).deleted).toEqual([`${prefix}-enc`]);
+    const kept = await env.client.workflowService.describeSchedule({ namespace: 'default', scheduleId: foreign });
+    expect(kept.schedule?.state?.paused).toBe(true);
+  } finally {
+    await env.client.schedule.getHandle(foreign).delete();
+  }
+});
+
+/** Poll until `pred` holds (the schedule list is eventually consistent), at most 15 s. */
+async function waitFor(pred: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while (!(await pred())) {
+    if (Date.now() > deadline) throw new Error('condition never held');
+    await sleep(200);
+  }
+}
 
 test('an unknown plan on the command line is a field-named validation error (exit 2)', () => {
   const c = config([{ id: 'a', schedule: { every: '1h' } }]);

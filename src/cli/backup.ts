@@ -23,7 +23,13 @@ import {
   type RestoreRecord,
   type WorkflowOf,
 } from '../contracts';
-import { backupInputFor, describeSync, syncSchedules, BACKUP_SCHEDULE_PREFIX } from '../temporal/schedules';
+import {
+  backupInputFor,
+  describeSync,
+  listSchedules,
+  syncSchedules,
+  BACKUP_SCHEDULE_PREFIX,
+} from '../temporal/schedules';
 import { executeWorkflow, startWorkflow, workflowHandle } from '../temporal/workflows';
 import { withClient, withInputs, workflowInput, type GlobalOptions, type Program } from './context';
 import { followToEnd, pendingActivities, TransferMeter } from './follow';
@@ -370,13 +376,12 @@ export function registerBackupCommands(program: Program): void {
     .action(async () => {
       await withClient(globals(), async (client) => {
         const rows: { id: string; paused: boolean; next: string | null; recent: string | null }[] = [];
-        for await (const s of client.schedule.list()) {
-          if (!s.scheduleId.startsWith(BACKUP_SCHEDULE_PREFIX)) continue;
+        for await (const s of listSchedules(client, BACKUP_SCHEDULE_PREFIX)) {
           rows.push({
             id: s.scheduleId,
-            paused: s.state.paused,
-            next: s.info.nextActionTimes[0]?.toISOString() ?? null,
-            recent: s.info.recentActions.at(-1)?.takenAt.toISOString() ?? null,
+            paused: s.paused,
+            next: s.nextActionTimes[0]?.toISOString() ?? null,
+            recent: s.lastActionAt?.toISOString() ?? null,
           });
         }
         await emit(globals(), rows, (x) =>

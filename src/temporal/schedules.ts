@@ -12,6 +12,7 @@ import {
   type ScheduleOptions,
   type ScheduleOptionsStartWorkflowAction,
 } from '@temporalio/client';
+import { optionalTsToMs } from '@temporalio/common/lib/time';
 import type { BackupPlanConfig, Config } from '../config/schema';
 import { CONTROL_TASK_QUEUE, RunBackupInput, runBackupWorkflow, workflowIds } from '../contracts';
 import { byteSize } from '../domain/schemas';
@@ -19,6 +20,41 @@ import { parseOrThrow } from '../domain/validation';
 
 /** Prefix of every schedule gpuops owns. */
 export const BACKUP_SCHEDULE_PREFIX = 'backup:';
+
+/** A schedule as the list shows it: enough to sync and to list, nothing decoded. */
+export interface ListedSchedule {
+  scheduleId: string;
+  paused: boolean;
+  nextActionTimes: Date[];
+  lastActionAt: Date | null;
+}
+
+/**
+ * The namespace's schedules whose ids start with `prefix`, read from the raw list: the SDK's list decodes every
+ * schedule's memo and search attributes, so one it cannot decode (another application's, or encrypted with a key this
+ * client lacks: "Unknown encoding: binary/encrypted") would stop the whole listing, and with it `schedules sync`.
+ */
+export async function* listSchedules(client: Client, prefix: string): AsyncGenerator<ListedSchedule> {
+  let nextPageToken: Uint8Array | undefined;
+  do {
+    const page = await client.workflowService.listSchedules({
+      namespace: client.options.namespace,
+      maximumPageSize: 1000,
+      ...(nextPageToken ? { nextPageToken } : {}),
+    });
+    for (const e of page.schedules ?? []) {
+      if (!e.scheduleId?.startsWith(prefix)) continue;
+      const toDate = (ms: number | undefined): Date | null => (ms === undefined ? null : new Date(ms));
+      yield {
+        scheduleId: e.scheduleId,
+        paused: e.info?.paused === true,
+        nextActionTimes: (e.info?.futureActionTimes ?? []).flatMap((t) => toDate(optionalTsToMs(t)) ?? []),
+        lastActionAt: toDate(optionalTsToMs(e.info?.recentActions?.at(-1)?.actualTime)),
+      };
+    }
+    nextPageToken = page.nextPageToken?.length ? page.nextPageToken : undefined;
+  } while (nextPageToken);
+}
 /** Action memo key holding the hash of the definition sync last wrote. */
 const HASH_MEMO = 'gpuopsDefinitionHash';
 
@@ -155,8 +191,8 @@ export async function syncSchedules(client: Client, config: Config, opts: SyncOp
     }
     result.updated.push(sid);
   }
-  for await (const s of client.schedule.list()) {
-    if (!s.scheduleId.startsWith(prefix) || wanted.has(s.scheduleId)) continue;
+  for await (const s of listSchedules(client, prefix)) {
+    if (wanted.has(s.scheduleId)) continue;
     if (!opts.dryRun) {
       try {
         await client.schedule.getHandle(s.scheduleId).delete();
